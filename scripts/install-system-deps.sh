@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Install the Debian packages that Pullgate's real-Docker integration tests need.
+#
+# Idempotent: installs only what is missing, runs `apt-get update` at most once, and never
+# leaves the system docker/containerd/registry services running (the tests start their own
+# private daemons under a temporary directory; see tests/realdocker.py).
+#
+# Usage (as root): bash scripts/install-system-deps.sh
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+
+if [[ ${EUID} -ne 0 ]]; then
+    echo "install-system-deps: must run as root (apt-get install)" >&2
+    exit 1
+fi
+
+# Packages and a file each one provides (to detect already-installed ones cheaply).
+#   docker.io       dockerd, containerd, runc (the daemon the tests run privately)
+#   docker-registry the local registry used as the docker.io mirror
+#   busybox-static  /bin/busybox, the only binary in the seeded test images
+#   docker-compose  a real client for shim tests
+#   curl            `curl --unix-socket` checks
+#   iproute2        `ip` for network namespace tests
+#   tini            docker-init, so `docker run --init` works against the private daemon
+PACKAGES=(docker.io docker-registry busybox-static docker-compose curl iproute2 tini)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Abbrev}' "${pkg}" 2>/dev/null || true)
+    if [[ ${status} != ii* ]]; then
+        missing+=("${pkg}")
+    fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "install-system-deps: all present (${PACKAGES[*]})"
+    exit 0
+fi
+
+echo "install-system-deps: installing ${missing[*]}"
+
+# Keep maintainer scripts from starting services (docker, containerd, docker-registry):
+# invoke-rc.d consults policy-rc.d, and exit code 101 means "action forbidden".
+policy=/usr/sbin/policy-rc.d
+saved_policy=""
+if [[ -e ${policy} ]]; then
+    saved_policy=$(mktemp)
+    cp -p "${policy}" "${saved_policy}"
+fi
+printf '#!/bin/sh\nexit 101\n' >"${policy}"
+chmod 755 "${policy}"
+cleanup() {
+    if [[ -n ${saved_policy} ]]; then
+        cp -p "${saved_policy}" "${policy}"
+        rm -f "${saved_policy}"
+    else
+        rm -f "${policy}"
+    fi
+}
+trap cleanup EXIT
+
+apt-get update -q
+apt-get install -y -q --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    "${missing[@]}"
+
+# Where systemd is the init, policy-rc.d is bypassed by deb-systemd-invoke on some
+# paths: stop and disable anything that got started anyway. Harmless where there is no systemd.
+if [[ -d /run/systemd/system ]]; then
+    for unit in docker.socket docker.service containerd.service docker-registry.service; do
+        systemctl disable --now "${unit}" >/dev/null 2>&1 || true
+    done
+fi
+
+echo "install-system-deps: done"
