@@ -91,11 +91,18 @@ def decide(
     identity: Identity | None = None,
     user: str = "",
     host: str = "",
+    all_tags: bool = False,
 ) -> Decision:
-    """Decide whether ``ref`` may be pulled. ``user`` and ``host`` only fill the help URL."""
+    """Decide whether ``ref`` may be pulled. ``user`` and ``host`` only fill the help URL.
+
+    ``all_tags`` is a pull of every tag of a repository (``docker pull -a``): it is
+    decided as ``:latest`` and is denied as well when any rule denies some tag of it.
+    """
     view = hub_view(ref).with_default_tag()
     category = classify(policy.hub, view)
     outcome = _evaluate(policy, view, category, identity, now)
+    if all_tags and outcome.action is Action.ALLOW:
+        outcome = _all_tags_outcome(policy, view, identity, now) or outcome
     verdict = Verdict.ALLOW
     remediation = Remediation()
     if outcome.action is Action.DENY:
@@ -113,6 +120,23 @@ def decide(
         policy_serial=policy.serial,
         remediation=remediation,
     )
+
+
+def _all_tags_outcome(
+    policy: Policy, view: Reference, identity: Identity | None, now: datetime
+) -> _Outcome | None:
+    for i in policy.index.match(view, any_tag=True):
+        rule = policy.rules[i]
+        constrained = rule.pattern.tag is not None or rule.pattern.digest is not None
+        if constrained and rule.action is Action.DENY and _rule_applies(rule, identity, now):
+            return _Outcome(
+                Action.DENY,
+                rule.id,
+                f"pulling all tags of {view.name} includes tags that rule {rule.id!r} "
+                f"({rule.match}) of {policy.label} denies",
+                rule,
+            )
+    return None
 
 
 def _email(identity: Identity | None) -> str:

@@ -12,7 +12,7 @@ import re
 
 from agent.decision import Decision
 
-__all__ = ["FORBIDDEN_PHRASES", "denial_message", "remediation_lines"]
+__all__ = ["FORBIDDEN_PHRASES", "defuse", "denial_message", "remediation_lines"]
 
 FORBIDDEN_PHRASES = ("no such file or directory", "permission denied")
 
@@ -42,16 +42,21 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-def denial_message(decision: Decision) -> str:
+def denial_message(decision: Decision, context: str | None = None, *, verb: str = "pulling") -> str:
     """The one-line ``message`` of the 403 the Docker CLI prints after "Error response
-    from daemon: "."""
+    from daemon: ". ``context`` says where the image was named (a Dockerfile line);
+    ``verb`` what was refused ("pulling", "running", "loading")."""
+    where = f" ({context})" if context else ""
     parts = [
-        f"pullgate: pulling {decision.canonical} is not allowed:",
+        f"pullgate: {verb} {decision.canonical}{where} is not allowed:",
         _sentence(decision.reason),
         *remediation_lines(decision),
     ]
-    text = " ".join(parts)
-    # Keep the exit code of `docker run` at 125 whatever an admin wrote in a message.
+    return defuse(" ".join(parts))
+
+
+def defuse(text: str) -> str:
+    """Keep the exit code of ``docker run`` at 125 whatever an admin or OS error wrote."""
     for phrase, replacement in _REPLACEMENTS.items():
         text = re.sub(re.escape(phrase), replacement, text, flags=re.IGNORECASE)
     return text

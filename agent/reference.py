@@ -43,6 +43,7 @@ __all__ = [
     "is_docker_hub",
     "parse",
     "parse_any_reference",
+    "parse_digest",
     "parse_docker_ref",
     "parse_named",
     "parse_normalized_named",
@@ -452,6 +453,11 @@ def parse_any_reference(s: str) -> Reference | DigestReference:
     except DigestInvalidFormatError:
         pass
     return parse_normalized_named(s)
+
+
+def parse_digest(s: str) -> str:
+    """``digest.Parse``: a supported algorithm with its exact lowercase hex, or raise."""
+    return _validate_digest(s)
 
 
 def parse_docker_ref(s: str) -> Reference:

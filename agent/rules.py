@@ -246,8 +246,12 @@ class RuleIndex:
     def patterns(self) -> list[RulePattern]:
         return self._patterns
 
-    def match(self, ref: Reference) -> list[int]:
-        """Indices of the rules whose pattern admits ``ref`` (already in its hub view)."""
+    def match(self, ref: Reference, *, any_tag: bool = False) -> list[int]:
+        """Indices of the rules whose pattern admits ``ref`` (already in its hub view).
+
+        ``any_tag`` ignores tag and digest constraints: the rules that could apply to
+        some tag of the repository (for pulls of all tags).
+        """
         host, _, port = ref.domain.partition(":")
         if ref.domain.startswith("["):
             end = ref.domain.find("]")
@@ -267,7 +271,7 @@ class RuleIndex:
                     p = self._patterns[i]
                     if p.port is not None and p.port != (port or None):
                         continue
-                    if p.tag_matches(ref.tag, ref.digest) and i not in found:
+                    if (any_tag or p.tag_matches(ref.tag, ref.digest)) and i not in found:
                         found.append(i)
         return found
 

@@ -304,3 +304,13 @@ def test_decision_against_ten_thousand_rules_is_correct() -> None:
     assert check(p, "ns7/app7").verdict is Verdict.ALLOW
     assert check(p, "ns7/unknown").rule == "ns-glob"
     assert check(p, "ns8/app8").verdict is Verdict.DENY
+
+
+def test_pull_of_all_tags_is_denied_when_a_rule_denies_some_tag() -> None:
+    p = rules(("no-rc", "acme/app:*-rc*", "deny"))
+    ref = parse_normalized_named("acme/app")
+    assert decide(p, ref, now=NOW).verdict is Verdict.ALLOW
+    d = decide(p, ref, now=NOW, all_tags=True)
+    assert (d.verdict, d.rule) == (Verdict.DENY, "no-rc")
+    assert "all tags" in d.reason
+    assert decide(policy(), ref, now=NOW, all_tags=True).verdict is Verdict.ALLOW
