@@ -161,8 +161,15 @@ def parse_dockerfile(
     build_args: Mapping[str, str] | None = None,
     *,
     max_size: int = 4 * 1024 * 1024,
+    heredocs: bool = True,
 ) -> DockerfileImages:
-    """List the images a BuildKit build of ``text`` would pull, or raise DockerfileError."""
+    """List the images a BuildKit build of ``text`` would pull, or raise DockerfileError.
+
+    ``heredocs=False`` reads the file as a parser without heredoc support does (the
+    classic builder of older daemons): heredoc bodies are then instructions. The shim
+    checks classic builds both ways, so a ``FROM`` hidden in a heredoc cannot slip past
+    a daemon that does not know heredocs.
+    """
     args = dict(build_args or {})
     for key, value in args.items():
         if not isinstance(key, str) or not isinstance(value, str):
@@ -173,7 +180,7 @@ def parse_dockerfile(
     syntax = _syntax_use(src, args)
     if syntax is not None:
         uses.append(syntax)
-    nodes, escape = _parse_nodes(lines)
+    nodes, escape = _parse_nodes(lines, heredocs=heredocs)
     stages = _resolve(nodes, escape, args, uses)
     return DockerfileImages(uses=tuple(uses), stages=stages)
 
@@ -399,7 +406,7 @@ def _trim_continuation(line: str, escape: str) -> tuple[str, bool]:
     return line, True
 
 
-def _parse_nodes(lines: list[str]) -> tuple[list[_Node], str]:
+def _parse_nodes(lines: list[str], *, heredocs: bool = True) -> tuple[list[_Node], str]:
     """Logical instructions with heredoc bodies skipped (parser.go Parse)."""
     directives = _Directives()
     nodes: list[_Node] = []
@@ -424,10 +431,14 @@ def _parse_nodes(lines: list[str]) -> tuple[list[_Node], str]:
         line = "".join(parts)
         try:
             node = _new_node(line, start)
-            heredocs = _heredocs_from_line(line) if _can_hold_heredoc(node) and "<<" in line else []
+            docs = (
+                _heredocs_from_line(line)
+                if heredocs and _can_hold_heredoc(node) and "<<" in line
+                else []
+            )
         except _FragmentError as e:
             raise DockerfileError(f"{_short(_go_strip(line), _ERROR_TEXT)}: {e}", start) from e
-        for name, chomp in heredocs:
+        for name, chomp in docs:
             while i < n:
                 body = lines[i]
                 i += 1

@@ -551,3 +551,15 @@ def test_arbitrary_text_either_parses_or_raises_dockerfile_error(text: str | byt
     except DockerfileError:
         return
     assert all(isinstance(image, str) and image for image in result.images)
+
+
+def test_without_heredoc_support_a_from_in_a_heredoc_body_is_an_instruction() -> None:
+    text = "FROM alpine\nRUN <<EOF\nFROM someuser/tool\nEOF\n"
+    assert parse_dockerfile(text).images == ("alpine",)
+    with pytest.raises(DockerfileError):
+        # "EOF" is not an instruction for a parser without heredocs.
+        parse_dockerfile(text, heredocs=False)
+    text = "FROM alpine\nCOPY <<FROM /x\nFROM someuser/tool\n"
+    with pytest.raises(DockerfileError):
+        parse_dockerfile(text)
+    assert parse_dockerfile(text, heredocs=False).images == ("alpine", "someuser/tool")
