@@ -1,0 +1,558 @@
+"""Request inspection: which images would this Docker API request bring onto the machine?
+
+Pure core of the shim (no sockets): a routed request head, and where needed its JSON
+body or the files found in its tar body, go in; the image references the daemon would
+fetch come out — read exactly as dockerd reads the same parameters — or an
+``InspectionError`` when the request is ambiguous or cannot be read. What the shim then
+does with them (decide, forward, refuse) is not decided here.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from agent.dockerfile import DockerfileError, parse_dockerfile
+from agent.http1 import RequestHead
+from agent.policy import BuildsSetting, LoadSetting, OnCreateSetting, Policy
+from agent.reference import (
+    DigestInvalidFormatError,
+    DigestReference,
+    Reference,
+    ReferenceError,
+    parse_any_reference,
+    parse_digest,
+    parse_normalized_named,
+)
+from agent.routes import Endpoint, Query, Route, RouteError, parse_query
+
+__all__ = [
+    "MAX_JSON_BODY",
+    "EventAction",
+    "Inspection",
+    "InspectionError",
+    "NeedJson",
+    "NeedTar",
+    "SettingOutcome",
+    "TarFindings",
+    "Wanted",
+    "inspect_head",
+    "inspect_json_body",
+]
+
+MAX_JSON_BODY = 4 * 1024 * 1024
+
+
+class InspectionError(Exception):
+    """A request the shim refuses to pass because it cannot read it safely (400)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class EventAction(StrEnum):
+    """The audit ``event.action`` of a decision."""
+
+    PULL = "image-pull"
+    BUILD = "image-build"
+    LOAD = "image-load"
+    IMPORT = "image-import"
+    CREATE = "container-create"
+    PLUGIN = "plugin-pull"
+    SERVICE = "service-create"
+    DISTRIBUTION = "distribution-inspect"
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One image the request would bring onto the machine (or run)."""
+
+    input: str
+    reference: Reference
+    action: EventAction
+    all_tags: bool = False
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class SettingOutcome:
+    """A request decided by a policy setting (``builds``, ``load``), not by an image."""
+
+    action: EventAction
+    setting: str
+    allowed: bool
+    reason: str
+    hint: str
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What a request needs decided. ``lookups`` are names to resolve with the daemon
+    (a container's image may be an ID, or a local tag over content from elsewhere)."""
+
+    wants: tuple[Wanted, ...] = ()
+    setting: SettingOutcome | None = None
+    lookups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NeedJson:
+    """Buffer the (small) JSON body, then call ``inspect_json_body``."""
+
+    route: Route
+
+
+@dataclass(frozen=True)
+class TarFindings:
+    """What a tar scan captured of the wanted members.
+
+    ``final``: each name's content after extraction (the last entry wins); ``every``:
+    all captures in archive order; ``links``: wanted names whose last entry is a link.
+    """
+
+    final: Mapping[str, bytes]
+    every: Sequence[tuple[str, bytes]]
+    links: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class NeedTar:
+    """Stream the tar body through a scanner capturing ``wanted`` members; ``finish``
+    turns what it found into an inspection."""
+
+    wanted: Callable[[str], bool]
+    finish: Callable[[TarFindings], Inspection]
+    what: str
+
+
+Plan = Inspection | NeedJson | NeedTar
+
+
+def _reference(text: str, what: str) -> Reference:
+    try:
+        return parse_normalized_named(text)
+    except ReferenceError as e:
+        raise InspectionError(f"pullgate: invalid {what} {text!r}: {e}") from e
+
+
+def _refuse_form_body(head: RequestHead) -> None:
+    """Go's ``ParseForm`` reads parameters from a form-encoded body *before* the query
+    string, so such a body could override ``fromImage``. No Docker client sends one."""
+    content_type = head.get("content-type")
+    if content_type is not None:
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media == "application/x-www-form-urlencoded":
+            raise InspectionError(
+                "pullgate: form-encoded request bodies are not accepted on this endpoint"
+            )
+
+
+def inspect_head(route: Route, head: RequestHead, policy: Policy) -> Plan:
+    """Decide what to inspect for a routed request; refuses what it cannot read."""
+    try:
+        return _inspect_head(route, head, policy)
+    except RouteError as e:
+        raise InspectionError(f"pullgate: {e.message}", e.status) from e
+
+
+def _inspect_head(route: Route, head: RequestHead, policy: Policy) -> Plan:
+    _refuse_form_body(head)
+    query = parse_query(route.raw_query)
+    endpoint = route.endpoint
+    if endpoint is Endpoint.IMAGE_CREATE:
+        return _image_create(query, policy)
+    if endpoint is Endpoint.IMAGE_LOAD:
+        return _load(policy, EventAction.LOAD, "docker load", _tar_of_images())
+    if endpoint is Endpoint.BUILD:
+        return _build(query, policy)
+    if endpoint is Endpoint.BUILDKIT_SESSION:
+        return Inspection(setting=_builds_setting(policy, f"BuildKit ({route.path})"))
+    if endpoint is Endpoint.CONTAINER_CREATE:
+        if policy.on_create is OnCreateSetting.ALLOW:
+            return Inspection()
+        return NeedJson(route)
+    if endpoint in (Endpoint.SERVICE_CREATE, Endpoint.SERVICE_UPDATE):
+        return NeedJson(route)
+    if endpoint is Endpoint.PLUGIN_PULL:
+        remote = query.get("remote")
+        if not remote:
+            return Inspection()  # the daemon refuses a pull without a remote
+        return Inspection(wants=(Wanted(remote, _reference(remote, "plugin"), EventAction.PLUGIN),))
+    if endpoint is Endpoint.PLUGIN_CREATE:
+        name = query.get("name") or ""
+        wants = (Wanted(name, _reference(name, "plugin name"), EventAction.PLUGIN),) if name else ()
+        return _load(policy, EventAction.PLUGIN, "plugin create", Inspection(wants=wants))
+    if endpoint is Endpoint.DISTRIBUTION:
+        name = route.name or ""
+        return Inspection(
+            wants=(Wanted(name, _reference(name, "image"), EventAction.DISTRIBUTION),)
+        )
+    return Inspection()
+
+
+def _image_create(query: Query, policy: Policy) -> Plan:
+    """``POST /images/create``: a pull (``fromImage``) or an import (``fromSrc``).
+
+    Mirrors dockerd's ``PullImage``: a trailing ``:`` is dropped ("pull -a" clients send
+    it); ``tag`` may be a digest (then any tag in ``fromImage`` is dropped) or replaces
+    the tag of ``fromImage``; with neither, every tag of the repository is pulled.
+    """
+    image = query.get("fromImage") or ""
+    tag = query.get("tag") or ""
+    query.get("platform")  # refuse duplicates of every parameter the daemon reads
+    if image:
+        ref = _reference(image.removesuffix(":"), "image")
+        written = image
+        if tag:
+            try:
+                digest = parse_digest(tag)
+            except DigestInvalidFormatError:
+                try:
+                    ref = ref.with_tag(tag)
+                except ReferenceError as e:
+                    raise InspectionError(f"pullgate: invalid tag {tag!r}: {e}") from e
+                written = f"{image}:{tag}"
+            else:
+                ref = Reference(ref.domain, ref.path, None, digest)
+                written = f"{image}@{tag}"
+        all_tags = ref.tag is None and ref.digest is None
+        return Inspection(wants=(Wanted(written, ref, EventAction.PULL, all_tags=all_tags),))
+    source = query.get("fromSrc") or ""
+    repo = query.get("repo") or ""
+    if not source:
+        return Inspection()  # neither pull nor import: the daemon refuses it
+    wants: tuple[Wanted, ...] = ()
+    if repo:
+        ref = _reference(repo, "repository")
+        if tag:
+            try:
+                ref = ref.with_tag(tag)
+            except ReferenceError as e:
+                raise InspectionError(f"pullgate: invalid tag {tag!r}: {e}") from e
+        wants = (Wanted(f"{repo}:{tag}" if tag else repo, ref, EventAction.IMPORT),)
+    return _load(policy, EventAction.IMPORT, "docker import", Inspection(wants=wants))
+
+
+def _load(policy: Policy, action: EventAction, what: str, check: Plan) -> Plan:
+    if policy.load is LoadSetting.ALLOW:
+        return Inspection(
+            setting=SettingOutcome(
+                action, "load", True, f"{what} is allowed without inspection (load: allow)", ""
+            )
+        )
+    if policy.load is LoadSetting.DENY:
+        return Inspection(
+            setting=SettingOutcome(
+                action,
+                "load",
+                False,
+                f"{what} is not allowed by {policy.label} (load: deny)",
+                "pull the image from an allowed registry instead",
+            )
+        )
+    return check
+
+
+def _builds_setting(policy: Policy, what: str) -> SettingOutcome:
+    if policy.builds is BuildsSetting.ALLOW:
+        return SettingOutcome(
+            EventAction.BUILD,
+            "builds",
+            True,
+            f"{what} cannot be inspected and is allowed by {policy.label} (builds: allow)",
+            "",
+        )
+    return SettingOutcome(
+        EventAction.BUILD,
+        "builds",
+        False,
+        f"{what} cannot be inspected, and {policy.label} does not allow uninspected "
+        "builds (builds: deny)",
+        "build with the classic builder, which Pullgate inspects: DOCKER_BUILDKIT=0 "
+        "docker build ...",
+    )
+
+
+# --- build ----------------------------------------------------------------------------
+
+
+def _strict_json(text: str, what: str) -> Any:
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise InspectionError(f"pullgate: duplicate key {key!r} in {what}")
+            out[key] = value
+        return out
+
+    try:
+        return json.loads(text, object_pairs_hook=unique, parse_constant=_no_constant)
+    except ValueError as e:
+        if isinstance(e, InspectionError):
+            raise
+        raise InspectionError(f"pullgate: {what} is not valid JSON: {e}") from e
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _build_args(query: Query) -> dict[str, str]:
+    raw = query.get("buildargs")
+    if not raw:
+        return {}
+    value = _strict_json(raw, "buildargs")
+    if not isinstance(value, dict):
+        raise InspectionError("pullgate: buildargs must be a JSON object")
+    out: dict[str, str] = {}
+    for key, arg in value.items():
+        if arg is None:
+            continue  # "--build-arg NAME" with NAME unset: no value, as in the builder
+        if not isinstance(arg, str):
+            raise InspectionError(f"pullgate: build arg {key!r} must be a string")
+        out[key] = arg
+    return out
+
+
+def _clean_member(name: str) -> str:
+    """A context path as the daemon resolves it inside the context root."""
+    cleaned = posixpath.normpath("/" + name.replace("\\", "/")).lstrip("/")
+    return "" if cleaned == "." else cleaned
+
+
+def _build(query: Query, policy: Policy) -> Plan:
+    remote = query.get("remote") or ""
+    version = query.get("version") or ""
+    if version == "2":
+        return Inspection(setting=_builds_setting(policy, "a BuildKit build"))
+    if remote:
+        return Inspection(setting=_builds_setting(policy, f"a build from remote context {remote}"))
+    dockerfile = query.get("dockerfile") or "Dockerfile"
+    build_args = _build_args(query)
+    cache_from: list[Wanted] = []
+    raw_cache = query.get("cachefrom")
+    if raw_cache:
+        images = _strict_json(raw_cache, "cachefrom")
+        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+            raise InspectionError("pullgate: cachefrom must be a JSON array of strings")
+        for image in images:
+            ref = _reference(image, "cache-from image")
+            cache_from.append(Wanted(image, ref, EventAction.BUILD, detail="--cache-from"))
+    path = _clean_member(dockerfile)
+    fallback = "dockerfile" if dockerfile == "Dockerfile" else None
+    names = {path} | ({fallback} if fallback else set())
+
+    def finish(found: TarFindings) -> Inspection:
+        members, links = found.final, found.links
+        chosen = next((n for n in (path, fallback) if n and n in members), None)
+        if chosen is None:
+            linked = next((n for n in (path, fallback) if n and n in links), None)
+            if linked is not None:
+                raise InspectionError(
+                    f"pullgate: the Dockerfile {linked!r} is a link to {links[linked]!r}; "
+                    "Pullgate cannot inspect linked Dockerfiles"
+                )
+            raise InspectionError(
+                f"pullgate: cannot locate the Dockerfile {dockerfile!r} in the build context"
+            )
+        wants = _dockerfile_wants(chosen, members[chosen], build_args)
+        return Inspection(wants=(*wants, *cache_from))
+
+    return NeedTar(lambda name: name in names, finish, "build context")
+
+
+def _dockerfile_wants(name: str, data: bytes, build_args: Mapping[str, str]) -> list[Wanted]:
+    try:
+        found = parse_dockerfile(data, build_args)
+        uses = list(found.uses)
+        if b"<<" in data:
+            # A classic builder without heredoc support reads heredoc bodies as
+            # instructions: check what it would pull too, or refuse if it cannot be read.
+            try:
+                uses += parse_dockerfile(data, build_args, heredocs=False).uses
+            except DockerfileError as e:
+                raise InspectionError(
+                    f"pullgate: {name} uses heredocs, which the classic builder reads "
+                    f"differently ({e}); Pullgate cannot tell what it would pull"
+                ) from e
+    except DockerfileError as e:
+        raise InspectionError(f"pullgate: cannot inspect {name}: {e}") from e
+    wants: list[Wanted] = []
+    seen: set[tuple[str, int]] = set()
+    for use in uses:
+        if (use.image, use.line) in seen:
+            continue
+        seen.add((use.image, use.line))
+        ref = _reference(use.image, "image in the Dockerfile")
+        detail = f"{name} line {use.line}: {use.instruction}" if use.line else f"{name} syntax"
+        wants.append(Wanted(use.image, ref, EventAction.BUILD, detail=detail))
+    return wants
+
+
+# --- load -----------------------------------------------------------------------------
+
+_LOAD_MEMBERS = frozenset({"manifest.json", "repositories", "index.json"})
+
+
+def _tar_of_images() -> NeedTar:
+    return NeedTar(lambda name: name in _LOAD_MEMBERS, _load_finish, "image archive")
+
+
+def _load_finish(found: TarFindings) -> Inspection:
+    """Image names in a ``docker save`` / OCI archive: every one is decided.
+
+    Every occurrence of a metadata file counts, not only the last: the daemon's reader
+    may pick another one than extraction order suggests, so the union is checked.
+    """
+    if found.links:
+        raise InspectionError(
+            "pullgate: image metadata in the archive is a link "
+            f"({', '.join(sorted(found.links))}); Pullgate cannot inspect it"
+        )
+    names: list[tuple[str, str]] = []
+    for member, data in found.every:
+        names += _names_in(member, data)
+    wants = []
+    for name, where in names:
+        ref = _reference(name, f"image name in {where}")
+        wants.append(Wanted(name, ref, EventAction.LOAD, detail=where))
+    return Inspection(wants=tuple(wants))
+
+
+def _names_in(member: str, data: bytes) -> list[tuple[str, str]]:
+    names: list[tuple[str, str]] = []
+    if member == "manifest.json":
+        manifest = _strict_json(_text(data, "manifest.json"), "manifest.json")
+        if not isinstance(manifest, list):
+            raise InspectionError("pullgate: manifest.json must be a JSON array")
+        for entry in manifest:
+            tags = entry.get("RepoTags") if isinstance(entry, dict) else None
+            if tags is None:
+                continue
+            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+                raise InspectionError("pullgate: manifest.json RepoTags must be strings")
+            names += [(t, "manifest.json") for t in tags]
+    elif member == "repositories":
+        repos = _strict_json(_text(data, "repositories"), "repositories")
+        if not isinstance(repos, dict):
+            raise InspectionError("pullgate: repositories must be a JSON object")
+        for repo, tags in repos.items():
+            if not isinstance(tags, dict):
+                raise InspectionError("pullgate: repositories entries must be objects")
+            names += [(f"{repo}:{tag}", "repositories") for tag in tags]
+    elif member == "index.json":
+        names += _oci_names(data)
+    return names
+
+
+def _oci_names(data: bytes) -> list[tuple[str, str]]:
+    index = _strict_json(_text(data, "index.json"), "index.json")
+    manifests = index.get("manifests") if isinstance(index, dict) else None
+    if manifests is None:
+        return []
+    if not isinstance(manifests, list):
+        raise InspectionError("pullgate: index.json manifests must be an array")
+    out = []
+    for manifest in manifests:
+        annotations = manifest.get("annotations") if isinstance(manifest, dict) else None
+        if not isinstance(annotations, dict):
+            continue
+        name = annotations.get("io.containerd.image.name")
+        ref_name = annotations.get("org.opencontainers.image.ref.name")
+        if isinstance(name, str) and name:
+            out.append((name, "index.json"))
+        elif isinstance(ref_name, str) and ("/" in ref_name or ":" in ref_name):
+            # A bare tag ("latest") names nothing by itself; a full name does.
+            out.append((ref_name, "index.json"))
+    return out
+
+
+def _text(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InspectionError(f"pullgate: {what} is not UTF-8") from e
+
+
+# --- JSON bodies ----------------------------------------------------------------------
+
+
+def _field(obj: object, name: str, where: str) -> object:
+    """A JSON field as Go's ``encoding/json`` finds it: keys match case-insensitively
+    (with Unicode folding), and several keys that fold alike are ambiguous, refused."""
+    if not isinstance(obj, dict):
+        return None
+    matches = [key for key in obj if key.casefold() == name.casefold()]
+    if len(matches) > 1:
+        raise InspectionError(f"pullgate: {where} has several keys that mean {name!r}")
+    return obj[matches[0]] if matches else None
+
+
+def _json_body(body: bytes, what: str) -> object:
+    if len(body) > MAX_JSON_BODY:
+        raise InspectionError(f"pullgate: {what} body is larger than {MAX_JSON_BODY} bytes")
+    return _strict_json(_text(body, what), what)
+
+
+def inspect_json_body(route: Route, body: bytes) -> Inspection:
+    """Images named in a ``containers/create`` or ``services`` request body."""
+    if route.endpoint is Endpoint.CONTAINER_CREATE:
+        config = _json_body(body, "container config")
+        image = _field(config, "Image", "the container config")
+        if image is None or image == "":
+            return Inspection()
+        if not isinstance(image, str):
+            raise InspectionError("pullgate: the container config Image must be a string")
+        try:
+            parsed = parse_any_reference(image)
+        except ReferenceError as e:
+            raise InspectionError(f"pullgate: invalid image {image!r}: {e}") from e
+        if isinstance(parsed, DigestReference):
+            return Inspection(lookups=(image,))
+        return Inspection(wants=(Wanted(image, parsed, EventAction.CREATE),), lookups=(image,))
+    spec = _json_body(body, "service spec")
+    task = _field(spec, "TaskTemplate", "the service spec")
+    wants: list[Wanted] = []
+    container = _field(task, "ContainerSpec", "TaskTemplate")
+    image = _field(container, "Image", "ContainerSpec")
+    plugin = _field(task, "PluginSpec", "TaskTemplate")
+    remote = _field(plugin, "Remote", "PluginSpec")
+    for value, what in ((image, "service image"), (remote, "service plugin")):
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise InspectionError(f"pullgate: the {what} must be a string")
+        wants.append(Wanted(value, _reference(value, what), EventAction.SERVICE))
+    return Inspection(wants=tuple(wants))
+
+
+@dataclass
+class LocalImage:
+    """What the daemon knows of an image already on the machine."""
+
+    repo_tags: list[str] = field(default_factory=list)
+    repo_digests: list[str] = field(default_factory=list)
+
+
+def local_image_wants(name: str, image: LocalImage, by_id: bool) -> list[Wanted]:
+    """Names a container's local image must also be allowed under.
+
+    Its ``RepoDigests`` say where its content was pulled from, whatever it is called
+    now; for an image given by ID its tags are all it has. Names that do not parse
+    (``<none>``) are skipped.
+    """
+    candidates = list(image.repo_digests) + (list(image.repo_tags) if by_id else [])
+    wants = []
+    for candidate in candidates:
+        try:
+            ref = parse_normalized_named(candidate)
+        except ReferenceError:
+            continue
+        wants.append(Wanted(candidate, ref, EventAction.CREATE, detail=f"local image {name}"))
+    return wants

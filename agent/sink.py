@@ -1,0 +1,82 @@
+"""The decision sink: every decision the agent makes, to whoever subscribes.
+
+The shim does not write logs or notify anyone itself; it emits one ``DecisionEvent`` per
+decision, and subscribers (stderr now; the audit log, control API and bypass detector
+later) take it from here. Credentials never enter an event: only what the policy saw.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+__all__ = ["DecisionEvent", "DecisionSink", "PeerInfo", "StderrSubscriber"]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """The client process on the other end of the socket (SO_PEERCRED)."""
+
+    pid: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True)
+class DecisionEvent:
+    """One decision on one image (or on a request a policy setting decided)."""
+
+    action: str  # image-pull, image-build, image-load, container-create, ...
+    decision: str  # allow | deny | would_deny
+    image: str | None  # canonical reference, None for setting-only decisions
+    input: str | None  # the reference as the client wrote it
+    category: str | None
+    rule: str
+    reason: str
+    policy: str
+    policy_serial: int
+    endpoint: str  # "POST /images/create"
+    message: str | None = None  # the denial message sent to the client
+    detail: str | None = None  # e.g. "Dockerfile line 3: FROM ${BASE}"
+    peer: PeerInfo = field(default_factory=PeerInfo)
+    time: float = field(default_factory=time.time)
+    type: str = "decision"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Subscriber = Callable[[DecisionEvent], None]
+
+
+class DecisionSink:
+    """Fan-out of decision events; a failing subscriber never breaks a request."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    def emit(self, event: DecisionEvent) -> None:
+        for subscriber in self._subscribers:
+            try:
+                subscriber(event)
+            except Exception as e:
+                print(f"pullgate: decision subscriber failed: {e!r}", file=sys.stderr)
+
+
+class StderrSubscriber:
+    """One JSON object per line on stderr (until the audit log lands)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+
+    def __call__(self, event: DecisionEvent) -> None:
+        stream = self._stream or sys.stderr
+        stream.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
+        stream.flush()

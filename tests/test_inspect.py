@@ -1,0 +1,249 @@
+"""Request inspection reads parameters exactly as dockerd does, and refuses ambiguity."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from agent.http1 import RequestHead, parse_request_head
+from agent.inspect import (
+    EventAction,
+    Inspection,
+    InspectionError,
+    NeedJson,
+    NeedTar,
+    TarFindings,
+    inspect_head,
+    inspect_json_body,
+)
+from agent.policy import Policy
+from agent.routes import route_request
+from tests.policy_builders import policy
+
+DIGEST = "sha256:" + "a" * 64
+
+
+def _head(target: str, *headers: str) -> RequestHead:
+    lines = [f"POST {target} HTTP/1.1", "Host: docker", *headers]
+    return parse_request_head(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+
+def plan(target: str, p: Policy | None = None, *headers: str) -> Any:
+    return inspect_head(route_request(target), _head(target, *headers), p or policy())
+
+
+def pulled(target: str) -> list[tuple[str, bool]]:
+    result = plan(target)
+    assert isinstance(result, Inspection)
+    return [(str(w.reference), w.all_tags) for w in result.wants]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("fromImage=alpine&tag=latest", ("docker.io/library/alpine:latest", False)),
+        ("fromImage=alpine", ("docker.io/library/alpine", True)),
+        ("fromImage=someuser%2Ftool:", ("docker.io/someuser/tool", True)),
+        ("fromImage=alpine:3.20", ("docker.io/library/alpine:3.20", False)),
+        ("fromImage=alpine:3.20&tag=latest", ("docker.io/library/alpine:latest", False)),
+        (f"fromImage=alpine:3.20&tag={DIGEST}", (f"docker.io/library/alpine@{DIGEST}", False)),
+        (f"fromImage=alpine@{DIGEST}", (f"docker.io/library/alpine@{DIGEST}", False)),
+        (
+            "fromImage=registry-1.docker.io/someuser/tool&tag=1",
+            ("registry-1.docker.io/someuser/tool:1", False),
+        ),
+    ],
+)
+def test_pull_reference_is_what_the_daemon_pulls(query: str, expected: tuple[str, bool]) -> None:
+    assert pulled(f"/v1.41/images/create?{query}") == [expected]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "fromImage=alpine&fromImage=someuser/tool",
+        "fromImage=alpine&tag=a&tag=b",
+        "fromImage=someuser/Tool",
+        "fromImage=alpine&tag=bad%20tag",
+        "fromImage=%zz",
+    ],
+)
+def test_ambiguous_or_invalid_pulls_are_refused(query: str) -> None:
+    with pytest.raises(InspectionError):
+        plan(f"/images/create?{query}")
+
+
+def test_form_encoded_body_that_could_override_the_query_is_refused() -> None:
+    with pytest.raises(InspectionError, match="form-encoded"):
+        plan(
+            "/images/create?fromImage=alpine",
+            None,
+            "Content-Type: application/x-www-form-urlencoded; charset=utf-8",
+            "Content-Length: 3",
+        )
+
+
+def test_import_follows_the_load_setting() -> None:
+    target = "/images/create?fromSrc=-&repo=someuser/tool&tag=1"
+    denied = plan(target, policy(load="deny"))
+    assert denied.setting is not None and not denied.setting.allowed
+    allowed = plan(target, policy(load="allow"))
+    assert allowed.setting is not None and allowed.setting.allowed
+    checked = plan(target, policy(load="check"))
+    assert [str(w.reference) for w in checked.wants] == ["docker.io/someuser/tool:1"]
+    assert checked.wants[0].action is EventAction.IMPORT
+
+
+def test_buildkit_follows_the_builds_setting() -> None:
+    for target in ("/session", "/v1.41/grpc", "/build?version=2", "/build?remote=https://x/y.git"):
+        denied = plan(target, policy(builds="deny"))
+        assert denied.setting is not None and not denied.setting.allowed, target
+        assert "DOCKER_BUILDKIT=0" in denied.setting.hint
+        assert plan(target, policy(builds="allow")).setting.allowed
+
+
+def build_finish(
+    target: str, files: dict[str, bytes], links: dict[str, str] | None = None
+) -> Inspection:
+    result = plan(target)
+    assert isinstance(result, NeedTar)
+    captures = [(name, data) for name, data in files.items() if result.wanted(name)]
+    return result.finish(TarFindings(dict(captures), captures, links or {}))
+
+
+def test_classic_build_reads_the_named_dockerfile_with_build_args() -> None:
+    files = {
+        "Dockerfile": b"FROM alpine\n",
+        "sub/Dockerfile.dev": b"ARG BASE=alpine\nFROM ${BASE}\nCOPY --from=someuser/tool:1 /a /a\n",
+    }
+    args = quote(json.dumps({"BASE": "someuser/base", "UNSET": None}))
+    result = build_finish(f"/build?dockerfile=./sub/Dockerfile.dev&buildargs={args}", files)
+    assert [str(w.reference) for w in result.wants] == [
+        "docker.io/someuser/base",
+        "docker.io/someuser/tool:1",
+    ]
+    assert result.wants[1].detail == "sub/Dockerfile.dev line 3: COPY --from=someuser/tool:1 /a /a"
+
+
+def test_default_dockerfile_falls_back_to_lowercase_and_cache_from_is_checked() -> None:
+    cache = quote('["someuser/cache:1"]')
+    result = build_finish(f"/build?cachefrom={cache}", {"dockerfile": b"FROM alpine\n"})
+    assert [str(w.reference) for w in result.wants] == [
+        "docker.io/library/alpine",
+        "docker.io/someuser/cache:1",
+    ]
+
+
+def test_build_without_its_dockerfile_or_with_a_linked_one_is_refused() -> None:
+    with pytest.raises(InspectionError, match="cannot locate"):
+        build_finish("/build", {"other": b""})
+    with pytest.raises(InspectionError, match="link"):
+        build_finish("/build", {}, {"Dockerfile": "real/Dockerfile"})
+
+
+def test_classic_build_checks_heredoc_bodies_as_instructions_too() -> None:
+    with pytest.raises(InspectionError, match="heredoc"):
+        build_finish("/build", {"Dockerfile": b"FROM alpine\nRUN <<EOF\nFROM someuser/tool\nEOF\n"})
+
+
+def test_bad_build_args_are_refused() -> None:
+    for args in ('{"A": 1}', "[1]", '{"A": "x", "A": "y"}', "{nope"):
+        with pytest.raises(InspectionError):
+            plan(f"/build?buildargs={quote(args)}")
+
+
+def load_finish(files: list[tuple[str, bytes]]) -> Inspection:
+    result = plan("/images/load", policy(load="check"))
+    assert isinstance(result, NeedTar)
+    every = [(n, d) for n, d in files if result.wanted(n)]
+    return result.finish(TarFindings(dict(every), every, {}))
+
+
+def test_load_names_come_from_manifest_repositories_and_oci_index() -> None:
+    manifest = json.dumps([{"Config": "c.json", "RepoTags": ["someuser/tool:1.0"], "Layers": []}])
+    repositories = json.dumps({"alpine": {"3": "abc"}})
+    index = json.dumps(
+        {
+            "manifests": [
+                {"annotations": {"io.containerd.image.name": "docker.io/acme/app:2"}},
+                {"annotations": {"org.opencontainers.image.ref.name": "latest"}},
+            ]
+        }
+    )
+    result = load_finish(
+        [
+            ("manifest.json", manifest.encode()),
+            ("repositories", repositories.encode()),
+            ("index.json", index.encode()),
+            ("manifest.json", json.dumps([{"RepoTags": ["nginx:1"]}]).encode()),
+        ]
+    )
+    assert [str(w.reference) for w in result.wants] == [
+        "docker.io/someuser/tool:1.0",
+        "docker.io/library/alpine:3",
+        "docker.io/acme/app:2",
+        "docker.io/library/nginx:1",
+    ]
+
+
+def test_load_with_unreadable_metadata_is_refused() -> None:
+    for data in (b"{", b'{"a": 1}', b'[{"RepoTags": "x"}]', b'[{"RepoTags": ["Bad/Name"]}]'):
+        with pytest.raises(InspectionError):
+            load_finish([("manifest.json", data)])
+
+
+def test_load_setting_deny_and_allow() -> None:
+    assert not plan("/images/load", policy(load="deny")).setting.allowed
+    assert plan("/images/load", policy(load="allow")).setting.allowed
+
+
+def json_route(target: str) -> Any:
+    result = plan(target)
+    assert isinstance(result, NeedJson)
+    return result.route
+
+
+def test_container_create_image_is_found_case_insensitively() -> None:
+    route = json_route("/v1.41/containers/create")
+    result = inspect_json_body(route, b'{"image": "someuser/tool", "Cmd": ["x"]}')
+    assert [str(w.reference) for w in result.wants] == ["docker.io/someuser/tool"]
+    assert result.lookups == ("someuser/tool",)
+
+
+def test_container_create_with_two_image_keys_is_refused() -> None:
+    route = json_route("/containers/create")
+    for body in (
+        b'{"Image": "alpine", "image": "someuser/tool"}',
+        b'{"Image": "alpine", "Image": "someuser/tool"}',
+    ):
+        with pytest.raises(InspectionError):
+            inspect_json_body(route, body)
+
+
+def test_container_create_by_id_needs_a_daemon_lookup() -> None:
+    route = json_route("/containers/create")
+    result = inspect_json_body(route, json.dumps({"Image": "b" * 64}).encode())
+    assert result.wants == () and result.lookups == ("b" * 64,)
+
+
+def test_container_create_is_not_inspected_when_on_create_allows() -> None:
+    result = plan("/containers/create", policy(on_create="allow"))
+    assert isinstance(result, Inspection) and not result.wants
+
+
+def test_service_images_are_found() -> None:
+    route = json_route("/v1.41/services/create")
+    body = {"Name": "web", "taskTemplate": {"ContainerSpec": {"Image": "someuser/tool:1"}}}
+    result = inspect_json_body(route, json.dumps(body).encode())
+    assert [str(w.reference) for w in result.wants] == ["docker.io/someuser/tool:1"]
+
+
+def test_plugin_and_distribution_names() -> None:
+    assert [str(w.reference) for w in plan("/plugins/pull?remote=vieux/sshfs&name=x").wants] == [
+        "docker.io/vieux/sshfs"
+    ]
+    result = plan("/v1.41/distribution/someuser/tool:1/json")
+    assert [str(w.reference) for w in result.wants] == ["docker.io/someuser/tool:1"]
