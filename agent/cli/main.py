@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import check
+from agent.cli import agent_cmd, check
 
 EXIT_USAGE = 2
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pullgate {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     check.register(commands)
+    agent_cmd.register(commands)
     return parser
 
 
