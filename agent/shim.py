@@ -262,8 +262,45 @@ class ClientConnection(asyncio.Protocol):
         if self.state == _SPLICE:
             self._to_upstream(data)
             return
+        if not self.buf and self.state in (_BODY, _TAR):
+            # Fast path for body bytes (load, build contexts, stdin): no copies.
+            try:
+                n = self._body_bytes(data)
+            except ProtocolError as e:
+                self._refuse(e.status, f"pullgate: {e.message}")
+                return
+            except InspectionError as e:
+                self._refuse(e.status, e.message)
+                return
+            except TarScanError as e:
+                self._refuse(400, f"pullgate: cannot inspect the {self._tar_what()}: {e}")
+                return
+            if n == len(data):
+                return
+            data = data[n:]
         self.buf += data
         self._process()
+
+    def _body_bytes(self, data: bytes) -> int:
+        """Pass or scan body bytes straight from a read; returns how many belonged to it."""
+        reader = self.reader
+        assert reader is not None
+        with memoryview(data) as view:
+            n, pieces = reader.feed(view)
+            if self.state == _TAR:
+                assert self.tar is not None
+                for piece in pieces:
+                    self.tar.feed(piece)
+            del pieces
+        raw = data if n == len(data) else data[:n]
+        if self.state == _BODY:
+            if n:
+                self._to_upstream(raw)
+            if reader.done:
+                self._request_complete()
+        else:
+            self._tar_forward(raw)
+        return n
 
     def eof_received(self) -> bool:
         if self.state == _SPLICE and self.upstream and self.upstream.transport:
@@ -503,6 +540,12 @@ class ClientConnection(asyncio.Protocol):
         raw, payload = self._take_body()
         if raw:
             self.tar.feed(payload)
+        self._tar_forward(raw)
+
+    def _tar_forward(self, raw: bytes) -> None:
+        """Forward scanned tar body bytes, or hold them once the archive may be ending."""
+        assert self.reader is not None and self.tar is not None
+        if raw:
             if not self.holding_tail and self.tar.end_started:
                 self.holding_tail = True
             if self.holding_tail or self.reader.done:
@@ -712,12 +755,30 @@ class ClientConnection(asyncio.Protocol):
             # The daemon spoke out of turn (no request in flight): stop trusting framing.
             self.abort()
             return
+        reader = self.rreader
+        if not self.rbuf and reader is not None and not reader.done:
+            # Fast path for body bytes (save, pull progress, logs): no copies.
+            try:
+                n, _ = reader.feed(memoryview(data))
+            except ProtocolError as e:
+                print(f"pullgate: bad response from the daemon: {e.message}", file=sys.stderr)
+                self.abort()
+                return
+            transport.write(data if n == len(data) else data[:n])
+            if n == len(data):
+                if self._response_body_done():
+                    self._response_complete()
+                return
+            data = data[n:]
         self.rbuf += data
         try:
             self._process_response()
         except ProtocolError as e:
             print(f"pullgate: bad response from the daemon: {e.message}", file=sys.stderr)
             self.abort()
+
+    def _response_body_done(self) -> bool:
+        return self.rreader is not None and self.rreader.done
 
     def _process_response(self) -> None:
         transport = self.transport
