@@ -1,0 +1,764 @@
+"""``pullgate admin``: make and check the org's signed policy (keygen, sign, verify, lint).
+
+These commands run on an admin's machine, never in the agent. They share the agent's
+strict loaders (``agent.policy``, ``agent.envelope``), so a policy that passes here is
+exactly one an agent will accept. Exit codes: 0 ok; 1 invalid (a bad signature, an
+expired policy, lint warnings with ``--strict``); 2 bad input (unreadable files, a
+policy that does not load, flags that make no sense).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fnmatch
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.envelope import (
+    MAX_ENVELOPE_BYTES,
+    EnvelopeError,
+    PublicKey,
+    sign_envelope,
+    verify_envelope,
+)
+from agent.policy import (
+    MAX_POLICY_BYTES,
+    Action,
+    Mode,
+    Policy,
+    PolicyError,
+    Rule,
+    decode_json,
+    parse_policy,
+)
+from agent.policy_file import PolicySourceError, is_envelope, read_public_key
+from agent.rules import RulePattern
+
+__all__ = [
+    "Finding",
+    "Level",
+    "format_time",
+    "lint_document",
+    "lint_policy",
+    "parse_duration",
+    "register",
+    "stamp_validity",
+    "tag_glob_can_match",
+]
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_BAD_INPUT = 2
+
+MAX_KEY_FILE_BYTES = 64 * 1024
+# A policy valid for longer than this outlives the point of expiry: a stolen or
+# superseded copy stays acceptable to every agent that cannot fetch a newer one.
+LONG_VALIDITY = timedelta(days=365)
+# Agents allow a little clock skew on issued_at; lint only warns beyond it.
+FUTURE_SKEW = timedelta(minutes=5)
+_DOCKER_HUB = "docker.io"
+_HUB_REPOSITORY_DEPTH = 2  # Docker Hub repositories are namespace/name, never deeper
+
+
+class AdminInputError(Exception):
+    """Input that makes the command impossible; printed as one line, exit 2."""
+
+
+# --- argument parsing -----------------------------------------------------------------
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "admin",
+        help="make and check the org's signed policy (keygen, sign, verify, lint)",
+        description="Tools for the admins who publish the organisation's signed policy.",
+    )
+    sub = parser.add_subparsers(dest="admin_command", metavar="SUBCOMMAND", required=True)
+
+    keygen = sub.add_parser(
+        "keygen",
+        help="create an Ed25519 signing key pair",
+        description="Write an Ed25519 private key to PREFIX (mode 0600) and its public key "
+        "to PREFIX.pub; print the key id and the managed-config line that trusts it.",
+    )
+    keygen.add_argument("--out", metavar="PREFIX", required=True, help="private key path")
+    _passphrase_options(keygen, "encrypt the private key with the passphrase in")
+    keygen.set_defaults(run=run_keygen)
+
+    sign = sub.add_parser(
+        "sign",
+        help="sign a policy into a DSSE envelope",
+        description="Validate POLICY.json and write it, signed by every --key, as a DSSE "
+        "envelope (written atomically).",
+    )
+    sign.add_argument("policy", metavar="POLICY.json")
+    sign.add_argument(
+        "--key", metavar="KEY", action="append", required=True, help="private key (repeatable)"
+    )
+    _passphrase_options(sign, "decrypt the keys with the passphrase in")
+    sign.add_argument(
+        "--expires-in",
+        metavar="DURATION",
+        help="set issued_at to now and expires_at to now + DURATION (90m, 12h, 7d, 2w)",
+    )
+    sign.add_argument("--out", metavar="ENVELOPE", required=True, help="envelope to write")
+    sign.set_defaults(run=run_sign)
+
+    verify = sub.add_parser(
+        "verify",
+        help="check a signed policy as an agent would",
+        description="Exit 0 only when the envelope is signed by --threshold of the trusted "
+        "keys, holds a valid policy (of --org, if given) and has not expired; 1 when it is "
+        "not; 2 on bad input.",
+    )
+    verify.add_argument("envelope", metavar="ENVELOPE")
+    verify.add_argument(
+        "--trusted-key",
+        metavar="PUB",
+        action="append",
+        required=True,
+        help="a .pub file or an 'ed25519:...' key (repeatable)",
+    )
+    verify.add_argument(
+        "--threshold", metavar="N", type=int, default=1, help="distinct valid signatures needed"
+    )
+    verify.add_argument("--org", help="the org the policy must be for")
+    verify.set_defaults(run=run_verify)
+
+    lint = sub.add_parser(
+        "lint",
+        help="find mistakes in a policy before signing it",
+        description="Report schema errors (exit 2) and warnings: shadowed rules, rules "
+        "that can never match, expired rules or policy, very long validity.",
+    )
+    lint.add_argument("policy", metavar="POLICY.json")
+    lint.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
+    lint.set_defaults(run=run_lint)
+
+
+def _passphrase_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--passphrase-file", metavar="FILE", help=f"{verb} FILE")
+    group.add_argument("--passphrase-env", metavar="VAR", help=f"{verb} environment variable VAR")
+
+
+def _read_passphrase(args: argparse.Namespace) -> bytes | None:
+    """The passphrase from a file (one trailing newline dropped) or the environment.
+
+    Never from the command line itself: argv is visible to every user in ``ps``.
+    """
+    if args.passphrase_file:
+        try:
+            data = Path(args.passphrase_file).read_bytes()
+        except OSError as e:
+            raise AdminInputError(
+                f"cannot read passphrase file {args.passphrase_file}: {e.strerror or e}"
+            ) from e
+        data = data.removesuffix(b"\n").removesuffix(b"\r")
+        if not data:
+            raise AdminInputError(f"passphrase file {args.passphrase_file} is empty")
+        return data
+    if args.passphrase_env:
+        value = os.environ.get(args.passphrase_env)
+        if value is None:
+            raise AdminInputError(f"environment variable {args.passphrase_env} is not set")
+        if not value:
+            raise AdminInputError(f"environment variable {args.passphrase_env} is empty")
+        return value.encode("utf-8")
+    return None
+
+
+# --- small pure helpers ---------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"([1-9][0-9]{0,5})([mhdw])")
+_DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90m``, ``12h``, ``7d``, ``2w``: one positive number and one unit."""
+    found = _DURATION_RE.fullmatch(text)
+    if found is None:
+        raise ValueError(
+            f"duration {text!r}: expected a positive number and a unit m, h, d or w "
+            "(90m, 12h, 7d, 2w)"
+        )
+    number, unit = found.groups()
+    return timedelta(**{_DURATION_UNITS[unit]: int(number)})
+
+
+def format_time(when: datetime) -> str:
+    """UTC to the second, with 'Z': how policies spell timestamps."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _relative(when: datetime, now: datetime) -> str:
+    delta = when - now
+    seconds = abs(delta.total_seconds())
+    if seconds < 120:
+        amount = f"{int(seconds)} seconds"
+    elif seconds < 2 * 3600:
+        amount = f"{int(seconds // 60)} minutes"
+    elif seconds < 2 * 86400:
+        amount = f"{int(seconds // 3600)} hours"
+    else:
+        amount = f"{int(seconds // 86400)} days"
+    return f"in {amount}" if delta.total_seconds() >= 0 else f"{amount} ago"
+
+
+def stamp_validity(document: object, now: datetime, valid_for: timedelta) -> object:
+    """The document with ``issued_at`` = now and ``expires_at`` = now + ``valid_for``.
+
+    Other fields (and their order) are kept; a non-object is returned unchanged so the
+    loader reports it with its usual path.
+    """
+    if not isinstance(document, dict):
+        return document
+    issued = now.astimezone(UTC).replace(microsecond=0)
+    stamped = dict(document)
+    stamped["issued_at"] = format_time(issued)
+    stamped["expires_at"] = format_time(issued + valid_for)
+    return stamped
+
+
+# --- files ----------------------------------------------------------------------------
+
+
+def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` with ``mode`` from the first byte on, never replacing a file.
+
+    O_EXCL closes the window in which a private key would exist with default permissions
+    and refuses to clobber an existing key (a lost key cannot be recovered).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)  # the umask may have removed bits we asked for
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not possible on every platform (Windows); the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` so readers see the old file or the new one, never a torn one."""
+    directory = path.parent
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _read_capped(path: str, limit: int, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise AdminInputError(f"cannot read {what} {path}: {e.strerror or e}") from e
+    if len(data) > limit:
+        raise AdminInputError(f"{what} {path} is larger than {limit} bytes")
+    return data
+
+
+def _load_private_key(path: str, passphrase: bytes | None) -> Ed25519PrivateKey:
+    data = _read_capped(path, MAX_KEY_FILE_BYTES, "key")
+    try:
+        try:
+            key = serialization.load_pem_private_key(data, passphrase)
+        except TypeError:
+            # cryptography raises TypeError both for "encrypted but no password" and
+            # "password given but not encrypted"; one passphrase serves several keys,
+            # so an unencrypted key among them is fine.
+            if passphrase is None:
+                raise AdminInputError(
+                    f"key {path} is passphrase-protected: pass --passphrase-file or "
+                    "--passphrase-env"
+                ) from None
+            key = serialization.load_pem_private_key(data, None)
+    except ValueError as e:
+        if passphrase is not None and b"ENCRYPTED" in data:
+            raise AdminInputError(f"cannot decrypt key {path}: wrong passphrase?") from e
+        raise AdminInputError(f"key {path} is not a PEM private key: {e}") from e
+    except UnsupportedAlgorithm as e:
+        raise AdminInputError(f"key {path}: unsupported key type: {e}") from e
+    if not isinstance(key, Ed25519PrivateKey):
+        raise AdminInputError(f"key {path} is not an Ed25519 key (got {type(key).__name__})")
+    return key
+
+
+# --- keygen ---------------------------------------------------------------------------
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    prog = "pullgate admin keygen"
+    private_path = Path(args.out)
+    public_path = Path(args.out + ".pub")
+    try:
+        passphrase = _read_passphrase(args)
+        for path in (private_path, public_path):
+            if path.exists() or path.is_symlink():
+                raise AdminInputError(f"{path} already exists; refusing to overwrite a key")
+    except AdminInputError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    key = Ed25519PrivateKey.generate()
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+    public = PublicKey.from_key(key)
+    try:
+        _create_exclusive(private_path, private_pem, 0o600)
+    except OSError as e:
+        print(f"{prog}: cannot create {private_path}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        _create_exclusive(public_path, public.to_pem(), 0o644)
+    except OSError as e:
+        private_path.unlink()  # ours, just made: do not leave half a key pair behind
+        print(f"{prog}: cannot create {public_path}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    protection = "passphrase-protected" if passphrase else "not encrypted"
+    print(f"private key: {private_path} (mode 0600, {protection}; keep it secret)")
+    print(f"public key:  {public_path}")
+    print(f"key id:      {public.keyid}")
+    print("managed config (agents that trust this key):")
+    print(f'  "trusted_keys": [{json.dumps(public.to_config())}]')
+    return EXIT_OK
+
+
+# --- sign -----------------------------------------------------------------------------
+
+
+def run_sign(args: argparse.Namespace) -> int:
+    prog = "pullgate admin sign"
+    now = datetime.now(UTC)
+    try:
+        valid_for = None
+        if args.expires_in is not None:
+            try:
+                valid_for = parse_duration(args.expires_in)
+            except ValueError as e:
+                raise AdminInputError(f"--expires-in: {e}") from e
+        data = _read_capped(args.policy, MAX_POLICY_BYTES, "policy")
+        policy, payload = _policy_payload(args.policy, data, now, valid_for)
+        passphrase = _read_passphrase(args)
+        keys = [_load_private_key(path, passphrase) for path in args.key]
+        ids = [PublicKey.from_key(k).keyid for k in keys]
+        if len(set(ids)) != len(ids):
+            raise AdminInputError("the same key was given twice; it would count only once")
+    except AdminInputError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    envelope = sign_envelope(payload, keys)
+    # Check our own output with the agent's verifier before anyone can download it.
+    verified = verify_envelope(envelope, [PublicKey.from_key(k) for k in keys], len(keys))
+    try:
+        write_atomic(Path(args.out), envelope)
+    except OSError as e:
+        print(f"{prog}: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if policy.expires_at <= now:
+        print(
+            f"{prog}: warning: this policy expired at {format_time(policy.expires_at)}; "
+            "agents will treat it as stale (use --expires-in)",
+            file=sys.stderr,
+        )
+    print(f"signed:    {args.out}")
+    print(f"org:       {policy.org}")
+    print(f"serial:    {policy.serial}")
+    print(f"issued:    {format_time(policy.issued_at)}")
+    print(f"expires:   {format_time(policy.expires_at)} ({_relative(policy.expires_at, now)})")
+    print(f"signed by: {', '.join(verified.signers)}")
+    return EXIT_OK
+
+
+def _policy_payload(
+    name: str, data: bytes, now: datetime, valid_for: timedelta | None
+) -> tuple[Policy, bytes]:
+    """Validate the policy (after stamping, if asked); return it and the bytes to sign.
+
+    Without ``--expires-in`` the admin's file is signed byte for byte, so the signed
+    payload is exactly what was reviewed.
+    """
+    try:
+        document = decode_json(data)
+        if is_envelope(document):
+            raise AdminInputError(f"{name} is already a signed envelope; sign the policy JSON")
+        if valid_for is not None:
+            document = stamp_validity(document, now, valid_for)
+            data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        return parse_policy(document, source=name), data
+    except PolicyError as e:
+        raise AdminInputError(f"invalid policy {name}: {e}") from e
+    except OverflowError as e:
+        raise AdminInputError(f"--expires-in is too far in the future: {e}") from e
+
+
+# --- verify ---------------------------------------------------------------------------
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    prog = "pullgate admin verify"
+    now = datetime.now(UTC)
+    try:
+        trusted = [read_public_key(arg) for arg in args.trusted_key]
+        distinct = len({k.keyid for k in trusted})
+        if not 1 <= args.threshold <= distinct:
+            raise AdminInputError(
+                f"--threshold {args.threshold} is impossible with {distinct} distinct "
+                "trusted key(s)"
+            )
+        data = _read_capped(args.envelope, MAX_ENVELOPE_BYTES, "envelope")
+    except (AdminInputError, PolicySourceError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        verified = verify_envelope(data, trusted, args.threshold)
+    except EnvelopeError as e:
+        print(f"{prog}: invalid: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        policy = parse_policy(decode_json(verified.payload), source=args.envelope)
+    except PolicyError as e:
+        print(f"{prog}: invalid: the signed payload is not a valid policy: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"org:       {policy.org}")
+    print(f"serial:    {policy.serial}")
+    print(f"issued:    {format_time(policy.issued_at)} ({_relative(policy.issued_at, now)})")
+    print(f"expires:   {format_time(policy.expires_at)} ({_relative(policy.expires_at, now)})")
+    print(f"signed by: {', '.join(verified.signers)}")
+    problems = []
+    if args.org is not None and policy.org != args.org:
+        problems.append(f"the policy is for org {policy.org!r}, not {args.org!r}")
+    if policy.expires_at <= now:
+        problems.append(
+            f"the policy expired at {format_time(policy.expires_at)}; agents treat it as stale"
+        )
+    if policy.issued_at > now + FUTURE_SKEW:
+        problems.append(
+            f"the policy is issued in the future ({format_time(policy.issued_at)}); "
+            "agents refuse it until then"
+        )
+    for problem in problems:
+        print(f"warning: {problem}")
+    if problems:
+        print(f"{prog}: invalid: {problems[0]}", file=sys.stderr)
+        return EXIT_INVALID
+    print("valid")
+    return EXIT_OK
+
+
+# --- lint -----------------------------------------------------------------------------
+
+
+class Level(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One lint result; ``path`` names the field as the loader would (``rules[3]``)."""
+
+    level: Level
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.level}: {where}{self.message}"
+
+
+def lint_document(document: object, now: datetime) -> list[Finding]:
+    """Errors if the document does not load (all duplicate ids, not just the first);
+    otherwise the warnings of :func:`lint_policy`."""
+    errors = _duplicate_ids(document)
+    try:
+        policy = parse_policy(document, source="policy")
+    except PolicyError as e:
+        if e.path not in {f.path for f in errors}:
+            errors.append(Finding(Level.ERROR, e.path, e.problem))
+        return errors
+    return errors or lint_policy(policy, now)
+
+
+def _duplicate_ids(document: object) -> list[Finding]:
+    rules = document.get("rules") if isinstance(document, dict) else None
+    if not isinstance(rules, list):
+        return []
+    first: dict[str, int] = {}
+    out = []
+    for i, rule in enumerate(rules):
+        rule_id = rule.get("id") if isinstance(rule, dict) else None
+        if not isinstance(rule_id, str):
+            continue
+        if rule_id in first:
+            out.append(
+                Finding(
+                    Level.ERROR,
+                    f"rules[{i}].id",
+                    f"duplicate rule id {rule_id!r} (also rules[{first[rule_id]}].id)",
+                )
+            )
+        else:
+            first[rule_id] = i
+    return out
+
+
+def lint_policy(policy: Policy, now: datetime) -> list[Finding]:
+    """Warnings that are certain: each one names something that cannot do what its
+    author meant. A guess would teach admins to ignore lint, so there are none."""
+    out: list[Finding] = []
+    if policy.mode is Mode.MONITOR:
+        out.append(
+            Finding(
+                Level.INFO,
+                "mode",
+                "monitor: nothing is blocked; denials are only recorded as would_deny",
+            )
+        )
+    if policy.expires_at <= now:
+        out.append(
+            Finding(
+                Level.WARNING,
+                "expires_at",
+                f"the policy expired at {format_time(policy.expires_at)}; agents treat it "
+                "as stale (sign with --expires-in)",
+            )
+        )
+    if policy.issued_at > now + FUTURE_SKEW:
+        out.append(
+            Finding(
+                Level.WARNING,
+                "issued_at",
+                f"{format_time(policy.issued_at)} is in the future; agents refuse the policy "
+                "until then",
+            )
+        )
+    validity = policy.expires_at - policy.issued_at
+    if validity > LONG_VALIDITY:
+        out.append(
+            Finding(
+                Level.WARNING,
+                "expires_at",
+                f"valid for {validity.days} days after issued_at (more than a year): an old "
+                "copy stays acceptable that long; prefer weeks and re-signing",
+            )
+        )
+    for rule in policy.rules:
+        out.extend(_lint_rule(rule, now))
+    out.extend(_shadowed_rules(policy.rules, now))
+    out.sort(key=_finding_order)
+    return out
+
+
+def _finding_order(finding: Finding) -> tuple[int, int, str]:
+    found = re.match(r"rules\[(\d+)\]", finding.path)
+    return (1, int(found.group(1)), finding.path) if found else (0, 0, finding.path)
+
+
+def _lint_rule(rule: Rule, now: datetime) -> list[Finding]:
+    where = f"rules[{rule.position}]"
+    out = []
+    if rule.expires_at is not None and rule.expires_at <= now:
+        out.append(
+            Finding(
+                Level.WARNING,
+                where,
+                f"expired at {format_time(rule.expires_at)}; it no longer applies",
+            )
+        )
+    pattern = rule.pattern
+    depth = len(pattern.components)
+    if (
+        pattern.domain == _DOCKER_HUB
+        and pattern.port is None
+        and "**" not in pattern.components
+        and depth > _HUB_REPOSITORY_DEPTH
+    ):
+        out.append(
+            Finding(
+                Level.WARNING,
+                where,
+                f"can never match: {rule.match!r} is docker.io/{'/'.join(pattern.components)}, "
+                f"{depth} path components deep, but Docker Hub repositories are "
+                "namespace/name (official images: library/name)",
+            )
+        )
+    if pattern.tag is not None and not tag_glob_can_match(pattern.tag):
+        out.append(
+            Finding(
+                Level.WARNING,
+                where,
+                f"can never match: no valid tag matches the tag glob {pattern.tag!r}",
+            )
+        )
+    return out
+
+
+_TAG_MAX = 128
+_TAG_FIRST = re.compile(r"[A-Za-z0-9_]")
+
+
+def tag_glob_can_match(glob: str) -> bool:
+    """Whether some valid Docker tag (``[\\w][\\w.-]{0,127}``) matches the glob.
+
+    Exact, not heuristic: the shortest candidate (``?`` → one letter, ``*`` → nothing,
+    except a leading ``*`` that must supply the first character) is valid exactly when
+    any match is, because every other choice only makes the tag longer.
+    """
+    stripped = glob.lstrip("*")
+    leading_stars = len(glob) - len(stripped)
+    rest = stripped.replace("*", "")
+    candidate = rest.replace("?", "a")
+    if (not candidate or not _TAG_FIRST.fullmatch(candidate[0])) and leading_stars:
+        candidate = "a" + candidate
+    if not 1 <= len(candidate) <= _TAG_MAX:
+        return False
+    valid = _TAG_FIRST.fullmatch(candidate[0]) is not None and all(
+        c.isascii() and (c.isalnum() or c in "_.-") for c in candidate[1:]
+    )
+    return valid and fnmatch.fnmatchcase(candidate, glob)
+
+
+def _pattern_key(pattern: RulePattern) -> tuple[object, ...]:
+    """Normalised identity of a pattern: ``nginx`` and ``docker.io/library/nginx`` agree."""
+    return (pattern.domain, pattern.port, pattern.components, pattern.tag, pattern.digest)
+
+
+def _covers(winner: Rule, rule: Rule) -> bool:
+    """Whether ``winner`` applies (groups, expiry) whenever ``rule`` does."""
+    if winner.groups is not None and (rule.groups is None or not rule.groups <= winner.groups):
+        return False
+    return winner.expires_at is None or (
+        rule.expires_at is not None and rule.expires_at <= winner.expires_at
+    )
+
+
+def _beats_on_tie(winner: Rule, rule: Rule) -> bool:
+    """The engine's tie-break at equal specificity: deny beats allow, then the earlier."""
+    if winner.action is not rule.action:
+        return winner.action is Action.DENY
+    return winner.position < rule.position
+
+
+def _shadowed_rules(rules: Sequence[Rule], now: datetime) -> list[Finding]:
+    """Rules that never decide because a rule with the same pattern always wins.
+
+    Only identical (normalised) patterns are compared: then every reference one matches
+    the other matches at the same specificity, so the engine's tie-break alone decides,
+    and the warning is certain.
+    """
+    groups: dict[tuple[object, ...], list[Rule]] = {}
+    for rule in rules:
+        groups.setdefault(_pattern_key(rule.pattern), []).append(rule)
+    out = []
+    for same in groups.values():
+        for rule in same:
+            if rule.expires_at is not None and rule.expires_at <= now:
+                continue  # already reported as expired
+            winner = next(
+                (w for w in same if w is not rule and _covers(w, rule) and _beats_on_tie(w, rule)),
+                None,
+            )
+            if winner is None:
+                continue
+            match = repr(rule.match)
+            if winner.match != rule.match:
+                match += f" as {winner.match!r}"
+            if winner.groups == rule.groups:
+                scope = "and groups"
+            elif winner.groups is None:
+                scope = f"and rules[{winner.position}] applies to everyone"
+            else:
+                scope = f"and rules[{winner.position}] applies to all of its groups"
+            why = (
+                "deny wins a tie"
+                if winner.action is not rule.action
+                else "the earlier rule wins a tie"
+            )
+            out.append(
+                Finding(
+                    Level.WARNING,
+                    f"rules[{rule.position}]",
+                    f"shadowed by rules[{winner.position}] (same match {match} {scope}): "
+                    f"{why}, so it never decides",
+                )
+            )
+    return out
+
+
+def run_lint(args: argparse.Namespace) -> int:
+    prog = "pullgate admin lint"
+    now = datetime.now(UTC)
+    try:
+        data = _read_capped(args.policy, MAX_POLICY_BYTES, "policy")
+        try:
+            document = decode_json(data)
+        except PolicyError as e:
+            raise AdminInputError(f"invalid policy {args.policy}: {e}") from e
+        if is_envelope(document):
+            raise AdminInputError(
+                f"{args.policy} is a signed envelope; lint the policy JSON it was signed "
+                "from, or check it with 'pullgate admin verify'"
+            )
+    except AdminInputError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    findings = lint_document(document, now)
+    for finding in findings:
+        print(finding)
+    counts = {level: sum(f.level is level for f in findings) for level in Level}
+    print(
+        f"{args.policy}: {counts[Level.ERROR]} error(s), {counts[Level.WARNING]} warning(s), "
+        f"{counts[Level.INFO]} note(s)",
+        file=sys.stderr,
+    )
+    if counts[Level.ERROR]:
+        return EXIT_BAD_INPUT
+    if counts[Level.WARNING] and args.strict:
+        return EXIT_INVALID
+    return EXIT_OK
