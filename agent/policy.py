@@ -171,6 +171,7 @@ class Policy:
     messages: Messages = Messages()
     description: str | None = None
     source: str = "policy"
+    note: str = ""  # e.g. "expired 2.0 days ago; stale_behavior monitor", shown in reasons
     index: RuleIndex = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -180,9 +181,8 @@ class Policy:
     @property
     def label(self) -> str:
         """How messages name this policy: ``org "acme" serial 42`` or the source."""
-        if self.org:
-            return f'org "{self.org}" policy serial {self.serial}'
-        return self.source
+        label = f'org "{self.org}" policy serial {self.serial}' if self.org else self.source
+        return f"{label} ({self.note})" if self.note else label
 
 
 # --- loading --------------------------------------------------------------------------

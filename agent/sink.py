@@ -14,7 +14,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
-__all__ = ["DecisionEvent", "DecisionSink", "PeerInfo", "StderrSubscriber"]
+__all__ = [
+    "DecisionEvent",
+    "DecisionSink",
+    "Event",
+    "PeerInfo",
+    "PolicyEvent",
+    "StderrSubscriber",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +57,26 @@ class DecisionEvent:
         return asdict(self)
 
 
-Subscriber = Callable[[DecisionEvent], None]
+@dataclass(frozen=True)
+class PolicyEvent:
+    """A change or problem of the policy itself: accepted, refused, fetch failed, state."""
+
+    action: str  # policy-update | policy-refused | policy-fetch-failed | policy-state
+    outcome: str  # success | failure | unknown
+    reason: str
+    org: str | None = None
+    serial: int | None = None
+    source: str | None = None
+    state: str | None = None  # fresh | stale | expired
+    time: float = field(default_factory=time.time)
+    type: str = "policy"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Event = DecisionEvent | PolicyEvent
+Subscriber = Callable[[Event], None]
 
 
 class DecisionSink:
@@ -62,7 +88,7 @@ class DecisionSink:
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
 
-    def emit(self, event: DecisionEvent) -> None:
+    def emit(self, event: Event) -> None:
         for subscriber in self._subscribers:
             try:
                 subscriber(event)
@@ -76,7 +102,7 @@ class StderrSubscriber:
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
 
-    def __call__(self, event: DecisionEvent) -> None:
+    def __call__(self, event: Event) -> None:
         stream = self._stream or sys.stderr
         stream.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
         stream.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import grp
 import os
 import signal
@@ -13,8 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.check import CheckInputError, load_policy_file
+from agent.config import ConfigError, ManagedConfig, load_managed_config
 from agent.default_policy import default_policy
+from agent.envelope import PublicKey
+from agent.paths import default_state_dir
 from agent.policy import Policy
+from agent.policy_cache import PolicyCache, atomic_write
+from agent.policy_fetch import Fetcher
+from agent.policy_manager import PolicyManager, RefreshSettings
+from agent.policy_store import TrustSettings
 from agent.shim import Shim, ShimConfig
 from agent.sink import DecisionSink, StderrSubscriber
 from agent.upstream import UpstreamError, default_listen_path, find_upstream, parse_unix_url
@@ -31,7 +39,19 @@ def register(commands: Any) -> None:
             "onto this machine, and forward the rest to the real daemon untouched."
         ),
     )
-    parser.add_argument("--policy", metavar="FILE", help="policy file (default: built-in)")
+    parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="enforce this policy file instead of the org policy (plain JSON, or a signed "
+        "envelope verified with the managed config's trusted keys)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="managed config (default: /etc/pullgate/config.json, macOS managed "
+        "preferences, or the Windows policy key)",
+    )
+    parser.add_argument("--state-dir", metavar="DIR", help="policy cache and status directory")
     parser.add_argument(
         "--listen",
         metavar="PATH",
@@ -57,34 +77,86 @@ def _socket_group() -> int | None:
         return None
 
 
+def trust_settings(config: ManagedConfig) -> TrustSettings:
+    return TrustSettings(
+        org=config.org or "",
+        trusted_keys=tuple(PublicKey.from_config(k) for k in config.trusted_keys),
+        threshold=config.key_threshold,
+        offline_grace=config.offline_grace,
+        stale_behavior=config.stale_behavior,
+    )
+
+
+def build_manager(config: ManagedConfig, state_dir: Path, sink: DecisionSink) -> PolicyManager:
+    """The org policy from the managed config: cache now, refresh in the background."""
+    assert config.policy_url is not None
+    timeout = config.fetch_timeout.total_seconds()
+    fetcher = Fetcher(
+        config.policy_url,
+        ca_bundle=config.ca_bundle,
+        connect_timeout=timeout,
+        read_timeout=timeout,
+        max_bytes=config.policy_max_bytes,
+    )
+    manager = PolicyManager(
+        trust_settings(config),
+        PolicyCache(state_dir),
+        default_policy(),
+        sink,
+        fetcher=fetcher,
+        refresh=RefreshSettings(interval=config.refresh_interval),
+    )
+    manager.load_cache()
+    return manager
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     prog = "pullgate agent"
+    sink = DecisionSink()
+    sink.subscribe(StderrSubscriber())
     try:
-        policy: Policy = load_policy_file(args.policy) if args.policy else default_policy()
+        config = load_managed_config(json_path=Path(args.config) if args.config else None)
+        state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+        manager: PolicyManager | None = None
+        if args.policy:
+            policy: Policy = load_policy_file(args.policy, config)
+            describe = f"{policy.label} (--policy)"
+        elif config is not None and config.policy_url:
+            manager = build_manager(config, state_dir, sink)
+            policy = manager.current()
+            describe = f"org policy from {config.policy_url} (now: {policy.label})"
+        else:
+            policy = default_policy()
+            describe = policy.label
         uid = os.geteuid()
-        listen = Path(args.listen) if args.listen else default_listen_path(uid, os.environ)
+        if args.listen:
+            listen = Path(args.listen)
+        elif config is not None and config.listen is not None:
+            listen = config.listen
+        else:
+            listen = default_listen_path(uid, os.environ)
         if args.upstream:
-            upstream = parse_unix_url(args.upstream)
-            source = "--upstream"
+            upstream, source = parse_unix_url(args.upstream), "--upstream"
+        elif config is not None and config.upstream:
+            upstream, source = parse_unix_url(config.upstream), "managed config"
         else:
             choice = find_upstream(listen, os.environ, Path.home(), uid)
             upstream, source = choice.path, choice.source
-    except (CheckInputError, UpstreamError) as e:
+    except (CheckInputError, UpstreamError, ConfigError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    sink = DecisionSink()
-    sink.subscribe(StderrSubscriber())
     group = _socket_group()
-    config = ShimConfig(
+    shim_config = ShimConfig(
         listen=listen,
         upstream=upstream,
         socket_mode=0o660 if group is not None else 0o600,
         socket_group=group,
     )
-    shim = Shim(config, lambda: policy, sink)
+    current = manager.current if manager is not None else (lambda: policy)
+    shim = Shim(shim_config, current, sink)
     try:
-        return _run_loop(_serve(shim, policy, started, source))
+        return _run_loop(_serve(shim, manager, state_dir, describe, started, source))
     except RuntimeError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
@@ -96,25 +168,44 @@ def _run_loop(main: Any) -> int:
     except ImportError:
         result: int = asyncio.run(main)
         return result
-    result = uvloop.run(main)
-    return int(result)
+    return int(uvloop.run(main))
 
 
-async def _serve(shim: Shim, policy: Policy, started: float, source: str) -> int:
+async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
+    shim: Shim,
+    manager: PolicyManager | None,
+    state_dir: Path,
+    describe: str,
+    started: float,
+    source: str,
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await shim.start()
+    pidfile = state_dir / "agent.pid"
+    refresher: asyncio.Task[None] | None = None
+    if manager is not None:
+        loop.add_signal_handler(signal.SIGHUP, manager.trigger)
+        refresher = loop.create_task(manager.run())
+    with contextlib.suppress(OSError):
+        atomic_write(pidfile, f"{os.getpid()}\n".encode())
     ready = time.monotonic() - started
     print(
         f"pullgate agent: ready in {ready * 1000:.0f} ms, listening on {shim.config.listen}, "
-        f"upstream unix://{shim.config.upstream} ({source}), policy: {policy.label}. "
+        f"upstream unix://{shim.config.upstream} ({source}), policy: {describe}. "
         f"Point docker at it: export DOCKER_HOST=unix://{shim.config.listen}",
         file=sys.stderr,
         flush=True,
     )
     await stop.wait()
+    if refresher is not None:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
     await shim.close()
+    with contextlib.suppress(OSError):
+        pidfile.unlink()
     print("pullgate agent: stopped", file=sys.stderr, flush=True)
     return 0

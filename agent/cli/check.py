@@ -14,16 +14,21 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.config import ConfigError, ManagedConfig, load_managed_config
 from agent.decision import Decision, Identity, Verdict, decide
 from agent.default_policy import default_policy
 from agent.dockerfile import DockerfileError, ImageUse, parse_dockerfile
 from agent.messages import denial_message, remediation_lines
-from agent.policy import Policy, PolicyError, decode_json, parse_policy
+from agent.paths import default_state_dir
+from agent.policy import Policy
+from agent.policy_cache import PolicyCache
+from agent.policy_file import PolicySourceError, load_policy_source, read_public_key
 from agent.reference import Reference, ReferenceError, parse_normalized_named
 
 EXIT_ALLOWED = 0
@@ -52,6 +57,15 @@ def register(commands: Any) -> None:
         metavar="FILE",
         help="policy to use instead of the active one (plain policy JSON for authoring)",
     )
+    parser.add_argument(
+        "--trusted-key",
+        metavar="KEY",
+        action="append",
+        default=[],
+        help="verify a signed --policy with this key (.pub file or ed25519:...; repeatable)",
+    )
+    parser.add_argument("--threshold", type=int, help="signatures needed (default 1)")
+    parser.add_argument("--config", metavar="FILE", help="managed config to read")
     parser.add_argument("--identity", metavar="EMAIL", help="decide as this signed-in user")
     parser.add_argument("--groups", metavar="G1,G2", help="groups of --identity (comma-separated)")
     parser.add_argument(
@@ -90,28 +104,56 @@ class CheckResult:
     error: str | None = None
 
 
-def load_policy_file(path: str) -> Policy:
-    """Read ``--policy``: plain policy JSON (signed envelopes arrive with policy signing)."""
+def load_policy_file(
+    path: str,
+    config: ManagedConfig | None = None,
+    trusted_keys: Sequence[str] = (),
+    threshold: int | None = None,
+) -> Policy:
+    """Read ``--policy``: plain policy JSON (for authoring), or a signed envelope.
+
+    An envelope is verified with ``trusted_keys`` (``.pub`` files or ``ed25519:`` strings)
+    or else the managed config's keys and threshold; its org must match the config's.
+    """
     try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise CheckInputError(f"cannot read policy {path}: {e.strerror or e}") from e
-    try:
-        document = decode_json(data)
-        if isinstance(document, dict) and "payloadType" in document:
-            raise CheckInputError(
-                f"policy {path} is a signed envelope; verifying envelopes needs the trusted "
-                "keys of the managed config, which this version cannot read yet — pass the "
-                "plain policy JSON"
-            )
-        return parse_policy(document, source=f"policy file {path}")
-    except PolicyError as e:
-        raise CheckInputError(f"invalid policy {path}: {e}") from e
+        if trusted_keys:
+            keys = [read_public_key(k) for k in trusted_keys]
+            needed = threshold or 1
+        elif config is not None and config.trusted_keys:
+            keys = [read_public_key(k) for k in config.trusted_keys]
+            needed = threshold or config.key_threshold
+        else:
+            keys, needed = [], threshold or 1
+        policy = load_policy_source(path, keys, needed)
+    except PolicySourceError as e:
+        raise CheckInputError(str(e)) from e
+    if config is not None and config.org and policy.org != config.org and policy.org:
+        raise CheckInputError(
+            f"policy {path} is for org {policy.org!r}, this machine belongs to {config.org!r}"
+        )
+    return policy
 
 
-def active_policy() -> tuple[Policy, str]:
-    """The policy the agent would enforce now, and a note on why it is that one."""
-    return default_policy(), "no organisation policy is configured"
+def active_policy(config: ManagedConfig | None) -> tuple[Policy, str]:
+    """The policy the agent would enforce now, and a note on why it is that one.
+
+    With an org policy configured, that is the cached last-known-good envelope, verified
+    again here exactly as the agent verifies it (and judged for freshness).
+    """
+    if config is None or not config.policy_url:
+        return default_policy(), "no organisation policy is configured"
+    from agent.cli.agent_cmd import trust_settings  # noqa: PLC0415 - avoids an import cycle
+    from agent.policy_manager import PolicyManager  # noqa: PLC0415
+    from agent.sink import DecisionSink  # noqa: PLC0415
+
+    manager = PolicyManager(
+        trust_settings(config), PolicyCache(default_state_dir()), default_policy(), DecisionSink()
+    )
+    manager.load_cache()
+    policy = manager.current()
+    if manager.source == "cache":
+        return policy, f"cached org policy from {config.policy_url}"
+    return policy, f"no verified org policy cached yet ({manager.last_refusal or 'not fetched'})"
 
 
 def _build_args(items: list[str]) -> dict[str, str]:
@@ -245,10 +287,15 @@ def run(args: argparse.Namespace) -> int:
             raise CheckInputError("--groups needs --identity")
         if not args.images and not args.dockerfile:
             raise CheckInputError("give at least one IMAGE or --dockerfile PATH")
+        try:
+            config = load_managed_config(json_path=Path(args.config) if args.config else None)
+        except ConfigError as e:
+            raise CheckInputError(str(e)) from e
         if args.policy:
-            policy, why = load_policy_file(args.policy), ""
+            policy = load_policy_file(args.policy, config, args.trusted_key, args.threshold)
+            why = ""
         else:
-            policy, why = active_policy()
+            policy, why = active_policy(config)
         identity = None
         if args.identity is not None:
             groups = [g.strip() for g in (args.groups or "").split(",") if g.strip()]

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import agent_cmd, check
+from agent.cli import admin, agent_cmd, check, policy_cmd
 
 EXIT_USAGE = 2
 
@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     check.register(commands)
     agent_cmd.register(commands)
+    policy_cmd.register(commands)
+    admin.register(commands)
     return parser
 
 

@@ -1,0 +1,111 @@
+"""``pullgate policy status|refresh``: the org policy as the running agent sees it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.paths import default_state_dir
+from agent.policy_manager import read_status
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("policy", help="the org policy: status, refresh")
+    sub = parser.add_subparsers(dest="policy_command", metavar="SUBCOMMAND", required=True)
+    status = sub.add_parser("status", help="org, serial, expiry, age, source, state, errors")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--state-dir", metavar="DIR")
+    status.set_defaults(run=run_status)
+    refresh = sub.add_parser("refresh", help="ask the running agent to fetch the policy now")
+    refresh.add_argument("--state-dir", metavar="DIR")
+    refresh.add_argument("--timeout", type=float, default=30.0)
+    refresh.set_defaults(run=run_refresh)
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir) if args.state_dir else default_state_dir()
+
+
+def _agent_pid(state_dir: Path) -> int | None:
+    try:
+        pid = int((state_dir / "agent.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    fields = [
+        ("org", status.get("org")),
+        ("serial", status.get("serial")),
+        ("issued", status.get("issued_at")),
+        ("expires", status.get("expires_at")),
+        ("age", _age(status.get("age_seconds"))),
+        ("source", status.get("source")),
+        ("state", f"{status.get('state')} (stale_behavior {status.get('stale_behavior')})"),
+        ("enforcing", status.get("enforcing")),
+        ("policy url", status.get("policy_url")),
+        ("last fetch", status.get("last_fetch_at")),
+        ("last error", status.get("last_fetch_error")),
+        ("last refusal", status.get("last_refusal")),
+    ]
+    for name, value in fields:
+        if value is not None:
+            print(f"{name + ':':<14}{value}")
+    if status.get("clock_behind"):
+        print("warning:      the system clock is behind the newest accepted policy")
+
+
+def _age(seconds: object) -> str | None:
+    if not isinstance(seconds, int | float):
+        return None
+    hours = seconds / 3600
+    return f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} hours"
+
+
+def run_status(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    status = read_status(state_dir)
+    if status is None:
+        print(f"pullgate policy status: no agent status in {state_dir}", file=sys.stderr)
+        return EXIT_PROBLEM
+    status["agent_running"] = _agent_pid(state_dir) is not None
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        _print_status(status)
+        if not status["agent_running"]:
+            print("warning:      the agent is not running (this is its last status)")
+    problem = status["state"] in ("expired", "fallback") or not status["agent_running"]
+    return EXIT_PROBLEM if problem else EXIT_OK
+
+
+def run_refresh(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    pid = _agent_pid(state_dir)
+    if pid is None:
+        print(
+            f"pullgate policy refresh: no running agent (pid file in {state_dir})", file=sys.stderr
+        )
+        return EXIT_PROBLEM
+    before = (read_status(state_dir) or {}).get("last_fetch_at")
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        status = read_status(state_dir) or {}
+        if status.get("last_fetch_at") != before:
+            _print_status(status)
+            return EXIT_PROBLEM if status.get("last_fetch_error") else EXIT_OK
+        time.sleep(0.1)
+    print("pullgate policy refresh: the agent did not report a fetch in time", file=sys.stderr)
+    return EXIT_PROBLEM
