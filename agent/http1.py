@@ -124,10 +124,21 @@ class ResponseHead(_Head):
         return not self.no_body and not self.chunked and self.content_length is None
 
 
+_BARE_LF_RE = re.compile(rb"(?<!\r)\n")
+
+
 def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
-    """Index just past the blank line that ends a head, or -1 if not there yet."""
+    """Index just past the blank line that ends a head, or -1 if not there yet.
+
+    A bare LF anywhere in an unfinished head is refused at once: a lenient server would
+    read ``\n\n`` as the end of the head, and waiting for ``\r\n\r\n`` would hang.
+    """
     i = buf.find(b"\r\n\r\n", max(0, start - 3))
-    return -1 if i < 0 else i + 4
+    if i >= 0:
+        return i + 4
+    if _BARE_LF_RE.search(buf):
+        raise ProtocolError(400, "malformed request: bare LF line ending")
+    return -1
 
 
 def _decode_headers(pairs: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
