@@ -182,7 +182,10 @@ def _upstream_error(path: Path, error: OSError) -> str:
 
 
 # --- states ---------------------------------------------------------------------------
-_HEAD, _BODY, _BUFFER, _TAR, _DECIDING, _WAIT, _SPLICE, _CLOSED = range(8)
+_HEAD, _BODY, _BUFFER, _TAR, _DECIDING, _WAIT, _SPLICE, _CLOSED, _DRAIN = range(9)
+#: After a refusal, how long and how much of the rest of a request body is read and dropped.
+_DRAIN_SECONDS = 30.0
+_DRAIN_BYTES = 1 << 30
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -245,6 +248,8 @@ class ClientConnection(asyncio.Protocol):
         self._paused_by: set[str] = set()
         self.client_eof = False
         self.daemon_eof = False
+        self.drained = 0
+        self.drain_timer: asyncio.TimerHandle | None = None
 
     # -- client transport -------------------------------------------------------------
 
@@ -255,12 +260,19 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED
+        if self.drain_timer is not None:
+            self.drain_timer.cancel()
         self.shim.connections.discard(self)
         self._close_upstream()
 
     def data_received(self, data: bytes) -> None:
         if self.state == _SPLICE:
             self._to_upstream(data)
+            return
+        if self.state == _DRAIN:
+            self.drained += len(data)
+            if self.drained > _DRAIN_BYTES:
+                self._end_drain()
             return
         if not self.buf and self.state in (_BODY, _TAR):
             # Fast path for body bytes (load, build contexts, stdin): no copies.
@@ -303,6 +315,9 @@ class ClientConnection(asyncio.Protocol):
         return n
 
     def eof_received(self) -> bool:
+        if self.state == _DRAIN:
+            self._end_drain()
+            return False
         if self.state == _SPLICE and self.upstream and self.upstream.transport:
             self.client_eof = True
             if self.daemon_eof:
@@ -352,7 +367,7 @@ class ClientConnection(asyncio.Protocol):
     def _process(self) -> None:
         """Advance the request side as far as the buffered bytes allow."""
         try:
-            while self.buf and self.state not in (_WAIT, _DECIDING, _CLOSED, _SPLICE):
+            while self.buf and self.state not in (_WAIT, _DECIDING, _CLOSED, _SPLICE, _DRAIN):
                 if self.state == _HEAD:
                     if not self._start_request():
                         return
@@ -666,10 +681,32 @@ class ClientConnection(asyncio.Protocol):
         if not self.response_done:
             # Part of this request already went upstream (a tar body): drop that side.
             self._close_upstream(abort=True)
-        self.state = _CLOSED
-        self.transport.write(_json_response(status, message, close=True))
-        self.transport.close()
         self._close_upstream()
+        self.transport.write(_json_response(status, message, close=True))
+        if self.reader is not None and self.reader.done and not self.buf:
+            self.state = _CLOSED
+            self.transport.close()
+            return
+        # The client may still be sending the body. Closing now would reset the
+        # connection under it, and it would report "broken pipe" instead of our message:
+        # end our side, then read and discard until it stops (bounded in bytes and time).
+        self.state = _DRAIN
+        self.drained = len(self.buf)
+        self.buf.clear()
+        self.resume_client_reading("request")
+        self.resume_client_reading("deciding")
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        loop = asyncio.get_running_loop()
+        self.drain_timer = loop.call_later(_DRAIN_SECONDS, self._end_drain)
+
+    def _end_drain(self) -> None:
+        self.state = _CLOSED
+        if self.drain_timer is not None:
+            self.drain_timer.cancel()
+            self.drain_timer = None
+        if self.transport is not None:
+            self.transport.close()
 
     # -- upstream ---------------------------------------------------------------------
 
@@ -746,7 +783,7 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_data(self, data: bytes) -> None:
         transport = self.transport
-        if transport is None or self.state == _CLOSED:
+        if transport is None or self.state in (_CLOSED, _DRAIN):
             return
         if self.state == _SPLICE or self.response_until_close:
             transport.write(data)

@@ -1,20 +1,18 @@
 """The real-Docker harness works: a private dockerd pulls seeded images through the local
 registry mirror, and containers run, exec, stream logs and go away.
 
-Needs root and the packages of scripts/install-system-deps.sh. Without them the Docker tests
-skip locally, and fail under CI (CI=true), where a skipped integration test would hide a
-broken machine setup.
+The session's daemon and its seeded images come from tests/conftest.py (`docker_env`,
+`seeded`), shared with every other module. Needs root and the packages of
+scripts/install-system-deps.sh: without them the Docker tests skip locally, and fail under
+CI (CI=true), where a skipped integration test would hide a broken machine setup.
 """
 
 from __future__ import annotations
 
-import os
 import queue
 import subprocess
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,75 +24,10 @@ from tests.realdocker import (
     docker_popen,
     hub_repository,
     image_present,
-    missing_requirements,
-    seed_image,
-    start_docker_env,
-    stop_docker_env,
 )
 
-SEEDED = ("alpine", "nginx", "acme/app", "verifiedco/db", "someuser/tool")
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-@pytest.fixture(scope="session")
-def docker_env(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[DockerEnv]:
-    """A private registry + dockerd for the whole session, stopped at the end."""
-    problems = missing_requirements()
-    if problems:
-        reason = "real Docker environment unavailable: " + "; ".join(problems)
-        if _in_ci():
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    env = start_docker_env(tmp_path_factory.mktemp("realdocker"))
-    _report(request, f"realdocker: dockerd answered /_ping {env.startup_seconds:.2f} s after start")
-    try:
-        yield env
-    finally:
-        started = time.monotonic()
-        stop_docker_env(env)
-        _report(request, f"realdocker: stopped in {time.monotonic() - started:.2f} s")
-
-
-@pytest.fixture(scope="session")
-def seeded(docker_env: DockerEnv, request: pytest.FixtureRequest) -> dict[str, SeededImage]:
-    """SEEDED images pushed to the local registry (the daemon's docker.io mirror)."""
-    images: dict[str, SeededImage] = {}
-    timings: list[str] = []
-    for name in SEEDED:
-        started = time.monotonic()
-        images[name] = seed_image(docker_env, name)
-        timings.append(f"{name} {time.monotonic() - started:.2f} s")
-    _report(request, "realdocker: seeded " + ", ".join(timings))
-    return images
-
-
-def _report(request: pytest.FixtureRequest, line: str) -> None:
-    """Show timings in the test run's output, past output capture."""
-    plugins = request.config.pluginmanager
-    reporter = plugins.get_plugin("terminalreporter")
-    capture = plugins.get_plugin("capturemanager")
-    if reporter is None:
-        return
-    if capture is None:
-        reporter.write_line(line)
-        return
-    with capture.global_and_fixture_disabled():
-        if reporter.verbosity <= 0:
-            reporter.write("\n")  # end the line of progress dots
-        reporter.write_line(line)
-
-
-@pytest.fixture
-def container_name(docker_env: DockerEnv) -> Iterator[str]:
-    """A unique container name; the container is force-removed afterwards."""
-    name = f"pgtest-{uuid.uuid4().hex[:12]}"
-    yield name
-    docker(docker_env, "rm", "--force", name, check=False)
+PULLED = ("alpine", "nginx", "acme/app", "verifiedco/db", "someuser/tool", "someuser/nginx")
+"""Seeded images (tests/conftest.py) that test_pull_through_the_mirror pulls by name."""
 
 
 def _read_lines(proc: subprocess.Popen[str], want: int, timeout: float) -> tuple[list[str], bool]:
@@ -173,7 +106,7 @@ def test_seeded_images_are_distinct(seeded: dict[str, SeededImage]) -> None:
     assert len(set(digests)) == len(digests)
 
 
-@pytest.mark.parametrize("name", SEEDED)
+@pytest.mark.parametrize("name", PULLED)
 def test_pull_through_the_mirror(
     docker_env: DockerEnv, seeded: dict[str, SeededImage], name: str
 ) -> None:
@@ -193,8 +126,9 @@ def test_pull_through_the_mirror(
     assert content == f"{image.hub_ref}\n"
 
 
-def test_pull_with_a_tag(docker_env: DockerEnv) -> None:
-    image = seed_image(docker_env, "someuser/tool:1.0")
+def test_pull_with_a_tag(docker_env: DockerEnv, seeded: dict[str, SeededImage]) -> None:
+    image = seeded["someuser/tool:1.0"]
+    docker(docker_env, "image", "rm", "--force", "someuser/tool:1.0", check=False)
     pulled = docker(docker_env, "pull", "someuser/tool:1.0")
     assert f"Digest: {image.digest}" in pulled.stdout
     assert image_present(docker_env, "docker.io/someuser/tool:1.0")
