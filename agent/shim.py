@@ -23,7 +23,6 @@ import errno
 import json
 import os
 import socket
-import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,9 +57,10 @@ from agent.inspect import (
     local_image_wants,
 )
 from agent.messages import defuse, denial_message
+from agent.peer import PeerInfo, describe_peer, peer_credentials
 from agent.policy import Policy
 from agent.routes import Endpoint, Route, RouteError, route_request
-from agent.sink import DecisionEvent, DecisionSink, PeerInfo
+from agent.sink import DecisionEvent, DecisionSink
 from agent.tarscan import TarScanError, TarScanner
 
 __all__ = ["Shim", "ShimConfig"]
@@ -138,16 +138,11 @@ def _remove_stale_socket(path: Path) -> None:
         probe.close()
 
 
-def _peer(transport: asyncio.BaseTransport) -> PeerInfo:
+def _credentials(transport: asyncio.BaseTransport) -> tuple[int | None, int | None, int | None]:
     sock = transport.get_extra_info("socket")
-    if sock is None or not hasattr(socket, "SO_PEERCRED"):
-        return PeerInfo()
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except OSError:
-        return PeerInfo()
-    pid, uid, gid = struct.unpack("3i", raw)
-    return PeerInfo(pid, uid, gid)
+    if sock is None:
+        return None, None, None
+    return peer_credentials(sock)
 
 
 def _json_response(status: int, message: str, *, close: bool) -> bytes:
@@ -220,7 +215,8 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, shim: Shim) -> None:
         self.shim = shim
         self.transport: asyncio.Transport | None = None
-        self.peer = PeerInfo()
+        self.credentials: tuple[int | None, int | None, int | None] = (None, None, None)
+        self._peer: PeerInfo | None = None
         self.buf = bytearray()
         self.state = _HEAD
         self.head: RequestHead | None = None
@@ -255,8 +251,15 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self.peer = _peer(transport)
+        self.credentials = _credentials(transport)
         self.shim.connections.add(self)
+
+    @property
+    def peer(self) -> PeerInfo:
+        """The client process, looked up once and only when a decision needs it."""
+        if self._peer is None:
+            self._peer = describe_peer(*self.credentials)
+        return self._peer
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from agent.peer import PeerInfo
+
 __all__ = [
     "DecisionEvent",
     "DecisionSink",
@@ -22,15 +24,6 @@ __all__ = [
     "PolicyEvent",
     "StderrSubscriber",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    """The client process on the other end of the socket (SO_PEERCRED)."""
-
-    pid: int | None = None
-    uid: int | None = None
-    gid: int | None = None
 
 
 @dataclass(frozen=True)

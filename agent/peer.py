@@ -1,0 +1,148 @@
+"""Who is on the other end of a socket: the client's user and process, for audit records.
+
+The uid and pid come from the kernel (``SO_PEERCRED``; ``LOCAL_PEERCRED`` and
+``LOCAL_PEERPID`` on macOS), so a client cannot claim to be someone else. psutil then
+names the process and its parents, so IT sees ``docker`` <- ``bash`` <- ``code``.
+A process may exit before we look: then only the kernel's numbers are recorded.
+"""
+
+from __future__ import annotations
+
+import pwd
+import re
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import psutil
+
+__all__ = [
+    "PeerInfo",
+    "ProcessSummary",
+    "describe_peer",
+    "peer_credentials",
+    "redact_command_line",
+]
+
+MAX_PARENTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSummary:
+    pid: int
+    name: str | None = None
+    executable: str | None = None
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """The client process on the other end of the socket."""
+
+    pid: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    user: str | None = None
+    name: str | None = None
+    executable: str | None = None
+    command_line: tuple[str, ...] = ()
+    parents: tuple[ProcessSummary, ...] = field(default=())
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int | None, int | None, int | None]:
+    """(pid, uid, gid) of a connected Unix socket's peer, from the kernel."""
+    try:
+        if hasattr(socket, "SO_PEERCRED"):
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, uid, gid = struct.unpack("3i", raw)
+            return pid, uid, gid
+        if sys.platform == "darwin":  # pragma: no cover - macOS only
+            local_peerpid = 0x002
+            pid = struct.unpack("i", sock.getsockopt(0, local_peerpid, 4))[0]
+            return pid, None, None
+    except OSError:
+        pass
+    return None, None, None
+
+
+def _user(uid: int | None) -> str | None:
+    if uid is None:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def describe_peer(pid: int | None, uid: int | None, gid: int | None) -> PeerInfo:
+    """Everything we can learn about the client now; never raises."""
+    base = PeerInfo(pid=pid, uid=uid, gid=gid, user=_user(uid))
+    if pid is None or pid <= 0:
+        return base
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            name = proc.name()
+            exe = _safe(proc.exe)
+            cmdline = redact_command_line(_safe(proc.cmdline) or [])
+        parents = []
+        for parent in proc.parents()[:MAX_PARENTS]:
+            try:
+                parents.append(ProcessSummary(parent.pid, parent.name(), _safe(parent.exe)))
+            except psutil.Error:
+                parents.append(ProcessSummary(parent.pid))
+    except psutil.Error:
+        return base
+    return PeerInfo(
+        pid=pid,
+        uid=uid,
+        gid=gid,
+        user=base.user,
+        name=name,
+        executable=exe,
+        command_line=cmdline,
+        parents=tuple(parents),
+    )
+
+
+_T = TypeVar("_T")
+
+
+def _safe(getter: Callable[[], _T]) -> _T | None:
+    try:
+        return getter()
+    except psutil.Error:
+        return None
+
+
+_SECRET_FLAGS = re.compile(
+    r"^(-p|-u|--password|--pass|--token|--secret|--user|--auth|--registry-auth|"
+    r"--password-stdin)$",
+    re.IGNORECASE,
+)
+_SECRET_INLINE = re.compile(r"^(--?(password|pass|token|secret|user|auth)[a-z-]*)=.*$", re.I)
+_URL_USERINFO = re.compile(r"(://)[^/@\s]+@")
+
+
+def redact_command_line(argv: list[str]) -> tuple[str, ...]:
+    """A command line fit for an audit log: values of secret-looking flags and URL
+    credentials are replaced, so a ``--password`` never reaches the SIEM."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append("<redacted>")
+            hide_next = False
+            continue
+        if _SECRET_FLAGS.match(arg):
+            out.append(arg)
+            hide_next = arg.lower() != "--password-stdin"
+            continue
+        inline = _SECRET_INLINE.match(arg)
+        if inline:
+            out.append(f"{inline.group(1)}=<redacted>")
+            continue
+        out.append(_URL_USERINFO.sub(r"\1<redacted>@", arg))
+    return tuple(out)

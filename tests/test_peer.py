@@ -1,0 +1,64 @@
+"""The client process behind a socket: kernel credentials, psutil names, no secrets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.peer import describe_peer, peer_credentials, redact_command_line
+
+
+def test_credentials_and_process_of_a_real_peer(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    script = (
+        "import socket,time; s=socket.socket(socket.AF_UNIX); "
+        f"s.connect({str(path)!r}); time.sleep(5)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, "--password", "hunter2"])
+    try:
+        conn, _ = server.accept()
+        pid, uid, gid = peer_credentials(conn)
+        assert (pid, uid, gid) == (child.pid, os.getuid(), os.getgid())
+        info = describe_peer(pid, uid, gid)
+        assert info.name and "python" in info.name
+        assert info.executable and Path(info.executable).exists()
+        assert "hunter2" not in " ".join(info.command_line)
+        assert info.parents and info.parents[0].pid == os.getpid()
+        conn.close()
+    finally:
+        child.kill()
+        child.wait()
+        server.close()
+
+
+def test_a_gone_process_keeps_the_kernel_numbers() -> None:
+    info = describe_peer(2**22 + 12345, 0, 0)
+    assert (info.pid, info.uid, info.user, info.name) == (2**22 + 12345, 0, "root", None)
+
+
+def test_secrets_in_command_lines_are_redacted() -> None:
+    argv = [
+        "docker",
+        "login",
+        "-u",
+        "ann",
+        "-p",
+        "s3cret",
+        "--password=x",
+        "--token",
+        "t",
+        "https://ann:pw@registry.example/v2",
+        "--password-stdin",
+        "alpine",
+    ]
+    out = redact_command_line(argv)
+    joined = " ".join(out)
+    for secret in ("s3cret", "=x", " t ", "ann:pw"):
+        assert secret not in joined
+    assert out[-1] == "alpine" and out[-2] == "--password-stdin"
