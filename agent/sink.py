@@ -20,6 +20,7 @@ __all__ = [
     "DecisionEvent",
     "DecisionSink",
     "Event",
+    "NoticeEvent",
     "PeerInfo",
     "PolicyEvent",
     "StderrSubscriber",
@@ -68,7 +69,29 @@ class PolicyEvent:
         return asdict(self)
 
 
-Event = DecisionEvent | PolicyEvent
+@dataclass(frozen=True)
+class NoticeEvent:
+    """Anything else IT must see: agent start/stop, bypass suspicions, audit trouble.
+
+    ``action`` is the audit ``event.action`` (``agent-start``, ``agent-stop``,
+    ``bypass-suspected``, ``audit-recovery``, ``audit-failure``, ``config-changed``...);
+    ``details`` holds structured facts (process, image, path) for the record.
+    """
+
+    action: str
+    outcome: str  # success | failure | unknown
+    reason: str
+    severity: str = "info"  # info | warning
+    details: dict[str, Any] = field(default_factory=dict)
+    peer: PeerInfo | None = None
+    time: float = field(default_factory=time.time)
+    type: str = "notice"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Event = DecisionEvent | PolicyEvent | NoticeEvent
 Subscriber = Callable[[Event], None]
 
 
