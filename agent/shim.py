@@ -329,8 +329,10 @@ class ClientConnection(asyncio.Protocol):
             if self.upstream.transport.can_write_eof():
                 self.upstream.transport.write_eof()
             return True
-        if self.state == _HEAD and not self.buf and not self.response_done:
-            return True  # half-closed after its request: still owed a response
+        if self.state in (_WAIT, _DECIDING) and not self.buf:
+            # Half-closed after sending its request: it is still owed the response.
+            self.close_after_response = True
+            return True
         self.abort()
         return False
 

@@ -616,3 +616,16 @@ def test_generated_hostile_requests_never_pull_and_never_crash_the_shim(
 
     assert_never_pulled(agent, docker_env, fuzz_ready)
     assert_alive(agent)
+
+
+def test_client_that_half_closes_after_its_request_still_gets_the_response(
+    agent: AgentProcess,
+) -> None:
+    for payload, status in (
+        (request("GET", "/_ping", ["Host: localhost"]), 200),
+        (request("POST", f"{PULL}?{TOOL}", ["Host: localhost"]), 403),
+    ):
+        with conversation(agent) as talk:
+            talk.send(payload)
+            talk.end_writes()
+            assert talk.reply().status == status
