@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import grp
 import os
 import signal
@@ -15,6 +16,7 @@ from typing import Any
 
 from agent.cli.check import CheckInputError, load_policy_file
 from agent.config import ConfigError, ManagedConfig, load_managed_config
+from agent.control import ControlServer, agent_status, default_control_path
 from agent.default_policy import default_policy
 from agent.envelope import PublicKey
 from agent.paths import default_state_dir
@@ -63,6 +65,12 @@ def register(commands: Any) -> None:
         metavar="URL",
         help="the daemon, unix:///path (default: DOCKER_HOST, the docker context, "
         "/var/run/docker.sock, rootless and Docker Desktop sockets)",
+    )
+    parser.add_argument(
+        "--control",
+        metavar="PATH",
+        help="control API socket (default: /run/pullgate/control.sock for root, "
+        "$XDG_RUNTIME_DIR/pullgate/control.sock otherwise)",
     )
     parser.set_defaults(run=run)
 
@@ -155,8 +163,25 @@ def run(args: argparse.Namespace) -> int:
     )
     current = manager.current if manager is not None else (lambda: policy)
     shim = Shim(shim_config, current, sink)
+    control_path = Path(args.control) if args.control else default_control_path(uid, os.environ)
+    control = ControlServer(
+        control_path,
+        status=functools.partial(
+            agent_status,
+            policy=current,
+            manager=manager,
+            local_policy=args.policy,
+            listen=listen,
+            upstream=upstream,
+            upstream_source=source,
+            control=control_path,
+            started_at=time.time(),
+        ),
+        refresh=manager.refresh_now if manager is not None else None,
+    )
+    sink.subscribe(control)
     try:
-        return _run_loop(_serve(shim, manager, state_dir, describe, started, source))
+        return _run_loop(_serve(shim, control, manager, state_dir, describe, started, source))
     except RuntimeError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
@@ -173,6 +198,7 @@ def _run_loop(main: Any) -> int:
 
 async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
     shim: Shim,
+    control: ControlServer,
     manager: PolicyManager | None,
     state_dir: Path,
     describe: str,
@@ -183,7 +209,12 @@ async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await shim.start()
+    await control.start()
+    try:
+        await shim.start()
+    except BaseException:
+        await control.close()
+        raise
     pidfile = state_dir / "agent.pid"
     refresher: asyncio.Task[None] | None = None
     if manager is not None:
@@ -195,6 +226,7 @@ async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
     print(
         f"pullgate agent: ready in {ready * 1000:.0f} ms, listening on {shim.config.listen}, "
         f"upstream unix://{shim.config.upstream} ({source}), policy: {describe}. "
+        f"control API unix://{control.path}. "
         f"Point docker at it: export DOCKER_HOST=unix://{shim.config.listen}",
         file=sys.stderr,
         flush=True,
@@ -204,6 +236,7 @@ async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
+    await control.close()
     await shim.close()
     with contextlib.suppress(OSError):
         pidfile.unlink()

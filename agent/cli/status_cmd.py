@@ -1,0 +1,462 @@
+"""``pullgate status`` and ``pullgate doctor``: the running agent, as its control API sees it.
+
+``status`` prints what the agent reports. ``doctor`` checks the whole path a pull takes —
+agent, daemon, shim, the socket the ``docker`` CLI really uses, policy, audit log, clock —
+because a broken setup must say what is wrong and how to fix it, not fail silently
+(DESIGN.md, "Fail safe, not dead"). Every check is OK, FAIL (with the fix) or SKIP (with
+why); any FAIL makes the exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import importlib
+import importlib.util
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from agent.control import ControlError, control_candidates, control_request
+from agent.upstream import default_listen_path
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+PING_TIMEOUT = 5.0
+CONTROL_TIMEOUT = 10.0
+DEFAULT_DOCKER_SOCKET = "unix:///var/run/docker.sock"
+
+
+def register(commands: Any) -> None:
+    status = commands.add_parser(
+        "status",
+        help="what the running agent is doing: mode, org, policy, sockets, last decisions",
+    )
+    status.add_argument("--json", action="store_true", help="print the control API's JSON")
+    status.add_argument("--control", metavar="PATH", help="the agent's control socket")
+    status.set_defaults(run=run_status)
+    doctor = commands.add_parser(
+        "doctor",
+        help="check agent, daemon, shim, docker's socket, policy, audit log and clock",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doctor.add_argument("--control", metavar="PATH", help="the agent's control socket")
+    doctor.set_defaults(run=run_doctor)
+
+
+# --- talking to the agent -------------------------------------------------------------
+
+
+def fetch_status(control: str | None) -> tuple[Path, dict[str, Any]]:
+    """The agent's status from ``control`` or, if not given, the usual socket paths."""
+    paths = [Path(control)] if control else control_candidates(os.geteuid(), os.environ)
+    problems: list[str] = []
+    for path in paths:
+        try:
+            code, body = control_request(path, "GET", "/v1/status", timeout=CONTROL_TIMEOUT)
+        except ControlError as e:
+            problems.append(str(e))
+            continue
+        if code != 200 or not isinstance(body, dict):
+            message = body.get("message") if isinstance(body, dict) else None
+            problems.append(f"the agent at {path} answered HTTP {code}: {message or body!r}")
+            continue
+        return path, body
+    raise ControlError("; ".join(problems))
+
+
+# --- status ---------------------------------------------------------------------------
+
+
+def run_status(args: argparse.Namespace) -> int:
+    try:
+        path, status = fetch_status(args.control)
+    except ControlError as e:
+        print(f"pullgate status: the agent is not reachable: {e}", file=sys.stderr)
+        print("Is `pullgate agent` running? `pullgate doctor` checks the setup.", file=sys.stderr)
+        return EXIT_PROBLEM
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(format_status(path, status))
+    return EXIT_OK
+
+
+def format_status(path: Path, status: Mapping[str, Any]) -> str:
+    """The status document as a short, readable summary."""
+    agent = _dict(status.get("agent"))
+    policy = _dict(status.get("policy"))
+    lines = [
+        _row(
+            "agent",
+            f"running (pid {agent.get('pid')}, version {agent.get('version')}, "
+            f"up {_duration(agent.get('uptime_seconds'))}), control {path}",
+        ),
+        _row("mode", status.get("mode")),
+        _row("org", status.get("org") or "none"),
+        _row("policy", _policy_line(policy)),
+    ]
+    if policy.get("last_fetch_error"):
+        lines.append(_row("fetch error", policy["last_fetch_error"]))
+    if policy.get("last_refusal"):
+        lines.append(_row("last refusal", policy["last_refusal"]))
+    lines += [
+        _row("upstream", f"unix://{status.get('upstream')} ({status.get('upstream_source')})"),
+        _row("listen", f"unix://{status.get('listen')}"),
+        _row("identity", _identity_line(status.get("identity"))),
+        _row("audit", _audit_line(status.get("audit"))),
+    ]
+    if status.get("clock_behind"):
+        lines.append(_row("warning", "the system clock is behind the newest accepted policy"))
+    decisions = status.get("last_decisions") or []
+    if decisions:
+        lines.append("last decisions:")
+        lines += [f"  {_decision_line(_dict(d))}" for d in decisions]
+    else:
+        lines.append(_row("last decisions", "none yet"))
+    return "\n".join(lines)
+
+
+def _row(name: str, value: object) -> str:
+    return f"{name + ':':<16}{value}"
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _duration(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _policy_line(policy: Mapping[str, Any]) -> str:
+    parts = [str(policy.get("enforcing") or "?")]
+    if policy.get("serial") is not None and f"serial {policy['serial']}" not in parts[0]:
+        parts.append(f"serial {policy['serial']}")
+    if policy.get("age_seconds") is not None:
+        parts.append(f"issued {_duration(policy['age_seconds'])} ago")
+    parts.append(f"state {policy.get('state')}")
+    if policy.get("source"):
+        parts.append(f"from {policy['source']}")
+    return ", ".join(parts)
+
+
+def _identity_line(identity: object) -> str:
+    if not identity:
+        return "not signed in (sign-in is not available in this version)"
+    if isinstance(identity, dict):
+        return str(identity.get("email") or identity.get("subject") or identity)
+    return str(identity)
+
+
+def _audit_line(audit: object) -> str:
+    if not isinstance(audit, dict):
+        return "not reported by this agent"
+    if audit.get("healthy"):
+        return f"writing to {audit.get('file') or audit.get('dir')}"
+    return (
+        f"FAILING since {audit.get('failing_since')}: {audit.get('failing')} "
+        f"({audit.get('lost_records')} record(s) lost; audit_failure={audit.get('audit_failure')})"
+    )
+
+
+def _decision_line(d: Mapping[str, Any]) -> str:
+    when = d.get("time")
+    stamp = (
+        datetime.fromtimestamp(when).strftime("%Y-%m-%d %H:%M:%S")
+        if isinstance(when, int | float)
+        else "?"
+    )
+    peer = _dict(d.get("peer"))
+    who = peer.get("user") or peer.get("uid")
+    target = d.get("image") or d.get("endpoint")
+    return (
+        f"{stamp}  {d.get('decision', '?'):<10} {target}  ({d.get('action')}; "
+        f"{d.get('reason')}{f'; user {who}' if who is not None else ''})"
+    )
+
+
+# --- doctor ---------------------------------------------------------------------------
+
+OK, FAIL, SKIP = "OK", "FAIL", "SKIP"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One doctor finding; ``fix`` is what to do about a FAIL."""
+
+    name: str
+    result: str  # OK | FAIL | SKIP
+    detail: str
+    fix: str | None = None
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    checks = diagnose(args.control, os.environ, Path.home())
+    if args.json:
+        print(json.dumps([asdict(c) for c in checks], indent=2))
+    else:
+        for check in checks:
+            print(f"{check.result:<5} {check.name}: {check.detail}")
+            if check.fix:
+                print(f"      fix: {check.fix}")
+    return EXIT_PROBLEM if any(c.result == FAIL for c in checks) else EXIT_OK
+
+
+def diagnose(control: str | None, env: Mapping[str, str], home: Path) -> list[Check]:
+    """Every doctor check, in the order a pull depends on them."""
+    checks: list[Check] = []
+    try:
+        path, status = fetch_status(control)
+    except ControlError as e:
+        checks.append(
+            Check(
+                "agent reachable",
+                FAIL,
+                str(e),
+                "start the agent (`pullgate agent`, or its system service) or pass the "
+                "socket it uses with --control",
+            )
+        )
+        listen = default_listen_path(os.geteuid(), env)
+        checks.append(check_docker_target(listen, env, home))
+        needs = "needs the agent's status"
+        for name in ("upstream reachable", "shim reachable", "policy", "audit", "clock"):
+            checks.append(Check(name, SKIP, needs))
+        return checks
+    agent = _dict(status.get("agent"))
+    checks.append(
+        Check("agent reachable", OK, f"control socket {path}, agent pid {agent.get('pid')}")
+    )
+    upstream = Path(str(status.get("upstream")))
+    listen = Path(str(status.get("listen")))
+    checks.append(check_ping("upstream reachable", upstream, _upstream_fix(upstream)))
+    checks.append(
+        check_ping(
+            "shim reachable",
+            listen,
+            "restart the agent; if the upstream check failed too, fix that first",
+        )
+    )
+    checks.append(check_docker_target(listen, env, home))
+    checks.append(check_policy(_dict(status.get("policy"))))
+    checks.extend(check_audit(status.get("audit")))
+    checks.append(check_clock(status))
+    return checks
+
+
+def _upstream_fix(upstream: Path) -> str:
+    return (
+        f"start the Docker daemon (systemctl start docker) or point the agent at the right "
+        f"socket with --upstream or the managed `upstream` setting (now unix://{upstream})"
+    )
+
+
+def ping(path: Path, timeout: float = PING_TIMEOUT) -> tuple[int, str]:
+    """``GET /_ping`` on a Docker API socket: (status, body)."""
+    conn = http.client.HTTPConnection("localhost", timeout=timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+        conn.sock = sock
+        conn.request("GET", "/_ping")
+        resp = conn.getresponse()
+        return resp.status, resp.read(4096).decode("utf-8", errors="replace").strip()
+    finally:
+        conn.close()
+        sock.close()
+
+
+def check_ping(name: str, path: Path, fix: str) -> Check:
+    try:
+        code, body = ping(path)
+    except (OSError, http.client.HTTPException) as e:
+        why = getattr(e, "strerror", None) or repr(e)
+        return Check(name, FAIL, f"GET /_ping on unix://{path} failed: {why}", fix)
+    if code != 200:
+        return Check(name, FAIL, f"GET /_ping on unix://{path} answered {code}: {body[:300]}", fix)
+    return Check(name, OK, f"unix://{path} answers GET /_ping")
+
+
+def docker_cli_endpoint(env: Mapping[str, str], home: Path) -> tuple[str, str]:
+    """The daemon address the docker CLI would use, and why — as the CLI resolves it.
+
+    ``DOCKER_HOST`` wins; else ``DOCKER_CONTEXT``, else config.json's ``currentContext``
+    (its endpoint in the context store); else the default socket.
+    """
+    if env.get("DOCKER_HOST"):
+        return env["DOCKER_HOST"], "DOCKER_HOST"
+    config_dir = Path(env.get("DOCKER_CONFIG") or home / ".docker")
+    name = env.get("DOCKER_CONTEXT")
+    source = "DOCKER_CONTEXT"
+    if not name:
+        source = f"currentContext in {config_dir / 'config.json'}"
+        try:
+            config = json.loads((config_dir / "config.json").read_text())
+        except (OSError, ValueError):
+            config = {}
+        name = config.get("currentContext") if isinstance(config, dict) else None
+    if not name or name == "default":
+        return DEFAULT_DOCKER_SOCKET, "the default socket"
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    meta_path = config_dir / "contexts" / "meta" / digest / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        host = meta["Endpoints"]["docker"]["Host"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LookupError(f"docker context {name!r} ({source}) has no readable endpoint") from e
+    return str(host), f"docker context {name!r} ({source})"
+
+
+def _same_socket(url: str, listen: Path) -> bool:
+    if not url.startswith("unix://"):
+        return False
+    path = Path(url[len("unix://") :])
+    try:
+        return path.resolve() == listen.resolve() or os.path.samefile(path, listen)
+    except OSError:
+        return False
+
+
+def check_docker_target(listen: Path, env: Mapping[str, str], home: Path) -> Check:
+    name = "docker uses the shim"
+    export = f"export DOCKER_HOST=unix://{listen}"
+    try:
+        url, source = docker_cli_endpoint(env, home)
+    except LookupError as e:
+        return Check(name, FAIL, str(e), f"pullgate context install (or {export})")
+    if _same_socket(url, listen):
+        return Check(name, OK, f"docker uses {url} ({source}), the shim")
+    detail = f"docker uses {url} ({source}), not the shim unix://{listen}: pulls bypass policy"
+    if source == "DOCKER_HOST":
+        fix = f"{export} (or unset DOCKER_HOST and run `pullgate context install`)"
+    else:
+        fix = f"pullgate context install (or {export})"
+    return Check(name, FAIL, detail, fix)
+
+
+def check_policy(policy: Mapping[str, Any]) -> Check:
+    name = "policy fresh and verified"
+    state = policy.get("state")
+    what = f"{policy.get('enforcing')} from {policy.get('source')}"
+    error = policy.get("last_fetch_error") or policy.get("last_refusal")
+    refresh_fix = "check that policy_url is reachable, then run `pullgate policy refresh`"
+    if state == "fresh":
+        return Check(name, OK, f"{what}, fresh until {policy.get('expires_at')}")
+    if state == "local":
+        return Check(name, OK, f"{what} (a local policy file, not refreshed from the org)")
+    if state == "default":
+        return Check(
+            name,
+            FAIL,
+            f"no org policy is configured; enforcing {policy.get('enforcing')}",
+            "set org, policy_url and trusted_keys in the managed config",
+        )
+    detail = {
+        "stale": f"{what} expired at {policy.get('expires_at')}; within the offline grace period",
+        "expired": f"{what} expired at {policy.get('expires_at')} and its grace period is over",
+        "fallback": f"no verified org policy yet; enforcing {policy.get('enforcing')}",
+    }.get(str(state), f"{what}: unexpected state {state!r}")
+    if error:
+        detail += f" (last problem: {error})"
+    return Check(name, FAIL, detail, refresh_fix)
+
+
+def verify_audit_dir(directory: Path) -> tuple[bool, str] | None:
+    """Verify the audit chain in ``directory`` as ``pullgate audit verify`` does;
+    None when this build has no verifier (``agent.audit`` is imported lazily)."""
+    try:
+        audit = importlib.import_module("agent.audit")
+        audit_log = importlib.import_module("agent.audit_log")
+    except ImportError:
+        return None
+    order_files = getattr(audit, "order_files", None)
+    verify = getattr(audit, "verify", None)
+    read_state = getattr(audit_log, "read_state", None)
+    if not (callable(order_files) and callable(verify) and callable(read_state)):
+        return None
+    state = read_state(directory)  # before the files: the log may only grow meanwhile
+    result = verify(order_files(directory.iterdir()), state)
+    bad = result.first_bad
+    if bad is not None:
+        return False, f"{directory / bad.file}:{bad.line}: {bad.reason}"
+    if state is None and result.records:
+        return False, "the chain is intact but audit.state is missing (the end is unproven)"
+    return True, f"{result.records} record(s) in {result.files} file(s) verified"
+
+
+def check_audit(audit: object) -> list[Check]:
+    name = "audit log"
+    if not isinstance(audit, dict):
+        return [Check(name, SKIP, "this agent does not report an audit log yet")]
+    directory = audit.get("dir")
+    where = f" in {directory}" if directory else ""
+    if audit.get("healthy"):
+        checks = [Check(name, OK, f"writing{where}")]
+    else:
+        lost = audit.get("lost_records")
+        checks = [
+            Check(
+                name,
+                FAIL,
+                f"cannot write{where}: {audit.get('failing') or 'not open'} "
+                f"(since {audit.get('failing_since')}, {lost} record(s) lost; pulls follow "
+                f"audit_failure={audit.get('audit_failure')})",
+                f"free disk space and make{where or ' the audit directory'} writable by the "
+                "agent; it resumes by itself",
+            )
+        ]
+    checks.append(check_audit_chain(Path(directory) if directory else None))
+    return checks
+
+
+def check_audit_chain(directory: Path | None) -> Check:
+    name = "audit chain intact"
+    fix = "run `pullgate audit verify` and report the named line to IT"
+    if directory is None:
+        return Check(name, SKIP, "the agent reports no audit directory")
+    try:
+        outcome = verify_audit_dir(directory)
+    except PermissionError:
+        return Check(name, SKIP, f"cannot read {directory} as this user; run doctor as root")
+    except (OSError, ValueError) as e:
+        return Check(name, FAIL, f"cannot verify {directory}: {e}", fix)
+    if outcome is None:
+        return Check(name, SKIP, "this build has no audit verifier (agent.audit)")
+    ok, detail = outcome
+    return Check(name, OK, detail) if ok else Check(name, FAIL, detail, fix)
+
+
+def check_clock(status: Mapping[str, Any]) -> Check:
+    name = "clock sane"
+    fix = "turn on time synchronisation (e.g. `timedatectl set-ntp true`)"
+    if status.get("clock_behind"):
+        return Check(name, FAIL, "the system clock is behind the newest accepted policy", fix)
+    issued = _dict(status.get("policy")).get("issued_at")
+    if isinstance(issued, str):
+        try:
+            issued_at = datetime.fromisoformat(issued.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            issued_at = None
+        if issued_at is not None and issued_at > time.time() + 300:
+            return Check(
+                name, FAIL, f"the policy was issued at {issued}, which is in the future", fix
+            )
+    return Check(name, OK, "not behind the policy's issue time")

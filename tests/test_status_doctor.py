@@ -1,0 +1,298 @@
+"""``pullgate status`` and ``pullgate doctor`` against a real agent in front of a real dockerd.
+
+The agent runs as ``pullgate agent --control PATH`` (tests/agent_process.py); the CLI runs
+as ``python -m agent`` subprocesses with the environment a developer would have, so doctor
+resolves the docker CLI's target from real ``DOCKER_HOST`` values and a real context store.
+The event-stream check reads the control API with ``curl --unix-socket`` during a real pull.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agent_process import (
+    AgentProcess,
+    LineStream,
+    docker_via,
+    shim_policy,
+    start_agent,
+)
+from tests.realdocker import DockerEnv
+
+REPO = Path(__file__).resolve().parent.parent
+CLI_TIMEOUT = 30.0
+EVENTS_URL = "http://localhost/v1/events"
+CLI_COMMAND_ENV = "PULLGATE_TEST_CLI_COMMAND"
+
+
+def cli_command() -> list[str]:
+    """How to run `pullgate`: PULLGATE_TEST_CLI_COMMAND (split like a shell command line,
+    e.g. an installed `pullgate`), else this interpreter's `python -m agent`."""
+    configured = os.environ.get(CLI_COMMAND_ENV, "").strip()
+    return shlex.split(configured) if configured else [sys.executable, "-m", "agent"]
+
+
+class WiredAgent:
+    """A running agent and the path of its control socket."""
+
+    def __init__(self, agent: AgentProcess, control: Path) -> None:
+        self.agent = agent
+        self.control = control
+
+
+@pytest.fixture
+def wired(docker_env: DockerEnv, tmp_path: Path) -> Iterator[WiredAgent]:
+    short = Path(tempfile.mkdtemp(prefix="pgsd-", dir="/tmp"))  # sun_path is 108 bytes
+    control = short / "control.sock"
+    agent = start_agent(
+        tmp_path, docker_env.socket_path, shim_policy(), ["--control", str(control)]
+    )
+    try:
+        yield WiredAgent(agent, control)
+        agent.stop()
+    finally:
+        agent.kill()
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def pullgate(
+    *args: str, env: Mapping[str, str], timeout: float = CLI_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*cli_command(), *args],
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def cli_env(docker_env: DockerEnv, **overrides: str | None) -> dict[str, str]:
+    """The docker CLI's private environment (empty DOCKER_CONFIG) with ``overrides``."""
+    env = dict(docker_env.env)
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def doctor_checks(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]]:
+    checks: list[dict[str, Any]] = json.loads(result.stdout)
+    return {c["name"]: c for c in checks}
+
+
+def use_context(config_dir: Path, name: str, host: str) -> None:
+    """A docker context store with ``name`` -> ``host`` selected in config.json."""
+    meta = config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest()
+    meta.mkdir(parents=True)
+    (meta / "meta.json").write_text(
+        json.dumps({"Name": name, "Metadata": {}, "Endpoints": {"docker": {"Host": host}}})
+    )
+    (config_dir / "config.json").write_text(json.dumps({"currentContext": name}))
+
+
+# --- status ---------------------------------------------------------------------------
+
+
+def test_status_summarises_the_running_agent_and_its_last_decision(
+    wired: WiredAgent, docker_env: DockerEnv
+) -> None:
+    denied = docker_via(wired.agent, docker_env, "pull", "someuser/tool")
+    assert denied.returncode != 0
+    result = pullgate("status", "--control", str(wired.control), env=cli_env(docker_env))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "mode:           enforce" in out
+    assert "org:            acme" in out
+    assert f"unix://{wired.agent.socket_path}" in out
+    assert f"unix://{docker_env.socket_path} (--upstream)" in out
+    assert "state local" in out
+    assert "not signed in" in out
+    assert "deny" in out and "docker.io/someuser/tool:latest" in out
+
+
+def test_status_json_carries_the_contract_fields(wired: WiredAgent, docker_env: DockerEnv) -> None:
+    result = pullgate("status", "--json", "--control", str(wired.control), env=cli_env(docker_env))
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["mode"] == "enforce"
+    assert status["org"] == "acme"
+    assert status["policy"]["serial"] == 1
+    assert status["policy"]["state"] == "local"
+    assert status["listen"] == str(wired.agent.socket_path)
+    assert status["upstream"] == str(docker_env.socket_path)
+    assert status["identity"] is None
+    assert status["agent"]["pid"] == wired.agent.proc.pid
+    assert status["caller"] == {"uid": 0}
+    assert isinstance(status["last_decisions"], list)
+
+
+def test_status_without_an_agent_says_so_and_exits_1(tmp_path: Path) -> None:
+    result = pullgate("status", "--control", str(tmp_path / "none.sock"), env={})
+    assert result.returncode == 1
+    assert "not reachable" in result.stderr
+
+
+# --- doctor ---------------------------------------------------------------------------
+
+
+def test_doctor_fails_with_the_fix_while_docker_host_is_the_upstream_daemon(
+    wired: WiredAgent, docker_env: DockerEnv
+) -> None:
+    env = cli_env(docker_env, DOCKER_HOST=docker_env.docker_host)
+    result = pullgate("doctor", "--control", str(wired.control), env=env)
+    assert result.returncode == 1, result.stdout
+    assert f"FAIL  docker uses the shim: docker uses {docker_env.docker_host} (DOCKER_HOST)" in (
+        result.stdout
+    )
+    assert f"fix: export DOCKER_HOST=unix://{wired.agent.socket_path}" in result.stdout
+    checks = doctor_checks(pullgate("doctor", "--json", "--control", str(wired.control), env=env))
+    assert [name for name, c in checks.items() if c["result"] == "FAIL"] == ["docker uses the shim"]
+
+
+def test_doctor_passes_when_docker_host_is_the_shim(
+    wired: WiredAgent, docker_env: DockerEnv
+) -> None:
+    env = cli_env(docker_env, DOCKER_HOST=wired.agent.docker_host)
+    result = pullgate("doctor", "--control", str(wired.control), env=env)
+    assert result.returncode == 0, result.stdout
+    checks = doctor_checks(pullgate("doctor", "--json", "--control", str(wired.control), env=env))
+    for name in (
+        "agent reachable",
+        "upstream reachable",
+        "shim reachable",
+        "docker uses the shim",
+        "policy fresh and verified",
+        "clock sane",
+    ):
+        assert checks[name]["result"] == "OK", checks[name]
+    assert all(c["result"] in ("OK", "SKIP") for c in checks.values()), checks
+
+
+def test_doctor_follows_the_current_docker_context(
+    wired: WiredAgent, docker_env: DockerEnv, tmp_path: Path
+) -> None:
+    to_shim, to_daemon = tmp_path / "shim-config", tmp_path / "daemon-config"
+    use_context(to_shim, "pullgate", wired.agent.docker_host)
+    use_context(to_daemon, "direct", docker_env.docker_host)
+    control = ("--json", "--control", str(wired.control))
+    env = cli_env(docker_env, DOCKER_HOST=None, DOCKER_CONFIG=str(to_shim))
+    assert (
+        doctor_checks(pullgate("doctor", *control, env=env))["docker uses the shim"]["result"]
+        == "OK"
+    )
+    env = cli_env(docker_env, DOCKER_HOST=None, DOCKER_CONFIG=str(to_daemon))
+    check = doctor_checks(pullgate("doctor", *control, env=env))["docker uses the shim"]
+    assert check["result"] == "FAIL"
+    assert "docker context 'direct'" in check["detail"]
+    assert check["fix"].startswith("pullgate context install")
+
+
+def test_doctor_reports_a_dead_upstream_and_shim(docker_env: DockerEnv, tmp_path: Path) -> None:
+    """The agent answers, but the daemon it forwards to is gone: both pings fail."""
+    dead = Path(tempfile.mkdtemp(prefix="pgdead-", dir="/tmp"))
+    try:
+        upstream = dead / "gone.sock"
+        control = dead / "control.sock"
+        agent = start_agent(
+            tmp_path,
+            upstream,
+            shim_policy(),
+            ["--control", str(control)],
+            expect_ping_ok=False,
+        )
+        try:
+            env = cli_env(docker_env, DOCKER_HOST=agent.docker_host)
+            result = pullgate("doctor", "--json", "--control", str(control), env=env)
+            agent.stop()
+        finally:
+            agent.kill()
+    finally:
+        shutil.rmtree(dead, ignore_errors=True)
+    assert result.returncode == 1
+    checks = doctor_checks(result)
+    assert checks["upstream reachable"]["result"] == "FAIL"
+    assert "start the Docker daemon" in checks["upstream reachable"]["fix"]
+    assert checks["shim reachable"]["result"] == "FAIL"
+
+
+def test_doctor_without_an_agent_fails_and_names_the_fix(tmp_path: Path) -> None:
+    result = pullgate("doctor", "--control", str(tmp_path / "none.sock"), env={})
+    assert result.returncode == 1
+    assert "FAIL  agent reachable" in result.stdout
+    assert "fix: start the agent" in result.stdout
+
+
+# --- the event stream during a real pull ----------------------------------------------
+
+
+def test_denied_pull_reaches_the_event_stream_within_100_ms(
+    wired: WiredAgent, docker_env: DockerEnv
+) -> None:
+    curl = shutil.which("curl")
+    assert curl is not None, "curl is not installed (scripts/install-system-deps.sh)"
+    proc = subprocess.Popen(
+        [curl, "-sS", "-N", "--max-time", "60", "--unix-socket", str(wired.control), EVENTS_URL],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        bufsize=1,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = LineStream(proc.stdout)
+        first = lines.next(10.0)
+        assert first is not None and first.startswith(": pullgate"), first
+        denied = docker_via(wired.agent, docker_env, "pull", "someuser/tool")
+        assert "pullgate:" in denied.stderr
+        deadline = time.monotonic() + 10.0
+        while True:
+            line = lines.next(max(0.01, deadline - time.monotonic()))
+            arrived = time.time()
+            assert line is not None
+            if line.startswith("data: ") and '"type":"decision"' in line:
+                event = json.loads(line[len("data: ") :])
+                break
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    assert event["decision"] == "deny"
+    assert event["image"] == "docker.io/someuser/tool:latest"
+    assert event["peer"]["uid"] == 0
+    assert arrived - event["time"] < 0.1, f"{(arrived - event['time']) * 1000:.0f} ms"
+
+
+def test_doctor_fails_an_audit_log_the_agent_cannot_write(tmp_path: Path) -> None:
+    from agent.cli.status_cmd import check_audit
+
+    checks = check_audit(
+        {
+            "dir": str(tmp_path),
+            "healthy": False,
+            "failing": "No space left on device",
+            "failing_since": "2026-01-01T00:00:00Z",
+            "lost_records": 3,
+            "audit_failure": "deny",
+        }
+    )
+    assert checks[0].result == "FAIL"
+    assert "No space left on device" in checks[0].detail
+    assert "audit_failure=deny" in checks[0].detail
+    assert checks[0].fix is not None and "free disk space" in checks[0].fix
