@@ -7,6 +7,7 @@ bytes are trustworthy — the policy store does, from the signature. Every failu
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,7 @@ class Fetcher:
                         )
                 return FetchResult(bytes(body), response.headers.get("ETag"))
         except requests.exceptions.SSLError as e:
-            raise FetchError(f"TLS verification of {self.url} failed: {_short(e)}") from e
+            raise FetchError(f"TLS verification of {self.url} failed: {_tls_reason(e)}") from e
         except requests.exceptions.ConnectTimeout as e:
             raise FetchError(f"connecting to {self.url} timed out") from e
         except (requests.exceptions.ReadTimeout, requests.exceptions.Timeout) as e:
@@ -92,6 +93,13 @@ class Fetcher:
             raise FetchError(f"cannot connect to {self.url}: {_short(e)}") from e
         except requests.exceptions.RequestException as e:
             raise FetchError(f"fetching {self.url} failed: {_short(e)}") from e
+
+
+def _tls_reason(error: Exception) -> str:
+    """The part of an OpenSSL error an admin can act on (name mismatch, unknown CA)."""
+    text = str(error)
+    m = re.search(r"certificate verify failed: ([^()\"']+)", text)
+    return m.group(1).strip() if m else _short(error)
 
 
 def _short(error: Exception) -> str:

@@ -11,7 +11,6 @@ change goes to the decision sink with its reason, and to ``status.json`` for
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -137,6 +136,7 @@ class PolicyManager:
                     None,  # the envelope itself is checked; rollback is checked below
                     self.clock(),
                     source=f"cache {self.cache.envelope_path}",
+                    allow_expired=True,
                 )
             except PolicyRefusedError as e:
                 self.last_refusal = f"cached policy ignored: {e.reason}"
@@ -199,7 +199,7 @@ class PolicyManager:
             self._emit("policy-refused", "failure", e.reason, source=fetcher.url)
             self._write_status()
             return f"refused: {e.reason}"
-        if not accepted.new:
+        if not accepted.new and self._accepted is not None:
             self._etag = result.etag
             self._write_status()
             return "unchanged"
@@ -216,9 +216,14 @@ class PolicyManager:
         self._wake.set()
 
     async def run(self) -> None:
-        """Refresh forever: the interval on success, backoff with jitter on failure."""
+        """Refresh forever: the interval on success, backoff with jitter on failure.
+
+        Between fetches it wakes at each freshness boundary, so status, the audit log and
+        the tray learn that the policy went stale or expired even when nobody pulls.
+        """
         failures = 0
         while True:
+            self._wake.clear()  # before fetching: a request made during the fetch counts
             try:
                 await self.refresh_now()
                 failures = 0
@@ -228,9 +233,18 @@ class PolicyManager:
                 base = self.refresh.min_backoff.total_seconds() * 2 ** min(failures - 1, 10)
                 delay = min(base, self.refresh.interval.total_seconds())
                 delay *= random.uniform(0.8, 1.2)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            deadline = time.monotonic() + delay
+            while True:
+                self.current()  # re-judge freshness at its boundaries
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                wait = min(remaining, max(0.5, self._next_check - time.time()))
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                except TimeoutError:
+                    continue
+                break
 
     # -- reporting ----------------------------------------------------------------------
 

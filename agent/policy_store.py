@@ -124,8 +124,14 @@ def evaluate_envelope(
     now: datetime,
     *,
     source: str,
+    allow_expired: bool = False,
 ) -> Accepted:
-    """Accept ``data`` as the policy, or raise ``PolicyRefusedError``."""
+    """Accept ``data`` as the policy, or raise ``PolicyRefusedError``.
+
+    ``allow_expired`` is for the agent's own cache: a cached policy that has expired is
+    still the last-known-good one, and ``stale_behavior`` — not a refusal — decides what
+    happens past its grace.
+    """
     try:
         verified = verify_envelope(data, settings.trusted_keys, settings.threshold)
     except EnvelopeError as e:
@@ -165,7 +171,7 @@ def evaluate_envelope(
             f"{now.isoformat()})",
             kind="future",
         )
-    if new and judged_now > policy.expires_at + settings.offline_grace:
+    if new and not allow_expired and judged_now > policy.expires_at + settings.offline_grace:
         raise PolicyRefusedError(
             f"policy expired at {policy.expires_at.isoformat()}, beyond the offline grace "
             f"of {settings.offline_grace}",
