@@ -303,7 +303,10 @@ def start_agent(
         policy_path = workdir / "policy.json"
         policy_path.write_text(json.dumps(policy, indent=2) + "\n")
         argv += ["--policy", str(policy_path)]
-    argv += ["--listen", str(socket_path), "--upstream", f"unix://{upstream}", *extra_args]
+    argv += ["--listen", str(socket_path), "--upstream", f"unix://{upstream}"]
+    if not any(a == "--state-dir" or a.startswith("--state-dir=") for a in extra_args):
+        argv += ["--state-dir", str(workdir / "state")]
+    argv += [*extra_args]
     stderr_path = workdir / "stderr.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
     started = time.monotonic()

@@ -12,10 +12,13 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from agent import __version__
+from agent.bypass import ApprovalLedger, BypassMonitor
 from agent.cli.check import CheckInputError, load_policy_file
-from agent.config import ConfigError, ManagedConfig, load_managed_config
+from agent.config import DEFAULT_JSON_PATH, ConfigError, ManagedConfig, load_managed_config
+from agent.context import docker_config_dir
 from agent.control import ControlServer, agent_status, default_control_path
 from agent.default_policy import default_policy
 from agent.envelope import PublicKey
@@ -26,8 +29,9 @@ from agent.policy_fetch import Fetcher
 from agent.policy_manager import PolicyManager, RefreshSettings
 from agent.policy_store import TrustSettings
 from agent.shim import Shim, ShimConfig
-from agent.sink import DecisionSink, StderrSubscriber
+from agent.sink import DecisionSink, NoticeEvent, StderrSubscriber
 from agent.upstream import UpstreamError, default_listen_path, find_upstream, parse_unix_url
+from agent.watch import ConfigWatcher
 
 EXIT_CONFIG = 2
 
@@ -69,8 +73,13 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--control",
         metavar="PATH",
-        help="control API socket (default: /run/pullgate/control.sock for root, "
-        "$XDG_RUNTIME_DIR/pullgate/control.sock otherwise)",
+        help="control API socket (default: control.sock beside --listen; "
+        "/run/pullgate/control.sock for root, $XDG_RUNTIME_DIR/pullgate/control.sock otherwise)",
+    )
+    parser.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="do not watch for bypasses (the daemon's events, socket clients, config files)",
     )
     parser.set_defaults(run=run)
 
@@ -163,7 +172,14 @@ def run(args: argparse.Namespace) -> int:
     )
     current = manager.current if manager is not None else (lambda: policy)
     shim = Shim(shim_config, current, sink)
-    control_path = Path(args.control) if args.control else default_control_path(uid, os.environ)
+    # The control socket sits beside the shim's socket unless told otherwise, so agents
+    # started with their own --listen (tests, several daemons) never collide.
+    if args.control:
+        control_path = Path(args.control)
+    elif args.listen:
+        control_path = listen.parent / "control.sock"
+    else:
+        control_path = default_control_path(uid, os.environ)
     control = ControlServer(
         control_path,
         status=functools.partial(
@@ -180,11 +196,54 @@ def run(args: argparse.Namespace) -> int:
         refresh=manager.refresh_now if manager is not None else None,
     )
     sink.subscribe(control)
+    ledger = ApprovalLedger()
+    sink.subscribe(ledger)  # before the shim forwards: a decision is approved first
+    services: list[Service] = [control]
+    if manager is not None:
+        services.append(_Refresher(manager))
+    if not args.no_watch:
+        services.append(BypassMonitor(upstream, sink, shim_listen=listen, approved=ledger))
+        watcher = ConfigWatcher(
+            sink,
+            shim_listen=listen,
+            docker_config=docker_config_dir(os.environ, Path.home()),
+            managed_config=Path(args.config) if args.config else DEFAULT_JSON_PATH,
+            policy_cache=state_dir,
+        )
+        sink.subscribe(watcher)
+        services.append(watcher)
     try:
-        return _run_loop(_serve(shim, control, manager, state_dir, describe, started, source))
+        return _run_loop(_serve(shim, services, manager, state_dir, describe, started, source))
     except RuntimeError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
+
+
+class Service(Protocol):
+    """A part of the agent with a lifetime: started before serving, closed after."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class _Refresher:
+    """The policy manager's refresh loop as a service; SIGHUP asks for a refresh now."""
+
+    def __init__(self, manager: PolicyManager) -> None:
+        self.manager = manager
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.manager.trigger)
+        self.task = loop.create_task(self.manager.run())
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
 
 
 def _run_loop(main: Any) -> int:
@@ -198,7 +257,7 @@ def _run_loop(main: Any) -> int:
 
 async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
     shim: Shim,
-    control: ControlServer,
+    services: list[Service],
     manager: PolicyManager | None,
     state_dir: Path,
     describe: str,
@@ -209,35 +268,40 @@ async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await control.start()
+    running: list[Service] = []
     try:
+        for service in services:
+            await service.start()
+            running.append(service)
         await shim.start()
     except BaseException:
-        await control.close()
+        for service in reversed(running):
+            await service.close()
         raise
     pidfile = state_dir / "agent.pid"
-    refresher: asyncio.Task[None] | None = None
-    if manager is not None:
-        loop.add_signal_handler(signal.SIGHUP, manager.trigger)
-        refresher = loop.create_task(manager.run())
     with contextlib.suppress(OSError):
         atomic_write(pidfile, f"{os.getpid()}\n".encode())
     ready = time.monotonic() - started
+    shim.sink.emit(
+        NoticeEvent(
+            action="agent-start",
+            outcome="success",
+            reason=f"pullgate agent {__version__} started; policy: {describe}",
+            details={"listen": str(shim.config.listen), "upstream": str(shim.config.upstream)},
+        )
+    )
     print(
         f"pullgate agent: ready in {ready * 1000:.0f} ms, listening on {shim.config.listen}, "
         f"upstream unix://{shim.config.upstream} ({source}), policy: {describe}. "
-        f"control API unix://{control.path}. "
         f"Point docker at it: export DOCKER_HOST=unix://{shim.config.listen}",
         file=sys.stderr,
         flush=True,
     )
     await stop.wait()
-    if refresher is not None:
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
-    await control.close()
     await shim.close()
+    for service in reversed(running):
+        await service.close()
+    shim.sink.emit(NoticeEvent(action="agent-stop", outcome="success", reason="agent stopped"))
     with contextlib.suppress(OSError):
         pidfile.unlink()
     print("pullgate agent: stopped", file=sys.stderr, flush=True)

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import admin, agent_cmd, check, policy_cmd, status_cmd
+from agent.cli import admin, agent_cmd, check, context_cmd, policy_cmd, status_cmd
 
 EXIT_USAGE = 2
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_cmd.register(commands)
     policy_cmd.register(commands)
     status_cmd.register(commands)
+    context_cmd.register(commands)
     admin.register(commands)
     return parser
 

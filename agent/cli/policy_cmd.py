@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.control import ControlError, control_candidates, control_request
 from agent.paths import default_state_dir
 from agent.policy_manager import read_status
 
@@ -28,6 +29,7 @@ def register(commands: Any) -> None:
     refresh = sub.add_parser("refresh", help="ask the running agent to fetch the policy now")
     refresh.add_argument("--state-dir", metavar="DIR")
     refresh.add_argument("--timeout", type=float, default=30.0)
+    refresh.add_argument("--control", metavar="PATH", help="the agent's control socket")
     refresh.set_defaults(run=run_refresh)
 
 
@@ -90,7 +92,24 @@ def run_status(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM if problem else EXIT_OK
 
 
+def _refresh_via_control(args: argparse.Namespace) -> int | None:
+    """Ask the agent's control API; None when no agent answers there."""
+    paths = [Path(args.control)] if args.control else control_candidates(os.geteuid(), os.environ)
+    for path in paths:
+        try:
+            status, body = control_request(path, "POST", "/v1/policy/refresh", timeout=args.timeout)
+        except ControlError:
+            continue
+        message = body.get("result") or body.get("message") if isinstance(body, dict) else body
+        print(f"pullgate policy refresh: {message}")
+        return EXIT_OK if status == 200 else EXIT_PROBLEM
+    return None
+
+
 def run_refresh(args: argparse.Namespace) -> int:
+    answered = _refresh_via_control(args)
+    if answered is not None:
+        return answered
     state_dir = _state_dir(args)
     pid = _agent_pid(state_dir)
     if pid is None:

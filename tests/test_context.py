@@ -1,0 +1,166 @@
+"""`pullgate context install|uninstall|status`: the docker context for the shim.
+
+Checked against the real docker CLI (it must list, inspect and use the context) and, with
+DOCKER_HOST unset, a real `docker version` through a real agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.cli import context_cmd
+from agent.context import (
+    STATE_FILE,
+    context_meta_dir,
+    context_status,
+    install_context,
+    uninstall_context,
+)
+from tests.agent_process import start_agent
+from tests.realdocker import DockerEnv
+
+DOCKER_CLI = "/usr/local/bin/docker"
+LISTEN = Path("/run/pullgate-test/docker.sock")
+
+
+def config(config_dir: Path) -> dict[str, object]:
+    data = json.loads((config_dir / "config.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def cli(config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    if not Path(DOCKER_CLI).exists():
+        pytest.skip(f"{DOCKER_CLI} not installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    env["DOCKER_CONFIG"] = str(config_dir)
+    return subprocess.run(
+        [DOCKER_CLI, *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+def test_install_writes_meta_where_the_cli_looks_and_selects_it(tmp_path: Path) -> None:
+    change = install_context(tmp_path, LISTEN)
+    assert change.changed and change.previous is None
+    digest = hashlib.sha256(b"pullgate").hexdigest()
+    meta = json.loads((tmp_path / "contexts" / "meta" / digest / "meta.json").read_text())
+    assert meta["Name"] == "pullgate"
+    assert meta["Endpoints"]["docker"] == {"Host": f"unix://{LISTEN}", "SkipTLSVerify": False}
+    assert config(tmp_path)["currentContext"] == "pullgate"
+    status = context_status(tmp_path, LISTEN, {})
+    assert status.through_shim and status.current == "pullgate" and status.installed
+
+
+def test_install_keeps_every_other_config_key(tmp_path: Path) -> None:
+    original = {"auths": {"registry.example": {"auth": "eA=="}}, "credsStore": "pass", "x": [1]}
+    (tmp_path / "config.json").write_text(json.dumps(original))
+    install_context(tmp_path, LISTEN)
+    assert config(tmp_path) == {**original, "currentContext": "pullgate"}
+    uninstall_context(tmp_path)
+    assert config(tmp_path) == original
+
+
+def test_uninstall_restores_the_previous_context_and_both_are_idempotent(tmp_path: Path) -> None:
+    created = cli(tmp_path, "context", "create", "work", "--docker", "host=unix:///tmp/work.sock")
+    assert created.returncode == 0, created.stderr
+    assert cli(tmp_path, "context", "use", "work").returncode == 0
+    first = install_context(tmp_path, LISTEN)
+    second = install_context(tmp_path, LISTEN)
+    assert first.previous == second.previous == "work"
+    assert not second.changed, "a second install changes nothing"
+    assert uninstall_context(tmp_path).previous == "work"
+    assert config(tmp_path)["currentContext"] == "work"
+    assert not context_meta_dir(tmp_path, "pullgate").exists()
+    assert not (tmp_path / STATE_FILE).exists()
+    assert not uninstall_context(tmp_path).changed, "a second uninstall changes nothing"
+    assert config(tmp_path)["currentContext"] == "work"
+
+
+def test_uninstall_without_a_previous_context_removes_current_context(tmp_path: Path) -> None:
+    install_context(tmp_path, LISTEN)
+    uninstall_context(tmp_path)
+    assert "currentContext" not in config(tmp_path)
+
+
+def test_uninstall_leaves_a_context_the_user_chose_since(tmp_path: Path) -> None:
+    install_context(tmp_path, LISTEN)
+    assert (
+        cli(tmp_path, "context", "create", "mine", "--docker", "host=unix:///m.sock").returncode
+        == 0
+    )
+    assert cli(tmp_path, "context", "use", "mine").returncode == 0
+    uninstall_context(tmp_path)
+    assert config(tmp_path)["currentContext"] == "mine"
+    assert not context_meta_dir(tmp_path, "pullgate").exists()
+
+
+def test_status_says_docker_host_overrides_the_context(tmp_path: Path) -> None:
+    install_context(tmp_path, LISTEN)
+    status = context_status(tmp_path, LISTEN, {"DOCKER_HOST": "unix:///var/run/docker.sock"})
+    assert status.source == "DOCKER_HOST" and not status.through_shim
+    assert "BYPASSES" in status.describe(LISTEN)
+
+
+def test_real_cli_lists_inspects_and_uses_the_context(tmp_path: Path) -> None:
+    install_context(tmp_path, LISTEN)
+    listed = cli(
+        tmp_path, "context", "ls", "--format", "{{.Name}} {{.Current}} {{.DockerEndpoint}}"
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert f"pullgate true unix://{LISTEN}" in listed.stdout.splitlines()
+    inspected = cli(tmp_path, "context", "inspect", "pullgate")
+    assert inspected.returncode == 0, inspected.stderr
+    assert json.loads(inspected.stdout)[0]["Endpoints"]["docker"]["Host"] == f"unix://{LISTEN}"
+    shown = cli(tmp_path, "context", "show")
+    assert shown.stdout.strip() == "pullgate"
+
+
+def test_cli_commands_install_report_and_uninstall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    parser = argparse.ArgumentParser(prog="pullgate")
+    context_cmd.register(parser.add_subparsers(dest="command"))
+
+    def main(*argv: str) -> int:
+        args = parser.parse_args(list(argv))
+        result: int = args.run(args)
+        return result
+
+    assert main("context", "status", "--listen", str(LISTEN)) == 1
+    assert main("context", "install", "--listen", str(LISTEN)) == 0
+    assert main("context", "status", "--listen", str(LISTEN), "--json") == 0
+    status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert status["through_shim"] is True and status["current"] == "pullgate"
+    assert main("context", "uninstall") == 0
+    assert main("context", "uninstall") == 0
+    assert "not installed" in capsys.readouterr().out
+
+
+def test_docker_version_goes_through_a_real_agent_after_install(
+    docker_env: DockerEnv, tmp_path: Path
+) -> None:
+    agent = start_agent(tmp_path, docker_env.socket_path, None)
+    try:
+        config_dir = tmp_path / "docker-config"
+        install_context(config_dir, agent.socket_path)
+        mark = agent.mark()
+        result = cli(config_dir, "version", "--format", "{{.Server.Version}}")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip()
+        # Non-image traffic is not a decision; what proves the path is that the agent is
+        # the only thing the CLI could reach: stop it and the same command fails.
+        assert agent.running() and agent.mark() >= mark
+    finally:
+        agent.stop()
+    failed = cli(config_dir, "version", "--format", "{{.Server.Version}}")
+    assert failed.returncode != 0, "with the agent stopped the context must not reach dockerd"
