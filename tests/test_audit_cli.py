@@ -1,0 +1,194 @@
+"""``pullgate audit tail|verify|export`` as a user runs it: a real process on a real log."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from agent.audit_log import AuditLog
+from agent.cli.main import build_parser
+from tests.test_audit import decision_event
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Until `audit` is registered in agent/cli/main.py, run the same subcommand through a
+# minimal parser (test_audit_is_a_pullgate_command says whether it is wired).
+_HARNESS = (
+    "import argparse, sys\n"
+    "from agent.cli import audit_cmd\n"
+    "p = argparse.ArgumentParser(prog='pullgate')\n"
+    "c = p.add_subparsers(dest='command')\n"
+    "audit_cmd.register(c)\n"
+    "a = p.parse_args(sys.argv[1:])\n"
+    "sys.exit(a.run(a))\n"
+)
+
+
+@functools.cache
+def _wired() -> bool:
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            build_parser().parse_args(["audit", "verify", "--dir", "/nonexistent"])
+    except SystemExit:
+        return False
+    return True
+
+
+def command(*args: str) -> list[str]:
+    if _wired():
+        return [sys.executable, "-m", "agent", *args]
+    return [sys.executable, "-c", _HARNESS, *args]
+
+
+def pullgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command(*args), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def write_log(directory: Path, times: list[float], rotate_bytes: int = 1 << 26) -> None:
+    log = AuditLog(directory, native_log=False, host="laptop", rotate_bytes=rotate_bytes).open()
+    for i, t in enumerate(times):
+        log.append(decision_event("deny" if i % 2 else "allow", t=t))
+    log.close()
+
+
+def test_audit_is_a_pullgate_command() -> None:
+    assert _wired(), "register agent.cli.audit_cmd in agent/cli/main.py build_parser()"
+
+
+def test_tail_prints_one_line_per_record_with_decision_image_user_and_process(
+    tmp_path: Path,
+) -> None:
+    write_log(tmp_path, [1_790_000_000.0 + i for i in range(15)])
+    done = pullgate("audit", "tail", "--dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 10
+    assert lines[-1].startswith("2026-09-21T14:13:34.000Z allow ")
+    assert lines[-2].startswith("2026-09-21T14:13:33.000Z deny ")
+    assert "docker.io/someuser/tool:latest user=alice process=docker<-bash<-code" in lines[-1]
+
+
+def test_tail_json_prints_the_last_n_records_as_stored(tmp_path: Path) -> None:
+    write_log(tmp_path, [1_790_000_000.0 + i for i in range(40)], rotate_bytes=5000)
+    done = pullgate("audit", "tail", "--json", "-n", "25", "--dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["event.sequence"] for r in records] == list(range(16, 41))  # across files
+    assert all(len(r["event.hash"]) == 64 for r in records)
+
+
+def test_tail_follow_prints_records_appended_later_and_across_a_rotation(
+    tmp_path: Path,
+) -> None:
+    write_log(tmp_path, [1_790_000_000.0])
+    follower = subprocess.Popen(
+        command("audit", "tail", "-f", "--json", "-n", "1", "--dir", str(tmp_path)),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        assert json.loads(follower.stdout.readline())["event.sequence"] == 1
+        log = AuditLog(tmp_path, native_log=False, rotate_bytes=3000).open()
+        for _ in range(6):
+            log.append(decision_event())
+            time.sleep(0.05)
+        log.close()
+        seen = [json.loads(follower.stdout.readline())["event.sequence"] for _ in range(6)]
+        assert seen == [2, 3, 4, 5, 6, 7]
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
+
+
+def test_verify_exits_0_on_an_intact_log_spanning_a_rotation(tmp_path: Path) -> None:
+    write_log(tmp_path, [1_790_000_000.0 + i for i in range(30)], rotate_bytes=5000)
+    done = pullgate("audit", "verify", "--dir", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "intact: 30 record(s) (sequence 1-30)" in done.stdout
+
+
+def test_verify_exits_1_naming_file_line_and_why(tmp_path: Path) -> None:
+    write_log(tmp_path, [1_790_000_000.0 + i for i in range(30)], rotate_bytes=5000)
+    second = sorted(tmp_path.glob("audit-*.jsonl"))[1]
+    lines = second.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"user.name":"alice"', b'"user.name":"eve00"')
+    second.write_bytes(b"".join(lines))
+    done = pullgate("audit", "verify", "--dir", str(tmp_path))
+    assert done.returncode == 1
+    first = done.stdout.splitlines()[0]
+    assert first.startswith(f"{second}:2: edited")
+
+
+def test_verify_fails_when_the_state_anchor_is_gone(tmp_path: Path) -> None:
+    write_log(tmp_path, [1_790_000_000.0])
+    (tmp_path / "audit.state").unlink()
+    done = pullgate("audit", "verify", "--dir", str(tmp_path))
+    assert done.returncode == 1
+    assert "cannot be proven complete" in done.stdout
+
+
+def test_verify_without_a_log_is_a_usage_error(tmp_path: Path) -> None:
+    done = pullgate("audit", "verify", "--dir", str(tmp_path / "none"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("pullgate audit verify: no audit log in")
+
+
+def test_export_prints_stored_lines_in_the_time_range(tmp_path: Path) -> None:
+    base = datetime(2026, 5, 1, tzinfo=UTC).timestamp()
+    write_log(tmp_path, [base + h * 3600 for h in range(10)], rotate_bytes=5000)
+    done = pullgate(
+        "audit",
+        "export",
+        "--since",
+        "2026-05-01T02:00:00Z",
+        "--until",
+        "2026-05-01T05:00:00+00:00",
+        "--dir",
+        str(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["@timestamp"][11:16] for r in records] == ["02:00", "03:00", "04:00"]
+    stored = b"".join(p.read_bytes() for p in sorted(tmp_path.glob("audit-*.jsonl")))
+    assert all(line.encode() in stored for line in done.stdout.splitlines())
+
+
+def test_export_accepts_a_relative_since(tmp_path: Path) -> None:
+    now = time.time()
+    write_log(tmp_path, [now - 48 * 3600, now - 3600, now - 60])
+    done = pullgate("audit", "export", "--since", "24h", "--dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 2
+
+
+@pytest.mark.parametrize("bad", ["yesterday", "2026-05-01T00:00:00"])
+def test_export_refuses_a_time_it_cannot_read(tmp_path: Path, bad: str) -> None:
+    write_log(tmp_path, [1_790_000_000.0])
+    done = pullgate("audit", "export", "--since", bad, "--dir", str(tmp_path))
+    assert done.returncode == 2
+    assert bad in done.stderr
+
+
+def test_dir_defaults_to_the_managed_config(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    write_log(logs, [1_790_000_000.0])
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"audit_dir": str(logs)}))
+    done = pullgate("audit", "verify", "--config", str(config))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert str(logs) in done.stdout
+    assert os.stat(logs).st_mode & 0o077 == 0

@@ -1,0 +1,290 @@
+"""The audit writer on real files: fsync per record, rotation, retention, crash recovery
+(a real ``kill -9``), a real full disk (tmpfs), and one writer per directory."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.audit import STATE_NAME, order_files, verify
+from agent.audit_log import AuditLog, AuditLogError, default_audit_dir, read_state
+from agent.config import AuditFailure
+from agent.sink import DecisionSink, NoticeEvent, PolicyEvent
+from tests.agent_process import skip_or_fail
+from tests.test_audit import decision_event
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def records(directory: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in order_files(directory.iterdir()):
+        out += [json.loads(line) for line in path.read_bytes().splitlines()]
+    return out
+
+
+def verified(directory: Path) -> Any:
+    return verify(order_files(directory.iterdir()), read_state(directory))
+
+
+def open_log(directory: Path, **kwargs: Any) -> AuditLog:
+    kwargs.setdefault("native_log", False)
+    kwargs.setdefault("host", "laptop")
+    return AuditLog(directory, **kwargs).open()
+
+
+def test_each_append_is_one_line_in_private_files_and_verifies(tmp_path: Path) -> None:
+    d = tmp_path / "logs"
+    log = open_log(d)
+    assert log.append(decision_event("deny"))
+    assert log.append(PolicyEvent(action="policy-update", outcome="success", reason="serial 8"))
+    assert log.healthy and log.failing is None and log.sequence == 2
+    log.close()
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    for path in d.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    got = records(d)
+    assert [r["event.sequence"] for r in got] == [1, 2]
+    assert [r["event.action"] for r in got] == ["image-pull", "policy-update"]
+    assert got[0]["user.name"] == "alice" and got[0]["host.name"] == "laptop"
+    assert verified(d).ok
+
+
+def test_it_subscribes_to_the_decision_sink(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    sink = DecisionSink()
+    sink.subscribe(log)
+    sink.emit(decision_event("allow"))
+    log.close()
+    assert records(tmp_path)[0]["pullgate.decision"] == "allow"
+
+
+def test_reopening_continues_the_chain_and_a_clean_close_notes_nothing(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    log.append(decision_event())
+    log.close()
+    log = open_log(tmp_path)
+    assert log.recovered is None
+    log.append(decision_event())
+    log.close()
+    assert [r["event.sequence"] for r in records(tmp_path)] == [1, 2]
+    assert verified(tmp_path).ok
+
+
+def test_rotation_continues_the_chain_and_retention_moves_the_anchor(tmp_path: Path) -> None:
+    log = open_log(tmp_path, rotate_bytes=3000, keep_files=2)
+    for _ in range(40):
+        assert log.append(decision_event())
+    log.close()
+    files = order_files(tmp_path.iterdir())
+    assert len(files) == 3  # two rotated + the active one
+    state = read_state(tmp_path)
+    assert state is not None and state.base_file == files[0].name
+    first = json.loads(files[0].read_bytes().splitlines()[0])
+    assert state.base_sequence == first["event.sequence"] > 1
+    assert state.base_prev == first["pullgate.chain.prev"]
+    result = verified(tmp_path)
+    assert result.ok and result.last_sequence == 40
+    # Each file's first record links to the previous file's last one.
+    for older, newer in itertools.pairwise(files):
+        last = json.loads(older.read_bytes().splitlines()[-1])
+        assert (
+            json.loads(newer.read_bytes().splitlines()[0])["pullgate.chain.prev"]
+            == last["event.hash"]
+        )
+
+
+def test_a_torn_last_line_is_set_aside_and_noted_in_the_log(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    for _ in range(3):
+        log.append(decision_event())
+    active = log.active_file
+    log.close()
+    assert active is not None
+    half = b'{"@timestamp":"2026-09-21T14:13:21.000Z","container.image.na'
+    with active.open("ab") as f:
+        f.write(half)
+    log = open_log(tmp_path)
+    assert log.recovered is not None and f"torn last line ({len(half)} bytes)" in log.recovered
+    log.append(decision_event())
+    log.close()
+    torn = [p for p in tmp_path.iterdir() if p.name.endswith(".torn")]
+    assert len(torn) == 1 and torn[0].read_bytes().endswith(b"container.image.na")
+    assert stat.S_IMODE(torn[0].stat().st_mode) == 0o600
+    got = records(tmp_path)
+    assert got[3]["event.action"] == "audit-recovery"
+    assert got[3]["pullgate.details"]["torn_bytes"] == len(half)
+    assert [r["event.sequence"] for r in got] == [1, 2, 3, 4, 5]
+    assert verified(tmp_path).ok
+
+
+_BURST = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from agent.audit_log import AuditLog
+    from tests.test_audit import decision_event
+    log = AuditLog(Path(sys.argv[1]), rotate_bytes=20_000, keep_files=50, native_log=False)
+    log.open()
+    print("ready", flush=True)
+    while True:
+        log.append(decision_event())
+    """
+)
+
+
+def test_kill_9_during_a_burst_leaves_a_log_that_verifies_with_the_recovery_noted(
+    tmp_path: Path,
+) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _BURST, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        deadline = time.monotonic() + 20
+        while (state := read_state(tmp_path)) is None or state.sequence < 300:
+            assert time.monotonic() < deadline, "the writer did not get going"
+            time.sleep(0.01)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    killed_at = read_state(tmp_path)
+    assert killed_at is not None and not killed_at.clean
+    assert len(order_files(tmp_path.iterdir())) > 1  # the burst spans a rotation
+    log = open_log(tmp_path)
+    assert log.recovered is not None and "without closing the log" in log.recovered
+    log.close()
+    result = verified(tmp_path)
+    assert result.ok, result.first_bad
+    last = records(tmp_path)[-1]
+    assert last["event.action"] == "audit-recovery"
+    assert last["pullgate.details"]["unclean_shutdown"] is True
+    assert last["event.sequence"] >= killed_at.sequence + 1
+
+
+def test_lines_removed_while_the_agent_was_down_stay_visible_after_reopen(
+    tmp_path: Path,
+) -> None:
+    log = open_log(tmp_path)
+    for _ in range(6):
+        log.append(decision_event())
+    active = log.active_file
+    log.close()
+    assert active is not None
+    active.write_bytes(b"".join(active.read_bytes().splitlines(keepends=True)[:4]))
+    log = open_log(tmp_path)
+    assert log.recovered is not None and "2 record(s) are missing" in log.recovered
+    log.close()
+    bad = verified(tmp_path).first_bad
+    # The writer does not paper over the loss: the chain resumes after the lost records.
+    assert bad is not None and bad.line == 5
+    assert bad.reason.startswith("deleted: expected sequence 5, found 7")
+
+
+def test_a_second_writer_on_the_same_directory_is_refused(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    try:
+        with pytest.raises(AuditLogError, match="another writer"):
+            open_log(tmp_path)
+    finally:
+        log.close()
+
+
+def test_append_before_open_is_a_programming_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError):
+        AuditLog(tmp_path, native_log=False).append(decision_event())
+
+
+def test_native_log_mirroring_never_breaks_appends(tmp_path: Path) -> None:
+    log = open_log(tmp_path, native_log=True)
+    assert log.append(decision_event("deny"))
+    log.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a disk that really fills up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        skip_or_fail(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    filler = directory / f"filler-{uuid.uuid4().hex}"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_full_disk_fails_appends_then_recovers_with_the_gap_recorded(small_disk: Path) -> None:
+    d = small_disk / "audit"
+    log = open_log(d, failure_mode=AuditFailure.DENY)
+    assert log.append(decision_event())
+    filler = _fill(small_disk)
+    results = [log.append(decision_event()) for _ in range(8)]
+    assert results[-1] is False
+    assert not log.healthy
+    assert log.failing is not None and "No space left on device" in log.failing
+    assert log.status()["lost_records"] >= 1 and log.status()["audit_failure"] == "deny"
+    filler.unlink()
+    assert log.append(decision_event("allow"))
+    status = log.status()  # (not the properties: mypy keeps them narrowed from above)
+    assert status["healthy"] is True and status["failing"] is None
+    log.close()
+    got = records(d)
+    notices = [r for r in got if r["event.action"] == "audit-failure"]
+    assert got[-2] == notices[-1]
+    assert "No space left on device" in notices[-1]["message"]
+    # A notice may slip into a page a failed write freed again; together they count
+    # every record that was not written.
+    assert sum(n["pullgate.details"]["lost_records"] for n in notices) == results.count(False)
+    assert got[-1]["pullgate.decision"] == "allow"
+    assert verified(d).ok  # no partial line was left behind by the failed writes
+
+
+def test_default_audit_dir_per_os_and_mode() -> None:
+    assert default_audit_dir(platform="linux", system=True) == Path("/var/log/pullgate")
+    assert default_audit_dir(platform="darwin", system=True) == Path("/Library/Logs/Pullgate")
+    windows = default_audit_dir(platform="win32", environ={"ProgramData": "D:\\PD"})
+    assert windows == Path("D:\\PD") / "Pullgate" / "Logs"
+    user = default_audit_dir(platform="linux", system=False)
+    assert "pullgate" in str(user) and not str(user).startswith("/var/log")
+
+
+def test_a_notice_event_is_written_like_any_other(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    log.append(NoticeEvent(action="agent-start", outcome="success", reason="agent started"))
+    log.close()
+    assert records(tmp_path)[0]["event.action"] == "agent-start"
+    assert (tmp_path / STATE_NAME).stat().st_size == 1024
+    assert os.access(tmp_path / STATE_NAME, os.R_OK)
