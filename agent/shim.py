@@ -91,11 +91,18 @@ class Shim:
     """The listening socket and what every connection shares."""
 
     def __init__(
-        self, config: ShimConfig, policy: Callable[[], Policy], sink: DecisionSink
+        self,
+        config: ShimConfig,
+        policy: Callable[[], Policy],
+        sink: DecisionSink,
+        *,
+        audit_gate: Callable[[], str | None] | None = None,
     ) -> None:
         self.config = config
         self.policy = policy
         self.sink = sink
+        # After the decision is recorded: a refusal message when it could not be.
+        self.audit_gate = audit_gate
         self.host = socket.gethostname()
         self._server: asyncio.AbstractServer | None = None
         self.connections: set[ClientConnection] = set()
@@ -636,6 +643,8 @@ class ClientConnection(asyncio.Protocol):
             message = self._decide_one(policy, want, now, endpoint)
             if message is not None and denial is None:
                 denial = message
+        if denial is None and (inspection.wants or setting) and self.shim.audit_gate:
+            denial = self.shim.audit_gate()
         if denial is None:
             return True
         if abort_upstream:

@@ -304,8 +304,9 @@ def start_agent(
         policy_path.write_text(json.dumps(policy, indent=2) + "\n")
         argv += ["--policy", str(policy_path)]
     argv += ["--listen", str(socket_path), "--upstream", f"unix://{upstream}"]
-    if not any(a == "--state-dir" or a.startswith("--state-dir=") for a in extra_args):
-        argv += ["--state-dir", str(workdir / "state")]
+    for flag, where in (("--state-dir", "state"), ("--audit-dir", "audit")):
+        if not any(a == flag or a.startswith(flag + "=") for a in extra_args):
+            argv += [flag, str(workdir / where)]
     argv += [*extra_args]
     stderr_path = workdir / "stderr.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}

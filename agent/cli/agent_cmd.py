@@ -15,9 +15,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent import __version__
+from agent.audit_log import AuditLog, AuditLogError, default_audit_dir
 from agent.bypass import ApprovalLedger, BypassMonitor
 from agent.cli.check import CheckInputError, load_policy_file
-from agent.config import DEFAULT_JSON_PATH, ConfigError, ManagedConfig, load_managed_config
+from agent.config import (
+    DEFAULT_JSON_PATH,
+    AuditFailure,
+    ConfigError,
+    ManagedConfig,
+    load_managed_config,
+)
 from agent.context import docker_config_dir
 from agent.control import ControlServer, agent_status, default_control_path
 from agent.default_policy import default_policy
@@ -75,6 +82,12 @@ def register(commands: Any) -> None:
         metavar="PATH",
         help="control API socket (default: control.sock beside --listen; "
         "/run/pullgate/control.sock for root, $XDG_RUNTIME_DIR/pullgate/control.sock otherwise)",
+    )
+    parser.add_argument(
+        "--audit-dir",
+        metavar="DIR",
+        help="audit log directory (default: the managed config's audit_dir, else "
+        "/var/log/pullgate for root, the user's log directory otherwise)",
     )
     parser.add_argument(
         "--no-watch",
@@ -135,6 +148,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_managed_config(json_path=Path(args.config) if args.config else None)
         state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+        settings = config or ManagedConfig()
+        audit = AuditLog(
+            Path(args.audit_dir) if args.audit_dir else settings.audit_dir or default_audit_dir(),
+            rotate_bytes=settings.audit_rotate_bytes,
+            keep_files=settings.audit_keep_files,
+            failure_mode=settings.audit_failure,
+            native_log=settings.audit_native_log,
+        ).open()
+        # The audit log subscribes first: every later event, including policy loading,
+        # is recorded, and a decision is on disk before the request goes on.
+        sink.subscribe(audit)
         manager: PolicyManager | None = None
         if args.policy:
             policy: Policy = load_policy_file(args.policy, config)
@@ -160,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             choice = find_upstream(listen, os.environ, Path.home(), uid)
             upstream, source = choice.path, choice.source
-    except (CheckInputError, UpstreamError, ConfigError) as e:
+    except (CheckInputError, UpstreamError, ConfigError, AuditLogError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_CONFIG
     group = _socket_group()
@@ -171,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         socket_group=group,
     )
     current = manager.current if manager is not None else (lambda: policy)
-    shim = Shim(shim_config, current, sink)
+    shim = Shim(shim_config, current, sink, audit_gate=functools.partial(_audit_gate, audit))
     # The control socket sits beside the shim's socket unless told otherwise, so agents
     # started with their own --listen (tests, several daemons) never collide.
     if args.control:
@@ -192,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
             upstream_source=source,
             control=control_path,
             started_at=time.time(),
+            audit=audit.status,
         ),
         refresh=manager.refresh_now if manager is not None else None,
     )
@@ -217,6 +242,22 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
+    finally:
+        audit.close()
+
+
+def _audit_gate(audit: AuditLog) -> str | None:
+    """With ``audit_failure: deny``, nothing is let through that could not be recorded.
+
+    The OS error stays in status: its text ("Permission denied") must not reach the CLI.
+    """
+    if audit.healthy or audit.failure_mode is not AuditFailure.DENY:
+        return None
+    return (
+        "pullgate: the audit log cannot be written, so image pulls are refused until it can "
+        "(audit_failure: deny). Run `pullgate status` for the cause and tell your IT "
+        "administrator."
+    )
 
 
 class Service(Protocol):

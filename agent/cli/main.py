@@ -7,7 +7,15 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import admin, agent_cmd, check, context_cmd, policy_cmd, status_cmd
+from agent.cli import (
+    admin,
+    agent_cmd,
+    audit_cmd,
+    check,
+    context_cmd,
+    policy_cmd,
+    status_cmd,
+)
 
 EXIT_USAGE = 2
 
@@ -24,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy_cmd.register(commands)
     status_cmd.register(commands)
     context_cmd.register(commands)
+    audit_cmd.register(commands)
     admin.register(commands)
     return parser
 
