@@ -34,8 +34,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
 from agent.audit import (
     GENESIS,
     STATE_NAME,
@@ -80,6 +78,8 @@ def default_audit_dir(
         return Path(env.get("ProgramData", r"C:\ProgramData")) / "Pullgate" / "Logs"
     if system:
         return Path("/Library/Logs/Pullgate" if platform == "darwin" else "/var/log/pullgate")
+    import platformdirs  # noqa: PLC0415 - only per-user agents need it
+
     return Path(platformdirs.user_log_dir("pullgate", appauthor=False))
 
 

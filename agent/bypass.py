@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from agent.peer import PeerInfo, describe_peer
 from agent.reference import DOCKER_HUB_ALIASES, ReferenceError, parse_normalized_named
 from agent.sink import DecisionEvent, DecisionSink, Event, NoticeEvent
@@ -511,6 +509,8 @@ def socket_clients(path: Path, *, exclude_pids: Iterable[int] = ()) -> list[Sock
     for inode, pid in sorted(_socket_inode_owners(peers).items()):
         if pid in excluded:
             continue
+        import psutil  # noqa: PLC0415 - loaded when a scan runs
+
         try:
             name: str | None = psutil.Process(pid).name()
         except psutil.Error:
@@ -552,16 +552,18 @@ class _HTTPError(Exception):
 async def _open_request(
     path: Path, target: str, timeout: float
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict[str, str]]:
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_unix_connection(str(path), limit=1 << 20), timeout
-    )
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+    # (cpython #86296), which left the agent unable to stop.
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
     try:
         writer.write(
             f"GET {target} HTTP/1.1\r\nHost: docker\r\nUser-Agent: pullgate-bypass-monitor\r\n"
             "Connection: close\r\n\r\n".encode()
         )
         await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        async with asyncio.timeout(timeout):
+            head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         headers = {}
@@ -604,7 +606,8 @@ async def _get_json(path: Path, target: str, timeout: float) -> Any:
             writer.close()
         return json.loads(body)
 
-    return await asyncio.wait_for(fetch(), timeout)
+    async with asyncio.timeout(timeout):
+        return await fetch()
 
 
 def _json_objects(buffer: str) -> tuple[list[Any], str]:
@@ -655,6 +658,7 @@ class BypassMonitor:
         """Set while the event stream is open (tests wait for it before acting)."""
         self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self._last_nano = 0
         self._scan_lock = asyncio.Lock()
 
@@ -666,11 +670,14 @@ class BypassMonitor:
         ]
 
     async def close(self) -> None:
+        """Stop following and scanning; bounded, so a stuck read never blocks shutdown."""
+        self._closing = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=3.0)
+            for task in pending:
+                task.cancel()
         self._tasks = []
 
     # -- findings ---------------------------------------------------------------------
@@ -704,7 +711,7 @@ class BypassMonitor:
 
     async def _follow_events(self) -> None:
         backoff = 0.5
-        while True:
+        while not self._closing:
             try:
                 reader, writer, headers = await _open_request(
                     self.upstream, self._events_target(), self.request_timeout
@@ -765,7 +772,7 @@ class BypassMonitor:
 
     async def _periodic(self) -> None:
         next_scan = 0.0
-        while True:
+        while not self._closing:
             now = time.monotonic()
             due = self.reconciler.due(time.time())
             if due:
@@ -795,6 +802,8 @@ class BypassMonitor:
     def _client_findings_sync(self) -> list[Finding]:
         findings = []
         for client in socket_clients(self.upstream, exclude_pids={self.own_pid}):
+            import psutil  # noqa: PLC0415 - loaded when a scan runs
+
             try:
                 proc = psutil.Process(client.pid)
                 uids, gids = proc.uids(), proc.gids()

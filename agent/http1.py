@@ -168,8 +168,15 @@ def _framing(head: _Head, *, request: bool) -> tuple[int | None, bool]:
     return None, False
 
 
+_FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"upgrade"})
+
+
 def parse_request_head(raw: bytes) -> RequestHead:
-    """Parse and check one request head (``raw`` ends with the blank line)."""
+    """Parse and check one request head (``raw`` ends with the blank line).
+
+    This runs for every request through the shim, so it touches only the headers that
+    decide framing; the rest are decoded once, cheaply, for ``get``.
+    """
     if len(raw) > MAX_HEAD_BYTES:
         raise ProtocolError(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
     collector = _Collector()
@@ -185,35 +192,63 @@ def parse_request_head(raw: bytes) -> RequestHead:
     method = parser.get_method()
     if not _METHOD_RE.fullmatch(method):
         raise ProtocolError(400, f"unsupported method {method.decode('latin-1')!r}")
-    if not collector.url.startswith(b"/"):
+    url = collector.url
+    if not url.startswith(b"/"):
         raise ProtocolError(400, "request target must be a path (origin-form)")
-    try:
-        target = collector.url.decode("ascii")
-    except UnicodeDecodeError as e:
-        raise ProtocolError(400, "request target is not ASCII") from e
+    if not url.isascii():
+        raise ProtocolError(400, "request target is not ASCII")
     version = parser.get_http_version()
     if version not in ("1.1", "1.0"):
         raise ProtocolError(505, f"unsupported HTTP version {version}")
-    base = _Head(_decode_headers(collector.headers), raw, version)
-    content_length, chunked = _framing(base, request=True)
+    framing: dict[bytes, list[bytes]] = {}
+    for name, value in collector.headers:
+        key = name.lower()
+        if key in _FRAMING_HEADERS:
+            framing.setdefault(key, []).append(value.strip(b" \t"))
+    content_length, chunked = _request_framing(framing, version)
+    connection = b",".join(framing.get(b"connection", ())).lower()
+    tokens = {t.strip() for t in connection.split(b",")} if connection else set()
     upgrade = None
-    if base.has_token("connection", "upgrade"):
-        upgrade = base.get("upgrade")
-    if version == "1.1":
-        keep_alive = not base.has_token("connection", "close")
-    else:
-        keep_alive = base.has_token("connection", "keep-alive")
+    if b"upgrade" in tokens:
+        values = framing.get(b"upgrade", [])
+        if len(values) > 1:
+            raise ProtocolError(400, "duplicate upgrade header")
+        upgrade = values[0].decode("latin-1") if values else None
+    keep_alive = b"close" not in tokens if version == "1.1" else b"keep-alive" in tokens
     return RequestHead(
-        base.headers,
+        _decode_headers(collector.headers),
         raw,
         version,
         method=method.decode("ascii"),
-        target=target,
+        target=url.decode("ascii"),
         content_length=content_length,
         chunked=chunked,
         keep_alive=keep_alive,
         upgrade=upgrade,
     )
+
+
+def _request_framing(framing: dict[bytes, list[bytes]], version: str) -> tuple[int | None, bool]:
+    te = framing.get(b"transfer-encoding")
+    cl = framing.get(b"content-length")
+    if te is not None:
+        if len(te) > 1:
+            raise ProtocolError(400, "duplicate transfer-encoding header")
+        if cl is not None:
+            raise ProtocolError(400, "Content-Length together with Transfer-Encoding")
+        if te[0].lower() != b"chunked":
+            raise ProtocolError(501, f"unsupported Transfer-Encoding {te[0]!r} (only chunked)")
+        if version != "1.1":
+            raise ProtocolError(400, "Transfer-Encoding in an HTTP/1.0 message")
+        return None, True
+    if cl is not None:
+        if len(cl) > 1:
+            raise ProtocolError(400, "duplicate content-length header")
+        value = cl[0]
+        if not value.isdigit() or len(value) > 18:
+            raise ProtocolError(400, f"invalid Content-Length {value!r}")
+        return int(value), False
+    return None, False
 
 
 class _ResponseCollector(_Collector):

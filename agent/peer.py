@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import psutil
-
 __all__ = [
     "PeerInfo",
     "ProcessSummary",
@@ -81,6 +79,8 @@ def describe_peer(pid: int | None, uid: int | None, gid: int | None) -> PeerInfo
     base = PeerInfo(pid=pid, uid=uid, gid=gid, user=_user(uid))
     if pid is None or pid <= 0:
         return base
+    import psutil  # noqa: PLC0415 - loaded on the first decision, not at agent start
+
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
@@ -111,6 +111,8 @@ _T = TypeVar("_T")
 
 
 def _safe(getter: Callable[[], _T]) -> _T | None:
+    import psutil  # noqa: PLC0415
+
     try:
         return getter()
     except psutil.Error:

@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 __all__ = ["FetchError", "FetchResult", "Fetcher"]
 
 
@@ -43,6 +41,8 @@ class Fetcher:
         """GET the policy; ``etag`` makes it conditional (304 → ``body`` None)."""
         if not self.url.startswith("https://"):
             raise FetchError(f"refusing to fetch the policy over plain HTTP: {self.url}")
+        import requests  # noqa: PLC0415 - only agents with a policy_url pay for it
+
         headers = {"Accept": "application/json", "User-Agent": "pullgate-agent"}
         if etag:
             headers["If-None-Match"] = etag

@@ -19,9 +19,9 @@ import hashlib
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from agent.config import StaleBehavior
-from agent.envelope import EnvelopeError, PublicKey, verify_envelope
 from agent.policy import (
     Action,
     HubSettings,
@@ -31,6 +31,9 @@ from agent.policy import (
     RegistrySettings,
     load_policy,
 )
+
+if TYPE_CHECKING:
+    from agent.envelope import PublicKey
 
 __all__ = [
     "Accepted",
@@ -132,6 +135,8 @@ def evaluate_envelope(
     still the last-known-good one, and ``stale_behavior`` — not a refusal — decides what
     happens past its grace.
     """
+    from agent.envelope import EnvelopeError, verify_envelope  # noqa: PLC0415 - cryptography
+
     try:
         verified = verify_envelope(data, settings.trusted_keys, settings.threshold)
     except EnvelopeError as e:

@@ -9,6 +9,7 @@ parameters, bad escapes, ``;`` separators — is refused rather than guessed.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import Enum, auto
@@ -130,8 +131,13 @@ def _strip_version(path: str) -> str:
     return path[m.end() :] if m else path
 
 
+@functools.lru_cache(maxsize=4096)
 def route_request(target: str) -> Route:
-    """Classify a request target (origin-form ``/path?query``)."""
+    """Classify a request target (origin-form ``/path?query``).
+
+    Pure, and the same few targets repeat (``/_ping``, ``/containers/json``), so results
+    are cached; refusals raise and are never cached.
+    """
     raw_path, _, raw_query = target.partition("?")
     if "#" in raw_path:
         raise RouteError("a fragment in the request target")

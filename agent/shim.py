@@ -31,16 +31,16 @@ from pathlib import Path
 from typing import cast
 from urllib.parse import quote
 
+import httptools
+
 from agent.decision import Verdict, decide
 from agent.http1 import (
     MAX_HEAD_BYTES,
     BodyReader,
     ProtocolError,
     RequestHead,
-    ResponseHead,
     find_head_end,
     parse_request_head,
-    parse_response_head,
 )
 from agent.inspect import (
     MAX_JSON_BODY,
@@ -172,6 +172,11 @@ def _json_response(status: int, message: str, *, close: bool) -> bytes:
 
 
 def _upstream_error(path: Path, error: OSError) -> str:
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        return (
+            "pullgate: the agent has run out of file descriptors (too many open connections); "
+            "raise its open-file limit (LimitNOFILE) or close idle clients"
+        )
     why = {
         errno.ENOENT: "there is no socket at that path",
         errno.ECONNREFUSED: "nothing is listening on it",
@@ -187,6 +192,8 @@ def _upstream_error(path: Path, error: OSError) -> str:
 _HEAD, _BODY, _BUFFER, _TAR, _DECIDING, _WAIT, _SPLICE, _CLOSED, _DRAIN = range(9)
 #: After a refusal, how long and how much of the rest of a request body is read and dropped.
 _DRAIN_SECONDS = 30.0
+#: Bytes a client may send ahead of the response to its request before it is paused.
+_MAX_BACKLOG = 256 * 1024
 _DRAIN_BYTES = 1 << 30
 
 
@@ -222,7 +229,6 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, shim: Shim) -> None:
         self.shim = shim
         self.transport: asyncio.Transport | None = None
-        self.credentials: tuple[int | None, int | None, int | None] = (None, None, None)
         self._peer: PeerInfo | None = None
         self.buf = bytearray()
         self.state = _HEAD
@@ -241,10 +247,7 @@ class ClientConnection(asyncio.Protocol):
         self.upstream_pending: list[bytes] = []
         self.connecting: asyncio.Task[None] | None = None
         # response side
-        self.rbuf = bytearray()
-        self.response: ResponseHead | None = None
-        self.rreader: BodyReader | None = None
-        self.response_until_close = False
+        self.rtracker: _ResponseTracker | None = None
         self.request_done = False
         self.response_done = True
         self.close_after_response = False
@@ -258,14 +261,18 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self.credentials = _credentials(transport)
+        # Connect to the daemon while the client is still sending its first request.
+        self.connecting = asyncio.get_running_loop().create_task(self._connect(eager=True))
         self.shim.connections.add(self)
 
     @property
     def peer(self) -> PeerInfo:
         """The client process, looked up once and only when a decision needs it."""
         if self._peer is None:
-            self._peer = describe_peer(*self.credentials)
+            credentials: tuple[int | None, int | None, int | None] = (None, None, None)
+            if self.transport is not None:
+                credentials = _credentials(self.transport)
+            self._peer = describe_peer(*credentials)
         return self._peer
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -301,6 +308,10 @@ class ClientConnection(asyncio.Protocol):
                 return
             data = data[n:]
         self.buf += data
+        if self.state in (_WAIT, _DECIDING):
+            if len(self.buf) > _MAX_BACKLOG:
+                self.pause_client_reading("backlog")
+            return
         self._process()
 
     def _body_bytes(self, data: bytes) -> int:
@@ -452,8 +463,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _begin_forward(self, head: RequestHead) -> None:
         self.response_done = False
-        self.response = None
-        self.rreader = None
+        self.rtracker = _tracker(head.method, self.route)
         self._to_upstream(head.raw)
 
     def _pass_body(self) -> None:
@@ -466,10 +476,14 @@ class ClientConnection(asyncio.Protocol):
             self._request_complete()
 
     def _request_complete(self) -> None:
-        """The whole request went upstream; wait for its response before reading on."""
+        """The whole request went upstream; its response comes before the next request.
+
+        Bytes that arrive meanwhile wait in ``buf`` (Docker clients never pipeline, so
+        there are none, and pausing the socket every request would cost two syscalls);
+        a client that floods is paused once ``buf`` passes a bound.
+        """
         self.request_done = True
         self.state = _WAIT
-        self.pause_client_reading("request")
 
     def _take_body(self) -> tuple[bytes, bytes]:
         """Consume this request's bytes from ``buf``: (raw bytes, payload without framing)."""
@@ -527,8 +541,7 @@ class ClientConnection(asyncio.Protocol):
         if not self._apply(inspection):
             return
         self.response_done = False
-        self.response = None
-        self.rreader = None
+        self.rtracker = _tracker(self.head.method, self.route)
         for chunk in self.held:
             self._to_upstream(chunk)
         self.held = []
@@ -544,7 +557,8 @@ class ClientConnection(asyncio.Protocol):
                     "latin-1"
                 )
             )
-            raw = await asyncio.wait_for(reader.read(-1), timeout=30)
+            async with asyncio.timeout(30):
+                raw = await reader.read(-1)
         finally:
             writer.close()
         head_end = raw.find(b"\r\n\r\n")
@@ -639,7 +653,12 @@ class ClientConnection(asyncio.Protocol):
                     peer=self.peer,
                 )
             )
+        seen: set[tuple[str, bool, EventAction]] = set()
         for want in inspection.wants:
+            key = (str(want.reference), want.all_tags, want.action)
+            if key in seen:
+                continue  # one image named twice (manifest.json and repositories)
+            seen.add(key)
             message = self._decide_one(policy, want, now, endpoint)
             if message is not None and denial is None:
                 denial = message
@@ -707,7 +726,7 @@ class ClientConnection(asyncio.Protocol):
         self.state = _DRAIN
         self.drained = len(self.buf)
         self.buf.clear()
-        self.resume_client_reading("request")
+        self.resume_client_reading("backlog")
         self.resume_client_reading("deciding")
         if self.transport.can_write_eof():
             self.transport.write_eof()
@@ -735,7 +754,7 @@ class ClientConnection(asyncio.Protocol):
         ):
             self.connecting = asyncio.get_running_loop().create_task(self._connect())
 
-    async def _connect(self) -> None:
+    async def _connect(self, *, eager: bool = False) -> None:
         loop = asyncio.get_running_loop()
         path = self.shim.config.upstream
         try:
@@ -744,6 +763,8 @@ class ClientConnection(asyncio.Protocol):
             )
         except OSError as e:
             self.connecting = None
+            if eager and not self.upstream_pending:
+                return  # nothing to send yet: the first request retries and reports
             self.upstream_pending = []
             self.response_done = True
             self._refuse(502, _upstream_error(path, e))
@@ -788,7 +809,9 @@ class ClientConnection(asyncio.Protocol):
             if self.transport is not None and self.transport.can_write_eof():
                 self.transport.write_eof()
             return True
-        if self.response_until_close and self.transport is not None:
+        # A response that runs until the connection closes ends here; so does everything
+        # the daemon was still owed. An idle keep-alive connection just reconnects later.
+        if not self.response_done and self.transport is not None:
             self.transport.close()
             self.state = _CLOSED
         return False
@@ -799,114 +822,62 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.state in (_CLOSED, _DRAIN):
             return
-        if self.state == _SPLICE or self.response_until_close:
+        if self.state == _SPLICE:
             transport.write(data)
             return
-        if self.response_done:
+        tracker = self.rtracker
+        if self.response_done or tracker is None:
             # The daemon spoke out of turn (no request in flight): stop trusting framing.
             self.abort()
             return
-        reader = self.rreader
-        if not self.rbuf and reader is not None and not reader.done:
-            # Fast path for body bytes (save, pull progress, logs): no copies.
-            try:
-                n, _ = reader.feed(memoryview(data))
-            except ProtocolError as e:
-                print(f"pullgate: bad response from the daemon: {e.message}", file=sys.stderr)
-                self.abort()
-                return
-            transport.write(data if n == len(data) else data[:n])
-            if n == len(data):
-                if self._response_body_done():
-                    self._response_complete()
-                return
-            data = data[n:]
-        self.rbuf += data
+        upgraded_at = -1
         try:
-            self._process_response()
-        except ProtocolError as e:
-            print(f"pullgate: bad response from the daemon: {e.message}", file=sys.stderr)
+            tracker.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            upgraded_at = int(e.args[0]) if e.args else len(data)
+        except httptools.HttpParserError as e:
+            print(f"pullgate: bad response from the daemon: {e}", file=sys.stderr)
             self.abort()
-
-    def _response_body_done(self) -> bool:
-        return self.rreader is not None and self.rreader.done
-
-    def _process_response(self) -> None:
-        transport = self.transport
-        assert transport is not None and self.head is not None
-        while self.rbuf and not self.response_done:
-            if self.response is None:
-                end = find_head_end(self.rbuf)
-                if end < 0:
-                    if len(self.rbuf) > MAX_HEAD_BYTES:
-                        raise ProtocolError(502, "response head from the daemon is too large")
-                    return
-                raw = bytes(self.rbuf[:end])
-                del self.rbuf[:end]
-                response = parse_response_head(raw, self.head.method)
-                transport.write(raw)
-                if 100 <= response.status < 200 and response.status != 101:
-                    continue  # interim (100 Continue): the final response follows
-                if self._is_upgrade(response):
-                    self._splice()
-                    return
-                self.response = response
-                if response.until_close:
-                    self.response_until_close = True
-                    self.close_after_response = True
-                    if self.rbuf:
-                        transport.write(bytes(self.rbuf))
-                        self.rbuf.clear()
-                    return
-                self.rreader = BodyReader(response.content_length, response.chunked)
-                if response.no_body:
-                    self.rreader.done = True
-                if not response.keep_alive:
-                    self.close_after_response = True
-            assert self.rreader is not None
-            if not self.rreader.done:
-                n, _ = self.rreader.feed(memoryview(self.rbuf))
-                if n:
-                    transport.write(bytes(self.rbuf[:n]))
-                    del self.rbuf[:n]
-            if self.rreader.done:
-                self._response_complete()
-        if self.response is not None and self.rreader is not None and self.rreader.done:
+            return
+        # Bytes go to the client exactly as the daemon sent them, in one write.
+        transport.write(data)
+        if tracker.extra:
+            # The daemon sent bytes after the response (or a second response): we cannot
+            # tell whose they are.
+            self.abort()
+            return
+        if upgraded_at >= 0 or tracker.upgraded or self._is_hijack(tracker):
+            self._splice()
+            return
+        if tracker.complete:
+            if not tracker.keep_alive:
+                self.close_after_response = True
             self._response_complete()
 
-    def _is_upgrade(self, response: ResponseHead) -> bool:
-        if response.status == 101:
-            return True
+    def _is_hijack(self, tracker: _ResponseTracker) -> bool:
+        """dockerd's "200 then raw stream" answer to an attach or exec without Upgrade."""
+        if not tracker.headers_done or tracker.status != 200:
+            return False
         if self.route is None or self.route.endpoint is not Endpoint.HIJACK:
             return False
-        content_type = (response.get("content-type") or "").split(";")[0].strip().lower()
-        return response.status == 200 and content_type in _RAW_STREAM_TYPES
+        media = tracker.content_type.split(b";")[0].strip().lower().decode("latin-1")
+        return media in _RAW_STREAM_TYPES
 
     def _splice(self) -> None:
         """From now on bytes flow both ways untouched (attach, exec, BuildKit)."""
-        transport = self.transport
-        assert transport is not None
         self.state = _SPLICE
         self.response_done = True
-        if self.rbuf:
-            transport.write(bytes(self.rbuf))
-            self.rbuf.clear()
+        self.rtracker = None
         if self.buf:
             self._to_upstream(bytes(self.buf))
             self.buf.clear()
-        self._paused_by.discard("request")
-        self.resume_client_reading("splice")
+        self.resume_client_reading("backlog")
 
     def _response_complete(self) -> None:
         if self.response_done:
             return
         self.response_done = True
-        self.response = None
-        self.rreader = None
-        if self.rbuf:
-            # The daemon sent more than one response: we cannot tell whose it is.
-            self.abort()
-            return
+        self.rtracker = None
         if self.close_after_response or not self.request_done:
             if self.transport is not None:
                 self.transport.close()
@@ -914,9 +885,81 @@ class ClientConnection(asyncio.Protocol):
             self._close_upstream()
             return
         self.state = _HEAD
-        self.resume_client_reading("request")
+        self.resume_client_reading("backlog")
         if self.buf:
             self._process()
+
+
+class _ResponseTracker:
+    """llhttp callbacks that follow one response as it streams past, in C.
+
+    The shim forwards response bytes untouched; it only needs to know when the response
+    ends (to read the client's next request) and whether the daemon switched the
+    connection to a raw stream.
+    """
+
+    __slots__ = (
+        "complete",
+        "content_type",
+        "extra",
+        "head_request",
+        "headers_done",
+        "keep_alive",
+        "parser",
+        "status",
+        "upgraded",
+    )
+
+    def __init__(self, method: str) -> None:
+        # Only a hijack-capable request needs the content type (see _HijackTracker);
+        # llhttp skips callbacks a tracker does not define, which keeps the rest cheap.
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_request = method == "HEAD"
+        self.status = 0
+        self.content_type = b""
+        self.headers_done = False
+        self.complete = False
+        self.upgraded = False
+        self.extra = False
+        self.keep_alive = True
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.extra = True
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if 100 <= self.status < 200 and self.status != 101:
+            self.content_type = b""
+            return  # interim (100 Continue): the final response follows
+        self.headers_done = True
+        if self.status == 101:
+            self.upgraded = True
+        elif self.head_request:
+            # A response to HEAD has no body whatever its Content-Length says.
+            self.complete = True
+
+    def on_message_complete(self) -> None:
+        if self.headers_done:
+            # Ask now: once the callback returns, llhttp resets for the next message.
+            self.keep_alive = self.parser.should_keep_alive()
+            self.complete = True
+
+
+class _HijackTracker(_ResponseTracker):
+    """For attach and exec start: also notes the content type of the answer."""
+
+    __slots__ = ()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 12 and name.lower() == b"content-type":
+            self.content_type = value
+
+
+def _tracker(method: str, route: Route | None) -> _ResponseTracker:
+    if route is not None and route.endpoint is Endpoint.HIJACK:
+        return _HijackTracker(method)
+    return _ResponseTracker(method)
 
 
 def _dechunk(body: bytes) -> bytes:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from agent import __version__
 from agent.audit_log import AuditLog, AuditLogError, default_audit_dir
 from agent.bypass import ApprovalLedger, BypassMonitor
-from agent.cli.check import CheckInputError, load_policy_file
+from agent.cli.check import CheckInputError
 from agent.config import (
     DEFAULT_JSON_PATH,
     AuditFailure,
@@ -28,7 +28,6 @@ from agent.config import (
 from agent.context import docker_config_dir
 from agent.control import ControlServer, agent_status, default_control_path
 from agent.default_policy import default_policy
-from agent.envelope import PublicKey
 from agent.paths import default_state_dir
 from agent.policy import Policy
 from agent.policy_cache import PolicyCache, atomic_write
@@ -108,6 +107,8 @@ def _socket_group() -> int | None:
 
 
 def trust_settings(config: ManagedConfig) -> TrustSettings:
+    from agent.envelope import PublicKey  # noqa: PLC0415 - cryptography, only when signed
+
     return TrustSettings(
         org=config.org or "",
         trusted_keys=tuple(PublicKey.from_config(k) for k in config.trusted_keys),
@@ -140,8 +141,34 @@ def build_manager(config: ManagedConfig, state_dir: Path, sink: DecisionSink) ->
     return manager
 
 
+def _raise_open_file_limit() -> None:
+    """Like dockerd: take the hard limit, since every client is two descriptors here."""
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _process_age() -> float:
+    """Seconds since this process started (from /proc), so "ready in" counts Python's
+    own start and imports too; falls back to 0 where /proc is missing."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def run(args: argparse.Namespace) -> int:
-    started = time.monotonic()
+    started = time.monotonic() - _process_age()
+    _raise_open_file_limit()
     prog = "pullgate agent"
     sink = DecisionSink()
     sink.subscribe(StderrSubscriber())
@@ -161,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         sink.subscribe(audit)
         manager: PolicyManager | None = None
         if args.policy:
+            from agent.cli.check import load_policy_file  # noqa: PLC0415 - cryptography
+
             policy: Policy = load_policy_file(args.policy, config)
             describe = f"{policy.label} (--policy)"
         elif config is not None and config.policy_url:

@@ -28,7 +28,6 @@ from agent.messages import denial_message, remediation_lines
 from agent.paths import default_state_dir
 from agent.policy import Policy
 from agent.policy_cache import PolicyCache
-from agent.policy_file import PolicySourceError, load_policy_source, read_public_key
 from agent.reference import Reference, ReferenceError, parse_normalized_named
 
 EXIT_ALLOWED = 0
@@ -115,6 +114,13 @@ def load_policy_file(
     An envelope is verified with ``trusted_keys`` (``.pub`` files or ``ed25519:`` strings)
     or else the managed config's keys and threshold; its org must match the config's.
     """
+    # cryptography is loaded only here, not by everything that imports this module.
+    from agent.policy_file import (  # noqa: PLC0415
+        PolicySourceError,
+        load_policy_source,
+        read_public_key,
+    )
+
     try:
         if trusted_keys:
             keys = [read_public_key(k) for k in trusted_keys]

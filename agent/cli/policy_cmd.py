@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.control import ControlError, control_candidates, control_request
+from agent.control_client import ControlError, control_candidates, control_request
 from agent.paths import default_state_dir
 from agent.policy_manager import read_status
 

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.control import ControlError, control_candidates, control_request
+from agent.control_client import ControlError, control_candidates, control_request
 from agent.upstream import default_listen_path
 
 EXIT_OK = 0

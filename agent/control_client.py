@@ -1,0 +1,59 @@
+"""Client of the agent's control API, for the CLI and the tray.
+
+Kept apart from the server so that the agent does not load ``http.client`` (and the
+``email`` package behind it) for a client it never uses.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from agent.control import control_candidates
+
+__all__ = ["ControlError", "control_candidates", "control_request"]
+
+
+class ControlError(Exception):
+    """The control API could not be reached, or answered something unreadable."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def control_request(
+    path: Path, method: str, target: str, *, timeout: float = 10.0
+) -> tuple[int, Any]:
+    """One request to the control API: (HTTP status, parsed JSON body)."""
+    conn = _UnixConnection(path, timeout)
+    try:
+        conn.request(method, target, headers={"Accept": "application/json"})
+        resp = conn.getresponse()
+        raw = resp.read(4 * 1024 * 1024)
+        status = resp.status
+    except OSError as e:
+        raise ControlError(f"cannot reach the agent at {path}: {e.strerror or e}") from e
+    except http.client.HTTPException as e:
+        raise ControlError(f"the agent at {path} answered unreadably: {e!r}") from e
+    finally:
+        conn.close()
+    try:
+        return status, json.loads(raw)
+    except ValueError as e:
+        raise ControlError(f"the agent at {path} answered HTTP {status} without JSON") from e
