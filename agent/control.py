@@ -22,7 +22,6 @@ import contextlib
 import http
 import json
 import os
-import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,6 +37,7 @@ from agent.policy import Policy
 from agent.policy_fetch import FetchError
 from agent.policy_manager import PolicyManager
 from agent.sink import DecisionEvent, Event, NoticeEvent
+from agent.unix_sockets import claim_socket_path
 
 __all__ = [
     "DEFAULT_DECISIONS_LIMIT",
@@ -238,7 +238,7 @@ class ControlServer:
             mode = path.parent.stat().st_mode & 0o777
             if mode & 0o011 != 0o011:
                 os.chmod(path.parent, mode | 0o011)
-        _remove_stale_socket(path)
+        claim_socket_path(path, "the control API")
         self._loop = asyncio.get_running_loop()
         self._server = await asyncio.start_unix_server(
             self._connection, str(path), limit=_READ_CHUNK * 4
@@ -363,21 +363,6 @@ class ControlServer:
 def _retrieve(future: asyncio.Future[str]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def _remove_stale_socket(path: Path) -> None:
-    """Reuse a dead agent's socket path; refuse to steal a live one."""
-    if not path.exists() and not path.is_symlink():
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()
-    else:
-        raise RuntimeError(f"another process is already serving the control API on {path}")
-    finally:
-        probe.close()
 
 
 def _json_body(status: int, body: object, *, close: bool, headers: tuple[str, ...] = ()) -> bytes:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 from agent.control import control_candidates
+from agent.unix_sockets import UnixHTTPConnection
 
 __all__ = ["ControlError", "control_candidates", "control_request"]
 
@@ -21,27 +21,11 @@ class ControlError(Exception):
     """The control API could not be reached, or answered something unreadable."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = str(path)
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 def control_request(
     path: Path, method: str, target: str, *, timeout: float = 10.0
 ) -> tuple[int, Any]:
     """One request to the control API: (HTTP status, parsed JSON body)."""
-    conn = _UnixConnection(path, timeout)
+    conn = UnixHTTPConnection(path, timeout)
     try:
         conn.request(method, target, headers={"Accept": "application/json"})
         resp = conn.getresponse()

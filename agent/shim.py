@@ -62,6 +62,7 @@ from agent.policy import Policy
 from agent.routes import Endpoint, Route, RouteError, route_request
 from agent.sink import DecisionEvent, DecisionSink
 from agent.tarscan import TarScanError, TarScanner
+from agent.unix_sockets import claim_socket_path
 
 __all__ = ["Shim", "ShimConfig"]
 
@@ -110,7 +111,7 @@ class Shim:
     async def start(self) -> None:
         path = self.config.listen
         path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_socket(path)
+        claim_socket_path(path, "the Docker socket shim")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(
             lambda: ClientConnection(self), str(path), backlog=1024
@@ -128,21 +129,6 @@ class Shim:
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.config.listen.unlink()
-
-
-def _remove_stale_socket(path: Path) -> None:
-    """Reuse the path of a dead agent's socket; refuse to steal a live one."""
-    if not path.exists() and not path.is_symlink():
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()
-    else:
-        raise RuntimeError(f"another process is already listening on {path}")
-    finally:
-        probe.close()
 
 
 def _credentials(transport: asyncio.BaseTransport) -> tuple[int | None, int | None, int | None]:
@@ -966,12 +952,3 @@ def _dechunk(body: bytes) -> bytes:
     reader = BodyReader(None, True, want_payload=True)
     _, pieces = reader.feed(memoryview(body))
     return b"".join(bytes(p) for p in pieces)
-
-
-def shim_policy_holder(policy: Policy) -> Callable[[], Policy]:
-    """A fixed policy (the refresher of a signed org policy swaps this later)."""
-
-    def current() -> Policy:
-        return policy
-
-    return current

@@ -21,14 +21,12 @@ the agent, e.g. `pullgate agent` from an installed package.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,7 @@ from typing import IO, Any, NoReturn
 
 import pytest
 
+from agent.unix_sockets import UnixHTTPConnection
 from tests.realdocker import DockerEnv, docker
 
 __all__ = [
@@ -520,22 +519,6 @@ class LineStream:
 # --------------------------------------------------------------------------- direct checks
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = str(path)
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 def unix_request(
     socket_path: Path,
     method: str,
@@ -546,7 +529,7 @@ def unix_request(
     timeout: float = 10.0,
 ) -> tuple[int, dict[str, str], bytes]:
     """One well-formed HTTP/1.1 request over a unix socket: (status, headers, body)."""
-    conn = _UnixHTTPConnection(socket_path, timeout)
+    conn = UnixHTTPConnection(socket_path, timeout)
     try:
         conn.request(method, target, body=body, headers=dict(headers or {}))
         resp = conn.getresponse()

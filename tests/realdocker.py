@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import http.client
 import io
 import json
 import os
@@ -35,6 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from agent.unix_sockets import UnixHTTPConnection
 
 __all__ = [
     "BUSYBOX",
@@ -507,24 +508,8 @@ def _registry_answers(port: int) -> bool:
         return False
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = str(path)
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 def _ping(socket_path: Path) -> bool:
-    conn = _UnixHTTPConnection(socket_path, timeout=2.0)
+    conn = UnixHTTPConnection(socket_path, timeout=2.0)
     try:
         conn.request("GET", "/_ping")
         resp = conn.getresponse()

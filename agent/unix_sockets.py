@@ -1,0 +1,46 @@
+"""Small helpers for the local Unix sockets the agent serves and talks to."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from pathlib import Path
+
+__all__ = ["UnixHTTPConnection", "claim_socket_path"]
+
+
+def claim_socket_path(path: Path, what: str) -> None:
+    """Reuse the path of a dead process's socket; refuse to steal a live one.
+
+    ``what`` names the service in the error ("the shim", "the control API").
+    """
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+    else:
+        raise RuntimeError(f"another process is already serving {what} on {path}")
+    finally:
+        probe.close()
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """``http.client`` over a Unix socket: the CLI's client of the control API, and
+    the tests' direct line to a daemon."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
