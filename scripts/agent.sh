@@ -14,7 +14,8 @@ as_root() {
 }
 
 daemon_socket() {
-    for sock in "${DOCKER_HOST#unix://}" /var/run/docker.sock; do
+    host=${DOCKER_HOST:-}
+    for sock in "${host#unix://}" /var/run/docker.sock; do
         [[ -n ${sock} && -S ${sock} ]] && { echo "${sock}"; return 0; }
     done
     return 1
