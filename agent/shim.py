@@ -293,6 +293,14 @@ class ClientConnection(asyncio.Protocol):
             if n == len(data):
                 return
             data = data[n:]
+        if (
+            self.state == _HEAD
+            and not self.buf
+            and data.endswith(b"\r\n\r\n")
+            and data.find(b"\r\n\r\n") == len(data) - 4
+        ):
+            self._process(head=data)  # exactly one head, nothing after it
+            return
         self.buf += data
         if self.state in (_WAIT, _DECIDING):
             if len(self.buf) > _MAX_BACKLOG:
@@ -373,9 +381,15 @@ class ClientConnection(asyncio.Protocol):
 
     # -- requests ---------------------------------------------------------------------
 
-    def _process(self) -> None:
-        """Advance the request side as far as the buffered bytes allow."""
+    def _process(self, head: bytes | None = None) -> None:
+        """Advance the request side as far as the buffered bytes allow.
+
+        ``head`` is a complete request head read straight off the socket (the common
+        case: one request per read), handled without copying it through ``buf``.
+        """
         try:
+            if head is not None:
+                self._handle_head(head)
             while self.buf and self.state not in (_WAIT, _DECIDING, _CLOSED, _SPLICE, _DRAIN):
                 if self.state == _HEAD:
                     if not self._start_request():
@@ -405,8 +419,14 @@ class ClientConnection(asyncio.Protocol):
             if len(self.buf) > MAX_HEAD_BYTES:
                 raise ProtocolError(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
             return False
-        head = parse_request_head(bytes(self.buf[:end]))
+        raw = bytes(self.buf[:end])
         del self.buf[:end]
+        self._handle_head(raw)
+        return True
+
+    def _handle_head(self, raw: bytes) -> None:
+        """Frame, route and inspect one request head, then forward or refuse it."""
+        head = parse_request_head(raw)
         route = route_request(head.target)
         self.head, self.route = head, route
         self.request_done = False
@@ -419,7 +439,7 @@ class ClientConnection(asyncio.Protocol):
             self.state = _BODY
             if reader.done:
                 self._request_complete()
-            return True
+            return
         plan = inspect_head(route, head, self.shim.policy())
         if isinstance(plan, Inspection):
             if self._apply(plan):
@@ -427,7 +447,7 @@ class ClientConnection(asyncio.Protocol):
                 self.state = _BODY
                 if reader.done:
                     self._request_complete()
-            return True
+            return
         if isinstance(plan, NeedJson):
             reader.want_payload = True
             self.payload = bytearray()
@@ -435,7 +455,7 @@ class ClientConnection(asyncio.Protocol):
             self.state = _BUFFER
             if reader.done:
                 self._json_ready()
-            return True
+            return
         # NeedTar: the head goes now; the body streams through the scanner.
         reader.want_payload = True
         self.tar = TarScanner(plan.wanted)
@@ -445,7 +465,7 @@ class ClientConnection(asyncio.Protocol):
         self.state = _TAR
         if reader.done:
             self._tar_ready()
-        return True
+        return
 
     def _begin_forward(self, head: RequestHead) -> None:
         self.response_done = False
