@@ -504,13 +504,13 @@ def socket_clients(path: Path, *, exclude_pids: Iterable[int] = ()) -> list[Sock
     peers = {
         peer for _, name, peer, vfs in sockets if peer and _same_socket(name, vfs, path, st_ino)
     }
+    import psutil  # noqa: PLC0415 - loaded when a scan runs, not at agent start
+
     excluded = set(exclude_pids)
     clients: list[SocketClient] = []
     for inode, pid in sorted(_socket_inode_owners(peers).items()):
         if pid in excluded:
             continue
-        import psutil  # noqa: PLC0415 - loaded when a scan runs
-
         try:
             name: str | None = psutil.Process(pid).name()
         except psutil.Error:
@@ -800,10 +800,10 @@ class BypassMonitor:
                 return []
 
     def _client_findings_sync(self) -> list[Finding]:
+        import psutil  # noqa: PLC0415 - loaded when a scan runs, not at agent start
+
         findings = []
         for client in socket_clients(self.upstream, exclude_pids={self.own_pid}):
-            import psutil  # noqa: PLC0415 - loaded when a scan runs
-
             try:
                 proc = psutil.Process(client.pid)
                 uids, gids = proc.uids(), proc.gids()
