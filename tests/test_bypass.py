@@ -411,7 +411,13 @@ def test_process_holding_the_daemon_socket_is_named_with_pid_once(
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "connected"
+        # connect() returns once the connection is queued; dockerd accepts it a moment
+        # later, and only then is the pair visible. Poll, bounded.
+        deadline = time.monotonic() + 10
         clients = socket_clients(docker_env.socket_path, exclude_pids={os.getpid()})
+        while holder.pid not in [c.pid for c in clients] and time.monotonic() < deadline:
+            time.sleep(0.05)
+            clients = socket_clients(docker_env.socket_path, exclude_pids={os.getpid()})
         assert holder.pid in [c.pid for c in clients], clients
 
         async def scenario() -> None:
