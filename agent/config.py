@@ -37,6 +37,8 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 from xml.parsers.expat import ExpatError
 
+from agent.files import FileTooLargeError, read_capped
+
 __all__ = [
     "DEFAULT_JSON_PATH",
     "DEFAULT_MACOS_PATH",
@@ -746,13 +748,13 @@ def parse_json_config(data: bytes, source: str) -> ManagedConfig:
 
 def _read_capped(path: Path, source: str) -> bytes:
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
+        return read_capped(path, MAX_CONFIG_BYTES)
     except OSError as e:
         raise ConfigError(source, None, f"cannot read: {e.strerror or e}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(source, None, f"larger than {MAX_CONFIG_BYTES} bytes; wrong file?")
-    return data
+    except FileTooLargeError:
+        raise ConfigError(
+            source, None, f"larger than {MAX_CONFIG_BYTES} bytes; wrong file?"
+        ) from None
 
 
 def load_json_file(path: Path) -> ManagedConfig:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.policy_cache import atomic_write
+from agent.files import atomic_write
 
 __all__ = [
     "DEFAULT_NAME",

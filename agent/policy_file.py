@@ -19,6 +19,7 @@ from agent.envelope import (
     PublicKey,
     verify_envelope,
 )
+from agent.files import FileTooLargeError, read_capped
 from agent.policy import MAX_POLICY_BYTES, Policy, PolicyError, decode_json, load_policy
 
 __all__ = [
@@ -49,15 +50,14 @@ def read_public_key(arg: str) -> PublicKey:
         if arg.startswith(CONFIG_PREFIX):
             return PublicKey.from_config(arg)
         try:
-            with open(arg, "rb") as f:
-                data = f.read(MAX_PUBLIC_KEY_BYTES + 1)
+            data = read_capped(arg, MAX_PUBLIC_KEY_BYTES)
         except OSError as e:
             raise PolicySourceError(
                 f"cannot read trusted key {arg}: {e.strerror or e} "
                 "(expected a .pub file or an 'ed25519:...' key)"
             ) from e
-        if len(data) > MAX_PUBLIC_KEY_BYTES:
-            raise PolicySourceError(f"trusted key {arg} is too large to be a public key")
+        except FileTooLargeError as e:
+            raise PolicySourceError(f"trusted key {arg} is too large to be a public key") from e
         return PublicKey.from_pem(data)
     except EnvelopeError as e:
         raise PolicySourceError(f"trusted key {arg}: {e}") from e
@@ -117,12 +117,11 @@ def load_policy_source(
     """Read ``path`` (capped) and return its policy; see :func:`policy_from_bytes`."""
     limit = max(MAX_POLICY_BYTES, MAX_ENVELOPE_BYTES)
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        data = read_capped(path, limit)
     except OSError as e:
         raise PolicySourceError(f"cannot read policy {path}: {e.strerror or e}") from e
-    if len(data) > limit:
-        raise PolicySourceError(f"policy {path} is larger than {limit} bytes")
+    except FileTooLargeError as e:
+        raise PolicySourceError(f"policy {e}") from e
     return policy_from_bytes(
         data,
         trusted=trusted,

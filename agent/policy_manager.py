@@ -21,8 +21,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from agent.files import atomic_write
 from agent.policy import Policy
-from agent.policy_cache import PolicyCache, atomic_write
+from agent.policy_cache import PolicyCache
 from agent.policy_fetch import Fetcher, FetchError
 from agent.policy_store import (
     Freshness,

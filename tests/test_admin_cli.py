@@ -251,15 +251,6 @@ def test_sign_refuses_a_bad_duration(run_admin: Admin, tmp_path: Path, duration:
     assert not out.exists()
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("90m", timedelta(minutes=90)), ("12h", timedelta(hours=12)), ("7d", timedelta(days=7)),
-     ("2w", timedelta(weeks=2))],
-)  # fmt: skip
-def test_parse_duration_units(text: str, expected: timedelta) -> None:
-    assert admin.parse_duration(text) == expected
-
-
 def test_sign_warns_when_signing_an_expired_policy(run_admin: Admin, tmp_path: Path) -> None:
     make_key(tmp_path / "k")
     old = document(issued_at="2020-01-01T00:00:00Z", expires_at="2020-02-01T00:00:00Z")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.context import install_context
-from agent.policy_cache import atomic_write
+from agent.files import atomic_write
 from agent.sink import DecisionSink, Event, NoticeEvent, PolicyEvent
 from agent.watch import ConfigWatcher
 

@@ -10,13 +10,11 @@ policy that does not load, flags that make no sense).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fnmatch
 import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +26,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.config import parse_duration
 from agent.envelope import (
     MAX_ENVELOPE_BYTES,
     EnvelopeError,
@@ -35,6 +34,7 @@ from agent.envelope import (
     sign_envelope,
     verify_envelope,
 )
+from agent.files import FileTooLargeError, atomic_write, read_capped
 from agent.policy import (
     MAX_POLICY_BYTES,
     Action,
@@ -54,7 +54,6 @@ __all__ = [
     "format_time",
     "lint_document",
     "lint_policy",
-    "parse_duration",
     "register",
     "stamp_validity",
     "tag_glob_can_match",
@@ -184,21 +183,6 @@ def _read_passphrase(args: argparse.Namespace) -> bytes | None:
 
 # --- small pure helpers ---------------------------------------------------------------
 
-_DURATION_RE = re.compile(r"([1-9][0-9]{0,5})([mhdw])")
-_DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_duration(text: str) -> timedelta:
-    """``90m``, ``12h``, ``7d``, ``2w``: one positive number and one unit."""
-    found = _DURATION_RE.fullmatch(text)
-    if found is None:
-        raise ValueError(
-            f"duration {text!r}: expected a positive number and a unit m, h, d or w "
-            "(90m, 12h, 7d, 2w)"
-        )
-    number, unit = found.groups()
-    return timedelta(**{_DURATION_UNITS[unit]: int(number)})
-
 
 def format_time(when: datetime) -> str:
     """UTC to the second, with 'Z': how policies spell timestamps."""
@@ -255,46 +239,13 @@ def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not possible on every platform (Windows); the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` so readers see the old file or the new one, never a torn one."""
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
-
-
 def _read_capped(path: str, limit: int, what: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        return read_capped(path, limit)
     except OSError as e:
         raise AdminInputError(f"cannot read {what} {path}: {e.strerror or e}") from e
-    if len(data) > limit:
-        raise AdminInputError(f"{what} {path} is larger than {limit} bytes")
-    return data
+    except FileTooLargeError as e:
+        raise AdminInputError(f"{what} {e}") from e
 
 
 def _load_private_key(path: str, passphrase: bytes | None) -> Ed25519PrivateKey:
@@ -395,7 +346,7 @@ def run_sign(args: argparse.Namespace) -> int:
     # Check our own output with the agent's verifier before anyone can download it.
     verified = verify_envelope(envelope, [PublicKey.from_key(k) for k in keys], len(keys))
     try:
-        write_atomic(Path(args.out), envelope)
+        atomic_write(Path(args.out), envelope)
     except OSError as e:
         print(f"{prog}: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
         return EXIT_BAD_INPUT

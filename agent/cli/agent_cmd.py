@@ -28,9 +28,10 @@ from agent.config import (
 from agent.context import docker_config_dir
 from agent.control import ControlServer, agent_status, default_control_path
 from agent.default_policy import default_policy
+from agent.files import atomic_write
 from agent.paths import default_state_dir
 from agent.policy import Policy
-from agent.policy_cache import PolicyCache, atomic_write
+from agent.policy_cache import PolicyCache
 from agent.policy_fetch import Fetcher
 from agent.policy_manager import PolicyManager, RefreshSettings
 from agent.policy_store import TrustSettings
