@@ -14,7 +14,6 @@ begins — something llhttp's callbacks do not tell.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Final
 
 import httptools
@@ -24,10 +23,8 @@ __all__ = [
     "BodyReader",
     "ProtocolError",
     "RequestHead",
-    "ResponseHead",
     "find_head_end",
     "parse_request_head",
-    "parse_response_head",
 ]
 
 MAX_HEAD_BYTES: Final = 64 * 1024
@@ -68,11 +65,58 @@ class _Collector:
         self.done = True
 
 
-@dataclass(frozen=True, slots=True)
-class _Head:
-    headers: tuple[tuple[str, str], ...]
-    raw: bytes
-    version: str
+class RequestHead:
+    """One parsed request head. ``raw`` is forwarded to the daemon byte for byte.
+
+    Every request through the shim builds one, and most are never looked at again, so
+    the headers stay as llhttp handed them over until something asks (``headers``).
+    """
+
+    __slots__ = (
+        "_pairs",
+        "chunked",
+        "content_length",
+        "keep_alive",
+        "method",
+        "raw",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(  # noqa: PLR0917 - one field each, built in one place only
+        self,
+        pairs: list[tuple[bytes, bytes]],
+        raw: bytes,
+        version: str,
+        method: str,
+        target: str,
+        content_length: int | None,
+        chunked: bool,
+        keep_alive: bool,
+        upgrade: str | None,
+    ) -> None:
+        self._pairs = pairs
+        self.raw = raw
+        self.version = version
+        self.method = method
+        self.target = target
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """(lower-case name, value without surrounding blanks), in order."""
+        return tuple(
+            (name.decode("latin-1").lower(), value.decode("latin-1").strip(" \t"))
+            for name, value in self._pairs
+        )
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
 
     def get(self, name: str) -> str | None:
         """The only value of header ``name`` (lower-case), None if absent.
@@ -87,41 +131,6 @@ class _Head:
                     raise ProtocolError(400, f"duplicate {name} header")
                 found = value
         return found
-
-    def has_token(self, name: str, token: str) -> bool:
-        """Whether a comma-separated header (``Connection``) lists ``token``."""
-        for key, value in self.headers:
-            if key == name and any(t.strip().lower() == token for t in value.split(",")):
-                return True
-        return False
-
-
-@dataclass(frozen=True, slots=True)
-class RequestHead(_Head):
-    method: str = ""
-    target: str = ""
-    content_length: int | None = None
-    chunked: bool = False
-    keep_alive: bool = True
-    upgrade: str | None = None
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseHead(_Head):
-    status: int = 0
-    content_length: int | None = None
-    chunked: bool = False
-    keep_alive: bool = True
-    no_body: bool = False
-
-    @property
-    def until_close(self) -> bool:
-        """No framing: the body runs until the connection closes (or is a raw stream)."""
-        return not self.no_body and not self.chunked and self.content_length is None
 
 
 _BARE_LF_RE = re.compile(rb"(?<!\r)\n")
@@ -141,41 +150,16 @@ def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
     return -1
 
 
-def _decode_headers(pairs: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
-    return tuple(
-        (name.decode("latin-1").lower(), value.decode("latin-1").strip(" \t"))
-        for name, value in pairs
-    )
-
-
-def _framing(head: _Head, *, request: bool) -> tuple[int | None, bool]:
-    te = head.get("transfer-encoding")
-    cl = head.get("content-length")
-    if te is not None:
-        if cl is not None:
-            raise ProtocolError(400, "Content-Length together with Transfer-Encoding")
-        if te.lower() != "chunked":
-            raise ProtocolError(
-                501 if request else 502, f"unsupported Transfer-Encoding {te!r} (only chunked)"
-            )
-        if head.version != "1.1":
-            raise ProtocolError(400, "Transfer-Encoding in an HTTP/1.0 message")
-        return None, True
-    if cl is not None:
-        if not cl.isascii() or not cl.isdigit() or len(cl) > 18:
-            raise ProtocolError(400, f"invalid Content-Length {cl!r}")
-        return int(cl), False
-    return None, False
-
-
 _FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"upgrade"})
+#: Methods dockerd serves, decoded once; any other is still checked by _METHOD_RE.
+_METHODS = {m: m.decode("ascii") for m in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD")}
 
 
 def parse_request_head(raw: bytes) -> RequestHead:
     """Parse and check one request head (``raw`` ends with the blank line).
 
     This runs for every request through the shim, so it touches only the headers that
-    decide framing; the rest are decoded once, cheaply, for ``get``.
+    decide framing and leaves the rest undecoded.
     """
     if len(raw) > MAX_HEAD_BYTES:
         raise ProtocolError(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
@@ -189,42 +173,51 @@ def parse_request_head(raw: bytes) -> RequestHead:
         raise ProtocolError(400, f"malformed request: {e}") from e
     if not collector.done:
         raise ProtocolError(400, "malformed request: incomplete head")
-    method = parser.get_method()
-    if not _METHOD_RE.fullmatch(method):
-        raise ProtocolError(400, f"unsupported method {method.decode('latin-1')!r}")
+    raw_method = parser.get_method()
+    method = _METHODS.get(raw_method)
+    if method is None:
+        if not _METHOD_RE.fullmatch(raw_method):
+            raise ProtocolError(400, f"unsupported method {raw_method.decode('latin-1')!r}")
+        method = raw_method.decode("ascii")
     url = collector.url
-    if not url.startswith(b"/"):
+    if url[:1] != b"/":
         raise ProtocolError(400, "request target must be a path (origin-form)")
     if not url.isascii():
         raise ProtocolError(400, "request target is not ASCII")
     version = parser.get_http_version()
     if version not in ("1.1", "1.0"):
         raise ProtocolError(505, f"unsupported HTTP version {version}")
-    framing: dict[bytes, list[bytes]] = {}
+    framing: dict[bytes, list[bytes]] | None = None
     for name, value in collector.headers:
         key = name.lower()
         if key in _FRAMING_HEADERS:
+            if framing is None:
+                framing = {}
             framing.setdefault(key, []).append(value.strip(b" \t"))
-    content_length, chunked = _request_framing(framing, version)
-    connection = b",".join(framing.get(b"connection", ())).lower()
-    tokens = {t.strip() for t in connection.split(b",")} if connection else set()
+    content_length: int | None = None
+    chunked = False
     upgrade = None
-    if b"upgrade" in tokens:
-        values = framing.get(b"upgrade", [])
-        if len(values) > 1:
-            raise ProtocolError(400, "duplicate upgrade header")
-        upgrade = values[0].decode("latin-1") if values else None
-    keep_alive = b"close" not in tokens if version == "1.1" else b"keep-alive" in tokens
+    keep_alive = version == "1.1"
+    if framing is not None:
+        content_length, chunked = _request_framing(framing, version)
+        connection = b",".join(framing.get(b"connection", ())).lower()
+        tokens = {t.strip() for t in connection.split(b",")} if connection else set()
+        if b"upgrade" in tokens:
+            values = framing.get(b"upgrade", [])
+            if len(values) > 1:
+                raise ProtocolError(400, "duplicate upgrade header")
+            upgrade = values[0].decode("latin-1") if values else None
+        keep_alive = b"close" not in tokens if version == "1.1" else b"keep-alive" in tokens
     return RequestHead(
-        _decode_headers(collector.headers),
+        collector.headers,
         raw,
         version,
-        method=method.decode("ascii"),
-        target=url.decode("ascii"),
-        content_length=content_length,
-        chunked=chunked,
-        keep_alive=keep_alive,
-        upgrade=upgrade,
+        method,
+        url.decode("ascii"),
+        content_length,
+        chunked,
+        keep_alive,
+        upgrade,
     )
 
 
@@ -251,51 +244,11 @@ def _request_framing(framing: dict[bytes, list[bytes]], version: str) -> tuple[i
     return None, False
 
 
-class _ResponseCollector(_Collector):
-    __slots__ = ()
-
-
-def parse_response_head(raw: bytes, request_method: str) -> ResponseHead:
-    """Parse one response head from the daemon."""
-    if len(raw) > MAX_HEAD_BYTES:
-        raise ProtocolError(502, "response head from the daemon is too large")
-    collector = _ResponseCollector()
-    parser = httptools.HttpResponseParser(collector)
-    try:
-        parser.feed_data(raw)
-    except httptools.HttpParserUpgrade:
-        pass
-    except httptools.HttpParserError as e:
-        raise ProtocolError(502, f"malformed response from the daemon: {e}") from e
-    if not collector.done:
-        raise ProtocolError(502, "malformed response from the daemon: incomplete head")
-    status = parser.get_status_code()
-    version = parser.get_http_version()
-    base = _Head(_decode_headers(collector.headers), raw, version)
-    no_body = request_method == "HEAD" or status in (204, 304) or 100 <= status < 200
-    content_length, chunked = (None, False) if no_body else _framing(base, request=False)
-    if version == "1.1":
-        keep_alive = not base.has_token("connection", "close")
-    else:
-        keep_alive = base.has_token("connection", "keep-alive")
-    return ResponseHead(
-        base.headers,
-        raw,
-        version,
-        status=status,
-        content_length=content_length,
-        chunked=chunked,
-        keep_alive=keep_alive,
-        no_body=no_body,
-    )
-
-
 # --- bodies ---------------------------------------------------------------------------
 
 _SIZE, _DATA, _DATA_CRLF, _TRAILER, _DONE = range(5)
 
 
-@dataclass
 class BodyReader:
     """Frames one message body: ``feed`` says how many bytes belong to it.
 
@@ -303,19 +256,28 @@ class BodyReader:
     ``want_payload`` is set, so pass-through traffic costs a counter update.
     """
 
-    content_length: int | None = None
-    chunked: bool = False
-    want_payload: bool = False
-    remaining: int = 0
-    done: bool = False
-    _state: int = _SIZE
-    _line: bytearray = field(default_factory=bytearray)
-    _trailer_bytes: int = 0
+    __slots__ = (
+        "_line",
+        "_state",
+        "_trailer_bytes",
+        "chunked",
+        "content_length",
+        "done",
+        "remaining",
+        "want_payload",
+    )
 
-    def __post_init__(self) -> None:
-        if not self.chunked:
-            self.remaining = self.content_length or 0
-            self.done = self.remaining == 0
+    def __init__(
+        self, content_length: int | None = None, chunked: bool = False, want_payload: bool = False
+    ) -> None:
+        self.content_length = content_length
+        self.chunked = chunked
+        self.want_payload = want_payload
+        self.remaining = 0 if chunked else content_length or 0
+        self.done = not chunked and self.remaining == 0
+        self._state = _SIZE
+        self._line = bytearray()
+        self._trailer_bytes = 0
 
     def feed(self, data: memoryview) -> tuple[int, list[memoryview]]:
         """Consume the body's bytes from the start of ``data``.

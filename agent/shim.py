@@ -64,7 +64,7 @@ from agent.sink import DecisionEvent, DecisionSink
 from agent.tarscan import TarScanError, TarScanner
 from agent.unix_sockets import claim_socket_path
 
-__all__ = ["Shim", "ShimConfig"]
+__all__ = ["HeadCache", "Shim", "ShimConfig"]
 
 _RAW_STREAM_TYPES = (
     "application/vnd.docker.raw-stream",
@@ -107,6 +107,7 @@ class Shim:
         self.host = socket.gethostname()
         self._server: asyncio.AbstractServer | None = None
         self.connections: set[ClientConnection] = set()
+        self.heads = HeadCache()
 
     async def start(self) -> None:
         path = self.config.listen
@@ -129,6 +130,42 @@ class Shim:
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.config.listen.unlink()
+
+
+#: Headers that carry secrets: a head holding one is never kept in the HeadCache.
+_SECRET_HEADERS = frozenset(
+    {"authorization", "cookie", "proxy-authorization", "x-registry-auth", "x-registry-config"}
+)
+
+
+class HeadCache:
+    """Parsed heads of recent pass-through requests, keyed by their exact bytes.
+
+    Pollers (IDE plugins, dashboards, ``watch docker ps``, the CLI's ``/_ping`` before
+    every command) send byte-identical heads again and again. Parsing and routing are
+    pure functions of those bytes, so a repeat costs one dict lookup. Only heads routed
+    to endpoints that are not inspected, small, and free of credentials are kept; an
+    inspected request is always parsed afresh, and a refused head raises before it
+    could be kept. Oldest out first once ``limit`` is reached.
+    """
+
+    __slots__ = ("entries", "limit")
+
+    #: Longer heads are parsed every time (and a full cache stays well under 1 MiB).
+    MAX_HEAD = 2048
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self.entries: dict[bytes, tuple[RequestHead, Route]] = {}
+
+    def add(self, raw: bytes, head: RequestHead, route: Route) -> None:
+        if route.inspected or len(raw) > self.MAX_HEAD:
+            return
+        if any(name in _SECRET_HEADERS for name, _ in head.headers):
+            return
+        if len(self.entries) >= self.limit:
+            del self.entries[next(iter(self.entries))]
+        self.entries[raw] = (head, route)
 
 
 def _credentials(transport: asyncio.BaseTransport) -> tuple[int | None, int | None, int | None]:
@@ -173,6 +210,10 @@ def _upstream_error(path: Path, error: OSError) -> str:
         "running? Check the agent's --upstream setting or run `pullgate doctor`."
     )
 
+
+#: The reader of every request without a body that goes straight through: framing
+#: nothing, it is never fed or changed, so one serves all.
+_NO_BODY = BodyReader(None, False)
 
 # --- states ---------------------------------------------------------------------------
 _HEAD, _BODY, _BUFFER, _TAR, _DECIDING, _WAIT, _SPLICE, _CLOSED, _DRAIN = range(9)
@@ -234,6 +275,7 @@ class ClientConnection(asyncio.Protocol):
         self.connecting: asyncio.Task[None] | None = None
         # response side
         self.rtracker: _ResponseTracker | None = None
+        self._spare_tracker: _ResponseTracker | None = None  # see _ResponseTracker.reset
         self.request_done = False
         self.response_done = True
         self.close_after_response = False
@@ -362,6 +404,8 @@ class ClientConnection(asyncio.Protocol):
         self._paused_by.add(why)
 
     def resume_client_reading(self, why: str) -> None:
+        if why not in self._paused_by:
+            return  # the common case, once per response: nothing to undo
         self._paused_by.discard(why)
         if not self._paused_by and self.transport and not self.transport.is_closing():
             self.transport.resume_reading()
@@ -426,20 +470,34 @@ class ClientConnection(asyncio.Protocol):
 
     def _handle_head(self, raw: bytes) -> None:
         """Frame, route and inspect one request head, then forward or refuse it."""
-        head = parse_request_head(raw)
-        route = route_request(head.target)
+        heads = self.shim.heads
+        known = heads.entries.get(raw)
+        if known is None:
+            head = parse_request_head(raw)
+            route = route_request(head.target)
+            heads.add(raw, head, route)
+        else:
+            head, route = known
         self.head, self.route = head, route
         self.request_done = False
-        self.held, self.held_size = [], 0
+        if self.held:
+            self.held, self.held_size = [], 0
         self.close_after_response = not head.keep_alive
-        reader = BodyReader(head.content_length, head.chunked)
-        self.reader = reader
         if not route.inspected:
             self._begin_forward(head)
+            if head.content_length is None and not head.chunked:
+                # No body (most requests): nothing to frame, the next head comes next.
+                self.reader = _NO_BODY
+                self.request_done = True
+                self.state = _WAIT
+                return
+            self.reader = BodyReader(head.content_length, head.chunked)
             self.state = _BODY
-            if reader.done:
+            if self.reader.done:
                 self._request_complete()
             return
+        reader = BodyReader(head.content_length, head.chunked)
+        self.reader = reader
         plan = inspect_head(route, head, self.shim.policy())
         if isinstance(plan, Inspection):
             if self._apply(plan):
@@ -469,7 +527,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _begin_forward(self, head: RequestHead) -> None:
         self.response_done = False
-        self.rtracker = _tracker(head.method, self.route)
+        self.rtracker = _tracker(head.method, self.route, self._spare_tracker)
+        self._spare_tracker = None
         self._to_upstream(head.raw)
 
     def _pass_body(self) -> None:
@@ -547,7 +606,8 @@ class ClientConnection(asyncio.Protocol):
         if not self._apply(inspection):
             return
         self.response_done = False
-        self.rtracker = _tracker(self.head.method, self.route)
+        self.rtracker = _tracker(self.head.method, self.route, self._spare_tracker)
+        self._spare_tracker = None
         for chunk in self.held:
             self._to_upstream(chunk)
         self.held = []
@@ -836,11 +896,11 @@ class ClientConnection(asyncio.Protocol):
             # The daemon spoke out of turn (no request in flight): stop trusting framing.
             self.abort()
             return
-        upgraded_at = -1
+        upgraded = False
         try:
             tracker.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            upgraded_at = int(e.args[0]) if e.args else len(data)
+        except httptools.HttpParserUpgrade:
+            upgraded = True
         except httptools.HttpParserError as e:
             print(f"pullgate: bad response from the daemon: {e}", file=sys.stderr)
             self.abort()
@@ -852,19 +912,20 @@ class ClientConnection(asyncio.Protocol):
             # tell whose they are.
             self.abort()
             return
-        if upgraded_at >= 0 or tracker.upgraded or self._is_hijack(tracker):
+        if upgraded or tracker.upgraded or (tracker.hijack and self._is_hijack(tracker)):
             self._splice()
             return
         if tracker.complete:
             if not tracker.keep_alive:
                 self.close_after_response = True
+            elif not tracker.hijack and not tracker.head_request:
+                # llhttp is ready for the next response: reuse it for the next request.
+                self._spare_tracker = tracker
             self._response_complete()
 
     def _is_hijack(self, tracker: _ResponseTracker) -> bool:
         """dockerd's "200 then raw stream" answer to an attach or exec without Upgrade."""
         if not tracker.headers_done or tracker.status != 200:
-            return False
-        if self.route is None or self.route.endpoint is not Endpoint.HIJACK:
             return False
         media = tracker.content_type.split(b";")[0].strip().lower().decode("latin-1")
         return media in _RAW_STREAM_TYPES
@@ -915,11 +976,21 @@ class _ResponseTracker:
         "status",
         "upgraded",
     )
+    #: Whether the request may be answered with "200 then raw stream" (_HijackTracker).
+    hijack = False
 
     def __init__(self, method: str) -> None:
         # Only a hijack-capable request needs the content type (see _HijackTracker);
         # llhttp skips callbacks a tracker does not define, which keeps the rest cheap.
         self.parser = httptools.HttpResponseParser(self)
+        self.reset(method)
+
+    def reset(self, method: str) -> None:
+        """Follow the next response on the same connection with the same parser.
+
+        Only after a complete, keep-alive response to anything but HEAD: llhttp is then
+        at the start of the next message, exactly where a new parser would be.
+        """
         self.head_request = method == "HEAD"
         self.status = 0
         self.content_type = b""
@@ -956,15 +1027,19 @@ class _HijackTracker(_ResponseTracker):
     """For attach and exec start: also notes the content type of the answer."""
 
     __slots__ = ()
+    hijack = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == 12 and name.lower() == b"content-type":
             self.content_type = value
 
 
-def _tracker(method: str, route: Route | None) -> _ResponseTracker:
+def _tracker(method: str, route: Route | None, spare: _ResponseTracker | None) -> _ResponseTracker:
     if route is not None and route.endpoint is Endpoint.HIJACK:
         return _HijackTracker(method)
+    if spare is not None:
+        spare.reset(method)
+        return spare
     return _ResponseTracker(method)
 
 

@@ -13,7 +13,6 @@ from agent.http1 import (
     ProtocolError,
     find_head_end,
     parse_request_head,
-    parse_response_head,
 )
 
 
@@ -152,18 +151,3 @@ def test_random_bytes_only_raise_protocol_error(data: bytes) -> None:
         parse_request_head(data + b"\r\n\r\n")
     with contextlib.suppress(ProtocolError):
         feed_all(BodyReader(None, True), data, 5)
-
-
-def test_response_heads() -> None:
-    r = parse_response_head(
-        head("HTTP/1.1 200 OK", "Content-Type: application/vnd.docker.raw-stream"), "POST"
-    )
-    assert r.until_close
-    r = parse_response_head(
-        head("HTTP/1.1 101 UPGRADED", "Connection: Upgrade", "Upgrade: tcp"), "POST"
-    )
-    assert r.status == 101 and r.no_body
-    r = parse_response_head(head("HTTP/1.1 200 OK", "Content-Length: 10"), "HEAD")
-    assert r.no_body and not r.until_close
-    r = parse_response_head(head("HTTP/1.1 200 OK", "Transfer-Encoding: chunked"), "GET")
-    assert r.chunked
