@@ -107,8 +107,11 @@ class Conversation:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)
 
-    def reply(self) -> Reply:
-        """Read one response (head and body: Content-Length, chunked or to EOF)."""
+    def reply(self, *, to_head: bool = False) -> Reply:
+        """Read one response (head and body: Content-Length, chunked or to EOF).
+
+        ``to_head``: the answer to a HEAD request, which has no body whatever it says.
+        """
         try:
             line = self.rfile.readline(65537)
             if not line:
@@ -119,7 +122,7 @@ class Conversation:
             while (field := self.rfile.readline(65537)) not in (b"\r\n", b"\n", b""):
                 name, _, value = field.decode("latin-1").partition(":")
                 headers.append((name.strip().lower(), value.strip()))
-            body = self._body(status, dict(headers))
+            body = b"" if to_head else self._body(status, dict(headers))
         except TimeoutError:
             raise AssertionError(f"no complete reply within {self.timeout:.0f} s") from None
         except ConnectionResetError:
@@ -450,6 +453,35 @@ def test_keep_alive_connection_inspects_every_request(
 
     assert allowed.status == 200, allowed
     assert b"error" not in allowed.body.lower(), allowed.body[-500:]
+    assert_refused(denied, agent, frozenset({403}))
+
+
+def test_one_connection_mixing_head_chunked_repeats_and_a_pull_stays_in_step(
+    agent: AgentProcess,
+) -> None:
+    """The shim reuses its response parser and its parsed heads across a connection.
+
+    A HEAD answer declares a length but has no body, `/containers/json` comes back
+    chunked or not, identical heads come from the cache: the replies must stay in step
+    with the requests, and the pull at the end is still inspected and refused.
+    """
+    ping = request("GET", "/_ping")
+    with conversation(agent) as talk:
+        for _ in range(3):
+            for raw, status, want in (
+                (ping, 200, b"OK"),
+                (request("HEAD", "/_ping"), 200, b""),
+                (request("GET", "/v1.41/containers/json?all=1"), 200, b"["),
+                # dockerd has no HEAD /version: a 404 whose Content-Length has no body
+                (request("HEAD", "/v1.41/version"), 404, b""),
+                (ping, 200, b"OK"),
+            ):
+                talk.send(raw)
+                reply = talk.reply(to_head=raw.startswith(b"HEAD"))
+                assert reply.status == status, (raw, reply)
+                assert reply.body.startswith(want), (raw, reply)
+        talk.send(request("POST", f"{PULL}?{TOOL}"))
+        denied = talk.reply()
     assert_refused(denied, agent, frozenset({403}))
 
 
