@@ -311,6 +311,13 @@ class ClientConnection(asyncio.Protocol):
         self._close_upstream()
 
     def data_received(self, data: bytes) -> None:
+        if self.state == _HEAD and not self.buf:
+            known = self.shim.heads.entries.get(data)
+            if known is not None:
+                # The read is exactly a head seen before (the cache holds single heads
+                # that parsed cleanly and route to endpoints that are not inspected).
+                self._pass_through(*known)
+                return
         if self.state == _SPLICE:
             self._to_upstream(data)
             return
@@ -468,34 +475,53 @@ class ClientConnection(asyncio.Protocol):
         self._handle_head(raw)
         return True
 
+    def _pass_through(self, head: RequestHead, route: Route) -> None:
+        """Forward a request to an endpoint that is not inspected; its body streams after.
+
+        The hot path of the shim (``/_ping``, ``/containers/json``, logs, stats...).
+        """
+        self.head, self.route = head, route
+        self.close_after_response = not head.keep_alive
+        self.response_done = False
+        if route.endpoint is Endpoint.HIJACK:
+            self.rtracker = _HijackTracker(head.method)
+        elif self._spare_tracker is not None:
+            self.rtracker = self._spare_tracker
+            self.rtracker.reset(head.method)
+            self._spare_tracker = None
+        else:
+            self.rtracker = _ResponseTracker(head.method)
+        self._to_upstream(head.raw)
+        if head.content_length is None and not head.chunked:
+            # No body (most requests): the request is complete; its response comes next.
+            self.reader = _NO_BODY
+            self.request_done = True
+            self.state = _WAIT
+            return
+        self.request_done = False
+        self.reader = BodyReader(head.content_length, head.chunked)
+        self.state = _BODY
+        if self.reader.done:
+            self._request_complete()
+
     def _handle_head(self, raw: bytes) -> None:
         """Frame, route and inspect one request head, then forward or refuse it."""
-        heads = self.shim.heads
-        known = heads.entries.get(raw)
-        if known is None:
-            head = parse_request_head(raw)
-            route = route_request(head.target)
-            heads.add(raw, head, route)
-        else:
-            head, route = known
-        self.head, self.route = head, route
-        self.request_done = False
         if self.held:
             self.held, self.held_size = [], 0
-        self.close_after_response = not head.keep_alive
-        if not route.inspected:
-            self._begin_forward(head)
-            if head.content_length is None and not head.chunked:
-                # No body (most requests): nothing to frame, the next head comes next.
-                self.reader = _NO_BODY
-                self.request_done = True
-                self.state = _WAIT
-                return
-            self.reader = BodyReader(head.content_length, head.chunked)
-            self.state = _BODY
-            if self.reader.done:
-                self._request_complete()
+        heads = self.shim.heads
+        known = heads.entries.get(raw)
+        if known is not None:
+            self._pass_through(*known)
             return
+        head = parse_request_head(raw)
+        route = route_request(head.target)
+        if not route.inspected:
+            heads.add(raw, head, route)
+            self._pass_through(head, route)
+            return
+        self.head, self.route = head, route
+        self.request_done = False
+        self.close_after_response = not head.keep_alive
         reader = BodyReader(head.content_length, head.chunked)
         self.reader = reader
         plan = inspect_head(route, head, self.shim.policy())

@@ -2,8 +2,9 @@
 
 Run as root on Linux: ``python -m bench.shim [--quick] [--json]``. It starts a private
 ``dockerd`` and registry (``tests/realdocker.py``) and ``pullgate agent`` in front of it
-(the built-in default policy: ``load: check``), plus HAProxy and socat as plain
-unix-to-unix TCP proxies when installed, as reference rows; then it measures, against
+(the built-in default policy: ``load: check``), plus reference rows: HAProxy and socat
+as plain unix-to-unix TCP proxies when installed, and ``bench.byte_pipe`` (uvloop moving
+bytes without parsing them: the floor of a Python proxy); then it measures, against
 that one daemon (DESIGN.md, "Performance budget"):
 
 1. keep-alive ``GET /_ping``: one persistent connection per target, N sequential
@@ -445,7 +446,11 @@ def _version_of(argv: Sequence[str], marker: str) -> str:
 
 
 def start_proxies(workdir: Path, upstream: Path) -> tuple[list[Proxy], list[str]]:
-    """HAProxy and socat as unix-to-unix TCP proxies, where installed; and what was skipped."""
+    """Reference proxies, and what was skipped.
+
+    HAProxy and socat as unix-to-unix TCP proxies where installed, and ``bench.byte_pipe``:
+    uvloop forwarding bytes without parsing them, the floor of a Python proxy here.
+    """
     proxies: list[Proxy] = []
     skipped: list[str] = []
     haproxy = shutil.which("haproxy")
@@ -497,6 +502,16 @@ def start_proxies(workdir: Path, upstream: Path) -> tuple[list[Proxy], list[str]
         )
     else:
         skipped.append("socat (not installed: apt-get install -y socat)")
+    sock = workdir / "byte-pipe.sock"
+    proxies.append(
+        _spawn_proxy(
+            "byte_pipe",
+            "python byte pipe (floor)",
+            [sys.executable, "-m", "bench.byte_pipe", str(sock), str(upstream)],
+            sock,
+            workdir,
+        )
+    )
     for proxy in proxies:
         try:
             wait_for_ping(proxy.socket_path, proxy.proc, proxy.name, 10.0)
@@ -514,6 +529,7 @@ def _spawn_proxy(name: str, label: str, argv: Sequence[str], sock: Path, workdir
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,  # for `python -m bench.byte_pipe`
             start_new_session=True,
             preexec_fn=_set_pdeathsig,  # noqa: PLW1509 - the benchmark starts no threads
         )
