@@ -10,8 +10,9 @@ prevented here; each change becomes a ``NoticeEvent`` so it reaches the audit lo
 - ``config-changed``: the managed config file was modified, replaced or deleted;
 - ``policy-cache-modified``: the cached policy files changed, and not by the agent.
 
-watchdog calls back on its own thread; every event is handed to the asyncio loop with
-``call_soon_threadsafe`` and debounced there (an atomic write is several events).
+watchdog calls back on its own thread; events on the watched files (nothing else in
+their folders) are handed to the asyncio loop with ``call_soon_threadsafe`` and debounced
+there (an atomic write is several events).
 """
 
 from __future__ import annotations
@@ -150,12 +151,18 @@ class ConfigWatcher:
     # -- thread handoff and debounce --------------------------------------------------
 
     def _from_thread(self, path: str, change: str) -> None:
+        # Filter here, on watchdog's thread: the managed config's folder may be busy (a
+        # big file written next to it is thousands of events), and every wake-up of the
+        # loop competes with the shim for the GIL.
+        if self._kind(Path(path)) is None:
+            return
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # loop closing
                 loop.call_soon_threadsafe(self._on_change, path, change)
 
     def _kind(self, path: Path) -> str | None:
+        """Which watched file ``path`` is; pure, so safe on watchdog's thread."""
         if self.docker_config is not None and (
             path == self.docker_config / "config.json"
             or self.docker_config / "contexts" in path.parents

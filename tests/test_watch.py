@@ -151,6 +151,43 @@ def test_managed_config_edit_and_deletion_are_reported(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_a_busy_neighbour_of_the_managed_config_never_wakes_the_loop(tmp_path: Path) -> None:
+    """Thousands of writes to another file in the folder stay on watchdog's thread."""
+    managed = tmp_path / "etc" / "config.json"
+    managed.parent.mkdir()
+    managed.write_text('{"org": "acme"}')
+
+    async def scenario() -> list[str]:
+        watcher, _ = await watcher_for(tmp_path, managed_config=managed)
+        handed: list[str] = []
+        loop = asyncio.get_running_loop()
+        original = loop.call_soon_threadsafe
+
+        def spy(callback: Callable[..., object], *args: Any, **kwargs: Any) -> asyncio.Handle:
+            if callback == watcher._on_change:
+                handed.append(str(args[0]))
+            return original(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = spy  # type: ignore[method-assign]
+        try:
+            with (managed.parent / "big.tar").open("wb") as out:
+                for _ in range(2000):
+                    out.write(b"x" * 4096)
+                    out.flush()
+            managed.write_text('{"org": "evil"}')
+            deadline = time.monotonic() + WAIT
+            while str(managed) not in handed and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        finally:
+            loop.call_soon_threadsafe = original  # type: ignore[method-assign]
+            await watcher.close()
+        return handed
+
+    handed = run(scenario())
+    assert str(managed) in handed
+    assert set(handed) == {str(managed)}
+
+
 def test_policy_cache_modified_by_someone_else_is_reported(tmp_path: Path) -> None:
     cache = tmp_path / "state"
     cache.mkdir()
