@@ -168,7 +168,7 @@ def test_a_busy_neighbour_of_the_managed_config_never_wakes_the_loop(tmp_path: P
                 handed.append(str(args[0]))
             return original(callback, *args, **kwargs)
 
-        loop.call_soon_threadsafe = spy  # type: ignore[method-assign]
+        loop.call_soon_threadsafe = spy  # type: ignore[method-assign,assignment]
         try:
             with (managed.parent / "big.tar").open("wb") as out:
                 for _ in range(2000):
