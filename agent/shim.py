@@ -472,7 +472,11 @@ class ClientConnection(asyncio.Protocol):
             return False
         raw = bytes(self.buf[:end])
         del self.buf[:end]
-        self._handle_head(raw)
+        known = self.shim.heads.entries.get(raw)
+        if known is not None:
+            self._pass_through(*known)
+        else:
+            self._handle_head(raw)
         return True
 
     def _pass_through(self, head: RequestHead, route: Route) -> None:
@@ -482,15 +486,7 @@ class ClientConnection(asyncio.Protocol):
         """
         self.head, self.route = head, route
         self.close_after_response = not head.keep_alive
-        self.response_done = False
-        if route.endpoint is Endpoint.HIJACK:
-            self.rtracker = _HijackTracker(head.method)
-        elif self._spare_tracker is not None:
-            self.rtracker = self._spare_tracker
-            self.rtracker.reset(head.method)
-            self._spare_tracker = None
-        else:
-            self.rtracker = _ResponseTracker(head.method)
+        self._expect_response(head.method, route)
         self._to_upstream(head.raw)
         if head.content_length is None and not head.chunked:
             # No body (most requests): the request is complete; its response comes next.
@@ -505,20 +501,14 @@ class ClientConnection(asyncio.Protocol):
             self._request_complete()
 
     def _handle_head(self, raw: bytes) -> None:
-        """Frame, route and inspect one request head, then forward or refuse it."""
-        if self.held:
-            self.held, self.held_size = [], 0
-        heads = self.shim.heads
-        known = heads.entries.get(raw)
-        if known is not None:
-            self._pass_through(*known)
-            return
+        """Frame, route and inspect one head the HeadCache does not know; forward or refuse."""
         head = parse_request_head(raw)
         route = route_request(head.target)
         if not route.inspected:
-            heads.add(raw, head, route)
+            self.shim.heads.add(raw, head, route)
             self._pass_through(head, route)
             return
+        self.held, self.held_size = [], 0
         self.head, self.route = head, route
         self.request_done = False
         self.close_after_response = not head.keep_alive
@@ -552,10 +542,20 @@ class ClientConnection(asyncio.Protocol):
         return
 
     def _begin_forward(self, head: RequestHead) -> None:
-        self.response_done = False
-        self.rtracker = _tracker(head.method, self.route, self._spare_tracker)
-        self._spare_tracker = None
+        self._expect_response(head.method, self.route)
         self._to_upstream(head.raw)
+
+    def _expect_response(self, method: str, route: Route | None) -> None:
+        """A request goes upstream now: follow its response from the first byte."""
+        self.response_done = False
+        if route is not None and route.endpoint is Endpoint.HIJACK:
+            self.rtracker = _HijackTracker(method)
+        elif self._spare_tracker is not None:
+            self.rtracker = self._spare_tracker
+            self.rtracker.reset(method)
+            self._spare_tracker = None
+        else:
+            self.rtracker = _ResponseTracker(method)
 
     def _pass_body(self) -> None:
         assert self.reader is not None
@@ -631,9 +631,7 @@ class ClientConnection(asyncio.Protocol):
         assert self.head is not None
         if not self._apply(inspection):
             return
-        self.response_done = False
-        self.rtracker = _tracker(self.head.method, self.route, self._spare_tracker)
-        self._spare_tracker = None
+        self._expect_response(self.head.method, self.route)
         for chunk in self.held:
             self._to_upstream(chunk)
         self.held = []
@@ -1058,15 +1056,6 @@ class _HijackTracker(_ResponseTracker):
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == 12 and name.lower() == b"content-type":
             self.content_type = value
-
-
-def _tracker(method: str, route: Route | None, spare: _ResponseTracker | None) -> _ResponseTracker:
-    if route is not None and route.endpoint is Endpoint.HIJACK:
-        return _HijackTracker(method)
-    if spare is not None:
-        spare.reset(method)
-        return spare
-    return _ResponseTracker(method)
 
 
 def _dechunk(body: bytes) -> bytes:

@@ -154,12 +154,13 @@ class ConfigWatcher:
         # Filter here, on watchdog's thread: the managed config's folder may be busy (a
         # big file written next to it is thousands of events), and every wake-up of the
         # loop competes with the shim for the GIL.
-        if self._kind(Path(path)) is None:
+        kind = self._kind(Path(path))
+        if kind is None:
             return
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # loop closing
-                loop.call_soon_threadsafe(self._on_change, path, change)
+                loop.call_soon_threadsafe(self._on_change, kind, path, change)
 
     def _kind(self, path: Path) -> str | None:
         """Which watched file ``path`` is; pure, so safe on watchdog's thread."""
@@ -178,12 +179,8 @@ class ConfigWatcher:
             return "cache"
         return None
 
-    def _on_change(self, raw: str, change: str) -> None:
-        path = Path(raw)
-        kind = self._kind(path)
-        if kind is None:
-            return
-        self._changes.setdefault(kind, {})[str(path)] = change
+    def _on_change(self, kind: str, path: str, change: str) -> None:
+        self._changes.setdefault(kind, {})[path] = change
         handle = self._pending.pop(kind, None)
         if handle is not None:
             handle.cancel()

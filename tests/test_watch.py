@@ -165,7 +165,7 @@ def test_a_busy_neighbour_of_the_managed_config_never_wakes_the_loop(tmp_path: P
 
         def spy(callback: Callable[..., object], *args: Any, **kwargs: Any) -> asyncio.Handle:
             if callback == watcher._on_change:
-                handed.append(str(args[0]))
+                handed.append(str(args[1]))  # (kind, path, change)
             return original(callback, *args, **kwargs)
 
         loop.call_soon_threadsafe = spy  # type: ignore[method-assign,assignment]
