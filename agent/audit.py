@@ -42,6 +42,7 @@ from agent.sink import DecisionEvent, Event, NoticeEvent, PolicyEvent
 
 __all__ = [
     "GENESIS",
+    "AuditNote",
     "AuditState",
     "BadLine",
     "VerifyResult",
@@ -365,6 +366,23 @@ class BadLine:
 
 
 @dataclass(frozen=True)
+class AuditNote:
+    """A record the writer made about its own log (``audit-recovery``, ``audit-failure``).
+
+    ``gap``: the writer found records or anchors missing (state recreated, records or a
+    file gone, a file replaced under it): the log cannot be called intact across it. A
+    crash's torn line or unclean shutdown and a write failure are notes without a gap.
+    """
+
+    file: str
+    line: int
+    sequence: int
+    action: str
+    reason: str
+    gap: bool
+
+
+@dataclass(frozen=True)
 class VerifyResult:
     ok: bool
     records: int
@@ -373,6 +391,11 @@ class VerifyResult:
     last_sequence: int | None = None
     tail_anchored: bool = False
     first_bad: BadLine | None = None
+    notes: tuple[AuditNote, ...] = ()
+
+    @property
+    def gaps(self) -> tuple[AuditNote, ...]:
+        return tuple(n for n in self.notes if n.gap)
 
 
 class _ChainBreakError(Exception):
@@ -409,9 +432,13 @@ def _prev_of(line: bytes) -> str | None:
 def verify(files: Sequence[Path], state: AuditState | None = None) -> VerifyResult:
     """Prove the chain over ``files`` (in order) intact, or name the first bad line.
 
-    With ``state`` the chain must start at its base (file, sequence, prev) and reach its
-    last sequence and hash; without it the start is trusted as found (zeros for
-    sequence 1) and a cut tail cannot be seen (``tail_anchored`` is False).
+    With ``state`` the chain must start at its base (file, sequence, prev), reach its last
+    sequence, and have its hash *at* that sequence even when the log runs on past it (a
+    live writer is ahead of the state it last wrote; a rewritten, re-chained tail is
+    not). A state the writer closed cleanly is the end: records after it were appended
+    by someone else. Without ``state`` the start is trusted as found (zeros for sequence
+    1) and a cut tail cannot be seen (``tail_anchored`` is False). The writer's own
+    ``audit-recovery`` records that report a gap make the result not ``ok`` (``notes``).
     """
     records = 0
     first_seq: int | None = None
@@ -419,6 +446,8 @@ def verify(files: Sequence[Path], state: AuditState | None = None) -> VerifyResu
     prev = GENESIS
     last_hash = GENESIS
     last_line: tuple[str, int] = ("", 0)
+    anchor = (state.sequence, state.hash.encode()) if state is not None else (0, b"")
+    marks: list[tuple[Path, int]] = []
     if state is not None and state.sequence > 0:
         if not files:
             return VerifyResult(
@@ -448,9 +477,10 @@ def verify(files: Sequence[Path], state: AuditState | None = None) -> VerifyResu
             expect_seq, prev = start
     start_seq = expect_seq
     for path in files:
+        found: list[int] = []
         try:
             with path.open("rb", buffering=1 << 20) as f:
-                n, expect_seq, prev = _verify_file(f, expect_seq, prev)
+                n, expect_seq, prev = _verify_file(f, expect_seq, prev, anchor, found)
         except _ChainBreakError as bad:
             done = records + bad.line - 1
             return VerifyResult(
@@ -459,18 +489,21 @@ def verify(files: Sequence[Path], state: AuditState | None = None) -> VerifyResu
                 len(files),
                 start_seq if done else None,
                 bad.expect_seq - 1 if done else None,
-                first_bad=BadLine(path.name, bad.line, _explain(path, bad)),
+                first_bad=BadLine(path.name, bad.line, _explain(path, bad, state)),
+                notes=_notes(marks + [(path, i) for i in found]),
             )
         except OSError as e:
             return VerifyResult(
                 False, records, len(files), first_bad=BadLine(path.name, 0, f"unreadable: {e}")
             )
+        marks += [(path, i) for i in found]
         if n:
             first_seq = start_seq
             records += n
             last_line = (path.name, n)
             last_hash = prev
     last_seq = expect_seq - 1 if records else None
+    notes = _notes(marks)
     if state is not None:
         reached = last_seq or 0
         if reached < state.sequence:
@@ -489,8 +522,10 @@ def verify(files: Sequence[Path], state: AuditState | None = None) -> VerifyResu
                     f"sequence {state.sequence}: {state.sequence - reached} record(s) at the "
                     f"end are missing{gone}",
                 ),
+                notes=notes,
             )
         if reached == state.sequence and last_hash != state.hash:
+            # Only reachable when the anchor check could not run (an empty state).
             name, line = last_line
             return VerifyResult(
                 False,
@@ -501,8 +536,74 @@ def verify(files: Sequence[Path], state: AuditState | None = None) -> VerifyResu
                 first_bad=BadLine(
                     name, line, "edited: the last record's hash differs from audit.state's"
                 ),
+                notes=notes,
             )
-    return VerifyResult(True, records, len(files), first_seq, last_seq, state is not None)
+        if state.clean and reached > state.sequence:
+            name, line = last_line
+            extra = reached - state.sequence
+            return VerifyResult(
+                False,
+                records,
+                len(files),
+                first_seq,
+                last_seq,
+                first_bad=BadLine(
+                    name,
+                    line - extra + 1,
+                    f"appended: {extra} record(s) after sequence {state.sequence}, where the "
+                    "writer closed the log (audit.state is marked clean): the agent did not "
+                    "write them",
+                ),
+                notes=notes,
+            )
+    ok = not any(n.gap for n in notes)
+    return VerifyResult(
+        ok, records, len(files), first_seq, last_seq, state is not None, None, notes
+    )
+
+
+_NOTE_MARK: Final = b'"event.action":"audit-'
+_NO_GAP_DETAILS: Final = frozenset({"unclean_shutdown", "torn_file", "torn_bytes"})
+
+
+def _notes(marks: Sequence[tuple[Path, int]]) -> tuple[AuditNote, ...]:
+    """Read the writer's own notices (slow path, JSON, only for the few marked lines)."""
+    if not marks:
+        return ()
+    notes: list[AuditNote] = []
+    by_file: dict[Path, list[int]] = {}
+    for path, line in marks:
+        by_file.setdefault(path, []).append(line)
+    for path, wanted in by_file.items():
+        want = set(wanted)
+        try:
+            with path.open("rb") as f:
+                for n, raw in enumerate(f, 1):
+                    if n not in want:
+                        continue
+                    try:
+                        record = parse_line(raw)
+                    except ValueError:
+                        continue
+                    action = str(record.get("event.action", ""))
+                    details = record.get("pullgate.details")
+                    keys = set(details) if isinstance(details, dict) else set()
+                    gap = action == "audit-recovery" and bool(keys - _NO_GAP_DETAILS)
+                    if action not in ("audit-recovery", "audit-failure"):
+                        continue
+                    notes.append(
+                        AuditNote(
+                            path.name,
+                            n,
+                            int(record.get("event.sequence", 0)),
+                            action,
+                            str(record.get("event.reason", "")),
+                            gap,
+                        )
+                    )
+        except OSError:
+            continue
+    return tuple(notes)
 
 
 def _missing_files(state: AuditState) -> str:
@@ -512,12 +613,22 @@ def _missing_files(state: AuditState) -> str:
     )
 
 
-def _verify_file(lines: Iterable[bytes], expect_seq: int, prev: str) -> tuple[int, int, str]:
-    """The fast loop: bytes slicing and one sha256 per line, no JSON."""
+def _verify_file(
+    lines: Iterable[bytes],
+    expect_seq: int,
+    prev: str,
+    anchor: tuple[int, bytes],
+    marks: list[int],
+) -> tuple[int, int, str]:
+    """The fast loop: bytes slicing and one sha256 per line, no JSON. ``anchor`` is the
+    state's (sequence, hash) checked where the chain passes it; ``marks`` collects the
+    line numbers of the writer's own ``audit-*`` notices."""
     sha256 = hashlib.sha256
     prev_raw = bytes.fromhex(prev)
     n = 0
     head = HASH_HEAD
+    anchor_seq, anchor_hash = anchor
+    mark = _NOTE_MARK
     for n, line in enumerate(lines, 1):
         if line[-3:] != b'"}\n' or line[-_TAIL_LEN:-67] != head:
             code = "torn" if not line.endswith(b"\n") else "malformed"
@@ -527,6 +638,10 @@ def _verify_file(lines: Iterable[bytes], expect_seq: int, prev: str) -> tuple[in
             raise _ChainBreakError(n, "hash", expect_seq, prev_raw.hex())
         if _sequence_of(line) != expect_seq:
             raise _ChainBreakError(n, "sequence", expect_seq, prev_raw.hex())
+        if expect_seq == anchor_seq and line[-67:-3] != anchor_hash:
+            raise _ChainBreakError(n, "anchor", expect_seq, prev_raw.hex())
+        if mark in line:
+            marks.append(n)
         expect_seq += 1
         prev_raw = digest.digest()
     return n, expect_seq, prev_raw.hex()
@@ -549,8 +664,14 @@ def _unanchored_start(files: Sequence[Path]) -> tuple[int, str] | None:
     return None
 
 
-def _explain(path: Path, bad: _ChainBreakError) -> str:
+def _explain(path: Path, bad: _ChainBreakError, state: AuditState | None = None) -> str:
     """Turn the fast loop's failure into a reason IT can act on (slow path, JSON)."""
+    if bad.reason == "anchor" and state is not None:
+        return (
+            f"edited: the record at sequence {state.sequence} is not the one audit.state "
+            "recorded (its hash differs): the records up to here were rewritten and "
+            "re-chained"
+        )
     with path.open("rb") as f:
         lines = f.readlines()
     line = lines[bad.line - 1]

@@ -434,3 +434,90 @@ def test_state_survives_a_torn_slot_by_falling_back_to_the_other(tmp_path: Path)
     assert decode_state(torn) == a
     assert decode_state(b"") is None
     assert STATE_NAME == "audit.state"
+
+
+def _rechain(lines: list[bytes], start: int, extra: int = 0) -> list[bytes]:
+    """Rewrite ``lines[start:]`` (another user name) and append ``extra`` records, each
+    chained to the one before: what someone who edits the tail would write."""
+    out = lines[:start]
+    prev = json.loads(out[-1])["event.hash"] if out else GENESIS
+    originals = [json.loads(x) for x in lines[start:]]
+    seq = originals[0]["event.sequence"] if originals else json.loads(out[-1])["event.sequence"] + 1
+    template = (originals or [json.loads(out[-1])])[-1]
+    for original in originals + [template] * extra:
+        r = dict(original)
+        del r["event.hash"]
+        r["user.name"], r["event.sequence"], r["pullgate.chain.prev"] = "mallory", seq, prev
+        line, prev = encode_line(r)
+        out.append(line)
+        seq += 1
+    return out
+
+
+def test_a_rechained_tail_running_past_the_state_is_caught_at_the_anchor(
+    tmp_path: Path,
+) -> None:
+    files, state = build_log(tmp_path, 8)
+    files[0].write_bytes(b"".join(_rechain(lines_of(files[0]), 5, extra=2)))
+    result = verify(files, state)
+    assert not result.ok and result.first_bad is not None
+    assert (result.first_bad.file, result.first_bad.line) == (files[0].name, 8)
+    assert result.first_bad.reason.startswith(
+        "edited: the record at sequence 8 is not the one audit.state recorded"
+    )
+
+
+def test_records_after_a_clean_close_were_appended_by_someone_else(tmp_path: Path) -> None:
+    files, state = build_log(tmp_path, 6)
+    clean = AuditState(*_tail_of(state), clean=True)
+    files[0].write_bytes(b"".join(_rechain(lines_of(files[0]), 6, extra=2)))
+    result = verify(files, clean)
+    assert result.first_bad is not None
+    assert (result.first_bad.line, result.first_bad.reason[:12]) == (7, "appended: 2 ")
+    assert verify(files, state).ok  # a live (not clean) writer may be ahead of its state
+
+
+def _tail_of(state: AuditState) -> tuple[int, str, str, str, int, str]:
+    return (
+        state.sequence,
+        state.hash,
+        state.file,
+        state.base_file,
+        state.base_sequence,
+        state.base_prev,
+    )
+
+
+def _notice(action: str, details: dict[str, Any]) -> NoticeEvent:
+    return NoticeEvent(
+        action=action, outcome="success", reason=f"{action} happened", details=details, time=T0
+    )
+
+
+def test_the_writers_gap_notes_make_the_log_not_intact_and_crash_notes_do_not(
+    tmp_path: Path,
+) -> None:
+    files, state = build_log(tmp_path, 4)
+    lines = lines_of(files[0])
+    prev = json.loads(lines[-1])["event.hash"]
+    notes: list[tuple[str, dict[str, Any]]] = [
+        ("audit-recovery", {"unclean_shutdown": True, "torn_file": "x.torn"}),
+        ("audit-failure", {"lost_records": 2}),
+        ("audit-recovery", {"state_recreated": True}),
+    ]
+    for i, (action, details) in enumerate(notes):
+        r = record_for(_notice(action, details), sequence=5 + i, host="laptop", prev_hash=prev)
+        line, prev = encode_line(r)
+        lines.append(line)
+    files[0].write_bytes(b"".join(lines))
+    state = AuditState(7, prev, *_tail_of(state)[2:])
+    result = verify(files, state)
+    assert result.first_bad is None and not result.ok
+    assert [(n.line, n.action, n.gap) for n in result.notes] == [
+        (5, "audit-recovery", False),
+        (6, "audit-failure", False),
+        (7, "audit-recovery", True),
+    ]
+    assert [n.sequence for n in result.gaps] == [7]
+    files[0].write_bytes(b"".join(lines[:6]))
+    assert verify(files, AuditState(6, json.loads(lines[5])["event.hash"], *_tail_of(state)[2:])).ok

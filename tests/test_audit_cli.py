@@ -192,3 +192,19 @@ def test_dir_defaults_to_the_managed_config(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert str(logs) in done.stdout
     assert os.stat(logs).st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("lose", ["tail", "oldest"])
+def test_a_recreated_state_never_blesses_a_gap(tmp_path: Path, lose: str) -> None:
+    """Delete audit.state and the newest (or oldest) file, restart the writer: the
+    recreated anchor covers what is left, but verify reports the writer's gap record."""
+    write_log(tmp_path, [1_790_000_000.0 + i for i in range(30)], rotate_bytes=5000)
+    files = sorted(tmp_path.glob("audit-*.jsonl"))
+    (tmp_path / "audit.state").unlink()
+    (files[-1] if lose == "tail" else files[0]).unlink()
+    write_log(tmp_path, [1_790_000_100.0])  # the agent restarts and writes on
+    done = pullgate("audit", "verify", "--dir", str(tmp_path))
+    assert done.returncode == 1, done.stdout
+    assert ": gap: audit-recovery" in done.stdout
+    assert "audit.state was missing and has been recreated" in done.stdout
+    assert "NOT intact" in done.stdout and "verify: intact" not in done.stdout

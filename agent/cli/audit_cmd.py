@@ -274,6 +274,18 @@ def _verify(args: argparse.Namespace) -> int:
             "log cannot be proven complete without audit.state"
         )
         return EXIT_BAD
+    for note in result.notes:
+        kind = "gap" if note.gap else "note"
+        print(
+            f"{directory / note.file}:{note.line}: {kind}: {note.action} "
+            f"(sequence {note.sequence}): {note.reason}"
+        )
+    if result.gaps:
+        print(
+            f"pullgate audit verify: the audit log in {directory} is NOT intact: the chain "
+            f"links, but the agent recorded {len(result.gaps)} gap(s) in it (above)"
+        )
+        return EXIT_BAD
     span = f"sequence {result.first_sequence}-{result.last_sequence}" if result.records else "empty"
     print(
         f"pullgate audit verify: intact: {result.records} record(s) ({span}) in "

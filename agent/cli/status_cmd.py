@@ -399,6 +399,10 @@ def verify_audit_dir(directory: Path) -> tuple[bool, str] | None:
         return False, f"{directory / bad.file}:{bad.line}: {bad.reason}"
     if state is None and result.records:
         return False, "the chain is intact but audit.state is missing (the end is unproven)"
+    gaps = getattr(result, "gaps", ())
+    if gaps:
+        gap = gaps[0]
+        return False, f"{directory / gap.file}:{gap.line}: the agent recorded a gap: {gap.reason}"
     return True, f"{result.records} record(s) in {result.files} file(s) verified"
 
 
