@@ -1,7 +1,19 @@
-"""Images a Dockerfile build would pull, resolved the way BuildKit's Dockerfile frontend does.
+"""Images a Dockerfile build would pull, resolved the way the builder that runs it does.
 
 Pure core: text and build args in, image references out; no files, no Docker.  Used by
 ``pullgate check --dockerfile`` and by the socket shim when it inspects ``POST /build``.
+
+Two builders read the same file differently, so the caller names the one that will act:
+
+* ``buildkit`` (the default): BuildKit's Dockerfile frontend (``dockerfile2llb``).
+* ``classic``: the daemon's classic builder (moby ``builder/dockerfile``), which plain
+  ``POST /build`` runs.  It ignores ``# syntax=`` and ``BUILDKIT_SYNTAX``; it has no
+  automatic platform args, but lets the proxy args (``HTTP_PROXY`` ... ``all_proxy``) of
+  the build args into meta-``ARG`` and ``FROM`` expansion without an ``ARG`` line
+  (``buildargs.go`` ``builtinAllowedBuildArgs``); it expands all values of one ``ARG``
+  line before defining any of them, and ``ARG X`` without a value unsets ``X``; a stage
+  is known to ``FROM`` and ``COPY --from`` only once it has been built (a later stage's
+  name is pulled as an image), matched case-insensitively; ``RUN`` takes no flags.
 
 Rules this module keeps (checked against moby/buildkit ``frontend/dockerfile``):
 
@@ -26,9 +38,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DockerfileError", "DockerfileImages", "ImageUse", "parse_dockerfile"]
+__all__ = ["Builder", "DockerfileError", "DockerfileImages", "ImageUse", "parse_dockerfile"]
 
 Source = Literal["from", "copy-from", "run-mount", "syntax", "onbuild"]
+#: Which builder evaluates the file (see the module docstring for how they differ).
+Builder = Literal["buildkit", "classic"]
 
 #: BuildKit's longest physical line (bufio.Scanner default buffer, parser.go).
 _MAX_LINE_BYTES = 65535
@@ -54,6 +68,19 @@ _AUTOMATIC_ARGS = (
     "TARGETSTAGE",
 )
 _SYNTAX_BUILD_ARG = "BUILDKIT_SYNTAX"
+#: Build args the classic builder lets into expansion without an ARG line (buildargs.go).
+_CLASSIC_BUILTIN_ARGS = (
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
 
 _INSTRUCTIONS = frozenset(
     {
@@ -162,14 +189,17 @@ def parse_dockerfile(
     *,
     max_size: int = 4 * 1024 * 1024,
     heredocs: bool = True,
+    builder: Builder = "buildkit",
 ) -> DockerfileImages:
-    """List the images a BuildKit build of ``text`` would pull, or raise DockerfileError.
+    """List the images a build of ``text`` by ``builder`` would pull, or raise DockerfileError.
 
     ``heredocs=False`` reads the file as a parser without heredoc support does (the
     classic builder of older daemons): heredoc bodies are then instructions. The shim
     checks classic builds both ways, so a ``FROM`` hidden in a heredoc cannot slip past
     a daemon that does not know heredocs.
     """
+    if builder not in ("buildkit", "classic"):
+        raise ValueError(f"unknown builder {builder!r}")
     args = dict(build_args or {})
     for key, value in args.items():
         if not isinstance(key, str) or not isinstance(value, str):
@@ -177,11 +207,12 @@ def parse_dockerfile(
     src = _decode(text, max_size)
     lines = _split_lines(src)
     uses: list[ImageUse] = []
-    syntax = _syntax_use(src, args)
+    classic = builder == "classic"
+    syntax = None if classic else _syntax_use(src, args)  # the classic builder ignores it
     if syntax is not None:
         uses.append(syntax)
     nodes, escape = _parse_nodes(lines, heredocs=heredocs)
-    stages = _resolve(nodes, escape, args, uses)
+    stages = _resolve(nodes, escape, args, uses, classic=classic)
     return DockerfileImages(uses=tuple(uses), stages=stages)
 
 
@@ -1180,9 +1211,15 @@ def _fail_at(node: _Node, message: str) -> DockerfileError:
 
 
 def _resolve(
-    nodes: list[_Node], escape: str, build_args: Mapping[str, str], uses: list[ImageUse]
+    nodes: list[_Node],
+    escape: str,
+    build_args: Mapping[str, str],
+    uses: list[ImageUse],
+    *,
+    classic: bool = False,
 ) -> tuple[str | None, ...]:
-    """instructions.Parse + the parts of dockerfile2llb that decide what gets pulled."""
+    """instructions.Parse + the parts of dockerfile2llb (or of the classic builder's
+    dispatchers) that decide what gets pulled."""
     meta: list[_Node] = []
     stages: list[_Stage] = []
     for node in nodes:
@@ -1203,16 +1240,23 @@ def _resolve(
     if not stages:
         raise DockerfileError("no FROM instruction: the Dockerfile defines no build stage")
 
-    env, declared = _global_args(meta, escape, build_args)
+    if classic:
+        env, declared = _classic_global_args(meta, escape, build_args)
+    else:
+        env, declared = _global_args(meta, escape, build_args)
     all_names = {stage.name: index for index, stage in enumerate(stages) if stage.name}
     for index, stage in enumerate(stages):
         earlier = {s.name for s in stages[:index] if s.name}
-        image = _resolve_base(stage, env, declared, escape, earlier)
+        image = _resolve_base(stage, env, declared, escape, earlier, classic=classic)
         if image is not None:
             uses.append(ImageUse(image, stage.node.line, "from", index, _instruction(stage.node)))
+        # The classic builder knows only the stages built so far; BuildKit knows them all.
+        known = {name: i for name, i in all_names.items() if i < index} if classic else all_names
         for node in stage.commands:
             try:
-                uses.extend(_command_uses(node, index, all_names, len(stages)))
+                uses.extend(
+                    _command_uses(node, index, known, index if classic else len(stages), classic)
+                )
             except _FragmentError as e:
                 raise _fail_at(node, str(e)) from e
     return tuple(stage.name for stage in stages)
@@ -1270,6 +1314,48 @@ def _global_args(
     return env, declared
 
 
+def _classic_global_args(
+    meta: list[_Node], escape: str, build_args: Mapping[str, str]
+) -> tuple[dict[str, _Value], set[str]]:
+    """ARGs before the first FROM, as the classic builder's ``processMetaArg`` applies them.
+
+    The proxy args are visible from the build args without an ``ARG`` line; every value of
+    one ``ARG`` line is expanded before any of its names is defined; a name's build arg
+    beats its default; ``ARG X`` with neither leaves ``X`` unset, even if set before.
+    """
+    env: dict[str, _Value] = {k: build_args[k] for k in _CLASSIC_BUILTIN_ARGS if k in build_args}
+    declared: set[str] = set()
+    for node in meta:
+        words = _parse_words(node.args, escape)
+        if not words:
+            raise _fail_at(node, "ARG requires at least one argument")
+        snapshot = dict(env)
+        pending: list[tuple[str, _Value | None]] = []
+        for word in words:
+            key, eq, default = word.partition("=")
+            if eq and not key:
+                raise _fail_at(node, "ARG names can not be blank")
+            if "$" in key:
+                # The classic builder expands ARG names too; nobody writes that, so refuse.
+                raise _fail_at(node, f"the ARG name {key!r} holds a variable")
+            value: _Value | None = None
+            if eq:
+                try:
+                    value = _Lexer(escape, snapshot, strict=True).process_word(default)
+                except _FragmentError as e:
+                    raise _fail_at(node, str(e)) from e
+            pending.append((key, value))
+        for key, value in pending:
+            declared.add(key)
+            if key in build_args:
+                env[key] = build_args[key]
+            elif value is not None:
+                env[key] = value
+            else:
+                env.pop(key, None)
+    return env, declared
+
+
 def _unresolved_message(missing: _Unresolved, declared: set[str]) -> str:
     name = missing.name
     if missing.why == "automatic":
@@ -1291,6 +1377,8 @@ def _resolve_base(
     declared: set[str],
     escape: str,
     earlier: set[str],
+    *,
+    classic: bool = False,
 ) -> str | None:
     """The image a FROM pulls, or None for scratch and earlier stages."""
     node = stage.node
@@ -1306,6 +1394,8 @@ def _resolve_base(
         raise _fail_at(node, f"the image name {value!r} still holds a '$'")
     if value in earlier:
         return None
+    if classic and value.lower() in earlier:
+        return None  # stagesBuildResults.getByName lower-cases the name
     if value.lower() in earlier:
         # dockerfile2llb matches FROM against stage names case-sensitively (names are
         # stored lower-cased), so BuildKit takes this for an image name and rejects it.
@@ -1320,8 +1410,14 @@ def _resolve_base(
 
 
 def _command_uses(
-    node: _Node, stage: int, all_names: Mapping[str, int], stage_count: int
+    node: _Node,
+    stage: int,
+    all_names: Mapping[str, int],
+    stage_count: int,
+    classic: bool = False,
 ) -> list[ImageUse]:
+    """Images one instruction of a stage pulls. ``all_names``/``stage_count``: the stages
+    it can refer to (for the classic builder, only those built before it)."""
     text = _instruction(node)
     if node.cmd == "copy":
         flags = _parse_flags(node.flags, _COPY_FLAGS)
@@ -1332,6 +1428,8 @@ def _command_uses(
         return []
     if node.cmd == "run":
         flags = _parse_flags(node.flags, _RUN_FLAGS)
+        if classic and node.flags:
+            return []  # the classic builder fails on any RUN flag before it mounts anything
         found: list[ImageUse] = []
         for mount in flags.get("mount", []):
             source = _mount_from(mount)

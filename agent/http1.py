@@ -150,6 +150,8 @@ def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
     return -1
 
 
+#: The first line of an HTTP/2 client's connection preface (RFC 9113 section 3.4).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n"
 _FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"upgrade"})
 #: Methods dockerd serves, decoded once; any other is still checked by _METHOD_RE.
 _METHODS = {m: m.decode("ascii") for m in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD")}
@@ -163,6 +165,13 @@ def parse_request_head(raw: bytes) -> RequestHead:
     """
     if len(raw) > MAX_HEAD_BYTES:
         raise ProtocolError(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+    if raw.startswith(_H2_PREFACE):
+        raise ProtocolError(
+            505,
+            "HTTP/2 connection preface: this socket speaks the Docker API over HTTP/1.1 "
+            "(HTTP/2 with prior knowledge is not accepted; BuildKit's HTTP/2 tunnels start "
+            "as HTTP/1.1 upgrades)",
+        )
     collector = _Collector()
     parser = httptools.HttpRequestParser(collector)
     try:

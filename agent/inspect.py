@@ -113,12 +113,15 @@ class TarFindings:
     """What a tar scan captured of the wanted members.
 
     ``final``: each name's content after extraction (the last entry wins); ``every``:
-    all captures in archive order; ``links``: wanted names whose last entry is a link.
+    all captures in archive order; ``links``: wanted names whose last entry is a link;
+    ``link_on_path``: the first parent directory of a name that is a symbolic link once
+    the archive is extracted (the daemon reads the name through it), or None.
     """
 
     final: Mapping[str, bytes]
     every: Sequence[tuple[str, bytes]]
     links: Mapping[str, str]
+    link_on_path: Callable[[str], str | None] = field(default=lambda _name: None)
 
 
 @dataclass(frozen=True)
@@ -349,17 +352,32 @@ def _build(query: Query, policy: Policy) -> Plan:
     names = {path} | ({fallback} if fallback else set())
 
     def finish(found: TarFindings) -> Inspection:
+        # The daemon opens `path` (following links inside the context) and falls back to
+        # the lower-case name only when nothing at all is there (remotecontext/detect.go
+        # withDockerfileFromContext); so a link at `path` is what it reads, whatever the
+        # fallback holds.
         members, links = found.final, found.links
-        chosen = next((n for n in (path, fallback) if n and n in members), None)
-        if chosen is None:
-            linked = next((n for n in (path, fallback) if n and n in links), None)
-            if linked is not None:
+        chosen: str | None = None
+        for name in (path, fallback):
+            if name is None:
+                continue
+            via = found.link_on_path(name)
+            if via is not None:
                 raise InspectionError(
-                    f"pullgate: the Dockerfile {linked!r} is a link to {links[linked]!r}; "
-                    "Pullgate cannot inspect linked Dockerfiles"
+                    f"pullgate: the Dockerfile {name!r} is reached through the link {via!r} "
+                    "in the build context; Pullgate cannot inspect linked Dockerfiles"
                 )
+            if name in members or name in links:
+                chosen = name
+                break
+        if chosen is None:
             raise InspectionError(
                 f"pullgate: cannot locate the Dockerfile {dockerfile!r} in the build context"
+            )
+        if chosen in links:
+            raise InspectionError(
+                f"pullgate: the Dockerfile {chosen!r} is a link to {links[chosen]!r}; "
+                "Pullgate cannot inspect linked Dockerfiles"
             )
         wants = _dockerfile_wants(chosen, members[chosen], build_args)
         return Inspection(wants=(*wants, *cache_from))
@@ -368,14 +386,15 @@ def _build(query: Query, policy: Policy) -> Plan:
 
 
 def _dockerfile_wants(name: str, data: bytes, build_args: Mapping[str, str]) -> list[Wanted]:
+    """What the daemon's classic builder pulls for this Dockerfile (plain ``POST /build``)."""
     try:
-        found = parse_dockerfile(data, build_args)
+        found = parse_dockerfile(data, build_args, builder="classic")
         uses = list(found.uses)
         if b"<<" in data:
             # A classic builder without heredoc support reads heredoc bodies as
             # instructions: check what it would pull too, or refuse if it cannot be read.
             try:
-                uses += parse_dockerfile(data, build_args, heredocs=False).uses
+                uses += parse_dockerfile(data, build_args, heredocs=False, builder="classic").uses
             except DockerfileError as e:
                 raise InspectionError(
                     f"pullgate: {name} uses heredocs, which the classic builder reads "

@@ -699,6 +699,7 @@ class ClientConnection(asyncio.Protocol):
             final={name: m.data for name, m in self.tar.members().items()},
             every=[(m.name, m.data) for m in self.tar.all_members()],
             links={**self.tar.symlinks(), **self.tar.hardlinks()},
+            link_on_path=self.tar.link_on_path,
         )
         inspection = self.tar_plan.finish(found)
         self.tar = None

@@ -29,13 +29,20 @@ any difference is a way to show Pullgate one Dockerfile and the daemon another:
   out of the root is refused (the daemon refuses it as a breakout).  The daemon extracts
   every entry in order, so the last entry for a name wins whatever its type.
 
-What the caller must still do: resolve symbolic links (:meth:`TarScanner.symlinks`, the
-target exactly as written, to be resolved inside the archive root as the daemon does),
-refuse hard links whose target was not captured (:meth:`TarScanner.hardlinks`), and want
-every name it might follow (a link in a parent directory is only reported when that
-parent name is wanted).  Hard links whose target was captured are resolved here, with the
-content the target had at that point of the archive, exactly like ``os.Link`` during
-extraction.
+* Extraction follows symbolic links in the parent directories of each name (``Unpack``
+  only ``Lstat``s the last component), so an entry written "through" a link replaces a
+  file the scanner saw under another name: ``x -> .`` then ``x/Dockerfile`` overwrites
+  ``Dockerfile``.  No Docker client writes such archives (they never descend into a
+  link), so every link of the archive is tracked (also a hard link to a link, which
+  ``link(2)`` makes another link) and an entry whose path, or whose hard-link target,
+  passes through one is refused: the final content would be ambiguous.
+
+What the caller must still do: resolve or refuse wanted names that are links themselves
+(:meth:`TarScanner.symlinks`, the target exactly as written), refuse hard links whose
+target was not captured (:meth:`TarScanner.hardlinks`), and refuse a wanted name that
+only resolves through a linked parent directory (:meth:`TarScanner.link_on_path`).  Hard
+links whose target was captured are resolved here, with the content the target had at
+that point of the archive, exactly like ``os.Link`` during extraction.
 """
 
 from __future__ import annotations
@@ -140,8 +147,10 @@ class TarScanner:
         max_member_size: int = 1 << 20,
         max_members_captured: int = 16,
         max_header_bytes: int = 1 << 20,
+        max_links: int = 1 << 17,
     ) -> None:
         self._wanted = wanted
+        self._max_links = max_links
         self._max_member_size = max_member_size
         self._max_members_captured = max_members_captured
         self._max_header_bytes = max_header_bytes
@@ -176,6 +185,10 @@ class TarScanner:
         self._symlinks: dict[str, str] = {}
         self._hardlinks: dict[str, str] = {}
         self._captured: list[TarMember] = []
+        #: Every name of the archive that is a symbolic link once extracted so far (a
+        #: superset: names under a directory that was later replaced may linger, which
+        #: only makes the scanner stricter).
+        self._links: dict[str, str] = {}
 
     # --- public API ---------------------------------------------------------------
 
@@ -240,6 +253,23 @@ class TarScanner:
         scanner only knows for captured targets; the caller should refuse these.
         """
         return dict(self._hardlinks)
+
+    def link_on_path(self, name: str) -> str | None:
+        """The first parent directory of ``name`` that is a symbolic link, if any.
+
+        The daemon opens a wanted file through such links, so content captured under
+        the literal name is not what it reads.
+        """
+        links = self._links
+        if not links:
+            return None
+        i = name.find("/")
+        while i >= 0:
+            prefix = name[:i]
+            if prefix in links:
+                return prefix
+            i = name.find("/", i + 1)
+        return None
 
     def all_members(self) -> list[TarMember]:
         """Every capture in archive order, including ones a later entry replaced.
@@ -554,6 +584,8 @@ class TarScanner:
         self._entry_name = clean or text
         self._entry_offset = offset
         self._sink_kind = _SKIP
+        if clean:
+            self._track_links(clean, typeflag, linkname, target, offset)
         wanted = bool(clean) and self._wanted(clean)
         if wanted:
             self._record(
@@ -564,6 +596,38 @@ class TarScanner:
             self._state = _SPARSE_EXT
         else:
             self._begin_data(size)
+
+    def _track_links(
+        self, name: str, typeflag: int, linkname: bytes, target: str, offset: int
+    ) -> None:
+        """Refuse an entry extraction would write through a link; note the links made."""
+        links = self._links
+        if links:
+            via = self.link_on_path(name)
+            if via is not None:
+                raise TarScanError(
+                    f"member {name[:200]!r} at offset {offset} would be extracted through the "
+                    f"symbolic link {via[:200]!r}: what it replaces cannot be told for sure"
+                )
+            if typeflag == _LINK and target:
+                via = self.link_on_path(target)
+                if via is not None:
+                    raise TarScanError(
+                        f"hard link {name[:200]!r} at offset {offset} points through the "
+                        f"symbolic link {via[:200]!r}: what it links to cannot be told for sure"
+                    )
+        if typeflag == _SYMLINK or (typeflag == _LINK and target in links):
+            if name not in links and len(links) >= self._max_links:
+                raise TarScanError(
+                    f"more than {self._max_links} symbolic links in the archive, the most "
+                    "Pullgate tracks"
+                )
+            if typeflag == _SYMLINK:
+                links[name] = linkname.decode("utf-8", "surrogateescape")
+            else:
+                links[name] = links[target]  # link(2) of a symlink makes another symlink
+        elif links:
+            links.pop(name, None)  # any other entry replaces what was there
 
     def _record(
         self, name: str, *, typeflag: int, sparse: bool, size: int, target: str, link: bytes

@@ -563,3 +563,87 @@ def test_without_heredoc_support_a_from_in_a_heredoc_body_is_an_instruction() ->
     with pytest.raises(DockerfileError):
         parse_dockerfile(text)
     assert parse_dockerfile(text, heredocs=False).images == ("alpine", "someuser/tool")
+
+
+# --------------------------------------------------------------------------- classic builder
+
+
+def classic(text: str, **build_args: str) -> list[str]:
+    """Images the daemon's classic builder pulls for `text`."""
+    return list(parse_dockerfile(text, build_args, builder="classic").images)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        *("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy"),
+        *("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"),
+    ],
+)
+def test_classic_builder_lets_proxy_build_args_into_from_without_an_arg_line(name: str) -> None:
+    text = f"FROM ${{{name}:-alpine}}\n"
+    assert classic(text, **{name: "someuser/tool"}) == ["someuser/tool"]
+    assert classic(text) == ["alpine"]
+    # BuildKit has no such builtins: the undeclared name stays unset there.
+    assert parse_dockerfile(text, {name: "someuser/tool"}).images == ("alpine",)
+
+
+def test_classic_builder_lets_proxy_build_args_into_meta_arg_defaults() -> None:
+    text = "ARG BASE=${https_proxy:-alpine}\nFROM $BASE\n"
+    assert classic(text, https_proxy="someuser/tool") == ["someuser/tool"]
+
+
+def test_classic_builder_has_no_automatic_platform_args() -> None:
+    text = "FROM ${TARGETARCH:-someuser/tool}\n"
+    assert classic(text) == ["someuser/tool"]
+    assert classic(text, TARGETARCH="amd64") == ["someuser/tool"]  # not declared: unset
+    assert classic("ARG TARGETARCH\nFROM ${TARGETARCH:-x}/img\n", TARGETARCH="acme") == ["acme/img"]
+
+
+def test_classic_builder_expands_one_arg_line_before_defining_its_names() -> None:
+    assert classic("ARG A=someuser/tool B=${A:-alpine}\nFROM $B\n") == ["alpine"]
+    assert parse_dockerfile("ARG A=someuser/tool B=${A:-alpine}\nFROM $B\n").images == (
+        "someuser/tool",
+    )
+    assert classic("ARG A=someuser/tool\nARG B=${A:-alpine}\nFROM $B\n") == ["someuser/tool"]
+
+
+def test_classic_builder_unsets_an_arg_redeclared_without_a_value() -> None:
+    text = "ARG X=alpine\nARG X\nFROM ${X:-someuser/tool}\n"
+    assert classic(text) == ["someuser/tool"]
+    assert classic(text, X="busybox") == ["busybox"]
+
+
+def test_classic_builder_refuses_variables_in_arg_names() -> None:
+    with pytest.raises(DockerfileError, match="holds a variable"):
+        classic("ARG ${HTTP_PROXY}=someuser/tool\nFROM alpine\n", HTTP_PROXY="BASE")
+
+
+def test_classic_builder_ignores_the_syntax_directive_and_buildkit_syntax_arg() -> None:
+    text = "# syntax=docker/dockerfile:1\nFROM alpine\n"
+    assert classic(text) == ["alpine"]
+    assert classic("FROM alpine\n", BUILDKIT_SYNTAX="someuser/frontend") == ["alpine"]
+    assert parse_dockerfile(text).images == ("docker/dockerfile:1", "alpine")
+
+
+def test_classic_builder_pulls_copy_from_a_later_stage_as_an_image() -> None:
+    text = "FROM alpine AS first\nFROM alpine AS second\nCOPY --from=later /a /a\n"
+    text += "COPY --from=FIRST /b /b\nFROM alpine AS later\n"
+    assert classic(text) == ["alpine", "later"]
+    assert parse_dockerfile(text).images == ("alpine",)
+
+
+def test_classic_builder_copy_from_index_must_be_an_earlier_stage() -> None:
+    assert classic("FROM alpine\nFROM busybox\nCOPY --from=0 /a /a\n") == ["alpine", "busybox"]
+    with pytest.raises(DockerfileError, match="no stage with index 1"):
+        classic("FROM alpine\nFROM busybox\nCOPY --from=1 /a /a\n")
+
+
+def test_classic_builder_matches_from_stage_names_in_any_case() -> None:
+    assert classic("FROM alpine AS base\nFROM BASE\n") == ["alpine"]
+
+
+def test_classic_builder_never_mounts_images_in_run() -> None:
+    text = "FROM alpine\nRUN --mount=type=bind,from=someuser/tool,target=/t true\n"
+    assert classic(text) == ["alpine"]
+    assert parse_dockerfile(text).images == ("alpine", "someuser/tool")

@@ -72,6 +72,13 @@ def test_ambiguous_or_malformed_request_heads_are_refused(
     assert fragment in info.value.message
 
 
+def test_http2_connection_preface_is_named_not_called_incomplete() -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_request_head(b"PRI * HTTP/2.0\r\n\r\n")
+    assert info.value.status == 505
+    assert "HTTP/2 connection preface" in info.value.message
+
+
 def test_upgrade_and_connection_tokens() -> None:
     h = parse_request_head(
         head("POST /containers/x/attach HTTP/1.1", "Connection: Upgrade", "Upgrade: tcp")

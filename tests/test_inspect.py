@@ -144,6 +144,50 @@ def test_build_without_its_dockerfile_or_with_a_linked_one_is_refused() -> None:
         build_finish("/build", {}, {"Dockerfile": "real/Dockerfile"})
 
 
+def test_linked_dockerfile_beats_the_lowercase_fallback() -> None:
+    # dockerd opens `Dockerfile` through the link (symbolic, or hard to an uncaptured
+    # file) and never looks at `dockerfile`.
+    files = {"dockerfile": b"FROM alpine\n", "evil": b"FROM someuser/tool\n"}
+    with pytest.raises(InspectionError, match="link"):
+        build_finish("/build", files, {"Dockerfile": "evil"})
+
+
+def test_dockerfile_reached_through_a_linked_directory_is_refused() -> None:
+    result = plan("/build?dockerfile=prod/Dockerfile")
+    assert isinstance(result, NeedTar)
+    found = TarFindings(
+        {"prod/Dockerfile": b"FROM alpine\n"},
+        [("prod/Dockerfile", b"FROM alpine\n")],
+        {},
+        link_on_path=lambda name: "prod" if name.startswith("prod/") else None,
+    )
+    with pytest.raises(InspectionError, match="through the link 'prod'"):
+        result.finish(found)
+
+
+def test_classic_build_uses_the_classic_builders_argument_semantics() -> None:
+    args = quote(json.dumps({"HTTP_PROXY": "someuser/tool", "TARGETARCH": "amd64"}))
+    proxy = build_finish(
+        f"/build?buildargs={args}", {"Dockerfile": b"FROM ${HTTP_PROXY:-alpine}\n"}
+    )
+    assert [str(w.reference) for w in proxy.wants] == ["docker.io/someuser/tool"]
+    platform = build_finish(
+        f"/build?buildargs={args}", {"Dockerfile": b"FROM ${TARGETARCH:-someuser/tool}\n"}
+    )
+    assert [str(w.reference) for w in platform.wants] == ["docker.io/someuser/tool"]
+
+
+def test_classic_build_ignores_the_syntax_directive() -> None:
+    result = build_finish("/build", {"Dockerfile": b"# syntax=docker/dockerfile:1\nFROM alpine\n"})
+    assert [str(w.reference) for w in result.wants] == ["docker.io/library/alpine"]
+
+
+def test_classic_build_pulls_a_later_stage_named_in_copy_from() -> None:
+    dockerfile = b"FROM alpine\nCOPY --from=tool /a /a\nFROM alpine AS tool\n"
+    result = build_finish("/build", {"Dockerfile": dockerfile})
+    assert "docker.io/library/tool" in [str(w.reference) for w in result.wants]
+
+
 def test_classic_build_checks_heredoc_bodies_as_instructions_too() -> None:
     with pytest.raises(InspectionError, match="heredoc"):
         build_finish("/build", {"Dockerfile": b"FROM alpine\nRUN <<EOF\nFROM someuser/tool\nEOF\n"})

@@ -469,6 +469,90 @@ def test_hardlink_to_an_uncaptured_target_is_reported() -> None:
     assert s.hardlinks() == {"Dockerfile": "other"}
 
 
+@pytest.mark.parametrize("target", [".", "/", "./", "..", "sub/..", "/.."])
+def test_member_extracted_through_a_symlinked_directory_is_refused(target: str) -> None:
+    # The daemon's extraction follows `x` and overwrites the Dockerfile that was scanned.
+    body = make_tar(
+        [
+            reg("Dockerfile", DOCKERFILE),
+            special("x", tarfile.SYMTYPE, target),
+            reg("x/Dockerfile", b"FROM someuser/tool\n"),
+        ]
+    )
+    assert "through the symbolic link 'x'" in refusal(body)
+
+
+def test_write_through_a_nested_symlinked_directory_is_refused_even_when_unwanted() -> None:
+    body = make_tar(
+        [
+            special("a", tarfile.DIRTYPE),
+            special("a/b", tarfile.SYMTYPE, "../c"),
+            reg("a/b/d/anything.txt", b"x"),
+        ]
+    )
+    assert "through the symbolic link 'a/b'" in refusal(body)
+
+
+def test_hardlink_to_a_symlink_is_a_symlink_too() -> None:
+    body = make_tar(
+        [
+            special("x", tarfile.SYMTYPE, "."),
+            special("y", tarfile.LNKTYPE, "x"),
+            reg("y/Dockerfile", b"FROM someuser/tool\n"),
+        ]
+    )
+    assert "through the symbolic link 'y'" in refusal(body)
+
+
+def test_hardlink_whose_target_passes_through_a_symlink_is_refused() -> None:
+    body = make_tar(
+        [
+            special("x", tarfile.SYMTYPE, "sub"),
+            special("sub", tarfile.DIRTYPE),
+            reg("sub/evil", b"FROM someuser/tool\n"),
+            special("Dockerfile", tarfile.LNKTYPE, "x/evil"),
+        ]
+    )
+    assert "points through the symbolic link 'x'" in refusal(body)
+
+
+@pytest.mark.parametrize("replacement", [tarfile.DIRTYPE, tarfile.REGTYPE])
+def test_a_symlink_replaced_by_a_directory_or_file_is_no_longer_followed(
+    replacement: bytes,
+) -> None:
+    entries = [special("x", tarfile.SYMTYPE, "."), special("x", replacement)]
+    if replacement == tarfile.REGTYPE:
+        entries.append(special("x", tarfile.DIRTYPE))  # a directory again: writable below
+    body = make_tar([*entries, reg("x/Dockerfile", DOCKERFILE), reg("Dockerfile", DOCKERFILE)])
+    s = scan(body)
+    assert s.members()["Dockerfile"].data == DOCKERFILE
+    assert s.link_on_path("x/Dockerfile") is None
+
+
+def test_links_of_a_plain_context_are_allowed_and_reported_on_paths() -> None:
+    # What `docker build` sends for a context holding a link: the link itself, never
+    # anything below it.
+    body = make_tar(
+        [
+            reg("Dockerfile", DOCKERFILE),
+            special("docs", tarfile.SYMTYPE, "../shared/docs"),
+            special("real", tarfile.DIRTYPE),
+            reg("real/Dockerfile.prod", DOCKERFILE),
+            special("prod", tarfile.SYMTYPE, "real"),
+        ]
+    )
+    s = scan(body)
+    assert s.members()["Dockerfile"].data == DOCKERFILE
+    assert s.link_on_path("prod/Dockerfile.prod") == "prod"
+    assert s.link_on_path("real/Dockerfile.prod") is None
+    assert s.link_on_path("Dockerfile") is None
+
+
+def test_too_many_symlinks_are_refused() -> None:
+    body = make_tar([special(f"l{i}", tarfile.SYMTYPE, ".") for i in range(5)])
+    assert "more than 4 symbolic links" in refusal(body, max_links=4)
+
+
 def test_docker_save_layout_yields_manifest_and_repositories() -> None:
     manifest = json.dumps(
         [{"Config": "c.json", "RepoTags": ["alpine:3.19"], "Layers": ["l/layer.tar"]}]
