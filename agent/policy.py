@@ -9,8 +9,6 @@ path of the bad field (``rules[3].acton``), and nothing is guessed.
 from __future__ import annotations
 
 import difflib
-import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NoReturn, TypeVar
 
+from agent import strict_json
 from agent.rules import RuleIndex, RulePattern, RulePatternError, parse_pattern
 
 __all__ = [
@@ -41,6 +40,8 @@ __all__ = [
 
 SCHEMA = "pullgate.policy/v1"
 MAX_POLICY_BYTES = 16 * 1024 * 1024
+MIN_YEAR = 1970
+MAX_YEAR = 9000
 
 
 class PolicyError(ValueError):
@@ -266,6 +267,10 @@ def parse_timestamp(value: object, path: str) -> datetime:
         _fail(path, f"expected an RFC 3339 timestamp like 2026-01-31T12:00:00Z, got {text!r}")
     if parsed.tzinfo is None:
         _fail(path, f"timestamp {text!r} needs a time zone (e.g. a trailing 'Z')")
+    # Years near 1 or 9999 overflow in UTC conversion or in "expires_at + grace" later,
+    # where an OverflowError would stop the agent instead of refusing the policy.
+    if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        _fail(path, f"timestamp {text!r} is outside the years {MIN_YEAR} to {MAX_YEAR}")
     return parsed.astimezone(UTC)
 
 
@@ -478,38 +483,17 @@ def parse_policy(document: object, *, source: str = "policy") -> Policy:
     )
 
 
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Refuse duplicate keys: which of two ``"action"`` values wins is ambiguous."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def decode_json(data: bytes | str, *, what: str = "policy") -> object:
-    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity."""
-    if isinstance(data, bytes):
-        if len(data) > MAX_POLICY_BYTES:
-            _fail("", f"{what} is {len(data)} bytes; the limit is {MAX_POLICY_BYTES}")
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            _fail("", f"{what} is not UTF-8: {e}")
+    """Strict JSON (``agent.strict_json``): UTF-8, no duplicate keys, no NaN/Infinity,
+    bounded nesting; every problem is a PolicyError, never another exception."""
+    if isinstance(data, bytes) and len(data) > MAX_POLICY_BYTES:
+        _fail("", f"{what} is {len(data)} bytes; the limit is {MAX_POLICY_BYTES}")
     try:
-        value = json.loads(data, object_pairs_hook=_unique_object, parse_constant=_reject_constant)
-    except json.JSONDecodeError as e:
-        _fail("", f"{what} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}")
-    except ValueError as e:
-        _fail("", f"{what} is not valid JSON: {e}")
-    if isinstance(value, float) and not math.isfinite(value):
-        _fail("", f"{what} is not valid JSON")
-    return value
+        return strict_json.loads(data)
+    except strict_json.StrictJSONError as e:
+        kind = "UTF-8" if str(e).startswith("not UTF-8") else "valid JSON"
+        detail = str(e).removeprefix("not UTF-8: ")
+        _fail("", f"{what} is not {kind}: {detail}")
 
 
 def load_policy(data: bytes | str, *, source: str = "policy") -> Policy:

@@ -10,10 +10,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.files import atomic_write
+from agent import strict_json
+from agent.files import FileTooLargeError, atomic_write, read_capped
 from agent.policy_store import HighWater
 
 __all__ = ["CachedPolicy", "PolicyCache"]
+
+# The envelope limit of agent.envelope (not imported: it loads cryptography).
+MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
+MAX_STATE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -36,21 +41,25 @@ class PolicyCache:
         problems: list[str] = []
         envelope = None
         try:
-            envelope = self.envelope_path.read_bytes()
+            envelope = read_capped(self.envelope_path, MAX_ENVELOPE_BYTES)
         except FileNotFoundError:
             pass
         except OSError as e:
             problems.append(f"cannot read cached policy {self.envelope_path}: {e.strerror}")
+        except FileTooLargeError as e:
+            problems.append(f"ignoring cached policy: {e}")
         high_water = None
         etag = None
         try:
-            state = json.loads(self.state_path.read_text())
+            state = strict_json.loads(read_capped(self.state_path, MAX_STATE_BYTES))
+            if not isinstance(state, dict):
+                raise ValueError("expected a JSON object")
             high_water = HighWater.from_json(state.get("high_water"))
             raw_etag = state.get("etag")
             etag = raw_etag if isinstance(raw_etag, str) else None
         except FileNotFoundError:
             pass
-        except (OSError, ValueError, AttributeError) as e:
+        except (OSError, ValueError) as e:  # StrictJSONError and FileTooLargeError too
             problems.append(f"ignoring unreadable policy state {self.state_path}: {e}")
         return CachedPolicy(envelope, high_water, etag, tuple(problems))
 

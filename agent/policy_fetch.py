@@ -11,8 +11,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
 
-__all__ = ["FetchError", "FetchResult", "Fetcher"]
+__all__ = ["MAX_REDIRECTS", "FetchError", "FetchResult", "Fetcher"]
+
+MAX_REDIRECTS = 5
 
 
 class FetchError(Exception):
@@ -46,53 +50,73 @@ class Fetcher:
         headers = {"Accept": "application/json", "User-Agent": "pullgate-agent"}
         if etag:
             headers["If-None-Match"] = etag
+        if self.ca_bundle is not None and not self.ca_bundle.is_file():
+            # requests would raise a bare OSError from deep inside urllib3.
+            raise FetchError(f"ca_bundle {self.ca_bundle} does not exist or is not a file")
         verify: str | bool = str(self.ca_bundle) if self.ca_bundle else True
+        url = self.url
         try:
-            with requests.get(
-                self.url,
-                headers=headers,
-                timeout=(self.connect_timeout, self.read_timeout),
-                verify=verify,
-                stream=True,
-                allow_redirects=True,
-            ) as response:
-                if response.status_code == 304:
-                    return FetchResult(None, etag)
-                if response.status_code != 200:
-                    raise FetchError(
-                        f"policy server answered HTTP {response.status_code} for {self.url}"
+            with requests.Session() as session:
+                # Redirects are followed here, one hop at a time, so that none leaves
+                # HTTPS. Another host is fine: the signature, not the server, decides.
+                for _ in range(MAX_REDIRECTS + 1):
+                    response = session.get(
+                        url,
+                        headers=headers,
+                        timeout=(self.connect_timeout, self.read_timeout),
+                        verify=verify,
+                        stream=True,
+                        allow_redirects=False,
                     )
-                declared = response.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                    raise FetchError(
-                        f"policy is {declared} bytes, more than the limit of {self.max_bytes}"
-                    )
-                body = bytearray()
-                # A server that trickles bytes resets the read timeout forever: bound it all.
-                deadline = time.monotonic() + self.connect_timeout + 2 * self.read_timeout
-                for chunk in response.iter_content(chunk_size=65536):
-                    body += chunk
-                    if time.monotonic() > deadline:
-                        raise FetchError(f"the policy server is too slow ({self.url})")
-                    if len(body) > self.max_bytes:
-                        raise FetchError(
-                            f"policy is larger than the limit of {self.max_bytes} bytes"
-                        )
-                return FetchResult(bytes(body), response.headers.get("ETag"))
+                    with response:
+                        if response.is_redirect:
+                            url = self._next_hop(url, response.headers.get("Location"))
+                            continue
+                        return self._read(url, response, etag)
+                raise FetchError(f"more than {MAX_REDIRECTS} redirects from {self.url}")
         except requests.exceptions.SSLError as e:
-            raise FetchError(f"TLS verification of {self.url} failed: {_tls_reason(e)}") from e
+            raise FetchError(f"TLS verification of {url} failed: {_tls_reason(e)}") from e
         except requests.exceptions.ConnectTimeout as e:
-            raise FetchError(f"connecting to {self.url} timed out") from e
+            raise FetchError(f"connecting to {url} timed out") from e
         except (requests.exceptions.ReadTimeout, requests.exceptions.Timeout) as e:
-            raise FetchError(f"the policy server stalled past the read timeout ({self.url})") from e
+            raise FetchError(f"the policy server stalled past the read timeout ({url})") from e
         except requests.exceptions.ConnectionError as e:
             if "timed out" in str(e).lower():
-                raise FetchError(
-                    f"the policy server stalled past the read timeout ({self.url})"
-                ) from e
-            raise FetchError(f"cannot connect to {self.url}: {_short(e)}") from e
+                raise FetchError(f"the policy server stalled past the read timeout ({url})") from e
+            raise FetchError(f"cannot connect to {url}: {_short(e)}") from e
         except requests.exceptions.RequestException as e:
-            raise FetchError(f"fetching {self.url} failed: {_short(e)}") from e
+            raise FetchError(f"fetching {url} failed: {_short(e)}") from e
+        except OSError as e:  # e.g. a ca_bundle that is not PEM, or vanished meanwhile
+            raise FetchError(f"fetching {url} failed: {_short(e)}") from e
+
+    def _next_hop(self, url: str, location: str | None) -> str:
+        if not location:
+            raise FetchError(f"{url} answered a redirect without a Location")
+        target = urljoin(url, location)
+        if urlsplit(target).scheme != "https":
+            raise FetchError(
+                f"refusing a redirect from {url} to {target}: the policy is fetched over HTTPS only"
+            )
+        return target
+
+    def _read(self, url: str, response: Any, etag: str | None) -> FetchResult:
+        if response.status_code == 304:
+            return FetchResult(None, etag)
+        if response.status_code != 200:
+            raise FetchError(f"policy server answered HTTP {response.status_code} for {url}")
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            raise FetchError(f"policy is {declared} bytes, more than the limit of {self.max_bytes}")
+        body = bytearray()
+        # A server that trickles bytes resets the read timeout forever: bound it all.
+        deadline = time.monotonic() + self.connect_timeout + 2 * self.read_timeout
+        for chunk in response.iter_content(chunk_size=65536):
+            body += chunk
+            if time.monotonic() > deadline:
+                raise FetchError(f"the policy server is too slow ({url})")
+            if len(body) > self.max_bytes:
+                raise FetchError(f"policy is larger than the limit of {self.max_bytes} bytes")
+        return FetchResult(bytes(body), response.headers.get("ETag"))
 
 
 def _tls_reason(error: Exception) -> str:

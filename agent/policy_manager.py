@@ -21,7 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent.files import atomic_write
+from agent import strict_json
+from agent.files import atomic_write, read_capped
 from agent.policy import Policy
 from agent.policy_cache import PolicyCache
 from agent.policy_fetch import Fetcher, FetchError
@@ -34,9 +35,16 @@ from agent.policy_store import (
     effective_policy,
     evaluate_envelope,
 )
-from agent.sink import DecisionSink, PolicyEvent
+from agent.sink import DecisionSink, NoticeEvent, PolicyEvent
 
-__all__ = ["PolicyManager", "RefreshSettings"]
+__all__ = ["PolicyManager", "RefreshError", "RefreshSettings", "read_status"]
+
+MAX_STATUS_BYTES = 256 * 1024
+
+
+class RefreshError(FetchError):
+    """A refresh that failed for a reason other than the download (a bug, a full disk):
+    reported like a failed fetch, so callers and the loop handle one error type."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,11 @@ class PolicyManager:
         self.last_refusal: str | None = None
         self.source = "built-in default (no verified org policy yet)"
         self.clock_behind = False
+        # The refresh loop, for status and doctor: a loop that stopped must be visible.
+        self.refresh_loop = "not started"  # running | stopped | dead
+        self.refresh_failures = 0  # consecutive failed refreshes
+        self.last_refresh_error: str | None = None  # an unexpected error (not a fetch)
+        self.next_refresh_at: datetime | None = None
 
     # -- what the shim reads ------------------------------------------------------------
 
@@ -128,34 +141,32 @@ class PolicyManager:
         for problem in cached.problems:
             self._emit("policy-refused", "failure", problem, source="cache")
         self._high_water = cached.high_water
-        self._etag = cached.etag
+        # The ETag only means "what I have" when there is a cached envelope to keep: sent
+        # without one, a 304 would leave the agent on the built-in default while online.
+        self._etag = None
         if cached.envelope is not None:
             try:
+                # Judged against the high-water state like a download: a validly signed
+                # envelope with a lower serial, or the same serial with other content,
+                # written into the cache is refused, not enforced after a restart.
                 accepted = evaluate_envelope(
                     cached.envelope,
                     self.trust,
-                    None,  # the envelope itself is checked; rollback is checked below
+                    self._high_water,
                     self.clock(),
                     source=f"cache {self.cache.envelope_path}",
                     allow_expired=True,
                 )
             except PolicyRefusedError as e:
                 self.last_refusal = f"cached policy ignored: {e.reason}"
-                self._etag = None
+                self._emit("policy-refused", "failure", self.last_refusal, source="cache")
+            except Exception as e:  # never stop the agent's start over a cache file
+                self.last_refusal = f"cached policy ignored: {_describe(e)}"
                 self._emit("policy-refused", "failure", self.last_refusal, source="cache")
             else:
-                hw = self._high_water
-                if hw is not None and accepted.policy.serial < hw.serial:
-                    self.last_refusal = (
-                        f"cached policy ignored: serial {accepted.policy.serial} is below the "
-                        f"high-water mark {hw.serial}"
-                    )
-                    self._etag = None
-                    self._emit("policy-refused", "failure", self.last_refusal, source="cache")
-                else:
-                    if hw is None or hw.serial < accepted.policy.serial:
-                        self._high_water = accepted.high_water
-                    self._install(accepted.policy, "cache")
+                self._high_water = accepted.high_water
+                self._etag = cached.etag
+                self._install(accepted.policy, "cache")
         self._next_check = 0.0
         self._recompute()
 
@@ -174,20 +185,46 @@ class PolicyManager:
         )
 
     async def refresh_now(self) -> str:
-        """Fetch and evaluate once; returns a one-line result."""
+        """Fetch and evaluate once; returns a one-line result.
+
+        Raises only ``FetchError`` (``RefreshError`` for anything unexpected), so the
+        refresh loop and the control API report a failure instead of dying with it.
+        """
+        try:
+            return await self._refresh_once()
+        except FetchError:
+            raise
+        except Exception as e:
+            reason = f"the policy refresh failed unexpectedly: {_describe(e)}"
+            self.last_refresh_error = reason
+            self._notice("policy-refresh-error", reason)
+            self._write_status()
+            raise RefreshError(reason) from e
+
+    async def _refresh_once(self) -> str:
         if self.fetcher is None:
             return "no policy_url is configured"
         loop = asyncio.get_running_loop()
         fetcher = self.fetcher
         self.last_fetch_at = self.clock()
+        # Revalidate only what is in force and on disk: without a verified policy (or with
+        # its cached copy deleted) a 304 would confirm nothing, so ask for the whole file.
+        have_copy = self._accepted is not None and self.cache.envelope_path.exists()
+        etag = self._etag if have_copy else None
         try:
-            result = await loop.run_in_executor(None, fetcher.fetch, self._etag)
+            result = await loop.run_in_executor(None, fetcher.fetch, etag)
+            if result.body is None and etag is None:
+                raise FetchError(
+                    "the policy server answered 304 Not Modified to an unconditional "
+                    f"request for {fetcher.url}"
+                )
         except FetchError as e:
             self.last_fetch_error = e.reason
             self._emit("policy-fetch-failed", "failure", e.reason, source=fetcher.url)
             self._write_status()
             raise
         self.last_fetch_error = None
+        self.last_refresh_error = None
         if result.body is None:
             self._write_status()
             return "not modified"
@@ -202,15 +239,28 @@ class PolicyManager:
             return f"refused: {e.reason}"
         if not accepted.new and self._accepted is not None:
             self._etag = result.etag
+            if not self.cache.envelope_path.exists():
+                self._save(accepted.envelope, accepted.high_water, result.etag)
             self._write_status()
             return "unchanged"
-        self.cache.save(accepted.envelope, accepted.high_water, result.etag)
         self._high_water = accepted.high_water
         self._etag = result.etag
         self.last_refusal = None
         self._install(accepted.policy, fetcher.url)
         self._recompute()
+        self._save(accepted.envelope, accepted.high_water, result.etag)
         return f"accepted serial {accepted.policy.serial}"
+
+    def _save(self, envelope: bytes, high_water: HighWater, etag: str | None) -> None:
+        try:
+            self.cache.save(envelope, high_water, etag)
+        except OSError as e:
+            # Enforced now all the same; only a restart would fall back to the old copy.
+            self._emit(
+                "policy-state",
+                "failure",
+                f"cannot write the policy cache in {self.cache.directory}: {e.strerror or e}",
+            )
 
     def trigger(self) -> None:
         """Ask the refresh loop to fetch now (SIGHUP, `pullgate policy refresh`)."""
@@ -222,35 +272,75 @@ class PolicyManager:
         Between fetches it wakes at each freshness boundary, so status, the audit log and
         the tray learn that the policy went stale or expired even when nobody pulls.
         """
-        failures = 0
-        while True:
-            self._wake.clear()  # before fetching: a request made during the fetch counts
-            try:
-                await self.refresh_now()
-                failures = 0
-                delay = self.refresh.interval.total_seconds()
-            except FetchError:
-                failures += 1
-                base = self.refresh.min_backoff.total_seconds() * 2 ** min(failures - 1, 10)
-                delay = min(base, self.refresh.interval.total_seconds())
-                delay *= random.uniform(0.8, 1.2)
-            deadline = time.monotonic() + delay
+        self.refresh_loop = "running"
+        try:
             while True:
-                self.current()  # re-judge freshness at its boundaries
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                wait = min(remaining, max(0.5, self._next_check - time.time()))
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
-                except TimeoutError:
-                    continue
+                    await self._refresh_and_wait()
+                except Exception as e:  # a bug here must not end every later refresh
+                    self.refresh_failures += 1
+                    reason = f"the policy refresh loop hit an error: {_describe(e)}"
+                    self.last_refresh_error = reason
+                    self._notice("policy-refresh-error", reason)
+                    self._write_status()
+                    await asyncio.sleep(self._backoff())
+        except asyncio.CancelledError:
+            self.refresh_loop = "stopped"
+            raise
+        except BaseException as e:
+            self.refresh_loop = "dead"
+            self.last_refresh_error = f"the policy refresh loop stopped: {_describe(e)}"
+            self._notice("policy-refresh-stopped", self.last_refresh_error)
+            self._write_status()
+            raise
+
+    def _backoff(self) -> float:
+        """Exponential from ``min_backoff``, capped at the interval, with jitter."""
+        base = self.refresh.min_backoff.total_seconds() * 2 ** min(self.refresh_failures - 1, 10)
+        capped: float = min(base, self.refresh.interval.total_seconds())
+        return capped * random.uniform(0.8, 1.2)
+
+    async def _refresh_and_wait(self) -> None:
+        self._wake.clear()  # before fetching: a request made during the fetch counts
+        try:
+            await self.refresh_now()
+            self.refresh_failures = 0
+            delay = self.refresh.interval.total_seconds()
+        except FetchError:
+            self.refresh_failures += 1
+            delay = self._backoff()
+        self.next_refresh_at = self.clock() + timedelta(seconds=delay)
+        self._write_status()
+        deadline = time.monotonic() + delay
+        while True:
+            self.current()  # re-judge freshness at its boundaries
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 break
+            wait = min(remaining, max(0.5, self._next_check - time.time()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            except TimeoutError:
+                continue
+            break
 
     # -- reporting ----------------------------------------------------------------------
 
     def _emit(self, action: str, outcome: str, reason: str, **extra: Any) -> None:
         self.sink.emit(PolicyEvent(action=action, outcome=outcome, reason=reason, **extra))
+
+    def _notice(self, action: str, reason: str) -> None:
+        """A warning for IT (audit log, event stream): the refresh itself is in trouble."""
+        url = self.fetcher.url if self.fetcher else None
+        self.sink.emit(
+            NoticeEvent(
+                action=action,
+                outcome="failure",
+                reason=reason,
+                severity="warning",
+                details={"policy_url": url, "failures": self.refresh_failures},
+            )
+        )
 
     def status(self) -> dict[str, Any]:
         policy = self._effective
@@ -274,6 +364,10 @@ class PolicyManager:
             "last_fetch_error": self.last_fetch_error,
             "last_refusal": self.last_refusal,
             "clock_behind": self.clock_behind,
+            "refresh_loop": self.refresh_loop if self.fetcher else None,
+            "refresh_failures": self.refresh_failures,
+            "last_refresh_error": self.last_refresh_error,
+            "next_refresh_at": self.next_refresh_at.isoformat() if self.next_refresh_at else None,
         }
 
     def _write_status(self) -> None:
@@ -285,8 +379,16 @@ class PolicyManager:
 
 
 def read_status(directory: Path) -> dict[str, Any] | None:
+    """The agent's ``status.json``, or None when it is missing or not a status."""
     try:
-        value = json.loads((directory / "status.json").read_text())
+        value = strict_json.loads(read_capped(directory / "status.json", MAX_STATUS_BYTES))
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: message`` on one line, bounded: for status, events and the control API."""
+    text = " ".join(str(error).split())
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -98,10 +98,15 @@ class HighWater:
         floor = value.get("issued_at_floor")
         if not isinstance(serial, int) or not isinstance(digest, str) or not isinstance(floor, str):
             raise ValueError("high-water state has missing or mistyped fields")
+        if isinstance(serial, bool) or serial < 0:
+            raise ValueError("high-water serial must be a non-negative integer")
         parsed = datetime.fromisoformat(floor)
         if parsed.tzinfo is None:
             raise ValueError("high-water issued_at_floor needs a time zone")
-        return cls(serial, digest, parsed.astimezone(UTC))
+        try:
+            return cls(serial, digest, parsed.astimezone(UTC))
+        except OverflowError as e:  # year 1 or 9999 with an offset
+            raise ValueError(f"high-water issued_at_floor is out of range: {e}") from None
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,8 @@ class Route:
     """Seconds to wait before answering (at most MAX_STALL; `stop()` cuts it short)."""
     content_length: bool = True
     """False: no Content-Length, the body ends when the connection closes."""
+    location: str | None = None
+    """Sent as the Location header (with a 3xx `status`, a redirect)."""
 
     @classmethod
     def envelope(cls, data: bytes) -> Route:
@@ -170,6 +172,7 @@ class _State:
     routes: dict[str, Route] = field(default_factory=dict)
     requests: Counter[str] = field(default_factory=Counter)
     not_modified: Counter[str] = field(default_factory=Counter)
+    conditional: Counter[str] = field(default_factory=Counter)
     tls_failures: int = 0
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -185,6 +188,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         with state.lock:
             state.requests[path] += 1
+            if self.headers.get("If-None-Match") is not None:
+                state.conditional[path] += 1
             route = state.routes.get(path)
         if route is None:
             route = Route(status=404, body=b"not found\n")
@@ -205,6 +210,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.send_response(route.status)
         self.send_header("Content-Type", "application/json")
+        if route.location is not None:
+            self.send_header("Location", route.location)
         if route.etag is not None and route.status == 200:
             self.send_header("ETag", route.etag)
         if route.content_length:
@@ -219,7 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     state: _State
-    context: ssl.SSLContext
+    context: ssl.SSLContext | None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         # The TLS handshake runs in the handler thread (on first read), so a client that
@@ -228,11 +235,14 @@ class _Server(ThreadingHTTPServer):
         sock.settimeout(HANDSHAKE_TIMEOUT)
         with self.state.lock:
             context = self.context
+        if context is None:  # plain HTTP
+            return sock, address
         wrapped = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return wrapped, address
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        request.do_handshake()
+        if isinstance(request, ssl.SSLSocket):
+            request.do_handshake()
         request.settimeout(None)
         super().finish_request(request, client_address)
 
@@ -247,14 +257,17 @@ class _Server(ThreadingHTTPServer):
 
 
 class PolicyServer:
-    """HTTPS on 127.0.0.1 (a free port) serving programmable routes; a context manager."""
+    """HTTPS on 127.0.0.1 (a free port) serving programmable routes; a context manager.
 
-    def __init__(self, tls: TLSMaterial, certificate: CertificateName = "good") -> None:
+    With `tls=None` it serves plain HTTP (to test that the agent never fetches over it).
+    """
+
+    def __init__(self, tls: TLSMaterial | None, certificate: CertificateName = "good") -> None:
         self.tls = tls
         self._state = _State()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.state = self._state
-        self._server.context = tls.server_context(certificate)
+        self._server.context = tls.server_context(certificate) if tls is not None else None
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -272,7 +285,8 @@ class PolicyServer:
         self.stop()
 
     def url(self, path: str = "/policy.dsse.json") -> str:
-        return f"https://127.0.0.1:{self.port}{path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
 
     def set(self, path: str, route: Route) -> None:
         with self._state.lock:
@@ -286,6 +300,7 @@ class PolicyServer:
 
     def use_certificate(self, which: CertificateName) -> None:
         """Present the good or the wrong certificate on new connections."""
+        assert self.tls is not None, "a plain HTTP server has no certificate"
         context = self.tls.server_context(which)
         with self._state.lock:
             self._server.context = context
@@ -298,6 +313,11 @@ class PolicyServer:
         """How many requests to `path` were answered 304."""
         with self._state.lock:
             return self._state.not_modified[path]
+
+    def conditional_requests(self, path: str = "/policy.dsse.json") -> int:
+        """How many requests to `path` carried If-None-Match."""
+        with self._state.lock:
+            return self._state.conditional[path]
 
     @property
     def tls_failures(self) -> int:

@@ -106,6 +106,10 @@ def format_status(path: Path, status: Mapping[str, Any]) -> str:
     ]
     if policy.get("last_fetch_error"):
         lines.append(_row("fetch error", policy["last_fetch_error"]))
+    if policy.get("refresh_loop") not in (None, "running"):
+        lines.append(_row("refresh", f"loop {policy['refresh_loop']}"))
+    if policy.get("last_refresh_error"):
+        lines.append(_row("refresh error", policy["last_refresh_error"]))
     if policy.get("last_refusal"):
         lines.append(_row("last refusal", policy["last_refusal"]))
     lines += [
@@ -358,6 +362,12 @@ def check_policy(policy: Mapping[str, Any]) -> Check:
     what = f"{policy.get('enforcing')} from {policy.get('source')}"
     error = policy.get("last_fetch_error") or policy.get("last_refusal")
     refresh_fix = "check that policy_url is reachable, then run `pullgate policy refresh`"
+    refreshing = _refresh_problem(policy)
+    if refreshing is not None and state == "fresh":
+        # Fresh today, but a refresh that fails or no longer runs stops updates silently.
+        return Check(
+            name, FAIL, f"{what}, fresh until {policy.get('expires_at')}; {refreshing}", refresh_fix
+        )
     if state == "fresh":
         return Check(name, OK, f"{what}, fresh until {policy.get('expires_at')}")
     if state == "local":
@@ -376,7 +386,23 @@ def check_policy(policy: Mapping[str, Any]) -> Check:
     }.get(str(state), f"{what}: unexpected state {state!r}")
     if error:
         detail += f" (last problem: {error})"
+    if policy.get("refresh_loop") in ("dead", "stopped"):
+        detail += f"; {refreshing}"
     return Check(name, FAIL, detail, refresh_fix)
+
+
+def _refresh_problem(policy: Mapping[str, Any]) -> str | None:
+    """What is wrong with the agent's policy refresh, if anything."""
+    loop = policy.get("refresh_loop")
+    if loop in ("dead", "stopped"):
+        why = policy.get("last_refresh_error") or "no reason recorded"
+        return f"the policy refresh loop is {loop} ({why}); restart the agent"
+    error = policy.get("last_refresh_error") or policy.get("last_fetch_error")
+    failures = policy.get("refresh_failures")
+    if error:
+        count = f" ({failures} failures in a row)" if isinstance(failures, int) and failures else ""
+        return f"the last policy refresh failed{count}: {error}"
+    return None
 
 
 def verify_audit_dir(directory: Path) -> tuple[bool, str] | None:
