@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 from xml.parsers.expat import ExpatError
 
+from agent import strict_json
 from agent.files import FileTooLargeError, read_capped
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "ConfigKey",
     "ManagedConfig",
     "StaleBehavior",
+    "check_local_files",
     "encode_reg",
     "format_duration",
     "load_config_file",
@@ -64,6 +66,7 @@ __all__ = [
     "render_markdown",
     "render_mobileconfig",
     "render_windows_reg",
+    "trusted_key_bytes",
 ]
 
 PREFERENCE_DOMAIN = "com.pullgate.agent"
@@ -189,7 +192,8 @@ KEYS: tuple[ConfigKey, ...] = (
         "path",
         None,
         "A PEM file of CA certificates used instead of the system CAs when fetching "
-        "`policy_url`. Pin it when the policy host uses a private CA.",
+        "`policy_url`. Pin it when the policy host uses a private CA. It must exist when the "
+        "agent starts; if it disappears later, each fetch fails and says so in status.",
         example="/etc/pullgate/policy-ca.pem",
     ),
     ConfigKey(
@@ -198,7 +202,8 @@ KEYS: tuple[ConfigKey, ...] = (
         (),
         "Public keys allowed to sign the policy, each `ed25519:` followed by the base64 "
         "of the 32-byte raw public key (the line `pullgate admin keygen` prints). List "
-        "the old and the new key while rotating.",
+        "the old and the new key while rotating. Only the canonical base64 spelling is "
+        "accepted (standard alphabet, padded, unused bits zero); the error shows it.",
         example="ed25519:8/+ZRqn4A4BmO/DwtJ6Asjo9TzvEpzv978dxuzcNKg4=",
     ),
     ConfigKey(
@@ -583,7 +588,13 @@ _CHECKS: dict[str, Callable[[ConfigKey, object], object]] = {
 }
 
 
-def _check_trusted_key(text: str) -> None:
+def trusted_key_bytes(text: str) -> bytes:
+    """The raw key of a ``trusted_keys`` entry, or ValueError.
+
+    Only the canonical spelling is accepted (standard alphabet, padded, zero spare bits),
+    exactly what the agent's verifier accepts: a key that passes here loads there, and one
+    key cannot be listed twice in two spellings.
+    """
     algorithm, sep, encoded = text.partition(":")
     if not sep or algorithm != "ed25519":
         raise ValueError(f"expected 'ed25519:<base64 public key>', got {_show(text)}")
@@ -593,6 +604,17 @@ def _check_trusted_key(text: str) -> None:
         raise ValueError(f"{_show(text)}: the key is not valid base64") from e
     if len(raw) != 32:
         raise ValueError(f"{_show(text)}: an Ed25519 public key is 32 bytes, this is {len(raw)}")
+    canonical = base64.b64encode(raw).decode("ascii")
+    if canonical != encoded:
+        raise ValueError(
+            f"{_show(text)}: not the canonical base64 of the key (its spare bits are not "
+            f"zero); write 'ed25519:{canonical}'"
+        )
+    return raw
+
+
+def _check_trusted_key(text: str) -> None:
+    trusted_key_bytes(text)
 
 
 _DOMAIN_RE = re.compile(r"(?=.{1,253}\Z)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
@@ -630,6 +652,14 @@ def _parse_key(key: ConfigKey, value: object) -> object:
                 item_check(item)
             except ValueError as e:
                 raise ValueError(f"item {i}: {e}") from None
+    if key.name == "trusted_keys":
+        # "No repeats" compares keys, not spellings: one key must not count twice.
+        assert isinstance(parsed, tuple)
+        seen: dict[bytes, int] = {}
+        for i, item in enumerate(parsed):
+            first = seen.setdefault(trusted_key_bytes(item), i)
+            if first != i:
+                raise ValueError(f"item {i}: the same key as item {first}")
     if key.type == "enum":
         return _ENUMS[key.name](str(parsed)) if key.name in _ENUMS else parsed
     return parsed
@@ -709,36 +739,15 @@ def _check_together(config: ManagedConfig) -> None:
 # --------------------------------------------------------------------------- readers
 
 
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Refuse duplicate keys: which of two ``"org"`` values IT meant is not ours to guess."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def parse_json_config(data: bytes, source: str) -> ManagedConfig:
     """Strict JSON (UTF-8, one object, no duplicate keys, no NaN) into a config."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(source, None, f"not UTF-8: {e}") from None
-    try:
-        document = json.loads(
-            text, object_pairs_hook=_unique_object, parse_constant=_reject_constant
-        )
-    except json.JSONDecodeError as e:
+        document = strict_json.loads(data)
+    except strict_json.StrictJSONError as e:
+        text = str(e)
         raise ConfigError(
-            source, None, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+            source, None, text if text.startswith("not UTF-8") else f"not valid JSON: {text}"
         ) from None
-    except ValueError as e:
-        raise ConfigError(source, None, f"not valid JSON: {e}") from None
     if not isinstance(document, dict):
         raise ConfigError(
             source, None, f"expected a JSON object of settings, got {_type_name(document)}"
@@ -798,7 +807,15 @@ def parse_plist_config(data: bytes, source: str) -> ManagedConfig:
         )
     try:
         document = plistlib.loads(data)
-    except (plistlib.InvalidFileException, ExpatError, ValueError, TypeError, LookupError) as e:
+    except (
+        plistlib.InvalidFileException,
+        ExpatError,
+        ValueError,
+        TypeError,
+        LookupError,
+        RecursionError,  # a binary plist nested past the stack
+        OverflowError,
+    ) as e:
         raise ConfigError(source, None, f"not a valid property list: {e}") from None
     if not isinstance(document, dict):
         raise ConfigError(source, None, "expected a dictionary of settings")
@@ -958,6 +975,36 @@ def load_managed_config(
     return load_json_file(path)
 
 
+def check_local_files(config: ManagedConfig) -> None:
+    """What the agent will read on *this* machine must exist and load, or ConfigError.
+
+    :func:`parse_config` judges values only, so a profile can be checked anywhere; the
+    agent (at start) and ``--check`` also call this, so a ``ca_bundle`` that is missing or
+    holds no certificate stops them with the key's name instead of failing every fetch.
+    """
+    source = config.source
+    if config.ca_bundle is not None:
+        import ssl  # noqa: PLC0415 - only when a CA bundle is configured
+
+        try:
+            ssl.create_default_context(cafile=str(config.ca_bundle))
+        except OSError as e:  # ssl.SSLError is an OSError too
+            why = e.reason if isinstance(e, ssl.SSLError) else (e.strerror or str(e))
+            raise ConfigError(
+                source,
+                "ca_bundle",
+                f"cannot load {config.ca_bundle} as PEM CA certificates: {why or e}",
+            ) from None
+    if config.trusted_keys:
+        from agent.envelope import EnvelopeError, PublicKey  # noqa: PLC0415 - cryptography
+
+        for i, text in enumerate(config.trusted_keys):
+            try:
+                PublicKey.from_config(text)
+            except EnvelopeError as e:
+                raise ConfigError(source, "trusted_keys", f"item {i}: {e}") from None
+
+
 def load_config_file(path: Path) -> ManagedConfig:
     """Any file IT may hand over: JSON, a managed-preferences plist or a ``.mobileconfig``."""
     data = _read_capped(path, str(path))
@@ -1066,7 +1113,10 @@ def render_markdown() -> str:
         "```",
         "",
         "`python -m agent.config --check FILE` checks a JSON file, plist or `.mobileconfig` "
-        "before it is deployed.",
+        "before it is deployed. It also checks, on the machine where it runs, what the agent "
+        "will read there: that `ca_bundle` exists and holds PEM certificates, and that every "
+        "`trusted_keys` entry loads as an Ed25519 key. The agent makes the same checks when "
+        "it starts and refuses to start, naming the key, when one fails.",
         "",
         "## Keys",
         "",
@@ -1105,8 +1155,9 @@ def render_markdown() -> str:
         "",
         "A duration is a number with a unit — `ms`, `s`, `m`, `h`, `d` or `w` — or several "
         "(`1h30m`); a bare number in a string is refused because its unit would be a guess. "
-        "Paths must be absolute. Lists must not repeat an item. Strings must not be empty "
-        "or have surrounding spaces.",
+        "Paths must be absolute. Lists must not repeat an item (`trusted_keys` must not "
+        "repeat a key, compared as decoded bytes). Strings must not be empty or have "
+        "surrounding spaces.",
         "",
         "## Settings that go together",
         "",
@@ -1242,7 +1293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(render_markdown())
         elif args.check:
             config = load_config_file(Path(args.check))
-            print(f"{args.check}: ok ({len(config.set_keys)} keys set)")
+            check_local_files(config)
+            print(f"{args.check}: ok ({len(config.set_keys)} keys set; files checked here)")
         else:
             path = Path(args.mobileconfig or args.reg)
             load_json_file(path)  # the same strict checks the agent applies

@@ -66,7 +66,10 @@ class PolicyManager:
         fetcher: Fetcher | None = None,
         refresh: RefreshSettings | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        write_status: bool = True,
     ) -> None:
+        """``write_status=False`` for readers of an agent's cache (``pullgate check``):
+        they must not overwrite the running agent's ``status.json`` with their own."""
         self.trust = trust
         self.cache = cache
         self.fallback = fallback
@@ -74,6 +77,7 @@ class PolicyManager:
         self.fetcher = fetcher
         self.refresh = refresh or RefreshSettings()
         self.clock = clock
+        self.write_status = write_status
         self._accepted: Policy | None = None
         self._high_water: HighWater | None = None
         self._etag: str | None = None
@@ -371,6 +375,8 @@ class PolicyManager:
         }
 
     def _write_status(self) -> None:
+        if not self.write_status:
+            return
         data = json.dumps(self.status(), indent=2).encode() + b"\n"
         try:
             atomic_write(self.cache.directory / "status.json", data)

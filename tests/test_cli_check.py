@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.envelope import PublicKey, sign_envelope
+from agent.policy_cache import PolicyCache
+from agent.policy_store import TrustSettings, evaluate_envelope
 from tests.policy_builders import document
 
 REPO = Path(__file__).resolve().parent.parent
@@ -211,3 +216,88 @@ def test_unresolvable_dockerfile_exits_2_with_line(tmp_path: Path) -> None:
 def test_missing_dockerfile_exits_2(tmp_path: Path) -> None:
     proc = pullgate("check", "--dockerfile", str(tmp_path / "nope"))
     assert proc.returncode == 2 and "cannot read Dockerfile" in proc.stderr
+
+
+# --- the agent's cache: --state-dir (issue 10) -----------------------------------------
+
+
+def _org_config(tmp_path: Path, key: Ed25519PrivateKey) -> Path:
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "org": "acme",
+                "policy_url": "https://127.0.0.1:9/policy.dsse.json",
+                "trusted_keys": [PublicKey.from_key(key).to_config()],
+            }
+        )
+    )
+    return config
+
+
+def _cache(state: Path, key: Ed25519PrivateKey, **overrides: Any) -> None:
+    payload = json.dumps(document(**overrides)).encode()
+    accepted = evaluate_envelope(
+        sign_envelope(payload, [key]),
+        TrustSettings("acme", (PublicKey.from_key(key),)),
+        None,
+        datetime.now(UTC),
+        source="test",
+        allow_expired=True,
+    )
+    PolicyCache(state).save(accepted.envelope, accepted.high_water, None)
+
+
+def test_check_reads_the_cache_of_the_agent_given_by_state_dir(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    config = _org_config(tmp_path, key)
+    state = tmp_path / "state"
+    _cache(state, key, serial=9, rules=[{"id": "t", "match": "someuser/tool", "action": "allow"}])
+    proc = pullgate("check", "--config", str(config), "--state-dir", str(state), "someuser/tool")
+    assert proc.returncode == 0, proc.stderr
+    assert 'org "acme" policy serial 9' in proc.stdout
+    assert "cached org policy" in proc.stdout
+    assert not (state / "status.json").exists()  # check never writes the agent's status
+    elsewhere = pullgate(
+        "check", "--config", str(config), "--state-dir", str(tmp_path / "empty"), "someuser/tool"
+    )
+    assert elsewhere.returncode == 1
+    assert "no verified org policy cached yet" in elsewhere.stdout
+
+
+def test_check_judges_the_cache_with_the_high_water_state(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    config = _org_config(tmp_path, key)
+    state = tmp_path / "state"
+    _cache(state, key, serial=9)
+    swapped = sign_envelope(json.dumps(document(serial=9, mode="monitor")).encode(), [key])
+    (state / "policy.envelope").write_bytes(swapped)
+    proc = pullgate("check", "--config", str(config), "--state-dir", str(state), "someuser/tool")
+    assert "already accepted with different content" in proc.stdout, proc.stdout
+    assert proc.returncode == 1  # the built-in default denies a community image
+
+
+@pytest.mark.parametrize("name", ["policy.envelope", "policy-state.json"])
+def test_check_with_a_hostile_cache_file_does_not_crash(tmp_path: Path, name: str) -> None:
+    key = Ed25519PrivateKey.generate()
+    config = _org_config(tmp_path, key)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / name).write_bytes(b"[" * 40_000)
+    proc = pullgate("check", "--config", str(config), "--state-dir", str(state), "alpine")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_check_with_a_non_canonical_trusted_key_is_one_line(tmp_path: Path) -> None:
+    key = PublicKey.from_key(Ed25519PrivateKey.generate()).to_config()
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    respelled = key[:-2] + alphabet[alphabet.index(key[-2]) | 0b11] + "="
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps({"org": "acme", "policy_url": "https://h/p", "trusted_keys": [respelled]})
+    )
+    proc = pullgate("check", "--config", str(config), "alpine")
+    assert proc.returncode == 2
+    assert "trusted_keys: item 0" in proc.stderr and "canonical" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

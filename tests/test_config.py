@@ -11,6 +11,7 @@ import dataclasses
 import json
 import plistlib
 import re
+import subprocess
 import sys
 from collections.abc import Mapping
 from datetime import timedelta
@@ -692,9 +693,114 @@ def test_cli_check_reports_the_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert f"{path}: offline_grace: add a unit" in capsys.readouterr().err
     path.write_text('{"offline_grace": "7d"}')
     assert config_module.main(["--check", str(path)]) == 0
-    assert "ok (1 keys set)" in capsys.readouterr().out
+    assert "ok (1 keys set; files checked here)" in capsys.readouterr().out
 
 
 def test_cli_markdown(capsys: pytest.CaptureFixture[str]) -> None:
     assert config_module.main(["--markdown"]) == 0
     assert capsys.readouterr().out == render_markdown()
+
+
+def _respelled(key: str) -> str:
+    """The same key with its two spare bits set: decodes to the same bytes."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    body = key.removeprefix("ed25519:")
+    last = body[-2]  # before the one '=' of 32 bytes
+    other = alphabet[alphabet.index(last) | 0b11]
+    respelled = "ed25519:" + body[:-2] + other + "="
+    assert respelled != key
+    assert base64.b64decode(respelled[8:]) == base64.b64decode(body)
+    return respelled
+
+
+def test_a_trusted_key_in_non_canonical_base64_is_a_config_error() -> None:
+    err = _error({"trusted_keys": [_respelled(KEY_A)]})
+    assert err.key == "trusted_keys"
+    assert "not the canonical base64" in str(err)
+    assert KEY_A in str(err)  # the error shows the spelling to use
+
+
+def test_one_key_in_two_spellings_is_refused() -> None:
+    err = _error({"trusted_keys": [KEY_A, _respelled(KEY_A)], "key_threshold": 2})
+    assert err.key == "trusted_keys"
+    assert "item 1" in str(err)
+
+
+def test_the_no_repeats_rule_compares_decoded_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Were a second spelling ever accepted, it must still count as the same key.
+    monkeypatch.setattr(config_module, "_check_trusted_key", lambda text: None)
+    monkeypatch.setattr(
+        config_module,
+        "trusted_key_bytes",
+        lambda text: base64.b64decode(text.removeprefix("ed25519:")),
+    )
+    err = _error({"trusted_keys": [KEY_A, _respelled(KEY_A)]})
+    assert "the same key as item 0" in str(err)
+
+
+def test_deeply_nested_json_config_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_bytes(b"[" * 40_000)
+    with pytest.raises(ConfigError, match="nested more than"):
+        load_json_file(path)
+
+
+def test_a_missing_ca_bundle_fails_the_check_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"ca_bundle": str(tmp_path / "missing.pem")}))
+    assert config_module.main(["--check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: ca_bundle: cannot load {tmp_path / 'missing.pem'}" in err
+    (tmp_path / "missing.pem").write_text("not a certificate\n")
+    assert config_module.main(["--check", str(path)]) == 2
+    assert "ca_bundle: cannot load" in capsys.readouterr().err
+
+
+def test_check_local_files_accepts_a_real_ca_bundle(tmp_path: Path) -> None:
+    from tests.policy_server import TLSMaterial
+
+    tls = TLSMaterial.create(tmp_path / "tls")
+    config_module.check_local_files(parse_config({"ca_bundle": str(tls.ca_cert)}, SOURCE))
+
+
+def _agent(tmp_path: Path, config: Mapping[str, object]) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    argv = [sys.executable, "-m", "agent", "agent", "--config", str(path), "--no-watch"]
+    argv += ["--state-dir", str(tmp_path / "state"), "--audit-dir", str(tmp_path / "audit")]
+    argv += ["--listen", str(tmp_path / "d.sock"), "--upstream", "unix:///nonexistent.sock"]
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_the_agent_refuses_to_start_with_a_missing_ca_bundle(tmp_path: Path) -> None:
+    result = _agent(
+        tmp_path,
+        {
+            "org": "acme",
+            "policy_url": "https://127.0.0.1:9/p.json",
+            "trusted_keys": [KEY_A],
+            "ca_bundle": str(tmp_path / "missing.pem"),
+        },
+    )
+    assert result.returncode == 2, result.stderr
+    assert "ca_bundle: cannot load" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_agent_refuses_a_non_canonical_key_with_one_line(tmp_path: Path) -> None:
+    result = _agent(
+        tmp_path,
+        {"org": "acme", "policy_url": "https://127.0.0.1:9/p", "trusted_keys": [_respelled(KEY_A)]},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "trusted_keys: item 0" in result.stderr and "canonical" in result.stderr
+    assert "Traceback" not in result.stderr

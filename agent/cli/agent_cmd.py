@@ -23,6 +23,7 @@ from agent.config import (
     AuditFailure,
     ConfigError,
     ManagedConfig,
+    check_local_files,
     load_managed_config,
 )
 from agent.context import docker_config_dir
@@ -108,11 +109,18 @@ def _socket_group() -> int | None:
 
 
 def trust_settings(config: ManagedConfig) -> TrustSettings:
-    from agent.envelope import PublicKey  # noqa: PLC0415 - cryptography, only when signed
+    """The store's trust settings; a key that does not load is a ConfigError, not a crash."""
+    from agent.envelope import EnvelopeError, PublicKey  # noqa: PLC0415 - cryptography
 
+    keys = []
+    for i, text in enumerate(config.trusted_keys):
+        try:
+            keys.append(PublicKey.from_config(text))
+        except EnvelopeError as e:
+            raise ConfigError(config.source, "trusted_keys", f"item {i}: {e}") from None
     return TrustSettings(
         org=config.org or "",
-        trusted_keys=tuple(PublicKey.from_config(k) for k in config.trusted_keys),
+        trusted_keys=tuple(keys),
         threshold=config.key_threshold,
         offline_grace=config.offline_grace,
         stale_behavior=config.stale_behavior,
@@ -175,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
     sink.subscribe(StderrSubscriber())
     try:
         config = load_managed_config(json_path=Path(args.config) if args.config else None)
+        if config is not None:
+            check_local_files(config)  # ca_bundle, trusted keys: fail now, naming the key
         state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
         settings = config or ManagedConfig()
         audit = AuditLog(

@@ -65,6 +65,12 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--threshold", type=int, help="signatures needed (default 1)")
     parser.add_argument("--config", metavar="FILE", help="managed config to read")
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="the agent's policy cache and status directory, as given to `pullgate agent "
+        "--state-dir` (default: the agent's default)",
+    )
     parser.add_argument("--identity", metavar="EMAIL", help="decide as this signed-in user")
     parser.add_argument("--groups", metavar="G1,G2", help="groups of --identity (comma-separated)")
     parser.add_argument(
@@ -140,11 +146,14 @@ def load_policy_file(
     return policy
 
 
-def active_policy(config: ManagedConfig | None) -> tuple[Policy, str]:
+def active_policy(
+    config: ManagedConfig | None, state_dir: Path | None = None
+) -> tuple[Policy, str]:
     """The policy the agent would enforce now, and a note on why it is that one.
 
-    With an org policy configured, that is the cached last-known-good envelope, verified
-    again here exactly as the agent verifies it (and judged for freshness).
+    With an org policy configured, that is the cached last-known-good envelope in
+    ``state_dir`` (default: the agent's), verified again here exactly as the agent
+    verifies it — with its high-water state — and judged for freshness.
     """
     if config is None or not config.policy_url:
         return default_policy(), "no organisation policy is configured"
@@ -153,7 +162,11 @@ def active_policy(config: ManagedConfig | None) -> tuple[Policy, str]:
     from agent.sink import DecisionSink  # noqa: PLC0415
 
     manager = PolicyManager(
-        trust_settings(config), PolicyCache(default_state_dir()), default_policy(), DecisionSink()
+        trust_settings(config),
+        PolicyCache(state_dir or default_state_dir()),
+        default_policy(),
+        DecisionSink(),
+        write_status=False,
     )
     manager.load_cache()
     policy = manager.current()
@@ -301,7 +314,11 @@ def run(args: argparse.Namespace) -> int:
             policy = load_policy_file(args.policy, config, args.trusted_key, args.threshold)
             why = ""
         else:
-            policy, why = active_policy(config)
+            state_dir = Path(args.state_dir) if args.state_dir else None
+            try:
+                policy, why = active_policy(config, state_dir)
+            except ConfigError as e:
+                raise CheckInputError(str(e)) from e
         identity = None
         if args.identity is not None:
             groups = [g.strip() for g in (args.groups or "").split(",") if g.strip()]
