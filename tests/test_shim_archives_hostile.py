@@ -1,0 +1,385 @@
+"""The second hostile battery (issue 9, leaks 1-4): build contexts and image archives whose
+final content differs from what a naive reading shows, and Dockerfiles the classic builder
+reads differently from BuildKit.
+
+Every case is first sent straight to the real dockerd, which must then hold the denied
+content: that proves the case is a live way in on this daemon. The same bytes through the
+shim must be refused, and the daemon asked directly must hold nothing of it afterwards.
+Look-alike requests that real clients send (a context holding a plain link, a classic
+build with a `# syntax=` line) must still pass.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.agent_process import (
+    DENIED_REPOSITORY,
+    AgentProcess,
+    Reporter,
+    images_of,
+    registry_image_id,
+    remove_images,
+    shim_policy,
+    start_agent,
+    unix_request,
+)
+from tests.realdocker import DockerEnv, SeededImage, docker, image_present, seed_image
+
+#: An image of the library namespace that the test policy denies by rule: a stage name
+#: can name it (`COPY --from=pgtool`), which `someuser/tool` cannot.
+RULED = "pgtool"
+RULES = [{"id": "no-pgtool", "match": RULED, "action": "deny", "message": "pgtool is banned"}]
+DENIED_FROM = f"FROM {DENIED_REPOSITORY}\n"
+BUILD_TIMEOUT = 120.0
+
+pytestmark = pytest.mark.usefixtures("seeded")
+
+
+# --------------------------------------------------------------------------- archives
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tar entry: a file (`data`), a symbolic or hard link, or a directory."""
+
+    name: str
+    data: bytes = b""
+    symlink: str | None = None
+    hardlink: str | None = None
+    directory: bool = False
+
+
+def archive(entries: list[Entry], *, compress: bool = False) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in entries:
+            info = tarfile.TarInfo(entry.name)
+            info.mtime = int(time.time())
+            if entry.symlink is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, entry.symlink
+            elif entry.hardlink is not None:
+                info.type, info.linkname = tarfile.LNKTYPE, entry.hardlink
+            elif entry.directory:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+            else:
+                info.size, info.mode = len(entry.data), 0o644
+            tar.addfile(info, io.BytesIO(entry.data) if info.isreg() else None)
+    data = buf.getvalue()
+    return gzip.compress(data) if compress else data
+
+
+@dataclass(frozen=True)
+class BuildCase:
+    """A classic build: its context and build args, and what it pulls."""
+
+    context: list[Entry]
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    compress: bool = False
+    pulls: str = DENIED_REPOSITORY
+
+    def target(self) -> str:
+        query = "rm=1&forcerm=1"
+        if self.build_args:
+            query += "&buildargs=" + quote(json.dumps(dict(self.build_args)))
+        return f"/v1.41/build?{query}"
+
+    def body(self) -> bytes:
+        return archive(self.context, compress=self.compress)
+
+
+BENIGN = b"FROM alpine\n"
+EVIL = DENIED_FROM.encode()
+
+DENIED_BUILDS: dict[str, BuildCase] = {
+    # 1. A linked `Dockerfile` beside a benign lower-case `dockerfile`.
+    "symlinked-dockerfile-with-lowercase-fallback": BuildCase(
+        [Entry("dockerfile", BENIGN), Entry("evil", EVIL), Entry("Dockerfile", symlink="evil")]
+    ),
+    "hardlinked-dockerfile-with-lowercase-fallback": BuildCase(
+        [Entry("dockerfile", BENIGN), Entry("evil", EVIL), Entry("Dockerfile", hardlink="evil")]
+    ),
+    # 2. A symlinked parent directory: extraction writes through it.
+    "dockerfile-through-a-symlink-to-the-root": BuildCase(
+        [Entry("Dockerfile", BENIGN), Entry("x", symlink="."), Entry("x/Dockerfile", EVIL)]
+    ),
+    "dockerfile-through-a-symlink-gzip": BuildCase(
+        [Entry("Dockerfile", BENIGN), Entry("x", symlink="."), Entry("x/Dockerfile", EVIL)],
+        compress=True,
+    ),
+    "dockerfile-through-a-symlinked-subdirectory": BuildCase(
+        [
+            Entry("Dockerfile", BENIGN),
+            Entry("d", directory=True),
+            Entry("d/up", symlink=".."),
+            Entry("d/up/Dockerfile", EVIL),
+        ]
+    ),
+    # 3. Classic-builder argument semantics.
+    "proxy-build-arg-in-from": BuildCase(
+        [Entry("Dockerfile", b"FROM ${HTTP_PROXY:-alpine}\n")],
+        {"HTTP_PROXY": DENIED_REPOSITORY},
+    ),
+    "proxy-build-arg-in-a-meta-arg-default": BuildCase(
+        [Entry("Dockerfile", b"ARG BASE=${no_proxy:-alpine}\nFROM $BASE\n")],
+        {"no_proxy": DENIED_REPOSITORY},
+    ),
+    "platform-arg-is-not-automatic": BuildCase(
+        [Entry("Dockerfile", b"FROM ${TARGETARCH:-someuser/tool}\n")], {"TARGETARCH": "amd64"}
+    ),
+    "arg-redeclared-without-a-value-is-unset": BuildCase(
+        [Entry("Dockerfile", b"ARG B=alpine\nARG B\nFROM ${B:-someuser/tool}\n")]
+    ),
+    # 4. COPY --from a later stage's name pulls that name from the registry.
+    "copy-from-a-later-stage-name": BuildCase(
+        [
+            Entry(
+                "Dockerfile",
+                f"FROM alpine\nCOPY --from={RULED} /bin/busybox /x\nFROM alpine AS {RULED}\n".encode(),
+            )
+        ],
+        pulls=RULED,
+    ),
+}
+
+ALLOWED_BUILDS: dict[str, BuildCase] = {
+    # The classic builder ignores the syntax line: nothing is pulled for it.
+    "syntax-directive": BuildCase(
+        [Entry("Dockerfile", b"# syntax=docker/dockerfile:1\n" + BENIGN)]
+    ),
+    # What `docker build` sends for a context holding links: the links, nothing below them.
+    "context-with-plain-links": BuildCase(
+        [
+            Entry("Dockerfile", BENIGN),
+            Entry("docs", symlink="../shared/docs"),
+            Entry("real", directory=True),
+            Entry("real/notes.txt", b"notes\n"),
+            Entry("notes", symlink="real/notes.txt"),
+        ]
+    ),
+    "copy-from-an-earlier-stage-in-another-case": BuildCase(
+        [Entry("Dockerfile", b"FROM alpine AS first\nFROM alpine\nCOPY --from=FIRST /bin /b\n")]
+    ),
+}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def ruled(docker_env: DockerEnv) -> SeededImage:
+    """`pgtool` in the registry mirror (docker.io/library/pgtool), denied by rule."""
+    return seed_image(docker_env, RULED)
+
+
+@pytest.fixture(scope="module")
+def agent(
+    docker_env: DockerEnv, tmp_path_factory: pytest.TempPathFactory, report: Reporter
+) -> Iterator[AgentProcess]:
+    shim = start_agent(
+        tmp_path_factory.mktemp("shim-archives"),
+        docker_env.socket_path,
+        shim_policy(rules=RULES),
+    )
+    report(f"shim: agent answered /_ping {shim.ready_seconds:.2f} s after start")
+    try:
+        yield shim
+    finally:
+        shim.stop()
+
+
+@pytest.fixture(scope="module")
+def alpine(docker_env: DockerEnv) -> None:
+    if not image_present(docker_env, "alpine"):
+        docker(docker_env, "pull", "alpine")
+
+
+def content_ids(env: DockerEnv, repository: str) -> frozenset[str]:
+    """Image IDs the registry mirror serves for `repository` (Docker Hub path), any tag."""
+    path = repository if "/" in repository else f"library/{repository}"
+    tags = ["latest", "1.0"] if repository == DENIED_REPOSITORY else ["latest"]
+    return frozenset(registry_image_id(env, path, tag) for tag in tags)
+
+
+@pytest.fixture
+def clean(docker_env: DockerEnv, ruled: SeededImage) -> Iterator[dict[str, frozenset[str]]]:
+    """Neither denied image is in the daemon before or after the test."""
+    ids = {name: content_ids(docker_env, name) for name in (DENIED_REPOSITORY, RULED)}
+    for name, image_ids in ids.items():
+        remove_images(docker_env, name, image_ids)
+    yield ids
+    for name, image_ids in ids.items():
+        remove_images(docker_env, name, image_ids)
+
+
+def post(socket_path: Path, target: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+    status, _, reply = unix_request(
+        socket_path,
+        "POST",
+        target,
+        body=body,
+        headers={"Content-Type": content_type},
+        timeout=BUILD_TIMEOUT,
+    )
+    return status, reply
+
+
+def assert_refused(status: int, reply: bytes, agent: AgentProcess) -> str:
+    assert status in (400, 403), f"HTTP {status}: {reply[:500]!r}\n{agent.stderr_tail()}"
+    message = json.loads(reply)["message"]
+    assert isinstance(message, str) and message.startswith("pullgate:"), message
+    return message
+
+
+# --------------------------------------------------------------------------- builds
+
+
+@pytest.mark.parametrize("case", list(DENIED_BUILDS))
+@pytest.mark.usefixtures("alpine")
+def test_build_case_is_a_live_way_in_when_sent_to_the_daemon_directly(
+    docker_env: DockerEnv, clean: dict[str, frozenset[str]], case: str
+) -> None:
+    build = DENIED_BUILDS[case]
+
+    status, reply = post(docker_env.socket_path, build.target(), build.body(), "application/x-tar")
+
+    assert status == 200, reply[:500]
+    assert images_of(docker_env, build.pulls, clean[build.pulls]), (
+        f"the daemon did not pull {build.pulls}; the case no longer tests anything:\n"
+        f"{reply[-800:]!r}"
+    )
+
+
+@pytest.mark.parametrize("case", list(DENIED_BUILDS))
+@pytest.mark.usefixtures("alpine")
+def test_build_case_is_refused_by_the_shim_and_pulls_nothing(
+    agent: AgentProcess,
+    docker_env: DockerEnv,
+    clean: dict[str, frozenset[str]],
+    case: str,
+) -> None:
+    build = DENIED_BUILDS[case]
+    mark = agent.mark()
+
+    status, reply = post(agent.socket_path, build.target(), build.body(), "application/x-tar")
+
+    message = assert_refused(status, reply, agent)
+    for name, image_ids in clean.items():
+        assert not images_of(docker_env, name, image_ids), f"{name} reached the daemon"
+    if "link" not in message:
+        # Decided on the Dockerfile: the record names what the daemon would have pulled.
+        pulled = (
+            f"docker.io/{build.pulls}:latest"
+            if "/" in build.pulls
+            else f"docker.io/library/{build.pulls}:latest"
+        )
+        assert pulled in message, message
+        agent.wait_for_decision(
+            lambda r: r.get("decision") == "deny" and r.get("image") == pulled, since=mark
+        )
+
+
+@pytest.mark.parametrize("case", list(ALLOWED_BUILDS))
+@pytest.mark.usefixtures("alpine")
+def test_look_alike_builds_that_pull_nothing_denied_pass(
+    agent: AgentProcess, docker_env: DockerEnv, case: str
+) -> None:
+    build = ALLOWED_BUILDS[case]
+
+    status, reply = post(agent.socket_path, build.target(), build.body(), "application/x-tar")
+
+    assert status == 200, f"HTTP {status}: {reply[:500]!r}"
+    lines = [json.loads(line) for line in reply.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line or "errorDetail" in line]
+    assert not errors, errors
+    assert any("Successfully built" in str(line.get("stream", "")) for line in lines), lines
+
+
+# --------------------------------------------------------------------------- load
+
+
+@pytest.fixture(scope="module")
+def saved_denied(docker_env: DockerEnv, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """`docker save` of someuser/tool:latest, taken directly; the daemon holds none after."""
+    ids = content_ids(docker_env, DENIED_REPOSITORY)
+    remove_images(docker_env, DENIED_REPOSITORY, ids)
+    path = tmp_path_factory.mktemp("saved-denied") / "tool.tar"
+    docker(docker_env, "pull", DENIED_REPOSITORY)
+    try:
+        docker(docker_env, "save", "-o", str(path), DENIED_REPOSITORY)
+    finally:
+        remove_images(docker_env, DENIED_REPOSITORY, ids)
+    return path.read_bytes()
+
+
+def manifest_through_a_link(saved: bytes, *, compress: bool) -> bytes:
+    """The saved archive rewritten: a `manifest.json` with no names first, then `x -> .`,
+    then `x/manifest.json` naming the image; no `repositories` file."""
+    entries: list[Entry] = []
+    manifest = b""
+    with tarfile.open(fileobj=io.BytesIO(saved)) as tar:
+        for member in tar.getmembers():
+            if member.name in ("manifest.json", "repositories"):
+                if member.name == "manifest.json":
+                    extracted = tar.extractfile(member)
+                    assert extracted is not None
+                    manifest = extracted.read()
+                continue
+            if member.isdir():
+                entries.append(Entry(member.name, directory=True))
+            elif member.isreg():
+                extracted = tar.extractfile(member)
+                assert extracted is not None
+                entries.append(Entry(member.name, extracted.read()))
+            elif member.issym():
+                entries.append(Entry(member.name, symlink=member.linkname))
+    nameless = json.loads(manifest)
+    for image in nameless:
+        image["RepoTags"] = None
+    entries.append(Entry("manifest.json", json.dumps(nameless).encode()))
+    entries.append(Entry("x", symlink="."))
+    entries.append(Entry("x/manifest.json", manifest))
+    return archive(entries, compress=compress)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["tar", "gzip"])
+def test_load_with_manifest_through_a_link_is_a_live_way_in(
+    docker_env: DockerEnv,
+    clean: dict[str, frozenset[str]],
+    saved_denied: bytes,
+    compress: bool,
+) -> None:
+    body = manifest_through_a_link(saved_denied, compress=compress)
+
+    status, reply = post(docker_env.socket_path, "/v1.41/images/load", body, "application/x-tar")
+
+    assert status == 200, reply[:500]
+    assert b"someuser/tool:latest" in reply, reply[:500]
+    assert images_of(docker_env, DENIED_REPOSITORY, clean[DENIED_REPOSITORY])
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["tar", "gzip"])
+def test_load_with_manifest_through_a_link_is_refused_by_the_shim(
+    agent: AgentProcess,
+    docker_env: DockerEnv,
+    clean: dict[str, frozenset[str]],
+    saved_denied: bytes,
+    compress: bool,
+) -> None:
+    body = manifest_through_a_link(saved_denied, compress=compress)
+
+    status, reply = post(agent.socket_path, "/v1.41/images/load", body, "application/x-tar")
+
+    message = assert_refused(status, reply, agent)
+    assert "symbolic link 'x'" in message, message
+    assert not images_of(docker_env, DENIED_REPOSITORY, clean[DENIED_REPOSITORY])
