@@ -145,7 +145,8 @@ DENIED_BUILDS: dict[str, BuildCase] = {
         [
             Entry(
                 "Dockerfile",
-                f"FROM alpine\nCOPY --from={RULED} /bin/busybox /x\nFROM alpine AS {RULED}\n".encode(),
+                f"FROM alpine\nCOPY --from={RULED} /bin/busybox /x\n"
+                f"FROM alpine AS {RULED}\n".encode(),
             )
         ],
         pulls=RULED,
