@@ -42,6 +42,7 @@ from agent.sink import DecisionEvent, Event, NoticeEvent, PolicyEvent
 
 __all__ = [
     "GENESIS",
+    "NO_GAP_DETAILS",
     "AuditNote",
     "AuditState",
     "BadLine",
@@ -392,6 +393,7 @@ class VerifyResult:
     tail_anchored: bool = False
     first_bad: BadLine | None = None
     notes: tuple[AuditNote, ...] = ()
+    last_hash: str | None = None
 
     @property
     def gaps(self) -> tuple[AuditNote, ...]:
@@ -563,7 +565,16 @@ def verify(files: Sequence[Path], state: AuditState | None = None) -> VerifyResu
 
 
 _NOTE_MARK: Final = b'"event.action":"audit-'
-_NO_GAP_DETAILS: Final = frozenset({"unclean_shutdown", "torn_file", "torn_bytes"})
+NO_GAP_DETAILS: Final = frozenset(
+    {
+        "unclean_shutdown",  # a crash: at most the record being written, never acknowledged
+        "torn_file",
+        "torn_bytes",
+        "state_rewritten",  # the writer rewrote a deleted audit.state from its own anchor
+        "directory_mode",  # group/world write permission taken back from the directory
+        "ignored_files",  # look-alike files another user planted, never part of the chain
+    }
+)
 
 
 def _notes(marks: Sequence[tuple[Path, int]]) -> tuple[AuditNote, ...]:
@@ -588,7 +599,7 @@ def _notes(marks: Sequence[tuple[Path, int]]) -> tuple[AuditNote, ...]:
                     action = str(record.get("event.action", ""))
                     details = record.get("pullgate.details")
                     keys = set(details) if isinstance(details, dict) else set()
-                    gap = action == "audit-recovery" and bool(keys - _NO_GAP_DETAILS)
+                    gap = action == "audit-recovery" and bool(keys - NO_GAP_DETAILS)
                     if action not in ("audit-recovery", "audit-failure"):
                         continue
                     notes.append(

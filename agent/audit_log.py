@@ -2,18 +2,34 @@
 
 Records come from ``agent.audit`` (pure); this module owns the files:
 
-- ``audit-<UTC time>-<first sequence>.jsonl``: the records, one line each, appended with
-  one ``write`` and an ``fdatasync`` per record. The newest file is the active one.
+- ``audit-<UTC time>-<first sequence>.jsonl``: the records, one line each. The newest
+  file is the active one.
 - ``audit.state``: two 512-byte checksummed slots written alternately with ``pwrite``
-  after each record (a torn slot leaves the other one): the last sequence and hash (so a
+  after each commit (a torn slot leaves the other one): the last sequence and hash (so a
   cut tail is detected), the oldest retained file with its first prev (the chain's
   anchor after retention), and a clean-shutdown flag. It is written only *after* the
-  record's fdatasync, so it never runs ahead of the durable log. It is fdatasynced itself
-  only on open, rotation, retention and close: a second fsync per record would halve the
-  rate, and a kill or a tamperer still sees the page cache; only a power loss can leave
-  it a few seconds behind, and ``verify`` accepts a log longer than its state.
-  It is also the writer's lock (``flock``): one writer per directory.
-- ``<file>.<time>.torn``: a half-written last line found on open, set aside as evidence.
+  records' fdatasync, so it never runs ahead of the durable log. It is fdatasynced itself
+  only on open, rotation, retention and close: a kill or a tamperer still sees the page
+  cache; only a power loss can leave it a few seconds behind, and ``verify`` accepts a
+  log longer than its state (checking the state's hash where the log passes it).
+- ``<file>.<time>.torn``: a half-written last line found on open, set aside as evidence;
+  ``<name>.<time>.replaced``: a file found in place of one the writer had open.
+
+One writer per directory: an ``flock`` on the directory itself, which nobody can replace
+while it holds files (a lock on a file could be deleted and taken by a second agent).
+The directory must be the agent's own: another owner is refused, group/world write
+permission is removed (and noted), and files the agent does not own, symlinks and other
+non-regular files are never opened, only named in a notice.
+
+Writing: ``append`` writes synchronously (open, tests). In the agent, ``start_writer``
+moves writing to a thread: the sink hands each event over (``__call__``) and the request
+awaits ``flushed()`` before it goes on, so a record is durable before the client gets its
+answer while the event loop never waits for a disk. The thread commits whatever queued
+up meanwhile with one ``fdatasync`` (group commit).
+
+Before each commit the writer checks that the paths still name the files it has open
+(device and inode): a deleted or replaced active file or ``audit.state`` is set aside,
+recreated, and an ``audit-recovery`` record says which records were lost.
 
 A failed write (disk full, read-only, permissions) cuts any partial line back off, so the
 file stays whole records; ``append`` returns False and ``failing`` says why, and the agent
@@ -23,22 +39,26 @@ preceded by an ``audit-failure`` record saying what was lost and when.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
 import socket
+import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from agent.audit import (
     GENESIS,
+    NO_GAP_DETAILS,
     STATE_NAME,
     STATE_SLOT,
     AuditState,
+    VerifyResult,
     decode_state,
     encode_line,
     encode_state_slot,
@@ -48,14 +68,25 @@ from agent.audit import (
     parse_line,
     record_for,
     summary_line,
+    verify,
 )
 from agent.config import AuditFailure
 from agent.sink import Event, NoticeEvent
 
-__all__ = ["AuditLog", "AuditLogError", "default_audit_dir", "read_state"]
+__all__ = [
+    "AuditLog",
+    "AuditLogError",
+    "DirectoryVerify",
+    "audit_files",
+    "default_audit_dir",
+    "read_state",
+    "verify_directory",
+]
 
 _MIB = 1024 * 1024
 _TAIL_CHUNK = 64 * 1024
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
 class AuditLogError(Exception):
@@ -84,12 +115,88 @@ def default_audit_dir(
 
 
 def read_state(directory: Path) -> AuditState | None:
-    """The writer's ``audit.state`` (read it *before* listing files, so a record written
-    meanwhile makes the log longer than the state, never shorter)."""
+    """The writer's ``audit.state``, or None when there is none (or it is not a file)."""
     try:
-        return decode_state((directory / STATE_NAME).read_bytes())
+        fd = os.open(directory / STATE_NAME, os.O_RDONLY | _NOFOLLOW)
     except FileNotFoundError:
         return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None  # a symlink planted in its place: not the writer's state
+        raise
+    try:
+        return decode_state(os.pread(fd, 2 * STATE_SLOT, 0))
+    finally:
+        os.close(fd)
+
+
+def audit_files(directory: Path, uid: int | None = None) -> tuple[list[Path], list[str]]:
+    """The chain's files in order, and the names of look-alikes the writer never wrote:
+    symlinks and other non-regular files, and files another user than ``uid`` (default:
+    the directory's owner) owns. Raises ``OSError`` when the directory cannot be read."""
+    if uid is None:
+        uid = directory.stat().st_uid
+    ours: list[Path] = []
+    foreign: list[str] = []
+    for path in order_files(directory.iterdir()):
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue  # retention removed it meanwhile
+        if stat.S_ISREG(st.st_mode) and (os.name != "posix" or st.st_uid == uid):
+            ours.append(path)
+        else:
+            foreign.append(path.name)
+    return ours, foreign
+
+
+class DirectoryVerify:
+    """``verify_directory``'s answer: the result, the snapshot it verified, look-alikes."""
+
+    def __init__(
+        self,
+        result: VerifyResult,
+        state: AuditState | None,
+        files: list[Path],
+        foreign: list[str],
+        attempts: int,
+    ) -> None:
+        self.result = result
+        self.state = state
+        self.files = files
+        self.foreign = foreign
+        self.attempts = attempts
+
+
+def _generation(state: AuditState | None) -> int:
+    return -1 if state is None else state.generation
+
+
+def verify_directory(directory: Path, *, attempts: int = 5) -> DirectoryVerify:
+    """Verify the log in ``directory`` consistently while its writer may be running.
+
+    A snapshot is the file list, then the state, then the list again (a rotation in
+    between starts over). A failed verify is only reported when it holds still: if the
+    list or the state's generation changed while it ran (the writer rotated, retention
+    deleted a file being read, a record was half written), it starts over, up to
+    ``attempts`` times. A real break does not move, so it is reported on the spot.
+    """
+    last: DirectoryVerify | None = None
+    for attempt in range(1, attempts + 1):
+        before, _ = audit_files(directory)
+        state = read_state(directory)
+        files, foreign = audit_files(directory)
+        if files != before and attempt < attempts:
+            continue
+        result = verify(files, state)
+        last = DirectoryVerify(result, state, files, foreign, attempt)
+        if result.first_bad is None:
+            return last
+        now, _ = audit_files(directory)
+        if now == files and _generation(read_state(directory)) == _generation(state):
+            return last
+    assert last is not None
+    return last
 
 
 def native_writer() -> Callable[[str, str], None] | None:
@@ -151,6 +258,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not deleted, not replaced)."""
+    try:
+        a = os.fstat(fd)
+        b = os.lstat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _stamp(t: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t))
+
+
+def _resolve(done: Iterable[tuple[asyncio.Future[bool], bool]]) -> None:
+    for future, ok in done:
+        if not future.done():
+            future.set_result(ok)
+
+
 class AuditLog:
     """The single writer of the audit log; a ``DecisionSink`` subscriber.
 
@@ -177,10 +304,13 @@ class AuditLog:
         self.clock = clock
         self._fsync = fsync
         self._native = native_writer() if native_log else None
-        self._lock = threading.Lock()
+        self._uid = os.geteuid() if hasattr(os, "geteuid") else 0
+        self._lock = threading.Lock()  # the files and the chain: one commit at a time
+        self._dir_fd: int | None = None  # the single-writer lock (flock on the directory)
         self._fd: int | None = None
         self._state_fd: int | None = None
         self._active: Path | None = None
+        self._file_first = 1  # the first sequence written to the active file
         self._size = 0
         self._seq = 0
         self._prev = GENESIS
@@ -189,9 +319,20 @@ class AuditLog:
         self._failing: str | None = None
         self._failing_since: float | None = None
         self._lost = 0
+        self._integrity: str | None = None  # records known lost under this writer
+        self.ignored: list[str] = []  # look-alike files the writer will not touch
         self.state_problem: str | None = None
         self.recovered: str | None = None  # what open() found and noted, if anything
         self._recovery_details: dict[str, Any] = {}
+        # The writer thread (start_writer): events queue up, the thread commits them.
+        self._cond = threading.Condition()
+        self._queue: list[Event] = []
+        self._submitted = 0
+        self._done = 0
+        self._last_ok = True
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[bool]]] = []
+        self._thread: threading.Thread | None = None
+        self._stopping = False
 
     # -- status -------------------------------------------------------------------------
 
@@ -201,8 +342,39 @@ class AuditLog:
         return self._failing
 
     @property
-    def healthy(self) -> bool:
+    def writable(self) -> bool:
+        """The last write succeeded: what ``audit_failure`` goes by."""
         return self._fd is not None and self._failing is None
+
+    @property
+    def healthy(self) -> bool:
+        """Writable, and no record is known to be lost under this writer."""
+        return self.writable and self.integrity_problem() is None
+
+    def integrity_problem(self) -> str | None:
+        """Records lost under the running writer (its files deleted, replaced or changed
+        by someone else), or its files gone right now. Cheap: two ``stat`` calls."""
+        if self._integrity is not None:
+            return self._integrity
+        fd, active, state_fd = self._fd, self._active, self._state_fd
+        # (Compared again after the stat: a rotation in between is not a problem.)
+        if (
+            fd is not None
+            and active is not None
+            and not _same_file(fd, active)
+            and (fd, active) == (self._fd, self._active)
+        ):
+            return (
+                f"{active.name} was deleted or replaced while the agent had it open: the "
+                "records in it are lost (the agent notes it and opens a new file)"
+            )
+        if (
+            state_fd is not None
+            and not _same_file(state_fd, self.directory / STATE_NAME)
+            and state_fd == self._state_fd
+        ):
+            return f"{STATE_NAME} was deleted or replaced (the agent rewrites it)"
+        return None
 
     @property
     def active_file(self) -> Path | None:
@@ -217,17 +389,23 @@ class AuditLog:
         return self._prev
 
     def status(self) -> dict[str, Any]:
-        """For ``pullgate status`` and the control API."""
+        """For ``pullgate status``, ``doctor`` and the control API (never blocks on the
+        writer: it reads what the last commit left)."""
+        problem = self.integrity_problem()
         return {
             "dir": str(self.directory),
             "file": str(self._active) if self._active else None,
             "sequence": self._seq,
-            "healthy": self.healthy,
+            "last_hash": self._prev,
+            "healthy": self.writable and problem is None,
+            "writable": self.writable,
             "failing": self._failing,
             "failing_since": (
                 format_timestamp(self._failing_since) if self._failing_since else None
             ),
             "lost_records": self._lost,
+            "integrity": problem,
+            "ignored_files": list(self.ignored),
             "audit_failure": str(self.failure_mode),
             "state_problem": self.state_problem,
         }
@@ -235,20 +413,25 @@ class AuditLog:
     # -- lifecycle ----------------------------------------------------------------------
 
     def open(self) -> AuditLog:
-        """Take the writer lock, find the active file, recover from a crash, note it."""
+        """Take the writer lock, check the directory, find the active file, recover from a
+        crash, note it."""
         with self._lock:
             if self._fd is not None:
                 return self
             try:
                 self._open_locked()
+            except AuditLogError:
+                self._close_fds()
+                raise
             except OSError as e:
                 self._close_fds()
                 raise AuditLogError(f"cannot open the audit log in {self.directory}: {e}") from e
         if self.recovered:
+            gap = bool(set(self._recovery_details) - NO_GAP_DETAILS)
             self.append(
                 NoticeEvent(
                     action="audit-recovery",
-                    outcome="success",
+                    outcome="failure" if gap else "success",
                     reason=self.recovered,
                     severity="warning",
                     details=self._recovery_details,
@@ -259,25 +442,24 @@ class AuditLog:
 
     def _open_locked(self) -> None:
         d = self.directory
-        if not d.is_dir():
+        if not d.exists():
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(d, 0o700)
-        self._state_fd = os.open(d / STATE_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-        if sys.platform != "win32":
-            import fcntl  # noqa: PLC0415 - POSIX only
-
-            try:
-                fcntl.flock(self._state_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise AuditLogError(
-                    f"another writer holds the audit log in {d} (is a second agent running?)"
-                ) from None
-        state = decode_state(os.pread(self._state_fd, 2 * STATE_SLOT, 0))
-        if state is not None:
-            self._generation = state.generation
-        files = order_files(d.iterdir())
+        self._dir_fd = os.open(d, os.O_RDONLY | _DIRECTORY)
         notes: list[str] = []
         details: dict[str, Any] = {}
+        self._check_directory(self._dir_fd, notes, details)
+        state = self._open_state(notes, details)
+        if state is not None:
+            self._generation = state.generation
+        files, self.ignored = audit_files(d, self._uid)
+        if self.ignored:
+            notes.append(
+                f"{len(self.ignored)} file(s) named like audit files are not the agent's own "
+                f"(another owner, a symlink or not a regular file) and are ignored: "
+                f"{', '.join(self.ignored[:5])}"
+            )
+            details["ignored_files"] = self.ignored[:20]
         last: tuple[int, str] | None = None
         if files:
             last = self._recover_tail(files, notes, details)
@@ -290,22 +472,86 @@ class AuditLog:
         if state is not None:
             self._reconcile(state, last, files, notes, details)
         elif last is not None:
-            notes.append("audit.state was missing and has been recreated")
+            notes.append(
+                "audit.state was missing and has been recreated: the start and the end of "
+                "the log before this record cannot be proven complete"
+            )
             details["state_recreated"] = True
         if files:
             self._active = files[-1]
+            link = _first_link(self._active)
+            self._file_first = link[0] if link else self._seq + 1
         else:
             self._active = d / file_name(self._seq + 1, self.clock())
-        self._fd = os.open(self._active, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._file_first = self._seq + 1
+        self._fd = os.open(self._active, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
         self._size = os.fstat(self._fd).st_size
         if not files:
             _fsync_dir(d)
         if not self._base[0] or (state is None and files):
-            self._base = self._base_of(order_files(d.iterdir()))
+            self._base = self._base_of(audit_files(d, self._uid)[0])
         self._write_state(clean=False)
         self._recovery_details = details
         self.recovered = "; ".join(notes) if notes else None
         self._retain()
+
+    def _check_directory(self, dir_fd: int, notes: list[str], details: dict[str, Any]) -> None:
+        """The directory must be the agent's own: refuse another owner's, take back group
+        and world write permission from ours (others could add, swap or delete files)."""
+        d = self.directory
+        if os.name != "posix":
+            return
+        st = os.fstat(dir_fd)
+        if st.st_uid != self._uid:
+            raise AuditLogError(
+                f"the audit directory {d} belongs to uid {st.st_uid}, not to the agent "
+                f"(uid {self._uid}): refusing to keep the audit log where another user "
+                "controls it; make it the agent's own (chown) or set audit_dir elsewhere"
+            )
+        import fcntl  # noqa: PLC0415 - POSIX only
+
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AuditLogError(
+                f"another writer holds the audit log in {d} (is a second agent running?)"
+            ) from None
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o022:
+            os.fchmod(dir_fd, 0o700)
+            notes.append(
+                f"the audit directory had mode {mode:04o} (other users could add, replace or "
+                "delete files) and has been set to 0700"
+            )
+            details["directory_mode"] = f"{mode:04o}"
+
+    def _open_state(self, notes: list[str], details: dict[str, Any]) -> AuditState | None:
+        """Open (or create) ``audit.state``; one the agent does not own is moved aside."""
+        path = self.directory / STATE_NAME
+        try:
+            st: os.stat_result | None = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not (
+            stat.S_ISREG(st.st_mode) and (os.name != "posix" or st.st_uid == self._uid)
+        ):
+            aside = self._set_aside(path, "foreign")
+            notes.append(
+                f"{STATE_NAME} was not the agent's own (owner uid {st.st_uid}, or not a regular "
+                f"file) and was moved aside into {aside}"
+            )
+            details["foreign_state"] = aside
+        self._state_fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
+        return decode_state(os.pread(self._state_fd, 2 * STATE_SLOT, 0))
+
+    def _set_aside(self, path: Path, why: str) -> str | None:
+        """Rename what is at ``path`` out of the chain's way, keeping it as evidence."""
+        aside = path.with_name(f"{path.name}.{_stamp(self.clock())}-{self._seq}.{why}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return None
+        return aside.name
 
     def _recover_tail(
         self, files: list[Path], notes: list[str], details: dict[str, Any]
@@ -314,9 +560,8 @@ class AuditLog:
         active = files[-1]
         end, torn, _ = _tail(active)
         if torn:
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock()))
-            aside = active.with_name(f"{active.name}.{stamp}.torn")
-            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            aside = active.with_name(f"{active.name}.{_stamp(self.clock())}.torn")
+            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o600)
             try:
                 os.write(fd, torn)
                 os.fsync(fd)
@@ -384,7 +629,8 @@ class AuditLog:
         return (files[0].name, link[0], link[1])
 
     def close(self) -> None:
-        """Mark the log cleanly closed and release the lock."""
+        """Write what is queued, mark the log cleanly closed and release the lock."""
+        self.stop_writer()
         with self._lock:
             if self._fd is not None:
                 with contextlib.suppress(OSError):
@@ -392,11 +638,11 @@ class AuditLog:
             self._close_fds()
 
     def _close_fds(self) -> None:
-        for fd in (self._fd, self._state_fd):
+        for fd in (self._fd, self._state_fd, self._dir_fd):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._fd = self._state_fd = None
+        self._fd = self._state_fd = self._dir_fd = None
 
     def __enter__(self) -> AuditLog:
         return self.open()
@@ -404,23 +650,187 @@ class AuditLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- the writer thread --------------------------------------------------------------
+
+    def start_writer(self) -> None:
+        """Write on a thread from now on: ``__call__`` queues, ``flushed`` awaits."""
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._stopping = False
+            self._thread = threading.Thread(
+                target=self._writer, name="pullgate-audit-writer", daemon=True
+            )
+            self._thread.start()
+
+    def stop_writer(self) -> None:
+        """Commit what is queued, then end the thread (``close`` calls it)."""
+        with self._cond:
+            thread = self._thread
+            if thread is None:
+                return
+            self._stopping = True
+            self._cond.notify()
+        thread.join()
+        self._thread = None
+
+    def flushed(self) -> bool | asyncio.Future[bool]:
+        """Whether the newest queued record is written and synced: the answer at once when
+        nothing is pending, else a future of the running loop that the writer completes.
+        A request awaits it before it goes on (or is refused)."""
+        with self._cond:
+            if self._done >= self._submitted:
+                return self._last_ok
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[bool] = loop.create_future()
+            self._waiters.append((self._submitted, loop, future))
+            return future
+
+    def _writer(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue, []
+            try:
+                results = self._commit(batch)
+            except Exception as e:  # the thread must never die with requests waiting
+                self._failing = f"audit writer: {e!r}"
+                results = [False] * len(batch)
+            self._finish(results)
+
+    def _finish(self, results: list[bool]) -> None:
+        """Complete the waiters of this commit: one hand-over per event loop."""
+        with self._cond:
+            start = self._done
+            self._done += len(results)
+            self._last_ok = results[-1]
+            ready = [w for w in self._waiters if w[0] <= self._done]
+            if ready:
+                self._waiters = [w for w in self._waiters if w[0] > self._done]
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bool], bool]]] = {}
+        for ticket, loop, future in ready:
+            by_loop.setdefault(loop, []).append((future, results[ticket - start - 1]))
+        for loop, done in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, done)
+
     # -- writing ------------------------------------------------------------------------
 
     def __call__(self, event: Event) -> None:
-        self.append(event)
+        """The sink's hand-over: queued for the writer thread when it runs, else written."""
+        if self._thread is None:
+            self.append(event)
+            return
+        with self._cond:
+            self._queue.append(event)
+            self._submitted += 1
+            self._cond.notify()
 
     def append(self, event: Event) -> bool:
-        """Write one record durably. False when it could not be written (see ``failing``)."""
+        """Write one record durably now. False when it could not be written (see
+        ``failing``)."""
+        if self._fd is None:
+            raise RuntimeError("AuditLog.append() before open()")
+        return self._commit([event])[0]
+
+    def _commit(self, events: list[Event]) -> list[bool]:
+        """Write ``events`` in order with one fdatasync, then the state (group commit)."""
         with self._lock:
             if self._fd is None:
-                raise RuntimeError("AuditLog.append() before open()")
-            if self._failing is not None and not self._write_event(self._failure_notice()):
-                self._lost += 1
-                return False
-            if not self._write_event(event):
-                self._lost += 1
-                return False
-            return True
+                raise RuntimeError("AuditLog: writing after close()")
+            try:
+                notice = self._check_files()
+            except OSError as e:
+                self._fail(e)
+                self._lost += len(events)
+                return [False] * len(events)
+            assert self._fd is not None
+            start = (self._size, self._seq, self._prev, self._failing, self._failing_since)
+            results: list[bool] = []
+            if notice is not None:
+                self._write_event(notice)
+            for event in events:
+                ok = (
+                    self._failing is None or self._write_event(self._failure_notice())
+                ) and self._write_event(event)
+                if not ok:
+                    self._lost += 1
+                results.append(ok)
+            written = sum(results)
+            if (written or notice is not None) and not self._sync(start):
+                self._lost += written
+                results = [False] * len(events)
+            if self._seq != start[1]:
+                self._write_state(clean=False, sync=False)
+                if self._size >= self.rotate_bytes:
+                    self._rotate()
+            return results
+
+    def _check_files(self) -> NoticeEvent | None:
+        """Do the paths still name the files this writer has open (and is the active file
+        as long as it wrote it)? Deleted, replaced or changed files are set aside or left
+        as found, a new one is started, and the returned notice says what was lost."""
+        assert self._fd is not None and self._active is not None and self._state_fd is not None
+        notes: list[str] = []
+        details: dict[str, Any] = {}
+        old = self._active
+        same = _same_file(self._fd, old)
+        size = os.fstat(self._fd).st_size
+        if not same or size != self._size:
+            lost = (
+                f"sequence {self._file_first}-{self._seq}"
+                if self._seq >= self._file_first
+                else "none"
+            )
+            if not same:
+                aside = self._set_aside(old, "replaced")
+                what = "replaced (set aside into " + aside + ")" if aside else "deleted"
+                notes.append(
+                    f"the active file {old.name} was {what} while the agent was writing "
+                    f"it: the records in it ({lost}) are lost"
+                )
+                details.update(replaced_file=old.name, lost_records=lost)
+            else:
+                notes.append(
+                    f"the active file {old.name} was changed by someone else ({size} bytes, "
+                    f"the agent wrote {self._size}): it is left as found for verify"
+                )
+                details.update(changed_file=old.name, size=size, written=self._size)
+            new = self.directory / file_name(self._seq + 1, self.clock())
+            fd = os.open(new, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+            _fsync_dir(self.directory)
+            os.close(self._fd)
+            self._fd, self._active, self._size, self._file_first = fd, new, 0, self._seq + 1
+            notes[-1] += f"; writing goes on in {new.name}"
+            self._integrity = f"{format_timestamp(self.clock())}: {notes[-1]}"
+        state_path = self.directory / STATE_NAME
+        if not _same_file(self._state_fd, state_path):
+            aside = self._set_aside(state_path, "replaced")
+            fd = os.open(state_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+            os.close(self._state_fd)
+            self._state_fd = fd
+            self._write_state(clean=False)
+            notes.append(
+                f"{STATE_NAME} was deleted or replaced under the agent"
+                + (f" (set aside into {aside})" if aside else "")
+                + "; it was rewritten from the writer's own anchor"
+            )
+            details["state_rewritten"] = True
+        if not notes:
+            return None
+        reason = "; ".join(notes)
+        self._mirror("warning", f"audit log: {reason}")
+        return NoticeEvent(
+            action="audit-recovery",
+            outcome="failure" if set(details) - NO_GAP_DETAILS else "success",
+            reason=reason,
+            severity="warning",
+            details=details,
+            time=self.clock(),
+        )
 
     def _failure_notice(self) -> NoticeEvent:
         since = format_timestamp(self._failing_since or self.clock())
@@ -438,45 +848,58 @@ class AuditLog:
             time=now,
         )
 
+    def _fail(self, e: OSError) -> None:
+        if self._failing is None:
+            self._failing_since = self.clock()
+            self._mirror("warning", f"audit log write failed: {self._active}: {e}")
+        name = self._active.name if self._active else str(self.directory)
+        self._failing = f"{name}: {e.strerror or e}"
+
     def _write_event(self, event: Event) -> bool:
-        assert self._fd is not None and self._active is not None
+        """Append one record (not yet synced); on failure cut any partial line off."""
+        assert self._fd is not None
         seq = self._seq + 1
         record = record_for(event, sequence=seq, host=self.host, prev_hash=self._prev)
         line, digest = encode_line(record)
-        try:
-            self._write_line(self._fd, line)
-        except OSError as e:
-            if self._failing is None:
-                self._failing_since = self.clock()
-                self._mirror("warning", f"audit log write failed: {self._active}: {e}")
-            self._failing = f"{self._active.name}: {e.strerror or e}"
-            return False
-        if self._failing is not None:
-            self._failing = self._failing_since = None
-            self._lost = 0
-        self._seq, self._prev = seq, digest
-        self._write_state(clean=False, sync=False)
-        if self._native is not None:
-            level = "warning" if record.get("event.outcome") == "failure" else "info"
-            self._mirror(level, f"{summary_line(record)} [seq {seq}]")
-        if self._size >= self.rotate_bytes:
-            self._rotate()
-        return True
-
-    def _write_line(self, fd: int, line: bytes) -> None:
         start = self._size
         try:
             view = memoryview(line)
             while view:
-                view = view[os.write(fd, view) :]
-            if self._fsync:
-                os.fdatasync(fd)
-        except OSError:
-            # Cut a partial line back off: the file must stay a sequence of whole records.
+                view = view[os.write(self._fd, view) :]
+        except OSError as e:
+            # The file must stay a sequence of whole records.
             with contextlib.suppress(OSError):
-                os.ftruncate(fd, start)
-            raise
+                os.ftruncate(self._fd, start)
+            self._fail(e)
+            return False
         self._size = start + len(line)
+        if self._failing is not None:
+            self._failing = self._failing_since = None
+            self._lost = 0
+        self._seq, self._prev = seq, digest
+        if self._native is not None:
+            level = "warning" if record.get("event.outcome") == "failure" else "info"
+            self._mirror(level, f"{summary_line(record)} [seq {seq}]")
+        return True
+
+    def _sync(self, start: tuple[int, int, str, str | None, float | None]) -> bool:
+        """One fdatasync for the commit; if it fails, the commit's records are cut off
+        again (none of them may count as written) and the chain goes back to ``start``."""
+        assert self._fd is not None
+        if not self._fsync:
+            return True
+        try:
+            os.fdatasync(self._fd)
+        except OSError as e:
+            size, seq, prev, failing, since = start
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)
+            self._size = size
+            self._seq, self._prev = seq, prev
+            self._failing, self._failing_since = failing, since
+            self._fail(e)
+            return False
+        return True
 
     def _write_state(self, *, clean: bool, sync: bool = True) -> None:
         assert self._state_fd is not None and self._active is not None
@@ -505,21 +928,21 @@ class AuditLog:
         assert self._fd is not None
         new = self.directory / file_name(self._seq + 1, self.clock())
         try:
-            fd = os.open(new, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(new, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
             _fsync_dir(self.directory)
         except OSError as e:
             if e.errno != errno.EEXIST:
                 self.state_problem = f"rotation to {new.name} failed: {e.strerror or e}"
-            return  # keep appending to the current file; the next append tries again
+            return  # keep appending to the current file; the next commit tries again
         os.close(self._fd)
-        self._fd, self._active, self._size = fd, new, 0
+        self._fd, self._active, self._size, self._file_first = fd, new, 0, self._seq + 1
         self._write_state(clean=False)
         self._retain()
 
     def _retain(self) -> None:
         """Delete the oldest rotated files beyond ``keep_files``, moving the anchor first
         (so a crash in between leaves an extra old file, never a missing one)."""
-        files = order_files(self.directory.iterdir())
+        files, _ = audit_files(self.directory, self._uid)
         rotated = files[:-1]
         excess = len(rotated) - self.keep_files
         if excess <= 0:

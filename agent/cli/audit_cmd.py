@@ -28,9 +28,8 @@ from agent.audit import (
     order_files,
     parse_line,
     summary_line,
-    verify,
 )
-from agent.audit_log import default_audit_dir, read_state
+from agent.audit_log import default_audit_dir, verify_directory
 from agent.config import ConfigError, load_managed_config
 
 EXIT_OK = 0
@@ -253,13 +252,20 @@ def run_verify(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     directory = audit_dir(args)
     try:
-        state = read_state(directory)  # before the files: the log may only grow meanwhile
+        # A consistent snapshot against a live writer (see verify_directory).
+        checked = verify_directory(directory)
+    except FileNotFoundError:
+        raise AuditCommandError(f"no audit log in {directory}") from None
     except OSError as e:
-        raise AuditCommandError(f"cannot read {directory / STATE_NAME}: {e.strerror or e}") from e
-    files = _files(directory)
-    if not files and state is None:
+        raise AuditCommandError(f"cannot read {directory}: {e.strerror or e}") from e
+    result, state = checked.result, checked.state
+    if not checked.files and state is None:
         raise AuditCommandError(f"no audit log in {directory}")
-    result = verify(files, state)
+    for name in checked.foreign:
+        print(
+            f"{directory / name}:0: ignored: not written by the agent (another owner, a "
+            "symlink or not a regular file)"
+        )
     if result.first_bad is not None:
         bad = result.first_bad
         print(f"{directory / bad.file}:{bad.line}: {bad.reason}")

@@ -174,6 +174,8 @@ def _audit_line(audit: object) -> str:
         return "not reported by this agent"
     if audit.get("healthy"):
         return f"writing to {audit.get('file') or audit.get('dir')}"
+    if audit.get("integrity") and audit.get("writable", True):
+        return f"RECORDS LOST: {audit.get('integrity')}"
     return (
         f"FAILING since {audit.get('failing_since')}: {audit.get('failing')} "
         f"({audit.get('lost_records')} record(s) lost; audit_failure={audit.get('audit_failure')})"
@@ -405,31 +407,55 @@ def _refresh_problem(policy: Mapping[str, Any]) -> str | None:
     return None
 
 
-def verify_audit_dir(directory: Path) -> tuple[bool, str] | None:
-    """Verify the audit chain in ``directory`` as ``pullgate audit verify`` does;
-    None when this build has no verifier (``agent.audit`` is imported lazily)."""
+def verify_audit_dir(
+    directory: Path, agent: Mapping[str, Any] | None = None
+) -> tuple[bool, str] | None:
+    """Verify the audit chain in ``directory`` as ``pullgate audit verify`` does, and
+    compare its end with what the agent says it wrote (``agent``: its audit status);
+    None when this build has no verifier (``agent.audit_log`` is imported lazily)."""
     try:
-        audit = importlib.import_module("agent.audit")
         audit_log = importlib.import_module("agent.audit_log")
     except ImportError:
         return None
-    order_files = getattr(audit, "order_files", None)
-    verify = getattr(audit, "verify", None)
-    read_state = getattr(audit_log, "read_state", None)
-    if not (callable(order_files) and callable(verify) and callable(read_state)):
+    verify_directory = getattr(audit_log, "verify_directory", None)
+    if not callable(verify_directory):
         return None
-    state = read_state(directory)  # before the files: the log may only grow meanwhile
-    result = verify(order_files(directory.iterdir()), state)
+    checked = verify_directory(directory)
+    result, state = checked.result, checked.state
     bad = result.first_bad
     if bad is not None:
         return False, f"{directory / bad.file}:{bad.line}: {bad.reason}"
     if state is None and result.records:
         return False, "the chain is intact but audit.state is missing (the end is unproven)"
-    gaps = getattr(result, "gaps", ())
-    if gaps:
-        gap = gaps[0]
+    if result.gaps:
+        gap = result.gaps[0]
         return False, f"{directory / gap.file}:{gap.line}: the agent recorded a gap: {gap.reason}"
+    behind = _agent_ahead_of_disk(agent or {}, result)
+    if behind:
+        return False, behind
     return True, f"{result.records} record(s) in {result.files} file(s) verified"
+
+
+def _agent_ahead_of_disk(agent: Mapping[str, Any], result: Any) -> str | None:
+    """The agent's own sequence and last hash against the chain on disk (read after the
+    status, so the disk may only be ahead): records the agent wrote that are not on disk
+    went to a deleted file; another hash at its sequence means the tail was rewritten."""
+    seq, last = agent.get("sequence"), agent.get("last_hash")
+    if not isinstance(seq, int) or not isinstance(last, str):
+        return None
+    on_disk = result.last_sequence or 0
+    if on_disk < seq:
+        return (
+            f"the agent has written {seq - on_disk} record(s) (up to sequence {seq}) that "
+            f"are not in the log on disk (it ends at {on_disk}): its file was deleted or "
+            "replaced under it"
+        )
+    if on_disk == seq and result.last_hash and result.last_hash != last:
+        return (
+            f"the record at sequence {seq} on disk is not the one the agent wrote (its hash "
+            "differs): the log was rewritten"
+        )
+    return None
 
 
 def check_audit(audit: object) -> list[Check]:
@@ -440,6 +466,16 @@ def check_audit(audit: object) -> list[Check]:
     where = f" in {directory}" if directory else ""
     if audit.get("healthy"):
         checks = [Check(name, OK, f"writing{where}")]
+    elif audit.get("integrity") and audit.get("writable", True):
+        checks = [
+            Check(
+                name,
+                FAIL,
+                f"records were lost{where}: {audit.get('integrity')}",
+                "find out who deleted or changed the audit files (only the agent may write "
+                "them; rotation is the agent's own); `pullgate audit verify` shows the gap",
+            )
+        ]
     else:
         lost = audit.get("lost_records")
         checks = [
@@ -453,17 +489,17 @@ def check_audit(audit: object) -> list[Check]:
                 "agent; it resumes by itself",
             )
         ]
-    checks.append(check_audit_chain(Path(directory) if directory else None))
+    checks.append(check_audit_chain(Path(directory) if directory else None, audit))
     return checks
 
 
-def check_audit_chain(directory: Path | None) -> Check:
+def check_audit_chain(directory: Path | None, agent: Mapping[str, Any] | None = None) -> Check:
     name = "audit chain intact"
     fix = "run `pullgate audit verify` and report the named line to IT"
     if directory is None:
         return Check(name, SKIP, "the agent reports no audit directory")
     try:
-        outcome = verify_audit_dir(directory)
+        outcome = verify_audit_dir(directory, agent)
     except PermissionError:
         return Check(name, SKIP, f"cannot read {directory} as this user; run doctor as root")
     except (OSError, ValueError) as e:
