@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from agent.config import StaleBehavior
+from agent.config import StaleBehavior, format_duration
 from agent.policy import (
     Action,
     HubSettings,
@@ -184,7 +184,7 @@ def evaluate_envelope(
     if new and not allow_expired and judged_now > policy.expires_at + settings.offline_grace:
         raise PolicyRefusedError(
             f"policy expired at {policy.expires_at.isoformat()}, beyond the offline grace "
-            f"of {settings.offline_grace}",
+            f"of {format_duration(settings.offline_grace)}",
             kind="expired",
         )
     floor = policy.issued_at

@@ -334,6 +334,36 @@ def test_one_passphrase_serves_encrypted_and_plain_keys_together(
     assert result.code == 0, result.err
 
 
+def test_each_key_can_have_its_own_passphrase_in_order(run_admin: Admin, tmp_path: Path) -> None:
+    alice = make_key(tmp_path / "alice", passphrase=b"alice-pw")
+    bob = make_key(tmp_path / "bob", passphrase=b"bob-pw")
+    (tmp_path / "alice.pass").write_text("alice-pw\n")
+    (tmp_path / "bob.pass").write_text("bob-pw\n")
+    policy = write_json(tmp_path / "p.json", fresh())
+    out = tmp_path / "env.json"
+    keys = ("--key", str(tmp_path / "alice"), "--key", str(tmp_path / "bob"))
+    result = run_admin(
+        "sign", str(policy), *keys, "--passphrase-file", str(tmp_path / "alice.pass"),
+        "--passphrase-file", str(tmp_path / "bob.pass"), "--out", str(out),
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert verify_envelope(
+        out.read_bytes(), [PublicKey.from_key(alice), PublicKey.from_key(bob)], 2
+    ).signers
+    swapped = run_admin(
+        "sign", str(policy), *keys, "--passphrase-file", str(tmp_path / "bob.pass"),
+        "--passphrase-file", str(tmp_path / "alice.pass"), "--out", str(out),
+    )  # fmt: skip
+    assert swapped.code == 2
+    assert f"cannot decrypt key {tmp_path / 'alice'}" in swapped.err
+    three = run_admin(
+        "sign", str(policy), *keys, *("--passphrase-file", str(tmp_path / "bob.pass")) * 3,
+        "--out", str(out),
+    )  # fmt: skip
+    assert three.code == 2
+    assert "3 --passphrase-file for 2 --key" in three.err
+
+
 def test_sign_refuses_a_public_key_as_signing_key(run_admin: Admin, tmp_path: Path) -> None:
     make_key(tmp_path / "k")
     policy = write_json(tmp_path / "p.json", fresh())
@@ -407,8 +437,75 @@ def test_verify_expired_policy_warns_and_exits_1(run_admin: Admin, tmp_path: Pat
     envelope = signed(tmp_path, old, key)
     result = run_admin("verify", str(envelope), "--trusted-key", str(tmp_path / "k.pub"))
     assert result.code == 1
-    assert "warning: the policy expired at 2020-02-01T00:00:00Z" in result.out
+    assert "warning: agents refuse it: policy expired at 2020-02-01T00:00:00+00:00" in result.out
+    assert "beyond the offline grace of 1w" in result.err
     assert "serial:    7" in result.out
+
+
+def test_verify_judges_expiry_with_the_agents_grace(run_admin: Admin, tmp_path: Path) -> None:
+    key = make_key(tmp_path / "k")
+    now = datetime.now(UTC).replace(microsecond=0)
+    lapsed = fresh(
+        issued_at=admin.format_time(now - timedelta(days=10)),
+        expires_at=admin.format_time(now - timedelta(days=2)),
+    )
+    envelope = signed(tmp_path, lapsed, key)
+    pub = str(tmp_path / "k.pub")
+    # Within the default grace (7d) an agent takes it, but only as stale: not fit to publish.
+    stale = run_admin("verify", str(envelope), "--trusted-key", pub)
+    assert stale.code == 1
+    assert "agents accept it only as stale, within the offline grace" in stale.err
+    # With a 1d grace an agent refuses it outright, as evaluate_envelope says.
+    refused = run_admin("verify", str(envelope), "--trusted-key", pub, "--offline-grace", "1d")
+    assert refused.code == 1
+    assert "beyond the offline grace of 1d" in refused.err
+
+
+def test_verify_reads_org_keys_threshold_and_grace_from_a_managed_config(
+    run_admin: Admin, tmp_path: Path
+) -> None:
+    a, b = make_key(tmp_path / "a"), make_key(tmp_path / "b")
+    envelope = signed(tmp_path, fresh(), a)
+    config = write_json(
+        tmp_path / "config.json",
+        {
+            "org": "globex",
+            "trusted_keys": [PublicKey.from_key(k).to_config() for k in (a, b)],
+            "key_threshold": 2,
+        },
+    )
+    result = run_admin("verify", str(envelope), "--config", str(config))
+    assert result.code == 1
+    assert "2 valid signatures needed, got 1" in result.err
+    both = signed(tmp_path, fresh(), a, b, name="both.json")
+    result = run_admin("verify", str(both), "--config", str(config))
+    assert result.code == 1
+    assert "policy is for org 'acme', this machine belongs to 'globex'" in result.err
+    assert run_admin("verify", str(both), "--config", str(config), "--org", "acme").code == 0
+
+
+def test_verify_refuses_an_issue_time_in_the_future_as_agents_do(
+    run_admin: Admin, tmp_path: Path
+) -> None:
+    key = make_key(tmp_path / "k")
+    now = datetime.now(UTC).replace(microsecond=0)
+    ahead = fresh(issued_at=admin.format_time(now + timedelta(hours=1)))
+    envelope = signed(tmp_path, ahead, key)
+    result = run_admin("verify", str(envelope), "--trusted-key", str(tmp_path / "k.pub"))
+    assert result.code == 1
+    assert "is in the future" in result.err
+
+
+def test_verify_of_deeply_nested_json_is_one_line(run_admin: Admin, tmp_path: Path) -> None:
+    make_key(tmp_path / "k")
+    for name, data in (
+        ("deep.json", b"[" * 40_000),
+        ("deep-payload.json", sign_envelope(b"[" * 40_000, [make_key(tmp_path / "j")])),
+    ):
+        (tmp_path / name).write_bytes(data)
+        result = run_admin("verify", str(tmp_path / name), "--trusted-key", str(tmp_path / "j.pub"))
+        assert result.code == 1, result
+        assert result.err.count("\n") == 1 and "nested more than" in result.err, result.err
 
 
 def test_verify_policy_of_another_org_exits_1(run_admin: Admin, tmp_path: Path) -> None:
@@ -418,7 +515,7 @@ def test_verify_policy_of_another_org_exits_1(run_admin: Admin, tmp_path: Path) 
         "verify", str(envelope), "--trusted-key", str(tmp_path / "k.pub"), "--org", "globex"
     )
     assert result.code == 1
-    assert "for org 'acme', not 'globex'" in result.err
+    assert "policy is for org 'acme', this machine belongs to 'globex'" in result.err
 
 
 def test_verify_signed_payload_that_is_not_a_policy_exits_1(

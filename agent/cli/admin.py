@@ -26,7 +26,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.config import parse_duration
+from agent.config import ConfigError, ManagedConfig, load_config_file, parse_duration
 from agent.envelope import (
     MAX_ENVELOPE_BYTES,
     EnvelopeError,
@@ -46,6 +46,14 @@ from agent.policy import (
     parse_policy,
 )
 from agent.policy_file import PolicySourceError, is_envelope, read_public_key
+from agent.policy_store import (
+    MAX_FUTURE_SKEW,
+    Freshness,
+    PolicyRefusedError,
+    TrustSettings,
+    evaluate_envelope,
+    freshness,
+)
 from agent.rules import RulePattern
 
 __all__ = [
@@ -68,7 +76,8 @@ MAX_KEY_FILE_BYTES = 64 * 1024
 # superseded copy stays acceptable to every agent that cannot fetch a newer one.
 LONG_VALIDITY = timedelta(days=365)
 # Agents allow a little clock skew on issued_at; lint only warns beyond it.
-FUTURE_SKEW = timedelta(minutes=5)
+FUTURE_SKEW = MAX_FUTURE_SKEW
+DEFAULT_GRACE = ManagedConfig().offline_grace  # the agents' default offline_grace
 _DOCKER_HUB = "docker.io"
 _HUB_REPOSITORY_DEPTH = 2  # Docker Hub repositories are namespace/name, never deeper
 
@@ -95,7 +104,7 @@ def register(commands: Any) -> None:
         "to PREFIX.pub; print the key id and the managed-config line that trusts it.",
     )
     keygen.add_argument("--out", metavar="PREFIX", required=True, help="private key path")
-    _passphrase_options(keygen, "encrypt the private key with the passphrase in")
+    _passphrase_options(keygen, "encrypt the private key with the passphrase in", repeat=False)
     keygen.set_defaults(run=run_keygen)
 
     sign = sub.add_parser(
@@ -108,7 +117,12 @@ def register(commands: Any) -> None:
     sign.add_argument(
         "--key", metavar="KEY", action="append", required=True, help="private key (repeatable)"
     )
-    _passphrase_options(sign, "decrypt the keys with the passphrase in")
+    _passphrase_options(
+        sign,
+        "decrypt the keys with the passphrase in",
+        repeat=True,
+        extra="; give it once for every key, or once per --key in the same order",
+    )
     sign.add_argument(
         "--expires-in",
         metavar="DURATION",
@@ -120,22 +134,31 @@ def register(commands: Any) -> None:
     verify = sub.add_parser(
         "verify",
         help="check a signed policy as an agent would",
-        description="Exit 0 only when the envelope is signed by --threshold of the trusted "
-        "keys, holds a valid policy (of --org, if given) and has not expired; 1 when it is "
-        "not; 2 on bad input.",
+        description="Judge the envelope with the agent's own code: signatures of --threshold "
+        "trusted keys, a valid policy of --org, issued_at not in the future, expiry with the "
+        "offline grace. Exit 0 only when an agent would accept it as fresh; 1 when it would "
+        "refuse it or hold it only as stale; 2 on bad input. --config reads org, "
+        "trusted_keys, key_threshold and offline_grace from a managed config.",
     )
     verify.add_argument("envelope", metavar="ENVELOPE")
     verify.add_argument(
         "--trusted-key",
         metavar="PUB",
         action="append",
-        required=True,
-        help="a .pub file or an 'ed25519:...' key (repeatable)",
+        help="a .pub file or an 'ed25519:...' key (repeatable; needed without --config)",
     )
     verify.add_argument(
-        "--threshold", metavar="N", type=int, default=1, help="distinct valid signatures needed"
+        "--threshold", metavar="N", type=int, help="distinct valid signatures needed (default 1)"
     )
     verify.add_argument("--org", help="the org the policy must be for")
+    verify.add_argument(
+        "--offline-grace",
+        metavar="DURATION",
+        help="the agents' offline_grace (default: the config's, else 7d)",
+    )
+    verify.add_argument(
+        "--config", metavar="FILE", help="judge as an agent with this managed config would"
+    )
     verify.set_defaults(run=run_verify)
 
     lint = sub.add_parser(
@@ -149,10 +172,40 @@ def register(commands: Any) -> None:
     lint.set_defaults(run=run_lint)
 
 
-def _passphrase_options(parser: argparse.ArgumentParser, verb: str) -> None:
+def _passphrase_options(
+    parser: argparse.ArgumentParser, verb: str, *, repeat: bool, extra: str = ""
+) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--passphrase-file", metavar="FILE", help=f"{verb} FILE")
-    group.add_argument("--passphrase-env", metavar="VAR", help=f"{verb} environment variable VAR")
+    action = "append" if repeat else "store"
+    group.add_argument(
+        "--passphrase-file", metavar="FILE", action=action, help=f"{verb} FILE{extra}"
+    )
+    group.add_argument(
+        "--passphrase-env",
+        metavar="VAR",
+        action=action,
+        help=f"{verb} environment variable VAR{extra}",
+    )
+
+
+def _passphrase_from_file(path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise AdminInputError(f"cannot read passphrase file {path}: {e.strerror or e}") from e
+    data = data.removesuffix(b"\n").removesuffix(b"\r")
+    if not data:
+        raise AdminInputError(f"passphrase file {path} is empty")
+    return data
+
+
+def _passphrase_from_env(name: str) -> bytes:
+    value = os.environ.get(name)
+    if value is None:
+        raise AdminInputError(f"environment variable {name} is not set")
+    if not value:
+        raise AdminInputError(f"environment variable {name} is empty")
+    return value.encode("utf-8")
 
 
 def _read_passphrase(args: argparse.Namespace) -> bytes | None:
@@ -161,24 +214,31 @@ def _read_passphrase(args: argparse.Namespace) -> bytes | None:
     Never from the command line itself: argv is visible to every user in ``ps``.
     """
     if args.passphrase_file:
-        try:
-            data = Path(args.passphrase_file).read_bytes()
-        except OSError as e:
-            raise AdminInputError(
-                f"cannot read passphrase file {args.passphrase_file}: {e.strerror or e}"
-            ) from e
-        data = data.removesuffix(b"\n").removesuffix(b"\r")
-        if not data:
-            raise AdminInputError(f"passphrase file {args.passphrase_file} is empty")
-        return data
+        return _passphrase_from_file(args.passphrase_file)
     if args.passphrase_env:
-        value = os.environ.get(args.passphrase_env)
-        if value is None:
-            raise AdminInputError(f"environment variable {args.passphrase_env} is not set")
-        if not value:
-            raise AdminInputError(f"environment variable {args.passphrase_env} is empty")
-        return value.encode("utf-8")
+        return _passphrase_from_env(args.passphrase_env)
     return None
+
+
+def _read_passphrases(args: argparse.Namespace, count: int) -> list[bytes | None]:
+    """One passphrase per key: a single one serves every key, or one per ``--key`` in
+    order (two people's keys rarely share a passphrase)."""
+    if args.passphrase_file:
+        values = [_passphrase_from_file(path) for path in args.passphrase_file]
+        flag = "--passphrase-file"
+    elif args.passphrase_env:
+        values = [_passphrase_from_env(name) for name in args.passphrase_env]
+        flag = "--passphrase-env"
+    else:
+        return [None] * count
+    if len(values) == 1:
+        return [values[0]] * count
+    if len(values) != count:
+        raise AdminInputError(
+            f"{len(values)} {flag} for {count} --key: give one for every key, or one per "
+            "--key in the same order"
+        )
+    return list(values)
 
 
 # --- small pure helpers ---------------------------------------------------------------
@@ -334,8 +394,11 @@ def run_sign(args: argparse.Namespace) -> int:
                 raise AdminInputError(f"--expires-in: {e}") from e
         data = _read_capped(args.policy, MAX_POLICY_BYTES, "policy")
         policy, payload = _policy_payload(args.policy, data, now, valid_for)
-        passphrase = _read_passphrase(args)
-        keys = [_load_private_key(path, passphrase) for path in args.key]
+        passphrases = _read_passphrases(args, len(args.key))
+        keys = [
+            _load_private_key(path, passphrase)
+            for path, passphrase in zip(args.key, passphrases, strict=True)
+        ]
         ids = [PublicKey.from_key(k).keyid for k in keys]
         if len(set(ids)) != len(ids):
             raise AdminInputError("the same key was given twice; it would count only once")
@@ -350,7 +413,7 @@ def run_sign(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"{prog}: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if policy.expires_at <= now:
+    if now > policy.expires_at:  # as agents judge it (freshness)
         print(
             f"{prog}: warning: this policy expired at {format_time(policy.expires_at)}; "
             "agents will treat it as stale (use --expires-in)",
@@ -390,23 +453,56 @@ def _policy_payload(
 # --- verify ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _VerifySettings:
+    trusted: list[PublicKey]
+    threshold: int
+    org: str | None
+    grace: timedelta
+
+
+def _verify_settings(args: argparse.Namespace) -> _VerifySettings:
+    """Flags, else the managed config's values, else the agent's defaults."""
+    config = None
+    if args.config:
+        try:
+            config = load_config_file(Path(args.config))
+        except ConfigError as e:
+            raise AdminInputError(str(e)) from e
+    key_args: list[str] = args.trusted_key or (list(config.trusted_keys) if config else [])
+    if not key_args:
+        raise AdminInputError("give --trusted-key (repeatable) or --config with trusted_keys")
+    try:
+        trusted = [read_public_key(arg) for arg in key_args]
+    except PolicySourceError as e:
+        raise AdminInputError(str(e)) from e
+    threshold = args.threshold or (config.key_threshold if config else 1)
+    distinct = len({k.keyid for k in trusted})
+    if not 1 <= threshold <= distinct:
+        raise AdminInputError(
+            f"--threshold {threshold} is impossible with {distinct} distinct trusted key(s)"
+        )
+    grace = config.offline_grace if config else DEFAULT_GRACE
+    if args.offline_grace is not None:
+        try:
+            grace = parse_duration(args.offline_grace)
+        except ValueError as e:
+            raise AdminInputError(f"--offline-grace: {e}") from e
+    org = args.org or (config.org if config else None)
+    return _VerifySettings(trusted, threshold, org, grace)
+
+
 def run_verify(args: argparse.Namespace) -> int:
     prog = "pullgate admin verify"
     now = datetime.now(UTC)
     try:
-        trusted = [read_public_key(arg) for arg in args.trusted_key]
-        distinct = len({k.keyid for k in trusted})
-        if not 1 <= args.threshold <= distinct:
-            raise AdminInputError(
-                f"--threshold {args.threshold} is impossible with {distinct} distinct "
-                "trusted key(s)"
-            )
+        settings = _verify_settings(args)
         data = _read_capped(args.envelope, MAX_ENVELOPE_BYTES, "envelope")
-    except (AdminInputError, PolicySourceError) as e:
+    except AdminInputError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        verified = verify_envelope(data, trusted, args.threshold)
+        verified = verify_envelope(data, settings.trusted, settings.threshold)
     except EnvelopeError as e:
         print(f"{prog}: invalid: {e}", file=sys.stderr)
         return EXIT_INVALID
@@ -420,22 +516,30 @@ def run_verify(args: argparse.Namespace) -> int:
     print(f"issued:    {format_time(policy.issued_at)} ({_relative(policy.issued_at, now)})")
     print(f"expires:   {format_time(policy.expires_at)} ({_relative(policy.expires_at, now)})")
     print(f"signed by: {', '.join(verified.signers)}")
-    problems = []
-    if args.org is not None and policy.org != args.org:
-        problems.append(f"the policy is for org {policy.org!r}, not {args.org!r}")
-    if policy.expires_at <= now:
-        problems.append(
-            f"the policy expired at {format_time(policy.expires_at)}; agents treat it as stale"
+    if settings.org is None:
+        print("note:      org not checked (pass --org or --config)")
+    # The agent's own judgement: the same function, settings and grace it applies to a
+    # downloaded envelope (with no earlier policy to compare the serial with).
+    trust = TrustSettings(
+        org=settings.org if settings.org is not None else policy.org,
+        trusted_keys=tuple(settings.trusted),
+        threshold=settings.threshold,
+        offline_grace=settings.grace,
+    )
+    try:
+        evaluate_envelope(data, trust, None, now, source=args.envelope)
+    except PolicyRefusedError as e:
+        print(f"warning: agents refuse it: {e.reason}")
+        print(f"{prog}: invalid: {e.reason}", file=sys.stderr)
+        return EXIT_INVALID
+    if freshness(policy, now, settings.grace) is not Freshness.FRESH:
+        until = format_time(policy.expires_at + settings.grace)
+        problem = (
+            f"the policy expired at {format_time(policy.expires_at)}; agents accept it only "
+            f"as stale, within the offline grace (until {until})"
         )
-    if policy.issued_at > now + FUTURE_SKEW:
-        problems.append(
-            f"the policy is issued in the future ({format_time(policy.issued_at)}); "
-            "agents refuse it until then"
-        )
-    for problem in problems:
         print(f"warning: {problem}")
-    if problems:
-        print(f"{prog}: invalid: {problems[0]}", file=sys.stderr)
+        print(f"{prog}: invalid: {problem}", file=sys.stderr)
         return EXIT_INVALID
     print("valid")
     return EXIT_OK
@@ -511,7 +615,7 @@ def lint_policy(policy: Policy, now: datetime) -> list[Finding]:
                 "monitor: nothing is blocked; denials are only recorded as would_deny",
             )
         )
-    if policy.expires_at <= now:
+    if now > policy.expires_at:  # as agents judge it (freshness)
         out.append(
             Finding(
                 Level.WARNING,
