@@ -244,6 +244,15 @@ class PolicyManager:
         if not accepted.new and self._accepted is not None:
             self._etag = result.etag
             if not self.cache.envelope_path.exists():
+                # Announced like an update, so the cache watcher knows the write is ours.
+                self._emit(
+                    "policy-update",
+                    "success",
+                    f"rewrote the deleted cached copy of {accepted.policy.label}",
+                    org=accepted.policy.org,
+                    serial=accepted.policy.serial,
+                    source=fetcher.url,
+                )
                 self._save(accepted.envelope, accepted.high_water, result.etag)
             self._write_status()
             return "unchanged"

@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,7 +25,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.cli.status_cmd import FAIL, check_policy
+from agent.cli.status_cmd import FAIL, check_policy, format_status
 from agent.control import ControlServer
 from agent.default_policy import default_policy
 from agent.envelope import PublicKey, sign_envelope
@@ -223,6 +226,20 @@ def test_a_refresh_loop_that_dies_says_so_in_status_doctor_and_a_notice(
     assert agent.notices("policy-refresh-stopped")
     check = check_policy(status)
     assert check.result == FAIL and "refresh loop" in check.detail, check
+    summary = format_status(tmp_path / "control.sock", {"policy": status, "agent": {}})
+    assert "loop dead" in summary and "Fatal: gone" in summary, summary
+    # `pullgate policy status`, with the agent alive (this process stands in for it).
+    (tmp_path / "agent.pid").write_text(f"{os.getpid()}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "policy", "status", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 1, result
+    assert "loop dead" in result.stdout and "Fatal: gone" in result.stdout, result.stdout
 
 
 def test_a_failing_refresh_makes_doctor_fail_even_with_a_fresh_policy(

@@ -60,12 +60,35 @@ def _print_status(status: dict[str, Any]) -> None:
         ("last fetch", status.get("last_fetch_at")),
         ("last error", status.get("last_fetch_error")),
         ("last refusal", status.get("last_refusal")),
+        ("refresh", _refresh_line(status)),
+        ("refresh error", status.get("last_refresh_error")),
+        ("next refresh", status.get("next_refresh_at")),
     ]
     for name, value in fields:
         if value is not None:
             print(f"{name + ':':<14}{value}")
     if status.get("clock_behind"):
         print("warning:      the system clock is behind the newest accepted policy")
+
+
+def _refresh_line(status: dict[str, Any]) -> str | None:
+    loop = status.get("refresh_loop")
+    if loop is None:
+        return None
+    failures = status.get("refresh_failures")
+    if isinstance(failures, int) and failures:
+        return f"loop {loop}, {failures} failed in a row"
+    return f"loop {loop}"
+
+
+def refresh_broken(status: dict[str, Any]) -> bool:
+    """A refresh loop that stopped, or that failed for a reason other than the network.
+
+    A failed download alone is not: a laptop offline is normal and keeps its policy (it
+    is shown, and ``doctor`` reports it)."""
+    return status.get("refresh_loop") in ("dead", "stopped") or bool(
+        status.get("last_refresh_error")
+    )
 
 
 def _age(seconds: object) -> str | None:
@@ -88,7 +111,11 @@ def run_status(args: argparse.Namespace) -> int:
         _print_status(status)
         if not status["agent_running"]:
             print("warning:      the agent is not running (this is its last status)")
-    problem = status["state"] in ("expired", "fallback") or not status["agent_running"]
+    problem = (
+        status.get("state") in ("expired", "fallback")
+        or not status["agent_running"]
+        or refresh_broken(status)
+    )
     return EXIT_PROBLEM if problem else EXIT_OK
 
 
@@ -102,7 +129,8 @@ def _refresh_via_control(args: argparse.Namespace) -> int | None:
             continue
         message = body.get("result") or body.get("message") if isinstance(body, dict) else body
         print(f"pullgate policy refresh: {message}")
-        return EXIT_OK if status == 200 else EXIT_PROBLEM
+        refused = isinstance(message, str) and message.startswith("refused:")
+        return EXIT_OK if status == 200 and not refused else EXIT_PROBLEM
     return None
 
 
