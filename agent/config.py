@@ -77,6 +77,9 @@ WINDOWS_POLICY_KEY = r"HKLM\SOFTWARE\Policies\Pullgate"
 # from being read into memory.
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_DURATION = timedelta(days=3650)
+# agent.envelope.MAX_ENVELOPE_BYTES (not imported: it loads cryptography); a test keeps
+# the two equal.
+MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
 
 # Registry value types (winreg constants, repeated so the adapter is testable anywhere).
 REG_SZ = 1
@@ -254,8 +257,9 @@ KEYS: tuple[ConfigKey, ...] = (
         "policy_max_bytes",
         "integer",
         _MIB,
-        "The largest policy envelope the agent downloads, in bytes (default 1 MiB). A "
-        "bigger response is refused and the current policy stays in force.",
+        "The largest policy envelope the agent downloads, in bytes (default 1 MiB, at most "
+        "4 MiB: the largest envelope the agent verifies). A bigger response is refused and "
+        "the current policy stays in force.",
         example="4194304",
         minimum=1024,
     ),
@@ -719,6 +723,13 @@ def _check_together(config: ManagedConfig) -> None:
                 "policy_url",
                 "needs org: a signed policy is accepted only for the configured organisation",
             )
+    if config.policy_max_bytes > MAX_ENVELOPE_BYTES:
+        raise ConfigError(
+            source,
+            "policy_max_bytes",
+            f"is {config.policy_max_bytes} but the agent verifies envelopes of at most "
+            f"{MAX_ENVELOPE_BYTES} bytes: a larger download would always be refused",
+        )
     if config.trusted_keys and config.key_threshold > len(config.trusted_keys):
         raise ConfigError(
             source,

@@ -804,3 +804,13 @@ def test_the_agent_refuses_a_non_canonical_key_with_one_line(tmp_path: Path) -> 
     assert result.returncode == 2, result.stderr
     assert "trusted_keys: item 0" in result.stderr and "canonical" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_policy_max_bytes_above_what_the_agent_verifies_is_refused() -> None:
+    from agent import envelope, policy_cache
+
+    assert config_module.MAX_ENVELOPE_BYTES == envelope.MAX_ENVELOPE_BYTES
+    assert policy_cache.MAX_ENVELOPE_BYTES == envelope.MAX_ENVELOPE_BYTES
+    err = _error({"policy_max_bytes": envelope.MAX_ENVELOPE_BYTES + 1})
+    assert err.key == "policy_max_bytes"
+    assert parse_config({"policy_max_bytes": envelope.MAX_ENVELOPE_BYTES}, SOURCE)

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ from agent.policy_fetch import Fetcher, FetchError, FetchResult
 from agent.policy_manager import PolicyManager, RefreshSettings, read_status
 from agent.policy_store import TrustSettings
 from agent.sink import DecisionSink, Event, NoticeEvent, PolicyEvent
+from tests.agent_process import start_agent
 from tests.policy_server import PolicyServer, Route, TLSMaterial
 
 KEY = Ed25519PrivateKey.generate()
@@ -406,3 +408,49 @@ def test_a_304_to_an_unconditional_request_is_a_fetch_error(
     agent = make_agent(tmp_path, server.url(), tls.ca_cert)
     with pytest.raises(FetchError, match="304"):
         refresh(agent)
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+def test_the_agent_starts_over_a_hostile_cache_and_recovers_it_from_the_server(
+    server: PolicyServer, tls: TLSMaterial, tmp_path: Path
+) -> None:
+    """A real `pullgate agent` (no daemon behind it: only its policy is looked at)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "policy.envelope").write_bytes(DEEP)
+    (state / "policy-state.json").write_text(json.dumps({"etag": '"stale"'}))
+    data = envelope(6)
+    server.publish(data)
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "org": "acme",
+                "policy_url": server.url(),
+                "ca_bundle": str(tls.ca_cert),
+                "trusted_keys": [PublicKey.from_key(KEY).to_config()],
+            }
+        )
+    )
+    agent = start_agent(
+        tmp_path,
+        tmp_path / "no-daemon.sock",
+        None,
+        ["--config", str(config), "--state-dir", str(state), "--no-watch"],
+        expect_ping_ok=False,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        status = read_status(state) or {}
+        while status.get("serial") != 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            status = read_status(state) or {}
+        assert status.get("serial") == 6, (status, agent.stderr_tail())
+        assert status["refresh_loop"] == "running"
+        assert server.conditional_requests() == 0
+        assert (state / "policy.envelope").read_bytes() == data
+        assert "Traceback" not in agent.stderr_tail(200)
+    finally:
+        agent.stop()
