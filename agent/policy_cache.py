@@ -18,7 +18,7 @@ __all__ = ["CachedPolicy", "PolicyCache"]
 
 # The envelope limit of agent.envelope (not imported: it loads cryptography).
 MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
-MAX_STATE_BYTES = 64 * 1024
+MAX_STATE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from urllib.parse import urljoin, urlsplit
 __all__ = ["MAX_REDIRECTS", "FetchError", "FetchResult", "Fetcher"]
 
 MAX_REDIRECTS = 5
+MAX_ETAG_CHARS = 256
 
 
 class FetchError(Exception):
@@ -116,7 +117,17 @@ class Fetcher:
                 raise FetchError(f"the policy server is too slow ({url})")
             if len(body) > self.max_bytes:
                 raise FetchError(f"policy is larger than the limit of {self.max_bytes} bytes")
-        return FetchResult(bytes(body), response.headers.get("ETag"))
+        return FetchResult(bytes(body), _usable_etag(response.headers.get("ETag")))
+
+
+def _usable_etag(value: str | None) -> str | None:
+    """An ETag worth keeping: short printable ASCII. It is stored in the policy state and
+    sent back, so a hostile server must not be able to bloat or break either."""
+    if value is None or len(value) > MAX_ETAG_CHARS:
+        return None
+    if not value.isascii() or not value.isprintable():
+        return None
+    return value
 
 
 def _tls_reason(error: Exception) -> str:

@@ -454,3 +454,16 @@ def test_the_agent_starts_over_a_hostile_cache_and_recovers_it_from_the_server(
         assert "Traceback" not in agent.stderr_tail(200)
     finally:
         agent.stop()
+
+
+def test_a_huge_etag_is_not_kept_so_the_state_stays_readable(
+    server: PolicyServer, tls: TLSMaterial, tmp_path: Path
+) -> None:
+    data = envelope(2)
+    server.set("/policy.dsse.json", Route(body=data, etag='"' + "e" * 60_000 + '"'))
+    agent = make_agent(tmp_path, server.url(), tls.ca_cert)
+    assert refresh(agent) == "accepted serial 2"
+    state = json.loads((tmp_path / "policy-state.json").read_text())
+    assert state["etag"] is None and state["high_water"]["serial"] == 2
+    restarted = make_agent(tmp_path, "https://127.0.0.1:9/offline", tls.ca_cert)
+    assert restarted.manager.source == "cache" and not restarted.refusals()
