@@ -26,15 +26,19 @@ from agent.reference import (
     ReferenceError,
     parse_any_reference,
     parse_digest,
+    parse_docker_ref,
     parse_normalized_named,
 )
 from agent.routes import Endpoint, Query, Route, RouteError, parse_query
 
 __all__ = [
     "MAX_JSON_BODY",
+    "After",
     "EventAction",
     "Inspection",
     "InspectionError",
+    "LocalImage",
+    "Lookup",
     "NeedJson",
     "NeedTar",
     "SettingOutcome",
@@ -42,6 +46,8 @@ __all__ = [
     "Wanted",
     "inspect_head",
     "inspect_json_body",
+    "local_image_wants",
+    "resolved_by_name",
 ]
 
 MAX_JSON_BODY = 4 * 1024 * 1024
@@ -67,6 +73,8 @@ class EventAction(StrEnum):
     PLUGIN = "plugin-pull"
     SERVICE = "service-create"
     DISTRIBUTION = "distribution-inspect"
+    TAG = "image-tag"
+    COMMIT = "container-commit"
 
 
 @dataclass(frozen=True)
@@ -91,19 +99,46 @@ class SettingOutcome:
     hint: str
 
 
+class After(StrEnum):
+    """What the daemon's success answer made, to hold until it is shown to use the
+    content that was decided (a concurrent retag can move a name in between)."""
+
+    CONTAINER = "container"  # 201 {"Id": container}: its Image must be the checked ID
+    TAG = "tag"  # the new name must name the checked ID
+    COMMIT = "commit"  # 201 {"Id": image}: its Parent must be the checked ID
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A local image a request uses, resolved with the daemon before deciding.
+
+    dockerd's ``GetImage`` finds ``name`` in its reference store, else searches image
+    IDs by prefix (``abc123`` also parses as an official image's name), so only the
+    daemon can say what ``name`` means. ``container``: ``name`` is a container and the
+    image it was created from is meant (commit). ``new_name``: the name a tag adds.
+    """
+
+    name: str
+    action: EventAction
+    container: bool = False
+    after: After | None = None
+    new_name: str = ""
+
+
 @dataclass(frozen=True)
 class Inspection:
-    """What a request needs decided. ``lookups`` are names to resolve with the daemon
-    (a container's image may be an ID, or a local tag over content from elsewhere)."""
+    """What a request needs decided. ``lookups`` are local images to resolve with the
+    daemon (a container's image may be an ID, or a local tag over content from elsewhere)."""
 
     wants: tuple[Wanted, ...] = ()
     setting: SettingOutcome | None = None
-    lookups: tuple[str, ...] = ()
+    lookups: tuple[Lookup, ...] = ()
 
 
 @dataclass(frozen=True)
 class NeedJson:
-    """Buffer the (small) JSON body, then call ``inspect_json_body``."""
+    """Buffer the (small) body, then call ``inspect_json_body`` (tag and commit are
+    decided from the query and local images, their bodies are only buffered)."""
 
     route: Route
 
@@ -176,10 +211,13 @@ def _inspect_head(route: Route, head: RequestHead, policy: Policy) -> Plan:
         return _build(query, policy)
     if endpoint is Endpoint.BUILDKIT_SESSION:
         return Inspection(setting=_builds_setting(policy, f"BuildKit ({route.path})"))
-    if endpoint is Endpoint.CONTAINER_CREATE:
+    if endpoint in (Endpoint.CONTAINER_CREATE, Endpoint.IMAGE_TAG, Endpoint.COMMIT):
+        # Tag and commit give local content a new name: checked so that `on_create:
+        # check` cannot be escaped by renaming denied content.
         if policy.on_create is OnCreateSetting.ALLOW:
             return Inspection()
         return NeedJson(route)
+
     if endpoint in (Endpoint.SERVICE_CREATE, Endpoint.SERVICE_UPDATE):
         return NeedJson(route)
     if endpoint is Endpoint.PLUGIN_PULL:
@@ -519,8 +557,17 @@ def _json_body(body: bytes, what: str) -> object:
     return _strict_json(_text(body, what), what)
 
 
-def inspect_json_body(route: Route, body: bytes) -> Inspection:
-    """Images named in a ``containers/create`` or ``services`` request body."""
+def inspect_json_body(
+    route: Route, body: bytes, on_create: OnCreateSetting = OnCreateSetting.CHECK
+) -> Inspection:
+    """Images named in a ``containers/create`` or ``services`` request body, and the
+    local images a tag or commit (decided from its query, the body ignored) renames."""
+    if route.endpoint in (Endpoint.IMAGE_TAG, Endpoint.COMMIT):
+        try:
+            return _tag(route) if route.endpoint is Endpoint.IMAGE_TAG else _commit(route)
+        except RouteError as e:
+            raise InspectionError(f"pullgate: {e.message}", e.status) from e
+
     if route.endpoint is Endpoint.CONTAINER_CREATE:
         config = _json_body(body, "container config")
         image = _field(config, "Image", "the container config")
@@ -528,50 +575,137 @@ def inspect_json_body(route: Route, body: bytes) -> Inspection:
             return Inspection()
         if not isinstance(image, str):
             raise InspectionError("pullgate: the container config Image must be a string")
+        lookup = Lookup(image, EventAction.CREATE, after=After.CONTAINER)
         try:
             parsed = parse_any_reference(image)
         except ReferenceError as e:
             raise InspectionError(f"pullgate: invalid image {image!r}: {e}") from e
         if isinstance(parsed, DigestReference):
-            return Inspection(lookups=(image,))
-        return Inspection(wants=(Wanted(image, parsed, EventAction.CREATE),), lookups=(image,))
+            return Inspection(lookups=(lookup,))
+        return Inspection(wants=(Wanted(image, parsed, EventAction.CREATE),), lookups=(lookup,))
     spec = _json_body(body, "service spec")
     task = _field(spec, "TaskTemplate", "the service spec")
     wants: list[Wanted] = []
+    lookups: list[Lookup] = []
     container = _field(task, "ContainerSpec", "TaskTemplate")
     image = _field(container, "Image", "ContainerSpec")
     plugin = _field(task, "PluginSpec", "TaskTemplate")
     remote = _field(plugin, "Remote", "PluginSpec")
-    for value, what in ((image, "service image"), (remote, "service plugin")):
+    for value, what, local in ((image, "service image", True), (remote, "service plugin", False)):
         if value is None or value == "":
             continue
         if not isinstance(value, str):
             raise InspectionError(f"pullgate: the {what} must be a string")
+        if local and on_create is OnCreateSetting.CHECK:
+            # The swarm executor creates the task's container with dockerd's GetImage,
+            # which also finds local images by ID or ID prefix.
+            lookups.append(Lookup(value, EventAction.SERVICE))
+            if _is_id(value):
+                continue
         wants.append(Wanted(value, _reference(value, what), EventAction.SERVICE))
-    return Inspection(wants=tuple(wants))
+    return Inspection(wants=tuple(wants), lookups=tuple(lookups))
 
 
-@dataclass
-class LocalImage:
-    """What the daemon knows of an image already on the machine."""
+def _is_id(value: str) -> bool:
+    try:
+        return isinstance(parse_any_reference(value), DigestReference)
+    except ReferenceError:
+        return False
 
-    repo_tags: list[str] = field(default_factory=list)
-    repo_digests: list[str] = field(default_factory=list)
 
-
-def local_image_wants(name: str, image: LocalImage, by_id: bool) -> list[Wanted]:
-    """Names a container's local image must also be allowed under.
-
-    Its ``RepoDigests`` say where its content was pulled from, whatever it is called
-    now; for an image given by ID its tags are all it has. Names that do not parse
-    (``<none>``) are skipped.
-    """
-    candidates = list(image.repo_digests) + (list(image.repo_tags) if by_id else [])
-    wants = []
-    for candidate in candidates:
+def _tag(route: Route) -> Inspection:
+    """``POST /images/{name}/tag?repo=&tag=``: the new name as dockerd's ``TagImage``
+    builds it (``repo`` normalized, ``tag`` replacing its tag, ``latest`` implied)."""
+    query = parse_query(route.raw_query)
+    repo = query.get("repo") or ""
+    tag = query.get("tag") or ""
+    new = _reference(repo, "repository")
+    if tag:
         try:
-            ref = parse_normalized_named(candidate)
+            new = new.trimmed().with_tag(tag)
+        except ReferenceError as e:
+            raise InspectionError(f"pullgate: invalid tag {tag!r}: {e}") from e
+    if new.digest is not None:
+        raise InspectionError(f"pullgate: cannot tag an image with a digest ({repo!r})")
+    name = route.name or ""
+    lookup = Lookup(name, EventAction.TAG, after=After.TAG, new_name=new.canonical)
+    return Inspection(lookups=(lookup,))
+
+
+def _commit(route: Route) -> Inspection:
+    """``POST /commit?container=``: the new image holds the container's image content."""
+    query = parse_query(route.raw_query)
+    for key in ("repo", "tag", "comment", "author", "pause", "changes"):
+        query.get(key)  # refuse duplicates of every parameter the daemon reads
+    container = query.get("container") or ""
+    if not container:
+        return Inspection()  # the daemon refuses a commit without a container
+    return Inspection(
+        lookups=(Lookup(container, EventAction.COMMIT, container=True, after=After.COMMIT),)
+    )
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    """What the daemon knows of an image already on the machine (``GET /images/{name}/json``)."""
+
+    id: str
+    repo_tags: tuple[str, ...] = ()
+    repo_digests: tuple[str, ...] = ()
+    parent: str = ""
+
+    @classmethod
+    def from_daemon(cls, info: object) -> LocalImage:
+        """Read the daemon's answer; anything unexpected is refused, not guessed."""
+        if not isinstance(info, dict) or not isinstance(info.get("Id"), str):
+            raise InspectionError("pullgate: the daemon described an image without an Id", 502)
+        names: list[tuple[str, ...]] = []
+        for key in ("RepoTags", "RepoDigests"):
+            value = info.get(key) or []
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise InspectionError(f"pullgate: the daemon's image {key} are not names", 502)
+            names.append(tuple(value))
+        parent = info.get("Parent") or ""
+        return cls(info["Id"], names[0], names[1], parent if isinstance(parent, str) else "")
+
+
+def _local_names(image: LocalImage) -> dict[str, Reference]:
+    """The image's names as the reference store holds them; ``<none>`` is skipped."""
+    out = {}
+    for name in (*image.repo_tags, *image.repo_digests):
+        try:
+            out[name] = parse_docker_ref(name)
         except ReferenceError:
             continue
-        wants.append(Wanted(candidate, ref, EventAction.CREATE, detail=f"local image {name}"))
-    return wants
+    return out
+
+
+def resolved_by_name(name: str, image: LocalImage) -> bool:
+    """Whether the daemon found ``image`` under the name ``name`` rather than by ID.
+
+    ``GetImage`` looks the name up in its reference store first (``ParseDockerRef``:
+    ``latest`` implied, a digest wins over a tag); only if it is not there does it
+    search image IDs by prefix. So the name is the name it was found by exactly when
+    the image holds it among its tags and digests.
+    """
+    try:
+        parsed = parse_any_reference(name)
+    except ReferenceError:
+        return False
+    if isinstance(parsed, DigestReference):
+        return False
+    wanted = parse_docker_ref(name)
+    return wanted in _local_names(image).values()
+
+
+def local_image_wants(name: str, image: LocalImage, action: EventAction) -> list[Wanted]:
+    """Every name a local image's content must be allowed under.
+
+    ``RepoDigests`` say where its content was pulled from and ``RepoTags`` what it was
+    loaded, built or tagged as: renaming content must not launder it, so all count,
+    whatever name it is used by now.
+    """
+    return [
+        Wanted(candidate, ref, action, detail=f"local image {name}")
+        for candidate, ref in _local_names(image).items()
+    ]

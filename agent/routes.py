@@ -49,6 +49,8 @@ class Endpoint(Enum):
     PLUGIN_PULL = auto()  # /plugins/pull, /plugins/{name}/upgrade, /plugins/privileges
     PLUGIN_CREATE = auto()  # plugin from a tar
     DISTRIBUTION = auto()  # /distribution/{name}/json (asks a registry)
+    IMAGE_TAG = auto()  # /images/{name}/tag: a new name for local content
+    COMMIT = auto()  # /commit?container=: a new image from a container's content
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +79,14 @@ _EXACT = {
     "/plugins/pull": Endpoint.PLUGIN_PULL,
     "/plugins/privileges": Endpoint.PLUGIN_PULL,
     "/plugins/create": Endpoint.PLUGIN_CREATE,
+    "/commit": Endpoint.COMMIT,
 }
 # mux patterns with a {name:.*} or {id} parameter, matched in this order.
 _PATTERNS = (
     (re.compile(r"/plugins/(.+)/upgrade"), Endpoint.PLUGIN_PULL),
     (re.compile(r"/services/([^/]+)/update"), Endpoint.SERVICE_UPDATE),
     (re.compile(r"/distribution/(.+)/json"), Endpoint.DISTRIBUTION),
+    (re.compile(r"/images/(.+)/tag"), Endpoint.IMAGE_TAG),
     (re.compile(r"/containers/([^/]+)/attach"), Endpoint.HIJACK),
     (re.compile(r"/containers/([^/]+)/attach/ws"), Endpoint.HIJACK),
     (re.compile(r"/exec/([^/]+)/start"), Endpoint.HIJACK),

@@ -44,10 +44,12 @@ from agent.http1 import (
 )
 from agent.inspect import (
     MAX_JSON_BODY,
+    After,
     EventAction,
     Inspection,
     InspectionError,
     LocalImage,
+    Lookup,
     NeedJson,
     NeedTar,
     TarFindings,
@@ -55,6 +57,7 @@ from agent.inspect import (
     inspect_head,
     inspect_json_body,
     local_image_wants,
+    resolved_by_name,
 )
 from agent.messages import defuse, denial_message
 from agent.peer import PeerInfo, describe_peer, peer_credentials
@@ -75,9 +78,26 @@ _VERBS = {
     EventAction.LOAD: "loading",
     EventAction.IMPORT: "importing",
     EventAction.SERVICE: "deploying",
+    EventAction.TAG: "tagging",
+    EventAction.COMMIT: "committing",
 }
 #: Bytes after a tar's end marker the shim will hold back before refusing the request.
 _MAX_HELD_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A local image decided before its request went upstream: the daemon's success
+    answer is held until what it made is shown to use this image (``image_id``; None
+    when the name named nothing at lookup time)."""
+
+    lookup: Lookup
+    image_id: str | None
+    name_wants: tuple[Wanted, ...] = ()  # the lookup's name, decided as a name
+
+
+#: A held success answer (create, tag, commit) is small; a bigger one is not trusted.
+_MAX_HELD_RESPONSE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -269,6 +289,10 @@ class ClientConnection(asyncio.Protocol):
         self.tar: TarScanner | None = None
         self.tar_plan: NeedTar | None = None
         self.holding_tail = False
+        self.checked: _Checked | None = None  # see _verify_response
+        self.response_held: list[bytes] = []
+        self.task: asyncio.Task[None] | None = None  # a lookup or a check under way
+
         # upstream
         self.upstream: UpstreamProtocol | None = None
         self.upstream_pending: list[bytes] = []
@@ -600,30 +624,46 @@ class ClientConnection(asyncio.Protocol):
 
     def _json_ready(self) -> None:
         assert self.route is not None
-        inspection = inspect_json_body(self.route, bytes(self.payload))
+        on_create = self.shim.policy().on_create
+        inspection = inspect_json_body(self.route, bytes(self.payload), on_create)
         self.payload = bytearray()
         if inspection.lookups:
             self.state = _DECIDING
             self.pause_client_reading("deciding")
-            asyncio.get_running_loop().create_task(self._lookup_then_decide(inspection))
+            self.task = asyncio.get_running_loop().create_task(self._lookup_then_decide(inspection))
             return
         self._finish_buffered(inspection)
 
     async def _lookup_then_decide(self, inspection: Inspection) -> None:
+        """Resolve local images as the daemon will, then decide them by all their names.
+
+        A name the daemon finds by ID (prefix) is not decided as a name: the image's
+        own names are. What was checked is remembered to verify the daemon's answer.
+        """
         wants = list(inspection.wants)
+        checked: _Checked | None = None
         try:
-            for name in inspection.lookups:
-                image = await self._inspect_local_image(name)
-                if image is not None:
-                    by_id = not any(w.input == name for w in inspection.wants)
-                    wants += local_image_wants(name, image, by_id)
+            for lookup in inspection.lookups:
+                image = await self._lookup_image(lookup)
+                if lookup.after is not None:
+                    named = tuple(w for w in inspection.wants if w.input == lookup.name)
+                    checked = _Checked(lookup, image.id if image is not None else None, named)
+                if image is None:
+                    continue
+                if lookup.container or not resolved_by_name(lookup.name, image):
+                    wants = [w for w in wants if w.input != lookup.name]
+                wants += local_image_wants(lookup.name, image, lookup.action)
         except OSError as e:
             self._refuse(502, _upstream_error(self.shim.config.upstream, e))
+            return
+        except InspectionError as e:
+            self._refuse(e.status, e.message)
             return
         if self.state == _CLOSED:
             return
         self.state = _BUFFER
         self.resume_client_reading("deciding")
+        self.checked = checked
         self._finish_buffered(Inspection(wants=tuple(wants), setting=inspection.setting))
         self._process()
 
@@ -631,19 +671,23 @@ class ClientConnection(asyncio.Protocol):
         assert self.head is not None
         if not self._apply(inspection):
             return
-        self._expect_response(self.head.method, self.route)
+        if self.checked is not None:
+            # Held until what the daemon made is shown to use the content decided.
+            self.response_done = False
+            self.rtracker = _HeldTracker(self.head.method)
+        else:
+            self._expect_response(self.head.method, self.route)
         for chunk in self.held:
             self._to_upstream(chunk)
         self.held = []
         self._request_complete()
 
-    async def _inspect_local_image(self, name: str) -> LocalImage | None:
-        """Ask the daemon what it has under ``name`` (None: it has nothing)."""
+    async def _ask_daemon(self, method: str, path: str) -> tuple[int, bytes]:
+        """One request of the shim's own, on a connection of its own: (status, body)."""
         reader, writer = await asyncio.open_unix_connection(str(self.shim.config.upstream))
         try:
-            path = "/images/" + quote(name, safe="/:@") + "/json"
             writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode(
+                f"{method} {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode(
                     "latin-1"
                 )
             )
@@ -653,18 +697,49 @@ class ClientConnection(asyncio.Protocol):
             writer.close()
         head_end = raw.find(b"\r\n\r\n")
         status_line = raw[: raw.find(b"\r\n")].split()
-        status = int(status_line[1]) if len(status_line) > 1 else 0
-        if status == 404:
-            return None
-        body = raw[head_end + 4 :]
+        status = int(status_line[1]) if len(status_line) > 1 and status_line[1].isdigit() else 0
+        body = raw[head_end + 4 :] if head_end >= 0 else b""
         if b"transfer-encoding: chunked" in raw[:head_end].lower():
             body = _dechunk(body)
+        return status, body
+
+    async def _daemon_json(self, path: str, what: str) -> object | None:
+        """The daemon's JSON answer to ``GET path`` (None: it has no such thing)."""
+        status, body = await self._ask_daemon("GET", path)
+        if status == 404:
+            return None
         if status != 200:
             raise InspectionError(
-                f"pullgate: the daemon could not describe image {name!r} (HTTP {status})", 502
+                f"pullgate: the daemon could not describe {what} (HTTP {status})", 502
             )
-        info = json.loads(body)
-        return LocalImage(list(info.get("RepoTags") or []), list(info.get("RepoDigests") or []))
+        try:
+            value: object = json.loads(body)
+        except ValueError as e:
+            raise InspectionError(
+                f"pullgate: the daemon's description of {what} is not JSON", 502
+            ) from e
+        return value
+
+    async def _local_image(self, name: str) -> LocalImage | None:
+        """Ask the daemon what it has under ``name`` (None: it has nothing)."""
+        path = "/images/" + quote(name, safe="/:@") + "/json"
+        info = await self._daemon_json(path, f"image {name!r}")
+        return None if info is None else LocalImage.from_daemon(info)
+
+    async def _lookup_image(self, lookup: Lookup) -> LocalImage | None:
+        """The image a lookup means: by name or ID, or a container's image."""
+        if not lookup.container:
+            return await self._local_image(lookup.name)
+        path = "/containers/" + quote(lookup.name, safe="") + "/json"
+        info = await self._daemon_json(path, f"container {lookup.name!r}")
+        if info is None:
+            return None
+        image_id = info.get("Image") if isinstance(info, dict) else None
+        if not isinstance(image_id, str) or not image_id.startswith("sha256:"):
+            raise InspectionError(f"pullgate: the daemon named no image of {lookup.name!r}", 502)
+        image = await self._local_image(image_id)
+        # The image may be gone (removed with force): the container still holds it.
+        return image if image is not None else LocalImage(image_id)
 
     def _tar_body(self) -> None:
         assert self.reader is not None and self.tar is not None
@@ -714,6 +789,19 @@ class ClientConnection(asyncio.Protocol):
 
     def _apply(self, inspection: Inspection, *, abort_upstream: bool = False) -> bool:
         """Decide an inspection; on a denial answer 403 and return False."""
+        denial = self._denial(inspection)
+        if denial is None:
+            return True
+        if abort_upstream:
+            # The daemon has the head and part of the body: cut it off mid-body so it
+            # never sees a complete request.
+            self._close_upstream(abort=True)
+            self.response_done = True
+        self._refuse(403, denial, log=False)
+        return False
+
+    def _denial(self, inspection: Inspection) -> str | None:
+        """Decide and record an inspection: the message of its first denial, if any."""
         assert self.head is not None and self.route is not None
         policy = self.shim.policy()
         now = datetime.now(UTC)
@@ -755,15 +843,7 @@ class ClientConnection(asyncio.Protocol):
                 denial = message
         if denial is None and (inspection.wants or setting) and self.shim.audit_gate:
             denial = self.shim.audit_gate()
-        if denial is None:
-            return True
-        if abort_upstream:
-            # The daemon has the head and part of the body: cut it off mid-body so it
-            # never sees a complete request.
-            self._close_upstream(abort=True)
-            self.response_done = True
-        self._refuse(403, denial, log=False)
-        return False
+        return denial
 
     def _decide_one(self, policy: Policy, want: Wanted, now: datetime, endpoint: str) -> str | None:
         d = decide(
@@ -930,6 +1010,9 @@ class ClientConnection(asyncio.Protocol):
             print(f"pullgate: bad response from the daemon: {e}", file=sys.stderr)
             self.abort()
             return
+        if tracker.held:
+            self._hold_response(data, tracker)
+            return
         # Bytes go to the client exactly as the daemon sent them, in one write.
         transport.write(data)
         if tracker.extra:
@@ -947,6 +1030,109 @@ class ClientConnection(asyncio.Protocol):
                 # llhttp is ready for the next response: reuse it for the next request.
                 self._spare_tracker = tracker
             self._response_complete()
+
+    def _hold_response(self, data: bytes, tracker: _ResponseTracker) -> None:
+        """Keep the answer to a create, tag or commit until ``_verify_response`` is done."""
+        self.response_held.append(data)
+        size = sum(len(piece) for piece in self.response_held)
+        if tracker.extra or tracker.upgraded or size > _MAX_HELD_RESPONSE:
+            self.abort()
+            return
+        if not tracker.complete:
+            return
+        # This connection to the daemon has served its purpose; the next request gets a
+        # fresh one, so nothing the daemon does with it can reach the client meanwhile.
+        self._close_upstream()
+        checked, self.checked = self.checked, None
+        assert checked is not None and isinstance(tracker, _HeldTracker)
+        held, self.response_held = b"".join(self.response_held), []
+        self.task = asyncio.get_running_loop().create_task(
+            self._verify_response(checked, tracker, held)
+        )
+
+    async def _verify_response(self, checked: _Checked, tracker: _HeldTracker, held: bytes) -> None:
+        """Release the daemon's answer only if what it made uses the content decided.
+
+        The request still names the image as the client wrote it (so ``docker ps``
+        shows that name), and the daemon resolves it again: a retag in between would
+        make it use other content. Then that content is decided too, and if it is
+        denied what was made is removed and the client gets the 403 instead.
+        """
+        status, denial = 403, None
+        try:
+            if 200 <= tracker.status < 300:
+                denial = await self._check_made(checked, tracker.body)
+        except (OSError, ValueError, InspectionError) as e:
+            why = e.message if isinstance(e, InspectionError) else str(e)
+            status, denial = 502, f"pullgate: could not verify what the daemon made: {why}"
+        if self.state == _CLOSED or self.transport is None:
+            return
+        self.rtracker = None
+        if denial is None:
+            self.transport.write(held)
+            if not tracker.keep_alive:
+                self.close_after_response = True
+            self._response_complete()
+            return
+        self.response_done = True
+        self._refuse(status, denial)
+
+    async def _check_made(self, checked: _Checked, body: bytes) -> str | None:
+        """A denial if the daemon made something from other content than ``checked``."""
+        lookup = checked.lookup
+        made = ""
+        if lookup.after is not After.TAG:
+            info = json.loads(body) if body else None
+            made_id = info.get("Id") if isinstance(info, dict) else None
+            if not isinstance(made_id, str) or not made_id:
+                raise InspectionError("pullgate: the daemon's answer names nothing it made", 502)
+            made = made_id
+        actual: object = None
+        image: LocalImage | None = None
+        with contextlib.suppress(InspectionError):  # what cannot be verified is removed
+            if lookup.after is After.TAG:
+                image = await self._local_image(lookup.new_name)
+                actual = image.id if image is not None else None
+            elif lookup.after is After.CONTAINER:
+                path = "/containers/" + quote(made, safe="") + "/json"
+                info = await self._daemon_json(path, f"container {made}")
+                actual = info.get("Image") if isinstance(info, dict) else None
+            else:
+                image = await self._local_image(made)
+                actual = image.parent if image is not None else None
+            if isinstance(actual, str) and actual and actual == checked.image_id:
+                return None
+            if isinstance(actual, str) and actual:
+                image = await self._local_image(actual)
+            else:
+                actual, image = None, None
+        wants: list[Wanted] = []
+        if image is not None:
+            if not lookup.container and resolved_by_name(lookup.name, image):
+                wants += checked.name_wants
+            wants += local_image_wants(lookup.name, image, lookup.action)
+        denial = self._denial(Inspection(wants=tuple(wants)))
+        if denial is None and actual is not None:
+            return None
+        await self._remove_made(lookup, made)
+        what = f"{lookup.name!r} changed while Pullgate was checking it"
+        return f"pullgate: {what}, and what the daemon made was removed. {denial or ''}".strip()
+
+    async def _remove_made(self, lookup: Lookup, made: str) -> None:
+        if lookup.after is After.CONTAINER:
+            path = "/containers/" + quote(made, safe="") + "?force=1&v=1"
+        elif lookup.after is After.TAG:
+            path = "/images/" + quote(lookup.new_name, safe="/:@") + "?force=1&noprune=1"
+
+        else:
+            path = "/images/" + quote(made, safe="/:@") + "?force=1"
+        status, _ = await self._ask_daemon("DELETE", path)
+        if status not in (200, 204, 404):
+            raise InspectionError(
+                f"pullgate: could not remove what the daemon made from {lookup.name!r} "
+                f"(HTTP {status}); remove it with docker rm / docker rmi",
+                502,
+            )
 
     def _is_hijack(self, tracker: _ResponseTracker) -> bool:
         """dockerd's "200 then raw stream" answer to an attach or exec without Upgrade."""
@@ -1003,6 +1189,8 @@ class _ResponseTracker:
     )
     #: Whether the request may be answered with "200 then raw stream" (_HijackTracker).
     hijack = False
+    #: Whether the answer is held back until it is verified (_HeldTracker).
+    held = False
 
     def __init__(self, method: str) -> None:
         # Only a hijack-capable request needs the content type (see _HijackTracker);
@@ -1046,6 +1234,20 @@ class _ResponseTracker:
             # Ask now: once the callback returns, llhttp resets for the next message.
             self.keep_alive = self.parser.should_keep_alive()
             self.complete = True
+
+
+class _HeldTracker(_ResponseTracker):
+    """For a create, tag or commit whose answer is held: also keeps its body."""
+
+    __slots__ = ("body",)
+    held = True
+
+    def reset(self, method: str) -> None:
+        super().reset(method)
+        self.body = b""
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
 
 
 class _HijackTracker(_ResponseTracker):

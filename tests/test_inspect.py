@@ -10,16 +10,20 @@ import pytest
 
 from agent.http1 import RequestHead, parse_request_head
 from agent.inspect import (
+    After,
     EventAction,
     Inspection,
     InspectionError,
+    LocalImage,
     NeedJson,
     NeedTar,
     TarFindings,
     inspect_head,
     inspect_json_body,
+    local_image_wants,
+    resolved_by_name,
 )
-from agent.policy import Policy
+from agent.policy import OnCreateSetting, Policy
 from agent.routes import route_request
 from tests.policy_builders import policy
 
@@ -254,7 +258,7 @@ def test_container_create_image_is_found_case_insensitively() -> None:
     route = json_route("/v1.41/containers/create")
     result = inspect_json_body(route, b'{"image": "someuser/tool", "Cmd": ["x"]}')
     assert [str(w.reference) for w in result.wants] == ["docker.io/someuser/tool"]
-    assert result.lookups == ("someuser/tool",)
+    assert [(lk.name, lk.after) for lk in result.lookups] == [("someuser/tool", After.CONTAINER)]
 
 
 def test_container_create_with_two_image_keys_is_refused() -> None:
@@ -269,8 +273,144 @@ def test_container_create_with_two_image_keys_is_refused() -> None:
 
 def test_container_create_by_id_needs_a_daemon_lookup() -> None:
     route = json_route("/containers/create")
-    result = inspect_json_body(route, json.dumps({"Image": "b" * 64}).encode())
-    assert result.wants == () and result.lookups == ("b" * 64,)
+    for image in ("b" * 64, "sha256:" + "b" * 64):
+        result = inspect_json_body(route, json.dumps({"Image": image}).encode())
+        assert result.wants == () and [lk.name for lk in result.lookups] == [image]
+
+
+def test_container_create_by_short_id_is_also_a_name_until_the_daemon_says() -> None:
+    """`abc123def456` parses as an official image's name; the daemon may find it by ID."""
+    route = json_route("/containers/create")
+    result = inspect_json_body(route, b'{"Image": "abc123def456"}')
+    assert [str(w.reference) for w in result.wants] == ["docker.io/library/abc123def456"]
+    assert [lk.name for lk in result.lookups] == ["abc123def456"]
+
+
+def _image(*names: str, image_id: str = "sha256:" + "c" * 64) -> LocalImage:
+    tags = tuple(n for n in names if "@" not in n)
+    return LocalImage(image_id, tags, tuple(n for n in names if "@" in n))
+
+
+@pytest.mark.parametrize(
+    ("name", "names", "by_name"),
+    [
+        ("someuser/tool", ["someuser/tool:latest"], True),
+        ("docker.io/someuser/tool:latest", ["someuser/tool:latest"], True),
+        ("index.docker.io/someuser/tool", ["someuser/tool:latest"], True),
+        ("someuser/tool:1.0", ["someuser/tool:latest"], False),
+        ("alpine", ["alpine:latest", "someuser/tool:latest"], True),
+        (f"someuser/tool@{DIGEST}", [f"someuser/tool@{DIGEST}"], True),
+        (f"someuser/tool:x@{DIGEST}", [f"someuser/tool@{DIGEST}"], True),
+        (f"someuser/tool@{DIGEST}", ["someuser/tool:latest"], False),
+        # ID prefixes parse as official names; the image does not hold that name
+        ("cccccccccccc", ["someuser/tool:latest"], False),
+        ("sha256:cccc", ["someuser/tool:latest"], False),
+        ("c" * 64, ["someuser/tool:latest"], False),
+        ("sha256:" + "c" * 64, [], False),
+        # ... unless it does: the reference store is asked first
+        ("cccccccccccc", ["cccccccccccc:latest"], True),
+        ("registry-1.docker.io/someuser/tool", ["someuser/tool:latest"], False),
+        ("Bad/Name", ["someuser/tool:latest"], False),
+    ],
+)
+def test_a_local_image_is_found_by_name_only_if_it_holds_that_name(
+    name: str, names: list[str], by_name: bool
+) -> None:
+    assert resolved_by_name(name, _image(*names)) is by_name
+
+
+def test_every_name_of_a_local_image_is_decided() -> None:
+    image = _image("acme/app:evil", "<none>:<none>", f"someuser/tool@{DIGEST}")
+    wants = local_image_wants("acme/app:evil", image, EventAction.CREATE)
+    assert [str(w.reference) for w in wants] == [
+        "docker.io/acme/app:evil",
+        f"docker.io/someuser/tool@{DIGEST}",
+    ]
+    assert {w.detail for w in wants} == {"local image acme/app:evil"}
+
+
+def test_daemon_image_description_is_read_strictly() -> None:
+    info = {"Id": "sha256:" + "d" * 64, "RepoTags": ["a:1"], "RepoDigests": None, "Parent": ""}
+    assert LocalImage.from_daemon(info) == LocalImage("sha256:" + "d" * 64, ("a:1",), ())
+    bad_answers: list[object] = [
+        {},
+        [],
+        {"Id": 1},
+        {"Id": "x", "RepoTags": "a:1"},
+        {"Id": "x", "RepoTags": [1]},
+    ]
+    for bad in bad_answers:
+        with pytest.raises(InspectionError):
+            LocalImage.from_daemon(bad)
+
+
+@pytest.mark.parametrize(
+    ("target", "source", "new_name"),
+    [
+        (
+            "/v1.41/images/someuser/tool/tag?repo=acme%2Fapp&tag=evil",
+            "someuser/tool",
+            "docker.io/acme/app:evil",
+        ),
+        ("/images/abc123/tag?repo=acme/app", "abc123", "docker.io/acme/app:latest"),
+        ("/images/x:1/tag?repo=acme/app:one&tag=two", "x:1", "docker.io/acme/app:two"),
+        (
+            f"/images/sha256:{'e' * 64}/tag?repo=acme/app:one",
+            f"sha256:{'e' * 64}",
+            "docker.io/acme/app:one",
+        ),
+    ],
+)
+def test_tag_looks_up_its_source_and_names_the_new_tag(
+    target: str, source: str, new_name: str
+) -> None:
+    result = inspect_json_body(json_route(target), b"")
+    assert result.wants == ()
+    assert [(lk.name, lk.action, lk.after, lk.new_name) for lk in result.lookups] == [
+        (source, EventAction.TAG, After.TAG, new_name)
+    ]
+
+
+def test_tag_with_bad_or_repeated_parameters_is_refused() -> None:
+    for query in ("repo=acme/app&repo=x", "repo=acme/app&tag=a&tag=b", "repo=", "repo=Bad"):
+        with pytest.raises(InspectionError):
+            inspect_json_body(json_route(f"/images/alpine/tag?{query}"), b"")
+    with pytest.raises(InspectionError):
+        inspect_json_body(json_route(f"/images/alpine/tag?repo=a%40{DIGEST}"), b"")
+
+
+def test_commit_looks_up_the_containers_image() -> None:
+    result = inspect_json_body(json_route("/v1.41/commit?container=web&repo=acme/app"), b"{}")
+    assert [(lk.name, lk.container, lk.after) for lk in result.lookups] == [
+        ("web", True, After.COMMIT)
+    ]
+    assert inspect_json_body(json_route("/commit?repo=x"), b"") == Inspection()
+    with pytest.raises(InspectionError):
+        inspect_json_body(json_route("/commit?container=a&container=b"), b"")
+
+
+def test_tag_and_commit_are_not_inspected_when_on_create_allows() -> None:
+    for target in ("/images/alpine/tag?repo=x", "/commit?container=web"):
+        assert plan(target, policy(on_create="allow")) == Inspection()
+        assert plan(target, policy(on_create="check"), "Content-Length: 0") is not None
+    with pytest.raises(InspectionError):
+        plan(
+            "/images/alpine/tag",
+            policy(),
+            "Content-Type: application/x-www-form-urlencoded",
+            "Content-Length: 8",
+        )
+
+
+def test_service_image_is_looked_up_when_on_create_checks() -> None:
+    route = json_route("/services/create")
+    body = json.dumps({"TaskTemplate": {"ContainerSpec": {"Image": "sha256:" + "f" * 64}}})
+    result = inspect_json_body(route, body.encode())
+    assert result.wants == () and [lk.name for lk in result.lookups] == ["sha256:" + "f" * 64]
+    body = json.dumps({"TaskTemplate": {"ContainerSpec": {"Image": "abc123"}}})
+    result = inspect_json_body(route, body.encode(), OnCreateSetting.ALLOW)
+    assert [str(w.reference) for w in result.wants] == ["docker.io/library/abc123"]
+    assert result.lookups == ()
 
 
 def test_container_create_is_not_inspected_when_on_create_allows() -> None:

@@ -1,0 +1,353 @@
+"""Denied content already on the machine must not be run, renamed or committed through the shim
+(issue 9, leaks 5-7), checked against a real dockerd 20.10.
+
+The denied image `someuser/tool` is put into the daemon directly (as if before the policy):
+pulled (tags and RepoDigests) or loaded (tags only). Then, through the shim, it is named
+every way dockerd resolves a local image: by name, by ID prefix (`abc123def456` parses as an
+official image's name, and dockerd falls back to an ID prefix search), by `sha256:<prefix>`
+and full ID; renamed with `docker tag` and `docker commit`; and raced with a tag that flips
+between allowed and denied content while containers are created. Afterwards the daemon is
+asked directly what it made.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from tests.agent_process import (
+    DENIED_REPOSITORY,
+    AgentProcess,
+    Reporter,
+    describe,
+    docker_via,
+    remove_images,
+    shim_policy,
+    start_agent,
+    unix_request,
+)
+from tests.realdocker import DockerEnv, docker
+
+DENIED = DENIED_REPOSITORY
+LAUNDERED = "acme/app:evil"
+FLIP = "acme/app:flip"
+
+pytestmark = pytest.mark.usefixtures("seeded")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def api(socket_path: Path, method: str, target: str, body: Any = None) -> tuple[int, Any]:
+    """One Docker API request: (status, decoded JSON body or None)."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    status, _, raw = unix_request(socket_path, method, target, body=data, headers=headers)
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def image_id(env: DockerEnv, ref: str) -> str | None:
+    status, info = api(env.socket_path, "GET", f"/images/{quote(ref, safe='/:@')}/json")
+    return str(info["Id"]) if status == 200 else None
+
+
+def containers_of(env: DockerEnv, image_ids: set[str]) -> list[str]:
+    """Containers (asked directly) whose image is one of `image_ids`: `ID image name`."""
+    status, found = api(env.socket_path, "GET", "/containers/json?all=1")
+    assert status == 200, found
+    return [
+        f"{c['Id'][:12]} {c['ImageID']} {c['Names']}" for c in found if c["ImageID"] in image_ids
+    ]
+
+
+def assert_refused(status: int, body: Any, agent: AgentProcess) -> None:
+    context = f"{status} {body}\nagent stderr:\n{agent.stderr_tail()}"
+    assert status == 403, context
+    assert isinstance(body, dict) and str(body.get("message", "")).startswith("pullgate:"), context
+
+
+def remove_containers(env: DockerEnv, image_ids: set[str]) -> None:
+    for line in containers_of(env, image_ids):
+        api(env.socket_path, "DELETE", f"/containers/{line.split()[0]}?force=1&v=1")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def agent(
+    docker_env: DockerEnv, tmp_path_factory: pytest.TempPathFactory, report: Reporter
+) -> Iterator[AgentProcess]:
+    shim = start_agent(tmp_path_factory.mktemp("shim-local"), docker_env.socket_path, shim_policy())
+    report(f"shim: agent answered /_ping {shim.ready_seconds:.2f} s after start")
+    try:
+        yield shim
+    finally:
+        shim.stop()
+
+
+@pytest.fixture
+def clean(docker_env: DockerEnv, denied_image_ids: frozenset[str]) -> Iterator[set[str]]:
+    """No denied content before; after: no container of it, and it and its new names gone.
+    Yields the set of image IDs the test put in (filled by the test)."""
+    made: set[str] = set(denied_image_ids)
+    remove_images(docker_env, DENIED, denied_image_ids)
+    yield made
+    remove_containers(docker_env, made)
+    for ref in (LAUNDERED, FLIP):
+        api(docker_env.socket_path, "DELETE", f"/images/{ref}?force=1")
+    remove_images(docker_env, DENIED, made)
+
+
+def pull_directly(env: DockerEnv, made: set[str]) -> str:
+    """someuser/tool pulled into the daemon without the shim: tags and RepoDigests."""
+    docker(env, "pull", DENIED)
+    found = image_id(env, DENIED)
+    assert found is not None
+    made.add(found)
+    return found
+
+
+def load_directly(env: DockerEnv, made: set[str], tmp_path: Path) -> str:
+    """someuser/tool saved and loaded back without the shim: tags only, no RepoDigests."""
+    found = pull_directly(env, made)
+    archive = tmp_path / "tool.tar"
+    docker(env, "save", "-o", str(archive), DENIED)
+    docker(env, "image", "rm", "--force", found)
+    docker(env, "load", "-i", str(archive))
+    status, info = api(env.socket_path, "GET", f"/images/{found}/json")
+    assert status == 200 and info["RepoTags"] and not info["RepoDigests"], info
+    return found
+
+
+# --------------------------------------------------------------------------- leak 5
+
+
+FORMS = ["prefix", "sha256-prefix", "full-id", "sha256-full-id"]
+
+
+@pytest.mark.parametrize("case", [f"{o}-{f}" for o in ("loaded", "pulled") for f in FORMS])
+def test_create_of_denied_content_by_id_or_id_prefix_is_refused(
+    agent: AgentProcess, docker_env: DockerEnv, clean: set[str], tmp_path: Path, case: str
+) -> None:
+    origin, form = case.split("-", 1)
+    if origin == "loaded":
+        denied = load_directly(docker_env, clean, tmp_path)
+    else:
+        denied = pull_directly(docker_env, clean)
+    hex_id = denied.removeprefix("sha256:")
+    image = {
+        "prefix": hex_id[:12],
+        "sha256-prefix": f"sha256:{hex_id[:12]}",
+        "full-id": hex_id,
+        "sha256-full-id": denied,
+    }[form]
+
+    status, body = api(
+        agent.socket_path, "POST", "/v1.41/containers/create", {"Image": image, "Cmd": ["true"]}
+    )
+
+    assert_refused(status, body, agent)
+    assert "docker.io/someuser/tool" in body["message"]
+    assert not containers_of(docker_env, {denied})
+
+
+def test_docker_run_by_short_id_of_a_loaded_denied_image_is_refused(
+    agent: AgentProcess, docker_env: DockerEnv, clean: set[str], tmp_path: Path
+) -> None:
+    denied = load_directly(docker_env, clean, tmp_path)
+
+    result = docker_via(agent, docker_env, "run", "--rm", "--network", "none", denied[7:19], "true")
+
+    assert result.returncode == 125, describe(result, agent)
+    assert "pullgate:" in result.stderr, describe(result, agent)
+    assert not containers_of(docker_env, {denied})
+
+
+def test_create_by_an_allowed_name_of_content_that_also_has_a_denied_name_is_refused(
+    agent: AgentProcess, docker_env: DockerEnv, clean: set[str], tmp_path: Path
+) -> None:
+    """The content was loaded and named `acme/app:evil` too before the policy: every name
+    counts, not only the one it is run by."""
+    denied = load_directly(docker_env, clean, tmp_path)
+    docker(docker_env, "tag", DENIED, LAUNDERED)
+
+    status, body = api(agent.socket_path, "POST", "/containers/create", {"Image": LAUNDERED})
+
+    assert_refused(status, body, agent)
+    assert not containers_of(docker_env, {denied})
+
+
+def test_create_by_name_and_by_id_of_allowed_content_still_works(
+    agent: AgentProcess, docker_env: DockerEnv
+) -> None:
+    docker(docker_env, "pull", "alpine")
+    alpine = image_id(docker_env, "alpine")
+    assert alpine is not None
+    made: list[str] = []
+    try:
+        for image in ("alpine", alpine[7:19], alpine):
+            status, body = api(agent.socket_path, "POST", "/containers/create", {"Image": image})
+            assert status == 201, (image, status, body, agent.stderr_tail())
+            made.append(body["Id"])
+            _, info = api(docker_env.socket_path, "GET", f"/containers/{body['Id']}/json")
+            assert info["Image"] == alpine and info["Config"]["Image"] == image, info
+    finally:
+        for container in made:
+            api(docker_env.socket_path, "DELETE", f"/containers/{container}?force=1")
+
+
+# --------------------------------------------------------------------------- leak 6
+
+
+@pytest.mark.parametrize("source", ["name", "short-id", "digest"])
+def test_retag_of_pulled_denied_content_is_refused(
+    agent: AgentProcess, docker_env: DockerEnv, clean: set[str], source: str
+) -> None:
+    """Tag, then untag the original (dropping its RepoDigests), then run the new name:
+    the first step is refused, so the content keeps its denied names."""
+    denied = pull_directly(docker_env, clean)
+    _, info = api(docker_env.socket_path, "GET", f"/images/{denied}/json")
+    name = {"name": DENIED, "short-id": denied[7:19], "digest": info["RepoDigests"][0]}[source]
+
+    result = docker_via(agent, docker_env, "tag", name, LAUNDERED)
+
+    assert result.returncode != 0, describe(result, agent)
+    assert "pullgate:" in result.stderr, describe(result, agent)
+    assert image_id(docker_env, LAUNDERED) is None
+    # the rest of the laundering, had the tag gone through
+    docker(docker_env, "image", "rm", DENIED, check=False)
+    status, body = api(agent.socket_path, "POST", "/containers/create", {"Image": LAUNDERED})
+    assert status in (403, 404), (status, body)
+    assert not containers_of(docker_env, {denied})
+
+
+def test_retag_of_loaded_denied_content_by_id_is_refused(
+    agent: AgentProcess, docker_env: DockerEnv, clean: set[str], tmp_path: Path
+) -> None:
+    denied = load_directly(docker_env, clean, tmp_path)
+
+    status, body = api(
+        agent.socket_path, "POST", f"/v1.41/images/{denied[7:19]}/tag?repo=acme%2Fapp&tag=evil"
+    )
+
+    assert_refused(status, body, agent)
+    assert image_id(docker_env, LAUNDERED) is None
+
+
+def test_commit_of_a_container_of_denied_content_is_refused(
+    agent: AgentProcess, docker_env: DockerEnv, clean: set[str]
+) -> None:
+    denied = pull_directly(docker_env, clean)
+    container = f"pgtest-{uuid.uuid4().hex[:12]}"
+    docker(docker_env, "create", "--name", container, DENIED, "true")
+
+    result = docker_via(agent, docker_env, "commit", container, LAUNDERED)
+
+    assert result.returncode != 0, describe(result, agent)
+    assert "pullgate:" in result.stderr, describe(result, agent)
+    assert image_id(docker_env, LAUNDERED) is None
+    status, images = api(docker_env.socket_path, "GET", "/images/json?all=1")
+    assert status == 200
+    assert not [i["Id"] for i in images if i.get("ParentId") == denied]
+
+
+def test_tag_and_commit_of_allowed_content_work(
+    agent: AgentProcess, docker_env: DockerEnv, container_name: str
+) -> None:
+    docker(docker_env, "pull", "alpine")
+    try:
+        result = docker_via(agent, docker_env, "tag", "alpine", "acme/app:from-alpine")
+        assert result.returncode == 0, describe(result, agent)
+        assert image_id(docker_env, "acme/app:from-alpine") == image_id(docker_env, "alpine")
+        docker(docker_env, "create", "--name", container_name, "alpine", "true")
+        result = docker_via(agent, docker_env, "commit", container_name, "acme/app:committed")
+        assert result.returncode == 0, describe(result, agent)
+        assert image_id(docker_env, "acme/app:committed") is not None
+    finally:
+        for ref in ("acme/app:from-alpine", "acme/app:committed"):
+            api(docker_env.socket_path, "DELETE", f"/images/{ref}?force=1")
+
+
+# --------------------------------------------------------------------------- leak 7
+
+RACE_SECONDS = 4.0
+RACE_MAX_CREATES = 400
+
+
+def test_tag_flip_race_never_leaves_a_container_of_denied_content(
+    agent: AgentProcess, docker_env: DockerEnv, clean: set[str], report: Reporter
+) -> None:
+    """A thread moves `acme/app:flip` between allowed and denied content (directly, as any
+    path the shim cannot order would) while containers of `acme/app:flip` are created
+    through the shim: every 201 must be a container of the allowed content, and no
+    container of the denied content may be left. Bounded in time and count."""
+    denied = pull_directly(docker_env, clean)
+    docker(docker_env, "pull", "alpine")
+    allowed = image_id(docker_env, "alpine")
+    assert allowed is not None
+    stop = threading.Event()
+    flips = 0
+
+    def flip() -> None:
+        nonlocal flips
+        while not stop.is_set():
+            for source in (allowed, denied):
+                api(docker_env.socket_path, "POST", f"/images/{source}/tag?repo=acme/app&tag=flip")
+                flips += 1
+
+    created: list[str] = []
+    refused = 0
+    other: list[tuple[int, Any]] = []
+
+    def create() -> None:
+        nonlocal refused
+        deadline = time.monotonic() + RACE_SECONDS
+        while time.monotonic() < deadline and len(created) + refused < RACE_MAX_CREATES:
+            status, body = api(agent.socket_path, "POST", "/containers/create", {"Image": FLIP})
+            if status == 201:
+                created.append(body["Id"])
+            elif status == 403:
+                refused += 1
+            else:
+                other.append((status, body))
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    creators = [threading.Thread(target=create, daemon=True) for _ in range(2)]
+    flipper.start()
+    for thread in creators:
+        thread.start()
+    for thread in creators:
+        thread.join(RACE_SECONDS + 60)
+    stop.set()
+    flipper.join(30)
+    caught = sum(
+        1 for line in agent.stderr_lines() if "changed while Pullgate was checking it" in line
+    )
+    report(
+        f"tag-flip race: {len(created) + refused} creates in {RACE_SECONDS:.0f} s, "
+        f"{len(created)} allowed, {refused} refused ({caught} after the daemon used other "
+        f"content), {flips} flips"
+    )
+
+    assert not other, other[:5]
+    assert created and refused, (len(created), refused)
+    wrong = []
+    for container in created:
+        status, info = api(docker_env.socket_path, "GET", f"/containers/{container}/json")
+        if status != 200 or info["Image"] != allowed:
+            wrong.append((container[:12], status, info.get("Image") if status == 200 else info))
+    assert not wrong, f"{len(wrong)} of {len(created)} answered 201 ran other content: {wrong[:5]}"
+    assert not containers_of(docker_env, {denied}), agent.stderr_tail()
+    remove_containers(docker_env, {allowed})
