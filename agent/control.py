@@ -73,8 +73,12 @@ class ControlLimits:
     write_timeout: float = 30.0  # a stream whose reader stalls this long is closed
     refresh_timeout: float = 120.0
     max_body: int = 64 * 1024
-    max_connections: int = 256
-    max_connections_per_uid: int = 32
+    max_connections: int = 256  # everyone's, root's included
+    max_connections_per_uid: int = 32  # per non-root uid: root (IT) is never locked out by users
+    refresh_interval_per_uid: float = (
+        60.0  # a user (not root, not the agent's uid) may refresh this often
+    )
+    stream_flush: float = 0.01  # events reach streams in batches this far apart at most
 
 
 def default_control_path(uid: int, env: Mapping[str, str]) -> Path:
@@ -113,23 +117,36 @@ def visible_to(event: Event, uid: int) -> bool:
     return uid in (0, event.peer.uid)
 
 
+def _redacts(event: Event, uid: int) -> bool:
+    """Whether ``uid`` sees ``event`` without its process details (see ``redacted_for``)."""
+    return (
+        isinstance(event, NoticeEvent)
+        and uid != 0
+        and (event.peer is not None or bool(event.details))
+        and (event.peer is None or event.peer.uid != uid)
+    )
+
+
 def redacted_for(event: Event, uid: int) -> dict[str, Any]:
     """The event as ``uid`` may see it: a notice about another user's process (a bypass
     suspicion) keeps its reason but not that process's details."""
+    return _redacted(event, _redacts(event, uid))
+
+
+def _redacted(event: Event, redact: bool) -> dict[str, Any]:
     data = event.to_json()
-    if (
-        isinstance(event, NoticeEvent)
-        and uid != 0
-        and (event.peer is not None or event.details)
-        and (event.peer is None or event.peer.uid != uid)
-    ):
+    if redact:
         data["peer"] = None
         data["details"] = {"redacted": "details are visible to root only"}
     return data
 
 
 def _sse_frame(event: Event, uid: int) -> bytes:
-    data = json.dumps(redacted_for(event, uid), separators=(",", ":"), default=str)
+    return _frame(event, _redacts(event, uid))
+
+
+def _frame(event: Event, redact: bool) -> bytes:
+    data = json.dumps(_redacted(event, redact), separators=(",", ":"), default=str)
     return f"event: {event_name(event)}\ndata: {data}\n\n".encode()
 
 
@@ -144,11 +161,11 @@ class _Stream:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def offer(self, frame: bytes) -> None:
+        """Queue a frame; the server wakes the stream once per batch (``_flush``)."""
         if len(self.queue) >= self.limit:
             self.dropped += 1
         else:
             self.queue.append(frame)
-        self.wake.set()
 
 
 # --- the server -----------------------------------------------------------------------
@@ -201,6 +218,8 @@ class ControlServer:
         self._writers: set[asyncio.StreamWriter] = set()
         self._per_uid: dict[int, int] = {}
         self._refreshing: asyncio.Future[str] | None = None
+        self._refreshed_by: dict[int, float] = {}  # uid -> when it last asked (monotonic)
+        self._flush_at: asyncio.TimerHandle | None = None
 
     # -- subscriber -----------------------------------------------------------------
 
@@ -220,13 +239,29 @@ class ControlServer:
             loop.call_soon_threadsafe(self._dispatch, event)
 
     def _dispatch(self, event: Event) -> None:
+        """Queue the event for every stream that may see it: its frame is built once (twice
+        when some readers see it redacted), and streams are woken in batches, so 50
+        readers cost 50 list appends per event, not 50 serialisations and 50 writes."""
         if isinstance(event, DecisionEvent):
             self.decisions.append(event)
         if not self._streams:
             return
+        frames: dict[bool, bytes] = {}
         for stream in self._streams:
             if visible_to(event, stream.uid):
-                stream.offer(_sse_frame(event, stream.uid))
+                redact = _redacts(event, stream.uid)
+                frame = frames.get(redact)
+                if frame is None:
+                    frame = frames[redact] = _frame(event, redact)
+                stream.offer(frame)
+        if frames and self._flush_at is None and self._loop is not None:
+            self._flush_at = self._loop.call_later(self.limits.stream_flush, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_at = None
+        for stream in self._streams:
+            if stream.queue or stream.dropped:
+                stream.wake.set()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -253,6 +288,9 @@ class ControlServer:
         """Stop listening, end every stream and connection, remove the socket."""
         if self._server is not None:
             self._server.close()
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
         # Closing the transports ends every read, so handlers (and streams) return on
         # their own; cancelling them instead makes asyncio's stream callback log noise.
         for writer in list(self._writers):
@@ -283,9 +321,8 @@ class ControlServer:
         try:
             if uid is None:
                 writer.write(_error(403, "cannot tell who is calling (no peer credentials)"))
-            elif (
-                len(self._tasks) > self.limits.max_connections
-                or self._per_uid[uid] > self.limits.max_connections_per_uid
+            elif len(self._tasks) > self.limits.max_connections or (
+                uid != 0 and self._per_uid[uid] > self.limits.max_connections_per_uid
             ):
                 writer.write(_error(503, "too many control API connections; try again later"))
             else:
@@ -325,7 +362,27 @@ class ControlServer:
         status["control"] = {"socket": str(self.path), "streams": len(self._streams)}
         return status
 
-    async def run_refresh(self) -> dict[str, Any]:
+    def check_refresh_caller(self, uid: int) -> None:
+        """Root and the agent's own uid may refresh at will; any other user once per
+        ``refresh_interval_per_uid`` (429 otherwise), so no user can make the agent hammer
+        the policy host. Only the signature decides what is accepted either way."""
+        if uid in (0, os.geteuid()):
+            return
+        now = time.monotonic()
+        last = self._refreshed_by.get(uid)
+        wait = self.limits.refresh_interval_per_uid
+        if last is not None and now - last < wait:
+            retry = max(1, round(wait - (now - last)))
+            raise _ReplyError(
+                429,
+                f"refused: a policy refresh was asked for by this user {now - last:.0f} s ago; "
+                f"users may ask once every {wait:.0f} s (root may always); try again in "
+                f"{retry} s",
+                (f"Retry-After: {retry}",),
+            )
+        self._refreshed_by[uid] = now
+
+    async def run_refresh(self, uid: int = 0) -> dict[str, Any]:
         """One refresh at a time: concurrent callers share the fetch in flight."""
         if self.refresh is None:
             raise _ReplyError(
@@ -333,6 +390,7 @@ class ControlServer:
                 "this agent enforces a local or built-in policy: there is no org policy "
                 "(policy_url) to refresh",
             )
+        self.check_refresh_caller(uid)
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.ensure_future(self.refresh())
             # A caller that timed out leaves nobody awaiting; retrieve the outcome anyway.
@@ -501,7 +559,7 @@ class _Connection:
             await self._stream_events()
             return False
         elif url.path == "/v1/policy/refresh":
-            body = await server.run_refresh()
+            body = await server.run_refresh(self.uid)
         else:
             raise _ReplyError(
                 501,

@@ -565,3 +565,87 @@ def test_notice_about_another_users_process_is_redacted_for_non_root() -> None:
     other = redacted_for(notice, 1001)
     assert other["peer"] is None and "pid" not in other["details"]
     assert other["reason"] == notice.reason
+
+
+# --- issue 10: frames once, connection limit, refresh callers ---------------------------
+
+
+def test_each_event_is_serialised_once_for_all_streams(
+    start_control: StartControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    original = DecisionEvent.to_json
+
+    def counting(self: DecisionEvent) -> dict[str, Any]:
+        calls.append(1)
+        return original(self)
+
+    monkeypatch.setattr(DecisionEvent, "to_json", counting)
+    control = start_control()
+    streams = [curl_stream(control.path) for _ in range(5)]
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while control.server.status_for(0)["control"]["streams"] < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        control.emit_in_loop(decision(0))
+        for _, lines in streams:
+            assert next_event(lines)[0] == "decision"
+    finally:
+        for proc, _ in streams:
+            stop_process(proc)
+    assert len(calls) == 1
+
+
+_HOLD = """
+import socket, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+held = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX); s.connect(path); held.append(s)
+time.sleep(0.3)
+s = socket.socket(socket.AF_UNIX); s.connect(path)
+s.sendall(b"GET /v1/status HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+print(data.split(b" ", 2)[1].decode())
+"""
+
+
+@pytest.mark.parametrize(("user", "expected"), [(NOBODY, "503"), (None, "200")])
+def test_the_per_user_connection_limit_spares_root(
+    start_control: StartControl, user: int | None, expected: str
+) -> None:
+    control = start_control(limits=ControlLimits(max_connections_per_uid=3))
+    python = "/usr/bin/python3"  # stdlib only; nobody may not run the venv's python
+    if not os.access(python, os.X_OK):
+        pytest.skip("needs /usr/bin/python3 to act as another user")
+    done = subprocess.run(
+        [python, "-c", _HOLD, str(control.path), "3"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        user=user,
+        check=False,
+    )
+    assert done.stdout.strip() == expected, done.stderr
+
+
+def test_refresh_by_a_user_is_rate_limited_but_root_may_always(
+    start_control: StartControl,
+) -> None:
+    calls = []
+
+    async def refresh() -> str:
+        calls.append(1)
+        return "unchanged"
+
+    control = start_control(refresh=refresh)
+    assert curl(control.path, "/v1/policy/refresh", "-X", "POST", user=NOBODY)[0] == 200
+    code, body = curl(control.path, "/v1/policy/refresh", "-X", "POST", user=NOBODY)
+    assert code == 429 and body["message"].startswith("refused: a policy refresh was asked")
+    assert curl(control.path, "/v1/policy/refresh", "-X", "POST", user=OTHER_USER)[0] == 200
+    for _ in range(3):
+        assert curl(control.path, "/v1/policy/refresh", "-X", "POST")[0] == 200
+    assert len(calls) == 5
