@@ -911,3 +911,16 @@ def test_check_refuses_a_signed_policy_without_trusted_key(tmp_path: Path) -> No
     proc = pullgate("check", "--policy", str(envelope), "alpine")
     assert proc.returncode == 2
     assert "--trusted-key" in proc.stderr
+
+
+def test_lint_and_sign_of_deeply_nested_json_are_one_line(run_admin: Admin, tmp_path: Path) -> None:
+    make_key(tmp_path / "k")
+    deep = tmp_path / "deep.json"
+    deep.write_bytes(b"[" * 40_000)
+    for argv in (
+        ("lint", str(deep)),
+        ("sign", str(deep), "--key", str(tmp_path / "k"), "--out", str(tmp_path / "e.json")),
+    ):
+        result = run_admin(*argv)
+        assert result.code == 2, result
+        assert result.err.count("\n") == 1 and "nested more than" in result.err, result.err

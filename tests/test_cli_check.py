@@ -103,6 +103,8 @@ def test_misspelt_policy_field_exits_2_naming_the_path(tmp_path: Path) -> None:
         (None, "cannot read policy"),
         ("{not json", "not valid JSON"),
         ('{"payloadType": "application/vnd.pullgate.policy+json"}', "signed envelope"),
+        ("[" * 40_000, "nested more than 32 levels"),
+        ('{"schema": "pullgate.policy/v1", "serial": 1' + "0" * 5000 + "}", "not valid JSON"),
     ],
 )
 def test_unusable_policy_file_exits_2(tmp_path: Path, content: str | None, fragment: str) -> None:
@@ -112,6 +114,7 @@ def test_unusable_policy_file_exits_2(tmp_path: Path, content: str | None, fragm
     proc = pullgate("check", "--policy", str(path), "alpine")
     assert proc.returncode == 2
     assert fragment in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_policy_file_with_rules_groups_and_identity(tmp_path: Path) -> None:
