@@ -351,3 +351,44 @@ def test_tag_flip_race_never_leaves_a_container_of_denied_content(
     assert not wrong, f"{len(wrong)} of {len(created)} answered 201 ran other content: {wrong[:5]}"
     assert not containers_of(docker_env, {denied}), agent.stderr_tail()
     remove_containers(docker_env, {allowed})
+
+
+def test_tag_flip_race_never_leaves_a_new_name_on_denied_content(
+    agent: AgentProcess, docker_env: DockerEnv, clean: set[str], report: Reporter
+) -> None:
+    """The same race for `docker tag acme/app:flip acme/app:copy`: whenever the shim
+    answers 201, `acme/app:copy` names the allowed content; it never names the denied."""
+    denied = pull_directly(docker_env, clean)
+    docker(docker_env, "pull", "alpine")
+    allowed = image_id(docker_env, "alpine")
+    assert allowed is not None
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            for source in (allowed, denied):
+                api(docker_env.socket_path, "POST", f"/images/{source}/tag?repo=acme/app&tag=flip")
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    answers: dict[int, int] = {}
+    wrong: list[str | None] = []
+    try:
+        deadline = time.monotonic() + RACE_SECONDS
+        while time.monotonic() < deadline and sum(answers.values()) < RACE_MAX_CREATES:
+            status, _ = api(agent.socket_path, "POST", f"/images/{FLIP}/tag?repo=acme/app&tag=copy")
+            answers[status] = answers.get(status, 0) + 1
+            copy = image_id(docker_env, "acme/app:copy")
+            if status == 201 and copy != allowed:
+                wrong.append(copy)
+            if copy == denied:
+                wrong.append(copy)
+    finally:
+        stop.set()
+        flipper.join(30)
+        api(docker_env.socket_path, "DELETE", "/images/acme/app:copy?force=1")
+    report(f"tag-flip race (tag): answers {answers}")
+
+    assert not wrong, wrong[:5]
+    assert answers.get(201) and answers.get(403), answers
+    assert set(answers) <= {201, 403}, answers
