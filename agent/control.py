@@ -58,6 +58,7 @@ STATUS_DECISIONS: Final = 5
 """How many of the caller's last decisions ``GET /v1/status`` includes."""
 SYSTEM_CONTROL_PATH: Final = Path("/run/pullgate/control.sock")
 _MAX_CONTROL_HEAD: Final = 16 * 1024
+_STREAM_BUFFER: Final = 256 * 1024  # bytes a stream may have unsent before it must wait
 _READ_CHUNK: Final = 16 * 1024
 
 
@@ -159,6 +160,7 @@ class _Stream:
     queue: deque[bytes] = field(default_factory=deque)
     dropped: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    writer: asyncio.StreamWriter | None = None  # set once the stream's head is sent
 
     def offer(self, frame: bytes) -> None:
         """Queue a frame; the server wakes the stream once per batch (``_flush``)."""
@@ -258,10 +260,22 @@ class ControlServer:
             self._flush_at = self._loop.call_later(self.limits.stream_flush, self._flush)
 
     def _flush(self) -> None:
+        """Write each stream's batch straight to its socket; a stream whose reader is
+        behind (its buffer full) is left to its task, which waits for it or closes it."""
         self._flush_at = None
         for stream in self._streams:
-            if stream.queue or stream.dropped:
+            if not stream.queue and not stream.dropped:
+                continue
+            writer = stream.writer
+            if writer is None or writer.transport.get_write_buffer_size() > _STREAM_BUFFER:
                 stream.wake.set()
+                continue
+            frames = list(stream.queue)
+            stream.queue.clear()
+            if stream.dropped:
+                frames.append(_sse_frame(_dropped_notice(stream.dropped), stream.uid))
+                stream.dropped = 0
+            writer.write(b"".join(frames))
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -583,6 +597,7 @@ class _Connection:
                 b": pullgate control API event stream\n\n"
             )
             await asyncio.wait_for(self.writer.drain(), limits.write_timeout)
+            stream.writer = self.writer
             while True:
                 if not stream.queue and not stream.dropped:
                     stream.wake.clear()
