@@ -79,7 +79,7 @@ class ControlLimits:
     refresh_interval_per_uid: float = (
         60.0  # a user (not root, not the agent's uid) may refresh this often
     )
-    stream_flush: float = 0.01  # events reach streams in batches this far apart at most
+    stream_flush: float = 0.02  # events reach streams in batches this far apart at most
 
 
 def default_control_path(uid: int, env: Mapping[str, str]) -> Path:
@@ -147,7 +147,10 @@ def _sse_frame(event: Event, uid: int) -> bytes:
 
 
 def _frame(event: Event, redact: bool) -> bytes:
-    data = json.dumps(_redacted(event, redact), separators=(",", ":"), default=str)
+    if redact:
+        data = json.dumps(_redacted(event, redact), separators=(",", ":"), default=str)
+    else:
+        data = event.json_text  # shared with the other subscribers
     return f"event: {event_name(event)}\ndata: {data}\n\n".encode()
 
 

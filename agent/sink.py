@@ -7,11 +7,12 @@ later) take it from here. Credentials never enter an event: only what the policy
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from agent.peer import PeerInfo
@@ -48,7 +49,17 @@ class DecisionEvent:
     type: str = "decision"
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(self._plain)
+
+    @functools.cached_property
+    def _plain(self) -> dict[str, Any]:
+        plain: dict[str, Any] = _plain(self)
+        return plain
+
+    @functools.cached_property
+    def json_text(self) -> str:
+        """The event as compact JSON, built once for every subscriber that prints it."""
+        return json.dumps(self._plain, separators=(",", ":"), default=str)
 
 
 @dataclass(frozen=True)
@@ -66,7 +77,17 @@ class PolicyEvent:
     type: str = "policy"
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(self._plain)
+
+    @functools.cached_property
+    def _plain(self) -> dict[str, Any]:
+        plain: dict[str, Any] = _plain(self)
+        return plain
+
+    @functools.cached_property
+    def json_text(self) -> str:
+        """The event as compact JSON, built once for every subscriber that prints it."""
+        return json.dumps(self._plain, separators=(",", ":"), default=str)
 
 
 @dataclass(frozen=True)
@@ -88,7 +109,37 @@ class NoticeEvent:
     type: str = "notice"
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(self._plain)
+
+    @functools.cached_property
+    def _plain(self) -> dict[str, Any]:
+        plain: dict[str, Any] = _plain(self)
+        return plain
+
+    @functools.cached_property
+    def json_text(self) -> str:
+        """The event as compact JSON, built once for every subscriber that prints it."""
+        return json.dumps(self._plain, separators=(",", ":"), default=str)
+
+
+def _plain(value: Any) -> Any:
+    """``dataclasses.asdict`` without its deep copies: an event is built once and read by
+    every subscriber (the stderr line, the control API's frame), so it is converted once,
+    fast. Callers get a fresh top-level dict (``to_json``); nested values are shared."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    fields = getattr(kind, "__dataclass_fields__", None)
+    if fields is not None:
+        return {name: _plain(getattr(value, name)) for name in fields}
+    if kind is list or kind is tuple:
+        return [_plain(v) for v in value]
+    if kind is dict:
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 Event = DecisionEvent | PolicyEvent | NoticeEvent
@@ -120,5 +171,5 @@ class StderrSubscriber:
 
     def __call__(self, event: Event) -> None:
         stream = self._stream or sys.stderr
-        stream.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
+        stream.write(event.json_text + "\n")
         stream.flush()
