@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -195,7 +196,9 @@ def run(args: argparse.Namespace) -> int:
             native_log=settings.audit_native_log,
         ).open()
         # The audit log subscribes first: every later event, including policy loading,
-        # is recorded, and a decision is on disk before the request goes on.
+        # is recorded. Its writer thread syncs off the event loop; the shim awaits the
+        # write (_audit_gate), so a decision is on disk before the request goes on.
+        audit.start_writer()
         sink.subscribe(audit)
         manager: PolicyManager | None = None
         if args.policy:
@@ -286,12 +289,25 @@ def run(args: argparse.Namespace) -> int:
         audit.close()
 
 
-def _audit_gate(audit: AuditLog) -> str | None:
-    """With ``audit_failure: deny``, nothing is let through that could not be recorded.
+def _audit_gate(audit: AuditLog) -> str | Awaitable[str | None] | None:
+    """After a request's records were handed to the writer thread: wait until they are
+    durable (an awaitable while they are not), then, with ``audit_failure: deny``, let
+    nothing through that could not be recorded.
 
     The OS error stays in status: its text ("Permission denied") must not reach the CLI.
     """
-    if audit.healthy or audit.failure_mode is not AuditFailure.DENY:
+    written = audit.flushed()
+    if isinstance(written, bool):
+        return _audit_verdict(audit, written)
+    return _audit_verdict_when(audit, written)
+
+
+async def _audit_verdict_when(audit: AuditLog, written: Awaitable[bool]) -> str | None:
+    return _audit_verdict(audit, await written)
+
+
+def _audit_verdict(audit: AuditLog, written: bool) -> str | None:
+    if written or audit.failure_mode is not AuditFailure.DENY:
         return None
     return (
         "pullgate: the audit log cannot be written, so image pulls are refused until it can "
