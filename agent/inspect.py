@@ -48,6 +48,7 @@ __all__ = [
     "inspect_json_body",
     "local_image_wants",
     "resolved_by_name",
+    "with_build_lookups",
 ]
 
 MAX_JSON_BODY = 4 * 1024 * 1024
@@ -709,3 +710,15 @@ def local_image_wants(name: str, image: LocalImage, action: EventAction) -> list
         Wanted(candidate, ref, action, detail=f"local image {name}")
         for candidate, ref in _local_names(image).items()
     ]
+
+
+def with_build_lookups(inspection: Inspection) -> Inspection:
+    """A classic build's images, each also looked up as a local image.
+
+    The classic builder takes ``FROM``, ``COPY --from`` and cache-from images from the
+    machine when it has them (``GetImage``: by name, else by ID prefix) and pulls only
+    what is missing, so what it builds on is judged like a container's image.
+    """
+    names = dict.fromkeys(w.input for w in inspection.wants if w.action is EventAction.BUILD)
+    lookups = tuple(Lookup(name, EventAction.BUILD) for name in names)
+    return Inspection(inspection.wants, inspection.setting, inspection.lookups + lookups)

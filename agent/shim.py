@@ -24,7 +24,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,10 +58,11 @@ from agent.inspect import (
     inspect_json_body,
     local_image_wants,
     resolved_by_name,
+    with_build_lookups,
 )
 from agent.messages import defuse, denial_message
 from agent.peer import PeerInfo, describe_peer, peer_credentials
-from agent.policy import Policy
+from agent.policy import OnCreateSetting, Policy
 from agent.routes import Endpoint, Route, RouteError, route_request
 from agent.sink import DecisionEvent, DecisionSink
 from agent.tarscan import TarScanError, TarScanner
@@ -117,14 +118,12 @@ class Shim:
         policy: Callable[[], Policy],
         sink: DecisionSink,
         *,
-        audit_gate: Callable[[], str | Awaitable[str | None] | None] | None = None,
+        audit_gate: Callable[[], str | None] | None = None,
     ) -> None:
         self.config = config
         self.policy = policy
         self.sink = sink
-        # After the decision is recorded: a refusal message when it could not be, or an
-        # awaitable of one while the record is still being written (ClientConnection
-        # holds what the request sends until then).
+        # After the decision is recorded: a refusal message when it could not be.
         self.audit_gate = audit_gate
         self.host = socket.gethostname()
         self._server: asyncio.AbstractServer | None = None
@@ -294,10 +293,6 @@ class ClientConnection(asyncio.Protocol):
         self.checked: _Checked | None = None  # see _verify_response
         self.response_held: list[bytes] = []
         self.task: asyncio.Task[None] | None = None  # a lookup or a check under way
-        # while this request's audit records are written: what it would send meanwhile
-        self.audit_wait: asyncio.Future[str | None] | None = None
-        self.audit_held: list[bytes] = []
-        self.refusal_held: tuple[int, str, bool] | None = None
 
         # upstream
         self.upstream: UpstreamProtocol | None = None
@@ -640,11 +635,12 @@ class ClientConnection(asyncio.Protocol):
             return
         self._finish_buffered(inspection)
 
-    async def _lookup_then_decide(self, inspection: Inspection) -> None:
+    async def _lookup_then_decide(self, inspection: Inspection, *, tar: bool = False) -> None:
         """Resolve local images as the daemon will, then decide them by all their names.
 
         A name the daemon finds by ID (prefix) is not decided as a name: the image's
         own names are. What was checked is remembered to verify the daemon's answer.
+        ``tar``: a build whose archive is held (its head and most of it went upstream).
         """
         wants = list(inspection.wants)
         checked: _Checked | None = None
@@ -667,10 +663,14 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.state == _CLOSED:
             return
-        self.state = _BUFFER
+        decided = Inspection(wants=tuple(wants), setting=inspection.setting)
         self.resume_client_reading("deciding")
-        self.checked = checked
-        self._finish_buffered(Inspection(wants=tuple(wants), setting=inspection.setting))
+        if tar:
+            self._finish_tar(decided)
+        else:
+            self.state = _BUFFER
+            self.checked = checked
+            self._finish_buffered(decided)
         self._process()
 
     def _finish_buffered(self, inspection: Inspection) -> None:
@@ -784,6 +784,19 @@ class ClientConnection(asyncio.Protocol):
         )
         inspection = self.tar_plan.finish(found)
         self.tar = None
+        if self.shim.policy().on_create is OnCreateSetting.CHECK:
+            inspection = with_build_lookups(inspection)
+        if inspection.lookups:
+            # The archive's last bytes stay held while the daemon is asked.
+            self.state = _DECIDING
+            self.pause_client_reading("deciding")
+            self.task = asyncio.get_running_loop().create_task(
+                self._lookup_then_decide(inspection, tar=True)
+            )
+            return
+        self._finish_tar(inspection)
+
+    def _finish_tar(self, inspection: Inspection) -> None:
         if not self._apply(inspection, abort_upstream=True):
             return
         for chunk in self.held:
@@ -847,40 +860,9 @@ class ClientConnection(asyncio.Protocol):
             message = self._decide_one(policy, want, now, endpoint)
             if message is not None and denial is None:
                 denial = message
-        if (inspection.wants or setting) and self.shim.audit_gate:
-            gate = self.shim.audit_gate()
-            if gate is None or isinstance(gate, str):
-                denial = denial or gate
-            else:
-                self._await_audit(gate)
+        if denial is None and (inspection.wants or setting) and self.shim.audit_gate:
+            denial = self.shim.audit_gate()
         return denial
-
-    def _await_audit(self, gate: Awaitable[str | None]) -> None:
-        """Hold what the request sends upstream (or its refusal) until its audit records
-        are durable: the write happens off the loop, the answer still comes after it."""
-        self.pause_client_reading("audit")
-        self.audit_wait = asyncio.ensure_future(gate)
-        self.audit_wait.add_done_callback(self._audit_done)
-
-    def _audit_done(self, future: asyncio.Future[str | None]) -> None:
-        self.audit_wait = None
-        held, self.audit_held = self.audit_held, []
-        refusal_held, self.refusal_held = self.refusal_held, None
-        if self.state == _CLOSED or self.transport is None:
-            return
-        self.resume_client_reading("audit")
-        if future.cancelled() or future.exception() is not None:
-            refusal: str | None = "pullgate: the audit log could not be written"
-        else:
-            refusal = future.result()
-        if refusal_held is not None:
-            self._refuse(*refusal_held[:2], log=refusal_held[2])
-        elif refusal is not None:
-            self._refuse(403, refusal, log=False)
-        else:
-            for data in held:
-                self._to_upstream(data)
-            self._process()
 
     def _decide_one(self, policy: Policy, want: Wanted, now: datetime, endpoint: str) -> str | None:
         d = decide(
@@ -917,10 +899,6 @@ class ClientConnection(asyncio.Protocol):
         """Answer locally and close: the rest of this request is never forwarded."""
         if self.state == _CLOSED or self.transport is None:
             return
-        if self.audit_wait is not None:  # the answer waits for the audit record
-            self.refusal_held = (status, message, log)
-            self.state = _DECIDING
-            return
         if log:
             print(f"pullgate: refused a request: {message}", file=sys.stderr)
         if not self.response_done:
@@ -956,9 +934,6 @@ class ClientConnection(asyncio.Protocol):
     # -- upstream ---------------------------------------------------------------------
 
     def _to_upstream(self, data: bytes) -> None:
-        if self.audit_wait is not None:
-            self.audit_held.append(data)
-            return
         up = self.upstream
         if up is not None and up.transport is not None and not up.transport.is_closing():
             up.transport.write(data)

@@ -15,13 +15,16 @@ from agent.inspect import (
     Inspection,
     InspectionError,
     LocalImage,
+    Lookup,
     NeedJson,
     NeedTar,
     TarFindings,
+    Wanted,
     inspect_head,
     inspect_json_body,
     local_image_wants,
     resolved_by_name,
+    with_build_lookups,
 )
 from agent.policy import OnCreateSetting, Policy
 from agent.routes import route_request
@@ -387,6 +390,16 @@ def test_commit_looks_up_the_containers_image() -> None:
     assert inspect_json_body(json_route("/commit?repo=x"), b"") == Inspection()
     with pytest.raises(InspectionError):
         inspect_json_body(json_route("/commit?container=a&container=b"), b"")
+
+
+def test_a_classic_builds_images_are_also_looked_up_locally() -> None:
+    ref = inspect_json_body(json_route("/containers/create"), b'{"Image": "alpine"}').wants[0]
+    build = Wanted("abc123", ref.reference, EventAction.BUILD, detail="Dockerfile line 1: FROM")
+    again = Wanted("abc123", ref.reference, EventAction.BUILD, detail="Dockerfile line 3: FROM")
+    pull = Wanted("x", ref.reference, EventAction.PULL)
+    result = with_build_lookups(Inspection(wants=(build, again, pull)))
+    assert result.wants == (build, again, pull)
+    assert result.lookups == (Lookup("abc123", EventAction.BUILD),)
 
 
 def test_tag_and_commit_are_not_inspected_when_on_create_allows() -> None:

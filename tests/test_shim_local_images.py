@@ -208,6 +208,44 @@ def test_create_by_name_and_by_id_of_allowed_content_still_works(
             api(docker_env.socket_path, "DELETE", f"/containers/{container}?force=1")
 
 
+@pytest.mark.parametrize("base", ["prefix", "sha256-prefix", "laundered-name"])
+def test_classic_build_on_local_denied_content_is_refused(
+    agent: AgentProcess, docker_env: DockerEnv, clean: set[str], tmp_path: Path, base: str
+) -> None:
+    """The classic builder takes `FROM` from the machine first (by name, else by ID
+    prefix): the content it would build on is judged by all its names."""
+    denied = load_directly(docker_env, clean, tmp_path)
+    docker(docker_env, "tag", DENIED, LAUNDERED)
+    name = {
+        "prefix": denied[7:19],
+        "sha256-prefix": denied[:19],
+        "laundered-name": LAUNDERED,
+    }[base]
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {name}\nRUN true\n")
+    tag = f"acme/built:{uuid.uuid4().hex[:8]}"
+
+    result = docker_via(
+        agent,
+        docker_env,
+        "build",
+        "--network",
+        "none",
+        "-t",
+        tag,
+        str(context),
+        extra_env={"DOCKER_BUILDKIT": "0"},
+    )
+
+    assert result.returncode != 0, describe(result, agent)
+    assert "pullgate:" in result.stderr, describe(result, agent)
+    assert image_id(docker_env, tag) is None
+    status, images = api(docker_env.socket_path, "GET", "/images/json?all=1")
+    assert status == 200
+    assert not [i["Id"] for i in images if i.get("ParentId") == denied]
+
+
 # --------------------------------------------------------------------------- leak 6
 
 
