@@ -24,7 +24,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,12 +118,14 @@ class Shim:
         policy: Callable[[], Policy],
         sink: DecisionSink,
         *,
-        audit_gate: Callable[[], str | None] | None = None,
+        audit_gate: Callable[[], str | Awaitable[str | None] | None] | None = None,
     ) -> None:
         self.config = config
         self.policy = policy
         self.sink = sink
-        # After the decision is recorded: a refusal message when it could not be.
+        # After the decision is recorded: a refusal message when it could not be, or an
+        # awaitable of one while the record is still being written (ClientConnection
+        # holds what the request sends until then).
         self.audit_gate = audit_gate
         self.host = socket.gethostname()
         self._server: asyncio.AbstractServer | None = None
@@ -293,6 +295,10 @@ class ClientConnection(asyncio.Protocol):
         self.checked: _Checked | None = None  # see _verify_response
         self.response_held: list[bytes] = []
         self.task: asyncio.Task[None] | None = None  # a lookup or a check under way
+        # while this request's audit records are written: what it would send meanwhile
+        self.audit_wait: asyncio.Future[str | None] | None = None
+        self.audit_held: list[bytes] = []
+        self.refusal_held: tuple[int, str, bool] | None = None
 
         # upstream
         self.upstream: UpstreamProtocol | None = None
@@ -860,9 +866,40 @@ class ClientConnection(asyncio.Protocol):
             message = self._decide_one(policy, want, now, endpoint)
             if message is not None and denial is None:
                 denial = message
-        if denial is None and (inspection.wants or setting) and self.shim.audit_gate:
-            denial = self.shim.audit_gate()
+        if (inspection.wants or setting) and self.shim.audit_gate:
+            gate = self.shim.audit_gate()
+            if gate is None or isinstance(gate, str):
+                denial = denial or gate
+            else:
+                self._await_audit(gate)
         return denial
+
+    def _await_audit(self, gate: Awaitable[str | None]) -> None:
+        """Hold what the request sends upstream (or its refusal) until its audit records
+        are durable: the write happens off the loop, the answer still comes after it."""
+        self.pause_client_reading("audit")
+        self.audit_wait = asyncio.ensure_future(gate)
+        self.audit_wait.add_done_callback(self._audit_done)
+
+    def _audit_done(self, future: asyncio.Future[str | None]) -> None:
+        self.audit_wait = None
+        held, self.audit_held = self.audit_held, []
+        refusal_held, self.refusal_held = self.refusal_held, None
+        if self.state == _CLOSED or self.transport is None:
+            return
+        self.resume_client_reading("audit")
+        if future.cancelled() or future.exception() is not None:
+            refusal: str | None = "pullgate: the audit log could not be written"
+        else:
+            refusal = future.result()
+        if refusal_held is not None:
+            self._refuse(*refusal_held[:2], log=refusal_held[2])
+        elif refusal is not None:
+            self._refuse(403, refusal, log=False)
+        else:
+            for data in held:
+                self._to_upstream(data)
+            self._process()
 
     def _decide_one(self, policy: Policy, want: Wanted, now: datetime, endpoint: str) -> str | None:
         d = decide(
@@ -899,6 +936,10 @@ class ClientConnection(asyncio.Protocol):
         """Answer locally and close: the rest of this request is never forwarded."""
         if self.state == _CLOSED or self.transport is None:
             return
+        if self.audit_wait is not None:  # the answer waits for the audit record
+            self.refusal_held = (status, message, log)
+            self.state = _DECIDING
+            return
         if log:
             print(f"pullgate: refused a request: {message}", file=sys.stderr)
         if not self.response_done:
@@ -934,6 +975,9 @@ class ClientConnection(asyncio.Protocol):
     # -- upstream ---------------------------------------------------------------------
 
     def _to_upstream(self, data: bytes) -> None:
+        if self.audit_wait is not None:
+            self.audit_held.append(data)
+            return
         up = self.upstream
         if up is not None and up.transport is not None and not up.transport.is_closing():
             up.transport.write(data)
