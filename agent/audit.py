@@ -71,6 +71,19 @@ STATE_NAME: Final = "audit.state"
 
 # Event kinds (ECS ``event.kind``): a bypass suspicion is something IT must look at.
 _ALERT_ACTIONS: Final = frozenset({"bypass-suspected"})
+# ECS categorisation of notices, by action (exact, then by prefix): only values ECS
+# defines, each type among those ECS expects for its category.
+_NOTICE_CATEGORY: Final[dict[str, tuple[str, str]]] = {
+    "agent-start": ("process", "start"),
+    "agent-stop": ("process", "end"),
+    "bypass-suspected": ("intrusion_detection", "info"),
+    "audit-": ("file", "info"),
+    "policy-cache-modified": ("configuration", "change"),
+    "policy-": ("configuration", "info"),
+    "config-": ("configuration", "change"),
+    "docker-": ("configuration", "change"),
+}
+_NOTICE_DEFAULT: Final = ("host", "info")
 _SECRET_KEY = re.compile(r"auth|token|password|passwd|secret|credential|cookie|key$", re.I)
 _URL_USERINFO = re.compile(r"(://)[^/@\s]+@")
 
@@ -114,7 +127,8 @@ def _decision_fields(record: dict[str, Any], e: DecisionEvent) -> None:
     record.update(
         {
             "event.kind": "event",
-            "event.category": ["configuration"] if e.image is None else ["package"],
+            # ECS: intrusion_detection expects allowed/denied (package does not).
+            "event.category": ["intrusion_detection"],
             "event.type": ["denied"] if e.decision == "deny" else ["allowed"],
             "event.outcome": "failure" if e.decision == "deny" else "success",
             "event.reason": e.reason,
@@ -153,9 +167,12 @@ def _policy_fields(record: dict[str, Any], e: PolicyEvent) -> None:
 
 
 def _notice_fields(record: dict[str, Any], e: NoticeEvent) -> None:
+    category, kind = _notice_category(e.action)
     record.update(
         {
             "event.kind": "alert" if e.action in _ALERT_ACTIONS else "event",
+            "event.category": [category],
+            "event.type": [kind],
             "event.outcome": e.outcome,
             "event.reason": e.reason,
             "log.level": e.severity,
@@ -165,6 +182,16 @@ def _notice_fields(record: dict[str, Any], e: NoticeEvent) -> None:
     )
     if e.peer is not None:
         _peer_fields(record, e.peer)
+
+
+def _notice_category(action: str) -> tuple[str, str]:
+    found = _NOTICE_CATEGORY.get(action)
+    if found is not None:
+        return found
+    for prefix, value in _NOTICE_CATEGORY.items():
+        if prefix.endswith("-") and action.startswith(prefix):
+            return value
+    return _NOTICE_DEFAULT
 
 
 def _peer_fields(record: dict[str, Any], peer: PeerInfo) -> None:

@@ -521,3 +521,67 @@ def test_the_writers_gap_notes_make_the_log_not_intact_and_crash_notes_do_not(
     assert [n.sequence for n in result.gaps] == [7]
     files[0].write_bytes(b"".join(lines[:6]))
     assert verify(files, AuditState(6, json.loads(lines[5])["event.hash"], *_tail_of(state)[2:])).ok
+
+
+# ECS 8.x: every event.category value, with the event.type values ECS expects for it.
+ECS_EXPECTED_TYPES = {
+    "configuration": {"access", "change", "creation", "deletion", "info"},
+    "file": {"access", "change", "creation", "deletion", "info"},
+    "host": {"access", "change", "end", "info", "start"},
+    "intrusion_detection": {"allowed", "denied", "info", "start", "end"},
+    "process": {"access", "change", "end", "info", "start"},
+}
+ECS_KINDS = {"alert", "asset", "enrichment", "event", "metric", "state", "pipeline_error", "signal"}
+
+
+def _assert_ecs(r: dict[str, Any]) -> None:
+    assert r["event.kind"] in ECS_KINDS
+    (category,) = r["event.category"]
+    assert category in ECS_EXPECTED_TYPES, category
+    assert set(r["event.type"]) <= ECS_EXPECTED_TYPES[category], (category, r["event.type"])
+
+
+def test_every_record_uses_ecs_defined_category_and_type_values() -> None:
+    setting = DecisionEvent(
+        action="container-create",
+        decision="deny",
+        image=None,
+        input=None,
+        category=None,
+        rule="builds",
+        reason="builds are not allowed",
+        policy="p",
+        policy_serial=1,
+        endpoint="POST /build",
+        time=T0,
+    )
+    events: list[Event] = [
+        decision_event("deny"),
+        decision_event("allow"),
+        decision_event("would_deny"),
+        setting,
+        PolicyEvent(action="policy-update", outcome="success", reason="serial 8", time=T0),
+        PolicyEvent(action="policy-refused", outcome="failure", reason="bad", time=T0),
+    ]
+    events += [
+        _notice(action, {})
+        for action in (
+            "agent-start",
+            "agent-stop",
+            "bypass-suspected",
+            "audit-recovery",
+            "audit-failure",
+            "config-changed",
+            "docker-context-changed",
+            "policy-cache-modified",
+            "policy-refresh-error",
+            "something-new",
+        )
+    ]
+    for event in events:
+        _assert_ecs(record(event))
+    deny, allow = record(decision_event("deny")), record(decision_event("allow"))
+    assert (deny["event.category"], deny["event.type"]) == (["intrusion_detection"], ["denied"])
+    assert (allow["event.category"], allow["event.type"]) == (["intrusion_detection"], ["allowed"])
+    assert record(_notice("agent-start", {}))["event.type"] == ["start"]
+    assert record(_notice("bypass-suspected", {}))["event.kind"] == "alert"

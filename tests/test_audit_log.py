@@ -513,3 +513,38 @@ def test_verify_is_consistent_against_a_writer_that_rotates_under_load(tmp_path:
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
+
+
+def test_a_slow_fdatasync_never_stalls_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sink hands the event over and returns; the loop keeps running while the
+    writer thread syncs; the request's future completes once the record is durable."""
+    log = open_log(tmp_path)
+    real = os.fdatasync
+
+    def slow(fd: int) -> None:
+        time.sleep(0.3)
+        real(fd)
+
+    monkeypatch.setattr("agent.audit_log.os.fdatasync", slow)
+    log.start_writer()
+
+    async def main() -> tuple[float, float, bool]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        log(decision_event())  # what DecisionSink.emit does on the loop
+        handed_over = loop.time() - started
+        done = log.flushed()
+        assert not isinstance(done, bool)
+        await asyncio.sleep(0.01)
+        ticked = loop.time() - started  # the loop ran while the disk was busy
+        assert not done.done()
+        return handed_over, ticked, await done
+
+    try:
+        handed_over, ticked, written = asyncio.run(main())
+    finally:
+        log.close()
+    assert written and handed_over < 0.05 and ticked < 0.2
+    assert records(tmp_path)[-1]["event.action"] == "image-pull"
