@@ -587,7 +587,15 @@ def verify(files: Sequence[Path], state: AuditState | None = None) -> VerifyResu
             )
     ok = not any(n.gap for n in notes)
     return VerifyResult(
-        ok, records, len(files), first_seq, last_seq, state is not None, None, notes
+        ok,
+        records,
+        len(files),
+        first_seq,
+        last_seq,
+        state is not None,
+        None,
+        notes,
+        last_hash if records else None,
     )
 
 

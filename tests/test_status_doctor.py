@@ -296,3 +296,44 @@ def test_doctor_fails_an_audit_log_the_agent_cannot_write(tmp_path: Path) -> Non
     assert "No space left on device" in checks[0].detail
     assert "audit_failure=deny" in checks[0].detail
     assert checks[0].fix is not None and "free disk space" in checks[0].fix
+
+
+def test_doctor_compares_the_agents_sequence_and_hash_with_the_chain_on_disk(
+    tmp_path: Path,
+) -> None:
+    """A file deleted under the running agent: the agent wrote records the disk does not
+    have. A rewritten tail: the disk has another hash at the agent's sequence."""
+    from agent.audit_log import AuditLog
+    from agent.cli.status_cmd import check_audit
+    from tests.test_audit import decision_event
+
+    log = AuditLog(tmp_path, native_log=False, host="laptop").open()
+    for _ in range(3):
+        log.append(decision_event())
+    status = log.status()
+    log.close()  # (the clean close is not needed by the check; it keeps the test simple)
+    checks = check_audit(status)
+    assert [c.result for c in checks] == ["OK", "OK"], checks
+
+    ahead = {**status, "sequence": status["sequence"] + 4}
+    chain = check_audit(ahead)[1]
+    assert chain.result == "FAIL" and "4 record(s) (up to sequence 7)" in chain.detail
+    assert "not in the log on disk" in chain.detail
+
+    other = {**status, "last_hash": "ab" * 32}
+    chain = check_audit(other)[1]
+    assert chain.result == "FAIL" and "is not the one the agent wrote" in chain.detail
+
+
+def test_doctor_reports_records_lost_under_a_writable_agent(tmp_path: Path) -> None:
+    from agent.cli.status_cmd import check_audit
+
+    checks = check_audit(
+        {
+            "dir": str(tmp_path),
+            "healthy": False,
+            "writable": True,
+            "integrity": "audit-x.jsonl was deleted: records sequence 1-3 are lost",
+        }
+    )
+    assert checks[0].result == "FAIL" and "records were lost" in checks[0].detail
