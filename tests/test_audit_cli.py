@@ -208,3 +208,16 @@ def test_a_recreated_state_never_blesses_a_gap(tmp_path: Path, lose: str) -> Non
     assert ": gap: audit-recovery" in done.stdout
     assert "audit.state was missing and has been recreated" in done.stdout
     assert "NOT intact" in done.stdout and "verify: intact" not in done.stdout
+
+
+def test_export_and_verify_never_read_through_a_planted_symlink(tmp_path: Path) -> None:
+    write_log(tmp_path / "log", [time.time() - 60])
+    secret = tmp_path / "secret"
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    secret.write_text(f'{{"@timestamp":"{stamp}","secret":1}}\n')
+    (tmp_path / "log" / "audit-20991231T000000Z-999999999999.jsonl").symlink_to(secret)
+    done = pullgate("audit", "export", "--dir", str(tmp_path / "log"), "--since", "1h")
+    assert done.returncode == 0 and "secret" not in done.stdout
+    done = pullgate("audit", "verify", "--dir", str(tmp_path / "log"))
+    assert done.returncode == 0, done.stdout
+    assert "ignored: not written by the agent" in done.stdout

@@ -25,11 +25,10 @@ from agent.audit import (
     FILE_RE,
     STATE_NAME,
     format_timestamp,
-    order_files,
     parse_line,
     summary_line,
 )
-from agent.audit_log import default_audit_dir, verify_directory
+from agent.audit_log import audit_files, default_audit_dir, verify_directory
 from agent.config import ConfigError, load_managed_config
 
 EXIT_OK = 0
@@ -116,8 +115,10 @@ def audit_dir(args: argparse.Namespace) -> Path:
 
 
 def _files(directory: Path) -> list[Path]:
+    """The chain's files, never look-alikes another user planted (symlinks, FIFOs, files
+    the directory's owner does not own): tail and export must not read through them."""
     try:
-        return order_files(directory.iterdir())
+        return audit_files(directory)[0]
     except FileNotFoundError:
         raise AuditCommandError(f"no audit log in {directory}") from None
     except OSError as e:
