@@ -1126,7 +1126,7 @@ class ClientConnection(asyncio.Protocol):
             if 200 <= tracker.status < 300:
                 denial = await self._check_made(checked, tracker.body)
         except (OSError, ValueError, InspectionError) as e:
-            why = e.message if isinstance(e, InspectionError) else str(e)
+            why = e.message.removeprefix("pullgate: ") if isinstance(e, InspectionError) else e
             status, denial = 502, f"pullgate: could not verify what the daemon made: {why}"
         if self.state == _CLOSED or self.transport is None:
             return
@@ -1179,14 +1179,14 @@ class ClientConnection(asyncio.Protocol):
             return None
         await self._remove_made(lookup, made)
         what = f"{lookup.name!r} changed while Pullgate was checking it"
-        return f"pullgate: {what}, and what the daemon made was removed. {denial or ''}".strip()
+        why = (denial or "").removeprefix("pullgate: ")
+        return f"pullgate: {what}, and what the daemon made was removed. {why}".strip()
 
     async def _remove_made(self, lookup: Lookup, made: str) -> None:
         if lookup.after is After.CONTAINER:
             path = "/containers/" + quote(made, safe="") + "?force=1&v=1"
         elif lookup.after is After.TAG:
             path = "/images/" + quote(lookup.new_name, safe="/:@") + "?force=1&noprune=1"
-
         else:
             path = "/images/" + quote(made, safe="/:@") + "?force=1"
         status, _ = await self._ask_daemon("DELETE", path)
