@@ -658,8 +658,11 @@ class ClientConnection(asyncio.Protocol):
                     checked = _Checked(lookup, image.id if image is not None else None, named)
                 if image is None:
                     continue
-                if lookup.container or not resolved_by_name(lookup.name, image):
+                if lookup.action is EventAction.CREATE and not resolved_by_name(lookup.name, image):
+                    # Found by ID: a create never pulls, so the name names nothing it uses
+                    # (a build or a service may still pull it: there it stays decided).
                     wants = [w for w in wants if w.input != lookup.name]
+
                 wants += local_image_wants(lookup.name, image, lookup.action)
         except OSError as e:
             self._refuse(502, _upstream_error(self.shim.config.upstream, e))
