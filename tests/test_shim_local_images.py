@@ -12,7 +12,9 @@ asked directly what it made.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 import uuid
@@ -316,6 +318,89 @@ def test_tag_and_commit_of_allowed_content_work(
     finally:
         for ref in ("acme/app:from-alpine", "acme/app:committed"):
             api(docker_env.socket_path, "DELETE", f"/images/{ref}?force=1")
+
+
+def raw_exchange(socket_path: Path, payload: bytes) -> tuple[int | None, bytes]:
+    """Write raw request bytes; read one reply (status, raw reply)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(15)
+        sock.connect(str(socket_path))
+        with contextlib.suppress(OSError):
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                reply += chunk
+    first = reply.split(b"\r\n", 1)[0].split()
+    return (int(first[1]) if len(first) > 1 and first[1].isdigit() else None), reply
+
+
+HOSTILE_RENAMES = {
+    # id: (method, target, extra headers, body, statuses)
+    "tag-by-name": ("POST", "/v1.41/images/someuser/tool/tag?{to}", [], "", {403}),
+    "tag-by-canonical-name": (
+        "POST",
+        "/images/docker.io/someuser/tool:latest/tag?{to}",
+        [],
+        "",
+        {403},
+    ),
+    "tag-by-digest": ("POST", "/images/{digest_ref}/tag?{to}", [], "", {403}),
+    "tag-by-id-prefix": ("POST", "/images/{prefix}/tag?{to}", [], "", {403}),
+    "tag-by-sha256-prefix": ("POST", "/images/sha256:{prefix}/tag?{to}", [], "", {403}),
+    "tag-percent-encoded-path": ("POST", "/images/someuser%2Ftool/tag?{to}", [], "", {400}),
+    "tag-non-clean-path": ("POST", "/v1.41//images/someuser/tool/tag?{to}", [], "", {400}),
+    "tag-duplicate-repo": ("POST", "/images/someuser/tool/tag?repo=x&{to}", [], "", {400}),
+    "tag-form-body": (
+        "POST",
+        "/images/someuser/tool/tag",
+        ["Content-Type: application/x-www-form-urlencoded"],
+        "repo=acme%2Fapp&tag=evil",
+        {400},
+    ),
+    "tag-chunked-body": (
+        "POST",
+        "/images/{prefix}/tag?{to}",
+        ["Transfer-Encoding: chunked"],
+        "0\r\n\r\n",
+        {403},
+    ),
+    "commit-by-name": ("POST", "/v1.41/commit?container={container}&{to}", [], "{{}}", {403}),
+    "commit-by-id-prefix": ("POST", "/commit?container={container_prefix}&{to}", [], "", {403}),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_RENAMES))
+def test_hostile_renames_of_denied_content_are_refused(
+    agent: AgentProcess, docker_env: DockerEnv, clean: set[str], case: str
+) -> None:
+    denied = pull_directly(docker_env, clean)
+    _, info = api(docker_env.socket_path, "GET", f"/images/{denied}/json")
+    container = f"pgtest-{uuid.uuid4().hex[:12]}"
+    created = docker(docker_env, "create", "--name", container, DENIED, "true").stdout.strip()
+    method, target, headers, body, statuses = HOSTILE_RENAMES[case]
+    values = {
+        "to": "repo=acme%2Fapp&tag=evil",
+        "digest_ref": info["RepoDigests"][0],
+        "prefix": denied[7:19],
+        "container": container,
+        "container_prefix": created[:12],
+    }
+    target, body = target.format(**values), body.format(**values)
+    length = [] if "Transfer-Encoding: chunked" in headers else [f"Content-Length: {len(body)}"]
+    head = [f"{method} {target} HTTP/1.1", "Host: docker", *headers, *length]
+    payload = ("\r\n".join(head) + "\r\n\r\n" + body).encode()
+
+    status, reply = raw_exchange(agent.socket_path, payload)
+
+    assert status in statuses, (status, reply[:300], agent.stderr_tail())
+    assert b'"message":"pullgate:' in reply.replace(b": ", b":"), reply[:300]
+    assert image_id(docker_env, LAUNDERED) is None
+    status, images = api(docker_env.socket_path, "GET", "/images/json?all=1")
+    assert not [i["Id"] for i in images if i.get("ParentId") == denied]
+    _, now = api(docker_env.socket_path, "GET", f"/images/{denied}/json")
+    assert sorted(now["RepoTags"]) == sorted(info["RepoTags"]), now
 
 
 # --------------------------------------------------------------------------- leak 7
