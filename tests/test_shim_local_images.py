@@ -191,6 +191,30 @@ def test_create_by_an_allowed_name_of_content_that_also_has_a_denied_name_is_ref
     assert not containers_of(docker_env, {denied})
 
 
+def test_monitor_mode_lets_local_denied_content_through_and_records_it(
+    docker_env: DockerEnv, clean: set[str], tmp_path: Path
+) -> None:
+    denied = load_directly(docker_env, clean, tmp_path)
+    shim = start_agent(tmp_path / "monitor", docker_env.socket_path, shim_policy(mode="monitor"))
+    try:
+        status, body = api(shim.socket_path, "POST", "/containers/create", {"Image": denied[7:19]})
+        assert status == 201, (status, body, shim.stderr_tail())
+        record = shim.wait_for_decision(
+            lambda r: r.get("decision") == "would_deny" and r.get("action") == "container-create"
+        )
+        assert record["image"] == "docker.io/someuser/tool:latest", record
+        assert record["detail"] == f"local image {denied[7:19]}", record
+        status, body = api(
+            shim.socket_path, "POST", f"/images/{denied[7:19]}/tag?repo=acme/app&tag=evil"
+        )
+        assert status == 201, (status, body, shim.stderr_tail())
+        shim.wait_for_decision(
+            lambda r: r.get("decision") == "would_deny" and r.get("action") == "image-tag"
+        )
+    finally:
+        shim.stop()
+
+
 def test_create_by_name_and_by_id_of_allowed_content_still_works(
     agent: AgentProcess, docker_env: DockerEnv
 ) -> None:
