@@ -508,6 +508,7 @@ def _check_url(key: ConfigKey, value: object) -> str:
     wanted = " or ".join(f"{s}://" for s in schemes)
     try:
         parts = urlsplit(text)
+        _ = parts.port  # a bad port would fail every fetch later, not here
     except ValueError as e:
         raise ValueError(f"expected a {wanted} URL, got {_show(text)}: {e}") from e
     if parts.scheme not in schemes:

@@ -814,3 +814,10 @@ def test_policy_max_bytes_above_what_the_agent_verifies_is_refused() -> None:
     err = _error({"policy_max_bytes": envelope.MAX_ENVELOPE_BYTES + 1})
     assert err.key == "policy_max_bytes"
     assert parse_config({"policy_max_bytes": envelope.MAX_ENVELOPE_BYTES}, SOURCE)
+
+
+@pytest.mark.parametrize("url", ["https://policy.example:99999/p", "https://policy.example:x/p"])
+def test_a_policy_url_with_a_bad_port_is_a_config_error(url: str) -> None:
+    err = _error({"policy_url": url, **PARTNERS["policy_url"]})
+    assert err.key == "policy_url"
+    assert "Port" in str(err)
