@@ -924,3 +924,20 @@ def test_lint_and_sign_of_deeply_nested_json_are_one_line(run_admin: Admin, tmp_
         result = run_admin(*argv)
         assert result.code == 2, result
         assert result.err.count("\n") == 1 and "nested more than" in result.err, result.err
+
+
+def test_verify_refuses_an_envelope_larger_than_agents_download(
+    run_admin: Admin, tmp_path: Path
+) -> None:
+    key = make_key(tmp_path / "k")
+    big = fresh(description="x" * (1024 * 1024))  # > the default policy_max_bytes of 1 MiB
+    envelope = signed(tmp_path, big, key)
+    pub = str(tmp_path / "k.pub")
+    result = run_admin("verify", str(envelope), "--trusted-key", pub)
+    assert result.code == 1
+    assert "agents with policy_max_bytes 1048576 refuse to download it" in result.err
+    config = write_json(
+        tmp_path / "config.json",
+        {"trusted_keys": [PublicKey.from_key(key).to_config()], "policy_max_bytes": 4194304},
+    )
+    assert run_admin("verify", str(envelope), "--config", str(config)).code == 0

@@ -136,9 +136,10 @@ def register(commands: Any) -> None:
         help="check a signed policy as an agent would",
         description="Judge the envelope with the agent's own code: signatures of --threshold "
         "trusted keys, a valid policy of --org, issued_at not in the future, expiry with the "
-        "offline grace. Exit 0 only when an agent would accept it as fresh; 1 when it would "
-        "refuse it or hold it only as stale; 2 on bad input. --config reads org, "
-        "trusted_keys, key_threshold and offline_grace from a managed config.",
+        "offline grace, size within policy_max_bytes. Exit 0 only when an agent would "
+        "accept it as fresh; 1 when it would refuse it or hold it only as stale; 2 on bad "
+        "input. --config reads org, trusted_keys, key_threshold, offline_grace and "
+        "policy_max_bytes from a managed config.",
     )
     verify.add_argument("envelope", metavar="ENVELOPE")
     verify.add_argument(
@@ -459,6 +460,7 @@ class _VerifySettings:
     threshold: int
     org: str | None
     grace: timedelta
+    max_bytes: int
 
 
 def _verify_settings(args: argparse.Namespace) -> _VerifySettings:
@@ -489,7 +491,8 @@ def _verify_settings(args: argparse.Namespace) -> _VerifySettings:
         except ValueError as e:
             raise AdminInputError(f"--offline-grace: {e}") from e
     org = args.org or (config.org if config else None)
-    return _VerifySettings(trusted, threshold, org, grace)
+    max_bytes = (config or ManagedConfig()).policy_max_bytes
+    return _VerifySettings(trusted, threshold, org, grace, max_bytes)
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -537,6 +540,14 @@ def run_verify(args: argparse.Namespace) -> int:
         problem = (
             f"the policy expired at {format_time(policy.expires_at)}; agents accept it only "
             f"as stale, within the offline grace (until {until})"
+        )
+        print(f"warning: {problem}")
+        print(f"{prog}: invalid: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    if len(data) > settings.max_bytes:
+        problem = (
+            f"the envelope is {len(data)} bytes; agents with policy_max_bytes "
+            f"{settings.max_bytes} refuse to download it"
         )
         print(f"warning: {problem}")
         print(f"{prog}: invalid: {problem}", file=sys.stderr)
