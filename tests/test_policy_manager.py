@@ -467,3 +467,20 @@ def test_a_huge_etag_is_not_kept_so_the_state_stays_readable(
     assert state["etag"] is None and state["high_water"]["serial"] == 2
     restarted = make_agent(tmp_path, "https://127.0.0.1:9/offline", tls.ca_cert)
     assert restarted.manager.source == "cache" and not restarted.refusals()
+
+
+def test_a_cache_that_cannot_be_written_is_reported_and_the_new_policy_enforced(
+    server: PolicyServer, tls: TLSMaterial, tmp_path: Path
+) -> None:
+    agent = make_agent(tmp_path, server.url(), tls.ca_cert)
+    server.publish(envelope(1))
+    refresh(agent)
+    (tmp_path / "policy.envelope").unlink()
+    (tmp_path / "policy.envelope").mkdir()  # os.replace onto it fails, even for root
+    server.publish(envelope(2))
+    assert refresh(agent) == "accepted serial 2"
+    assert agent.manager.current().serial == 2
+    assert any(
+        isinstance(e, PolicyEvent) and "cannot write the policy cache" in e.reason
+        for e in agent.events
+    ), agent.events
