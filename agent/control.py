@@ -224,7 +224,8 @@ class ControlServer:
         self._per_uid: dict[int, int] = {}
         self._refreshing: asyncio.Future[str] | None = None
         self._refreshed_by: dict[int, float] = {}  # uid -> when it last asked (monotonic)
-        self._flush_at: asyncio.TimerHandle | None = None
+        self._flush_at: asyncio.Handle | None = None
+        self._batch: list[Event] = []  # events for the streams since the last flush
 
     # -- subscriber -----------------------------------------------------------------
 
@@ -244,41 +245,66 @@ class ControlServer:
             loop.call_soon_threadsafe(self._dispatch, event)
 
     def _dispatch(self, event: Event) -> None:
-        """Queue the event for every stream that may see it: its frame is built once (twice
-        when some readers see it redacted), and streams are woken in batches, so 50
-        readers cost 50 list appends per event, not 50 serialisations and 50 writes."""
+        """Add the event to the batch for the streams; constant work per event, whatever
+        the number of readers (they are served together in ``_flush``)."""
         if isinstance(event, DecisionEvent):
             self.decisions.append(event)
         if not self._streams:
             return
-        frames: dict[bool, bytes] = {}
-        for stream in self._streams:
-            if visible_to(event, stream.uid):
-                redact = _redacts(event, stream.uid)
-                frame = frames.get(redact)
-                if frame is None:
-                    frame = frames[redact] = _frame(event, redact)
-                stream.offer(frame)
-        if frames and self._flush_at is None and self._loop is not None:
-            self._flush_at = self._loop.call_later(self.limits.stream_flush, self._flush)
+        self._batch.append(event)
+        loop = self._loop
+        if loop is None:
+            return
+        if self._flush_at is None:
+            self._flush_at = loop.call_later(self.limits.stream_flush, self._flush)
+        elif len(self._batch) == self.limits.stream_queue:
+            # A burst: serve it at once, so a reader's bound applies to what is really
+            # pending for it, not to everything that arrived in one batch window.
+            self._flush_at.cancel()
+            self._flush_at = loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Write each stream's batch straight to its socket; a stream whose reader is
-        behind (its buffer full) is left to its task, which waits for it or closes it."""
+        """Serve a batch to every stream: each event's frame is built once (once more for
+        readers who see it redacted), each reader's bytes are joined once per uid and
+        written straight to its socket. A reader that is behind (its socket buffer full)
+        gets at most ``stream_queue`` events of a batch and is told how many it lost; its
+        task waits for it or closes it."""
         self._flush_at = None
+        batch, self._batch = self._batch, []
+        frames: dict[tuple[int, bool], bytes] = {}
+        per_uid: dict[int, tuple[list[bytes], bytes]] = {}
         for stream in self._streams:
-            if not stream.queue and not stream.dropped:
-                continue
-            writer = stream.writer
-            if writer is None or writer.transport.get_write_buffer_size() > _STREAM_BUFFER:
-                stream.wake.set()
-                continue
-            frames = list(stream.queue)
+            mine = per_uid.get(stream.uid)
+            if mine is None:
+                visible: list[bytes] = []
+                for i, event in enumerate(batch):
+                    if visible_to(event, stream.uid):
+                        redact = _redacts(event, stream.uid)
+                        frame = frames.get((i, redact))
+                        if frame is None:
+                            frame = frames[(i, redact)] = _frame(event, redact)
+                        visible.append(frame)
+                mine = per_uid[stream.uid] = (visible, b"".join(visible))
+            self._serve(stream, *mine)
+
+    def _serve(self, stream: _Stream, frames: list[bytes], joined: bytes) -> None:
+        writer = stream.writer
+        if writer is None or writer.transport.get_write_buffer_size() > _STREAM_BUFFER:
+            for frame in frames:  # the stream's task writes them when the reader catches up
+                stream.offer(frame)
+            stream.wake.set()
+            return
+        if stream.queue or stream.dropped or len(frames) > stream.limit:
+            for frame in frames:
+                stream.offer(frame)
+            pending = list(stream.queue)
             stream.queue.clear()
             if stream.dropped:
-                frames.append(_sse_frame(_dropped_notice(stream.dropped), stream.uid))
+                pending.append(_sse_frame(_dropped_notice(stream.dropped), stream.uid))
                 stream.dropped = 0
-            writer.write(b"".join(frames))
+            joined = b"".join(pending)
+        if joined:
+            writer.write(joined)
 
     # -- lifecycle ------------------------------------------------------------------
 

@@ -589,9 +589,9 @@ def test_each_event_is_serialised_once_for_all_streams(
             time.sleep(0.01)
         monkeypatch.setattr(json, "dumps", counting)
         control.emit_in_loop(decision(0))
-        monkeypatch.setattr(json, "dumps", original)
         for _, lines in streams:
             assert next_event(lines)[0] == "decision"
+        monkeypatch.setattr(json, "dumps", original)
     finally:
         for proc, _ in streams:
             stop_process(proc)
