@@ -162,7 +162,7 @@ class PolicyManager:
                     allow_expired=True,
                 )
             except PolicyRefusedError as e:
-                self.last_refusal = f"cached policy ignored: {e.reason}"
+                self.last_refusal = _clip(f"cached policy ignored: {e.reason}")
                 self._emit("policy-refused", "failure", self.last_refusal, source="cache")
             except Exception as e:  # never stop the agent's start over a cache file
                 self.last_refusal = f"cached policy ignored: {_describe(e)}"
@@ -223,8 +223,8 @@ class PolicyManager:
                     f"request for {fetcher.url}"
                 )
         except FetchError as e:
-            self.last_fetch_error = e.reason
-            self._emit("policy-fetch-failed", "failure", e.reason, source=fetcher.url)
+            self.last_fetch_error = _clip(e.reason)
+            self._emit("policy-fetch-failed", "failure", self.last_fetch_error, source=fetcher.url)
             self._write_status()
             raise
         self.last_fetch_error = None
@@ -237,10 +237,10 @@ class PolicyManager:
                 result.body, self.trust, self._high_water, self.clock(), source=fetcher.url
             )
         except PolicyRefusedError as e:
-            self.last_refusal = e.reason
-            self._emit("policy-refused", "failure", e.reason, source=fetcher.url)
+            self.last_refusal = _clip(e.reason)
+            self._emit("policy-refused", "failure", self.last_refusal, source=fetcher.url)
             self._write_status()
-            return f"refused: {e.reason}"
+            return f"refused: {self.last_refusal}"
         if not accepted.new and self._accepted is not None:
             self._etag = result.etag
             if not self.cache.envelope_path.exists():
@@ -400,6 +400,15 @@ def read_status(directory: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+MAX_REASON_CHARS = 1000
+
+
+def _clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """Reasons built from what a server sent (a list of unknown key ids, a Location) go
+    into status, events and the audit log: bounded, so none of them can be flooded."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _describe(error: BaseException) -> str:

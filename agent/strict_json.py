@@ -34,7 +34,8 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {key!r}")
+            shown = key if len(key) <= 80 else key[:77] + "..."
+            raise ValueError(f"duplicate key {shown!r}")
         out[key] = value
     return out
 

@@ -11,6 +11,7 @@ itself failing. Each must end in a refusal or a reported error, never a dead loo
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.cli.status_cmd import FAIL, check_policy, format_status
 from agent.control import ControlServer
 from agent.default_policy import default_policy
-from agent.envelope import PublicKey, sign_envelope
+from agent.envelope import MAX_ENVELOPE_BYTES, PAYLOAD_TYPE, PublicKey, sign_envelope
 from agent.policy_cache import PolicyCache
 from agent.policy_fetch import Fetcher, FetchError, FetchResult
 from agent.policy_manager import PolicyManager, RefreshSettings, read_status
@@ -484,3 +485,21 @@ def test_a_cache_that_cannot_be_written_is_reported_and_the_new_policy_enforced(
         isinstance(e, PolicyEvent) and "cannot write the policy cache" in e.reason
         for e in agent.events
     ), agent.events
+
+
+def test_a_refusal_listing_thousands_of_unknown_keys_stays_short(
+    server: PolicyServer, tls: TLSMaterial, tmp_path: Path
+) -> None:
+    payload = base64.b64encode(policy_bytes(1)).decode()
+    sig = base64.b64encode(bytes(64)).decode()
+    signatures = [{"keyid": f"sha256:{i:032x}", "sig": sig} for i in range(20_000)]
+    body = {"payload": payload, "payloadType": PAYLOAD_TYPE, "signatures": signatures}
+    server.publish(json.dumps(body).encode())
+    fetcher = Fetcher(server.url(), ca_bundle=tls.ca_cert, max_bytes=MAX_ENVELOPE_BYTES)
+    agent = make_agent(tmp_path, server.url(), tls.ca_cert, fetcher=fetcher)
+    result = refresh(agent)
+    assert result.startswith("refused: signature check failed: signed only by unknown keys")
+    assert len(result) < 1100
+    status = read_status(tmp_path)
+    assert status is not None and len(status["last_refusal"]) <= 1000
+    assert all(len(reason) <= 1000 for reason in agent.refusals())
