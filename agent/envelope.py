@@ -37,6 +37,7 @@ from agent.policy import PolicyError, decode_json
 __all__ = [
     "CONFIG_PREFIX",
     "MAX_ENVELOPE_BYTES",
+    "MAX_SIGNATURES",
     "PAYLOAD_TYPE",
     "EnvelopeError",
     "PublicKey",
@@ -51,6 +52,7 @@ CONFIG_PREFIX = "ed25519:"
 # Room for a policy with 10,000 rules (~1 MB of JSON, 4/3 of that in base64), small
 # enough that a hostile server cannot make an agent parse much.
 MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
+MAX_SIGNATURES = 64
 
 _ED25519_RAW_LEN = 32
 _ED25519_SIG_LEN = 64
@@ -241,6 +243,10 @@ def _parse(data: bytes, max_bytes: int) -> tuple[str, bytes, list[_Signature]]:
         raise _not_dsse("payload must be a base64 string")
     if not isinstance(raw_sigs, list) or not raw_sigs:
         raise _not_dsse("signatures must be a non-empty array")
+    if len(raw_sigs) > MAX_SIGNATURES:
+        # Each keyless signature costs one Ed25519 check per trusted key: bound the work a
+        # hostile server can ask for.
+        raise _not_dsse(f"{len(raw_sigs)} signatures; at most {MAX_SIGNATURES} are read")
     signatures = []
     for i, item in enumerate(raw_sigs):
         where = f"signatures[{i}]"

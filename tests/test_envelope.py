@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.envelope import (
     MAX_ENVELOPE_BYTES,
+    MAX_SIGNATURES,
     PAYLOAD_TYPE,
     EnvelopeError,
     PublicKey,
@@ -290,7 +291,17 @@ def test_malformed_envelope_says_what_is_wrong(mutate: Any, problem: str) -> Non
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"not json", b"[]", b'"payload"', b"\xff\xfe{}", b'{"payload": NaN}'],
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'"payload"',
+        b"\xff\xfe{}",
+        b'{"payload": NaN}',
+        b"[" * 40_000,  # RecursionError in json.loads
+        b'{"payload": ' + b"[" * 40 + b"]" * 40 + b"}",  # deeper than any envelope
+        b'{"payload": 1' + b"0" * 5000 + b"}",  # too many digits for int()
+    ],
 )
 def test_non_envelope_bytes_are_refused(data: bytes) -> None:
     with pytest.raises(EnvelopeError, match="not a DSSE envelope"):
@@ -420,3 +431,14 @@ def test_garbage_pem_is_refused() -> None:
 def test_raw_key_of_wrong_length_is_refused() -> None:
     with pytest.raises(EnvelopeError, match="32 bytes"):
         PublicKey(b"\0" * 31)
+
+
+def test_more_signatures_than_are_read_are_refused_before_any_check() -> None:
+    key = new_key()
+    sig = {"keyid": pub(key).keyid, "sig": raw_sig(key, PAYLOAD)}
+    doc: dict[str, Any] = {"payload": b64(PAYLOAD), "payloadType": PAYLOAD_TYPE}
+    doc["signatures"] = [sig] * (MAX_SIGNATURES + 1)
+    with pytest.raises(EnvelopeError, match=f"at most {MAX_SIGNATURES} are read"):
+        verify_envelope(encode(doc), [pub(key)], 1)
+    doc["signatures"] = [sig] * MAX_SIGNATURES
+    assert verify_envelope(encode(doc), [pub(key)], 1).signers == (pub(key).keyid,)
