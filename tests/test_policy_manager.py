@@ -503,3 +503,64 @@ def test_a_refusal_listing_long_unknown_key_ids_stays_short(
     status = read_status(tmp_path)
     assert status is not None and len(status["last_refusal"]) <= 1000
     assert all(len(reason) <= 1000 for reason in agent.refusals())
+
+
+def test_a_failing_refresh_shows_in_status_and_doctor_of_a_running_agent(
+    server: PolicyServer, tls: TLSMaterial, tmp_path: Path
+) -> None:
+    server.publish(envelope(1))
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "org": "acme",
+                "policy_url": server.url(),
+                "ca_bundle": str(tls.ca_cert),
+                "trusted_keys": [PublicKey.from_key(KEY).to_config()],
+                "refresh_interval": "1s",
+            }
+        )
+    )
+    state = tmp_path / "state"
+    agent = start_agent(
+        tmp_path,
+        tmp_path / "no-daemon.sock",
+        None,
+        ["--config", str(config), "--state-dir", str(state), "--no-watch"],
+        expect_ping_ok=False,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while (read_status(state) or {}).get("serial") != 1:
+            assert time.monotonic() < deadline, agent.stderr_tail()
+            time.sleep(0.05)
+        server.set("/policy.dsse.json", Route(status=503))
+        status = read_status(state) or {}
+        while "HTTP 503" not in str(status.get("last_fetch_error")):
+            assert time.monotonic() < deadline, (status, agent.stderr_tail())
+            time.sleep(0.05)
+            status = read_status(state) or {}
+        control = str(agent.socket_path.parent / "control.sock")
+        cli = [sys.executable, "-m", "agent"]
+        shown = subprocess.run(
+            [*cli, "status", "--control", control],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert "fetch error:" in shown.stdout and "HTTP 503" in shown.stdout, shown
+        doctor = subprocess.run(
+            [*cli, "doctor", "--control", control, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        checks = {c["name"]: c for c in json.loads(doctor.stdout)}
+        policy = checks["policy fresh and verified"]
+        assert policy["result"] == FAIL, policy
+        assert "the last policy refresh failed" in policy["detail"], policy
+        assert "HTTP 503" in policy["detail"], policy
+    finally:
+        agent.stop()
