@@ -47,6 +47,7 @@ __all__ = [
     "inspect_head",
     "inspect_json_body",
     "local_image_wants",
+    "loses_last_name",
     "resolved_by_name",
     "with_build_lookups",
 ]
@@ -117,6 +118,9 @@ class Lookup:
     IDs by prefix (``abc123`` also parses as an official image's name), so only the
     daemon can say what ``name`` means. ``container``: ``name`` is a container and the
     image it was created from is meant (commit). ``new_name``: the name a tag adds.
+    ``moves``: ``name`` is about to name other content (a tag's, commit's or build's new
+    name); if it is the last name of what it names now, that content must be allowed,
+    or renaming could strip denied content of its names.
     """
 
     name: str
@@ -124,6 +128,7 @@ class Lookup:
     container: bool = False
     after: After | None = None
     new_name: str = ""
+    moves: bool = False
 
 
 @dataclass(frozen=True)
@@ -618,8 +623,15 @@ def _tag(route: Route) -> Inspection:
     """``POST /images/{name}/tag?repo=&tag=``: the new name as dockerd's ``TagImage``
     builds it (``repo`` normalized, ``tag`` replacing its tag, ``latest`` implied)."""
     query = parse_query(route.raw_query)
-    repo = query.get("repo") or ""
-    tag = query.get("tag") or ""
+    new = _new_name(query.get("repo") or "", query.get("tag") or "")
+    name = route.name or ""
+    lookup = Lookup(name, EventAction.TAG, after=After.TAG, new_name=new)
+    return Inspection(lookups=(lookup, Lookup(new, EventAction.TAG, moves=True)))
+
+
+def _new_name(repo: str, tag: str) -> str:
+    """A name as dockerd's ``TagImage`` and commit build it: ``repo`` normalized, ``tag``
+    replacing its tag, ``latest`` implied; a digest is refused (so does the daemon)."""
     new = _reference(repo, "repository")
     if tag:
         try:
@@ -628,9 +640,7 @@ def _tag(route: Route) -> Inspection:
             raise InspectionError(f"pullgate: invalid tag {tag!r}: {e}") from e
     if new.digest is not None:
         raise InspectionError(f"pullgate: cannot tag an image with a digest ({repo!r})")
-    name = route.name or ""
-    lookup = Lookup(name, EventAction.TAG, after=After.TAG, new_name=new.canonical)
-    return Inspection(lookups=(lookup,))
+    return new.canonical
 
 
 def _commit(route: Route) -> Inspection:
@@ -641,9 +651,13 @@ def _commit(route: Route) -> Inspection:
     container = query.get("container") or ""
     if not container:
         return Inspection()  # the daemon refuses a commit without a container
-    return Inspection(
-        lookups=(Lookup(container, EventAction.COMMIT, container=True, after=After.COMMIT),)
-    )
+    lookups = [Lookup(container, EventAction.COMMIT, container=True, after=After.COMMIT)]
+    repo = query.get("repo") or ""
+    if repo:
+        lookups.append(
+            Lookup(_new_name(repo, query.get("tag") or ""), EventAction.COMMIT, moves=True)
+        )
+    return Inspection(lookups=tuple(lookups))
 
 
 @dataclass(frozen=True)
@@ -699,7 +713,9 @@ def resolved_by_name(name: str, image: LocalImage) -> bool:
     return wanted in _local_names(image).values()
 
 
-def local_image_wants(name: str, image: LocalImage, action: EventAction) -> list[Wanted]:
+def local_image_wants(
+    name: str, image: LocalImage, action: EventAction, detail: str | None = None
+) -> list[Wanted]:
     """Every name a local image's content must be allowed under.
 
     ``RepoDigests`` say where its content was pulled from and ``RepoTags`` what it was
@@ -707,18 +723,34 @@ def local_image_wants(name: str, image: LocalImage, action: EventAction) -> list
     whatever name it is used by now.
     """
     return [
-        Wanted(candidate, ref, action, detail=f"local image {name}")
+        Wanted(candidate, ref, action, detail=detail or f"local image {name}")
         for candidate, ref in _local_names(image).items()
     ]
 
 
-def with_build_lookups(inspection: Inspection) -> Inspection:
+def loses_last_name(name: str, image: LocalImage) -> bool:
+    """Whether ``image`` holds ``name`` and no other name, so moving ``name`` to other
+    content would leave it nameless (and then unjudgeable, run by ID)."""
+    if not resolved_by_name(name, image):
+        return False
+    return set(_local_names(image).values()) <= {parse_docker_ref(name)}
+
+
+def with_build_lookups(inspection: Inspection, targets: Sequence[str] = ()) -> Inspection:
     """A classic build's images, each also looked up as a local image.
 
     The classic builder takes ``FROM``, ``COPY --from`` and cache-from images from the
     machine when it has them (``GetImage``: by name, else by ID prefix) and pulls only
-    what is missing, so what it builds on is judged like a container's image.
+    what is missing, so what it builds on is judged like a container's image. Its
+    ``t`` names (``targets``) move to the new image: see ``Lookup.moves``.
     """
     names = dict.fromkeys(w.input for w in inspection.wants if w.action is EventAction.BUILD)
-    lookups = tuple(Lookup(name, EventAction.BUILD) for name in names)
-    return Inspection(inspection.wants, inspection.setting, inspection.lookups + lookups)
+    lookups = [Lookup(name, EventAction.BUILD) for name in names]
+    for target in dict.fromkeys(targets):
+        try:
+            moved = parse_normalized_named(target).with_default_tag()
+        except ReferenceError:
+            continue  # the daemon refuses the build before it starts
+        if moved.digest is None:
+            lookups.append(Lookup(moved.canonical, EventAction.BUILD, moves=True))
+    return Inspection(inspection.wants, inspection.setting, inspection.lookups + tuple(lookups))

@@ -57,13 +57,14 @@ from agent.inspect import (
     inspect_head,
     inspect_json_body,
     local_image_wants,
+    loses_last_name,
     resolved_by_name,
     with_build_lookups,
 )
 from agent.messages import defuse, denial_message
 from agent.peer import PeerInfo, describe_peer, peer_credentials
 from agent.policy import OnCreateSetting, Policy
-from agent.routes import Endpoint, Route, RouteError, route_request
+from agent.routes import Endpoint, Route, RouteError, parse_query, route_request
 from agent.sink import DecisionEvent, DecisionSink
 from agent.tarscan import TarScanError, TarScanner
 from agent.unix_sockets import claim_socket_path
@@ -650,9 +651,23 @@ class ClientConnection(asyncio.Protocol):
         """
         wants = list(inspection.wants)
         checked: _Checked | None = None
+        sources: set[str] = set()
         try:
             for lookup in inspection.lookups:
                 image = await self._lookup_image(lookup)
+                if lookup.moves:
+                    # A tag onto the content it already names moves nothing.
+                    same = (
+                        lookup.action is EventAction.TAG
+                        and image is not None
+                        and image.id in sources
+                    )
+                    if image is not None and not same and loses_last_name(lookup.name, image):
+                        why = "its last name would move to other content"
+                        wants += local_image_wants(lookup.name, image, lookup.action, why)
+                    continue
+                if image is not None:
+                    sources.add(image.id)
                 if lookup.after is not None:
                     named = tuple(w for w in inspection.wants if w.input == lookup.name)
                     checked = _Checked(lookup, image.id if image is not None else None, named)
@@ -793,8 +808,9 @@ class ClientConnection(asyncio.Protocol):
         )
         inspection = self.tar_plan.finish(found)
         self.tar = None
-        if self.shim.policy().on_create is OnCreateSetting.CHECK:
-            inspection = with_build_lookups(inspection)
+        if self.shim.policy().on_create is OnCreateSetting.CHECK and self.route is not None:
+            targets = parse_query(self.route.raw_query).get_all("t")
+            inspection = with_build_lookups(inspection, targets)
         if inspection.lookups:
             # The archive's last bytes stay held while the daemon is asked.
             self.state = _DECIDING

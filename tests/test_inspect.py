@@ -23,6 +23,7 @@ from agent.inspect import (
     inspect_head,
     inspect_json_body,
     local_image_wants,
+    loses_last_name,
     resolved_by_name,
     with_build_lookups,
 )
@@ -369,9 +370,10 @@ def test_tag_looks_up_its_source_and_names_the_new_tag(
 ) -> None:
     result = inspect_json_body(json_route(target), b"")
     assert result.wants == ()
-    assert [(lk.name, lk.action, lk.after, lk.new_name) for lk in result.lookups] == [
-        (source, EventAction.TAG, After.TAG, new_name)
-    ]
+    assert result.lookups == (
+        Lookup(source, EventAction.TAG, after=After.TAG, new_name=new_name),
+        Lookup(new_name, EventAction.TAG, moves=True),
+    )
 
 
 def test_tag_with_bad_or_repeated_parameters_is_refused() -> None:
@@ -384,9 +386,14 @@ def test_tag_with_bad_or_repeated_parameters_is_refused() -> None:
 
 def test_commit_looks_up_the_containers_image() -> None:
     result = inspect_json_body(json_route("/v1.41/commit?container=web&repo=acme/app"), b"{}")
-    assert [(lk.name, lk.container, lk.after) for lk in result.lookups] == [
-        ("web", True, After.COMMIT)
-    ]
+    assert result.lookups == (
+        Lookup("web", EventAction.COMMIT, container=True, after=After.COMMIT),
+        Lookup("docker.io/acme/app:latest", EventAction.COMMIT, moves=True),
+    )
+    result = inspect_json_body(json_route("/commit?container=web"), b"")
+    assert result.lookups == (
+        Lookup("web", EventAction.COMMIT, container=True, after=After.COMMIT),
+    )
     assert inspect_json_body(json_route("/commit?repo=x"), b"") == Inspection()
     with pytest.raises(InspectionError):
         inspect_json_body(json_route("/commit?container=a&container=b"), b"")
@@ -400,6 +407,30 @@ def test_a_classic_builds_images_are_also_looked_up_locally() -> None:
     result = with_build_lookups(Inspection(wants=(build, again, pull)))
     assert result.wants == (build, again, pull)
     assert result.lookups == (Lookup("abc123", EventAction.BUILD),)
+    targets = ["someuser/tool", "acme/app:1", "someuser/tool", "Bad", f"a@{DIGEST}"]
+    result = with_build_lookups(Inspection(wants=(build,)), targets)
+    assert result.lookups == (
+        Lookup("abc123", EventAction.BUILD),
+        Lookup("docker.io/someuser/tool:latest", EventAction.BUILD, moves=True),
+        Lookup("docker.io/acme/app:1", EventAction.BUILD, moves=True),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "names", "loses"),
+    [
+        ("someuser/tool:latest", ["someuser/tool:latest"], True),
+        ("docker.io/someuser/tool", ["someuser/tool:latest"], True),
+        ("someuser/tool:latest", ["someuser/tool:latest", "someuser/tool:1.0"], False),
+        ("someuser/tool:latest", ["someuser/tool:latest", f"someuser/tool@{DIGEST}"], False),
+        ("someuser/tool:latest", ["acme/app:x"], False),  # found by ID: it holds no such name
+        ("someuser/tool:latest", [], False),
+    ],
+)
+def test_a_name_is_the_last_one_only_if_the_content_has_no_other(
+    name: str, names: list[str], loses: bool
+) -> None:
+    assert loses_last_name(name, _image(*names)) is loses
 
 
 def test_tag_and_commit_are_not_inspected_when_on_create_allows() -> None:

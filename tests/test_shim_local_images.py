@@ -344,6 +344,60 @@ def test_tag_and_commit_of_allowed_content_work(
             api(docker_env.socket_path, "DELETE", f"/images/{ref}?force=1")
 
 
+@pytest.mark.parametrize("how", ["tag", "commit", "build"])
+def test_moving_the_last_name_off_denied_content_is_refused(
+    agent: AgentProcess, docker_env: DockerEnv, clean: set[str], tmp_path: Path, how: str
+) -> None:
+    """Loaded denied content named only `someuser/tool:latest`: putting that name on other
+    content would leave it nameless, and nameless content is run by ID unchecked."""
+    denied = load_directly(docker_env, clean, tmp_path)
+    docker(docker_env, "pull", "alpine")
+    target = f"{DENIED}:latest"
+    if how == "tag":
+        result = docker_via(agent, docker_env, "tag", "alpine", target)
+    elif how == "commit":
+        container = f"pgtest-{uuid.uuid4().hex[:12]}"
+        docker(docker_env, "create", "--name", container, "alpine", "true")
+        result = docker_via(agent, docker_env, "commit", container, target)
+        docker(docker_env, "rm", "--force", container)
+    else:
+        context = tmp_path / "ctx"
+        context.mkdir()
+        (context / "Dockerfile").write_text("FROM alpine\nRUN true\n")
+        result = docker_via(
+            agent,
+            docker_env,
+            "build",
+            "--network",
+            "none",
+            "-t",
+            target,
+            str(context),
+            extra_env={"DOCKER_BUILDKIT": "0"},
+        )
+
+    assert result.returncode != 0, describe(result, agent)
+    assert "pullgate:" in result.stderr, describe(result, agent)
+    assert image_id(docker_env, target) == denied
+    status, body = api(agent.socket_path, "POST", "/containers/create", {"Image": denied[7:19]})
+    assert_refused(status, body, agent)
+
+
+def test_moving_the_last_name_off_allowed_content_works(
+    agent: AgentProcess, docker_env: DockerEnv, container_name: str
+) -> None:
+    docker(docker_env, "pull", "alpine")
+    docker(docker_env, "create", "--name", container_name, "alpine", "true")
+    try:
+        result = docker_via(agent, docker_env, "commit", container_name, "acme/app:c1")
+        assert result.returncode == 0, describe(result, agent)
+        result = docker_via(agent, docker_env, "tag", "alpine", "acme/app:c1")
+        assert result.returncode == 0, describe(result, agent)
+        assert image_id(docker_env, "acme/app:c1") == image_id(docker_env, "alpine")
+    finally:
+        api(docker_env.socket_path, "DELETE", "/images/acme/app:c1?force=1")
+
+
 def raw_exchange(socket_path: Path, payload: bytes) -> tuple[int | None, bytes]:
     """Write raw request bytes; read one reply (status, raw reply)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
