@@ -60,7 +60,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: deeply nested
         raise ContextError(f"{path}: cannot read: {e}") from e
     if not isinstance(data, dict):
         raise ContextError(f"{path}: not a JSON object")

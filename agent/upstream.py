@@ -62,7 +62,7 @@ def _context_host(home: Path, env: Mapping[str, str]) -> tuple[str, str] | None:
     if not name:
         try:
             config = json.loads((config_dir / "config.json").read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
         name = config.get("currentContext") if isinstance(config, dict) else None
     if not name or name == "default":
@@ -71,7 +71,7 @@ def _context_host(home: Path, env: Mapping[str, str]) -> tuple[str, str] | None:
     try:
         meta = json.loads((config_dir / "contexts" / "meta" / digest / "meta.json").read_text())
         host = meta["Endpoints"]["docker"]["Host"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     return (host, f"docker context {name!r}") if isinstance(host, str) else None
 

@@ -76,3 +76,21 @@ def test_only_unix_urls() -> None:
     for bad in ("tcp://1.2.3.4:2375", "unix://relative", "npipe:////./pipe/docker"):
         with pytest.raises(UpstreamError):
             parse_unix_url(bad)
+
+
+@pytest.mark.parametrize("where", ["config", "meta"])
+def test_a_deeply_nested_docker_config_is_skipped_not_a_crash(
+    sockets: dict[str, Path], tmp_path: Path, where: str
+) -> None:
+    config = tmp_path / "cfg"
+    meta = config / "contexts" / "meta" / hashlib.sha256(b"work").hexdigest()
+    meta.mkdir(parents=True)
+    deep = "[" * 40_000
+    (config / "config.json").write_text(deep if where == "config" else '{"currentContext":"work"}')
+    (meta / "meta.json").write_text(deep)
+    env = {"DOCKER_CONFIG": str(config), "XDG_RUNTIME_DIR": str(tmp_path)}
+    try:
+        choice = find_upstream(sockets["shim"], env, tmp_path, 1000)
+    except UpstreamError:
+        return  # nothing else on this machine: refused with the usual error, no traceback
+    assert not choice.source.startswith("docker context")

@@ -316,7 +316,7 @@ def docker_cli_endpoint(env: Mapping[str, str], home: Path) -> tuple[str, str]:
         source = f"currentContext in {config_dir / 'config.json'}"
         try:
             config = json.loads((config_dir / "config.json").read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             config = {}
         name = config.get("currentContext") if isinstance(config, dict) else None
     if not name or name == "default":
@@ -326,7 +326,7 @@ def docker_cli_endpoint(env: Mapping[str, str], home: Path) -> tuple[str, str]:
     try:
         meta = json.loads(meta_path.read_text())
         host = meta["Endpoints"]["docker"]["Host"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise LookupError(f"docker context {name!r} ({source}) has no readable endpoint") from e
     return str(host), f"docker context {name!r} ({source})"
 
