@@ -256,12 +256,14 @@ class PolicyManager:
                 self._save(accepted.envelope, accepted.high_water, result.etag)
             self._write_status()
             return "unchanged"
+        # Cache first, so that whoever sees the new policy in status finds it on disk too;
+        # a cache that cannot be written does not stop the new policy from being enforced.
+        self._save(accepted.envelope, accepted.high_water, result.etag)
         self._high_water = accepted.high_water
         self._etag = result.etag
         self.last_refusal = None
         self._install(accepted.policy, fetcher.url)
         self._recompute()
-        self._save(accepted.envelope, accepted.high_water, result.etag)
         return f"accepted serial {accepted.policy.serial}"
 
     def _save(self, envelope: bytes, high_water: HighWater, etag: str | None) -> None:
