@@ -32,6 +32,7 @@ from agent.reference import (
 from agent.routes import Endpoint, Query, Route, RouteError, parse_query
 
 __all__ = [
+    "MAX_ANCESTORS",
     "MAX_JSON_BODY",
     "After",
     "EventAction",
@@ -48,6 +49,7 @@ __all__ = [
     "inspect_json_body",
     "local_image_wants",
     "loses_last_name",
+    "nameless_outcome",
     "resolved_by_name",
     "with_build_lookups",
 ]
@@ -669,6 +671,11 @@ class LocalImage:
     repo_digests: tuple[str, ...] = ()
     parent: str = ""
 
+    @property
+    def named(self) -> bool:
+        """Whether the image has any name to be judged by (``<none>`` is none)."""
+        return bool(_local_names(self))
+
     @classmethod
     def from_daemon(cls, info: object) -> LocalImage:
         """Read the daemon's answer; anything unexpected is refused, not guessed."""
@@ -726,6 +733,35 @@ def local_image_wants(
         Wanted(candidate, ref, action, detail=detail or f"local image {name}")
         for candidate, ref in _local_names(image).items()
     ]
+
+
+#: How far up a nameless image's ``Parent`` chain the shim looks for a name.
+MAX_ANCESTORS = 256
+
+
+def nameless_outcome(name: str, action: EventAction, builds: BuildsSetting) -> SettingOutcome:
+    """Content with no name and no named ancestor: nothing says where it came from.
+
+    Classic build steps and commits have a named ancestor; BuildKit's untagged outputs
+    have neither, so with ``builds: allow`` such content passes (as its build did).
+    """
+    if builds is BuildsSetting.ALLOW:
+        return SettingOutcome(
+            action,
+            "builds",
+            True,
+            f"{name} is an image with no name and no named ancestor, allowed as the output "
+            "of an uninspected build (builds: allow)",
+            "",
+        )
+    return SettingOutcome(
+        action,
+        "on_create",
+        False,
+        f"{name} is an image with no name and no named ancestor, so Pullgate cannot tell "
+        "where its content came from",
+        "pull, load or build it under a name, and use that name",
+    )
 
 
 def loses_last_name(name: str, image: LocalImage) -> bool:

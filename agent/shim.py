@@ -43,6 +43,7 @@ from agent.http1 import (
     parse_request_head,
 )
 from agent.inspect import (
+    MAX_ANCESTORS,
     MAX_JSON_BODY,
     After,
     EventAction,
@@ -52,12 +53,14 @@ from agent.inspect import (
     Lookup,
     NeedJson,
     NeedTar,
+    SettingOutcome,
     TarFindings,
     Wanted,
     inspect_head,
     inspect_json_body,
     local_image_wants,
     loses_last_name,
+    nameless_outcome,
     resolved_by_name,
     with_build_lookups,
 )
@@ -650,6 +653,7 @@ class ClientConnection(asyncio.Protocol):
         ``tar``: a build whose archive is held (its head and most of it went upstream).
         """
         wants = list(inspection.wants)
+        setting = inspection.setting
         checked: _Checked | None = None
         sources: set[str] = set()
         try:
@@ -677,8 +681,10 @@ class ClientConnection(asyncio.Protocol):
                     # Found by ID: a create never pulls, so the name names nothing it uses
                     # (a build or a service may still pull it: there it stays decided).
                     wants = [w for w in wants if w.input != lookup.name]
-
-                wants += local_image_wants(lookup.name, image, lookup.action)
+                found, outcome = await self._content_wants(lookup, image)
+                wants += found
+                if outcome is not None and (setting is None or setting.allowed):
+                    setting = outcome
         except OSError as e:
             self._refuse(502, _upstream_error(self.shim.config.upstream, e))
             return
@@ -687,7 +693,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.state == _CLOSED:
             return
-        decided = Inspection(wants=tuple(wants), setting=inspection.setting)
+        decided = Inspection(wants=tuple(wants), setting=setting)
         self.resume_client_reading("deciding")
         if tar:
             self._finish_tar(decided)
@@ -755,6 +761,25 @@ class ClientConnection(asyncio.Protocol):
         path = "/images/" + quote(name, safe="/:@") + "/json"
         info = await self._daemon_json(path, f"image {name!r}")
         return None if info is None else LocalImage.from_daemon(info)
+
+    async def _content_wants(
+        self, lookup: Lookup, image: LocalImage
+    ) -> tuple[list[Wanted], SettingOutcome | None]:
+        """What local content must be allowed under: all its names; for nameless content
+        (classic build steps, commits) those of its nearest named ancestor; with none,
+        a setting outcome (``nameless_outcome``)."""
+        if image.named:
+            return local_image_wants(lookup.name, image, lookup.action), None
+        ancestor = image
+        for _ in range(MAX_ANCESTORS):
+            parent = await self._local_image(ancestor.parent) if ancestor.parent else None
+            if parent is None:
+                break
+            if parent.named:
+                why = f"local image {lookup.name}, built on {parent.id[:19]}"
+                return local_image_wants(lookup.name, parent, lookup.action, why), None
+            ancestor = parent
+        return [], nameless_outcome(lookup.name, lookup.action, self.shim.policy().builds)
 
     async def _lookup_image(self, lookup: Lookup) -> LocalImage | None:
         """The image a lookup means: by name or ID, or a container's image."""
@@ -1189,11 +1214,13 @@ class ClientConnection(asyncio.Protocol):
             else:
                 actual, image = None, None
         wants: list[Wanted] = []
+        outcome = None
         if image is not None:
             if not lookup.container and resolved_by_name(lookup.name, image):
                 wants += checked.name_wants
-            wants += local_image_wants(lookup.name, image, lookup.action)
-        denial = self._denial(Inspection(wants=tuple(wants)))
+            found, outcome = await self._content_wants(lookup, image)
+            wants += found
+        denial = self._denial(Inspection(wants=tuple(wants), setting=outcome))
         if denial is None and actual is not None:
             return None
         await self._remove_made(lookup, made)

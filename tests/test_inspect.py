@@ -24,10 +24,11 @@ from agent.inspect import (
     inspect_json_body,
     local_image_wants,
     loses_last_name,
+    nameless_outcome,
     resolved_by_name,
     with_build_lookups,
 )
-from agent.policy import OnCreateSetting, Policy
+from agent.policy import BuildsSetting, OnCreateSetting, Policy
 from agent.routes import route_request
 from tests.policy_builders import policy
 
@@ -331,6 +332,14 @@ def test_every_name_of_a_local_image_is_decided() -> None:
         f"docker.io/someuser/tool@{DIGEST}",
     ]
     assert {w.detail for w in wants} == {"local image acme/app:evil"}
+
+
+def test_content_without_names_is_allowed_only_as_an_uninspected_builds_output() -> None:
+    assert not _image("<none>:<none>", "<none>@<none>").named
+    assert _image("a:1").named
+    denied = nameless_outcome("abc123", EventAction.CREATE, BuildsSetting.DENY)
+    assert not denied.allowed and denied.setting == "on_create" and denied.hint
+    assert nameless_outcome("abc123", EventAction.CREATE, BuildsSetting.ALLOW).allowed
 
 
 def test_daemon_image_description_is_read_strictly() -> None:

@@ -13,8 +13,10 @@ asked directly what it made.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import socket
+import tarfile
 import threading
 import time
 import uuid
@@ -270,6 +272,102 @@ def test_classic_build_on_local_denied_content_is_refused(
     status, images = api(docker_env.socket_path, "GET", "/images/json?all=1")
     assert status == 200
     assert not [i["Id"] for i in images if i.get("ParentId") == denied]
+
+
+def nameless_archive(env: DockerEnv, tmp_path: Path) -> bytes:
+    """`docker save someuser/tool` with its names taken out of the archive."""
+    archive = tmp_path / "named.tar"
+    docker(env, "save", "-o", str(archive), DENIED)
+    out = io.BytesIO()
+    with tarfile.open(archive) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read() if member.isfile() else None  # type: ignore[union-attr]
+            if member.name == "repositories":
+                continue
+            if member.name == "manifest.json" and data is not None:
+                manifest = json.loads(data)
+                for entry in manifest:
+                    entry["RepoTags"] = None
+                data = json.dumps(manifest).encode()
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+    return out.getvalue()
+
+
+def test_nameless_denied_content_is_not_run_or_renamed_by_id(
+    agent: AgentProcess, docker_env: DockerEnv, clean: set[str], tmp_path: Path
+) -> None:
+    """Content loaded without any name (here through the shim: the archive names nothing
+    to decide) has nothing to be judged by: by ID it is refused."""
+    denied = pull_directly(docker_env, clean)
+    data = nameless_archive(docker_env, tmp_path)
+    docker(docker_env, "image", "rm", "--force", denied)
+    docker_via(agent, docker_env, "load", input=data)
+    status, info = api(docker_env.socket_path, "GET", f"/images/{denied}/json")
+    assert status == 200 and not info["RepoTags"] and not info["RepoDigests"], info
+
+    status, body = api(agent.socket_path, "POST", "/containers/create", {"Image": denied[7:19]})
+    assert_refused(status, body, agent)
+    assert "no name and no named ancestor" in body["message"], body
+    status, body = api(
+        agent.socket_path, "POST", f"/images/{denied[7:19]}/tag?repo=acme/app&tag=evil"
+    )
+    assert_refused(status, body, agent)
+    assert not containers_of(docker_env, {denied})
+    assert image_id(docker_env, LAUNDERED) is None
+
+
+def test_nameless_content_passes_when_uninspected_builds_are_allowed(
+    docker_env: DockerEnv, clean: set[str], tmp_path: Path
+) -> None:
+    """BuildKit's untagged outputs have neither a name nor a parent: with `builds: allow`
+    they are run by ID as their build was allowed."""
+    denied = pull_directly(docker_env, clean)
+    data = nameless_archive(docker_env, tmp_path)
+    docker(docker_env, "image", "rm", "--force", denied)
+    status, _, _ = unix_request(docker_env.socket_path, "POST", "/images/load?quiet=1", body=data)
+    assert status == 200
+    shim = start_agent(tmp_path / "builds", docker_env.socket_path, shim_policy(builds="allow"))
+    try:
+        status, body = api(shim.socket_path, "POST", "/containers/create", {"Image": denied[7:19]})
+        assert status == 201, (status, body, shim.stderr_tail())
+    finally:
+        shim.stop()
+
+
+def test_untagged_classic_build_and_commit_outputs_run_by_id(
+    agent: AgentProcess, docker_env: DockerEnv, tmp_path: Path, container_name: str
+) -> None:
+    """Nameless, but built (or committed) on named content: that content's names count."""
+    docker(docker_env, "pull", "alpine")
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM alpine\nRUN echo one > /one\nRUN echo two > /two\n")
+    built = docker_via(
+        agent,
+        docker_env,
+        "build",
+        "-q",
+        "--network",
+        "none",
+        str(context),
+        extra_env={"DOCKER_BUILDKIT": "0"},
+    )
+    assert built.returncode == 0, describe(built, agent)
+    docker(docker_env, "create", "--name", container_name, "alpine", "true")
+    committed = docker_via(agent, docker_env, "commit", container_name)
+    assert committed.returncode == 0, describe(committed, agent)
+    made: list[str] = []
+    try:
+        for image in (built.stdout.strip(), committed.stdout.strip()):
+            status, body = api(
+                agent.socket_path, "POST", "/containers/create", {"Image": image[7:19]}
+            )
+            assert status == 201, (image, status, body, agent.stderr_tail())
+            made.append(body["Id"])
+    finally:
+        for container in made:
+            api(docker_env.socket_path, "DELETE", f"/containers/{container}?force=1")
 
 
 # --------------------------------------------------------------------------- leak 6
