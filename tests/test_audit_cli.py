@@ -221,3 +221,19 @@ def test_export_and_verify_never_read_through_a_planted_symlink(tmp_path: Path) 
     done = pullgate("audit", "verify", "--dir", str(tmp_path / "log"))
     assert done.returncode == 0, done.stdout
     assert "ignored: not written by the agent" in done.stdout
+
+
+def test_export_and_tail_skip_a_file_retention_removed_after_the_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    from agent.cli import audit_cmd
+
+    write_log(tmp_path, [time.time() - 60 + i for i in range(3)])
+    listed = audit_cmd._files(tmp_path)
+    gone = tmp_path / "audit-20000101T000000Z-000000000000.jsonl"  # listed, then deleted
+    monkeypatch.setattr(audit_cmd, "_files", lambda directory: [gone, *listed])
+    args = build_parser().parse_args(["audit", "export", "--dir", str(tmp_path), "--since", "1h"])
+    assert args.run(args) == 0
+    assert capsysbinary.readouterr().out.count(b"\n") == 3
+    args = build_parser().parse_args(["audit", "tail", "--dir", str(tmp_path), "-n", "5"])
+    assert args.run(args) == 0

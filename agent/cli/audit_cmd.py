@@ -193,7 +193,11 @@ def _tail(args: argparse.Namespace) -> int:
         need = wanted.maxlen - len(wanted) if wanted.maxlen else 0
         if need <= 0:
             break
-        for line in reversed(_last_lines(path, need)):
+        try:
+            last = _last_lines(path, need)
+        except FileNotFoundError:
+            continue  # retention removed it since the listing: it held the oldest lines
+        for line in reversed(last):
             wanted.appendleft(line)
     for line in wanted:
         print(_show(line, args.json))
@@ -319,7 +323,11 @@ def _export(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     count = 0
     for path in _files(audit_dir(args)):
-        with path.open("rb", buffering=1 << 20) as f:
+        try:
+            f = path.open("rb", buffering=1 << 20)
+        except FileNotFoundError:
+            continue  # retention removed the oldest file since the listing
+        with f:
             for line in f:
                 stamp = line[_TS_START:_TS_END]
                 if low <= stamp < high and line.endswith(b"\n"):
