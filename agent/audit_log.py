@@ -743,6 +743,10 @@ class AuditLog:
                 raise RuntimeError("AuditLog: writing after close()")
             try:
                 notice = self._check_files()
+            except AuditLogError as e:
+                self._fail(OSError(errno.EPERM, str(e)))
+                self._lost += len(events)
+                return [False] * len(events)
             except OSError as e:
                 self._fail(e)
                 self._lost += len(events)
@@ -774,8 +778,19 @@ class AuditLog:
         as long as it wrote it)? Deleted, replaced or changed files are set aside or left
         as found, a new one is started, and the returned notice says what was lost."""
         assert self._fd is not None and self._active is not None and self._state_fd is not None
+        assert self._dir_fd is not None
         notes: list[str] = []
         details: dict[str, Any] = {}
+        if not _same_file(self._dir_fd, self.directory):
+            # Moved or replaced: the lock must follow the path, or a second agent could
+            # take the new directory. (Raises, failing the commit, when it cannot.)
+            self._relock_directory(notes, details)
+            notes.append(
+                f"the audit directory {self.directory} was moved or replaced under the agent; "
+                "it took the new one over (checked and locked); the records written before "
+                "are wherever the old directory went"
+            )
+            details["directory_replaced"] = True
         old = self._active
         same = _same_file(self._fd, old)
         size = os.fstat(self._fd).st_size
@@ -831,6 +846,17 @@ class AuditLog:
             details=details,
             time=self.clock(),
         )
+
+    def _relock_directory(self, notes: list[str], details: dict[str, Any]) -> None:
+        fd = os.open(self.directory, os.O_RDONLY | _DIRECTORY)
+        try:
+            self._check_directory(fd, notes, details)
+        except BaseException:
+            os.close(fd)
+            raise
+        assert self._dir_fd is not None
+        os.close(self._dir_fd)
+        self._dir_fd = fd
 
     def _failure_notice(self) -> NoticeEvent:
         since = format_timestamp(self._failing_since or self.clock())

@@ -548,3 +548,22 @@ def test_a_slow_fdatasync_never_stalls_the_event_loop(
         log.close()
     assert written and handed_over < 0.05 and ticked < 0.2
     assert records(tmp_path)[-1]["event.action"] == "image-pull"
+
+
+def test_a_directory_moved_under_the_writer_is_taken_over_and_locked(tmp_path: Path) -> None:
+    d = tmp_path / "audit"
+    log = open_log(d)
+    try:
+        log.append(decision_event())
+        d.rename(tmp_path / "moved")
+        d.mkdir(mode=0o700)
+        assert log.append(decision_event())
+        with pytest.raises(AuditLogError, match="another writer"):
+            open_log(d)  # the lock followed the path: no second agent in the new one
+        assert not log.healthy
+    finally:
+        log.close()
+    got = records(d)
+    assert got[0]["event.action"] == "audit-recovery"
+    assert got[0]["pullgate.details"]["directory_replaced"] is True
+    assert not verified(d).ok  # the new directory's chain starts with a gap
