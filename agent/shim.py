@@ -66,7 +66,7 @@ from agent.inspect import (
 )
 from agent.messages import defuse, denial_message
 from agent.peer import PeerInfo, describe_peer, peer_credentials
-from agent.policy import OnCreateSetting, Policy
+from agent.policy import BuildsSetting, OnCreateSetting, Policy
 from agent.routes import Endpoint, Route, RouteError, parse_query, route_request
 from agent.sink import DecisionEvent, DecisionSink
 from agent.tarscan import TarScanError, TarScanner
@@ -660,13 +660,22 @@ class ClientConnection(asyncio.Protocol):
             for lookup in inspection.lookups:
                 image = await self._lookup_image(lookup)
                 if lookup.moves:
+                    # Moving a name away can leave content nameless. With a Parent its
+                    # ancestors judge it then; without, it is refused by ID — except with
+                    # builds: allow (_content_wants): only then may its names not be lost.
                     # A tag onto the content it already names moves nothing.
                     same = (
                         lookup.action is EventAction.TAG
                         and image is not None
                         and image.id in sources
                     )
-                    if image is not None and not same and loses_last_name(lookup.name, image):
+                    if (
+                        image is not None
+                        and not same
+                        and not image.parent
+                        and self.shim.policy().builds is BuildsSetting.ALLOW
+                        and loses_last_name(lookup.name, image)
+                    ):
                         why = "its last name would move to other content"
                         wants += local_image_wants(lookup.name, image, lookup.action, why)
                     continue

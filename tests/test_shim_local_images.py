@@ -442,43 +442,61 @@ def test_tag_and_commit_of_allowed_content_work(
             api(docker_env.socket_path, "DELETE", f"/images/{ref}?force=1")
 
 
-@pytest.mark.parametrize("how", ["tag", "commit", "build"])
-def test_moving_the_last_name_off_denied_content_is_refused(
-    agent: AgentProcess, docker_env: DockerEnv, clean: set[str], tmp_path: Path, how: str
+@pytest.mark.parametrize(
+    "case", [f"{b}-{h}" for b in ("deny", "allow") for h in ("tag", "commit", "build")]
+)
+def test_moving_the_last_name_off_denied_content_never_makes_it_usable(
+    agent: AgentProcess, docker_env: DockerEnv, clean: set[str], tmp_path: Path, case: str
 ) -> None:
-    """Loaded denied content named only `someuser/tool:latest`: putting that name on other
-    content would leave it nameless, and nameless content is run by ID unchecked."""
+    """Loaded denied content named only `someuser/tool:latest`; the name is put on other
+    content. Nameless and parentless, it is refused by ID — so the rename may go through
+    (a rebuild under a name the policy denies keeps working) — except with `builds:
+    allow`, where nameless content runs: there the rename is refused."""
+    builds, how = case.split("-")
     denied = load_directly(docker_env, clean, tmp_path)
     docker(docker_env, "pull", "alpine")
+    shim = agent
+    if builds == "allow":
+        shim = start_agent(tmp_path / "allow", docker_env.socket_path, shim_policy(builds="allow"))
     target = f"{DENIED}:latest"
-    if how == "tag":
-        result = docker_via(agent, docker_env, "tag", "alpine", target)
-    elif how == "commit":
-        container = f"pgtest-{uuid.uuid4().hex[:12]}"
-        docker(docker_env, "create", "--name", container, "alpine", "true")
-        result = docker_via(agent, docker_env, "commit", container, target)
-        docker(docker_env, "rm", "--force", container)
-    else:
-        context = tmp_path / "ctx"
-        context.mkdir()
-        (context / "Dockerfile").write_text("FROM alpine\nRUN true\n")
-        result = docker_via(
-            agent,
-            docker_env,
-            "build",
-            "--network",
-            "none",
-            "-t",
-            target,
-            str(context),
-            extra_env={"DOCKER_BUILDKIT": "0"},
-        )
-
-    assert result.returncode != 0, describe(result, agent)
-    assert "pullgate:" in result.stderr, describe(result, agent)
-    assert image_id(docker_env, target) == denied
-    status, body = api(agent.socket_path, "POST", "/containers/create", {"Image": denied[7:19]})
-    assert_refused(status, body, agent)
+    try:
+        if how == "tag":
+            result = docker_via(shim, docker_env, "tag", "alpine", target)
+        elif how == "commit":
+            container = f"pgtest-{uuid.uuid4().hex[:12]}"
+            docker(docker_env, "create", "--name", container, "alpine", "true")
+            result = docker_via(shim, docker_env, "commit", container, target)
+            docker(docker_env, "rm", "--force", container)
+        else:
+            context = tmp_path / "ctx"
+            context.mkdir()
+            (context / "Dockerfile").write_text("FROM alpine\nRUN true\n")
+            result = docker_via(
+                shim,
+                docker_env,
+                "build",
+                "--network",
+                "none",
+                "-t",
+                target,
+                str(context),
+                extra_env={"DOCKER_BUILDKIT": "0"},
+            )
+        if builds == "allow":
+            assert result.returncode != 0, describe(result, shim)
+            assert "pullgate:" in result.stderr, describe(result, shim)
+            assert image_id(docker_env, target) == denied
+        else:
+            assert result.returncode == 0, describe(result, shim)
+            assert image_id(docker_env, target) != denied
+        status, body = api(shim.socket_path, "POST", "/containers/create", {"Image": denied[7:19]})
+        assert_refused(status, body, shim)
+        assert not containers_of(docker_env, {denied})
+    finally:
+        if shim is not agent:
+            shim.stop()
+        if builds == "deny":
+            api(docker_env.socket_path, "DELETE", f"/images/{target}?force=1")
 
 
 def test_moving_the_last_name_off_allowed_content_works(
