@@ -564,3 +564,56 @@ def test_a_failing_refresh_shows_in_status_and_doctor_of_a_running_agent(
         assert "HTTP 503" in policy["detail"], policy
     finally:
         agent.stop()
+
+
+def test_policy_refresh_of_a_hostile_body_is_a_clean_refusal_with_exit_1(
+    server: PolicyServer, tls: TLSMaterial, tmp_path: Path
+) -> None:
+    server.publish(envelope(1))
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "org": "acme",
+                "policy_url": server.url(),
+                "ca_bundle": str(tls.ca_cert),
+                "trusted_keys": [PublicKey.from_key(KEY).to_config()],
+            }
+        )
+    )
+    state = tmp_path / "state"
+    agent = start_agent(
+        tmp_path,
+        tmp_path / "no-daemon.sock",
+        None,
+        ["--config", str(config), "--state-dir", str(state), "--no-watch"],
+        expect_ping_ok=False,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while (read_status(state) or {}).get("serial") != 1:
+            assert time.monotonic() < deadline, agent.stderr_tail()
+            time.sleep(0.05)
+        server.publish(DEEP)
+        control = str(agent.socket_path.parent / "control.sock")
+        result = subprocess.run(
+            [sys.executable, "-m", "agent", "policy", "refresh", "--control", control],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 1, result
+        assert "refused: signature check failed" in result.stdout, result
+        assert "nested more than 32 levels" in result.stdout, result
+        server.publish(envelope(2))
+        again = subprocess.run(
+            [sys.executable, "-m", "agent", "policy", "refresh", "--control", control],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert again.returncode == 0 and "accepted serial 2" in again.stdout, again
+    finally:
+        agent.stop()
