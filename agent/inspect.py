@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from agent.dockerfile import DockerfileError, parse_dockerfile
+from agent.dockerfile import DockerfileError, ImageUse, parse_dockerfile
 from agent.http1 import RequestHead
 from agent.policy import BuildsSetting, LoadSetting, OnCreateSetting, Policy
 from agent.reference import (
@@ -192,6 +192,10 @@ def _refuse_form_body(head: RequestHead) -> None:
     string, so such a body could override ``fromImage``. No Docker client sends one."""
     content_type = head.get("content-type")
     if content_type is not None:
+        if not content_type.isascii():
+            # Go lower-cases with Unicode rules ("İ" becomes "i"): a non-ASCII type could
+            # read as a form there and as something else here.
+            raise InspectionError("pullgate: the Content-Type header is not ASCII")
         media = content_type.split(";", 1)[0].strip().lower()
         if media == "application/x-www-form-urlencoded":
             raise InspectionError(
@@ -370,8 +374,20 @@ def _build_args(query: Query) -> dict[str, str]:
 
 
 def _clean_member(name: str) -> str:
-    """A context path as the daemon resolves it inside the context root."""
-    cleaned = posixpath.normpath("/" + name.replace("\\", "/")).lstrip("/")
+    """A context path as the daemon resolves it inside the context root.
+
+    ``filepath.Join(root, name)`` cleans lexically, so a name whose ``..`` climbs above
+    the root leaves it (the daemon then fails); a backslash is part of a name on a Linux
+    daemon and a separator on a Windows one. Both are refused rather than guessed.
+    """
+    if "\\" in name:
+        raise InspectionError(
+            f"pullgate: the Dockerfile path {name!r} holds a backslash, which daemons on "
+            "Linux and Windows read differently"
+        )
+    cleaned = posixpath.normpath(name.lstrip("/") or ".")
+    if cleaned == ".." or cleaned.startswith("../"):
+        raise InspectionError(f"pullgate: the Dockerfile path {name!r} leaves the build context")
     return "" if cleaned == "." else cleaned
 
 
@@ -431,23 +447,37 @@ def _build(query: Query, policy: Policy) -> Plan:
     return NeedTar(lambda name: name in names, finish, "build context")
 
 
+#: How classic builders of different daemons parse the same file: (heredocs, ``# check=``
+#: directive). Daemons before 23 know no heredocs (their bodies are instructions there);
+#: parsers before BuildKit 0.13 (moby 26 and older) stop reading directives at
+#: ``check``, so an ``escape`` after it does not apply. The first is today's reading.
+_CLASSIC_READINGS = (
+    (True, True, ""),
+    (False, True, "without heredoc support"),
+    (True, False, "without the check directive"),
+    (False, False, "without heredocs or the check directive"),
+)
+
+
 def _dockerfile_wants(name: str, data: bytes, build_args: Mapping[str, str]) -> list[Wanted]:
-    """What the daemon's classic builder pulls for this Dockerfile (plain ``POST /build``)."""
-    try:
-        found = parse_dockerfile(data, build_args, builder="classic")
-        uses = list(found.uses)
-        if b"<<" in data:
-            # A classic builder without heredoc support reads heredoc bodies as
-            # instructions: check what it would pull too, or refuse if it cannot be read.
-            try:
-                uses += parse_dockerfile(data, build_args, heredocs=False, builder="classic").uses
-            except DockerfileError as e:
-                raise InspectionError(
-                    f"pullgate: {name} uses heredocs, which the classic builder reads "
-                    f"differently ({e}); Pullgate cannot tell what it would pull"
-                ) from e
-    except DockerfileError as e:
-        raise InspectionError(f"pullgate: cannot inspect {name}: {e}") from e
+    """What the daemon's classic builder pulls for this Dockerfile (plain ``POST /build``).
+
+    The shim cannot tell which daemon version is behind it, so every reading in use is
+    checked and their images united; a file one of them cannot read is refused.
+    """
+    uses: list[ImageUse] = []
+    for heredocs, check, how in _CLASSIC_READINGS:
+        try:
+            uses += parse_dockerfile(
+                data, build_args, heredocs=heredocs, check_directive=check, builder="classic"
+            ).uses
+        except DockerfileError as e:
+            if not how:
+                raise InspectionError(f"pullgate: cannot inspect {name}: {e}") from e
+            raise InspectionError(
+                f"pullgate: {name} reads differently in classic builders {how} ({e}); "
+                "Pullgate cannot tell what it would pull"
+            ) from e
     wants: list[Wanted] = []
     seen: set[tuple[str, int]] = set()
     for use in uses:
@@ -497,7 +527,8 @@ def _names_in(member: str, data: bytes) -> list[tuple[str, str]]:
         if not isinstance(manifest, list):
             raise InspectionError("pullgate: manifest.json must be a JSON array")
         for entry in manifest:
-            tags = entry.get("RepoTags") if isinstance(entry, dict) else None
+            # Go's encoding/json matches struct fields in any case ("repotags" too).
+            tags = _field(entry, "RepoTags", "a manifest.json entry")
             if tags is None:
                 continue
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
@@ -518,14 +549,14 @@ def _names_in(member: str, data: bytes) -> list[tuple[str, str]]:
 
 def _oci_names(data: bytes) -> list[tuple[str, str]]:
     index = _strict_json(_text(data, "index.json"), "index.json")
-    manifests = index.get("manifests") if isinstance(index, dict) else None
+    manifests = _field(index, "manifests", "index.json")  # struct fields: any case
     if manifests is None:
         return []
     if not isinstance(manifests, list):
         raise InspectionError("pullgate: index.json manifests must be an array")
     out = []
     for manifest in manifests:
-        annotations = manifest.get("annotations") if isinstance(manifest, dict) else None
+        annotations = _field(manifest, "annotations", "an index.json manifest")
         if not isinstance(annotations, dict):
             continue
         name = annotations.get("io.containerd.image.name")

@@ -614,9 +614,43 @@ def test_classic_builder_unsets_an_arg_redeclared_without_a_value() -> None:
     assert classic(text, X="busybox") == ["busybox"]
 
 
-def test_classic_builder_refuses_variables_in_arg_names() -> None:
-    with pytest.raises(DockerfileError, match="holds a variable"):
-        classic("ARG ${HTTP_PROXY}=someuser/tool\nFROM alpine\n", HTTP_PROXY="BASE")
+@pytest.mark.parametrize(
+    ("key", "build_args"),
+    [
+        ("${HTTP_PROXY}", {"HTTP_PROXY": "B"}),
+        ('"B"', {}),
+        ("'B'", {}),
+        ("\\B", {}),
+        ("\ufeffB", {}),
+    ],
+)
+def test_classic_builder_expands_arg_names_too(key: str, build_args: dict[str, str]) -> None:
+    text = f"ARG B=alpine\nARG {key}=someuser/tool\nFROM $B\n"
+    assert classic(text, **build_args) == ["someuser/tool"]
+
+
+def test_classic_builder_refuses_arg_names_it_cannot_resolve() -> None:
+    with pytest.raises(DockerfileError, match="cannot be resolved"):
+        classic("ARG ${NOPE}=someuser/tool\nFROM alpine\n")
+
+
+def test_a_leading_bom_is_dropped_from_every_word_like_gos_scanner() -> None:
+    text = "ARG B=\ufeff\nARG E=${B:+alpine}\nARG H=${E:-someuser/tool}\nFROM $H\n"
+    assert classic(text) == ["someuser/tool"]
+    assert images(text) == ["someuser/tool"]
+
+
+def test_older_parsers_stop_reading_directives_at_check() -> None:
+    text = "# check=skip=all\n# escape=`\nFROM alpine\nRUN true #`\nFROM someuser/tool\n"
+    assert images(text) == ["alpine"]
+    old = parse_dockerfile(text, check_directive=False, builder="classic").images
+    assert old == ("alpine", "someuser/tool")
+
+
+def test_onbuild_copy_from_an_index_out_of_int64_range_is_an_image() -> None:
+    text = "FROM alpine AS base\nONBUILD COPY --from=99999999999999999999 /a /a\nFROM base\n"
+    assert images(text) == ["alpine", "99999999999999999999"]
+    assert images("FROM alpine\nONBUILD COPY --from=1 /a /a\n") == ["alpine"]
 
 
 def test_classic_builder_ignores_the_syntax_directive_and_buildkit_syntax_arg() -> None:

@@ -197,6 +197,36 @@ def test_classic_build_pulls_a_later_stage_named_in_copy_from() -> None:
     assert "docker.io/library/tool" in [str(w.reference) for w in result.wants]
 
 
+@pytest.mark.parametrize("dockerfile", ["foo%5CDockerfile", "%5CDockerfile", "../x", "/../x"])
+def test_dockerfile_paths_the_daemon_reads_otherwise_are_refused(dockerfile: str) -> None:
+    with pytest.raises(InspectionError, match=r"backslash|leaves the build context"):
+        plan(f"/build?dockerfile={dockerfile}")
+
+
+def test_dockerfile_path_is_cleaned_like_filepath_join() -> None:
+    files = {"sub/Dockerfile": b"FROM a\n"}
+    result = build_finish("/build?dockerfile=/sub/./x/../Dockerfile", files)
+    assert [str(w.reference) for w in result.wants] == ["docker.io/library/a"]
+
+
+def test_heredoc_formed_by_a_line_continuation_is_read_both_ways() -> None:
+    dockerfile = b"FROM alpine\nCOPY <\\\n<# /x\nFROM someuser/tool\n#\n"
+    result = build_finish("/build", {"Dockerfile": dockerfile})
+    assert "docker.io/someuser/tool" in [str(w.reference) for w in result.wants]
+
+
+def test_dockerfile_is_read_as_parsers_without_the_check_directive_read_it() -> None:
+    dockerfile = b"# check=skip=all\n# escape=`\nFROM alpine\nRUN true #`\nFROM someuser/tool\n"
+    result = build_finish("/build", {"Dockerfile": dockerfile})
+    assert "docker.io/someuser/tool" in [str(w.reference) for w in result.wants]
+
+
+def test_non_ascii_content_type_is_refused() -> None:
+    # Go's ToLower turns U+0130 into "i": the daemon would read a form-encoded body.
+    with pytest.raises(InspectionError, match="not ASCII"):
+        plan("/build", None, "Content-Type: appl\u0130cation/x-www-form-urlencoded")
+
+
 def test_classic_build_checks_heredoc_bodies_as_instructions_too() -> None:
     with pytest.raises(InspectionError, match="heredoc"):
         build_finish("/build", {"Dockerfile": b"FROM alpine\nRUN <<EOF\nFROM someuser/tool\nEOF\n"})
@@ -240,6 +270,27 @@ def test_load_names_come_from_manifest_repositories_and_oci_index() -> None:
         "docker.io/acme/app:2",
         "docker.io/library/nginx:1",
     ]
+
+
+@pytest.mark.parametrize("key", ["repotags", "REPOTAGS", "RepoTag\u017f"])
+def test_load_manifest_fields_match_in_any_case_like_go(key: str) -> None:
+    manifest = json.dumps([{"Config": "c.json", key: ["someuser/tool:1.0"], "Layers": []}])
+    result = load_finish([("manifest.json", manifest.encode())])
+    assert [str(w.reference) for w in result.wants] == ["docker.io/someuser/tool:1.0"]
+
+
+def test_load_manifest_with_two_spellings_of_repotags_is_refused() -> None:
+    manifest = json.dumps([{"RepoTags": None, "repoTags": ["someuser/tool:1.0"]}])
+    with pytest.raises(InspectionError, match="several keys"):
+        load_finish([("manifest.json", manifest.encode())])
+
+
+def test_oci_index_fields_match_in_any_case_like_go() -> None:
+    index = {
+        "Manifests": [{"Annotations": {"io.containerd.image.name": "docker.io/someuser/tool:o"}}]
+    }
+    result = load_finish([("index.json", json.dumps(index).encode())])
+    assert [str(w.reference) for w in result.wants] == ["docker.io/someuser/tool:o"]
 
 
 def test_load_with_unreadable_metadata_is_refused() -> None:

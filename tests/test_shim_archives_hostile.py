@@ -39,7 +39,12 @@ from tests.realdocker import DockerEnv, SeededImage, docker, image_present, seed
 #: An image of the library namespace that the test policy denies by rule: a stage name
 #: can name it (`COPY --from=pgtool`), which `someuser/tool` cannot.
 RULED = "pgtool"
-RULES = [{"id": "no-pgtool", "match": RULED, "action": "deny", "message": "pgtool is banned"}]
+#: A name `strconv.ParseInt` cannot take, so `COPY --from=` pulls it as an image.
+HUGE_INDEX = "99999999999999999999"
+RULES = [
+    {"id": "no-pgtool", "match": RULED, "action": "deny", "message": "pgtool is banned"},
+    {"id": "no-huge", "match": HUGE_INDEX, "action": "deny", "message": "not an index"},
+]
 DENIED_FROM = f"FROM {DENIED_REPOSITORY}\n"
 BUILD_TIMEOUT = 120.0
 
@@ -87,9 +92,14 @@ class BuildCase:
     build_args: Mapping[str, str] = field(default_factory=dict)
     compress: bool = False
     pulls: str = DENIED_REPOSITORY
+    dockerfile: str = ""
+    #: The shim refuses it by deciding the image (not as an unreadable request).
+    decided: bool = True
 
     def target(self) -> str:
-        query = "rm=1&forcerm=1"
+        query = "rm=1&forcerm=1&networkmode=none"
+        if self.dockerfile:
+            query += "&dockerfile=" + quote(self.dockerfile, safe="")
         if self.build_args:
             query += "&buildargs=" + quote(json.dumps(dict(self.build_args)))
         return f"/v1.41/build?{query}"
@@ -104,18 +114,22 @@ EVIL = DENIED_FROM.encode()
 DENIED_BUILDS: dict[str, BuildCase] = {
     # 1. A linked `Dockerfile` beside a benign lower-case `dockerfile`.
     "symlinked-dockerfile-with-lowercase-fallback": BuildCase(
-        [Entry("dockerfile", BENIGN), Entry("evil", EVIL), Entry("Dockerfile", symlink="evil")]
+        [Entry("dockerfile", BENIGN), Entry("evil", EVIL), Entry("Dockerfile", symlink="evil")],
+        decided=False,
     ),
     "hardlinked-dockerfile-with-lowercase-fallback": BuildCase(
-        [Entry("dockerfile", BENIGN), Entry("evil", EVIL), Entry("Dockerfile", hardlink="evil")]
+        [Entry("dockerfile", BENIGN), Entry("evil", EVIL), Entry("Dockerfile", hardlink="evil")],
+        decided=False,
     ),
     # 2. A symlinked parent directory: extraction writes through it.
     "dockerfile-through-a-symlink-to-the-root": BuildCase(
-        [Entry("Dockerfile", BENIGN), Entry("x", symlink="."), Entry("x/Dockerfile", EVIL)]
+        [Entry("Dockerfile", BENIGN), Entry("x", symlink="."), Entry("x/Dockerfile", EVIL)],
+        decided=False,
     ),
     "dockerfile-through-a-symlink-gzip": BuildCase(
         [Entry("Dockerfile", BENIGN), Entry("x", symlink="."), Entry("x/Dockerfile", EVIL)],
         compress=True,
+        decided=False,
     ),
     "dockerfile-through-a-symlinked-subdirectory": BuildCase(
         [
@@ -123,7 +137,18 @@ DENIED_BUILDS: dict[str, BuildCase] = {
             Entry("d", directory=True),
             Entry("d/up", symlink=".."),
             Entry("d/up/Dockerfile", EVIL),
-        ]
+        ],
+        decided=False,
+    ),
+    # A backslash is part of a name to a Linux daemon, not a separator.
+    "backslash-in-the-dockerfile-path": BuildCase(
+        [
+            Entry("foo", directory=True),
+            Entry("foo/Dockerfile", BENIGN),
+            Entry("foo\\Dockerfile", EVIL),
+        ],
+        dockerfile="foo\\Dockerfile",
+        decided=False,
     ),
     # 3. Classic-builder argument semantics.
     "proxy-build-arg-in-from": BuildCase(
@@ -139,6 +164,44 @@ DENIED_BUILDS: dict[str, BuildCase] = {
     ),
     "arg-redeclared-without-a-value-is-unset": BuildCase(
         [Entry("Dockerfile", b"ARG B=alpine\nARG B\nFROM ${B:-someuser/tool}\n")]
+    ),
+    "quoted-arg-name-is-expanded": BuildCase(
+        [Entry("Dockerfile", b'ARG B=alpine\nARG "B"=someuser/tool\nFROM $B\n')]
+    ),
+    "leading-bom-is-dropped-from-a-word": BuildCase(
+        [
+            Entry(
+                "Dockerfile",
+                "ARG B=\ufeff\nARG E=${B:+alpine}\nARG H=${E:-someuser/tool}\nFROM $H\n".encode(),
+            )
+        ]
+    ),
+    # Parsers before BuildKit 0.13 stop reading directives at `check`: no backtick escape.
+    "check-directive-unknown-to-older-parsers": BuildCase(
+        [
+            Entry(
+                "Dockerfile",
+                b"# check=skip=all\n# escape=`\nFROM alpine\nRUN true #`\nFROM someuser/tool\n",
+            )
+        ]
+    ),
+    # A heredoc formed only by joining continued lines: a daemon without heredocs reads
+    # its body as instructions.
+    "heredoc-formed-by-a-line-continuation": BuildCase(
+        [
+            Entry("Dockerfile", b"FROM alpine\nCOPY <\\\n<# /x\nFROM someuser/tool\n#\n"),
+            Entry("<<#", b"x\n"),
+        ]
+    ),
+    "onbuild-copy-from-an-index-out-of-range": BuildCase(
+        [
+            Entry(
+                "Dockerfile",
+                f"FROM alpine AS base\nONBUILD COPY --from={HUGE_INDEX} /bin/busybox /x\n"
+                "FROM base\n".encode(),
+            )
+        ],
+        pulls=HUGE_INDEX,
     ),
     # 4. COPY --from a later stage's name pulls that name from the registry.
     "copy-from-a-later-stage-name": BuildCase(
@@ -178,9 +241,10 @@ ALLOWED_BUILDS: dict[str, BuildCase] = {
 
 
 @pytest.fixture(scope="module")
-def ruled(docker_env: DockerEnv) -> SeededImage:
-    """`pgtool` in the registry mirror (docker.io/library/pgtool), denied by rule."""
-    return seed_image(docker_env, RULED)
+def ruled(docker_env: DockerEnv) -> list[SeededImage]:
+    """`pgtool` and the huge "index" in the registry mirror (docker.io/library/...),
+    denied by rule."""
+    return [seed_image(docker_env, RULED), seed_image(docker_env, HUGE_INDEX)]
 
 
 @pytest.fixture(scope="module")
@@ -213,9 +277,10 @@ def content_ids(env: DockerEnv, repository: str) -> frozenset[str]:
 
 
 @pytest.fixture
-def clean(docker_env: DockerEnv, ruled: SeededImage) -> Iterator[dict[str, frozenset[str]]]:
-    """Neither denied image is in the daemon before or after the test."""
-    ids = {name: content_ids(docker_env, name) for name in (DENIED_REPOSITORY, RULED)}
+def clean(docker_env: DockerEnv, ruled: list[SeededImage]) -> Iterator[dict[str, frozenset[str]]]:
+    """No denied image is in the daemon before or after the test."""
+    names = (DENIED_REPOSITORY, RULED, HUGE_INDEX)
+    ids = {name: content_ids(docker_env, name) for name in names}
     for name, image_ids in ids.items():
         remove_images(docker_env, name, image_ids)
     yield ids
@@ -277,7 +342,7 @@ def test_build_case_is_refused_by_the_shim_and_pulls_nothing(
     message = assert_refused(status, reply, agent)
     for name, image_ids in clean.items():
         assert not images_of(docker_env, name, image_ids), f"{name} reached the daemon"
-    if "link" not in message:
+    if build.decided:
         # Decided on the Dockerfile: the record names what the daemon would have pulled.
         pulled = (
             f"docker.io/{build.pulls}:latest"
@@ -351,6 +416,53 @@ def manifest_through_a_link(saved: bytes, *, compress: bool) -> bytes:
     entries.append(Entry("x", symlink="."))
     entries.append(Entry("x/manifest.json", manifest))
     return archive(entries, compress=compress)
+
+
+def manifest_in_lower_case(saved: bytes) -> bytes:
+    """The saved archive with `repotags` for `RepoTags` (Go's JSON decoding ignores case)
+    and no `repositories` file."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(saved)) as tar,
+        tarfile.open(fileobj=out, mode="w") as rewritten,
+    ):
+        for member in tar.getmembers():
+            if member.name == "repositories":
+                continue
+            data = tar.extractfile(member) if member.isreg() else None
+            if member.name == "manifest.json":
+                assert data is not None
+                text = data.read().replace(b'"RepoTags"', b'"repotags"')
+                member.size = len(text)
+                data = io.BufferedReader(io.BytesIO(text))
+            rewritten.addfile(member, data)
+    return out.getvalue()
+
+
+def test_load_with_a_lower_case_repotags_key_is_a_live_way_in(
+    docker_env: DockerEnv, clean: dict[str, frozenset[str]], saved_denied: bytes
+) -> None:
+    body = manifest_in_lower_case(saved_denied)
+
+    status, reply = post(docker_env.socket_path, "/v1.41/images/load", body, "application/x-tar")
+
+    assert status == 200, reply[:500]
+    assert b"someuser/tool:latest" in reply, reply[:500]
+
+
+def test_load_with_a_lower_case_repotags_key_is_decided_by_the_shim(
+    agent: AgentProcess,
+    docker_env: DockerEnv,
+    clean: dict[str, frozenset[str]],
+    saved_denied: bytes,
+) -> None:
+    body = manifest_in_lower_case(saved_denied)
+
+    status, reply = post(agent.socket_path, "/v1.41/images/load", body, "application/x-tar")
+
+    message = assert_refused(status, reply, agent)
+    assert "docker.io/someuser/tool:latest" in message, message
+    assert not images_of(docker_env, DENIED_REPOSITORY, clean[DENIED_REPOSITORY])
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["tar", "gzip"])
