@@ -56,6 +56,9 @@ class Fetcher:
             raise FetchError(f"ca_bundle {self.ca_bundle} does not exist or is not a file")
         verify: str | bool = str(self.ca_bundle) if self.ca_bundle else True
         url = self.url
+        # A server that trickles bytes resets the read timeout forever: bound it all,
+        # redirects included.
+        deadline = time.monotonic() + self.connect_timeout + 2 * self.read_timeout
         try:
             with requests.Session() as session:
                 # Redirects are followed here, one hop at a time, so that none leaves
@@ -73,7 +76,7 @@ class Fetcher:
                         if response.is_redirect:
                             url = self._next_hop(url, response.headers.get("Location"))
                             continue
-                        return self._read(url, response, etag)
+                        return self._read(url, response, etag, deadline)
                 raise FetchError(f"more than {MAX_REDIRECTS} redirects from {self.url}")
         except requests.exceptions.SSLError as e:
             raise FetchError(f"TLS verification of {url} failed: {_tls_reason(e)}") from e
@@ -100,17 +103,20 @@ class Fetcher:
             )
         return target
 
-    def _read(self, url: str, response: Any, etag: str | None) -> FetchResult:
+    def _read(self, url: str, response: Any, etag: str | None, deadline: float) -> FetchResult:
         if response.status_code == 304:
             return FetchResult(None, etag)
         if response.status_code != 200:
             raise FetchError(f"policy server answered HTTP {response.status_code} for {url}")
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            raise FetchError(f"policy is {declared} bytes, more than the limit of {self.max_bytes}")
+        declared = response.headers.get("Content-Length") or ""
+        # ASCII digits only, and few of them: int() of '²' or of 5,000 digits raises.
+        digits = declared.isascii() and declared.isdigit()
+        if digits and (len(declared) > 18 or int(declared) > self.max_bytes):
+            raise FetchError(
+                f"policy is {_short_number(declared)} bytes, more than the limit of "
+                f"{self.max_bytes}"
+            )
         body = bytearray()
-        # A server that trickles bytes resets the read timeout forever: bound it all.
-        deadline = time.monotonic() + self.connect_timeout + 2 * self.read_timeout
         for chunk in response.iter_content(chunk_size=65536):
             body += chunk
             if time.monotonic() > deadline:
@@ -118,6 +124,10 @@ class Fetcher:
             if len(body) > self.max_bytes:
                 raise FetchError(f"policy is larger than the limit of {self.max_bytes} bytes")
         return FetchResult(bytes(body), _usable_etag(response.headers.get("ETag")))
+
+
+def _short_number(digits: str) -> str:
+    return digits if len(digits) <= 20 else f"{digits[:8]}... ({len(digits)} digits)"
 
 
 def _usable_etag(value: str | None) -> str | None:

@@ -160,6 +160,9 @@ class Route:
     """False: no Content-Length, the body ends when the connection closes."""
     location: str | None = None
     """Sent as the Location header (with a 3xx `status`, a redirect)."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """More headers, sent as given (e.g. a hostile Content-Length with `content_length`
+    False)."""
 
     @classmethod
     def envelope(cls, data: bytes) -> Route:
@@ -212,6 +215,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         if route.location is not None:
             self.send_header("Location", route.location)
+        for name, value in route.headers:
+            self.send_header(name, value)
         if route.etag is not None and route.status == 200:
             self.send_header("ETag", route.etag)
         if route.content_length:

@@ -617,3 +617,19 @@ def test_policy_refresh_of_a_hostile_body_is_a_clean_refusal_with_exit_1(
         assert again.returncode == 0 and "accepted serial 2" in again.stdout, again
     finally:
         agent.stop()
+
+
+@pytest.mark.parametrize("length", ["9" * 5000, "\u00b2"])
+def test_a_content_length_int_cannot_read_is_a_fetch_error_or_ignored(
+    server: PolicyServer, tls: TLSMaterial, tmp_path: Path, length: str
+) -> None:
+    data = envelope(1)
+    route = Route(body=data, content_length=False, headers=(("Content-Length", length),))
+    server.set("/policy.dsse.json", route)
+    agent = make_agent(tmp_path, server.url(), tls.ca_cert)
+    try:
+        result = refresh(agent)
+    except FetchError as e:
+        assert "Traceback" not in e.reason and "unexpectedly" not in e.reason, e.reason
+    else:
+        assert result == "accepted serial 1"
