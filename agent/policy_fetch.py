@@ -96,8 +96,12 @@ class Fetcher:
     def _next_hop(self, url: str, location: str | None) -> str:
         if not location:
             raise FetchError(f"{url} answered a redirect without a Location")
-        target = urljoin(url, location)
-        if urlsplit(target).scheme != "https":
+        try:
+            target = urljoin(url, location)
+            scheme = urlsplit(target).scheme
+        except ValueError as e:  # e.g. "Invalid IPv6 URL"
+            raise FetchError(f"{url} redirected to an unreadable Location: {_short(e)}") from e
+        if scheme != "https":
             raise FetchError(
                 f"refusing a redirect from {url} to {target}: the policy is fetched over HTTPS only"
             )

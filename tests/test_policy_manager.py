@@ -633,3 +633,12 @@ def test_a_content_length_int_cannot_read_is_a_fetch_error_or_ignored(
         assert "Traceback" not in e.reason and "unexpectedly" not in e.reason, e.reason
     else:
         assert result == "accepted serial 1"
+
+
+def test_a_redirect_to_an_unreadable_location_is_a_fetch_error(
+    server: PolicyServer, tls: TLSMaterial, tmp_path: Path
+) -> None:
+    server.set("/policy.dsse.json", Route(status=302, location="https://[::1/p"))
+    agent = make_agent(tmp_path, server.url(), tls.ca_cert)
+    with pytest.raises(FetchError, match="unreadable Location"):
+        refresh(agent)
