@@ -92,6 +92,8 @@ class Fetcher:
             raise FetchError(f"fetching {url} failed: {_short(e)}") from e
         except OSError as e:  # e.g. a ca_bundle that is not PEM, or vanished meanwhile
             raise FetchError(f"fetching {url} failed: {_short(e)}") from e
+        except ValueError as e:  # e.g. requests parses a Location even when not following it
+            raise FetchError(f"fetching {url} failed: {type(e).__name__}: {_short(e)}") from e
 
     def _next_hop(self, url: str, location: str | None) -> str:
         if not location:

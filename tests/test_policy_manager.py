@@ -640,5 +640,5 @@ def test_a_redirect_to_an_unreadable_location_is_a_fetch_error(
 ) -> None:
     server.set("/policy.dsse.json", Route(status=302, location="https://[::1/p"))
     agent = make_agent(tmp_path, server.url(), tls.ca_cert)
-    with pytest.raises(FetchError, match="unreadable Location"):
+    with pytest.raises(FetchError, match="Invalid IPv6 URL"):
         refresh(agent)
