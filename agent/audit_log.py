@@ -172,14 +172,24 @@ def _generation(state: AuditState | None) -> int:
     return -1 if state is None else state.generation
 
 
+def _sizes(files: list[Path]) -> list[int]:
+    sizes = []
+    for path in files:
+        try:
+            sizes.append(path.stat().st_size)
+        except FileNotFoundError:
+            sizes.append(-1)
+    return sizes
+
+
 def verify_directory(directory: Path, *, attempts: int = 5) -> DirectoryVerify:
     """Verify the log in ``directory`` consistently while its writer may be running.
 
     A snapshot is the file list, then the state, then the list again (a rotation in
     between starts over). A failed verify is only reported when it holds still: if the
-    list or the state's generation changed while it ran (the writer rotated, retention
-    deleted a file being read, a record was half written), it starts over, up to
-    ``attempts`` times. A real break does not move, so it is reported on the spot.
+    list, a file's size or the state's generation changed while it ran (the writer
+    rotated, retention deleted a file being read, a record was being written), it starts
+    over, up to ``attempts`` times. A real break does not move, so it is reported at once.
     """
     last: DirectoryVerify | None = None
     for attempt in range(1, attempts + 1):
@@ -188,12 +198,17 @@ def verify_directory(directory: Path, *, attempts: int = 5) -> DirectoryVerify:
         files, foreign = audit_files(directory)
         if files != before and attempt < attempts:
             continue
+        sizes = _sizes(files)
         result = verify(files, state)
         last = DirectoryVerify(result, state, files, foreign, attempt)
         if result.first_bad is None:
             return last
         now, _ = audit_files(directory)
-        if now == files and _generation(read_state(directory)) == _generation(state):
+        if (
+            now == files
+            and _sizes(now) == sizes
+            and _generation(read_state(directory)) == _generation(state)
+        ):
             return last
     assert last is not None
     return last

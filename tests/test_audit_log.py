@@ -503,7 +503,7 @@ def test_verify_is_consistent_against_a_writer_that_rotates_under_load(tmp_path:
     )
     try:
         assert child.stdout is not None and child.stdout.readline() == b"ready\n"
-        rotations_seen = set()
+        rotations_seen: set[str] = set()
         runs = 0
         deadline = time.monotonic() + 60
         while (runs < 300 or len(rotations_seen) <= 20) and time.monotonic() < deadline:
