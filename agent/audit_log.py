@@ -265,6 +265,27 @@ def _first_link(path: Path) -> tuple[int, str] | None:
         return None
 
 
+def _hash_at(files: list[Path], sequence: int, window: int = 4 * _MIB) -> str | None:
+    """The ``event.hash`` of the record at ``sequence``, looked for in the last ``window``
+    bytes of the newest files (where a record the state lags behind can be)."""
+    needle = b',"event.sequence":' + str(sequence).encode() + b","
+    for path in reversed(files[-2:]):
+        try:
+            with path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - window))
+                data = f.read()
+        except OSError:
+            return None
+        for line in reversed(data.split(b"\n")):
+            if needle in line:
+                try:
+                    return str(parse_line(line)["event.hash"])
+                except (ValueError, KeyError):
+                    return None
+    return None
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -634,6 +655,26 @@ class AuditLog:
         elif last is not None and state.sequence == seq and state.hash != last[1]:
             notes.append("the last record differs from the hash audit.state recorded for it")
             details["state_hash_mismatch"] = True
+        elif last is not None and seq > state.sequence > 0:
+            # The log runs past the state (a crash between a commit and its state write,
+            # or records added while the agent was down): the state's record must still
+            # be the one it recorded, or writing on would bless a rewritten tail.
+            found = _hash_at(files, state.sequence)
+            if found != state.hash:
+                notes.append(
+                    f"the record at sequence {state.sequence} is not the one audit.state "
+                    "recorded (records up to the end were rewritten)"
+                    if found
+                    else f"the record at sequence {state.sequence}, which audit.state "
+                    "recorded, cannot be found near the end of the log"
+                )
+                details["state_hash_mismatch"] = True
+            if state.clean:
+                notes.append(
+                    f"{seq - state.sequence} record(s) after sequence {state.sequence} were "
+                    "added after the agent closed the log cleanly: it did not write them"
+                )
+                details["appended_after_close"] = seq - state.sequence
 
     def _base_of(self, files: list[Path]) -> tuple[str, int, str]:
         if not files:

@@ -570,3 +570,27 @@ def test_a_directory_moved_under_the_writer_is_taken_over_and_locked(tmp_path: P
     assert got[0]["event.action"] == "audit-recovery"
     assert got[0]["pullgate.details"]["directory_replaced"] is True
     assert not verified(d).ok  # the new directory's chain starts with a gap
+
+
+def test_a_rechained_tail_added_while_the_agent_was_down_is_not_blessed_on_restart(
+    tmp_path: Path,
+) -> None:
+    """Rewrite the last records (re-chained) and add one past the clean state, then start
+    the agent: it must not take the forged end as its new anchor without a gap record."""
+    from tests.test_audit import _rechain, lines_of
+
+    log = open_log(tmp_path)
+    for _ in range(5):
+        log.append(decision_event())
+    active = log.active_file
+    log.close()
+    assert active is not None
+    active.write_bytes(b"".join(_rechain(lines_of(active), 3, extra=1)))
+    log = open_log(tmp_path)
+    assert log.recovered is not None and "is not the one audit.state recorded" in log.recovered
+    assert "added after the agent closed the log cleanly" in log.recovered
+    log.append(decision_event())
+    log.close()
+    result = verified(tmp_path)
+    assert result.first_bad is None and not result.ok
+    assert result.gaps and result.gaps[0].sequence == 7
