@@ -50,6 +50,7 @@ __all__ = [
     "local_image_wants",
     "loses_last_name",
     "nameless_outcome",
+    "onbuild_wants",
     "resolved_by_name",
     "with_build_lookups",
 ]
@@ -280,7 +281,7 @@ def _image_create(query: Query, policy: Policy) -> Plan:
     repo = query.get("repo") or ""
     if not source:
         return Inspection()  # neither pull nor import: the daemon refuses it
-    wants: tuple[Wanted, ...] = ()
+    wants: list[Wanted] = []
     if repo:
         ref = _reference(repo, "repository")
         if tag:
@@ -288,8 +289,16 @@ def _image_create(query: Query, policy: Policy) -> Plan:
                 ref = ref.with_tag(tag)
             except ReferenceError as e:
                 raise InspectionError(f"pullgate: invalid tag {tag!r}: {e}") from e
-        wants = (Wanted(f"{repo}:{tag}" if tag else repo, ref, EventAction.IMPORT),)
-    return _load(policy, EventAction.IMPORT, "docker import", Inspection(wants=wants))
+        wants.append(Wanted(f"{repo}:{tag}" if tag else repo, ref, EventAction.IMPORT))
+    if policy.load is LoadSetting.CHECK:
+        if not repo:
+            raise InspectionError(
+                "pullgate: docker import without a name cannot be checked (load: check); "
+                "name the image: docker import FILE NAME[:TAG]",
+                403,
+            )
+        wants += _changes_wants(query.get_all("changes"), EventAction.IMPORT)
+    return _load(policy, EventAction.IMPORT, "docker import", Inspection(wants=tuple(wants)))
 
 
 def _load(policy: Policy, action: EventAction, what: str, check: Plan) -> Plan:
@@ -526,11 +535,11 @@ def _names_in(member: str, data: bytes) -> list[tuple[str, str]]:
         manifest = _strict_json(_text(data, "manifest.json"), "manifest.json")
         if not isinstance(manifest, list):
             raise InspectionError("pullgate: manifest.json must be a JSON array")
-        for entry in manifest:
+        for number, entry in enumerate(manifest, 1):
             # Go's encoding/json matches struct fields in any case ("repotags" too).
             tags = _field(entry, "RepoTags", "a manifest.json entry")
-            if tags is None:
-                continue
+            if tags is None or tags == []:
+                raise _nameless_load(f"manifest.json entry {number}")
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
                 raise InspectionError("pullgate: manifest.json RepoTags must be strings")
             names += [(t, "manifest.json") for t in tags]
@@ -558,7 +567,7 @@ def _oci_names(data: bytes) -> list[tuple[str, str]]:
     for manifest in manifests:
         annotations = _field(manifest, "annotations", "an index.json manifest")
         if not isinstance(annotations, dict):
-            continue
+            annotations = {}
         name = annotations.get("io.containerd.image.name")
         ref_name = annotations.get("org.opencontainers.image.ref.name")
         if isinstance(name, str) and name:
@@ -566,7 +575,19 @@ def _oci_names(data: bytes) -> list[tuple[str, str]]:
         elif isinstance(ref_name, str) and ("/" in ref_name or ":" in ref_name):
             # A bare tag ("latest") names nothing by itself; a full name does.
             out.append((ref_name, "index.json"))
+        else:
+            raise _nameless_load("an index.json manifest")
     return out
+
+
+def _nameless_load(where: str) -> InspectionError:
+    """An image in a load archive with no name: ``load: check`` decides by name, and the
+    daemon would keep it untagged, to be run by ID."""
+    return InspectionError(
+        f"pullgate: the archive holds an image with no name ({where}), which load: check "
+        "cannot decide; save the image under a name (docker save NAME:TAG)",
+        403,
+    )
 
 
 def _text(data: bytes, what: str) -> str:
@@ -679,18 +700,20 @@ def _new_name(repo: str, tag: str) -> str:
 def _commit(route: Route) -> Inspection:
     """``POST /commit?container=``: the new image holds the container's image content."""
     query = parse_query(route.raw_query)
-    for key in ("repo", "tag", "comment", "author", "pause", "changes"):
-        query.get(key)  # refuse duplicates of every parameter the daemon reads
+    for key in ("repo", "tag", "comment", "author", "pause"):
+        query.get(key)  # refuse duplicates of every single parameter the daemon reads
     container = query.get("container") or ""
     if not container:
         return Inspection()  # the daemon refuses a commit without a container
+    # `changes` is a list (r.Form["changes"]): `docker commit --change A --change B`.
+    wants = _changes_wants(query.get_all("changes"), EventAction.COMMIT)
     lookups = [Lookup(container, EventAction.COMMIT, container=True, after=After.COMMIT)]
     repo = query.get("repo") or ""
     if repo:
         lookups.append(
             Lookup(_new_name(repo, query.get("tag") or ""), EventAction.COMMIT, moves=True)
         )
-    return Inspection(lookups=tuple(lookups))
+    return Inspection(wants=tuple(wants), lookups=tuple(lookups))
 
 
 @dataclass(frozen=True)
@@ -701,6 +724,8 @@ class LocalImage:
     repo_tags: tuple[str, ...] = ()
     repo_digests: tuple[str, ...] = ()
     parent: str = ""
+    #: ``Config.OnBuild``: instructions a classic build based on this image runs first.
+    onbuild: tuple[str, ...] = ()
 
     @property
     def named(self) -> bool:
@@ -719,7 +744,17 @@ class LocalImage:
                 raise InspectionError(f"pullgate: the daemon's image {key} are not names", 502)
             names.append(tuple(value))
         parent = info.get("Parent") or ""
-        return cls(info["Id"], names[0], names[1], parent if isinstance(parent, str) else "")
+        config = info.get("Config")
+        onbuild = (config.get("OnBuild") if isinstance(config, dict) else None) or []
+        if not isinstance(onbuild, list) or not all(isinstance(t, str) for t in onbuild):
+            raise InspectionError("pullgate: the daemon's image OnBuild are not instructions", 502)
+        return cls(
+            info["Id"],
+            names[0],
+            names[1],
+            parent if isinstance(parent, str) else "",
+            tuple(onbuild),
+        )
 
 
 def _local_names(image: LocalImage) -> dict[str, Reference]:
@@ -764,6 +799,46 @@ def local_image_wants(
         Wanted(candidate, ref, action, detail=detail or f"local image {name}")
         for candidate, ref in _local_names(image).items()
     ]
+
+
+def onbuild_wants(name: str, image: LocalImage, action: EventAction) -> list[Wanted]:
+    """Images the ONBUILD triggers of a local base image pull when a classic build uses it
+    (``COPY --from=image``): the triggers run before the Dockerfile's own instructions."""
+    if not image.onbuild:
+        return []
+    return _trigger_wants(
+        [f"ONBUILD {trigger}" for trigger in image.onbuild],
+        action,
+        f"ONBUILD trigger of local image {name}",
+    )
+
+
+def _changes_wants(changes: Sequence[str], action: EventAction) -> list[Wanted]:
+    """Images the ``changes`` of a commit or import pull later: they are Dockerfile lines
+    (``BuildFromConfig``), and an ``ONBUILD COPY --from=image`` there runs in every
+    classic build based on the new image."""
+    if not any("onbuild" in change.lower() for change in changes):
+        return []
+    return _trigger_wants(list(changes), action, "--change")
+
+
+def _trigger_wants(lines: list[str], action: EventAction, what: str) -> list[Wanted]:
+    text = "\n".join(lines)
+    if any(_is_hash_line(line) for line in text.split("\n")):
+        # Parser directives or comments would change how the daemon reads the rest.
+        raise InspectionError(f"pullgate: {what} holds a '#' line; Pullgate cannot read it")
+    try:
+        found = parse_dockerfile("FROM scratch\n" + text, builder="classic")
+    except DockerfileError as e:
+        raise InspectionError(f"pullgate: cannot inspect {what}: {e}") from e
+    return [
+        Wanted(use.image, _reference(use.image, f"image in {what}"), action, detail=what)
+        for use in found.uses
+    ]
+
+
+def _is_hash_line(line: str) -> bool:
+    return line.lstrip(" \t").startswith("#")
 
 
 #: How far up a nameless image's ``Parent`` chain the shim looks for a name.

@@ -61,6 +61,7 @@ from agent.inspect import (
     local_image_wants,
     loses_last_name,
     nameless_outcome,
+    onbuild_wants,
     resolved_by_name,
     with_build_lookups,
 )
@@ -692,6 +693,8 @@ class ClientConnection(asyncio.Protocol):
                     wants = [w for w in wants if w.input != lookup.name]
                 found, outcome = await self._content_wants(lookup, image)
                 wants += found
+                if lookup.action is EventAction.BUILD:
+                    wants += onbuild_wants(lookup.name, image, lookup.action)
                 if outcome is not None and (setting is None or setting.allowed):
                     setting = outcome
         except OSError as e:

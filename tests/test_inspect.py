@@ -25,6 +25,7 @@ from agent.inspect import (
     local_image_wants,
     loses_last_name,
     nameless_outcome,
+    onbuild_wants,
     resolved_by_name,
     with_build_lookups,
 )
@@ -252,7 +253,7 @@ def test_load_names_come_from_manifest_repositories_and_oci_index() -> None:
         {
             "manifests": [
                 {"annotations": {"io.containerd.image.name": "docker.io/acme/app:2"}},
-                {"annotations": {"org.opencontainers.image.ref.name": "latest"}},
+                {"annotations": {"org.opencontainers.image.ref.name": "acme/app:3"}},
             ]
         }
     )
@@ -268,8 +269,64 @@ def test_load_names_come_from_manifest_repositories_and_oci_index() -> None:
         "docker.io/someuser/tool:1.0",
         "docker.io/library/alpine:3",
         "docker.io/acme/app:2",
+        "docker.io/acme/app:3",
         "docker.io/library/nginx:1",
     ]
+
+
+@pytest.mark.parametrize(
+    ("member", "content"),
+    [
+        ("manifest.json", [{"Config": "c.json", "RepoTags": None, "Layers": []}]),
+        ("manifest.json", [{"Config": "c.json", "Layers": []}]),
+        ("manifest.json", [{"RepoTags": ["acme/app:1"]}, {"RepoTags": []}]),
+        (
+            "index.json",
+            {"manifests": [{"annotations": {"org.opencontainers.image.ref.name": "1"}}]},
+        ),
+        ("index.json", {"manifests": [{"digest": "sha256:" + "a" * 64}]}),
+    ],
+)
+def test_load_of_an_image_with_no_name_is_refused_under_check(member: str, content: Any) -> None:
+    # The daemon would keep it untagged, to be run by ID: nothing to decide it by.
+    with pytest.raises(InspectionError, match="no name") as info:
+        load_finish([(member, json.dumps(content).encode())])
+    assert info.value.status == 403
+
+
+def test_import_without_a_name_is_refused_under_check_only() -> None:
+    with pytest.raises(InspectionError, match="without a name"):
+        plan("/images/create?fromSrc=-", policy(load="check"))
+    assert plan("/images/create?fromSrc=-", policy(load="allow")).setting.allowed
+
+
+@pytest.mark.parametrize("endpoint", ["commit", "import"])
+def test_onbuild_in_changes_is_decided(endpoint: str) -> None:
+    changes = (
+        "changes="
+        + quote("ENV A=1")
+        + "&changes="
+        + quote("ONBUILD COPY --from=someuser/tool /x /y")
+    )
+    if endpoint == "commit":
+        target = f"/commit?container=c1&repo=acme/app&{changes}"
+        result = inspect_json_body(route_request(target), b"")
+    else:
+        result = plan(f"/images/create?fromSrc=-&repo=acme/app&{changes}", policy(load="check"))
+    assert "docker.io/someuser/tool" in [str(w.reference) for w in result.wants]
+    assert all(w.detail == "--change" for w in result.wants if "someuser" in str(w.reference))
+
+
+def test_onbuild_triggers_of_a_local_base_are_decided() -> None:
+    image = LocalImage.from_daemon(
+        {
+            "Id": DIGEST,
+            "RepoTags": ["acme/base:1"],
+            "Config": {"OnBuild": ["COPY --from=someuser/tool /bin/x /x", "RUN true"]},
+        }
+    )
+    wants = onbuild_wants("acme/base:1", image, EventAction.BUILD)
+    assert [str(w.reference) for w in wants] == ["docker.io/someuser/tool"]
 
 
 @pytest.mark.parametrize("key", ["repotags", "REPOTAGS", "RepoTag\u017f"])

@@ -496,3 +496,126 @@ def test_load_with_manifest_through_a_link_is_refused_by_the_shim(
     message = assert_refused(status, reply, agent)
     assert "symbolic link 'x'" in message, message
     assert not images_of(docker_env, DENIED_REPOSITORY, clean[DENIED_REPOSITORY])
+
+
+# --------------------------------------------------------------------------- nameless loads
+
+
+def nameless(saved: bytes) -> bytes:
+    """The saved archive as `docker save <ID>` writes it: no RepoTags, no `repositories`."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(saved)) as tar,
+        tarfile.open(fileobj=out, mode="w") as rewritten,
+    ):
+        for member in tar.getmembers():
+            if member.name == "repositories":
+                continue
+            data = tar.extractfile(member) if member.isreg() else None
+            if member.name == "manifest.json":
+                assert data is not None
+                manifest = json.loads(data.read())
+                for image in manifest:
+                    image["RepoTags"] = None
+                text = json.dumps(manifest).encode()
+                member.size = len(text)
+                data = io.BufferedReader(io.BytesIO(text))
+            rewritten.addfile(member, data)
+    return out.getvalue()
+
+
+def test_nameless_load_is_a_live_way_in(
+    docker_env: DockerEnv, clean: dict[str, frozenset[str]], saved_denied: bytes
+) -> None:
+    status, reply = post(
+        docker_env.socket_path, "/v1.41/images/load", nameless(saved_denied), "application/x-tar"
+    )
+
+    assert status == 200, reply[:500]
+    assert images_of(docker_env, DENIED_REPOSITORY, clean[DENIED_REPOSITORY])
+
+
+def test_nameless_load_is_refused_under_load_check(
+    agent: AgentProcess,
+    docker_env: DockerEnv,
+    clean: dict[str, frozenset[str]],
+    saved_denied: bytes,
+) -> None:
+    status, reply = post(
+        agent.socket_path, "/v1.41/images/load", nameless(saved_denied), "application/x-tar"
+    )
+
+    message = assert_refused(status, reply, agent)
+    assert "no name" in message, message
+    assert not images_of(docker_env, DENIED_REPOSITORY, clean[DENIED_REPOSITORY])
+
+
+# --------------------------------------------------------------------------- ONBUILD
+
+
+ONBUILD_CHANGE = f"ONBUILD COPY --from={DENIED_REPOSITORY} /bin/busybox /x"
+
+
+@pytest.fixture
+def onbuild_base(docker_env: DockerEnv, container_name: str) -> Iterator[str]:
+    """`acme/pgtest-onbuild:1`, committed directly from an alpine container with an ONBUILD
+    trigger that pulls someuser/tool in any classic build based on it."""
+    tag = "acme/pgtest-onbuild:1"
+    docker(docker_env, "create", "--name", container_name, "--network", "none", "alpine", "true")
+    docker(docker_env, "commit", "--change", ONBUILD_CHANGE, container_name, tag)
+    try:
+        yield tag
+    finally:
+        docker(docker_env, "image", "rm", "--force", tag, check=False)
+
+
+def base_build(tag: str) -> BuildCase:
+    return BuildCase([Entry("Dockerfile", f"FROM {tag}\n".encode())])
+
+
+@pytest.mark.usefixtures("alpine")
+def test_build_on_a_local_base_with_an_onbuild_pull_is_a_live_way_in(
+    docker_env: DockerEnv, clean: dict[str, frozenset[str]], onbuild_base: str
+) -> None:
+    build = base_build(onbuild_base)
+
+    status, reply = post(docker_env.socket_path, build.target(), build.body(), "application/x-tar")
+
+    assert status == 200, reply[:500]
+    assert images_of(docker_env, DENIED_REPOSITORY, clean[DENIED_REPOSITORY]), reply[-800:]
+
+
+@pytest.mark.usefixtures("alpine")
+def test_build_on_a_local_base_with_an_onbuild_pull_is_refused(
+    agent: AgentProcess,
+    docker_env: DockerEnv,
+    clean: dict[str, frozenset[str]],
+    onbuild_base: str,
+) -> None:
+    build = base_build(onbuild_base)
+
+    status, reply = post(agent.socket_path, build.target(), build.body(), "application/x-tar")
+
+    message = assert_refused(status, reply, agent)
+    assert "docker.io/someuser/tool:latest" in message, message
+    assert not images_of(docker_env, DENIED_REPOSITORY, clean[DENIED_REPOSITORY])
+
+
+@pytest.mark.usefixtures("alpine")
+def test_commit_adding_an_onbuild_pull_is_refused_and_plain_changes_pass(
+    agent: AgentProcess, docker_env: DockerEnv, container_name: str
+) -> None:
+    docker(docker_env, "create", "--name", container_name, "--network", "none", "alpine", "true")
+    target = f"/v1.41/commit?container={container_name}&repo=acme/pgtest-commit&tag=1"
+    onbuild = target + "&changes=" + quote("ENV A=1") + "&changes=" + quote(ONBUILD_CHANGE)
+    plain = target + "&changes=" + quote("ENV A=1") + "&changes=" + quote("LABEL b=2")
+    try:
+        status, reply = post(agent.socket_path, onbuild, b"", "application/json")
+        message = assert_refused(status, reply, agent)
+        assert "docker.io/someuser/tool:latest" in message, message
+        assert not image_present(docker_env, "acme/pgtest-commit:1")
+
+        status, reply = post(agent.socket_path, plain, b"", "application/json")
+        assert status == 201, reply[:500]
+    finally:
+        docker(docker_env, "image", "rm", "--force", "acme/pgtest-commit:1", check=False)
