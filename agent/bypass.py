@@ -20,7 +20,6 @@ thin I/O edge around them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -103,12 +102,27 @@ def parse_daemon_event(obj: Mapping[str, Any]) -> DaemonImageEvent | None:
     action = str(obj.get("Action") or obj.get("status") or "")
     if action not in WATCHED_ACTIONS:
         return None
-    actor = obj.get("Actor") or {}
-    subject = str(actor.get("ID") or obj.get("id") or "")
-    attributes = actor.get("Attributes") or {}
+    # The daemon's bytes are untrusted here: anything of the wrong shape is skipped, never
+    # allowed to end the loop that follows the stream.
+    actor = obj.get("Actor")
+    actor = actor if isinstance(actor, dict) else {}
+    subject = actor.get("ID") or obj.get("id") or ""
+    if not isinstance(subject, str):
+        return None
+    attributes = actor.get("Attributes")
+    attributes = attributes if isinstance(attributes, dict) else {}
     name = attributes.get("name")
     nano = obj.get("timeNano")
-    time_nano = int(nano) if isinstance(nano, int) else int(float(obj.get("time") or 0) * 1e9)
+    seconds = obj.get("time") or 0
+    if isinstance(nano, int) and not isinstance(nano, bool):
+        time_nano = nano
+    elif isinstance(seconds, int | float) and not isinstance(seconds, bool):
+        try:
+            time_nano = int(float(seconds) * 1e9)
+        except (OverflowError, ValueError):
+            return None
+    else:
+        return None
     return DaemonImageEvent(
         action=action,
         subject=subject,
@@ -231,6 +245,9 @@ class Finding:
 
 
 _LOAD_ACTIONS = {"load": "image-load", "import": "image-import"}
+#: Requests through the shim that make the daemon tag an image (their decisions name the
+#: content used, not the new name).
+_TAGGING_ACTIONS = ("image-tag", "container-commit", "image-build")
 
 
 def _event_details(ev: DaemonImageEvent) -> dict[str, Any]:
@@ -301,8 +318,10 @@ class Reconciler:
                 return []
             return [self._unapproved(ev, tags)]
         # tag
-        if (ev.name and ledger.was_approved(ev.name, ev.time)) or ledger.image_id_approved(
-            ev.subject, ev.time
+        if (
+            (ev.name and ledger.was_approved(ev.name, ev.time))
+            or ledger.image_id_approved(ev.subject, ev.time)
+            or any(ledger.saw_action(action, ev.time) for action in _TAGGING_ACTIONS)
         ):
             return []
         deadline, held = self._tags.get(ev.subject, (now + self.tag_grace, []))
@@ -332,9 +351,9 @@ class Reconciler:
         return Finding(
             key=("event", *ev.key),
             severity="info",
-            reason=f"the daemon tagged image {ev.subject[:19]} as {ev.name}, which pullgate "
-            "did not decide on: either a client bypassed the shim, or the tag came from a "
-            "build or `docker tag` through the shim (pullgate does not decide on tags yet)",
+            reason=f"the daemon tagged image {ev.subject[:19]} as {ev.name} with no tag, "
+            "commit, build or load allowed through the shim shortly before: a client may have "
+            "bypassed the shim (or a build through it ran longer than the approval window)",
             details=_event_details(ev),
         )
 
@@ -661,6 +680,20 @@ class BypassMonitor:
         self._closing = False
         self._last_nano = 0
         self._scan_lock = asyncio.Lock()
+        self.errors = 0
+        """Unexpected errors in the monitor's loops (each also a notice)."""
+        self.last_error: str | None = None
+
+    def status(self) -> dict[str, Any]:
+        """For ``GET /v1/status``: whether the monitor runs and follows the daemon, and the
+        unexpected errors its loops survived."""
+        running = bool(self._tasks) and not any(t.done() for t in self._tasks)
+        return {
+            "running": running,
+            "following_events": self.connected.is_set(),
+            "errors": self.errors,
+            "last_error": self.last_error,
+        }
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -728,13 +761,37 @@ class BypassMonitor:
                     objects, buffer = _json_objects(buffer + chunk.decode("utf-8", "replace"))
                     for obj in objects:
                         if isinstance(obj, dict):
-                            await self._on_event(obj)
+                            await self._on_event_supervised(obj)
             except (OSError, asyncio.IncompleteReadError, ValueError, asyncio.LimitOverrunError):
                 pass
+            except Exception as e:  # a bug must not end the loop: say so, reconnect
+                self._internal_error("following the daemon's events", e)
             finally:
                 self.connected.clear()
                 writer.close()
             await asyncio.sleep(backoff)
+
+    async def _on_event_supervised(self, obj: dict[str, Any]) -> None:
+        try:
+            await self._on_event(obj)
+        except (asyncio.CancelledError, OSError):
+            raise
+        except Exception as e:
+            self._internal_error("judging a daemon event", e)
+
+    def _internal_error(self, doing: str, error: BaseException) -> None:
+        """An unexpected error in a monitor loop: reported once per kind, the loop goes on."""
+        self.errors += 1
+        self.last_error = f"{doing}: {type(error).__name__}: {error}"[:500]
+        self._emit(
+            Finding(
+                key=("monitor-error", doing, type(error).__name__),
+                severity="warning",
+                reason=f"the bypass monitor failed while {doing} ({type(error).__name__}: "
+                f"{str(error)[:200]}); it carries on, but may have missed a bypass",
+                details={"error": self.last_error},
+            )
+        )
 
     async def _on_event(self, obj: dict[str, Any]) -> None:
         nano = obj.get("timeNano")
@@ -774,13 +831,17 @@ class BypassMonitor:
         next_scan = 0.0
         while not self._closing:
             now = time.monotonic()
-            due = self.reconciler.due(time.time())
-            if due:
-                await self._report_events(due)
-            if now >= next_scan:
-                next_scan = now + self.interval
-                with contextlib.suppress(Exception):
+            try:
+                due = self.reconciler.due(time.time())
+                if due:
+                    await self._report_events(due)
+                if now >= next_scan:
+                    next_scan = now + self.interval
                     await self.scan()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug must not end the loop: say so, go on
+                self._internal_error("scanning", e)
             await asyncio.sleep(0.25 if self.reconciler.pending else min(1.0, self.interval))
 
     async def scan(self) -> list[NoticeEvent]:

@@ -702,6 +702,7 @@ def agent_status(
     control: Path,
     started_at: float,
     audit: Callable[[], dict[str, Any] | None] | None = None,
+    bypass_monitor: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The agent's ``GET /v1/status`` document (bind the arguments with functools.partial).
 
@@ -744,5 +745,6 @@ def agent_status(
         "control_socket": str(control),
         "identity": None,
         "audit": audit() if audit is not None else None,
+        "bypass_monitor": bypass_monitor() if bypass_monitor is not None else None,
         "clock_behind": clock_behind,
     }

@@ -8,6 +8,8 @@ wait; the same pull approved by the shim (a real agent's decision) must produce 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
 import socket
@@ -163,7 +165,34 @@ def test_undecided_tag_is_reported_as_info_after_the_grace() -> None:
     assert reconciler.due(1001.0) == []
     findings = reconciler.due(1002.5)
     assert [(f.severity, f.details["image"]) for f in findings] == [("info", "built/x:1")]
-    assert "does not decide on tags" in findings[0].reason
+    assert "may have bypassed the shim" in findings[0].reason
+
+
+@pytest.mark.parametrize("action", ["image-tag", "container-commit", "image-build"])
+def test_tag_after_an_allowed_tag_commit_or_build_is_not_reported(action: str) -> None:
+    # Those decisions name the content used, not the new name the daemon then reports.
+    ledger = ApprovalLedger()
+    ledger(allowed("docker.io/acme/app:1", 999.0, action=action))
+    reconciler = Reconciler(ledger, grace=0, tag_grace=0.0)
+    assert reconciler.observe(event("tag", IMAGE_ID, "acme/other:9"), 1000.0) == []
+    assert reconciler.due(1001.0) == []
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        {"Actor": "not an object"},
+        {"Actor": {"ID": ["x"], "Attributes": {"name": "alpine"}}},
+        {"Actor": {"ID": "alpine:latest", "Attributes": "x"}},
+        {"timeNano": "1795854420111753047", "time": "soon"},
+        {"timeNano": None, "time": 1e400},
+        {"timeNano": True},
+    ],
+)
+def test_hostile_daemon_events_are_skipped_or_read_never_raise(hostile: dict[str, Any]) -> None:
+    pull = {"Type": "image", "Action": "pull", "Actor": {"ID": "alpine:latest"}, "time": 1}
+    parsed = parse_daemon_event({**pull, **hostile})
+    assert parsed is None or isinstance(parsed.subject, str)
 
 
 def test_tag_with_an_approved_name_is_not_reported() -> None:
@@ -534,3 +563,70 @@ def test_monitor_reconnects_when_the_daemon_goes_away_and_comes_back(
         run(scenario())
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)
+
+
+async def _fake_daemon(path: Path, events: list[bytes]) -> asyncio.AbstractServer:
+    """A daemon socket whose `/events` streams `events` (chunked) and then stays open."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        for line in events:
+            writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+        await writer.drain()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await asyncio.sleep(3600)
+
+    return await asyncio.start_unix_server(handle, str(path))
+
+
+def test_the_event_loop_survives_hostile_events_and_its_own_errors(tmp_path: Path) -> None:
+    base = Path(tempfile.mkdtemp(prefix="pgfake-", dir="/tmp"))
+    path = base / "d.sock"
+    pull = {"Type": "image", "Action": "pull", "time": 1795854420}
+    events = [
+        json.dumps({**pull, "Actor": "x"}).encode() + b"\n",
+        json.dumps({**pull, "Actor": {"ID": "boom:1"}}).encode() + b"\n",
+        json.dumps({**pull, "Actor": {"ID": "someuser/tool:latest"}}).encode() + b"\n",
+    ]
+
+    async def scenario() -> None:
+        server = await _fake_daemon(path, events)
+        sink = DecisionSink()
+        collector = Collector()
+        sink.subscribe(collector)
+        monitor = BypassMonitor(
+            path,
+            sink,
+            shim_listen=tmp_path / "shim.sock",
+            approved=ApprovalLedger(),
+            interval=3600.0,
+            grace=0.0,
+        )
+        observe = monitor.reconciler.observe
+
+        def flaky(ev: DaemonImageEvent, now: float) -> list[Any]:
+            if ev.subject == "boom:1":
+                raise KeyError("a bug in the reconciler")
+            return observe(ev, now)
+
+        monitor.reconciler.observe = flaky  # type: ignore[method-assign]
+        await monitor.start()
+        try:
+            await collector.wait("someuser/tool:latest", names_image("someuser/tool:latest"))
+            errors = [n for n in collector.notices if "bypass monitor failed" in n.reason]
+            assert len(errors) == 1 and "KeyError" in errors[0].reason
+            status = monitor.status()
+            assert status["running"] and status["errors"] == 1
+            assert "KeyError" in str(status["last_error"])
+        finally:
+            await monitor.close()
+            server.close()
+
+    try:
+        run(scenario())
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -337,3 +337,21 @@ def test_doctor_reports_records_lost_under_a_writable_agent(tmp_path: Path) -> N
         }
     )
     assert checks[0].result == "FAIL" and "records were lost" in checks[0].detail
+
+
+@pytest.mark.parametrize(
+    ("monitor", "result", "fragment"),
+    [
+        ({"running": True, "following_events": True, "errors": 0}, "OK", "following"),
+        ({"running": False, "errors": 0}, "FAIL", "stopped"),
+        ({"running": True, "errors": 2, "last_error": "judging: KeyError"}, "FAIL", "KeyError"),
+        (None, "SKIP", "--no-watch"),
+    ],
+)
+def test_doctor_fails_a_stopped_or_erring_bypass_watch(
+    monitor: dict[str, Any] | None, result: str, fragment: str
+) -> None:
+    from agent.cli.status_cmd import check_bypass_monitor
+
+    check = check_bypass_monitor(monitor)
+    assert (check.result, fragment in check.detail) == (result, True), check

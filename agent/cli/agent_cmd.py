@@ -247,6 +247,12 @@ def run(args: argparse.Namespace) -> int:
         control_path = listen.parent / "control.sock"
     else:
         control_path = default_control_path(uid, os.environ)
+    ledger = ApprovalLedger()
+    monitor = (
+        None
+        if args.no_watch
+        else BypassMonitor(upstream, sink, shim_listen=listen, approved=ledger)
+    )
     control = ControlServer(
         control_path,
         status=functools.partial(
@@ -260,17 +266,17 @@ def run(args: argparse.Namespace) -> int:
             control=control_path,
             started_at=time.time(),
             audit=audit.status,
+            bypass_monitor=monitor.status if monitor is not None else None,
         ),
         refresh=manager.refresh_now if manager is not None else None,
     )
     sink.subscribe(control)
-    ledger = ApprovalLedger()
     sink.subscribe(ledger)  # before the shim forwards: a decision is approved first
     services: list[Service] = [control]
     if manager is not None:
         services.append(_Refresher(manager))
-    if not args.no_watch:
-        services.append(BypassMonitor(upstream, sink, shim_listen=listen, approved=ledger))
+    if monitor is not None:
+        services.append(monitor)
         watcher = ConfigWatcher(
             sink,
             shim_listen=listen,

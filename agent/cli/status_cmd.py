@@ -118,6 +118,9 @@ def format_status(path: Path, status: Mapping[str, Any]) -> str:
         _row("identity", _identity_line(status.get("identity"))),
         _row("audit", _audit_line(status.get("audit"))),
     ]
+    monitor = status.get("bypass_monitor")
+    if isinstance(monitor, dict) and (not monitor.get("running") or monitor.get("errors")):
+        lines.append(_row("bypass watch", _monitor_line(monitor)))
     if status.get("clock_behind"):
         lines.append(_row("warning", "the system clock is behind the newest accepted policy"))
     decisions = status.get("last_decisions") or []
@@ -167,6 +170,14 @@ def _identity_line(identity: object) -> str:
     if isinstance(identity, dict):
         return str(identity.get("email") or identity.get("subject") or identity)
     return str(identity)
+
+
+def _monitor_line(monitor: Mapping[str, Any]) -> str:
+    state = "running" if monitor.get("running") else "STOPPED"
+    errors = monitor.get("errors") or 0
+    if errors:
+        state += f", {errors} unexpected error(s), last: {monitor.get('last_error')}"
+    return state
 
 
 def _audit_line(audit: object) -> str:
@@ -263,6 +274,7 @@ def diagnose(control: str | None, env: Mapping[str, str], home: Path) -> list[Ch
     checks.append(check_docker_target(listen, env, home))
     checks.append(check_policy(_dict(status.get("policy"))))
     checks.extend(check_audit(status.get("audit")))
+    checks.append(check_bypass_monitor(status.get("bypass_monitor")))
     checks.append(check_clock(status))
     return checks
 
@@ -508,6 +520,25 @@ def check_audit_chain(directory: Path | None, agent: Mapping[str, Any] | None = 
         return Check(name, SKIP, "this build has no audit verifier (agent.audit)")
     ok, detail = outcome
     return Check(name, OK, detail) if ok else Check(name, FAIL, detail, fix)
+
+
+def check_bypass_monitor(monitor: object) -> Check:
+    """The bypass watch runs, and its loops have not hit unexpected errors."""
+    name = "bypass watch"
+    if not isinstance(monitor, dict):
+        return Check(name, SKIP, "not running in this agent (--no-watch) or not reported")
+    fix = "see the agent's log and the audit log's bypass-suspected notices; restart the agent"
+    if not monitor.get("running"):
+        return Check(name, FAIL, "the bypass monitor has stopped", fix)
+    if monitor.get("errors"):
+        return Check(
+            name,
+            FAIL,
+            f"{monitor['errors']} unexpected error(s), last: {monitor.get('last_error')}",
+            fix,
+        )
+    following = "following" if monitor.get("following_events") else "reconnecting to"
+    return Check(name, OK, f"running, {following} the daemon's events")
 
 
 def check_clock(status: Mapping[str, Any]) -> Check:
