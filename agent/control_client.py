@@ -7,10 +7,10 @@ Kept apart from the server so that the agent does not load ``http.client`` (and 
 from __future__ import annotations
 
 import http.client
-import json
 from pathlib import Path
 from typing import Any
 
+from agent import strict_json
 from agent.control import control_candidates
 from agent.unix_sockets import UnixHTTPConnection
 
@@ -38,6 +38,10 @@ def control_request(
     finally:
         conn.close()
     try:
-        return status, json.loads(raw)
+        # A process squatting on the socket path is untrusted: 40 KB of "[" must end in
+        # ControlError like any other unreadable answer, not in a RecursionError.
+        return status, strict_json.loads(raw)
     except ValueError as e:
-        raise ControlError(f"the agent at {path} answered HTTP {status} without JSON") from e
+        raise ControlError(
+            f"the agent at {path} answered HTTP {status} without readable JSON ({e})"
+        ) from e

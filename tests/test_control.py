@@ -653,3 +653,34 @@ def test_refresh_by_a_user_is_rate_limited_but_root_may_always(
     for _ in range(3):
         assert curl(control.path, "/v1/policy/refresh", "-X", "POST")[0] == 200
     assert len(calls) == 5
+
+
+@pytest.mark.parametrize("body", [b"[" * 40_000, b"\xff\xfe", b'{"a": 1, "a": 2}'])
+def test_client_turns_an_unreadable_answer_into_a_control_error(body: bytes) -> None:
+    from agent.control_client import ControlError, control_request
+
+    base = Path(tempfile.mkdtemp(prefix="pgctl-", dir="/tmp"))
+    path = base / "control.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ControlError, match="without readable JSON"):
+            control_request(path, "GET", "/v1/status", timeout=5.0)
+    finally:
+        thread.join(5.0)
+        server.close()
+        shutil.rmtree(base, ignore_errors=True)
