@@ -297,12 +297,16 @@ def nameless_archive(env: DockerEnv, tmp_path: Path) -> bytes:
 def test_nameless_denied_content_is_not_run_or_renamed_by_id(
     agent: AgentProcess, docker_env: DockerEnv, clean: set[str], tmp_path: Path
 ) -> None:
-    """Content loaded without any name (here through the shim: the archive names nothing
-    to decide) has nothing to be judged by: by ID it is refused."""
+    """Content loaded without any name has nothing to be judged by: by ID it is refused.
+    (The shim refuses such a load under `load: check`; here it was loaded directly, as
+    before Pullgate was installed.)"""
     denied = pull_directly(docker_env, clean)
     data = nameless_archive(docker_env, tmp_path)
     docker(docker_env, "image", "rm", "--force", denied)
-    docker_via(agent, docker_env, "load", input=data)
+    result = docker_via(agent, docker_env, "load", input=data)
+    assert result.returncode != 0 and "no name" in result.stderr, result.stderr
+    status, _, _ = unix_request(docker_env.socket_path, "POST", "/images/load?quiet=1", body=data)
+    assert status == 200
     status, info = api(docker_env.socket_path, "GET", f"/images/{denied}/json")
     assert status == 200 and not info["RepoTags"] and not info["RepoDigests"], info
 
