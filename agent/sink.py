@@ -28,8 +28,26 @@ __all__ = [
 ]
 
 
+class _JsonForm:
+    """Each event is converted to plain JSON once, whatever number of subscribers (the
+    audit writer, stderr, every control-API stream) asks for it."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self._plain)
+
+    @functools.cached_property
+    def _plain(self) -> dict[str, Any]:
+        plain: dict[str, Any] = _plain(self)
+        return plain
+
+    @functools.cached_property
+    def json_text(self) -> str:
+        """The event as compact JSON, built once for every subscriber that prints it."""
+        return json.dumps(self._plain, separators=(",", ":"), default=str)
+
+
 @dataclass(frozen=True)
-class DecisionEvent:
+class DecisionEvent(_JsonForm):
     """One decision on one image (or on a request a policy setting decided)."""
 
     action: str  # image-pull, image-build, image-load, container-create, ...
@@ -48,22 +66,9 @@ class DecisionEvent:
     time: float = field(default_factory=time.time)
     type: str = "decision"
 
-    def to_json(self) -> dict[str, Any]:
-        return dict(self._plain)
-
-    @functools.cached_property
-    def _plain(self) -> dict[str, Any]:
-        plain: dict[str, Any] = _plain(self)
-        return plain
-
-    @functools.cached_property
-    def json_text(self) -> str:
-        """The event as compact JSON, built once for every subscriber that prints it."""
-        return json.dumps(self._plain, separators=(",", ":"), default=str)
-
 
 @dataclass(frozen=True)
-class PolicyEvent:
+class PolicyEvent(_JsonForm):
     """A change or problem of the policy itself: accepted, refused, fetch failed, state."""
 
     action: str  # policy-update | policy-refused | policy-fetch-failed | policy-state
@@ -76,22 +81,9 @@ class PolicyEvent:
     time: float = field(default_factory=time.time)
     type: str = "policy"
 
-    def to_json(self) -> dict[str, Any]:
-        return dict(self._plain)
-
-    @functools.cached_property
-    def _plain(self) -> dict[str, Any]:
-        plain: dict[str, Any] = _plain(self)
-        return plain
-
-    @functools.cached_property
-    def json_text(self) -> str:
-        """The event as compact JSON, built once for every subscriber that prints it."""
-        return json.dumps(self._plain, separators=(",", ":"), default=str)
-
 
 @dataclass(frozen=True)
-class NoticeEvent:
+class NoticeEvent(_JsonForm):
     """Anything else IT must see: agent start/stop, bypass suspicions, audit trouble.
 
     ``action`` is the audit ``event.action`` (``agent-start``, ``agent-stop``,
@@ -107,19 +99,6 @@ class NoticeEvent:
     peer: PeerInfo | None = None
     time: float = field(default_factory=time.time)
     type: str = "notice"
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self._plain)
-
-    @functools.cached_property
-    def _plain(self) -> dict[str, Any]:
-        plain: dict[str, Any] = _plain(self)
-        return plain
-
-    @functools.cached_property
-    def json_text(self) -> str:
-        """The event as compact JSON, built once for every subscriber that prints it."""
-        return json.dumps(self._plain, separators=(",", ":"), default=str)
 
 
 def _plain(value: Any) -> Any:

@@ -16,7 +16,7 @@ import io
 import json
 import tarfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -418,9 +418,9 @@ def manifest_through_a_link(saved: bytes, *, compress: bool) -> bytes:
     return archive(entries, compress=compress)
 
 
-def manifest_in_lower_case(saved: bytes) -> bytes:
-    """The saved archive with `repotags` for `RepoTags` (Go's JSON decoding ignores case)
-    and no `repositories` file."""
+def rewritten_manifest(saved: bytes, edit: Callable[[bytes], bytes]) -> bytes:
+    """The saved archive with its `manifest.json` passed through `edit`, and no
+    `repositories` file (the daemon would read names there too)."""
     out = io.BytesIO()
     with (
         tarfile.open(fileobj=io.BytesIO(saved)) as tar,
@@ -432,11 +432,16 @@ def manifest_in_lower_case(saved: bytes) -> bytes:
             data = tar.extractfile(member) if member.isreg() else None
             if member.name == "manifest.json":
                 assert data is not None
-                text = data.read().replace(b'"RepoTags"', b'"repotags"')
+                text = edit(data.read())
                 member.size = len(text)
                 data = io.BufferedReader(io.BytesIO(text))
             rewritten.addfile(member, data)
     return out.getvalue()
+
+
+def manifest_in_lower_case(saved: bytes) -> bytes:
+    """`repotags` for `RepoTags`: Go's JSON decoding matches fields in any case."""
+    return rewritten_manifest(saved, lambda text: text.replace(b'"RepoTags"', b'"repotags"'))
 
 
 def test_load_with_a_lower_case_repotags_key_is_a_live_way_in(
@@ -502,26 +507,15 @@ def test_load_with_manifest_through_a_link_is_refused_by_the_shim(
 
 
 def nameless(saved: bytes) -> bytes:
-    """The saved archive as `docker save <ID>` writes it: no RepoTags, no `repositories`."""
-    out = io.BytesIO()
-    with (
-        tarfile.open(fileobj=io.BytesIO(saved)) as tar,
-        tarfile.open(fileobj=out, mode="w") as rewritten,
-    ):
-        for member in tar.getmembers():
-            if member.name == "repositories":
-                continue
-            data = tar.extractfile(member) if member.isreg() else None
-            if member.name == "manifest.json":
-                assert data is not None
-                manifest = json.loads(data.read())
-                for image in manifest:
-                    image["RepoTags"] = None
-                text = json.dumps(manifest).encode()
-                member.size = len(text)
-                data = io.BufferedReader(io.BytesIO(text))
-            rewritten.addfile(member, data)
-    return out.getvalue()
+    """The saved archive as `docker save <ID>` writes it: no RepoTags."""
+
+    def drop_names(text: bytes) -> bytes:
+        manifest = json.loads(text)
+        for image in manifest:
+            image["RepoTags"] = None
+        return json.dumps(manifest).encode()
+
+    return rewritten_manifest(saved, drop_names)
 
 
 def test_nameless_load_is_a_live_way_in(
