@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.audit import (
+from agent.core.audit import (
     GENESIS,
     HASH_HEAD,
     STATE_NAME,
@@ -43,11 +43,11 @@ from agent.audit import (
     record_for,
     verify,
 )
-from agent.audit_log import AuditLog, read_state
-from agent.decision import decide
-from agent.peer import PeerInfo, ProcessSummary
-from agent.policy import parse_policy
-from agent.sink import DecisionEvent
+from agent.core.decision import decide
+from agent.core.events import DecisionEvent
+from agent.core.peer import PeerInfo, ProcessSummary
+from agent.core.policy.document import parse_policy
+from agent.daemon.audit_log import AuditLog, read_state
 from bench.decision import make_policy_document, make_queries
 
 BUDGET_DECISIONS_PER_S = 1000.0

@@ -16,9 +16,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.decision import decide
-from agent.policy import parse_policy
-from agent.reference import Reference, parse_normalized_named
+from agent.core.decision import decide
+from agent.core.policy.document import parse_policy
+from agent.core.reference import Reference, parse_normalized_named
 
 BUDGET_P50_US = 20.0
 

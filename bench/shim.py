@@ -1,7 +1,7 @@
 """Benchmark: the Docker socket shim against direct access to the daemon, in one run.
 
 Run as root on Linux: ``python -m bench.shim [--quick] [--json]``. It starts a private
-``dockerd`` and registry (``tests/realdocker.py``) and ``pullgate agent`` in front of it
+``dockerd`` and registry (``bench/realdocker.py``) and ``pullgate agent`` in front of it
 (the built-in default policy: ``load: check``), plus reference rows: HAProxy and socat
 as plain unix-to-unix TCP proxies when installed, and ``bench.byte_pipe`` (uvloop moving
 bytes without parsing them: the floor of a Python proxy); then it measures, against
@@ -60,7 +60,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tests.realdocker import (
+from bench.realdocker import (
     DockerEnv,
     DockerEnvError,
     docker,

@@ -3,7 +3,7 @@
 #
 # Idempotent: installs only what is missing, runs `apt-get update` at most once, and never
 # leaves the system docker/containerd/registry services running (the tests start their own
-# private daemons under a temporary directory; see tests/realdocker.py).
+# private daemons under a temporary directory; see bench/realdocker.py).
 #
 # Usage (as root): bash scripts/install-system-deps.sh
 set -euo pipefail

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs from scratch, then run the same checks as CI:
-# ruff (lint and format), mypy, and pytest. Extra arguments go to pytest.
+# ruff (lint and format), mypy, the import contracts, and pytest. Extra arguments go to pytest.
 #
 # Usage: bash scripts/test.sh [PYTEST-ARGS...]
 set -euo pipefail
@@ -15,5 +15,7 @@ echo "== ruff"
 "${PY}" -m ruff format --check .
 echo "== mypy"
 "${PY}" -m mypy
+echo "== import contracts (docs/architecture.md)"
+"${VENV}/bin/lint-imports"
 echo "== pytest"
 "${PY}" -m pytest "$@"

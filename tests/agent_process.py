@@ -40,8 +40,8 @@ from typing import IO, Any, NoReturn
 
 import pytest
 
-from agent.unix_sockets import UnixHTTPConnection
-from tests.realdocker import DockerEnv, docker
+from agent.platform.unix_sockets import UnixHTTPConnection
+from bench.realdocker import DockerEnv, docker
 
 __all__ = [
     "AGENT_COMMAND_ENV",

@@ -1,6 +1,6 @@
 """Session fixtures shared by every test module: ONE private dockerd + registry per session.
 
-`docker_env` starts the real Docker environment of tests/realdocker.py the first time a test
+`docker_env` starts the real Docker environment of bench/realdocker.py the first time a test
 asks for it, and stops it at the end of the session; `seeded` pushes the tiny test images to
 its registry mirror. Without the machine requirements (root, Debian's docker.io,
 docker-registry, busybox-static) tests that use them skip locally and fail under CI (CI=true),
@@ -15,14 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.agent_process import (
-    DENIED_REPOSITORY,
-    Reporter,
-    registry_image_id,
-    remove_images,
-    skip_or_fail,
-)
-from tests.realdocker import (
+from bench.realdocker import (
     DockerEnv,
     SeededImage,
     docker,
@@ -30,6 +23,13 @@ from tests.realdocker import (
     seed_image,
     start_docker_env,
     stop_docker_env,
+)
+from tests.agent_process import (
+    DENIED_REPOSITORY,
+    Reporter,
+    registry_image_id,
+    remove_images,
+    skip_or_fail,
 )
 
 SEEDED = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from agent.policy import Policy, parse_policy
+from agent.core.policy.document import Policy, parse_policy
 
 BASE: dict[str, Any] = {
     "schema": "pullgate.policy/v1",

@@ -25,14 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.cli import admin
 from agent.cli.admin import Finding, Level, lint_document, tag_glob_can_match
-from agent.envelope import PublicKey, sign_envelope, verify_envelope
-from agent.policy import parse_policy
-from agent.policy_file import (
+from agent.config.policy_file import (
     PolicySourceError,
     load_policy_source,
     policy_from_bytes,
     read_public_key,
 )
+from agent.core.policy.document import parse_policy
+from agent.core.policy.envelope import PublicKey, sign_envelope, verify_envelope
 from tests.policy_builders import document
 
 REPO = Path(__file__).resolve().parent.parent

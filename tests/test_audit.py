@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agent.audit import (
+from agent.core.audit import (
     GENESIS,
     STATE_NAME,
     AuditState,
@@ -22,8 +22,8 @@ from agent.audit import (
     summary_line,
     verify,
 )
-from agent.peer import PeerInfo, ProcessSummary
-from agent.sink import DecisionEvent, Event, NoticeEvent, PolicyEvent
+from agent.core.events import DecisionEvent, Event, NoticeEvent, PolicyEvent
+from agent.core.peer import PeerInfo, ProcessSummary
 
 DENIAL = "pullgate: pulling docker.io/someuser/tool:latest is not allowed"
 T0 = 1_790_000_000.25  # 2026-09-21T14:13:20.250Z, a fixed clock

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from bench.realdocker import DockerEnv, SeededImage, docker
 from tests.agent_process import (
     AgentProcess,
     docker_via,
@@ -24,7 +25,6 @@ from tests.agent_process import (
     skip_or_fail,
     start_agent,
 )
-from tests.realdocker import DockerEnv, SeededImage, docker
 
 CLI = [sys.executable, "-m", "agent"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.audit_log import AuditLog
 from agent.cli.main import build_parser
+from agent.daemon.audit_log import AuditLog
 from tests.test_audit import decision_event
 
 ROOT = Path(__file__).resolve().parent.parent

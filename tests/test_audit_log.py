@@ -21,16 +21,17 @@ from typing import Any
 
 import pytest
 
-from agent.audit import STATE_NAME, order_files, verify
-from agent.audit_log import (
+from agent.config.managed import AuditFailure
+from agent.core.audit import STATE_NAME, order_files, verify
+from agent.core.events import NoticeEvent, PolicyEvent
+from agent.daemon.audit_log import (
     AuditLog,
     AuditLogError,
     default_audit_dir,
     read_state,
     verify_directory,
 )
-from agent.config import AuditFailure
-from agent.sink import DecisionSink, NoticeEvent, PolicyEvent
+from agent.daemon.bus import DecisionSink
 from tests.agent_process import skip_or_fail
 from tests.test_audit import decision_event
 
@@ -143,7 +144,7 @@ _BURST = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from agent.audit_log import AuditLog
+    from agent.daemon.audit_log import AuditLog
     from tests.test_audit import decision_event
     log = AuditLog(Path(sys.argv[1]), rotate_bytes=20_000, keep_files=50, native_log=False)
     log.open()
@@ -483,7 +484,7 @@ _ROTATING = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from agent.audit_log import AuditLog
+    from agent.daemon.audit_log import AuditLog
     from tests.test_audit import decision_event
     log = AuditLog(Path(sys.argv[1]), rotate_bytes=8_000, keep_files=3, native_log=False,
                    fsync=False)
@@ -530,7 +531,7 @@ def test_a_slow_fdatasync_never_stalls_the_event_loop(
         time.sleep(0.3)
         real(fd)
 
-    monkeypatch.setattr("agent.audit_log.os.fdatasync", slow)
+    monkeypatch.setattr("agent.daemon.audit_log.os.fdatasync", slow)
     log.start_writer()
 
     async def main() -> tuple[float, float, bool]:

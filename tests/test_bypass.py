@@ -23,7 +23,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agent.bypass import (
+from agent.core.events import DecisionEvent, Event, NoticeEvent
+from agent.daemon.bus import DecisionSink
+from agent.daemon.bypass import (
     ApprovalLedger,
     BypassMonitor,
     DaemonImageEvent,
@@ -32,9 +34,8 @@ from agent.bypass import (
     parse_daemon_event,
     socket_clients,
 )
-from agent.sink import DecisionEvent, DecisionSink, Event, NoticeEvent
+from bench.realdocker import DockerEnv, SeededImage, docker
 from tests.agent_process import docker_via, shim_policy, start_agent
-from tests.realdocker import DockerEnv, SeededImage, docker
 
 T = TypeVar("T")
 WAIT = 20.0

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.envelope import PublicKey, sign_envelope
-from agent.policy_cache import PolicyCache
-from agent.policy_store import TrustSettings, evaluate_envelope
+from agent.core.policy.envelope import PublicKey, sign_envelope
+from agent.core.policy.trust import TrustSettings, evaluate_envelope
+from agent.daemon.policy_cache import PolicyCache
 from tests.policy_builders import document
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import config as config_module
-from agent.config import (
+from agent.config import managed as config_module
+from agent.config.managed import (
     EXAMPLE_VALUES,
     KEYS,
     REG_BINARY,
@@ -33,9 +33,7 @@ from agent.config import (
     AuditFailure,
     ConfigError,
     ManagedConfig,
-    StaleBehavior,
     encode_reg,
-    format_duration,
     load_json_file,
     load_macos_preferences,
     load_managed_config,
@@ -47,6 +45,8 @@ from agent.config import (
     render_mobileconfig,
     render_windows_reg,
 )
+from agent.core.durations import format_duration
+from agent.core.policy.trust import StaleBehavior
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_A = "ed25519:" + base64.b64encode(bytes(range(32))).decode()
@@ -807,7 +807,8 @@ def test_the_agent_refuses_a_non_canonical_key_with_one_line(tmp_path: Path) -> 
 
 
 def test_policy_max_bytes_above_what_the_agent_verifies_is_refused() -> None:
-    from agent import envelope, policy_cache
+    from agent.core.policy import envelope
+    from agent.daemon import policy_cache
 
     assert config_module.MAX_ENVELOPE_BYTES == envelope.MAX_ENVELOPE_BYTES
     assert policy_cache.MAX_ENVELOPE_BYTES == envelope.MAX_ENVELOPE_BYTES

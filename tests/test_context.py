@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 
 from agent.cli import context_cmd
-from agent.context import (
+from agent.platform.docker_context import (
     STATE_FILE,
     context_meta_dir,
     context_status,
     install_context,
     uninstall_context,
 )
+from bench.realdocker import DockerEnv
 from tests.agent_process import start_agent
-from tests.realdocker import DockerEnv
 
 DOCKER_CLI = "/usr/local/bin/docker"
 LISTEN = Path("/run/pullgate-test/docker.sock")

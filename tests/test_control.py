@@ -25,16 +25,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agent.control import (
-    ControlLimits,
-    ControlServer,
-    control_candidates,
-    default_control_path,
-    default_socket_mode,
-)
-from agent.peer import PeerInfo
-from agent.policy_fetch import FetchError
-from agent.sink import DecisionEvent, DecisionSink, Event, NoticeEvent, PolicyEvent
+from agent.control.contract import control_candidates, default_control_path, default_socket_mode
+from agent.core.events import DecisionEvent, Event, NoticeEvent, PolicyEvent
+from agent.core.peer import PeerInfo
+from agent.daemon.bus import DecisionSink
+from agent.daemon.control_server import ControlLimits, ControlServer
+from agent.daemon.policy_fetch import FetchError
 from tests.agent_process import LineStream
 
 NOBODY = 65534
@@ -548,9 +544,9 @@ def test_an_event_before_start_is_kept_for_decisions(socket_dir: Path) -> None:
 
 
 def test_notice_about_another_users_process_is_redacted_for_non_root() -> None:
-    from agent.control import redacted_for
-    from agent.peer import PeerInfo
-    from agent.sink import NoticeEvent
+    from agent.control.contract import redacted_for
+    from agent.core.events import NoticeEvent
+    from agent.core.peer import PeerInfo
 
     notice = NoticeEvent(
         action="bypass-suspected",
@@ -657,7 +653,7 @@ def test_refresh_by_a_user_is_rate_limited_but_root_may_always(
 
 @pytest.mark.parametrize("body", [b"[" * 40_000, b"\xff\xfe", b'{"a": 1, "a": 2}'])
 def test_client_turns_an_unreadable_answer_into_a_control_error(body: bytes) -> None:
-    from agent.control_client import ControlError, control_request
+    from agent.control.client import ControlError, control_request
 
     base = Path(tempfile.mkdtemp(prefix="pgctl-", dir="/tmp"))
     path = base / "control.sock"

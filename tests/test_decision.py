@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from agent.category import Category
-from agent.decision import Decision, Identity, Verdict, decide
-from agent.default_policy import default_policy
-from agent.messages import denial_message
-from agent.policy import Policy
-from agent.reference import parse_normalized_named
+from agent.core.category import Category
+from agent.core.decision import Decision, Identity, Verdict, decide
+from agent.core.messages import denial_message
+from agent.core.policy.default import default_policy
+from agent.core.policy.document import Policy
+from agent.core.reference import parse_normalized_named
 from tests.policy_builders import policy
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""agent.dockerfile: which images a BuildKit build of a Dockerfile pulls."""
+"""agent.core.inspection.dockerfile: which images a BuildKit build of a Dockerfile pulls."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.dockerfile import DockerfileError, DockerfileImages, ImageUse, parse_dockerfile
+from agent.core.inspection.dockerfile import (
+    DockerfileError,
+    DockerfileImages,
+    ImageUse,
+    parse_dockerfile,
+)
 
 
 def images(text: str | bytes, build_args: Mapping[str, str] | None = None) -> list[str]:

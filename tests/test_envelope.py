@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.envelope import (
+from agent.core.policy.envelope import (
     MAX_ENVELOPE_BYTES,
     MAX_SIGNATURES,
     PAYLOAD_TYPE,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from agent.http1 import parse_request_head
-from agent.routes import route_request
-from agent.shim import HeadCache
+from agent.core.inspection.http1 import parse_request_head
+from agent.core.inspection.routes import route_request
+from agent.daemon.shim import HeadCache
 
 
 def _head(target: str, *headers: str, method: str = "GET") -> bytes:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.http1 import (
+from agent.core.inspection.http1 import (
     BodyReader,
     ProtocolError,
     find_head_end,

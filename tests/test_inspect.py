@@ -8,8 +8,8 @@ from urllib.parse import quote
 
 import pytest
 
-from agent.http1 import RequestHead, parse_request_head
-from agent.inspect import (
+from agent.core.inspection.http1 import RequestHead, parse_request_head
+from agent.core.inspection.request import (
     After,
     EventAction,
     Inspection,
@@ -29,8 +29,8 @@ from agent.inspect import (
     resolved_by_name,
     with_build_lookups,
 )
-from agent.policy import BuildsSetting, OnCreateSetting, Policy
-from agent.routes import route_request
+from agent.core.inspection.routes import route_request
+from agent.core.policy.document import BuildsSetting, OnCreateSetting, Policy
 from tests.policy_builders import policy
 
 DIGEST = "sha256:" + "a" * 64

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.peer import describe_peer, peer_credentials, redact_command_line
+from agent.core.peer import redact_command_line
+from agent.platform.peer import describe_peer, peer_credentials
 
 
 def test_credentials_and_process_of_a_real_peer(tmp_path: Path) -> None:

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from agent.policy import Action, BuildsSetting, LoadSetting, Mode, PolicyError, load_policy
+from agent.core.policy.document import (
+    Action,
+    BuildsSetting,
+    LoadSetting,
+    Mode,
+    PolicyError,
+    load_policy,
+)
 from tests.policy_builders import document, policy
 
 

@@ -28,14 +28,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.cli.status_cmd import FAIL, check_policy, format_status
-from agent.control import ControlServer
-from agent.default_policy import default_policy
-from agent.envelope import MAX_ENVELOPE_BYTES, PAYLOAD_TYPE, PublicKey, sign_envelope
-from agent.policy_cache import PolicyCache
-from agent.policy_fetch import Fetcher, FetchError, FetchResult
-from agent.policy_manager import PolicyManager, RefreshSettings, read_status
-from agent.policy_store import TrustSettings
-from agent.sink import DecisionSink, Event, NoticeEvent, PolicyEvent
+from agent.core.events import Event, NoticeEvent, PolicyEvent
+from agent.core.policy.default import default_policy
+from agent.core.policy.envelope import MAX_ENVELOPE_BYTES, PAYLOAD_TYPE, PublicKey, sign_envelope
+from agent.core.policy.trust import TrustSettings
+from agent.daemon.bus import DecisionSink
+from agent.daemon.control_server import ControlServer
+from agent.daemon.policy_cache import PolicyCache
+from agent.daemon.policy_fetch import Fetcher, FetchError, FetchResult
+from agent.daemon.policy_manager import PolicyManager, RefreshSettings, read_status
 from tests.agent_process import start_agent
 from tests.policy_server import PolicyServer, Route, TLSMaterial
 

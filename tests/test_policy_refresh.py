@@ -31,8 +31,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.envelope import PublicKey, sign_envelope
-from agent.policy_manager import read_status
+from agent.core.policy.envelope import PublicKey, sign_envelope
+from agent.daemon.policy_manager import read_status
+from bench.realdocker import DockerEnv, docker, image_present
 from tests.agent_process import (
     AgentProcess,
     LineStream,
@@ -45,7 +46,6 @@ from tests.agent_process import (
     start_agent,
 )
 from tests.policy_server import PolicyServer, Route, TLSMaterial
-from tests.realdocker import DockerEnv, docker, image_present
 
 pytestmark = pytest.mark.usefixtures("seeded")
 

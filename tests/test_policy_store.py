@@ -16,23 +16,23 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.config import StaleBehavior
-from agent.decision import Verdict, decide
-from agent.envelope import PublicKey, sign_envelope
-from agent.policy import Mode, Policy
-from agent.policy_store import (
+from agent.core.decision import Verdict, decide
+from agent.core.policy.document import Mode, Policy
+from agent.core.policy.envelope import PublicKey, sign_envelope
+from agent.core.policy.trust import (
     MAX_FUTURE_SKEW,
     Accepted,
     Freshness,
     HighWater,
     PolicyRefusedError,
+    StaleBehavior,
     TrustSettings,
     effective_now,
     effective_policy,
     evaluate_envelope,
     freshness,
 )
-from agent.reference import parse_normalized_named
+from agent.core.reference import parse_normalized_named
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 GRACE = timedelta(days=7)

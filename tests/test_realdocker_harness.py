@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.realdocker import (
+from bench.realdocker import (
     DockerEnv,
     SeededImage,
     docker,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.reference import (
+from agent.core.reference import (
     InvalidReferenceFormatError,
     NameContainsUppercaseError,
     Reference,

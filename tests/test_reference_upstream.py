@@ -2,7 +2,7 @@
 
 The data lives in ``tests/fixtures/distribution_reference_cases.json`` (transcribed from
 ``reference_test.go``, ``normalize_test.go`` and ``regexp_test.go``, Apache-2.0); this module
-re-expresses each upstream Go test against :mod:`agent.reference`. Every row of every table
+re-expresses each upstream Go test against :mod:`agent.core.reference`. Every row of every table
 runs; none is skipped.
 
 Where upstream tests something our API has no direct counterpart for, the row is mapped onto
@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import pytest
 
-from agent.reference import (
+from agent.core.reference import (
     DigestInvalidFormatError,
     DigestReference,
     InvalidReferenceFormatError,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.routes import Endpoint, RouteError, parse_query, route_request
+from agent.core.inspection.routes import Endpoint, RouteError, parse_query, route_request
 
 
 @pytest.mark.parametrize(

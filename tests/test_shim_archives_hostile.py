@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import pytest
 
+from bench.realdocker import DockerEnv, SeededImage, docker, image_present, seed_image
 from tests.agent_process import (
     DENIED_REPOSITORY,
     AgentProcess,
@@ -34,7 +35,6 @@ from tests.agent_process import (
     start_agent,
     unix_request,
 )
-from tests.realdocker import DockerEnv, SeededImage, docker, image_present, seed_image
 
 #: An image of the library namespace that the test policy denies by rule: a stage name
 #: can name it (`COPY --from=pgtool`), which `someuser/tool` cannot.

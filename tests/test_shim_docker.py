@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from bench.realdocker import DockerEnv, SeededImage, docker, image_present
 from tests.agent_process import (
     DEBIAN_DOCKER_CLI,
     DENIED_REPOSITORY,
@@ -44,7 +45,6 @@ from tests.agent_process import (
     start_agent,
     unix_request,
 )
-from tests.realdocker import DockerEnv, SeededImage, docker, image_present
 
 DENIED = "someuser/tool"
 DENIED_CANONICAL = "docker.io/someuser/tool:latest"

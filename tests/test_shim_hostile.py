@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
+from bench.realdocker import DockerEnv, SeededImage
 from tests.agent_process import (
     DENIED_REPOSITORY,
     AgentProcess,
@@ -33,7 +34,6 @@ from tests.agent_process import (
     start_agent,
     unix_request,
 )
-from tests.realdocker import DockerEnv, SeededImage
 
 PULL = "/v1.41/images/create"
 TOOL = "fromImage=someuser%2Ftool&tag=latest"

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import pytest
 
+from bench.realdocker import DockerEnv, docker
 from tests.agent_process import (
     DENIED_REPOSITORY,
     AgentProcess,
@@ -38,7 +39,6 @@ from tests.agent_process import (
     start_agent,
     unix_request,
 )
-from tests.realdocker import DockerEnv, docker
 
 DENIED = DENIED_REPOSITORY
 LAUNDERED = "acme/app:evil"

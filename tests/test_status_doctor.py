@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from bench.realdocker import DockerEnv
 from tests.agent_process import (
     AgentProcess,
     LineStream,
@@ -30,7 +31,6 @@ from tests.agent_process import (
     shim_policy,
     start_agent,
 )
-from tests.realdocker import DockerEnv
 
 REPO = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT = 30.0
@@ -303,8 +303,8 @@ def test_doctor_compares_the_agents_sequence_and_hash_with_the_chain_on_disk(
 ) -> None:
     """A file deleted under the running agent: the agent wrote records the disk does not
     have. A rewritten tail: the disk has another hash at the agent's sequence."""
-    from agent.audit_log import AuditLog
     from agent.cli.status_cmd import check_audit
+    from agent.daemon.audit_log import AuditLog
     from tests.test_audit import decision_event
 
     log = AuditLog(tmp_path, native_log=False, host="laptop").open()

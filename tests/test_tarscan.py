@@ -1,4 +1,4 @@
-"""agent.tarscan: incremental tar scanning of build contexts and image tarballs."""
+"""agent.core.inspection.tarscan: incremental tar scanning of build contexts and image tarballs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.tarscan import TarMember, TarScanError, TarScanner
+from agent.core.inspection.tarscan import TarMember, TarScanError, TarScanner
 
 Entry = tuple[tarfile.TarInfo, bytes]
 

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.upstream import UpstreamError, default_listen_path, find_upstream, parse_unix_url
+from agent.platform.upstream import (
+    UpstreamError,
+    default_listen_path,
+    find_upstream,
+    parse_unix_url,
+)
 
 
 @pytest.fixture

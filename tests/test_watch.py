@@ -11,10 +11,11 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.context import install_context
-from agent.files import atomic_write
-from agent.sink import DecisionSink, Event, NoticeEvent, PolicyEvent
-from agent.watch import ConfigWatcher
+from agent.core.events import Event, NoticeEvent, PolicyEvent
+from agent.daemon.bus import DecisionSink
+from agent.daemon.watch import ConfigWatcher
+from agent.platform.docker_context import install_context
+from agent.platform.files import atomic_write
 
 T = TypeVar("T")
 WAIT = 5.0

@@ -1,10 +1,10 @@
 """``pullgate admin``: make and check the org's signed policy (keygen, sign, verify, lint).
 
 These commands run on an admin's machine, never in the agent. They share the agent's
-strict loaders (``agent.policy``, ``agent.envelope``), so a policy that passes here is
-exactly one an agent will accept. Exit codes: 0 ok; 1 invalid (a bad signature, an
-expired policy, lint warnings with ``--strict``); 2 bad input (unreadable files, a
-policy that does not load, flags that make no sense).
+strict loaders (``agent.core.policy.document``, ``agent.core.policy.envelope``), so a
+policy that passes here is exactly one an agent will accept. Exit codes: 0 ok; 1 invalid
+(a bad signature, an expired policy, lint warnings with ``--strict``); 2 bad input
+(unreadable files, a policy that does not load, flags that make no sense).
 """
 
 from __future__ import annotations
@@ -26,16 +26,14 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.config import ConfigError, ManagedConfig, load_config_file, parse_duration
-from agent.envelope import (
-    MAX_ENVELOPE_BYTES,
-    EnvelopeError,
-    PublicKey,
-    sign_envelope,
-    verify_envelope,
+from agent.config.managed import (
+    ConfigError,
+    ManagedConfig,
+    load_config_file,
+    parse_duration,
 )
-from agent.files import FileTooLargeError, atomic_write, read_capped
-from agent.policy import (
+from agent.config.policy_file import PolicySourceError, is_envelope, read_public_key
+from agent.core.policy.document import (
     MAX_POLICY_BYTES,
     Action,
     Mode,
@@ -45,8 +43,15 @@ from agent.policy import (
     decode_json,
     parse_policy,
 )
-from agent.policy_file import PolicySourceError, is_envelope, read_public_key
-from agent.policy_store import (
+from agent.core.policy.envelope import (
+    MAX_ENVELOPE_BYTES,
+    EnvelopeError,
+    PublicKey,
+    sign_envelope,
+    verify_envelope,
+)
+from agent.core.policy.rules import RulePattern
+from agent.core.policy.trust import (
     MAX_FUTURE_SKEW,
     Freshness,
     PolicyRefusedError,
@@ -54,7 +59,7 @@ from agent.policy_store import (
     evaluate_envelope,
     freshness,
 )
-from agent.rules import RulePattern
+from agent.platform.files import FileTooLargeError, atomic_write, read_capped
 
 __all__ = [
     "Finding",

@@ -16,31 +16,38 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent import __version__
-from agent.audit_log import AuditLog, AuditLogError, default_audit_dir
-from agent.bypass import ApprovalLedger, BypassMonitor
 from agent.cli.check import CheckInputError
-from agent.config import (
+from agent.config.managed import (
     DEFAULT_JSON_PATH,
     AuditFailure,
     ConfigError,
     ManagedConfig,
     check_local_files,
     load_managed_config,
+    trust_settings,
 )
-from agent.context import docker_config_dir
-from agent.control import ControlServer, agent_status, default_control_path
-from agent.default_policy import default_policy
-from agent.files import atomic_write
-from agent.paths import default_state_dir
-from agent.policy import Policy
-from agent.policy_cache import PolicyCache
-from agent.policy_fetch import Fetcher
-from agent.policy_manager import PolicyManager, RefreshSettings
-from agent.policy_store import TrustSettings
-from agent.shim import Shim, ShimConfig
-from agent.sink import DecisionSink, NoticeEvent, StderrSubscriber
-from agent.upstream import UpstreamError, default_listen_path, find_upstream, parse_unix_url
-from agent.watch import ConfigWatcher
+from agent.control.contract import default_control_path
+from agent.core.events import NoticeEvent
+from agent.core.policy.default import default_policy
+from agent.core.policy.document import Policy
+from agent.daemon.audit_log import AuditLog, AuditLogError, default_audit_dir
+from agent.daemon.bus import DecisionSink, StderrSubscriber
+from agent.daemon.bypass import ApprovalLedger, BypassMonitor
+from agent.daemon.control_server import ControlServer, agent_status
+from agent.daemon.policy_cache import PolicyCache
+from agent.daemon.policy_fetch import Fetcher
+from agent.daemon.policy_manager import PolicyManager, RefreshSettings
+from agent.daemon.shim import Shim, ShimConfig
+from agent.daemon.watch import ConfigWatcher
+from agent.platform.docker_context import docker_config_dir
+from agent.platform.files import atomic_write
+from agent.platform.paths import default_state_dir
+from agent.platform.upstream import (
+    UpstreamError,
+    default_listen_path,
+    find_upstream,
+    parse_unix_url,
+)
 
 EXIT_CONFIG = 2
 
@@ -107,25 +114,6 @@ def _socket_group() -> int | None:
         return grp.getgrnam("docker").gr_gid
     except KeyError:
         return None
-
-
-def trust_settings(config: ManagedConfig) -> TrustSettings:
-    """The store's trust settings; a key that does not load is a ConfigError, not a crash."""
-    from agent.envelope import EnvelopeError, PublicKey  # noqa: PLC0415 - cryptography
-
-    keys = []
-    for i, text in enumerate(config.trusted_keys):
-        try:
-            keys.append(PublicKey.from_config(text))
-        except EnvelopeError as e:
-            raise ConfigError(config.source, "trusted_keys", f"item {i}: {e}") from None
-    return TrustSettings(
-        org=config.org or "",
-        trusted_keys=tuple(keys),
-        threshold=config.key_threshold,
-        offline_grace=config.offline_grace,
-        stale_behavior=config.stale_behavior,
-    )
 
 
 def build_manager(config: ManagedConfig, state_dir: Path, sink: DecisionSink) -> PolicyManager:

@@ -20,15 +20,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.config import ConfigError, ManagedConfig, load_managed_config
-from agent.decision import Decision, Identity, Verdict, decide
-from agent.default_policy import default_policy
-from agent.dockerfile import DockerfileError, ImageUse, parse_dockerfile
-from agent.messages import denial_message, remediation_lines
-from agent.paths import default_state_dir
-from agent.policy import Policy
-from agent.policy_cache import PolicyCache
-from agent.reference import Reference, ReferenceError, parse_normalized_named
+from agent.config.managed import ConfigError, ManagedConfig, load_managed_config
+from agent.core.decision import Decision, Identity, Verdict, decide
+from agent.core.inspection.dockerfile import DockerfileError, ImageUse, parse_dockerfile
+from agent.core.messages import denial_message, remediation_lines
+from agent.core.policy.default import default_policy
+from agent.core.policy.document import Policy
+from agent.core.reference import Reference, ReferenceError, parse_normalized_named
+from agent.daemon.policy_cache import PolicyCache
+from agent.platform.paths import default_state_dir
 
 EXIT_ALLOWED = 0
 EXIT_DENIED = 1
@@ -121,7 +121,7 @@ def load_policy_file(
     or else the managed config's keys and threshold; its org must match the config's.
     """
     # cryptography is loaded only here, not by everything that imports this module.
-    from agent.policy_file import (  # noqa: PLC0415
+    from agent.config.policy_file import (  # noqa: PLC0415
         PolicySourceError,
         load_policy_source,
         read_public_key,
@@ -157,9 +157,9 @@ def active_policy(
     """
     if config is None or not config.policy_url:
         return default_policy(), "no organisation policy is configured"
-    from agent.cli.agent_cmd import trust_settings  # noqa: PLC0415 - avoids an import cycle
-    from agent.policy_manager import PolicyManager  # noqa: PLC0415
-    from agent.sink import DecisionSink  # noqa: PLC0415
+    from agent.config.managed import trust_settings  # noqa: PLC0415 - avoids an import cycle
+    from agent.daemon.bus import DecisionSink  # noqa: PLC0415
+    from agent.daemon.policy_manager import PolicyManager  # noqa: PLC0415
 
     manager = PolicyManager(
         trust_settings(config),

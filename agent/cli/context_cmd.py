@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.config import ConfigError, load_managed_config
-from agent.context import (
+from agent.config.managed import ConfigError, load_managed_config
+from agent.platform.docker_context import (
     DEFAULT_NAME,
     ContextError,
     context_status,
@@ -18,7 +18,7 @@ from agent.context import (
     install_context,
     uninstall_context,
 )
-from agent.upstream import default_listen_path
+from agent.platform.upstream import default_listen_path
 
 EXIT_OK = 0
 EXIT_BYPASS = 1

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.control_client import ControlError, control_candidates, control_request
-from agent.paths import default_state_dir
-from agent.policy_manager import read_status
+from agent.control.client import ControlError, control_candidates, control_request
+from agent.daemon.policy_manager import read_status
+from agent.platform.paths import default_state_dir
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1

@@ -25,8 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.control_client import ControlError, control_candidates, control_request
-from agent.upstream import default_listen_path
+from agent.control.client import ControlError, control_candidates, control_request
+from agent.platform.upstream import default_listen_path
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -424,9 +424,9 @@ def verify_audit_dir(
 ) -> tuple[bool, str] | None:
     """Verify the audit chain in ``directory`` as ``pullgate audit verify`` does, and
     compare its end with what the agent says it wrote (``agent``: its audit status);
-    None when this build has no verifier (``agent.audit_log`` is imported lazily)."""
+    None when this build has no verifier (``agent.daemon.audit_log`` is imported lazily)."""
     try:
-        audit_log = importlib.import_module("agent.audit_log")
+        audit_log = importlib.import_module("agent.daemon.audit_log")
     except ImportError:
         return None
     verify_directory = getattr(audit_log, "verify_directory", None)
@@ -517,7 +517,7 @@ def check_audit_chain(directory: Path | None, agent: Mapping[str, Any] | None = 
     except (OSError, ValueError) as e:
         return Check(name, FAIL, f"cannot verify {directory}: {e}", fix)
     if outcome is None:
-        return Check(name, SKIP, "this build has no audit verifier (agent.audit)")
+        return Check(name, SKIP, "this build has no audit verifier (agent.core.audit)")
     ok, detail = outcome
     return Check(name, OK, detail) if ok else Check(name, FAIL, detail, fix)
 

@@ -1,0 +1,84 @@
+"""The control API's contract, shared by the agent's server and its clients (the CLI, the
+tray): where the socket is, and which events a caller may see, and how.
+
+No server code here: a client imports this, never ``agent.daemon``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from agent.core.events import DecisionEvent, Event, NoticeEvent
+
+__all__ = [
+    "SYSTEM_CONTROL_PATH",
+    "control_candidates",
+    "default_control_path",
+    "default_socket_mode",
+    "event_name",
+    "redacted",
+    "redacted_for",
+    "redacts",
+    "visible_to",
+]
+
+SYSTEM_CONTROL_PATH: Final = Path("/run/pullgate/control.sock")
+
+
+def default_control_path(uid: int, env: Mapping[str, str]) -> Path:
+    """``/run/pullgate/control.sock`` for root, else under the user's runtime directory."""
+    if uid == 0:
+        return SYSTEM_CONTROL_PATH
+    runtime = env.get("XDG_RUNTIME_DIR") or f"/run/user/{uid}"
+    return Path(runtime) / "pullgate" / "control.sock"
+
+
+def default_socket_mode(uid: int) -> int:
+    """0666 for the system agent (uid filtering is the access control), else 0600."""
+    return 0o666 if uid == 0 else 0o600
+
+
+def control_candidates(uid: int, env: Mapping[str, str]) -> list[Path]:
+    """Where a client looks for an agent: the user's own agent first, then the system one."""
+    own = default_control_path(uid, env)
+    return [own] if own == SYSTEM_CONTROL_PATH else [own, SYSTEM_CONTROL_PATH]
+
+
+def event_name(event: Event) -> str:
+    """The SSE ``event:`` field: decision | policy | notice | warning."""
+    if isinstance(event, NoticeEvent):
+        return "warning" if event.severity == "warning" else "notice"
+    return event.type
+
+
+def visible_to(event: Event, uid: int) -> bool:
+    """A user sees their own decisions; root sees all; policy and notices are for all."""
+    if not isinstance(event, DecisionEvent):
+        return True
+    return uid in (0, event.peer.uid)
+
+
+def redacts(event: Event, uid: int) -> bool:
+    """Whether ``uid`` sees ``event`` without its process details (see ``redacted_for``)."""
+    return (
+        isinstance(event, NoticeEvent)
+        and uid != 0
+        and (event.peer is not None or bool(event.details))
+        and (event.peer is None or event.peer.uid != uid)
+    )
+
+
+def redacted_for(event: Event, uid: int) -> dict[str, Any]:
+    """The event as ``uid`` may see it: a notice about another user's process (a bypass
+    suspicion) keeps its reason but not that process's details."""
+    return redacted(event, redacts(event, uid))
+
+
+def redacted(event: Event, redact: bool) -> dict[str, Any]:
+    data = event.to_json()
+    if redact:
+        data["peer"] = None
+        data["details"] = {"redacted": "details are visible to root only"}
+    return data

@@ -1,0 +1,951 @@
+"""Bypass awareness: notice when someone reaches the Docker daemon without the shim.
+
+A shim can be routed around (``DOCKER_HOST`` at the daemon socket, a container with the
+socket mounted, an SDK configured by hand). The agent cannot prevent that, so it watches
+for the traces and reports each one as a ``bypass-suspected`` notice; it never "fixes"
+anything itself. Three sources of evidence:
+
+- the daemon's own event stream: an image ``pull``, ``load``, ``import`` or ``tag`` that
+  the shim did not approve (reconciled against the :class:`ApprovalLedger`, which the
+  decision sink feeds with every allowed decision);
+- the processes holding a connection to the daemon socket, other than dockerd,
+  containerd and the agent (Linux: kernel socket diagnostics pair each client socket
+  with the daemon's accepted one; ``ss -xp`` is the fallback);
+- containers that mount the daemon socket (or a directory holding it).
+
+The ledger and :class:`Reconciler` are pure (values in, findings out); the monitor is the
+thin I/O edge around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.core.events import DecisionEvent, Event, NoticeEvent
+from agent.core.peer import PeerInfo
+from agent.core.reference import DOCKER_HUB_ALIASES, ReferenceError, parse_normalized_named
+from agent.daemon.bus import DecisionSink
+from agent.platform.peer import describe_peer
+
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "DEFAULT_WINDOW",
+    "ApprovalLedger",
+    "BypassMonitor",
+    "DaemonImageEvent",
+    "Finding",
+    "Reconciler",
+    "SocketClient",
+    "container_socket_mounts",
+    "parse_daemon_event",
+    "socket_clients",
+]
+
+DEFAULT_WINDOW = 600.0
+"""How long an allowed decision approves the daemon events it causes. The daemon reports a
+pull when it has finished, which for a large image can be minutes after the decision; a
+long window only lets the same, already approved image in again."""
+DEFAULT_INTERVAL = 30.0
+CLOCK_SKEW = 5.0
+"""Daemon event times and decision times come from the same machine's clock; a little
+slack covers rounding (the daemon reports whole seconds in ``time``)."""
+DECISION_GRACE = 2.0
+"""Daemon events are judged this long after they arrive: a subscriber may see a decision
+a moment after the daemon reports what it caused."""
+TAG_GRACE = 3.0
+"""A ``tag`` event is judged this long after it arrives: ``docker import`` tags before it
+reports the import, so the import's verdict must be seen first."""
+WATCHED_ACTIONS = ("pull", "load", "import", "tag")
+ALLOWED_VERDICTS = frozenset({"allow", "would_deny"})
+"""Decisions after which the request went through the shim to the daemon (monitor mode
+lets ``would_deny`` through)."""
+DAEMON_PROCESS_NAMES = frozenset({"dockerd", "containerd", "docker-proxy"})
+DEFAULT_DAEMON_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+MAX_REMEMBERED = 4096
+
+
+# --------------------------------------------------------------------------- pure core
+
+
+@dataclass(frozen=True)
+class DaemonImageEvent:
+    """One image event from ``GET /events``: what the daemon did, to which image, when."""
+
+    action: str  # pull | load | import | tag
+    subject: str  # Actor.ID: a reference for pulls, an image ID for the others
+    name: str | None  # Actor.Attributes.name: the new tag for tag events
+    time: float  # seconds since the epoch
+    time_nano: int = 0
+
+    @property
+    def key(self) -> tuple[str, str, str | None, int]:
+        return (self.action, self.subject, self.name, self.time_nano)
+
+
+def parse_daemon_event(obj: Mapping[str, Any]) -> DaemonImageEvent | None:
+    """A daemon event as a value, or None if it is not an image event we reconcile."""
+    if obj.get("Type") != "image":
+        return None
+    action = str(obj.get("Action") or obj.get("status") or "")
+    if action not in WATCHED_ACTIONS:
+        return None
+    # The daemon's bytes are untrusted here: anything of the wrong shape is skipped, never
+    # allowed to end the loop that follows the stream.
+    actor = obj.get("Actor")
+    actor = actor if isinstance(actor, dict) else {}
+    subject = actor.get("ID") or obj.get("id") or ""
+    if not isinstance(subject, str):
+        return None
+    attributes = actor.get("Attributes")
+    attributes = attributes if isinstance(attributes, dict) else {}
+    name = attributes.get("name")
+    nano = obj.get("timeNano")
+    seconds = obj.get("time") or 0
+    if isinstance(nano, int) and not isinstance(nano, bool):
+        time_nano = nano
+    elif isinstance(seconds, int | float) and not isinstance(seconds, bool):
+        try:
+            time_nano = int(float(seconds) * 1e9)
+        except (OverflowError, ValueError):
+            return None
+    else:
+        return None
+    return DaemonImageEvent(
+        action=action,
+        subject=subject,
+        name=str(name) if isinstance(name, str) else None,
+        time=time_nano / 1e9,
+        time_nano=time_nano,
+    )
+
+
+def _keys(ref: str) -> tuple[str, set[str]] | None:
+    """(repository, {"tag:T", "digest:D"}) of a reference, Docker Hub aliases folded."""
+    all_tags = ref.endswith(" (all tags)")
+    if all_tags:
+        ref = ref[: -len(" (all tags)")]
+    try:
+        parsed = parse_normalized_named(ref)
+    except ReferenceError:
+        return None
+    domain = "docker.io" if parsed.domain in DOCKER_HUB_ALIASES else parsed.domain
+    name = f"{domain}/{parsed.path}"
+    if all_tags:
+        return name, {"*"}
+    forms: set[str] = set()
+    if parsed.tag is not None:
+        forms.add("tag:" + parsed.tag)
+    if parsed.digest is not None:
+        forms.add("digest:" + parsed.digest)
+    return name, forms or {"tag:latest"}
+
+
+@dataclass(frozen=True)
+class _Approval:
+    action: str
+    repository: str | None
+    forms: frozenset[str]
+    at: float
+
+
+class ApprovalLedger:
+    """What the shim let through recently: a DecisionSink subscriber, pure otherwise.
+
+    ``was_approved`` answers whether a daemon event naming ``ref`` at time ``at`` is
+    explained by an allowed decision (same repository and tag or digest, within
+    ``window`` seconds before it).
+    """
+
+    def __init__(self, window: float = DEFAULT_WINDOW, max_entries: int = 100_000) -> None:
+        self.window = window
+        self._entries: deque[_Approval] = deque(maxlen=max_entries)
+        self._image_ids: OrderedDict[str, float] = OrderedDict()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, DecisionEvent) and event.decision in ALLOWED_VERDICTS:
+            self.approve(event.action, event.image, event.time)
+
+    def approve(self, action: str, image: str | None, at: float) -> None:
+        """Record an allowed decision (``image`` None: a setting allowed the request)."""
+        keys = _keys(image) if image else None
+        repository, forms = keys if keys else (None, set())
+        self._entries.append(_Approval(action, repository, frozenset(forms), at))
+        self._prune(at)
+
+    def approve_image_id(self, image_id: str, at: float) -> None:
+        """An image the shim let in (an approved load or import): its tags are approved."""
+        self._image_ids[image_id] = at
+        self._image_ids.move_to_end(image_id)
+        while len(self._image_ids) > MAX_REMEMBERED:
+            self._image_ids.popitem(last=False)
+
+    def _recent(self, at: float) -> Iterable[_Approval]:
+        return (
+            e
+            for e in reversed(self._entries)
+            if e.at <= at + CLOCK_SKEW and at - e.at <= self.window + CLOCK_SKEW
+        )
+
+    def was_approved(self, ref: str, at: float) -> bool:
+        keys = _keys(ref)
+        if keys is None:
+            return False
+        repository, forms = keys
+        return any(
+            e.repository == repository and ("*" in e.forms or e.forms & forms)
+            for e in self._recent(at)
+        )
+
+    def saw_action(self, action: str, at: float) -> bool:
+        """Whether any request of ``action`` (e.g. ``image-load``) was allowed recently."""
+        return any(e.action == action for e in self._recent(at))
+
+    def image_id_approved(self, image_id: str, at: float) -> bool:
+        seen = self._image_ids.get(image_id)
+        return seen is not None and at - seen <= self.window + CLOCK_SKEW
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.window - 2 * CLOCK_SKEW
+        while self._entries and self._entries[0].at < horizon:
+            self._entries.popleft()
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One suspicion, ready to become a ``bypass-suspected`` notice."""
+
+    key: tuple[Any, ...]  # for de-duplication
+    severity: str  # warning | info
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+    peer: PeerInfo | None = None
+
+    def notice(self) -> NoticeEvent:
+        return NoticeEvent(
+            action="bypass-suspected",
+            outcome="unknown",
+            reason=self.reason,
+            severity=self.severity,
+            details=self.details,
+            peer=self.peer,
+        )
+
+
+_LOAD_ACTIONS = {"load": "image-load", "import": "image-import"}
+#: Requests through the shim that make the daemon tag an image (their decisions name the
+#: content used, not the new name).
+_TAGGING_ACTIONS = ("image-tag", "container-commit", "image-build")
+
+
+def _event_details(ev: DaemonImageEvent) -> dict[str, Any]:
+    return {
+        "source": "daemon-events",
+        "daemon_action": ev.action,
+        "image": ev.name if ev.action == "tag" else ev.subject,
+        "image_id": ev.subject if ev.subject.startswith("sha256:") else None,
+        "event_time": ev.time,
+    }
+
+
+class Reconciler:
+    """Daemon image events against the ledger; pure (the caller passes ``now``).
+
+    Every event is judged ``grace`` seconds after it arrives, so a decision that reaches
+    the ledger a moment after the daemon reported its effect still counts. Tags wait a
+    further ``tag_grace``: an import tags before it reports itself, and an approved load
+    or import approves the tags of the image it brought.
+    """
+
+    def __init__(
+        self,
+        approved: ApprovalLedger | Callable[[DaemonImageEvent], bool],
+        *,
+        grace: float = DECISION_GRACE,
+        tag_grace: float = TAG_GRACE,
+    ) -> None:
+        self.approved = approved
+        self.grace = grace
+        self.tag_grace = tag_grace
+        self._queue: deque[tuple[float, DaemonImageEvent]] = deque()
+        self._tags: OrderedDict[str, tuple[float, list[DaemonImageEvent]]] = OrderedDict()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + len(self._tags)
+
+    def observe(self, ev: DaemonImageEvent, now: float) -> list[Finding]:
+        """Queue ``ev``; the findings now due (with ``grace`` 0, including this one's)."""
+        self._queue.append((now + self.grace, ev))
+        return self.due(now)
+
+    def due(self, now: float) -> list[Finding]:
+        out: list[Finding] = []
+        while self._queue and self._queue[0][0] <= now:
+            _, ev = self._queue.popleft()
+            out.extend(self._judge(ev, now))
+        for image_id in [k for k, (deadline, _) in self._tags.items() if deadline <= now]:
+            _, held = self._tags.pop(image_id)
+            ledger = self.approved
+            if isinstance(ledger, ApprovalLedger) and ledger.image_id_approved(image_id, now):
+                continue
+            out.extend(self._unapproved_tag(ev) for ev in held)
+        return out
+
+    def _judge(self, ev: DaemonImageEvent, now: float) -> list[Finding]:
+        ledger = self.approved
+        if not isinstance(ledger, ApprovalLedger):
+            tags = self._tags.pop(ev.subject, (0.0, []))[1]
+            return [] if ledger(ev) else [self._unapproved(ev, tags)]
+        if ev.action == "pull":
+            return [] if ledger.was_approved(ev.subject, ev.time) else [self._unapproved(ev, [])]
+        if ev.action in _LOAD_ACTIONS:
+            tags = self._tags.pop(ev.subject, (0.0, []))[1]
+            if ledger.saw_action(_LOAD_ACTIONS[ev.action], ev.time):
+                ledger.approve_image_id(ev.subject, ev.time)
+                return []
+            return [self._unapproved(ev, tags)]
+        # tag
+        if (
+            (ev.name and ledger.was_approved(ev.name, ev.time))
+            or ledger.image_id_approved(ev.subject, ev.time)
+            or any(ledger.saw_action(action, ev.time) for action in _TAGGING_ACTIONS)
+        ):
+            return []
+        deadline, held = self._tags.get(ev.subject, (now + self.tag_grace, []))
+        held.append(ev)
+        self._tags[ev.subject] = (deadline, held)
+        return []
+
+    @staticmethod
+    def _unapproved(ev: DaemonImageEvent, tags: list[DaemonImageEvent]) -> Finding:
+        details = _event_details(ev)
+        if tags:
+            details["tags"] = [t.name for t in tags if t.name]
+        what = {"pull": "pulled", "load": "loaded", "import": "imported"}.get(ev.action, ev.action)
+        named = f" {ev.subject}" if ev.action == "pull" else f" {ev.subject[:19]}"
+        if tags:
+            named += " (" + ", ".join(t.name for t in tags if t.name) + ")"
+        return Finding(
+            key=("event", *ev.key),
+            severity="warning",
+            reason=f"the daemon {what} image{named} that pullgate did not approve: "
+            "something reached the Docker daemon without going through the shim",
+            details=details,
+        )
+
+    @staticmethod
+    def _unapproved_tag(ev: DaemonImageEvent) -> Finding:
+        return Finding(
+            key=("event", *ev.key),
+            severity="info",
+            reason=f"the daemon tagged image {ev.subject[:19]} as {ev.name} with no tag, "
+            "commit, build or load allowed through the shim shortly before: a client may have "
+            "bypassed the shim (or a build through it ran longer than the approval window)",
+            details=_event_details(ev),
+        )
+
+
+# --------------------------------------------------------------------------- who holds the socket
+
+
+@dataclass(frozen=True)
+class SocketClient:
+    """A process with a connection to the daemon socket."""
+
+    pid: int
+    name: str | None
+    inode: int
+
+
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST = 0x1
+_NLM_F_DUMP = 0x300
+_NLMSG_ERROR = 2
+_NLMSG_DONE = 3
+_UDIAG_SHOW_NAME = 0x1
+_UDIAG_SHOW_VFS = 0x2
+_UDIAG_SHOW_PEER = 0x4
+_UNIX_DIAG_NAME = 0
+_UNIX_DIAG_VFS = 1
+_UNIX_DIAG_PEER = 2
+_TCP_ESTABLISHED = 1
+
+
+def _diag_unix_sockets() -> list[tuple[int, str | None, int | None, int | None]]:
+    """(inode, bound name, peer inode, vfs inode) of every unix socket, from the kernel's
+    sock_diag netlink interface (what ``ss -x`` uses). Raises OSError where unavailable."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
+    try:
+        sock.settimeout(5.0)
+        req = struct.pack(
+            "=BBHIIIII",
+            socket.AF_UNIX,
+            0,
+            0,
+            1 << _TCP_ESTABLISHED,
+            0,
+            _UDIAG_SHOW_NAME | _UDIAG_SHOW_VFS | _UDIAG_SHOW_PEER,
+            0xFFFFFFFF,
+            0xFFFFFFFF,
+        )
+        header = struct.pack(
+            "=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0
+        )
+        sock.send(header + req)
+        out: list[tuple[int, str | None, int | None, int | None]] = []
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind, _, _, _ = struct.unpack_from("=IHHII", data, offset)
+                if length < 16:
+                    return out
+                if kind == _NLMSG_DONE:
+                    return out
+                if kind == _NLMSG_ERROR:
+                    (errno,) = struct.unpack_from("=i", data, offset + 16)
+                    raise OSError(-errno, "sock_diag refused the unix socket dump")
+                body = data[offset + 16 : offset + length]
+                out.append(_parse_diag_msg(body))
+                offset += (length + 3) & ~3
+    finally:
+        sock.close()
+
+
+def _parse_diag_msg(body: bytes) -> tuple[int, str | None, int | None, int | None]:
+    _, _, _, _, inode, _, _ = struct.unpack_from("=BBBBIII", body, 0)
+    name: str | None = None
+    peer: int | None = None
+    vfs: int | None = None
+    pos = 16
+    while pos + 4 <= len(body):
+        rta_len, rta_type = struct.unpack_from("=HH", body, pos)
+        if rta_len < 4:
+            break
+        payload = body[pos + 4 : pos + rta_len]
+        if rta_type == _UNIX_DIAG_NAME:
+            name = payload.rstrip(b"\0").decode("utf-8", "surrogateescape")
+        elif rta_type == _UNIX_DIAG_PEER and len(payload) >= 4:
+            peer = struct.unpack_from("=I", payload)[0]
+        elif rta_type == _UNIX_DIAG_VFS and len(payload) >= 4:
+            vfs = struct.unpack_from("=I", payload)[0]
+        pos += (rta_len + 3) & ~3
+    return inode, name, peer, vfs
+
+
+_SS_LINE = re.compile(r"^\S+\s+ESTAB\s+\d+\s+\d+\s+(\S+)\s+(\d+)\s+(\S+)\s+(\d+)")
+
+
+def _ss_unix_sockets() -> list[tuple[int, str | None, int | None, int | None]]:
+    """The same pairs from ``ss -xn`` (fallback when netlink is unavailable)."""
+    ss = shutil.which("ss")
+    if ss is None:
+        raise OSError("neither sock_diag netlink nor `ss` is available")
+    result = subprocess.run(
+        [ss, "-xn", "state", "established"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    out: list[tuple[int, str | None, int | None, int | None]] = []
+    for line in result.stdout.splitlines():
+        # "state established" drops the State column: re-add it for one pattern.
+        m = _SS_LINE.match(line.replace("u_str ", "u_str ESTAB ", 1)) or _SS_LINE.match(line)
+        if m:
+            local = m.group(1)
+            out.append((int(m.group(2)), None if local == "*" else local, int(m.group(4)), None))
+    return out
+
+
+def _socket_inode_owners(inodes: set[int]) -> dict[int, int]:
+    """inode -> pid, by reading every process's fd links (needs root for other users)."""
+    owners: dict[int, int] = {}
+    if not inodes:
+        return owners
+    wanted = {f"socket:[{i}]": i for i in inodes}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = os.scandir(f"/proc/{entry.name}/fd")
+        except OSError:
+            continue
+        with fds:
+            for fd in fds:
+                try:
+                    target = os.readlink(fd.path)
+                except OSError:
+                    continue
+                inode = wanted.get(target)
+                if inode is not None:
+                    owners.setdefault(inode, int(entry.name))
+        if len(owners) == len(wanted):
+            break
+    return owners
+
+
+def _same_socket(name: str | None, vfs: int | None, path: Path, st_ino: int | None) -> bool:
+    if vfs is not None and st_ino is not None and vfs == st_ino:
+        return True
+    if not name or name.startswith("@"):
+        return False
+    return name == str(path) or os.path.realpath(name) == os.path.realpath(path)
+
+
+def socket_clients(path: Path, *, exclude_pids: Iterable[int] = ()) -> list[SocketClient]:
+    """Processes connected to the unix socket ``path``, except the server's own and
+    ``exclude_pids``. Linux only: elsewhere (and without /proc) returns []."""
+    if not sys.platform.startswith("linux"):
+        return []
+    try:
+        st_ino: int | None = path.stat().st_ino
+    except OSError:
+        st_ino = None
+    try:
+        sockets = _diag_unix_sockets()
+    except OSError:
+        sockets = _ss_unix_sockets()
+    peers = {
+        peer for _, name, peer, vfs in sockets if peer and _same_socket(name, vfs, path, st_ino)
+    }
+    import psutil  # noqa: PLC0415 - loaded when a scan runs, not at agent start
+
+    excluded = set(exclude_pids)
+    clients: list[SocketClient] = []
+    for inode, pid in sorted(_socket_inode_owners(peers).items()):
+        if pid in excluded:
+            continue
+        try:
+            name: str | None = psutil.Process(pid).name()
+        except psutil.Error:
+            name = None
+        if name in DAEMON_PROCESS_NAMES or (name or "").startswith("containerd-shim"):
+            continue
+        clients.append(SocketClient(pid, name, inode))
+    return clients
+
+
+def container_socket_mounts(container: Mapping[str, Any], upstream: Path) -> list[dict[str, str]]:
+    """The mounts of a container (from ``/containers/json`` or ``/containers/{id}/json``)
+    that expose the daemon socket: the socket itself or a directory holding it."""
+    socket_paths = {str(upstream), os.path.realpath(upstream), *DEFAULT_DAEMON_SOCKETS}
+    exposing: list[dict[str, str]] = []
+    for mount in container.get("Mounts") or []:
+        if not isinstance(mount, Mapping) or mount.get("Type", "bind") != "bind":
+            continue
+        source = str(mount.get("Source") or "")
+        if not source:
+            continue
+        real = os.path.realpath(source)
+        hit = source in socket_paths or real in socket_paths
+        if not hit:
+            folder = real.rstrip("/") + "/"
+            hit = any(p.startswith(folder) for p in socket_paths if p.startswith("/"))
+        if hit:
+            exposing.append({"source": source, "destination": str(mount.get("Destination") or "")})
+    return exposing
+
+
+# --------------------------------------------------------------------------- the I/O edge
+
+
+class _HTTPError(Exception):
+    pass
+
+
+async def _open_request(
+    path: Path, target: str, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict[str, str]]:
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+    # (cpython #86296), which left the agent unable to stop.
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
+    try:
+        writer.write(
+            f"GET {target} HTTP/1.1\r\nHost: docker\r\nUser-Agent: pullgate-bypass-monitor\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        if status != 200:
+            raise _HTTPError(f"GET {target} answered {status}")
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer, headers
+
+
+async def _body_chunks(
+    reader: asyncio.StreamReader, headers: Mapping[str, str]
+) -> AsyncIterator[bytes]:
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                return
+            data = await reader.readexactly(size + 2)
+            yield data[:-2]
+    elif "content-length" in headers:
+        yield await reader.readexactly(int(headers["content-length"]))
+    else:
+        while data := await reader.read(1 << 16):
+            yield data
+
+
+async def _get_json(path: Path, target: str, timeout: float) -> Any:
+    async def fetch() -> Any:
+        reader, writer, headers = await _open_request(path, target, timeout)
+        try:
+            body = b"".join([chunk async for chunk in _body_chunks(reader, headers)])
+        finally:
+            writer.close()
+        return json.loads(body)
+
+    async with asyncio.timeout(timeout):
+        return await fetch()
+
+
+def _json_objects(buffer: str) -> tuple[list[Any], str]:
+    """Complete JSON values at the start of ``buffer`` (the daemon separates events with
+    newlines, but chunks need not end on one), and the unparsed rest."""
+    decoder = json.JSONDecoder()
+    out: list[Any] = []
+    pos = 0
+    while True:
+        while pos < len(buffer) and buffer[pos].isspace():
+            pos += 1
+        if pos >= len(buffer):
+            return out, ""
+        try:
+            obj, pos = decoder.raw_decode(buffer, pos)
+        except ValueError:
+            return out, buffer[pos:]
+        out.append(obj)
+
+
+class BypassMonitor:
+    """Follows the daemon's events, scans socket clients and containers, and emits
+    ``bypass-suspected`` notices to ``sink``, each finding once."""
+
+    def __init__(
+        self,
+        upstream: Path,
+        sink: DecisionSink,
+        *,
+        shim_listen: Path,
+        approved: ApprovalLedger | Callable[[DaemonImageEvent], bool],
+        own_pid: int | None = None,
+        interval: float = DEFAULT_INTERVAL,
+        request_timeout: float = 10.0,
+        max_backoff: float = 30.0,
+        grace: float = DECISION_GRACE,
+        tag_grace: float = TAG_GRACE,
+    ) -> None:
+        self.upstream = upstream
+        self.sink = sink
+        self.shim_listen = shim_listen
+        self.own_pid = os.getpid() if own_pid is None else own_pid
+        self.interval = interval
+        self.request_timeout = request_timeout
+        self.max_backoff = max_backoff
+        self.reconciler = Reconciler(approved, grace=grace, tag_grace=tag_grace)
+        self.connected = asyncio.Event()
+        """Set while the event stream is open (tests wait for it before acting)."""
+        self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._last_nano = 0
+        self._scan_lock = asyncio.Lock()
+        self.errors = 0
+        """Unexpected errors in the monitor's loops (each also a notice)."""
+        self.last_error: str | None = None
+
+    def status(self) -> dict[str, Any]:
+        """For ``GET /v1/status``: whether the monitor runs and follows the daemon, and the
+        unexpected errors its loops survived."""
+        running = bool(self._tasks) and not any(t.done() for t in self._tasks)
+        return {
+            "running": running,
+            "following_events": self.connected.is_set(),
+            "errors": self.errors,
+            "last_error": self.last_error,
+        }
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._follow_events(), name="bypass-events"),
+            loop.create_task(self._periodic(), name="bypass-scan"),
+        ]
+
+    async def close(self) -> None:
+        """Stop following and scanning; bounded, so a stuck read never blocks shutdown."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=3.0)
+            for task in pending:
+                task.cancel()
+        self._tasks = []
+
+    # -- findings ---------------------------------------------------------------------
+
+    def _emit(self, finding: Finding) -> bool:
+        if finding.key in self._seen:
+            return False
+        self._seen[finding.key] = None
+        while len(self._seen) > MAX_REMEMBERED:
+            self._seen.popitem(last=False)
+        details = {"upstream": str(self.upstream), "shim": str(self.shim_listen)}
+        details.update(finding.details)
+        self.sink.emit(
+            Finding(finding.key, finding.severity, finding.reason, details, finding.peer).notice()
+        )
+        return True
+
+    # -- the daemon's event stream ----------------------------------------------------
+
+    def _events_target(self) -> str:
+        filters = {
+            "type": ["image", "container"],
+            "event": [*WATCHED_ACTIONS, "start"],
+        }
+        target = "/events?filters=" + urllib.parse.quote(json.dumps(filters))
+        if self._last_nano:
+            # Resume where we left off, so a daemon restart does not hide a pull.
+            secs, nanos = divmod(self._last_nano, 1_000_000_000)
+            target += f"&since={secs}.{nanos:09d}"
+        return target
+
+    async def _follow_events(self) -> None:
+        backoff = 0.5
+        while not self._closing:
+            try:
+                reader, writer, headers = await _open_request(
+                    self.upstream, self._events_target(), self.request_timeout
+                )
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, _HTTPError):
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            backoff = 0.5
+            self.connected.set()
+            try:
+                buffer = ""
+                async for chunk in _body_chunks(reader, headers):
+                    objects, buffer = _json_objects(buffer + chunk.decode("utf-8", "replace"))
+                    for obj in objects:
+                        if isinstance(obj, dict):
+                            await self._on_event_supervised(obj)
+            except (OSError, asyncio.IncompleteReadError, ValueError, asyncio.LimitOverrunError):
+                pass
+            except Exception as e:  # a bug must not end the loop: say so, reconnect
+                self._internal_error("following the daemon's events", e)
+            finally:
+                self.connected.clear()
+                writer.close()
+            await asyncio.sleep(backoff)
+
+    async def _on_event_supervised(self, obj: dict[str, Any]) -> None:
+        try:
+            await self._on_event(obj)
+        except (asyncio.CancelledError, OSError):
+            raise
+        except Exception as e:
+            self._internal_error("judging a daemon event", e)
+
+    def _internal_error(self, doing: str, error: BaseException) -> None:
+        """An unexpected error in a monitor loop: reported once per kind, the loop goes on."""
+        self.errors += 1
+        self.last_error = f"{doing}: {type(error).__name__}: {error}"[:500]
+        self._emit(
+            Finding(
+                key=("monitor-error", doing, type(error).__name__),
+                severity="warning",
+                reason=f"the bypass monitor failed while {doing} ({type(error).__name__}: "
+                f"{str(error)[:200]}); it carries on, but may have missed a bypass",
+                details={"error": self.last_error},
+            )
+        )
+
+    async def _on_event(self, obj: dict[str, Any]) -> None:
+        nano = obj.get("timeNano")
+        if isinstance(nano, int):
+            self._last_nano = max(self._last_nano, nano)
+        if obj.get("Type") == "container":
+            container_id = (obj.get("Actor") or {}).get("ID") or obj.get("id")
+            if isinstance(container_id, str):
+                await self._check_container(container_id)
+            return
+        ev = parse_daemon_event(obj)
+        if ev is None:
+            return
+        findings = self.reconciler.observe(ev, time.time())
+        if findings:
+            await self._report_events(findings)
+
+    async def _report_events(self, findings: list[Finding]) -> None:
+        """Event findings carry the socket's current clients as suspects."""
+        clients = await self._client_findings()
+        suspects = [c.details["process"] for c in clients]
+        for finding in findings:
+            details = dict(finding.details)
+            details["suspects"] = suspects
+            if finding.severity == "warning":
+                details["fix"] = (
+                    f"point docker at the shim (unix://{self.shim_listen}): "
+                    "`pullgate context install`, or unset DOCKER_HOST"
+                )
+            self._emit(Finding(finding.key, finding.severity, finding.reason, details))
+        for client in clients:
+            self._emit(client)
+
+    # -- periodic scans ---------------------------------------------------------------
+
+    async def _periodic(self) -> None:
+        next_scan = 0.0
+        while not self._closing:
+            now = time.monotonic()
+            try:
+                due = self.reconciler.due(time.time())
+                if due:
+                    await self._report_events(due)
+                if now >= next_scan:
+                    next_scan = now + self.interval
+                    await self.scan()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug must not end the loop: say so, go on
+                self._internal_error("scanning", e)
+            await asyncio.sleep(0.25 if self.reconciler.pending else min(1.0, self.interval))
+
+    async def scan(self) -> list[NoticeEvent]:
+        """Scan socket clients and containers now; the notices newly emitted."""
+        emitted: list[NoticeEvent] = []
+        for finding in await self._client_findings():
+            if self._emit(finding):
+                emitted.append(finding.notice())
+        emitted.extend(await self.scan_containers())
+        return emitted
+
+    async def _client_findings(self) -> list[Finding]:
+        async with self._scan_lock:
+            try:
+                return await asyncio.to_thread(self._client_findings_sync)
+            except OSError:
+                return []
+
+    def _client_findings_sync(self) -> list[Finding]:
+        import psutil  # noqa: PLC0415 - loaded when a scan runs, not at agent start
+
+        findings = []
+        for client in socket_clients(self.upstream, exclude_pids={self.own_pid}):
+            try:
+                proc = psutil.Process(client.pid)
+                uids, gids = proc.uids(), proc.gids()
+                started = proc.create_time()
+                peer = describe_peer(client.pid, uids.real, gids.real)
+            except psutil.Error:
+                continue
+            process = {
+                "pid": peer.pid,
+                "name": peer.name,
+                "executable": peer.executable,
+                "user": peer.user,
+                "command_line": list(peer.command_line),
+                "parents": [p.name for p in peer.parents],
+            }
+            findings.append(
+                Finding(
+                    key=("process", client.pid, started),
+                    severity="warning",
+                    reason=f"process {peer.name or '?'} (pid {client.pid}, user "
+                    f"{peer.user or '?'}) is connected to the Docker daemon socket "
+                    f"{self.upstream} directly, not through the shim",
+                    details={"source": "socket-clients", "process": process},
+                    peer=peer,
+                )
+            )
+        return findings
+
+    async def scan_containers(self) -> list[NoticeEvent]:
+        try:
+            containers = await _get_json(
+                self.upstream, "/containers/json?all=1", self.request_timeout
+            )
+        except (TimeoutError, OSError, ValueError, _HTTPError, asyncio.IncompleteReadError):
+            return []
+        emitted = []
+        for container in containers if isinstance(containers, list) else []:
+            finding = self._container_finding(container)
+            if finding is not None and self._emit(finding):
+                emitted.append(finding.notice())
+        return emitted
+
+    async def _check_container(self, container_id: str) -> None:
+        try:
+            container = await _get_json(
+                self.upstream,
+                f"/containers/{urllib.parse.quote(container_id)}/json",
+                self.request_timeout,
+            )
+        except (TimeoutError, OSError, ValueError, _HTTPError, asyncio.IncompleteReadError):
+            return
+        if isinstance(container, dict):
+            finding = self._container_finding(container)
+            if finding is not None:
+                self._emit(finding)
+
+    def _container_finding(self, container: Mapping[str, Any]) -> Finding | None:
+        mounts = container_socket_mounts(container, self.upstream)
+        if not mounts:
+            return None
+        container_id = str(container.get("Id") or "")
+        names = container.get("Names")
+        name = (
+            str(names[0]).lstrip("/")
+            if isinstance(names, list) and names
+            else str(container.get("Name") or "").lstrip("/")
+        )
+        image = container.get("Image")
+        if not isinstance(image, str) or image.startswith("sha256:"):
+            config = container.get("Config")
+            image = config.get("Image") if isinstance(config, dict) else image
+        return Finding(
+            key=("container", container_id),
+            severity="warning",
+            reason=f"container {name or container_id[:12]} ({image}) mounts the Docker "
+            f"daemon socket ({mounts[0]['source']}): it can pull without the shim",
+            details={
+                "source": "containers",
+                "container": {"id": container_id, "name": name, "image": image},
+                "mounts": mounts,
+            },
+        )

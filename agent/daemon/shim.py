@@ -1,0 +1,1390 @@
+"""The Docker socket shim: an HTTP/1.1 proxy in front of dockerd that inspects pulls.
+
+One client connection maps to one upstream connection. Requests are taken one at a time
+(Docker clients never pipeline): a request is framed strictly (``http1``), routed as
+dockerd routes it (``routes``), inspected (``inspect``) and decided (``decision``); then
+it is forwarded, or answered with the 403 of the denial contract. While a request is in
+flight the client is not read, so no byte reaches the daemon before the request it
+belongs to has been inspected — and an attach or exec that the daemon turns into a raw
+stream (``101`` or ``200`` + raw-stream) is spliced only once the daemon has said so.
+
+Bodies stream with backpressure. A tar body (build context, ``docker load``) is scanned
+as it passes; the shim stops forwarding as soon as the scanner sees the archive's end
+marker and holds the rest back until the decision, so the daemon cannot finish reading
+the archive — and so cannot start the build or commit the load — before it is allowed.
+A denial then aborts the upstream connection mid-body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import cast
+from urllib.parse import quote
+
+import httptools
+
+from agent.core.decision import Verdict, decide
+from agent.core.events import DecisionEvent
+from agent.core.inspection.http1 import (
+    MAX_HEAD_BYTES,
+    BodyReader,
+    ProtocolError,
+    RequestHead,
+    find_head_end,
+    parse_request_head,
+)
+from agent.core.inspection.request import (
+    MAX_ANCESTORS,
+    MAX_JSON_BODY,
+    After,
+    EventAction,
+    Inspection,
+    InspectionError,
+    LocalImage,
+    Lookup,
+    NeedJson,
+    NeedTar,
+    SettingOutcome,
+    TarFindings,
+    Wanted,
+    inspect_head,
+    inspect_json_body,
+    local_image_wants,
+    loses_last_name,
+    nameless_outcome,
+    onbuild_wants,
+    resolved_by_name,
+    with_build_lookups,
+)
+from agent.core.inspection.routes import Endpoint, Route, RouteError, parse_query, route_request
+from agent.core.inspection.tarscan import TarScanError, TarScanner
+from agent.core.messages import defuse, denial_message
+from agent.core.peer import PeerInfo
+from agent.core.policy.document import BuildsSetting, OnCreateSetting, Policy
+from agent.daemon.bus import DecisionSink
+from agent.platform.peer import describe_peer, peer_credentials
+from agent.platform.unix_sockets import claim_socket_path
+
+__all__ = ["HeadCache", "Shim", "ShimConfig"]
+
+_RAW_STREAM_TYPES = (
+    "application/vnd.docker.raw-stream",
+    "application/vnd.docker.multiplexed-stream",
+)
+_VERBS = {
+    EventAction.CREATE: "running",
+    EventAction.LOAD: "loading",
+    EventAction.IMPORT: "importing",
+    EventAction.SERVICE: "deploying",
+    EventAction.TAG: "tagging",
+    EventAction.COMMIT: "committing",
+}
+#: Bytes after a tar's end marker the shim will hold back before refusing the request.
+_MAX_HELD_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A local image decided before its request went upstream: the daemon's success
+    answer is held until what it made is shown to use this image (``image_id``; None
+    when the name named nothing at lookup time)."""
+
+    lookup: Lookup
+    image_id: str | None
+    name_wants: tuple[Wanted, ...] = ()  # the lookup's name, decided as a name
+
+
+#: A held success answer (create, tag, commit) is small; a bigger one is not trusted.
+_MAX_HELD_RESPONSE = 1 << 20
+
+
+@dataclass(frozen=True)
+class ShimConfig:
+    listen: Path
+    upstream: Path
+    socket_mode: int = 0o660
+    socket_group: int | None = None
+
+
+class Shim:
+    """The listening socket and what every connection shares."""
+
+    def __init__(
+        self,
+        config: ShimConfig,
+        policy: Callable[[], Policy],
+        sink: DecisionSink,
+        *,
+        audit_gate: Callable[[], str | Awaitable[str | None] | None] | None = None,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.sink = sink
+        # After the decision is recorded: a refusal message when it could not be, or an
+        # awaitable of one while the record is still being written (ClientConnection
+        # holds what the request sends until then).
+        self.audit_gate = audit_gate
+        self.host = socket.gethostname()
+        self._server: asyncio.AbstractServer | None = None
+        self.connections: set[ClientConnection] = set()
+        self.heads = HeadCache()
+
+    async def start(self) -> None:
+        path = self.config.listen
+        path.parent.mkdir(parents=True, exist_ok=True)
+        claim_socket_path(path, "the Docker socket shim")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(
+            lambda: ClientConnection(self), str(path), backlog=1024
+        )
+        os.chmod(path, self.config.socket_mode)
+        if self.config.socket_group is not None:
+            os.chown(path, -1, self.config.socket_group)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.config.listen.unlink()
+
+
+#: Headers that carry secrets: a head holding one is never kept in the HeadCache.
+_SECRET_HEADERS = frozenset(
+    {"authorization", "cookie", "proxy-authorization", "x-registry-auth", "x-registry-config"}
+)
+
+
+class HeadCache:
+    """Parsed heads of recent pass-through requests, keyed by their exact bytes.
+
+    Pollers (IDE plugins, dashboards, ``watch docker ps``, the CLI's ``/_ping`` before
+    every command) send byte-identical heads again and again. Parsing and routing are
+    pure functions of those bytes, so a repeat costs one dict lookup. Only heads routed
+    to endpoints that are not inspected, small, and free of credentials are kept; an
+    inspected request is always parsed afresh, and a refused head raises before it
+    could be kept. Oldest out first once ``limit`` is reached.
+    """
+
+    __slots__ = ("entries", "limit")
+
+    #: Longer heads are parsed every time (and a full cache stays well under 1 MiB).
+    MAX_HEAD = 2048
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self.entries: dict[bytes, tuple[RequestHead, Route]] = {}
+
+    def add(self, raw: bytes, head: RequestHead, route: Route) -> None:
+        if route.inspected or len(raw) > self.MAX_HEAD:
+            return
+        if any(name in _SECRET_HEADERS for name, _ in head.headers):
+            return
+        if len(self.entries) >= self.limit:
+            del self.entries[next(iter(self.entries))]
+        self.entries[raw] = (head, route)
+
+
+def _credentials(transport: asyncio.BaseTransport) -> tuple[int | None, int | None, int | None]:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None, None, None
+    return peer_credentials(sock)
+
+
+def _json_response(status: int, message: str, *, close: bool) -> bytes:
+    reason = {
+        400: "Bad Request",
+        403: "Forbidden",
+        431: "Request Header Fields Too Large",
+        501: "Not Implemented",
+        502: "Bad Gateway",
+        505: "HTTP Version Not Supported",
+    }.get(status, "Error")
+    body = json.dumps({"message": defuse(message)}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+def _upstream_error(path: Path, error: OSError) -> str:
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        return (
+            "pullgate: the agent has run out of file descriptors (too many open connections); "
+            "raise its open-file limit (LimitNOFILE) or close idle clients"
+        )
+    why = {
+        errno.ENOENT: "there is no socket at that path",
+        errno.ECONNREFUSED: "nothing is listening on it",
+        errno.EACCES: "this agent may not open it",
+    }.get(error.errno or 0, error.strerror or str(error))
+    return (
+        f"pullgate: cannot reach the Docker daemon at unix://{path} ({why}). Is dockerd "
+        "running? Check the agent's --upstream setting or run `pullgate doctor`."
+    )
+
+
+#: The reader of every request without a body that goes straight through: framing
+#: nothing, it is never fed or changed, so one serves all.
+_NO_BODY = BodyReader(None, False)
+
+# --- states ---------------------------------------------------------------------------
+_HEAD, _BODY, _BUFFER, _TAR, _DECIDING, _WAIT, _SPLICE, _CLOSED, _DRAIN = range(9)
+#: After a refusal, how long and how much of the rest of a request body is read and dropped.
+_DRAIN_SECONDS = 30.0
+#: Bytes a client may send ahead of the response to its request before it is paused.
+_MAX_BACKLOG = 256 * 1024
+_DRAIN_BYTES = 1 << 30
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """The daemon side of one client connection; hands everything to its client."""
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.client.upstream_data(data)
+
+    def eof_received(self) -> bool:
+        return self.client.upstream_eof()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        self.client.pause_client_reading("upstream")
+
+    def resume_writing(self) -> None:
+        self.client.resume_client_reading("upstream")
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: frames, inspects and forwards its requests."""
+
+    def __init__(self, shim: Shim) -> None:
+        self.shim = shim
+        self.transport: asyncio.Transport | None = None
+        self._peer: PeerInfo | None = None
+        self.buf = bytearray()
+        self.state = _HEAD
+        self.head: RequestHead | None = None
+        self.route: Route | None = None
+        self.reader: BodyReader | None = None
+        # what the request needs before it may go upstream
+        self.held: list[bytes] = []  # request bytes not yet forwarded
+        self.held_size = 0
+        self.payload = bytearray()
+        self.tar: TarScanner | None = None
+        self.tar_plan: NeedTar | None = None
+        self.holding_tail = False
+        self.checked: _Checked | None = None  # see _verify_response
+        self.response_held: list[bytes] = []
+        self.task: asyncio.Task[None] | None = None  # a lookup or a check under way
+        # while this request's audit records are written: what it would send meanwhile
+        self.audit_wait: asyncio.Future[str | None] | None = None
+        self.audit_held: list[bytes] = []
+        self.refusal_held: tuple[int, str, bool] | None = None
+
+        # upstream
+        self.upstream: UpstreamProtocol | None = None
+        self.upstream_pending: list[bytes] = []
+        self.connecting: asyncio.Task[None] | None = None
+        # response side
+        self.rtracker: _ResponseTracker | None = None
+        self._spare_tracker: _ResponseTracker | None = None  # see _ResponseTracker.reset
+        self.request_done = False
+        self.response_done = True
+        self.close_after_response = False
+        self._paused_by: set[str] = set()
+        self.client_eof = False
+        self.daemon_eof = False
+        self.drained = 0
+        self.drain_timer: asyncio.TimerHandle | None = None
+
+    # -- client transport -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        # Connect to the daemon while the client is still sending its first request.
+        self.connecting = asyncio.get_running_loop().create_task(self._connect(eager=True))
+        self.shim.connections.add(self)
+
+    @property
+    def peer(self) -> PeerInfo:
+        """The client process, looked up once and only when a decision needs it."""
+        if self._peer is None:
+            credentials: tuple[int | None, int | None, int | None] = (None, None, None)
+            if self.transport is not None:
+                credentials = _credentials(self.transport)
+            self._peer = describe_peer(*credentials)
+        return self._peer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = _CLOSED
+        if self.drain_timer is not None:
+            self.drain_timer.cancel()
+        self.shim.connections.discard(self)
+        self._close_upstream()
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == _HEAD and not self.buf:
+            known = self.shim.heads.entries.get(data)
+            if known is not None:
+                # The read is exactly a head seen before (the cache holds single heads
+                # that parsed cleanly and route to endpoints that are not inspected).
+                self._pass_through(*known)
+                return
+        if self.state == _SPLICE:
+            self._to_upstream(data)
+            return
+        if self.state == _DRAIN:
+            self.drained += len(data)
+            if self.drained > _DRAIN_BYTES:
+                self._end_drain()
+            return
+        if not self.buf and self.state in (_BODY, _TAR):
+            # Fast path for body bytes (load, build contexts, stdin): no copies.
+            try:
+                n = self._body_bytes(data)
+            except ProtocolError as e:
+                self._refuse(e.status, f"pullgate: {e.message}")
+                return
+            except InspectionError as e:
+                self._refuse(e.status, e.message)
+                return
+            except TarScanError as e:
+                self._refuse(400, f"pullgate: cannot inspect the {self._tar_what()}: {e}")
+                return
+            if n == len(data):
+                return
+            data = data[n:]
+        if (
+            self.state == _HEAD
+            and not self.buf
+            and data.endswith(b"\r\n\r\n")
+            and data.find(b"\r\n\r\n") == len(data) - 4
+        ):
+            self._process(head=data)  # exactly one head, nothing after it
+            return
+        self.buf += data
+        if self.state in (_WAIT, _DECIDING):
+            if len(self.buf) > _MAX_BACKLOG:
+                self.pause_client_reading("backlog")
+            return
+        self._process()
+
+    def _body_bytes(self, data: bytes) -> int:
+        """Pass or scan body bytes straight from a read; returns how many belonged to it."""
+        reader = self.reader
+        assert reader is not None
+        with memoryview(data) as view:
+            n, pieces = reader.feed(view)
+            if self.state == _TAR:
+                assert self.tar is not None
+                for piece in pieces:
+                    self.tar.feed(piece)
+            del pieces
+        raw = data if n == len(data) else data[:n]
+        if self.state == _BODY:
+            if n:
+                self._to_upstream(raw)
+            if reader.done:
+                self._request_complete()
+        else:
+            self._tar_forward(raw)
+        return n
+
+    def eof_received(self) -> bool:
+        if self.state == _DRAIN:
+            self._end_drain()
+            return False
+        if self.state == _SPLICE and self.upstream and self.upstream.transport:
+            self.client_eof = True
+            if self.daemon_eof:
+                self._close_both()
+                return False
+            if self.upstream.transport.can_write_eof():
+                self.upstream.transport.write_eof()
+            return True
+        if self.state in (_WAIT, _DECIDING) and not self.buf:
+            # Half-closed after sending its request: it is still owed the response.
+            self.close_after_response = True
+            return True
+        self.abort()
+        return False
+
+    def pause_writing(self) -> None:
+        if self.upstream and self.upstream.transport:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream and self.upstream.transport:
+            self.upstream.transport.resume_reading()
+
+    def pause_client_reading(self, why: str) -> None:
+        if not self._paused_by and self.transport and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._paused_by.add(why)
+
+    def resume_client_reading(self, why: str) -> None:
+        if why not in self._paused_by:
+            return  # the common case, once per response: nothing to undo
+        self._paused_by.discard(why)
+        if not self._paused_by and self.transport and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _close_both(self) -> None:
+        """Both directions of a spliced stream ended: flush and close both sides."""
+        self.state = _CLOSED
+        if self.transport is not None:
+            self.transport.close()
+        self._close_upstream()
+
+    def abort(self) -> None:
+        self.state = _CLOSED
+        if self.transport is not None:
+            self.transport.abort()
+        self._close_upstream(abort=True)
+
+    # -- requests ---------------------------------------------------------------------
+
+    def _process(self, head: bytes | None = None) -> None:
+        """Advance the request side as far as the buffered bytes allow.
+
+        ``head`` is a complete request head read straight off the socket (the common
+        case: one request per read), handled without copying it through ``buf``.
+        """
+        try:
+            if head is not None:
+                self._handle_head(head)
+            while self.buf and self.state not in (_WAIT, _DECIDING, _CLOSED, _SPLICE, _DRAIN):
+                if self.state == _HEAD:
+                    if not self._start_request():
+                        return
+                elif self.state == _BODY:
+                    self._pass_body()
+                elif self.state == _BUFFER:
+                    self._buffer_body()
+                elif self.state == _TAR:
+                    self._tar_body()
+        except ProtocolError as e:
+            self._refuse(e.status, f"pullgate: {e.message}")
+        except (InspectionError, RouteError) as e:
+            self._refuse(
+                e.status,
+                e.message if e.message.startswith("pullgate:") else f"pullgate: {e.message}",
+            )
+        except TarScanError as e:
+            self._refuse(400, f"pullgate: cannot inspect the {self._tar_what()}: {e}")
+
+    def _tar_what(self) -> str:
+        return self.tar_plan.what if self.tar_plan else "archive"
+
+    def _start_request(self) -> bool:
+        end = find_head_end(self.buf)
+        if end < 0:
+            if len(self.buf) > MAX_HEAD_BYTES:
+                raise ProtocolError(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+            return False
+        raw = bytes(self.buf[:end])
+        del self.buf[:end]
+        known = self.shim.heads.entries.get(raw)
+        if known is not None:
+            self._pass_through(*known)
+        else:
+            self._handle_head(raw)
+        return True
+
+    def _pass_through(self, head: RequestHead, route: Route) -> None:
+        """Forward a request to an endpoint that is not inspected; its body streams after.
+
+        The hot path of the shim (``/_ping``, ``/containers/json``, logs, stats...).
+        """
+        self.head, self.route = head, route
+        self.close_after_response = not head.keep_alive
+        self._expect_response(head.method, route)
+        self._to_upstream(head.raw)
+        if head.content_length is None and not head.chunked:
+            # No body (most requests): the request is complete; its response comes next.
+            self.reader = _NO_BODY
+            self.request_done = True
+            self.state = _WAIT
+            return
+        self.request_done = False
+        self.reader = BodyReader(head.content_length, head.chunked)
+        self.state = _BODY
+        if self.reader.done:
+            self._request_complete()
+
+    def _handle_head(self, raw: bytes) -> None:
+        """Frame, route and inspect one head the HeadCache does not know; forward or refuse."""
+        head = parse_request_head(raw)
+        route = route_request(head.target)
+        if not route.inspected:
+            self.shim.heads.add(raw, head, route)
+            self._pass_through(head, route)
+            return
+        self.held, self.held_size = [], 0
+        self.head, self.route = head, route
+        self.request_done = False
+        self.close_after_response = not head.keep_alive
+        reader = BodyReader(head.content_length, head.chunked)
+        self.reader = reader
+        plan = inspect_head(route, head, self.shim.policy())
+        if isinstance(plan, Inspection):
+            if self._apply(plan):
+                self._begin_forward(head)
+                self.state = _BODY
+                if reader.done:
+                    self._request_complete()
+            return
+        if isinstance(plan, NeedJson):
+            reader.want_payload = True
+            self.payload = bytearray()
+            self.held = [head.raw]
+            self.state = _BUFFER
+            if reader.done:
+                self._json_ready()
+            return
+        # NeedTar: the head goes now; the body streams through the scanner.
+        reader.want_payload = True
+        self.tar = TarScanner(plan.wanted)
+        self.tar_plan = plan
+        self.holding_tail = False
+        self._begin_forward(head)
+        self.state = _TAR
+        if reader.done:
+            self._tar_ready()
+        return
+
+    def _begin_forward(self, head: RequestHead) -> None:
+        self._expect_response(head.method, self.route)
+        self._to_upstream(head.raw)
+
+    def _expect_response(self, method: str, route: Route | None) -> None:
+        """A request goes upstream now: follow its response from the first byte."""
+        self.response_done = False
+        if route is not None and route.endpoint is Endpoint.HIJACK:
+            self.rtracker = _HijackTracker(method)
+        elif self._spare_tracker is not None:
+            self.rtracker = self._spare_tracker
+            self.rtracker.reset(method)
+            self._spare_tracker = None
+        else:
+            self.rtracker = _ResponseTracker(method)
+
+    def _pass_body(self) -> None:
+        assert self.reader is not None
+        n, _ = self.reader.feed(memoryview(self.buf))
+        if n:
+            self._to_upstream(bytes(self.buf[:n]))
+            del self.buf[:n]
+        if self.reader.done:
+            self._request_complete()
+
+    def _request_complete(self) -> None:
+        """The whole request went upstream; its response comes before the next request.
+
+        Bytes that arrive meanwhile wait in ``buf`` (Docker clients never pipeline, so
+        there are none, and pausing the socket every request would cost two syscalls);
+        a client that floods is paused once ``buf`` passes a bound.
+        """
+        self.request_done = True
+        self.state = _WAIT
+
+    def _take_body(self) -> tuple[bytes, bytes]:
+        """Consume this request's bytes from ``buf``: (raw bytes, payload without framing)."""
+        assert self.reader is not None
+        with memoryview(self.buf) as view:
+            n, pieces = self.reader.feed(view)
+            payload = b"".join(pieces)
+            del pieces
+        raw = bytes(self.buf[:n])
+        del self.buf[:n]
+        return raw, payload
+
+    def _buffer_body(self) -> None:
+        assert self.reader is not None
+        raw, payload = self._take_body()
+        self.payload += payload
+        if raw:
+            self.held.append(raw)
+        if len(self.payload) > MAX_JSON_BODY:
+            raise InspectionError(f"pullgate: request body larger than {MAX_JSON_BODY} bytes")
+        if self.reader.done:
+            self._json_ready()
+
+    def _json_ready(self) -> None:
+        assert self.route is not None
+        on_create = self.shim.policy().on_create
+        inspection = inspect_json_body(self.route, bytes(self.payload), on_create)
+        self.payload = bytearray()
+        if inspection.lookups:
+            self.state = _DECIDING
+            self.pause_client_reading("deciding")
+            self.task = asyncio.get_running_loop().create_task(self._lookup_then_decide(inspection))
+            return
+        self._finish_buffered(inspection)
+
+    async def _lookup_then_decide(self, inspection: Inspection, *, tar: bool = False) -> None:
+        """Resolve local images as the daemon will, then decide them by all their names.
+
+        A name the daemon finds by ID (prefix) is not decided as a name: the image's
+        own names are. What was checked is remembered to verify the daemon's answer.
+        ``tar``: a build whose archive is held (its head and most of it went upstream).
+        """
+        wants = list(inspection.wants)
+        setting = inspection.setting
+        checked: _Checked | None = None
+        sources: set[str] = set()
+        try:
+            for lookup in inspection.lookups:
+                image = await self._lookup_image(lookup)
+                if lookup.moves:
+                    # Moving a name away can leave content nameless. With a Parent its
+                    # ancestors judge it then; without, it is refused by ID — except with
+                    # builds: allow (_content_wants): only then may its names not be lost.
+                    # A tag onto the content it already names moves nothing.
+                    same = (
+                        lookup.action is EventAction.TAG
+                        and image is not None
+                        and image.id in sources
+                    )
+                    if (
+                        image is not None
+                        and not same
+                        and not image.parent
+                        and self.shim.policy().builds is BuildsSetting.ALLOW
+                        and loses_last_name(lookup.name, image)
+                    ):
+                        why = "its last name would move to other content"
+                        wants += local_image_wants(lookup.name, image, lookup.action, why)
+                    continue
+                if image is not None:
+                    sources.add(image.id)
+                if lookup.after is not None:
+                    named = tuple(w for w in inspection.wants if w.input == lookup.name)
+                    checked = _Checked(lookup, image.id if image is not None else None, named)
+                if image is None:
+                    continue
+                if lookup.action is EventAction.CREATE and not resolved_by_name(lookup.name, image):
+                    # Found by ID: a create never pulls, so the name names nothing it uses
+                    # (a build or a service may still pull it: there it stays decided).
+                    wants = [w for w in wants if w.input != lookup.name]
+                found, outcome = await self._content_wants(lookup, image)
+                wants += found
+                if lookup.action is EventAction.BUILD:
+                    wants += onbuild_wants(lookup.name, image, lookup.action)
+                if outcome is not None and (setting is None or setting.allowed):
+                    setting = outcome
+        except OSError as e:
+            self._refuse(502, _upstream_error(self.shim.config.upstream, e))
+            return
+        except InspectionError as e:
+            self._refuse(e.status, e.message)
+            return
+        if self.state == _CLOSED:
+            return
+        decided = Inspection(wants=tuple(wants), setting=setting)
+        self.resume_client_reading("deciding")
+        if tar:
+            self._finish_tar(decided)
+        else:
+            self.state = _BUFFER
+            self.checked = checked
+            self._finish_buffered(decided)
+        self._process()
+
+    def _finish_buffered(self, inspection: Inspection) -> None:
+        assert self.head is not None
+        if not self._apply(inspection):
+            return
+        if self.checked is not None:
+            # Held until what the daemon made is shown to use the content decided.
+            self.response_done = False
+            self.rtracker = _HeldTracker(self.head.method)
+        else:
+            self._expect_response(self.head.method, self.route)
+        for chunk in self.held:
+            self._to_upstream(chunk)
+        self.held = []
+        self._request_complete()
+
+    async def _ask_daemon(self, method: str, path: str) -> tuple[int, bytes]:
+        """One request of the shim's own, on a connection of its own: (status, body)."""
+        reader, writer = await asyncio.open_unix_connection(str(self.shim.config.upstream))
+        try:
+            writer.write(
+                f"{method} {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode(
+                    "latin-1"
+                )
+            )
+            async with asyncio.timeout(30):
+                raw = await reader.read(-1)
+        finally:
+            writer.close()
+        head_end = raw.find(b"\r\n\r\n")
+        status_line = raw[: raw.find(b"\r\n")].split()
+        status = int(status_line[1]) if len(status_line) > 1 and status_line[1].isdigit() else 0
+        body = raw[head_end + 4 :] if head_end >= 0 else b""
+        if b"transfer-encoding: chunked" in raw[:head_end].lower():
+            body = _dechunk(body)
+        return status, body
+
+    async def _daemon_json(self, path: str, what: str) -> object | None:
+        """The daemon's JSON answer to ``GET path`` (None: it has no such thing)."""
+        status, body = await self._ask_daemon("GET", path)
+        if status == 404:
+            return None
+        if status != 200:
+            raise InspectionError(
+                f"pullgate: the daemon could not describe {what} (HTTP {status})", 502
+            )
+        try:
+            value: object = json.loads(body)
+        except ValueError as e:
+            raise InspectionError(
+                f"pullgate: the daemon's description of {what} is not JSON", 502
+            ) from e
+        return value
+
+    async def _local_image(self, name: str) -> LocalImage | None:
+        """Ask the daemon what it has under ``name`` (None: it has nothing)."""
+        path = "/images/" + quote(name, safe="/:@") + "/json"
+        info = await self._daemon_json(path, f"image {name!r}")
+        return None if info is None else LocalImage.from_daemon(info)
+
+    async def _content_wants(
+        self, lookup: Lookup, image: LocalImage
+    ) -> tuple[list[Wanted], SettingOutcome | None]:
+        """What local content must be allowed under: all its names; for nameless content
+        (classic build steps, commits) those of its nearest named ancestor; with none,
+        a setting outcome (``nameless_outcome``)."""
+        if image.named:
+            return local_image_wants(lookup.name, image, lookup.action), None
+        ancestor = image
+        for _ in range(MAX_ANCESTORS):
+            parent = await self._local_image(ancestor.parent) if ancestor.parent else None
+            if parent is None:
+                break
+            if parent.named:
+                why = f"local image {lookup.name}, built on {parent.id[:19]}"
+                return local_image_wants(lookup.name, parent, lookup.action, why), None
+            ancestor = parent
+        return [], nameless_outcome(lookup.name, lookup.action, self.shim.policy().builds)
+
+    async def _lookup_image(self, lookup: Lookup) -> LocalImage | None:
+        """The image a lookup means: by name or ID, or a container's image."""
+        if not lookup.container:
+            return await self._local_image(lookup.name)
+        path = "/containers/" + quote(lookup.name, safe="") + "/json"
+        info = await self._daemon_json(path, f"container {lookup.name!r}")
+        if info is None:
+            return None
+        image_id = info.get("Image") if isinstance(info, dict) else None
+        if not isinstance(image_id, str) or not image_id.startswith("sha256:"):
+            raise InspectionError(f"pullgate: the daemon named no image of {lookup.name!r}", 502)
+        image = await self._local_image(image_id)
+        # The image may be gone (removed with force): the container still holds it.
+        return image if image is not None else LocalImage(image_id)
+
+    def _tar_body(self) -> None:
+        assert self.reader is not None and self.tar is not None
+        raw, payload = self._take_body()
+        if raw:
+            self.tar.feed(payload)
+        self._tar_forward(raw)
+
+    def _tar_forward(self, raw: bytes) -> None:
+        """Forward scanned tar body bytes, or hold them once the archive may be ending."""
+        assert self.reader is not None and self.tar is not None
+        if raw:
+            if not self.holding_tail and self.tar.end_started:
+                self.holding_tail = True
+            if self.holding_tail or self.reader.done:
+                self.held.append(raw)
+                self.held_size += len(raw)
+                if self.held_size > _MAX_HELD_BYTES:
+                    raise InspectionError(
+                        f"pullgate: more than {_MAX_HELD_BYTES} bytes after the end of the "
+                        f"{self._tar_what()}"
+                    )
+            else:
+                self._to_upstream(raw)
+        if self.reader.done:
+            self._tar_ready()
+
+    def _tar_ready(self) -> None:
+        assert self.tar is not None and self.tar_plan is not None
+        self.tar.finish()
+        found = TarFindings(
+            final={name: m.data for name, m in self.tar.members().items()},
+            every=[(m.name, m.data) for m in self.tar.all_members()],
+            links={**self.tar.symlinks(), **self.tar.hardlinks()},
+            link_on_path=self.tar.link_on_path,
+        )
+        inspection = self.tar_plan.finish(found)
+        self.tar = None
+        if self.shim.policy().on_create is OnCreateSetting.CHECK and self.route is not None:
+            targets = parse_query(self.route.raw_query).get_all("t")
+            inspection = with_build_lookups(inspection, targets)
+        if inspection.lookups:
+            # The archive's last bytes stay held while the daemon is asked.
+            self.state = _DECIDING
+            self.pause_client_reading("deciding")
+            self.task = asyncio.get_running_loop().create_task(
+                self._lookup_then_decide(inspection, tar=True)
+            )
+            return
+        self._finish_tar(inspection)
+
+    def _finish_tar(self, inspection: Inspection) -> None:
+        if not self._apply(inspection, abort_upstream=True):
+            return
+        for chunk in self.held:
+            self._to_upstream(chunk)
+        self.held, self.held_size = [], 0
+        self._request_complete()
+
+    # -- decisions --------------------------------------------------------------------
+
+    def _apply(self, inspection: Inspection, *, abort_upstream: bool = False) -> bool:
+        """Decide an inspection; on a denial answer 403 and return False."""
+        denial = self._denial(inspection)
+        if denial is None:
+            return True
+        if abort_upstream:
+            # The daemon has the head and part of the body: cut it off mid-body so it
+            # never sees a complete request.
+            self._close_upstream(abort=True)
+            self.response_done = True
+        self._refuse(403, denial, log=False)
+        return False
+
+    def _denial(self, inspection: Inspection) -> str | None:
+        """Decide and record an inspection: the message of its first denial, if any."""
+        assert self.head is not None and self.route is not None
+        policy = self.shim.policy()
+        now = datetime.now(UTC)
+        endpoint = f"{self.head.method} {self.route.path}"
+        denial: str | None = None
+        setting = inspection.setting
+        if setting is not None:
+            verdict = "allow" if setting.allowed else "deny"
+            message = None
+            if not setting.allowed:
+                message = f"pullgate: {setting.reason}."
+                if setting.hint:
+                    message += f" Instead, {setting.hint}."
+                denial = message
+            self.shim.sink.emit(
+                DecisionEvent(
+                    action=str(setting.action),
+                    decision=verdict,
+                    image=None,
+                    input=None,
+                    category=None,
+                    rule=setting.setting,
+                    reason=setting.reason,
+                    policy=policy.label,
+                    policy_serial=policy.serial,
+                    endpoint=endpoint,
+                    message=message,
+                    peer=self.peer,
+                )
+            )
+        seen: set[tuple[str, bool, EventAction]] = set()
+        for want in inspection.wants:
+            key = (str(want.reference), want.all_tags, want.action)
+            if key in seen:
+                continue  # one image named twice (manifest.json and repositories)
+            seen.add(key)
+            message = self._decide_one(policy, want, now, endpoint)
+            if message is not None and denial is None:
+                denial = message
+        if (inspection.wants or setting) and self.shim.audit_gate:
+            gate = self.shim.audit_gate()
+            if gate is None or isinstance(gate, str):
+                denial = denial or gate
+            else:
+                self._await_audit(gate)
+        return denial
+
+    def _await_audit(self, gate: Awaitable[str | None]) -> None:
+        """Hold what the request sends upstream (or its refusal) until its audit records
+        are durable: the write happens off the loop, the answer still comes after it."""
+        self.pause_client_reading("audit")
+        self.audit_wait = asyncio.ensure_future(gate)
+        self.audit_wait.add_done_callback(self._audit_done)
+
+    def _audit_done(self, future: asyncio.Future[str | None]) -> None:
+        self.audit_wait = None
+        held, self.audit_held = self.audit_held, []
+        refusal_held, self.refusal_held = self.refusal_held, None
+        if self.state == _CLOSED or self.transport is None:
+            return
+        self.resume_client_reading("audit")
+        if future.cancelled() or future.exception() is not None:
+            refusal: str | None = "pullgate: the audit log could not be written"
+        else:
+            refusal = future.result()
+        if refusal_held is not None:
+            self._refuse(*refusal_held[:2], log=refusal_held[2])
+        elif refusal is not None:
+            self._refuse(403, refusal, log=False)
+        else:
+            for data in held:
+                self._to_upstream(data)
+            self._process()
+
+    def _decide_one(self, policy: Policy, want: Wanted, now: datetime, endpoint: str) -> str | None:
+        d = decide(
+            policy,
+            want.reference,
+            now=now,
+            host=self.shim.host,
+            all_tags=want.all_tags,
+        )
+        message = None
+        if d.verdict is not Verdict.ALLOW:
+            context = "all tags" if want.all_tags else want.detail
+            message = denial_message(d, context, verb=_VERBS.get(want.action, "pulling"))
+        self.shim.sink.emit(
+            DecisionEvent(
+                action=str(want.action),
+                decision=str(d.verdict),
+                image=d.canonical if not want.all_tags else f"{d.reference.name} (all tags)",
+                input=want.input,
+                category=str(d.category),
+                rule=d.rule,
+                reason=d.reason,
+                policy=d.policy,
+                policy_serial=d.policy_serial,
+                endpoint=endpoint,
+                message=message,
+                detail=want.detail,
+                peer=self.peer,
+            )
+        )
+        return message if d.verdict is Verdict.DENY else None
+
+    def _refuse(self, status: int, message: str, *, log: bool = True) -> None:
+        """Answer locally and close: the rest of this request is never forwarded."""
+        if self.state == _CLOSED or self.transport is None:
+            return
+        if self.audit_wait is not None:  # the answer waits for the audit record
+            self.refusal_held = (status, message, log)
+            self.state = _DECIDING
+            return
+        if log:
+            print(f"pullgate: refused a request: {message}", file=sys.stderr)
+        if not self.response_done:
+            # Part of this request already went upstream (a tar body): drop that side.
+            self._close_upstream(abort=True)
+        self._close_upstream()
+        self.transport.write(_json_response(status, message, close=True))
+        if self.reader is not None and self.reader.done and not self.buf:
+            self.state = _CLOSED
+            self.transport.close()
+            return
+        # The client may still be sending the body. Closing now would reset the
+        # connection under it, and it would report "broken pipe" instead of our message:
+        # end our side, then read and discard until it stops (bounded in bytes and time).
+        self.state = _DRAIN
+        self.drained = len(self.buf)
+        self.buf.clear()
+        self.resume_client_reading("backlog")
+        self.resume_client_reading("deciding")
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        loop = asyncio.get_running_loop()
+        self.drain_timer = loop.call_later(_DRAIN_SECONDS, self._end_drain)
+
+    def _end_drain(self) -> None:
+        self.state = _CLOSED
+        if self.drain_timer is not None:
+            self.drain_timer.cancel()
+            self.drain_timer = None
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- upstream ---------------------------------------------------------------------
+
+    def _to_upstream(self, data: bytes) -> None:
+        if self.audit_wait is not None:
+            self.audit_held.append(data)
+            return
+        up = self.upstream
+        if up is not None and up.transport is not None and not up.transport.is_closing():
+            up.transport.write(data)
+            return
+        self.upstream_pending.append(data)
+        if self.connecting is None and (
+            up is None or up.transport is None or up.transport.is_closing()
+        ):
+            self.connecting = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self, *, eager: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        path = self.shim.config.upstream
+        try:
+            _, protocol = await loop.create_unix_connection(
+                lambda: UpstreamProtocol(self), str(path)
+            )
+        except OSError as e:
+            self.connecting = None
+            if eager and not self.upstream_pending:
+                return  # nothing to send yet: the first request retries and reports
+            self.upstream_pending = []
+            self.response_done = True
+            self._refuse(502, _upstream_error(path, e))
+            return
+        self.connecting = None
+        if self.state == _CLOSED:
+            assert protocol.transport is not None
+            protocol.transport.close()
+            return
+        self.upstream = protocol
+        assert protocol.transport is not None
+        pending, self.upstream_pending = self.upstream_pending, []
+        protocol.transport.writelines(pending)
+
+    def _close_upstream(self, *, abort: bool = False) -> None:
+        up = self.upstream
+        self.upstream = None
+        self.upstream_pending = []
+        if up is not None and up.transport is not None:
+            if abort:
+                up.transport.abort()
+            else:
+                up.transport.close()
+
+    def upstream_lost(self, up: UpstreamProtocol) -> None:
+        if up is not self.upstream:
+            return
+        self.upstream = None
+        if self.state == _CLOSED or self.transport is None:
+            return
+        if self.response_done and self.state == _HEAD and not self.buf:
+            return  # idle keep-alive connection closed by the daemon; reconnect on demand
+        self.transport.close()
+        self.state = _CLOSED
+
+    def upstream_eof(self) -> bool:
+        if self.state == _SPLICE:
+            self.daemon_eof = True
+            if self.client_eof:
+                self._close_both()
+                return False
+            if self.transport is not None and self.transport.can_write_eof():
+                self.transport.write_eof()
+            return True
+        # A response that runs until the connection closes ends here; so does everything
+        # the daemon was still owed. An idle keep-alive connection just reconnects later.
+        if not self.response_done and self.transport is not None:
+            self.transport.close()
+            self.state = _CLOSED
+        return False
+
+    # -- responses --------------------------------------------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or self.state in (_CLOSED, _DRAIN):
+            return
+        if self.state == _SPLICE:
+            transport.write(data)
+            return
+        tracker = self.rtracker
+        if self.response_done or tracker is None:
+            # The daemon spoke out of turn (no request in flight): stop trusting framing.
+            self.abort()
+            return
+        upgraded = False
+        try:
+            tracker.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            upgraded = True
+        except httptools.HttpParserError as e:
+            print(f"pullgate: bad response from the daemon: {e}", file=sys.stderr)
+            self.abort()
+            return
+        if tracker.held:
+            self._hold_response(data, tracker)
+            return
+        # Bytes go to the client exactly as the daemon sent them, in one write.
+        transport.write(data)
+        if tracker.extra:
+            # The daemon sent bytes after the response (or a second response): we cannot
+            # tell whose they are.
+            self.abort()
+            return
+        if upgraded or tracker.upgraded or (tracker.hijack and self._is_hijack(tracker)):
+            self._splice()
+            return
+        if tracker.complete:
+            if not tracker.keep_alive:
+                self.close_after_response = True
+            elif not tracker.hijack and not tracker.head_request:
+                # llhttp is ready for the next response: reuse it for the next request.
+                self._spare_tracker = tracker
+            self._response_complete()
+
+    def _hold_response(self, data: bytes, tracker: _ResponseTracker) -> None:
+        """Keep the answer to a create, tag or commit until ``_verify_response`` is done."""
+        self.response_held.append(data)
+        size = sum(len(piece) for piece in self.response_held)
+        if tracker.extra or tracker.upgraded or size > _MAX_HELD_RESPONSE:
+            self.abort()
+            return
+        if not tracker.complete:
+            return
+        # This connection to the daemon has served its purpose; the next request gets a
+        # fresh one, so nothing the daemon does with it can reach the client meanwhile.
+        self._close_upstream()
+        checked, self.checked = self.checked, None
+        assert checked is not None and isinstance(tracker, _HeldTracker)
+        held, self.response_held = b"".join(self.response_held), []
+        self.task = asyncio.get_running_loop().create_task(
+            self._verify_response(checked, tracker, held)
+        )
+
+    async def _verify_response(self, checked: _Checked, tracker: _HeldTracker, held: bytes) -> None:
+        """Release the daemon's answer only if what it made uses the content decided.
+
+        The request still names the image as the client wrote it (so ``docker ps``
+        shows that name), and the daemon resolves it again: a retag in between would
+        make it use other content. Then that content is decided too, and if it is
+        denied what was made is removed and the client gets the 403 instead.
+        """
+        status, denial = 403, None
+        try:
+            if 200 <= tracker.status < 300:
+                denial = await self._check_made(checked, tracker.body)
+        except (OSError, ValueError, InspectionError) as e:
+            why = e.message.removeprefix("pullgate: ") if isinstance(e, InspectionError) else e
+            status, denial = 502, f"pullgate: could not verify what the daemon made: {why}"
+        if self.state == _CLOSED or self.transport is None:
+            return
+        self.rtracker = None
+        if denial is None:
+            self.transport.write(held)
+            if not tracker.keep_alive:
+                self.close_after_response = True
+            self._response_complete()
+            return
+        self.response_done = True
+        self._refuse(status, denial)
+
+    async def _check_made(self, checked: _Checked, body: bytes) -> str | None:
+        """A denial if the daemon made something from other content than ``checked``."""
+        lookup = checked.lookup
+        made = ""
+        if lookup.after is not After.TAG:
+            info = json.loads(body) if body else None
+            made_id = info.get("Id") if isinstance(info, dict) else None
+            if not isinstance(made_id, str) or not made_id:
+                raise InspectionError("pullgate: the daemon's answer names nothing it made", 502)
+            made = made_id
+        actual: object = None
+        image: LocalImage | None = None
+        with contextlib.suppress(InspectionError):  # what cannot be verified is removed
+            if lookup.after is After.TAG:
+                image = await self._local_image(lookup.new_name)
+                actual = image.id if image is not None else None
+            elif lookup.after is After.CONTAINER:
+                path = "/containers/" + quote(made, safe="") + "/json"
+                info = await self._daemon_json(path, f"container {made}")
+                actual = info.get("Image") if isinstance(info, dict) else None
+            else:
+                image = await self._local_image(made)
+                actual = image.parent if image is not None else None
+            if isinstance(actual, str) and actual and actual == checked.image_id:
+                return None
+            if isinstance(actual, str) and actual:
+                image = await self._local_image(actual)
+            else:
+                actual, image = None, None
+        wants: list[Wanted] = []
+        outcome = None
+        if image is not None:
+            if not lookup.container and resolved_by_name(lookup.name, image):
+                wants += checked.name_wants
+            found, outcome = await self._content_wants(lookup, image)
+            wants += found
+        denial = self._denial(Inspection(wants=tuple(wants), setting=outcome))
+        if denial is None and actual is not None:
+            return None
+        await self._remove_made(lookup, made)
+        what = f"{lookup.name!r} changed while Pullgate was checking it"
+        why = (denial or "").removeprefix("pullgate: ")
+        return f"pullgate: {what}, and what the daemon made was removed. {why}".strip()
+
+    async def _remove_made(self, lookup: Lookup, made: str) -> None:
+        if lookup.after is After.CONTAINER:
+            path = "/containers/" + quote(made, safe="") + "?force=1&v=1"
+        elif lookup.after is After.TAG:
+            path = "/images/" + quote(lookup.new_name, safe="/:@") + "?force=1&noprune=1"
+        else:
+            path = "/images/" + quote(made, safe="/:@") + "?force=1"
+        status, _ = await self._ask_daemon("DELETE", path)
+        if status not in (200, 204, 404):
+            raise InspectionError(
+                f"pullgate: could not remove what the daemon made from {lookup.name!r} "
+                f"(HTTP {status}); remove it with docker rm / docker rmi",
+                502,
+            )
+
+    def _is_hijack(self, tracker: _ResponseTracker) -> bool:
+        """dockerd's "200 then raw stream" answer to an attach or exec without Upgrade."""
+        if not tracker.headers_done or tracker.status != 200:
+            return False
+        media = tracker.content_type.split(b";")[0].strip().lower().decode("latin-1")
+        return media in _RAW_STREAM_TYPES
+
+    def _splice(self) -> None:
+        """From now on bytes flow both ways untouched (attach, exec, BuildKit)."""
+        self.state = _SPLICE
+        self.response_done = True
+        self.rtracker = None
+        if self.buf:
+            self._to_upstream(bytes(self.buf))
+            self.buf.clear()
+        self.resume_client_reading("backlog")
+
+    def _response_complete(self) -> None:
+        if self.response_done:
+            return
+        self.response_done = True
+        self.rtracker = None
+        if self.close_after_response or not self.request_done:
+            if self.transport is not None:
+                self.transport.close()
+            self.state = _CLOSED
+            self._close_upstream()
+            return
+        self.state = _HEAD
+        self.resume_client_reading("backlog")
+        if self.buf:
+            self._process()
+
+
+class _ResponseTracker:
+    """llhttp callbacks that follow one response as it streams past, in C.
+
+    The shim forwards response bytes untouched; it only needs to know when the response
+    ends (to read the client's next request) and whether the daemon switched the
+    connection to a raw stream.
+    """
+
+    __slots__ = (
+        "complete",
+        "content_type",
+        "extra",
+        "head_request",
+        "headers_done",
+        "keep_alive",
+        "parser",
+        "status",
+        "upgraded",
+    )
+    #: Whether the request may be answered with "200 then raw stream" (_HijackTracker).
+    hijack = False
+    #: Whether the answer is held back until it is verified (_HeldTracker).
+    held = False
+
+    def __init__(self, method: str) -> None:
+        # Only a hijack-capable request needs the content type (see _HijackTracker);
+        # llhttp skips callbacks a tracker does not define, which keeps the rest cheap.
+        self.parser = httptools.HttpResponseParser(self)
+        self.reset(method)
+
+    def reset(self, method: str) -> None:
+        """Follow the next response on the same connection with the same parser.
+
+        Only after a complete, keep-alive response to anything but HEAD: llhttp is then
+        at the start of the next message, exactly where a new parser would be.
+        """
+        self.head_request = method == "HEAD"
+        self.status = 0
+        self.content_type = b""
+        self.headers_done = False
+        self.complete = False
+        self.upgraded = False
+        self.extra = False
+        self.keep_alive = True
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.extra = True
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if 100 <= self.status < 200 and self.status != 101:
+            self.content_type = b""
+            return  # interim (100 Continue): the final response follows
+        self.headers_done = True
+        if self.status == 101:
+            self.upgraded = True
+        elif self.head_request:
+            # A response to HEAD has no body whatever its Content-Length says.
+            self.complete = True
+
+    def on_message_complete(self) -> None:
+        if self.headers_done:
+            # Ask now: once the callback returns, llhttp resets for the next message.
+            self.keep_alive = self.parser.should_keep_alive()
+            self.complete = True
+
+
+class _HeldTracker(_ResponseTracker):
+    """For a create, tag or commit whose answer is held: also keeps its body."""
+
+    __slots__ = ("body",)
+    held = True
+
+    def reset(self, method: str) -> None:
+        super().reset(method)
+        self.body = b""
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+
+class _HijackTracker(_ResponseTracker):
+    """For attach and exec start: also notes the content type of the answer."""
+
+    __slots__ = ()
+    hijack = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 12 and name.lower() == b"content-type":
+            self.content_type = value
+
+
+def _dechunk(body: bytes) -> bytes:
+    reader = BodyReader(None, True, want_payload=True)
+    _, pieces = reader.feed(memoryview(body))
+    return b"".join(bytes(p) for p in pieces)

@@ -1,0 +1,232 @@
+"""The docker context that routes the docker CLI through the shim.
+
+``DOCKER_HOST`` lives in one shell; a docker context is what the CLI (and compose, and
+most SDKs that read the CLI config) use everywhere. We write the context exactly as
+``docker context create`` does (``contexts/meta/<sha256(name)>/meta.json`` under
+``$DOCKER_CONFIG`` or ``~/.docker``) and select it with ``currentContext`` in
+``config.json``, keeping every other key. The previous context is remembered in a small
+state file next to the config, so ``uninstall`` can put things back as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.platform.files import atomic_write
+
+__all__ = [
+    "DEFAULT_NAME",
+    "STATE_FILE",
+    "ContextChange",
+    "ContextError",
+    "ContextStatus",
+    "context_endpoint",
+    "context_meta_dir",
+    "context_status",
+    "current_context",
+    "docker_config_dir",
+    "install_context",
+    "uninstall_context",
+]
+
+DEFAULT_NAME = "pullgate"
+STATE_FILE = "pullgate-context.json"
+"""In the docker config directory: which context was current before ``install``."""
+
+
+class ContextError(Exception):
+    """The docker client config cannot be read or written; the message says which file."""
+
+
+def docker_config_dir(env: Mapping[str, str], home: Path) -> Path:
+    """Where the docker CLI keeps its config: ``$DOCKER_CONFIG``, else ``~/.docker``."""
+    return Path(env.get("DOCKER_CONFIG") or home / ".docker")
+
+
+def context_meta_dir(config_dir: Path, name: str) -> Path:
+    return config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: deeply nested
+        raise ContextError(f"{path}: cannot read: {e}") from e
+    if not isinstance(data, dict):
+        raise ContextError(f"{path}: not a JSON object")
+    return data
+
+
+def _write_json(path: Path, data: Mapping[str, Any], mode: int) -> None:
+    """Atomically, like the CLI (tab-indented); through a symlinked config.json."""
+    target = path.resolve() if path.is_symlink() else path
+    with contextlib.suppress(OSError):
+        mode = target.stat().st_mode & 0o777
+    try:
+        atomic_write(target, (json.dumps(data, indent="\t") + "\n").encode(), mode)
+    except OSError as e:
+        raise ContextError(f"{target}: cannot write: {e}") from e
+
+
+def current_context(config_dir: Path, env: Mapping[str, str]) -> str | None:
+    """The context the CLI uses: ``DOCKER_CONTEXT``, else ``currentContext`` (None: default)."""
+    if env.get("DOCKER_CONTEXT"):
+        return env["DOCKER_CONTEXT"]
+    config = _read_json(config_dir / "config.json") or {}
+    name = config.get("currentContext")
+    return name if isinstance(name, str) and name else None
+
+
+def context_endpoint(config_dir: Path, name: str | None) -> str | None:
+    """The docker endpoint host of a context (None for the default or a missing one)."""
+    if not name or name == "default":
+        return None
+    try:
+        meta = _read_json(context_meta_dir(config_dir, name) / "meta.json")
+    except ContextError:
+        return None
+    try:
+        host = (meta or {})["Endpoints"]["docker"]["Host"]
+    except (KeyError, TypeError):
+        return None
+    return host if isinstance(host, str) else None
+
+
+def _is_shim(host: str | None, listen: Path) -> bool:
+    if not host or not host.startswith("unix://"):
+        return False
+    path = Path(host[len("unix://") :])
+    try:
+        return path.resolve() == listen.resolve() or os.path.samefile(path, listen)
+    except OSError:
+        return path.resolve() == listen.resolve()
+
+
+@dataclass(frozen=True)
+class ContextStatus:
+    """Where ``docker`` goes now, and why."""
+
+    current: str | None  # the context name, None for the default context
+    source: str  # DOCKER_HOST | DOCKER_CONTEXT | config.json | default
+    endpoint: str | None  # what the CLI will connect to
+    through_shim: bool
+    installed: bool  # our context exists
+
+    def describe(self, listen: Path) -> str:
+        where = self.endpoint or "the default socket (unix:///var/run/docker.sock)"
+        verdict = "goes through the shim" if self.through_shim else "BYPASSES the shim"
+        return (
+            f"current context: {self.current or 'default'} (from {self.source}); "
+            f"docker connects to {where}: it {verdict} (unix://{listen})"
+        )
+
+
+def context_status(
+    config_dir: Path, listen: Path, env: Mapping[str, str], name: str = DEFAULT_NAME
+) -> ContextStatus:
+    installed = (context_meta_dir(config_dir, name) / "meta.json").is_file()
+    if env.get("DOCKER_HOST"):
+        override = env["DOCKER_HOST"]
+        return ContextStatus(
+            current_context(config_dir, env),
+            "DOCKER_HOST",
+            override,
+            _is_shim(override, listen),
+            installed,
+        )
+    source = "DOCKER_CONTEXT" if env.get("DOCKER_CONTEXT") else "config.json"
+    current = current_context(config_dir, env)
+    if current is None or current == "default":
+        default = "unix:///var/run/docker.sock"
+        return ContextStatus(current, "default", None, _is_shim(default, listen), installed)
+    host = context_endpoint(config_dir, current)
+    return ContextStatus(current, source, host, _is_shim(host, listen), installed)
+
+
+@dataclass(frozen=True)
+class ContextChange:
+    name: str
+    previous: str | None  # the context current before install (None: default)
+    changed: bool  # False when there was nothing to do
+
+
+def install_context(config_dir: Path, listen: Path, name: str = DEFAULT_NAME) -> ContextChange:
+    """Create (or update) context ``name`` at the shim and select it; idempotent."""
+    if not name or name == "default" or "/" in name:
+        raise ContextError(f"{name!r} cannot be a context name")
+    meta = {
+        "Name": name,
+        "Metadata": {"Description": "Docker through the Pullgate image policy shim"},
+        "Endpoints": {"docker": {"Host": f"unix://{listen}", "SkipTLSVerify": False}},
+    }
+    meta_path = context_meta_dir(config_dir, name) / "meta.json"
+    changed = False
+    if _read_json(meta_path) != meta:
+        meta_path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        _write_json(meta_path, meta, 0o644)
+        changed = True
+    config_path = config_dir / "config.json"
+    config = _read_json(config_path) or {}
+    current = config.get("currentContext")
+    current = current if isinstance(current, str) and current else None
+    state_path = config_dir / STATE_FILE
+    state = _read_json(state_path)
+    if state is not None and state.get("name") == name:
+        previous = state.get("previous")
+        previous = previous if isinstance(previous, str) else None
+    else:
+        previous = current if current != name else None
+        _write_json(state_path, {"name": name, "previous": previous}, 0o600)
+        changed = True
+    if current != name:
+        config["currentContext"] = name
+        config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_json(config_path, config, 0o600)
+        changed = True
+    return ContextChange(name, previous, changed)
+
+
+def uninstall_context(config_dir: Path, name: str = DEFAULT_NAME) -> ContextChange:
+    """Select the context current before ``install`` again (only if ours is still
+    selected: a context the user chose since is left alone) and delete ours; idempotent."""
+    state_path = config_dir / STATE_FILE
+    state = _read_json(state_path) or {}
+    previous = state.get("previous") if state.get("name") == name else None
+    previous = previous if isinstance(previous, str) and previous else None
+    if (
+        previous is not None
+        and previous != "default"
+        and not (context_meta_dir(config_dir, previous) / "meta.json").is_file()
+    ):
+        previous = None  # deleted since: fall back to the default context
+    changed = False
+    config_path = config_dir / "config.json"
+    config = _read_json(config_path)
+    if config is not None and config.get("currentContext") == name:
+        if previous is None:
+            del config["currentContext"]
+        else:
+            config["currentContext"] = previous
+        _write_json(config_path, config, 0o600)
+        changed = True
+    meta_dir = context_meta_dir(config_dir, name)
+    if meta_dir.exists():
+        shutil.rmtree(meta_dir)
+        changed = True
+    tls_dir = config_dir / "contexts" / "tls" / meta_dir.name
+    if tls_dir.exists():
+        shutil.rmtree(tls_dir)
+    if state_path.exists():
+        state_path.unlink()
+        changed = True
+    return ContextChange(name, previous, changed)

@@ -1,0 +1,92 @@
+"""Who is on the other end of a socket: the client's user and process, for audit records.
+
+The uid and pid come from the kernel (``SO_PEERCRED``; ``LOCAL_PEERCRED`` and
+``LOCAL_PEERPID`` on macOS), so a client cannot claim to be someone else. psutil then
+names the process and its parents, so IT sees ``docker`` <- ``bash`` <- ``code``.
+A process may exit before we look: then only the kernel's numbers are recorded.
+"""
+
+from __future__ import annotations
+
+import pwd
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from agent.core.peer import PeerInfo, ProcessSummary, redact_command_line
+
+__all__ = ["MAX_PARENTS", "describe_peer", "peer_credentials"]
+
+MAX_PARENTS = 8
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int | None, int | None, int | None]:
+    """(pid, uid, gid) of a connected Unix socket's peer, from the kernel."""
+    try:
+        if hasattr(socket, "SO_PEERCRED"):
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, uid, gid = struct.unpack("3i", raw)
+            return pid, uid, gid
+        if sys.platform == "darwin":  # pragma: no cover - macOS only
+            local_peerpid = 0x002
+            pid = struct.unpack("i", sock.getsockopt(0, local_peerpid, 4))[0]
+            return pid, None, None
+    except OSError:
+        pass
+    return None, None, None
+
+
+def _user(uid: int | None) -> str | None:
+    if uid is None:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def describe_peer(pid: int | None, uid: int | None, gid: int | None) -> PeerInfo:
+    """Everything we can learn about the client now; never raises."""
+    base = PeerInfo(pid=pid, uid=uid, gid=gid, user=_user(uid))
+    if pid is None or pid <= 0:
+        return base
+    import psutil  # noqa: PLC0415 - loaded on the first decision, not at agent start
+
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            name = proc.name()
+            exe = _safe(proc.exe)
+            cmdline = redact_command_line(_safe(proc.cmdline) or [])
+        parents = []
+        for parent in proc.parents()[:MAX_PARENTS]:
+            try:
+                parents.append(ProcessSummary(parent.pid, parent.name(), _safe(parent.exe)))
+            except psutil.Error:
+                parents.append(ProcessSummary(parent.pid))
+    except psutil.Error:
+        return base
+    return PeerInfo(
+        pid=pid,
+        uid=uid,
+        gid=gid,
+        user=base.user,
+        name=name,
+        executable=exe,
+        command_line=cmdline,
+        parents=tuple(parents),
+    )
+
+
+_T = TypeVar("_T")
+
+
+def _safe(getter: Callable[[], _T]) -> _T | None:
+    import psutil  # noqa: PLC0415
+
+    try:
+        return getter()
+    except psutil.Error:
+        return None
