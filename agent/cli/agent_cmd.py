@@ -1,55 +1,17 @@
-"""``pullgate agent``: run the socket shim in the foreground."""
+"""``pullgate agent``: parse the command line, load what it names, and run the agent
+(assembled in ``agent.daemon.main``) in the foreground."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import functools
-import grp
-import os
-import signal
 import sys
 import time
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from agent import __version__
-from agent.cli.check import CheckInputError
-from agent.config.managed import (
-    DEFAULT_JSON_PATH,
-    AuditFailure,
-    ConfigError,
-    ManagedConfig,
-    check_local_files,
-    load_managed_config,
-    trust_settings,
-)
-from agent.control.contract import default_control_path
-from agent.core.events import NoticeEvent
-from agent.core.policy.default import default_policy
-from agent.core.policy.document import Policy
-from agent.daemon.audit_log import AuditLog, AuditLogError, default_audit_dir
-from agent.daemon.bus import DecisionSink, StderrSubscriber
-from agent.daemon.bypass import ApprovalLedger, BypassMonitor
-from agent.daemon.control_server import ControlServer, agent_status
-from agent.daemon.policy_cache import PolicyCache
-from agent.daemon.policy_fetch import Fetcher
-from agent.daemon.policy_manager import PolicyManager, RefreshSettings
-from agent.daemon.shim import Shim, ShimConfig
-from agent.daemon.watch import ConfigWatcher
-from agent.platform.docker_context import docker_config_dir
-from agent.platform.files import atomic_write
-from agent.platform.paths import default_state_dir
-from agent.platform.upstream import (
-    UpstreamError,
-    default_listen_path,
-    find_upstream,
-    parse_unix_url,
-)
-
-EXIT_CONFIG = 2
+from agent.cli.check import CheckInputError, load_policy_file
+from agent.config.managed import ConfigError, check_local_files, load_managed_config
+from agent.daemon.main import EXIT_CONFIG, AgentOptions, process_age, run_agent
 
 
 def register(commands: Any) -> None:
@@ -106,294 +68,27 @@ def register(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def _socket_group() -> int | None:
-    """Like dockerd: root's socket is group ``docker`` when that group exists."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        return grp.getgrnam("docker").gr_gid
-    except KeyError:
-        return None
-
-
-def build_manager(config: ManagedConfig, state_dir: Path, sink: DecisionSink) -> PolicyManager:
-    """The org policy from the managed config: cache now, refresh in the background."""
-    assert config.policy_url is not None
-    timeout = config.fetch_timeout.total_seconds()
-    fetcher = Fetcher(
-        config.policy_url,
-        ca_bundle=config.ca_bundle,
-        connect_timeout=timeout,
-        read_timeout=timeout,
-        max_bytes=config.policy_max_bytes,
-    )
-    manager = PolicyManager(
-        trust_settings(config),
-        PolicyCache(state_dir),
-        default_policy(),
-        sink,
-        fetcher=fetcher,
-        refresh=RefreshSettings(interval=config.refresh_interval),
-    )
-    manager.load_cache()
-    return manager
-
-
-def _raise_open_file_limit() -> None:
-    """Like dockerd: take the hard limit, since every client is two descriptors here."""
-    try:
-        import resource  # noqa: PLC0415 - POSIX only
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or hard > soft:
-            target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ImportError, ValueError, OSError):
-        pass
-
-
-def _process_age() -> float:
-    """Seconds since this process started (from /proc), so "ready in" counts Python's
-    own start and imports too; falls back to 0 where /proc is missing."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        start_ticks = int(fields[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 def run(args: argparse.Namespace) -> int:
-    started = time.monotonic() - _process_age()
-    _raise_open_file_limit()
-    prog = "pullgate agent"
-    sink = DecisionSink()
-    sink.subscribe(StderrSubscriber())
+    started = time.monotonic() - process_age()
+    config_path = Path(args.config) if args.config else None
     try:
-        config = load_managed_config(json_path=Path(args.config) if args.config else None)
+        config = load_managed_config(json_path=config_path)
         if config is not None:
             check_local_files(config)  # ca_bundle, trusted keys: fail now, naming the key
-        state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-        settings = config or ManagedConfig()
-        audit = AuditLog(
-            Path(args.audit_dir) if args.audit_dir else settings.audit_dir or default_audit_dir(),
-            rotate_bytes=settings.audit_rotate_bytes,
-            keep_files=settings.audit_keep_files,
-            failure_mode=settings.audit_failure,
-            native_log=settings.audit_native_log,
-        ).open()
-        # The audit log subscribes first: every later event, including policy loading,
-        # is recorded. Its writer thread syncs off the event loop; the shim awaits the
-        # write (_audit_gate), so a decision is on disk before the request goes on.
-        audit.start_writer()
-        sink.subscribe(audit)
-        manager: PolicyManager | None = None
-        if args.policy:
-            from agent.cli.check import load_policy_file  # noqa: PLC0415 - cryptography
-
-            policy: Policy = load_policy_file(args.policy, config)
-            describe = f"{policy.label} (--policy)"
-        elif config is not None and config.policy_url:
-            manager = build_manager(config, state_dir, sink)
-            policy = manager.current()
-            describe = f"org policy from {config.policy_url} (now: {policy.label})"
-        else:
-            policy = default_policy()
-            describe = policy.label
-        uid = os.geteuid()
-        if args.listen:
-            listen = Path(args.listen)
-        elif config is not None and config.listen is not None:
-            listen = config.listen
-        else:
-            listen = default_listen_path(uid, os.environ)
-        if args.upstream:
-            upstream, source = parse_unix_url(args.upstream), "--upstream"
-        elif config is not None and config.upstream:
-            upstream, source = parse_unix_url(config.upstream), "managed config"
-        else:
-            choice = find_upstream(listen, os.environ, Path.home(), uid)
-            upstream, source = choice.path, choice.source
-    except (CheckInputError, UpstreamError, ConfigError, AuditLogError) as e:
-        print(f"{prog}: {e}", file=sys.stderr)
+        local = load_policy_file(args.policy, config) if args.policy else None
+    except (CheckInputError, ConfigError) as e:
+        print(f"pullgate agent: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    group = _socket_group()
-    shim_config = ShimConfig(
-        listen=listen,
-        upstream=upstream,
-        socket_mode=0o660 if group is not None else 0o600,
-        socket_group=group,
+    options = AgentOptions(
+        config=config,
+        config_path=config_path,
+        local_policy=local,
+        local_policy_arg=args.policy,
+        listen=Path(args.listen) if args.listen else None,
+        upstream=args.upstream,
+        control=Path(args.control) if args.control else None,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        audit_dir=Path(args.audit_dir) if args.audit_dir else None,
+        watch=not args.no_watch,
     )
-    current = manager.current if manager is not None else (lambda: policy)
-    shim = Shim(shim_config, current, sink, audit_gate=functools.partial(_audit_gate, audit))
-    # The control socket sits beside the shim's socket unless told otherwise, so agents
-    # started with their own --listen (tests, several daemons) never collide.
-    if args.control:
-        control_path = Path(args.control)
-    elif args.listen:
-        control_path = listen.parent / "control.sock"
-    else:
-        control_path = default_control_path(uid, os.environ)
-    ledger = ApprovalLedger()
-    monitor = (
-        None
-        if args.no_watch
-        else BypassMonitor(upstream, sink, shim_listen=listen, approved=ledger)
-    )
-    control = ControlServer(
-        control_path,
-        status=functools.partial(
-            agent_status,
-            policy=current,
-            manager=manager,
-            local_policy=args.policy,
-            listen=listen,
-            upstream=upstream,
-            upstream_source=source,
-            control=control_path,
-            started_at=time.time(),
-            audit=audit.status,
-            bypass_monitor=monitor.status if monitor is not None else None,
-        ),
-        refresh=manager.refresh_now if manager is not None else None,
-    )
-    sink.subscribe(control)
-    sink.subscribe(ledger)  # before the shim forwards: a decision is approved first
-    services: list[Service] = [control]
-    if manager is not None:
-        services.append(_Refresher(manager))
-    if monitor is not None:
-        services.append(monitor)
-        watcher = ConfigWatcher(
-            sink,
-            shim_listen=listen,
-            docker_config=docker_config_dir(os.environ, Path.home()),
-            managed_config=Path(args.config) if args.config else DEFAULT_JSON_PATH,
-            policy_cache=state_dir,
-        )
-        sink.subscribe(watcher)
-        services.append(watcher)
-    try:
-        return _run_loop(_serve(shim, services, manager, state_dir, describe, started, source))
-    except RuntimeError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 1
-    finally:
-        audit.close()
-
-
-def _audit_gate(audit: AuditLog) -> str | Awaitable[str | None] | None:
-    """After a request's records were handed to the writer thread: wait until they are
-    durable (an awaitable while they are not), then, with ``audit_failure: deny``, let
-    nothing through that could not be recorded.
-
-    The OS error stays in status: its text ("Permission denied") must not reach the CLI.
-    """
-    written = audit.flushed()
-    if isinstance(written, bool):
-        return _audit_verdict(audit, written)
-    return _audit_verdict_when(audit, written)
-
-
-async def _audit_verdict_when(audit: AuditLog, written: Awaitable[bool]) -> str | None:
-    return _audit_verdict(audit, await written)
-
-
-def _audit_verdict(audit: AuditLog, written: bool) -> str | None:
-    if written or audit.failure_mode is not AuditFailure.DENY:
-        return None
-    return (
-        "pullgate: the audit log cannot be written, so image pulls are refused until it can "
-        "(audit_failure: deny). Run `pullgate status` for the cause and tell your IT "
-        "administrator."
-    )
-
-
-class Service(Protocol):
-    """A part of the agent with a lifetime: started before serving, closed after."""
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-class _Refresher:
-    """The policy manager's refresh loop as a service; SIGHUP asks for a refresh now."""
-
-    def __init__(self, manager: PolicyManager) -> None:
-        self.manager = manager
-        self.task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self.manager.trigger)
-        self.task = loop.create_task(self.manager.run())
-
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-
-
-def _run_loop(main: Any) -> int:
-    try:
-        import uvloop  # noqa: PLC0415 - optional speed-up, plain asyncio otherwise
-    except ImportError:
-        result: int = asyncio.run(main)
-        return result
-    return int(uvloop.run(main))
-
-
-async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
-    shim: Shim,
-    services: list[Service],
-    manager: PolicyManager | None,
-    state_dir: Path,
-    describe: str,
-    started: float,
-    source: str,
-) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    running: list[Service] = []
-    try:
-        for service in services:
-            await service.start()
-            running.append(service)
-        await shim.start()
-    except BaseException:
-        for service in reversed(running):
-            await service.close()
-        raise
-    pidfile = state_dir / "agent.pid"
-    with contextlib.suppress(OSError):
-        atomic_write(pidfile, f"{os.getpid()}\n".encode())
-    ready = time.monotonic() - started
-    shim.sink.emit(
-        NoticeEvent(
-            action="agent-start",
-            outcome="success",
-            reason=f"pullgate agent {__version__} started; policy: {describe}",
-            details={"listen": str(shim.config.listen), "upstream": str(shim.config.upstream)},
-        )
-    )
-    print(
-        f"pullgate agent: ready in {ready * 1000:.0f} ms, listening on {shim.config.listen}, "
-        f"upstream unix://{shim.config.upstream} ({source}), policy: {describe}. "
-        f"Point docker at it: export DOCKER_HOST=unix://{shim.config.listen}",
-        file=sys.stderr,
-        flush=True,
-    )
-    await stop.wait()
-    await shim.close()
-    for service in reversed(running):
-        await service.close()
-    shim.sink.emit(NoticeEvent(action="agent-stop", outcome="success", reason="agent stopped"))
-    with contextlib.suppress(OSError):
-        pidfile.unlink()
-    print("pullgate agent: stopped", file=sys.stderr, flush=True)
-    return 0
+    return run_agent(options, started=started)

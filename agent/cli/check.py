@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.config.managed import ConfigError, ManagedConfig, load_managed_config
+from agent.config.managed import ConfigError, ManagedConfig, load_managed_config, trust_settings
 from agent.core.decision import Decision, Identity, Verdict, decide
 from agent.core.inspection.dockerfile import DockerfileError, ImageUse, parse_dockerfile
 from agent.core.messages import denial_message, remediation_lines
@@ -157,7 +157,7 @@ def active_policy(
     """
     if config is None or not config.policy_url:
         return default_policy(), "no organisation policy is configured"
-    from agent.config.managed import trust_settings  # noqa: PLC0415 - avoids an import cycle
+    # The agent's own loading code, imported only for an org policy (it loads requests).
     from agent.daemon.bus import DecisionSink  # noqa: PLC0415
     from agent.daemon.policy_manager import PolicyManager  # noqa: PLC0415
 
