@@ -10,19 +10,25 @@ import argparse
 import hashlib
 import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from agent.cli import context_cmd
+from agent.cli.status_cmd import check_docker_target
 from agent.platform.docker_context import (
+    DEFAULT_HOST,
     STATE_FILE,
+    ContextError,
     context_meta_dir,
     context_status,
+    docker_endpoint,
     install_context,
     uninstall_context,
 )
+from agent.platform.upstream import find_upstream
 from bench.realdocker import DockerEnv
 from tests.agent_process import start_agent
 
@@ -106,6 +112,72 @@ def test_status_says_docker_host_overrides_the_context(tmp_path: Path) -> None:
     status = context_status(tmp_path, LISTEN, {"DOCKER_HOST": "unix:///var/run/docker.sock"})
     assert status.source == "DOCKER_HOST" and not status.through_shim
     assert "BYPASSES" in status.describe(LISTEN)
+
+
+def add_context(config_dir: Path, name: str, host: str) -> None:
+    meta = context_meta_dir(config_dir, name)
+    meta.mkdir(parents=True)
+    (meta / "meta.json").write_text(
+        json.dumps({"Name": name, "Endpoints": {"docker": {"Host": host}}})
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"DOCKER_HOST": "unix:///h.sock", "DOCKER_CONTEXT": "env"},
+            ("unix:///h.sock", "DOCKER_HOST", None),
+        ),
+        ({"DOCKER_CONTEXT": "env"}, ("unix:///env.sock", "DOCKER_CONTEXT", "env")),
+        ({}, ("unix:///file.sock", "config.json", "file")),
+        ({"DOCKER_CONTEXT": "default"}, (DEFAULT_HOST, "default", "default")),
+        ({"DOCKER_CONTEXT": "gone"}, (None, "DOCKER_CONTEXT", "gone")),
+    ],
+)
+def test_docker_endpoint_follows_the_cli_precedence(
+    tmp_path: Path, env: dict[str, str], expected: tuple[str | None, str, str | None]
+) -> None:
+    add_context(tmp_path, "env", "unix:///env.sock")
+    add_context(tmp_path, "file", "unix:///file.sock")
+    (tmp_path / "config.json").write_text(json.dumps({"currentContext": "file"}))
+    endpoint = docker_endpoint(tmp_path, env)
+    assert (endpoint.url, endpoint.source, endpoint.context) == expected
+
+
+def test_docker_endpoint_without_a_config_is_the_default_socket(tmp_path: Path) -> None:
+    endpoint = docker_endpoint(tmp_path / "none", {})
+    assert (endpoint.url, endpoint.source) == (DEFAULT_HOST, "default")
+    assert endpoint.describe(tmp_path) == "the default socket"
+
+
+def test_an_unreadable_config_only_matters_when_the_cli_would_read_it(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("[" * 40_000)
+    with pytest.raises(ContextError):
+        docker_endpoint(tmp_path, {})
+    assert docker_endpoint(tmp_path, {"DOCKER_HOST": "unix:///h.sock"}).url == "unix:///h.sock"
+    assert docker_endpoint(tmp_path, {"DOCKER_CONTEXT": "x"}).url is None
+
+
+def test_find_upstream_doctor_and_context_status_agree(tmp_path: Path) -> None:
+    """The three users of the CLI's endpoint see the same context."""
+    daemon = tmp_path / "d.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(daemon))
+        add_context(tmp_path, "work", f"unix://{daemon}")
+        (tmp_path / "config.json").write_text(json.dumps({"currentContext": "work"}))
+        env = {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "work"}
+        choice = find_upstream(LISTEN, env, tmp_path, 1000)
+        assert (choice.path, choice.source) == (daemon, "docker context 'work'")
+        status = context_status(tmp_path, daemon, env)
+        assert (status.current, status.source, status.through_shim) == (
+            "work",
+            "DOCKER_CONTEXT",
+            True,
+        )
+        check = check_docker_target(daemon, env, tmp_path)
+        assert check.result == "OK"
+        assert "docker context 'work' (DOCKER_CONTEXT)" in check.detail
 
 
 def test_real_cli_lists_inspects_and_uses_the_context(tmp_path: Path) -> None:

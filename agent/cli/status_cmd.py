@@ -10,7 +10,6 @@ why); any FAIL makes the exit code 1.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import importlib
 import importlib.util
@@ -26,13 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from agent.control.client import ControlError, control_candidates, control_request
+from agent.platform.docker_context import (
+    ContextError,
+    docker_config_dir,
+    docker_endpoint,
+    points_at,
+)
 from agent.platform.upstream import default_listen_path
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
 PING_TIMEOUT = 5.0
 CONTROL_TIMEOUT = 10.0
-DEFAULT_DOCKER_SOCKET = "unix:///var/run/docker.sock"
 
 
 def register(commands: Any) -> None:
@@ -313,57 +317,23 @@ def check_ping(name: str, path: Path, fix: str) -> Check:
     return Check(name, OK, f"unix://{path} answers GET /_ping")
 
 
-def docker_cli_endpoint(env: Mapping[str, str], home: Path) -> tuple[str, str]:
-    """The daemon address the docker CLI would use, and why — as the CLI resolves it.
-
-    ``DOCKER_HOST`` wins; else ``DOCKER_CONTEXT``, else config.json's ``currentContext``
-    (its endpoint in the context store); else the default socket.
-    """
-    if env.get("DOCKER_HOST"):
-        return env["DOCKER_HOST"], "DOCKER_HOST"
-    config_dir = Path(env.get("DOCKER_CONFIG") or home / ".docker")
-    name = env.get("DOCKER_CONTEXT")
-    source = "DOCKER_CONTEXT"
-    if not name:
-        source = f"currentContext in {config_dir / 'config.json'}"
-        try:
-            config = json.loads((config_dir / "config.json").read_text())
-        except (OSError, ValueError, RecursionError):
-            config = {}
-        name = config.get("currentContext") if isinstance(config, dict) else None
-    if not name or name == "default":
-        return DEFAULT_DOCKER_SOCKET, "the default socket"
-    digest = hashlib.sha256(name.encode()).hexdigest()
-    meta_path = config_dir / "contexts" / "meta" / digest / "meta.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-        host = meta["Endpoints"]["docker"]["Host"]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
-        raise LookupError(f"docker context {name!r} ({source}) has no readable endpoint") from e
-    return str(host), f"docker context {name!r} ({source})"
-
-
-def _same_socket(url: str, listen: Path) -> bool:
-    if not url.startswith("unix://"):
-        return False
-    path = Path(url[len("unix://") :])
-    try:
-        return path.resolve() == listen.resolve() or os.path.samefile(path, listen)
-    except OSError:
-        return False
-
-
 def check_docker_target(listen: Path, env: Mapping[str, str], home: Path) -> Check:
     name = "docker uses the shim"
     export = f"export DOCKER_HOST=unix://{listen}"
+    config_dir = docker_config_dir(env, home)
     try:
-        url, source = docker_cli_endpoint(env, home)
-    except LookupError as e:
+        endpoint = docker_endpoint(config_dir, env)
+    except ContextError as e:
         return Check(name, FAIL, str(e), f"pullgate context install (or {export})")
-    if _same_socket(url, listen):
+    source = endpoint.describe(config_dir)
+    url = endpoint.url
+    if url is None:
+        detail = f"{source} has no readable endpoint"
+        return Check(name, FAIL, detail, f"pullgate context install (or {export})")
+    if points_at(url, listen):
         return Check(name, OK, f"docker uses {url} ({source}), the shim")
     detail = f"docker uses {url} ({source}), not the shim unix://{listen}: pulls bypass policy"
-    if source == "DOCKER_HOST":
+    if endpoint.source == "DOCKER_HOST":
         fix = f"{export} (or unset DOCKER_HOST and run `pullgate context install`)"
     else:
         fix = f"pullgate context install (or {export})"

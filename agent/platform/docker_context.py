@@ -13,14 +13,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.platform.files import atomic_write
+from agent.platform.files import atomic_write, same_file
 
 __all__ = [
     "DEFAULT_NAME",
@@ -28,16 +27,20 @@ __all__ = [
     "ContextChange",
     "ContextError",
     "ContextStatus",
-    "context_endpoint",
+    "DockerEndpoint",
     "context_meta_dir",
     "context_status",
     "current_context",
     "docker_config_dir",
+    "docker_endpoint",
     "install_context",
+    "points_at",
     "uninstall_context",
 ]
 
 DEFAULT_NAME = "pullgate"
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+"""Where the CLI's default context connects when ``DOCKER_HOST`` is not set."""
 STATE_FILE = "pullgate-context.json"
 """In the docker config directory: which context was current before ``install``."""
 
@@ -87,10 +90,8 @@ def current_context(config_dir: Path, env: Mapping[str, str]) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
-def context_endpoint(config_dir: Path, name: str | None) -> str | None:
-    """The docker endpoint host of a context (None for the default or a missing one)."""
-    if not name or name == "default":
-        return None
+def _context_host(config_dir: Path, name: str) -> str | None:
+    """The docker endpoint host of context ``name`` (None: missing or unreadable)."""
     try:
         meta = _read_json(context_meta_dir(config_dir, name) / "meta.json")
     except ContextError:
@@ -102,14 +103,47 @@ def context_endpoint(config_dir: Path, name: str | None) -> str | None:
     return host if isinstance(host, str) else None
 
 
-def _is_shim(host: str | None, listen: Path) -> bool:
-    if not host or not host.startswith("unix://"):
+@dataclass(frozen=True)
+class DockerEndpoint:
+    """The daemon address the docker CLI connects to, and why."""
+
+    url: str | None  # None: the selected context has no readable endpoint (the CLI fails)
+    source: str  # DOCKER_HOST | DOCKER_CONTEXT | config.json | default
+    context: str | None  # the selected context (None: DOCKER_HOST, or none selected)
+
+    def describe(self, config_dir: Path) -> str:
+        """``source`` in words, for messages: where the address came from."""
+        if self.source == "DOCKER_HOST":
+            return "DOCKER_HOST"
+        if self.source == "default":
+            return "the default socket"
+        where = (
+            "DOCKER_CONTEXT"
+            if self.source == "DOCKER_CONTEXT"
+            else f"currentContext in {config_dir / 'config.json'}"
+        )
+        return f"docker context {self.context!r} ({where})"
+
+
+def docker_endpoint(config_dir: Path, env: Mapping[str, str]) -> DockerEndpoint:
+    """Where the docker CLI connects, with the CLI's precedence: ``DOCKER_HOST``, then the
+    context named by ``DOCKER_CONTEXT``, then ``currentContext`` in config.json, then the
+    default socket. The one place this is worked out; ``ContextError``: config.json
+    cannot be read."""
+    if env.get("DOCKER_HOST"):
+        return DockerEndpoint(env["DOCKER_HOST"], "DOCKER_HOST", None)
+    source = "DOCKER_CONTEXT" if env.get("DOCKER_CONTEXT") else "config.json"
+    name = current_context(config_dir, env)
+    if name is None or name == "default":
+        return DockerEndpoint(DEFAULT_HOST, "default", name)
+    return DockerEndpoint(_context_host(config_dir, name), source, name)
+
+
+def points_at(url: str | None, path: Path) -> bool:
+    """``url`` (a docker host) is the unix socket at ``path``."""
+    if not url or not url.startswith("unix://"):
         return False
-    path = Path(host[len("unix://") :])
-    try:
-        return path.resolve() == listen.resolve() or os.path.samefile(path, listen)
-    except OSError:
-        return path.resolve() == listen.resolve()
+    return same_file(Path(url[len("unix://") :]), path)
 
 
 @dataclass(frozen=True)
@@ -123,7 +157,7 @@ class ContextStatus:
     installed: bool  # our context exists
 
     def describe(self, listen: Path) -> str:
-        where = self.endpoint or "the default socket (unix:///var/run/docker.sock)"
+        where = self.endpoint or f"the default socket ({DEFAULT_HOST})"
         verdict = "goes through the shim" if self.through_shim else "BYPASSES the shim"
         return (
             f"current context: {self.current or 'default'} (from {self.source}); "
@@ -135,22 +169,12 @@ def context_status(
     config_dir: Path, listen: Path, env: Mapping[str, str], name: str = DEFAULT_NAME
 ) -> ContextStatus:
     installed = (context_meta_dir(config_dir, name) / "meta.json").is_file()
-    if env.get("DOCKER_HOST"):
-        override = env["DOCKER_HOST"]
-        return ContextStatus(
-            current_context(config_dir, env),
-            "DOCKER_HOST",
-            override,
-            _is_shim(override, listen),
-            installed,
-        )
-    source = "DOCKER_CONTEXT" if env.get("DOCKER_CONTEXT") else "config.json"
-    current = current_context(config_dir, env)
-    if current is None or current == "default":
-        default = "unix:///var/run/docker.sock"
-        return ContextStatus(current, "default", None, _is_shim(default, listen), installed)
-    host = context_endpoint(config_dir, current)
-    return ContextStatus(current, source, host, _is_shim(host, listen), installed)
+    endpoint = docker_endpoint(config_dir, env)
+    current = endpoint.context
+    if endpoint.source == "DOCKER_HOST":
+        current = current_context(config_dir, env)
+    url = None if endpoint.source == "default" else endpoint.url
+    return ContextStatus(current, endpoint.source, url, points_at(endpoint.url, listen), installed)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["FileTooLargeError", "atomic_write", "read_capped"]
+__all__ = ["FileTooLargeError", "atomic_write", "read_capped", "same_file"]
 
 
 class FileTooLargeError(ValueError):
@@ -44,3 +44,14 @@ def read_capped(path: str | Path, limit: int) -> bytes:
     if len(data) > limit:
         raise FileTooLargeError(f"{path} is larger than {limit} bytes")
     return data
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` name the same file: the same path once resolved, or (both
+    existing) the same inode through another link."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

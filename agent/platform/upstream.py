@@ -8,12 +8,17 @@ shim cannot make the agent talk to itself.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.platform.docker_context import (
+    DEFAULT_HOST,
+    ContextError,
+    docker_config_dir,
+    docker_endpoint,
+)
+from agent.platform.files import same_file
 
 __all__ = ["UpstreamChoice", "UpstreamError", "default_listen_path", "find_upstream"]
 
@@ -49,42 +54,20 @@ def parse_unix_url(url: str) -> Path:
     return Path(path)
 
 
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or os.path.samefile(a, b)
-    except OSError:
-        return a.resolve() == b.resolve()
-
-
-def _context_host(home: Path, env: Mapping[str, str]) -> tuple[str, str] | None:
-    config_dir = Path(env.get("DOCKER_CONFIG") or home / ".docker")
-    name = env.get("DOCKER_CONTEXT")
-    if not name:
-        try:
-            config = json.loads((config_dir / "config.json").read_text())
-        except (OSError, ValueError, RecursionError):
-            return None
-        name = config.get("currentContext") if isinstance(config, dict) else None
-    if not name or name == "default":
-        return None
-    digest = hashlib.sha256(name.encode()).hexdigest()
-    try:
-        meta = json.loads((config_dir / "contexts" / "meta" / digest / "meta.json").read_text())
-        host = meta["Endpoints"]["docker"]["Host"]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
-        return None
-    return (host, f"docker context {name!r}") if isinstance(host, str) else None
-
-
 def find_upstream(listen: Path, env: Mapping[str, str], home: Path, uid: int) -> UpstreamChoice:
     """The daemon socket to forward to; never ``listen`` itself."""
     candidates: list[tuple[str, str]] = []
     if env.get("DOCKER_HOST"):
         candidates.append((env["DOCKER_HOST"], "DOCKER_HOST"))
-    context = _context_host(home, env)
-    if context:
-        candidates.append(context)
-    candidates.append(("unix:///var/run/docker.sock", "the default socket"))
+    try:
+        # The context as the CLI would pick it when DOCKER_HOST is not set.
+        env_context = {k: v for k, v in env.items() if k != "DOCKER_HOST"}
+        cli = docker_endpoint(docker_config_dir(env, home), env_context)
+    except ContextError:
+        cli = None
+    if cli is not None and cli.source != "default" and cli.url:
+        candidates.append((cli.url, f"docker context {cli.context!r}"))
+    candidates.append((DEFAULT_HOST, "the default socket"))
     runtime = env.get("XDG_RUNTIME_DIR") or f"/run/user/{uid}"
     candidates += [
         (f"unix://{runtime}/docker.sock", "rootless Docker"),
@@ -98,7 +81,7 @@ def find_upstream(listen: Path, env: Mapping[str, str], home: Path, uid: int) ->
         except UpstreamError:
             looked.append(f"{url} ({source}: not a unix socket)")
             continue
-        if _same(path, listen):
+        if same_file(path, listen):
             looked.append(f"{path} ({source}: that is this shim)")
             continue
         if path.is_socket():
