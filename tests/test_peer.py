@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.core.peer import redact_command_line
+from agent.core.redaction import redact_command_line, redact_details, redact_text
 from agent.platform.peer import describe_peer, peer_credentials
 
 
@@ -63,3 +63,16 @@ def test_secrets_in_command_lines_are_redacted() -> None:
     for secret in ("s3cret", "=x", " t ", "ann:pw"):
         assert secret not in joined
     assert out[-1] == "alpine" and out[-2] == "--password-stdin"
+
+
+def test_one_redaction_rule_for_urls_details_and_command_lines() -> None:
+    url = "https://ci:hunter2@policy.example/p.json"
+    assert redact_text(url) == "https://<redacted>@policy.example/p.json"
+    details = {"registry_auth": "x", "bypass_monitor": {"source": url}, "n": 1, "api_key": 2}
+    assert redact_details(details) == {
+        "registry_auth": "<redacted>",
+        "bypass_monitor": {"source": "https://<redacted>@policy.example/p.json"},
+        "n": 1,
+        "api_key": "<redacted>",
+    }
+    assert redact_command_line(["git", "clone", url]) == ("git", "clone", redact_text(url))

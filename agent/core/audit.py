@@ -39,6 +39,7 @@ from typing import Any, Final
 
 from agent.core.events import DecisionEvent, Event, NoticeEvent, PolicyEvent
 from agent.core.peer import PeerInfo
+from agent.core.redaction import redact_details, redact_text
 
 __all__ = [
     "GENESIS",
@@ -84,8 +85,6 @@ _NOTICE_CATEGORY: Final[dict[str, tuple[str, str]]] = {
     "docker-": ("configuration", "change"),
 }
 _NOTICE_DEFAULT: Final = ("host", "info")
-_SECRET_KEY = re.compile(r"auth|token|password|passwd|secret|credential|cookie|key$", re.I)
-_URL_USERINFO = re.compile(r"(://)[^/@\s]+@")
 
 
 # --------------------------------------------------------------------------- records
@@ -159,7 +158,7 @@ def _policy_fields(record: dict[str, Any], e: PolicyEvent) -> None:
             "event.reason": e.reason,
             "rule.version": None if e.serial is None else str(e.serial),
             "organization.name": e.org,
-            "pullgate.policy.source": _scrub_text(e.source),
+            "pullgate.policy.source": redact_text(e.source),
             "pullgate.policy.state": e.state,
             "message": e.reason,
         }
@@ -176,7 +175,7 @@ def _notice_fields(record: dict[str, Any], e: NoticeEvent) -> None:
             "event.outcome": e.outcome,
             "event.reason": e.reason,
             "log.level": e.severity,
-            "pullgate.details": _scrub(e.details),
+            "pullgate.details": redact_details(e.details),
             "message": e.reason,
         }
     )
@@ -220,26 +219,6 @@ def _peer_fields(record: dict[str, Any], peer: PeerInfo) -> None:
             ],
         }
     )
-
-
-def _scrub(value: Any) -> Any:
-    """Structured details minus anything credential-shaped: the log is read widely."""
-    if isinstance(value, dict):
-        return {
-            str(k): "<redacted>" if _SECRET_KEY.search(str(k)) else _scrub(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [_scrub(v) for v in value]
-    if isinstance(value, str):
-        return _scrub_text(value)
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    return _scrub_text(str(value))
-
-
-def _scrub_text(text: str | None) -> str | None:
-    return None if text is None else _URL_USERINFO.sub(r"\1<redacted>@", text)
 
 
 def canonical_json(record: dict[str, Any]) -> bytes:

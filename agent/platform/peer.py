@@ -15,7 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from agent.core.peer import PeerInfo, ProcessSummary, redact_command_line
+from agent.core.peer import PeerInfo, ProcessSummary
+from agent.core.redaction import redact_command_line
 
 __all__ = ["MAX_PARENTS", "describe_peer", "peer_credentials"]
 
