@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from agent.config.managed import AuditFailure
+from agent.config.keys import AuditFailure
 from agent.core.audit import STATE_NAME, order_files, verify
 from agent.core.events import NoticeEvent, PolicyEvent
 from agent.daemon.audit_log import (

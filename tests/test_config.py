@@ -19,10 +19,22 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import managed as config_module
-from agent.config.managed import (
+from agent.config import parse as parse_module
+from agent.config import render as render_module
+from agent.config import sources as sources_module
+from agent.config.__main__ import main as config_main
+from agent.config.check import check_local_files
+from agent.config.keys import KEYS, AuditFailure, ManagedConfig
+from agent.config.parse import ConfigError, parse_config, parse_duration
+from agent.config.render import (
     EXAMPLE_VALUES,
-    KEYS,
+    encode_reg,
+    render_example_json,
+    render_markdown,
+    render_mobileconfig,
+    render_windows_reg,
+)
+from agent.config.sources import (
     REG_BINARY,
     REG_DWORD,
     REG_EXPAND_SZ,
@@ -30,20 +42,10 @@ from agent.config.managed import (
     REG_QWORD,
     REG_SZ,
     WINDOWS_POLICY_KEY,
-    AuditFailure,
-    ConfigError,
-    ManagedConfig,
-    encode_reg,
     load_json_file,
     load_macos_preferences,
     load_managed_config,
     load_windows_policy,
-    parse_config,
-    parse_duration,
-    render_example_json,
-    render_markdown,
-    render_mobileconfig,
-    render_windows_reg,
 )
 from agent.core.durations import format_duration
 from agent.core.policy.trust import StaleBehavior
@@ -93,7 +95,7 @@ def test_enum_choices_match_their_python_enums() -> None:
 
 def test_every_documented_example_is_valid() -> None:
     for key in KEYS:
-        example = json.loads(config_module._example_json(key))
+        example = json.loads(render_module._example_json(key))
         if key.name in ("policy_url", "key_threshold"):
             example |= {"org": "acme", "trusted_keys": [KEY_A, KEY_B]}
         if key.name in ("oidc_issuer", "oidc_client_id", "allowed_domains"):
@@ -411,7 +413,7 @@ def test_config_flag_overrides_the_platform_source(tmp_path: Path) -> None:
 
 def test_oversized_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
-    path.write_bytes(b" " * (config_module.MAX_CONFIG_BYTES + 1))
+    path.write_bytes(b" " * (sources_module.MAX_CONFIG_BYTES + 1))
     with pytest.raises(ConfigError, match="larger than"):
         load_json_file(path)
 
@@ -540,7 +542,7 @@ def test_macos_platform_reads_managed_preferences(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ Windows
 
 
-def _reader(values: dict[str, tuple[object, int]]) -> config_module.RegistryReader:
+def _reader(values: dict[str, tuple[object, int]]) -> sources_module.RegistryReader:
     return lambda: values
 
 
@@ -689,15 +691,15 @@ def test_packaged_mdm_examples_are_generated_and_valid() -> None:
 def test_cli_check_reports_the_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "config.json"
     path.write_text('{"offline_grace": "7"}')
-    assert config_module.main(["--check", str(path)]) == 2
+    assert config_main(["--check", str(path)]) == 2
     assert f"{path}: offline_grace: add a unit" in capsys.readouterr().err
     path.write_text('{"offline_grace": "7d"}')
-    assert config_module.main(["--check", str(path)]) == 0
+    assert config_main(["--check", str(path)]) == 0
     assert "ok (1 keys set; files checked here)" in capsys.readouterr().out
 
 
 def test_cli_markdown(capsys: pytest.CaptureFixture[str]) -> None:
-    assert config_module.main(["--markdown"]) == 0
+    assert config_main(["--markdown"]) == 0
     assert capsys.readouterr().out == render_markdown()
 
 
@@ -728,9 +730,9 @@ def test_one_key_in_two_spellings_is_refused() -> None:
 
 def test_the_no_repeats_rule_compares_decoded_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     # Were a second spelling ever accepted, it must still count as the same key.
-    monkeypatch.setattr(config_module, "_check_trusted_key", lambda text: None)
+    monkeypatch.setattr(parse_module, "_check_trusted_key", lambda text: None)
     monkeypatch.setattr(
-        config_module,
+        parse_module,
         "trusted_key_bytes",
         lambda text: base64.b64decode(text.removeprefix("ed25519:")),
     )
@@ -750,11 +752,11 @@ def test_a_missing_ca_bundle_fails_the_check_naming_the_key(
 ) -> None:
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"ca_bundle": str(tmp_path / "missing.pem")}))
-    assert config_module.main(["--check", str(path)]) == 2
+    assert config_main(["--check", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}: ca_bundle: cannot load {tmp_path / 'missing.pem'}" in err
     (tmp_path / "missing.pem").write_text("not a certificate\n")
-    assert config_module.main(["--check", str(path)]) == 2
+    assert config_main(["--check", str(path)]) == 2
     assert "ca_bundle: cannot load" in capsys.readouterr().err
 
 
@@ -762,7 +764,7 @@ def test_check_local_files_accepts_a_real_ca_bundle(tmp_path: Path) -> None:
     from tests.policy_server import TLSMaterial
 
     tls = TLSMaterial.create(tmp_path / "tls")
-    config_module.check_local_files(parse_config({"ca_bundle": str(tls.ca_cert)}, SOURCE))
+    check_local_files(parse_config({"ca_bundle": str(tls.ca_cert)}, SOURCE))
 
 
 def _agent(tmp_path: Path, config: Mapping[str, object]) -> subprocess.CompletedProcess[str]:
@@ -810,7 +812,7 @@ def test_policy_max_bytes_above_what_the_agent_verifies_is_refused() -> None:
     from agent.core.policy import envelope
     from agent.daemon import policy_cache
 
-    assert config_module.MAX_ENVELOPE_BYTES == envelope.MAX_ENVELOPE_BYTES
+    assert parse_module.MAX_ENVELOPE_BYTES == envelope.MAX_ENVELOPE_BYTES
     assert policy_cache.MAX_ENVELOPE_BYTES == envelope.MAX_ENVELOPE_BYTES
     err = _error({"policy_max_bytes": envelope.MAX_ENVELOPE_BYTES + 1})
     assert err.key == "policy_max_bytes"

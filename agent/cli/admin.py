@@ -26,13 +26,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.config.managed import (
-    ConfigError,
-    ManagedConfig,
-    load_config_file,
-    parse_duration,
-)
+from agent.config.keys import ManagedConfig
+from agent.config.parse import ConfigError, parse_duration
 from agent.config.policy_file import PolicySourceError, is_envelope, read_public_key
+from agent.config.sources import load_config_file
 from agent.core.policy.document import (
     MAX_POLICY_BYTES,
     Action,

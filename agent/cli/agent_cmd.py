@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.check import CheckInputError, load_policy_file
-from agent.config.managed import ConfigError, check_local_files, load_managed_config
+from agent.config.check import check_local_files
+from agent.config.parse import ConfigError
+from agent.config.sources import load_managed_config
 from agent.daemon.main import EXIT_CONFIG, AgentOptions, process_age, run_agent
 
 

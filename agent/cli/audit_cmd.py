@@ -21,7 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent.config.managed import ConfigError, load_managed_config
+from agent.config.parse import ConfigError
+from agent.config.sources import load_managed_config
 from agent.core.audit import FILE_RE, STATE_NAME, format_timestamp, parse_line, summary_line
 from agent.daemon.audit_log import audit_files, default_audit_dir, verify_directory
 

@@ -20,7 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.config.managed import ConfigError, ManagedConfig, load_managed_config, trust_settings
+from agent.config.check import trust_settings
+from agent.config.keys import ManagedConfig
+from agent.config.parse import ConfigError
+from agent.config.sources import load_managed_config
 from agent.core.decision import Decision, Identity, Verdict, decide
 from agent.core.inspection.dockerfile import DockerfileError, ImageUse, parse_dockerfile
 from agent.core.messages import denial_message, remediation_lines

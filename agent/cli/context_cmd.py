@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.config.managed import ConfigError, load_managed_config
+from agent.config.parse import ConfigError
+from agent.config.sources import load_managed_config
 from agent.platform.docker_context import (
     DEFAULT_NAME,
     ContextError,

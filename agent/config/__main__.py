@@ -1,7 +1,65 @@
-"""``python -m agent.config --check``: check the managed config as the agent will read it."""
+"""``python -m agent.config``: the docs page, MDM profiles, and a check of a config file."""
 
+from __future__ import annotations
+
+import argparse
+import json
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
-from agent.config.managed import main
+from agent.config.check import check_local_files
+from agent.config.parse import ConfigError
+from agent.config.render import (
+    encode_reg,
+    render_markdown,
+    render_mobileconfig,
+    render_windows_reg,
+)
+from agent.config.sources import PREFERENCE_DOMAIN, load_config_file, load_json_file
 
-sys.exit(main())
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agent.config``: docs, MDM profiles and a config check for IT."""
+    parser = argparse.ArgumentParser(
+        prog="python -m agent.config",
+        description="Generate the managed-config docs and MDM profiles, or check a config.",
+    )
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--markdown", action="store_true", help="print docs/config.md")
+    action.add_argument(
+        "--mobileconfig", metavar="FILE.json", help="print a .mobileconfig for these settings"
+    )
+    action.add_argument("--reg", metavar="FILE.json", help="print a .reg file (UTF-16)")
+    action.add_argument(
+        "--check", metavar="FILE", help="validate a JSON file, plist or .mobileconfig"
+    )
+    parser.add_argument("--identifier", default=PREFERENCE_DOMAIN, help="profile identifier")
+    parser.add_argument("--uuid-seed", help="seed for the profile's UUIDs")
+    args = parser.parse_args(argv)
+    try:
+        if args.markdown:
+            sys.stdout.write(render_markdown())
+        elif args.check:
+            config = load_config_file(Path(args.check))
+            check_local_files(config)
+            print(f"{args.check}: ok ({len(config.set_keys)} keys set; files checked here)")
+        else:
+            path = Path(args.mobileconfig or args.reg)
+            load_json_file(path)  # the same strict checks the agent applies
+            values = json.loads(path.read_bytes())
+            if args.mobileconfig:
+                out = render_mobileconfig(
+                    values, identifier=args.identifier, uuid_seed=args.uuid_seed
+                )
+            else:
+                out = encode_reg(render_windows_reg(values))
+            sys.stdout.buffer.write(out)
+    except ConfigError as e:
+        print(f"{parser.prog}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

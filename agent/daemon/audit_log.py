@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from agent.config.managed import AuditFailure
+from agent.config.keys import AuditFailure
 from agent.core.audit import (
     GENESIS,
     NO_GAP_DETAILS,

@@ -23,13 +23,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent import __version__
-from agent.config.managed import (
-    DEFAULT_JSON_PATH,
-    AuditFailure,
-    ConfigError,
-    ManagedConfig,
-    trust_settings,
-)
+from agent.config.check import trust_settings
+from agent.config.keys import AuditFailure, ManagedConfig
+from agent.config.parse import ConfigError
+from agent.config.sources import DEFAULT_JSON_PATH
 from agent.control.contract import default_control_path
 from agent.core.events import NoticeEvent
 from agent.core.policy.default import default_policy
