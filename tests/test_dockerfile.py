@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.inspection.dockerfile import (
+from agent.core.inspection.dockerfile.resolve import (
     DockerfileError,
     DockerfileImages,
     ImageUse,

@@ -25,7 +25,7 @@ from agent.config.keys import ManagedConfig
 from agent.config.parse import ConfigError
 from agent.config.sources import load_managed_config
 from agent.core.decision import Decision, Identity, Verdict, decide
-from agent.core.inspection.dockerfile import DockerfileError, ImageUse, parse_dockerfile
+from agent.core.inspection.dockerfile.resolve import DockerfileError, ImageUse, parse_dockerfile
 from agent.core.messages import denial_message, remediation_lines
 from agent.core.policy.default import default_policy
 from agent.core.policy.document import Policy

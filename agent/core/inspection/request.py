@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from agent.core.inspection.dockerfile import DockerfileError, ImageUse, parse_dockerfile
+from agent.core.inspection.dockerfile.resolve import DockerfileError, ImageUse, parse_dockerfile
 from agent.core.inspection.http1 import RequestHead
 from agent.core.inspection.routes import Endpoint, Query, Route, RouteError, parse_query
 from agent.core.policy.document import BuildsSetting, LoadSetting, OnCreateSetting, Policy
