@@ -10,12 +10,10 @@ why); any FAIL makes the exit code 1.
 from __future__ import annotations
 
 import argparse
-import http.client
 import importlib
 import importlib.util
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.control.client import ControlError, control_candidates, control_request
+from agent.platform.docker_api import request_sync
 from agent.platform.docker_context import (
     ContextError,
     docker_config_dir,
@@ -292,25 +291,15 @@ def _upstream_fix(upstream: Path) -> str:
 
 def ping(path: Path, timeout: float = PING_TIMEOUT) -> tuple[int, str]:
     """``GET /_ping`` on a Docker API socket: (status, body)."""
-    conn = http.client.HTTPConnection("localhost", timeout=timeout)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(str(path))
-        conn.sock = sock
-        conn.request("GET", "/_ping")
-        resp = conn.getresponse()
-        return resp.status, resp.read(4096).decode("utf-8", errors="replace").strip()
-    finally:
-        conn.close()
-        sock.close()
+    answer = request_sync(path, "GET", "/_ping", timeout=timeout, max_body=4096)
+    return answer.status, answer.body.decode("utf-8", errors="replace").strip()
 
 
 def check_ping(name: str, path: Path, fix: str) -> Check:
     try:
         code, body = ping(path)
-    except (OSError, http.client.HTTPException) as e:
-        why = getattr(e, "strerror", None) or repr(e)
+    except OSError as e:  # DockerAPIError too: an answer that is not HTTP
+        why = e.strerror or str(e) or repr(e)
         return Check(name, FAIL, f"GET /_ping on unix://{path} failed: {why}", fix)
     if code != 200:
         return Check(name, FAIL, f"GET /_ping on unix://{path} answered {code}: {body[:300]}", fix)

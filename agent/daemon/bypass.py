@@ -31,7 +31,7 @@ import sys
 import time
 import urllib.parse
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ from agent.core.events import DecisionEvent, Event, NoticeEvent
 from agent.core.peer import PeerInfo
 from agent.core.reference import DOCKER_HUB_ALIASES, ReferenceError, parse_normalized_named
 from agent.daemon.bus import DecisionSink
+from agent.platform import docker_api
+from agent.platform.docker_api import DockerAPIError
 from agent.platform.peer import describe_peer
 
 __all__ = [
@@ -566,69 +568,7 @@ def container_socket_mounts(container: Mapping[str, Any], upstream: Path) -> lis
 # --------------------------------------------------------------------------- the I/O edge
 
 
-class _HTTPError(Exception):
-    pass
-
-
-async def _open_request(
-    path: Path, target: str, timeout: float
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict[str, str]]:
-    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
-    # (cpython #86296), which left the agent unable to stop.
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
-    try:
-        writer.write(
-            f"GET {target} HTTP/1.1\r\nHost: docker\r\nUser-Agent: pullgate-bypass-monitor\r\n"
-            "Connection: close\r\n\r\n".encode()
-        )
-        await writer.drain()
-        async with asyncio.timeout(timeout):
-            head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                k, v = line.split(":", 1)
-                headers[k.strip().lower()] = v.strip()
-        if status != 200:
-            raise _HTTPError(f"GET {target} answered {status}")
-    except BaseException:
-        writer.close()
-        raise
-    return reader, writer, headers
-
-
-async def _body_chunks(
-    reader: asyncio.StreamReader, headers: Mapping[str, str]
-) -> AsyncIterator[bytes]:
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line.split(b";", 1)[0].strip(), 16)
-            if size == 0:
-                return
-            data = await reader.readexactly(size + 2)
-            yield data[:-2]
-    elif "content-length" in headers:
-        yield await reader.readexactly(int(headers["content-length"]))
-    else:
-        while data := await reader.read(1 << 16):
-            yield data
-
-
-async def _get_json(path: Path, target: str, timeout: float) -> Any:
-    async def fetch() -> Any:
-        reader, writer, headers = await _open_request(path, target, timeout)
-        try:
-            body = b"".join([chunk async for chunk in _body_chunks(reader, headers)])
-        finally:
-            writer.close()
-        return json.loads(body)
-
-    async with asyncio.timeout(timeout):
-        return await fetch()
+USER_AGENT = "pullgate-bypass-monitor"
 
 
 def _json_objects(buffer: str) -> tuple[list[Any], str]:
@@ -747,31 +687,42 @@ class BypassMonitor:
     async def _follow_events(self) -> None:
         backoff = 0.5
         while not self._closing:
+            followed = False
             try:
-                reader, writer, headers = await _open_request(
-                    self.upstream, self._events_target(), self.request_timeout
-                )
-            except (TimeoutError, OSError, asyncio.IncompleteReadError, _HTTPError):
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
-            backoff = 0.5
-            self.connected.set()
-            try:
-                buffer = ""
-                async for chunk in _body_chunks(reader, headers):
-                    objects, buffer = _json_objects(buffer + chunk.decode("utf-8", "replace"))
-                    for obj in objects:
-                        if isinstance(obj, dict):
-                            await self._on_event_supervised(obj)
-            except (OSError, asyncio.IncompleteReadError, ValueError, asyncio.LimitOverrunError):
+                async with docker_api.stream(
+                    self.upstream,
+                    self._events_target(),
+                    timeout=self.request_timeout,
+                    user_agent=USER_AGENT,
+                ) as answer:
+                    if answer.status != 200:
+                        raise DockerAPIError(f"GET /events answered {answer.status}")
+                    backoff, followed = 0.5, True
+                    self.connected.set()
+                    buffer = ""
+                    async for chunk in answer.chunks():
+                        objects, buffer = _json_objects(buffer + chunk.decode("utf-8", "replace"))
+                        for obj in objects:
+                            if isinstance(obj, dict):
+                                await self._on_event_supervised(obj)
+            except (OSError, ValueError):  # includes timeouts and unreadable answers
                 pass
             except Exception as e:  # a bug must not end the loop: say so, reconnect
                 self._internal_error("following the daemon's events", e)
             finally:
                 self.connected.clear()
-                writer.close()
             await asyncio.sleep(backoff)
+            if not followed:
+                backoff = min(backoff * 2, self.max_backoff)
+
+    async def _get_json(self, target: str) -> Any:
+        """The daemon's JSON answer to ``GET target``; OSError or ValueError if none."""
+        answer = await docker_api.request(
+            self.upstream, "GET", target, timeout=self.request_timeout, user_agent=USER_AGENT
+        )
+        if answer.status != 200:
+            raise DockerAPIError(f"GET {target} answered {answer.status}")
+        return json.loads(answer.body)
 
     async def _on_event_supervised(self, obj: dict[str, Any]) -> None:
         try:
@@ -897,10 +848,8 @@ class BypassMonitor:
 
     async def scan_containers(self) -> list[NoticeEvent]:
         try:
-            containers = await _get_json(
-                self.upstream, "/containers/json?all=1", self.request_timeout
-            )
-        except (TimeoutError, OSError, ValueError, _HTTPError, asyncio.IncompleteReadError):
+            containers = await self._get_json("/containers/json?all=1")
+        except (OSError, ValueError):
             return []
         emitted = []
         for container in containers if isinstance(containers, list) else []:
@@ -911,12 +860,8 @@ class BypassMonitor:
 
     async def _check_container(self, container_id: str) -> None:
         try:
-            container = await _get_json(
-                self.upstream,
-                f"/containers/{urllib.parse.quote(container_id)}/json",
-                self.request_timeout,
-            )
-        except (TimeoutError, OSError, ValueError, _HTTPError, asyncio.IncompleteReadError):
+            container = await self._get_json(f"/containers/{urllib.parse.quote(container_id)}/json")
+        except (OSError, ValueError):
             return
         if isinstance(container, dict):
             finding = self._container_finding(container)

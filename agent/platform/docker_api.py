@@ -1,0 +1,248 @@
+"""The agent's own small client for the Docker daemon's API on its unix socket.
+
+Used where the agent asks the daemon something itself (the bypass monitor's events and
+container scans, ``pullgate doctor``'s pings, the shim's checks of what a request made);
+never for the traffic the shim forwards. One request per connection (``Connection:
+close``). Answers are framed strictly, as the shim frames requests: a status line, header
+lines without bare CR or LF, at most one framing (``Content-Length`` digits, or one
+``chunked`` decoded by the shim's own ``BodyReader``), bounded head and body. Anything
+else is a :class:`DockerAPIError` — an ``OSError``, like a connection the daemon reset,
+so callers handle "the daemon could not be asked" in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, NamedTuple
+
+from agent.core.inspection.http1 import MAX_HEAD_BYTES, BodyReader, ProtocolError
+
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "DockerAPIError",
+    "Response",
+    "Stream",
+    "parse_response_head",
+    "request",
+    "request_sync",
+    "stream",
+]
+
+DEFAULT_MAX_BODY: Final = 64 * 1024 * 1024
+"""The largest answer read whole (``/containers/json?all=1`` on a busy host is large)."""
+_READ: Final = 1 << 16
+
+_STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] ([2-5][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?")
+_HEADER_LINE: Final = re.compile(
+    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[\t ]*([\t\x20-\x7e\x80-\xff]*?)[\t ]*"
+)
+
+
+class DockerAPIError(OSError):
+    """The daemon's answer cannot be read: malformed, truncated or too large."""
+
+
+class Response(NamedTuple):
+    status: int
+    headers: dict[str, str]  # names lower-cased; repeated headers joined with ", "
+    body: bytes
+
+
+def parse_response_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """Status and headers of a response head (up to, not including, the empty line)."""
+    lines = head.split(b"\r\n")
+    if any(b"\n" in line or b"\r" in line for line in lines):
+        raise DockerAPIError("the daemon's answer has a bare CR or LF in its head")
+    status = _STATUS_LINE.fullmatch(lines[0])
+    if status is None:
+        raise DockerAPIError(f"the daemon's status line is malformed: {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        field = _HEADER_LINE.fullmatch(line)
+        if field is None:
+            raise DockerAPIError(f"the daemon sent a malformed header line: {line[:80]!r}")
+        name = field.group(1).decode("ascii").lower()
+        value = field.group(2).decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return int(status.group(1)), headers
+
+
+def _body_reader(method: str, status: int, headers: dict[str, str]) -> BodyReader | None:
+    """How the body is framed; None: it runs until the daemon closes the connection."""
+    if method == "HEAD" or status in (204, 304):
+        return BodyReader(0)
+    length = headers.get("content-length")
+    coding = headers.get("transfer-encoding")
+    if coding is not None:
+        if length is not None or coding.lower() != "chunked":
+            raise DockerAPIError(f"the daemon's answer is framed ambiguously ({coding!r})")
+        return BodyReader(None, chunked=True, want_payload=True)
+    if length is not None:
+        if not (length.isascii() and length.isdigit() and len(length) <= 18):
+            raise DockerAPIError(f"the daemon sent Content-Length {length[:40]!r}")
+        return BodyReader(int(length), want_payload=True)
+    return None
+
+
+class _Answer:
+    """Sans-IO: bytes of one answer in, its head and payload pieces out."""
+
+    def __init__(self, method: str, max_body: int | None) -> None:
+        self.method = method
+        self.max_body = max_body
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.head_done = False
+        self.done = False
+        self._buf = bytearray()
+        self._body: BodyReader | None = None
+        self._received = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Payload pieces among ``data`` (empty ``data``: the daemon closed)."""
+        if not self.head_done:
+            if not data:
+                raise DockerAPIError("the daemon closed the connection before answering")
+            self._buf += data
+            end = self._buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buf) > MAX_HEAD_BYTES:
+                    raise DockerAPIError("the daemon's answer head is too large")
+                return []
+            self.status, self.headers = parse_response_head(bytes(self._buf[:end]))
+            self._body = _body_reader(self.method, self.status, self.headers)
+            self.head_done = True
+            rest = bytes(self._buf[end + 4 :])
+            self._buf.clear()
+            self.done = self._body is not None and self._body.done
+            return self._feed_body(rest) if rest and not self.done else []
+        return [] if self.done else self._feed_body(data)
+
+    def _feed_body(self, data: bytes) -> list[bytes]:
+        if self._body is None:  # until the daemon closes
+            self.done = not data
+            return self._count([data] if data else [])
+        if not data:
+            raise DockerAPIError("the daemon closed the connection in the middle of its answer")
+        try:
+            _, pieces = self._body.feed(memoryview(data))
+        except ProtocolError as e:
+            raise DockerAPIError(f"the daemon's answer body: {e.message}") from e
+        self.done = self._body.done
+        return self._count([bytes(p) for p in pieces])
+
+    def _count(self, pieces: list[bytes]) -> list[bytes]:
+        self._received += sum(len(p) for p in pieces)
+        if self.max_body is not None and self._received > self.max_body:
+            raise DockerAPIError(f"the daemon's answer is larger than {self.max_body} bytes")
+        return pieces
+
+
+def _request_bytes(method: str, target: str, user_agent: str) -> bytes:
+    if not target.startswith("/") or any(c in target for c in " \r\n\t"):
+        raise ValueError(f"not a request target: {target!r}")
+    return (
+        f"{method} {target} HTTP/1.1\r\nHost: docker\r\nUser-Agent: {user_agent}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("latin-1")
+
+
+async def request(
+    socket_path: Path | str,
+    method: str,
+    target: str,
+    *,
+    timeout: float = 30.0,
+    max_body: int = DEFAULT_MAX_BODY,
+    user_agent: str = "pullgate",
+) -> Response:
+    """One request on a connection of its own, the whole answer read within ``timeout``."""
+    data = _request_bytes(method, target, user_agent)
+    answer = _Answer(method, max_body)
+    body: list[bytes] = []
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+    # (cpython #86296), which left the agent unable to stop.
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(str(socket_path))
+        try:
+            writer.write(data)
+            await writer.drain()
+            while not answer.done:
+                body += answer.feed(await reader.read(_READ))
+        finally:
+            writer.close()
+    return Response(answer.status, answer.headers, b"".join(body))
+
+
+@dataclass
+class Stream:
+    """An answer whose body is read as it arrives (``GET /events``)."""
+
+    status: int
+    headers: dict[str, str]
+    _answer: _Answer
+    _reader: asyncio.StreamReader
+    _first: list[bytes]
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The payload as it arrives, until the answer ends (no timeout: it may not)."""
+        for piece in self._first:
+            yield piece
+        self._first = []
+        while not self._answer.done:
+            for piece in self._answer.feed(await self._reader.read(_READ)):
+                yield piece
+
+
+@contextlib.asynccontextmanager
+async def stream(
+    socket_path: Path | str,
+    target: str,
+    *,
+    timeout: float = 30.0,
+    user_agent: str = "pullgate",
+) -> AsyncIterator[Stream]:
+    """``GET target`` with the head read within ``timeout``; the body streams unbounded."""
+    data = _request_bytes("GET", target, user_agent)
+    answer = _Answer("GET", None)
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(str(socket_path))
+    try:
+        writer.write(data)
+        await writer.drain()
+        first: list[bytes] = []
+        async with asyncio.timeout(timeout):
+            while not answer.head_done:
+                first += answer.feed(await reader.read(_READ))
+        yield Stream(answer.status, answer.headers, answer, reader, first)
+    finally:
+        writer.close()
+
+
+def request_sync(
+    socket_path: Path | str,
+    method: str,
+    target: str,
+    *,
+    timeout: float = 5.0,
+    max_body: int = 1 << 20,
+    user_agent: str = "pullgate",
+) -> Response:
+    """:func:`request` for callers without an event loop (the CLI's ``doctor``);
+    ``timeout`` bounds each socket operation."""
+    data = _request_bytes(method, target, user_agent)
+    answer = _Answer(method, max_body)
+    body: list[bytes] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(socket_path))
+        sock.sendall(data)
+        while not answer.done:
+            body += answer.feed(sock.recv(_READ))
+    return Response(answer.status, answer.headers, b"".join(body))
