@@ -9,7 +9,9 @@ that one daemon (DESIGN.md, "Performance budget"):
 
 1. keep-alive ``GET /_ping``: one persistent connection per target, N sequential
    requests (pre-built request bytes, a raw socket, responses read by Content-Length),
-   interleaved in rounds so drift hits every target alike; p50/p90/p99 and shim/direct.
+   interleaved in rounds so drift hits every target alike; p50/p90/p99 and shim/direct,
+   and the CPU time per request of the process serving each proxy (the agent, HAProxy,
+   the byte pipe), which the machine's other load disturbs far less than latency.
 2. a new connection per ``GET /_ping`` (connect, send, read, close); the same figures.
 3. ``docker save -o`` / ``docker load -i`` of a ~400 MB image of random bytes (so nothing
    compresses) with the real docker CLI, directly and through the shim, 5 times each (3
@@ -258,6 +260,20 @@ class Target:
     name: str
     label: str
     path: Path
+    #: The process that serves the socket, when all its work is done there (its CPU time
+    #: per request is reported); None for the daemon and for socat (a child per connection).
+    pid: int | None = None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds process ``pid`` (all its threads) has used so far."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 AGENT_COMMAND = (sys.executable, "-m", "agent", "agent")
@@ -324,8 +340,7 @@ class Agent:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds the agent has used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid) or 0.0
 
     def soft_nofile(self) -> int | None:
         """The soft RLIMIT_NOFILE the running agent has (it may raise its own)."""
@@ -567,6 +582,7 @@ def bench_keepalive(targets: Sequence[Target], sizes: Sizes) -> dict[str, Any]:
                 read_response(sock)
         gc.collect()
         gc.disable()
+        cpu_before = {t.name: cpu_seconds(t.pid) for t in targets}
         try:
             for r in range(sizes.rounds):
                 order = list(targets[r % len(targets) :]) + list(targets[: r % len(targets)])
@@ -583,10 +599,11 @@ def bench_keepalive(targets: Sequence[Target], sizes: Sizes) -> dict[str, Any]:
                             errors[t.name] += 1
         finally:
             gc.enable()
+        cpu = _cpu_used(targets, cpu_before)
     finally:
         for sock in socks.values():
             sock.close()
-    return _ping_rows(targets, samples, errors)
+    return _ping_rows(targets, samples, errors, cpu)
 
 
 def bench_newconn(targets: Sequence[Target], sizes: Sizes) -> dict[str, Any]:
@@ -612,6 +629,7 @@ def bench_newconn(targets: Sequence[Target], sizes: Sizes) -> dict[str, Any]:
             one(str(t.path))
     gc.collect()
     gc.disable()
+    cpu_before = {t.name: cpu_seconds(t.pid) for t in targets}
     try:
         for r in range(sizes.rounds):
             order = list(targets[r % len(targets) :]) + list(targets[: r % len(targets)])
@@ -629,15 +647,41 @@ def bench_newconn(targets: Sequence[Target], sizes: Sizes) -> dict[str, Any]:
                         errors[t.name] += 1
     finally:
         gc.enable()
-    return _ping_rows(targets, samples, errors)
+    return _ping_rows(targets, samples, errors, _cpu_used(targets, cpu_before))
+
+
+def _cpu_used(
+    targets: Sequence[Target], before: Mapping[str, float | None]
+) -> dict[str, float | None]:
+    """CPU seconds each target's process used since ``before`` (None: not measured).
+
+    The targets take turns, and a proxy does nothing while another one is measured, so
+    this is its CPU for its own requests (in clock ticks: 10 ms, about 1% of a section).
+    """
+    used: dict[str, float | None] = {}
+    for t in targets:
+        start, end = before[t.name], cpu_seconds(t.pid)
+        used[t.name] = None if start is None or end is None else end - start
+    return used
 
 
 def _ping_rows(
-    targets: Sequence[Target], samples: Mapping[str, list[int]], errors: Mapping[str, int]
+    targets: Sequence[Target],
+    samples: Mapping[str, list[int]],
+    errors: Mapping[str, int],
+    cpu: Mapping[str, float | None],
 ) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for t in targets:
-        rows[t.name] = {"label": t.label, **summarize_ns(samples[t.name]), "errors": errors[t.name]}
+        n = len(samples[t.name])
+        used = cpu[t.name]
+        rows[t.name] = {
+            "label": t.label,
+            **summarize_ns(samples[t.name]),
+            "errors": errors[t.name],
+            # the serving process's CPU per request, microseconds (None: not measured)
+            "cpu_us": round(used * 1e6 / n, 1) if used is not None and n else None,
+        }
     direct = rows["direct"]
     for t in targets:
         row = rows[t.name]
@@ -1111,9 +1155,12 @@ class Run:
         assert self.env is not None and self.agent is not None
         found = [
             Target("direct", "direct (dockerd socket)", self.env.socket_path),
-            Target("shim", "pullgate agent", self.agent.socket_path),
+            Target("shim", "pullgate agent", self.agent.socket_path, self.agent.proc.pid),
         ]
-        found += [Target(p.name, p.label, p.socket_path) for p in self.proxies]
+        found += [
+            Target(p.name, p.label, p.socket_path, None if p.name == "socat" else p.proc.pid)
+            for p in self.proxies
+        ]
         return found
 
     def execute(self) -> None:
@@ -1346,13 +1393,15 @@ def render(results: Mapping[str, Any], verdicts: Sequence[Mapping[str, Any]]) ->
         w(f"{title} ({n} requests per target)")
         w(
             f"  {'':32}{'p50 us':>9}{'p90 us':>9}{'p99 us':>9}{'mean us':>9}"
-            f"{'p50 x':>8}{'p90 x':>8}{'p99 x':>8}{'errors':>8}"
+            f"{'p50 x':>8}{'p90 x':>8}{'p99 x':>8}{'errors':>8}{'CPU us':>8}"
         )
         for row in section.values():
+            cpu = row.get("cpu_us")
             w(
                 f"  {row['label']:32}{row['p50_us']:>9.1f}{row['p90_us']:>9.1f}"
                 f"{row['p99_us']:>9.1f}{row['mean_us']:>9.1f}{row['p50_ratio']:>8.2f}"
                 f"{row['p90_ratio']:>8.2f}{row['p99_ratio']:>8.2f}{row['errors']:>8}"
+                f"{'-' if cpu is None else f'{cpu:.1f}':>8}"
             )
     sl = results.get("save_load", {})
     if sl:
