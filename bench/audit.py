@@ -41,13 +41,13 @@ from agent.core.audit import (
     format_timestamp,
     order_files,
     record_for,
-    verify,
 )
 from agent.core.decision import decide
 from agent.core.events import DecisionEvent
 from agent.core.peer import PeerInfo, ProcessSummary
 from agent.core.policy.document import parse_policy
-from agent.daemon.audit_log import AuditLog, read_state
+from agent.daemon.audit_log import AuditLog
+from agent.daemon.audit_verify import read_state, verify
 from bench.decision import make_policy_document, make_queries
 
 BUDGET_DECISIONS_PER_S = 1000.0

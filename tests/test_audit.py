@@ -1,5 +1,6 @@
-"""The audit record and chain (pure): ECS fields per event kind, no secrets, and a verify
-that names the exact first bad line after each kind of tampering."""
+"""The audit record and chain (pure, agent.core.audit): ECS fields per event kind, no
+secrets, and a verify (agent.daemon.audit_verify reading the files for the core's chain
+check) that names the exact first bad line after each kind of tampering."""
 
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ from agent.core.audit import (
     order_files,
     record_for,
     summary_line,
-    verify,
 )
 from agent.core.events import DecisionEvent, Event, NoticeEvent, PolicyEvent
 from agent.core.peer import PeerInfo, ProcessSummary
+from agent.daemon.audit_verify import verify
 
 DENIAL = "pullgate: pulling docker.io/someuser/tool:latest is not allowed"
 T0 = 1_790_000_000.25  # 2026-09-21T14:13:20.250Z, a fixed clock

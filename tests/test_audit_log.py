@@ -22,15 +22,10 @@ from typing import Any
 import pytest
 
 from agent.config.keys import AuditFailure
-from agent.core.audit import STATE_NAME, order_files, verify
+from agent.core.audit import STATE_NAME, order_files
 from agent.core.events import NoticeEvent, PolicyEvent
-from agent.daemon.audit_log import (
-    AuditLog,
-    AuditLogError,
-    default_audit_dir,
-    read_state,
-    verify_directory,
-)
+from agent.daemon.audit_log import AuditLog, AuditLogError, default_audit_dir
+from agent.daemon.audit_verify import read_state, verify, verify_directory
 from agent.daemon.bus import DecisionSink
 from tests.agent_process import skip_or_fail
 from tests.test_audit import decision_event

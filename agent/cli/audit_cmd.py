@@ -24,7 +24,8 @@ from typing import Any
 from agent.config.parse import ConfigError
 from agent.config.sources import load_managed_config
 from agent.core.audit import FILE_RE, STATE_NAME, format_timestamp, parse_line, summary_line
-from agent.daemon.audit_log import audit_files, default_audit_dir, verify_directory
+from agent.daemon.audit_log import default_audit_dir
+from agent.daemon.audit_verify import audit_files, verify_directory
 
 EXIT_OK = 0
 EXIT_BAD = 1

@@ -385,7 +385,7 @@ def verify_audit_dir(
     compare its end with what the agent says it wrote (``agent``: its audit status);
     None when this build has no verifier (``agent.daemon.audit_log`` is imported lazily)."""
     try:
-        audit_log = importlib.import_module("agent.daemon.audit_log")
+        audit_log = importlib.import_module("agent.daemon.audit_verify")
     except ImportError:
         return None
     verify_directory = getattr(audit_log, "verify_directory", None)

@@ -18,11 +18,14 @@ What the chain alone cannot show is a cut *tail* (the last lines removed) or a r
 *oldest* file. The writer therefore keeps ``audit.state`` (see ``AuditState``): the last
 sequence and hash, fsynced after each record, and the first retained file with its first
 sequence and prev (the anchor that replaces the zeros once retention deleted files).
-``verify`` takes that state and checks both ends against it.
+``verify_chain`` takes that state and checks both ends against it.
 
 This is tamper-*evident*, not tamper-proof: whoever can rewrite every file and the state
 can forge a consistent log. Shipping records to a SIEM (``pullgate audit export``) is
 what pins history outside the machine.
+
+Pure: no file is opened here. ``verify_chain`` reads each file's lines through the
+:class:`LogFile` its caller hands it; ``agent.daemon.audit_verify`` opens the files.
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ import json
 import re
 import shlex
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Final
+from pathlib import PurePath
+from typing import Any, Final, Protocol, TypeVar
 
 from agent.core.events import DecisionEvent, Event, NoticeEvent, PolicyEvent
 from agent.core.peer import PeerInfo
@@ -47,6 +51,7 @@ __all__ = [
     "AuditNote",
     "AuditState",
     "BadLine",
+    "LogFile",
     "VerifyResult",
     "canonical_json",
     "encode_line",
@@ -56,7 +61,7 @@ __all__ = [
     "parse_line",
     "record_for",
     "summary_line",
-    "verify",
+    "verify_chain",
 ]
 
 GENESIS: Final = "0" * 64
@@ -272,7 +277,10 @@ def file_name(first_sequence: int, t: float) -> str:
     return f"audit-{stamp}-{first_sequence:012d}.jsonl"
 
 
-def order_files(paths: Iterable[Path]) -> list[Path]:
+_P = TypeVar("_P", bound=PurePath)
+
+
+def order_files(paths: Iterable[_P]) -> list[_P]:
     """Audit files (not ``.torn`` or other names) in chain order."""
     found = []
     for p in paths:
@@ -407,7 +415,8 @@ class VerifyResult:
 
 
 class _ChainBreakError(Exception):
-    """The fast loop's stop: where, a short code, and the chain position it expected."""
+    """``_verify_file``' stop: the 1-based line, a short code (``torn``, ``malformed``,
+    ``hash``, ``sequence``, ``anchor``), and the chain position it expected there."""
 
     def __init__(self, line: int, reason: str, expect_seq: int, prev: str) -> None:
         super().__init__(reason)
@@ -437,7 +446,18 @@ def _prev_of(line: bytes) -> str | None:
     return line[start : start + 64].decode("ascii", "replace")
 
 
-def verify(files: Sequence[Path], state: AuditState | None = None) -> VerifyResult:
+class LogFile(Protocol):
+    """One file of the log as ``verify_chain`` reads it: its name, and its lines (bytes,
+    each with its newline) each time ``lines`` is entered. Opening the file is the
+    caller's; ``lines`` may raise ``OSError``, which verify reports as unreadable."""
+
+    @property
+    def name(self) -> str: ...
+
+    def lines(self) -> AbstractContextManager[Iterable[bytes]]: ...
+
+
+def verify_chain(files: Sequence[LogFile], state: AuditState | None = None) -> VerifyResult:
     """Prove the chain over ``files`` (in order) intact, or name the first bad line.
 
     With ``state`` the chain must start at its base (file, sequence, prev), reach its last
@@ -455,7 +475,7 @@ def verify(files: Sequence[Path], state: AuditState | None = None) -> VerifyResu
     last_hash = GENESIS
     last_line: tuple[str, int] = ("", 0)
     anchor = (state.sequence, state.hash.encode()) if state is not None else (0, b"")
-    marks: list[tuple[Path, int]] = []
+    marks: list[tuple[LogFile, int]] = []
     if state is not None and state.sequence > 0:
         if not files:
             return VerifyResult(
@@ -484,10 +504,10 @@ def verify(files: Sequence[Path], state: AuditState | None = None) -> VerifyResu
         if start is not None:
             expect_seq, prev = start
     start_seq = expect_seq
-    for path in files:
+    for file in files:
         found: list[int] = []
         try:
-            with path.open("rb", buffering=1 << 20) as f:
+            with file.lines() as f:
                 n, expect_seq, prev = _verify_file(f, expect_seq, prev, anchor, found)
         except _ChainBreakError as bad:
             done = records + bad.line - 1
@@ -497,18 +517,18 @@ def verify(files: Sequence[Path], state: AuditState | None = None) -> VerifyResu
                 len(files),
                 start_seq if done else None,
                 bad.expect_seq - 1 if done else None,
-                first_bad=BadLine(path.name, bad.line, _explain(path, bad, state)),
-                notes=_notes(marks + [(path, i) for i in found]),
+                first_bad=BadLine(file.name, bad.line, _explain(file, bad, state)),
+                notes=_notes(marks + [(file, i) for i in found]),
             )
         except OSError as e:
             return VerifyResult(
-                False, records, len(files), first_bad=BadLine(path.name, 0, f"unreadable: {e}")
+                False, records, len(files), first_bad=BadLine(file.name, 0, f"unreadable: {e}")
             )
-        marks += [(path, i) for i in found]
+        marks += [(file, i) for i in found]
         if n:
             first_seq = start_seq
             records += n
-            last_line = (path.name, n)
+            last_line = (file.name, n)
             last_hash = prev
     last_seq = expect_seq - 1 if records else None
     notes = _notes(marks)
@@ -595,18 +615,18 @@ NO_GAP_DETAILS: Final = frozenset(
 )
 
 
-def _notes(marks: Sequence[tuple[Path, int]]) -> tuple[AuditNote, ...]:
+def _notes(marks: Sequence[tuple[LogFile, int]]) -> tuple[AuditNote, ...]:
     """Read the writer's own notices (slow path, JSON, only for the few marked lines)."""
     if not marks:
         return ()
     notes: list[AuditNote] = []
-    by_file: dict[Path, list[int]] = {}
-    for path, line in marks:
-        by_file.setdefault(path, []).append(line)
-    for path, wanted in by_file.items():
+    by_file: dict[LogFile, list[int]] = {}
+    for file, line in marks:
+        by_file.setdefault(file, []).append(line)
+    for file, wanted in by_file.items():
         want = set(wanted)
         try:
-            with path.open("rb") as f:
+            with file.lines() as f:
                 for n, raw in enumerate(f, 1):
                     if n not in want:
                         continue
@@ -622,7 +642,7 @@ def _notes(marks: Sequence[tuple[Path, int]]) -> tuple[AuditNote, ...]:
                         continue
                     notes.append(
                         AuditNote(
-                            path.name,
+                            file.name,
                             n,
                             int(record.get("event.sequence", 0)),
                             action,
@@ -649,9 +669,12 @@ def _verify_file(
     anchor: tuple[int, bytes],
     marks: list[int],
 ) -> tuple[int, int, str]:
-    """The fast loop: bytes slicing and one sha256 per line, no JSON. ``anchor`` is the
-    state's (sequence, hash) checked where the chain passes it; ``marks`` collects the
-    line numbers of the writer's own ``audit-*`` notices."""
+    """The fast loop over one file's lines: bytes slicing and one sha256 per line, no JSON.
+
+    Starts at ``expect_seq`` chained to ``prev``; returns (lines read, the next expected
+    sequence, the last hash), or raises :class:`_ChainBreakError` at the first bad line.
+    ``anchor`` is the state's (sequence, hash) checked where the chain passes it;
+    ``marks`` collects the line numbers of the writer's own ``audit-*`` notices."""
     sha256 = hashlib.sha256
     prev_raw = bytes.fromhex(prev)
     n = 0
@@ -676,13 +699,13 @@ def _verify_file(
     return n, expect_seq, prev_raw.hex()
 
 
-def _unanchored_start(files: Sequence[Path]) -> tuple[int, str] | None:
+def _unanchored_start(files: Sequence[LogFile]) -> tuple[int, str] | None:
     """Without audit.state, the first record's own link is the start: zeros for
     sequence 1, else whatever it names (retention deleted what came before)."""
-    for path in files:
+    for file in files:
         try:
-            with path.open("rb") as f:
-                first = f.readline()
+            with file.lines() as f:
+                first = next(iter(f), b"")
         except OSError:
             return None
         if first:
@@ -693,7 +716,7 @@ def _unanchored_start(files: Sequence[Path]) -> tuple[int, str] | None:
     return None
 
 
-def _explain(path: Path, bad: _ChainBreakError, state: AuditState | None = None) -> str:
+def _explain(file: LogFile, bad: _ChainBreakError, state: AuditState | None = None) -> str:
     """Turn the fast loop's failure into a reason IT can act on (slow path, JSON)."""
     if bad.reason == "anchor" and state is not None:
         return (
@@ -701,8 +724,8 @@ def _explain(path: Path, bad: _ChainBreakError, state: AuditState | None = None)
             "recorded (its hash differs): the records up to here were rewritten and "
             "re-chained"
         )
-    with path.open("rb") as f:
-        lines = f.readlines()
+    with file.lines() as f:
+        lines = list(f)
     line = lines[bad.line - 1]
     if bad.reason == "torn":
         return (

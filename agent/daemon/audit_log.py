@@ -1,6 +1,7 @@
 """The audit log writer: the one process that appends, fsyncs, rotates and recovers.
 
-Records come from ``agent.core.audit`` (pure); this module owns the files:
+Records come from ``agent.core.audit`` (pure); reading the log back and verifying it is
+``agent.daemon.audit_verify``'s. This module owns the files:
 
 - ``audit-<UTC time>-<first sequence>.jsonl``: the records, one line each. The newest
   file is the active one.
@@ -59,28 +60,22 @@ from agent.core.audit import (
     STATE_NAME,
     STATE_SLOT,
     AuditState,
-    VerifyResult,
     decode_state,
     encode_line,
     encode_state_slot,
     file_name,
     format_timestamp,
-    order_files,
     parse_line,
     record_for,
     summary_line,
-    verify,
 )
 from agent.core.events import Event, NoticeEvent
+from agent.daemon.audit_verify import audit_files
 
 __all__ = [
     "AuditLog",
     "AuditLogError",
-    "DirectoryVerify",
-    "audit_files",
     "default_audit_dir",
-    "read_state",
-    "verify_directory",
 ]
 
 _MIB = 1024 * 1024
@@ -112,106 +107,6 @@ def default_audit_dir(
     import platformdirs  # noqa: PLC0415 - only per-user agents need it
 
     return Path(platformdirs.user_log_dir("pullgate", appauthor=False))
-
-
-def read_state(directory: Path) -> AuditState | None:
-    """The writer's ``audit.state``, or None when there is none (or it is not a file)."""
-    try:
-        fd = os.open(directory / STATE_NAME, os.O_RDONLY | _NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return None  # a symlink planted in its place: not the writer's state
-        raise
-    try:
-        return decode_state(os.pread(fd, 2 * STATE_SLOT, 0))
-    finally:
-        os.close(fd)
-
-
-def audit_files(directory: Path, uid: int | None = None) -> tuple[list[Path], list[str]]:
-    """The chain's files in order, and the names of look-alikes the writer never wrote:
-    symlinks and other non-regular files, and files another user than ``uid`` (default:
-    the directory's owner) owns. Raises ``OSError`` when the directory cannot be read."""
-    if uid is None:
-        uid = directory.stat().st_uid
-    ours: list[Path] = []
-    foreign: list[str] = []
-    for path in order_files(directory.iterdir()):
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            continue  # retention removed it meanwhile
-        if stat.S_ISREG(st.st_mode) and (os.name != "posix" or st.st_uid == uid):
-            ours.append(path)
-        else:
-            foreign.append(path.name)
-    return ours, foreign
-
-
-class DirectoryVerify:
-    """``verify_directory``'s answer: the result, the snapshot it verified, look-alikes."""
-
-    def __init__(
-        self,
-        result: VerifyResult,
-        state: AuditState | None,
-        files: list[Path],
-        foreign: list[str],
-        attempts: int,
-    ) -> None:
-        self.result = result
-        self.state = state
-        self.files = files
-        self.foreign = foreign
-        self.attempts = attempts
-
-
-def _generation(state: AuditState | None) -> int:
-    return -1 if state is None else state.generation
-
-
-def _sizes(files: list[Path]) -> list[int]:
-    sizes = []
-    for path in files:
-        try:
-            sizes.append(path.stat().st_size)
-        except FileNotFoundError:
-            sizes.append(-1)
-    return sizes
-
-
-def verify_directory(directory: Path, *, attempts: int = 5) -> DirectoryVerify:
-    """Verify the log in ``directory`` consistently while its writer may be running.
-
-    A snapshot is the file list, then the state, then the list again (a rotation in
-    between starts over). A failed verify is only reported when it holds still: if the
-    list, a file's size or the state's generation changed while it ran (the writer
-    rotated, retention deleted a file being read, a record was being written), it starts
-    over, up to ``attempts`` times. A real break does not move, so it is reported at once.
-    """
-    last: DirectoryVerify | None = None
-    for attempt in range(1, attempts + 1):
-        before, _ = audit_files(directory)
-        state = read_state(directory)
-        files, foreign = audit_files(directory)
-        if files != before and attempt < attempts:
-            continue
-        sizes = _sizes(files)
-        result = verify(files, state)
-        last = DirectoryVerify(result, state, files, foreign, attempt)
-        if result.first_bad is None:
-            return last
-        now, _ = audit_files(directory)
-        if (
-            now == files
-            and _sizes(now) == sizes
-            and _generation(read_state(directory)) == _generation(state)
-        ):
-            return last
-    assert last is not None
-    return last
 
 
 def native_writer() -> Callable[[str, str], None] | None:
