@@ -1,3 +1,6 @@
-"""Pullgate agent: image references, policy, decisions, and (later) the socket shim."""
+"""Pullgate agent: enforces container-image policy in front of the Docker socket.
+
+The layers and their import rules: docs/architecture.md.
+"""
 
 __version__ = "0.1.0"

@@ -47,7 +47,6 @@ __all__ = [
     "parse_docker_ref",
     "parse_named",
     "parse_normalized_named",
-    "split_hostname",
 ]
 
 DEFAULT_DOMAIN = "docker.io"
@@ -241,10 +240,6 @@ class Reference:
         if self.digest is not None:
             out += "@" + self.digest
         return out
-
-    @property
-    def is_name_only(self) -> bool:
-        return self.tag is None and self.digest is None
 
     def familiar_name(self) -> str:
         """``FamiliarName``: the short form people type (``ubuntu``, ``user/app``)."""
@@ -466,11 +461,6 @@ def parse_docker_ref(s: str) -> Reference:
     if ref.digest is not None:
         return Reference(ref.domain, ref.path, None, ref.digest)
     return ref.with_default_tag()
-
-
-def split_hostname(ref: Reference) -> tuple[str, str]:
-    """Deprecated ``SplitHostname``: domain and path of a named reference."""
-    return ref.domain, ref.path
 
 
 def familiar_match(pattern: str, ref: Reference) -> bool:

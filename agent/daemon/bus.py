@@ -7,7 +7,6 @@ stderr and the others still get it).
 from __future__ import annotations
 
 import sys
-from typing import TextIO
 
 from agent.core.events import Event, Subscriber
 
@@ -32,12 +31,9 @@ class DecisionSink:
 
 
 class StderrSubscriber:
-    """One JSON object per line on stderr (until the audit log lands)."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self._stream = stream
+    """Every event as one JSON object per line on stderr: the agent's log, for a service
+    manager's journal (the audit log is the record)."""
 
     def __call__(self, event: Event) -> None:
-        stream = self._stream or sys.stderr
-        stream.write(event.json_text + "\n")
-        stream.flush()
+        sys.stderr.write(event.json_text + "\n")
+        sys.stderr.flush()
