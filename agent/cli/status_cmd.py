@@ -10,8 +10,6 @@ why); any FAIL makes the exit code 1.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -378,19 +376,11 @@ def _refresh_problem(policy: Mapping[str, Any]) -> str | None:
     return None
 
 
-def verify_audit_dir(
-    directory: Path, agent: Mapping[str, Any] | None = None
-) -> tuple[bool, str] | None:
+def verify_audit_dir(directory: Path, agent: Mapping[str, Any] | None = None) -> tuple[bool, str]:
     """Verify the audit chain in ``directory`` as ``pullgate audit verify`` does, and
-    compare its end with what the agent says it wrote (``agent``: its audit status);
-    None when this build has no verifier (``agent.daemon.audit_log`` is imported lazily)."""
-    try:
-        audit_log = importlib.import_module("agent.daemon.audit_verify")
-    except ImportError:
-        return None
-    verify_directory = getattr(audit_log, "verify_directory", None)
-    if not callable(verify_directory):
-        return None
+    compare its end with what the agent says it wrote (``agent``: its audit status)."""
+    from agent.daemon.audit_verify import verify_directory  # noqa: PLC0415 - only for doctor
+
     checked = verify_directory(directory)
     result, state = checked.result, checked.state
     bad = result.first_bad
@@ -432,7 +422,7 @@ def _agent_ahead_of_disk(agent: Mapping[str, Any], result: Any) -> str | None:
 def check_audit(audit: object) -> list[Check]:
     name = "audit log"
     if not isinstance(audit, dict):
-        return [Check(name, SKIP, "this agent does not report an audit log yet")]
+        return [Check(name, SKIP, "the agent does not report an audit log")]
     directory = audit.get("dir")
     where = f" in {directory}" if directory else ""
     if audit.get("healthy"):
@@ -475,8 +465,6 @@ def check_audit_chain(directory: Path | None, agent: Mapping[str, Any] | None = 
         return Check(name, SKIP, f"cannot read {directory} as this user; run doctor as root")
     except (OSError, ValueError) as e:
         return Check(name, FAIL, f"cannot verify {directory}: {e}", fix)
-    if outcome is None:
-        return Check(name, SKIP, "this build has no audit verifier (agent.core.audit)")
     ok, detail = outcome
     return Check(name, OK, detail) if ok else Check(name, FAIL, detail, fix)
 
