@@ -1,6 +1,6 @@
-"""The policy store's trust rules (agent/policy_store.py), pure: bytes, settings, a clock in.
+"""The policy store's trust rules (agent/core/policy/trust.py), pure: bytes, settings, a clock in.
 
-Every refusal kind of the signed-envelope contract (DESIGN.md "Signed envelope"), the
+Every refusal kind of the signed-envelope contract (agent/core/policy/trust.py), the
 clock floor, and what ``effective_policy`` enforces when fresh, stale and expired under
 each ``stale_behavior`` (checked with the decision engine itself).
 """

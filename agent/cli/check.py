@@ -1,6 +1,6 @@
 """``pullgate check``: may this machine pull these images, and why not?
 
-Contract (DESIGN.md): exit 0 when every image is allowed (``would_deny`` counts as
+The contract: exit 0 when every image is allowed (``would_deny`` counts as
 allowed), 1 when at least one is denied, 2 on bad input (an invalid reference, an
 unreadable or invalid policy or Dockerfile) with a one-line error on stderr. ``--json``
 prints one array with an object per input. Docker is never contacted.

@@ -2,8 +2,8 @@
 
 ``status`` prints what the agent reports. ``doctor`` checks the whole path a pull takes —
 agent, daemon, shim, the socket the ``docker`` CLI really uses, policy, audit log, clock —
-because a broken setup must say what is wrong and how to fix it, not fail silently
-(DESIGN.md, "Fail safe, not dead"). Every check is OK, FAIL (with the fix) or SKIP (with
+because a broken setup must say what is wrong and how to fix it, not fail silently.
+Every check is OK, FAIL (with the fix) or SKIP (with
 why); any FAIL makes the exit code 1.
 """
 

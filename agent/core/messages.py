@@ -1,6 +1,6 @@
 """Words people read: the denial message the Docker CLI prints, and its parts.
 
-The message is the contract of DESIGN.md "Denial in the Docker CLI": it starts with
+The message is a contract with the people reading it in the Docker CLI: it starts with
 ``pullgate:``, names the canonical image, says why (category or rule) and what to do
 instead. It must never contain "no such file or directory" or "permission denied",
 which make ``docker run`` exit with 126/127 instead of 125.

@@ -1,7 +1,7 @@
 """The control API: what the agent is doing, for the tray, the CLI and IT's scripts.
 
-HTTP/1.1 + JSON on a local Unix socket, so ``curl --unix-socket`` works (DESIGN.md,
-"Control API (contract)"). The server is a ``DecisionSink`` subscriber: it keeps the last
+HTTP/1.1 + JSON on a local Unix socket, so ``curl --unix-socket`` works (the contract:
+docs/control-api.md). The server is a ``DecisionSink`` subscriber: it keeps the last
 decisions in a ring buffer and fans every event out to live server-sent-event streams.
 
 Access control is the kernel's word on who is calling (``SO_PEERCRED``), not the socket's

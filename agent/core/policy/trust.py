@@ -5,7 +5,7 @@ state and a ``now`` go in; an accepted policy or a ``PolicyRefusedError`` naming
 reason comes out. Downloading and writing the cache are not handled here — the caller
 persists an envelope only after this module accepted it.
 
-Rules (DESIGN.md "Signed envelope"): the signatures of at least ``threshold`` trusted
+Rules (for admins: docs/admin-guide.md): the signatures of at least ``threshold`` trusted
 keys verify; ``org`` matches; ``serial`` is higher than the highest accepted (equal only
 with identical bytes, which means "nothing new"); ``issued_at`` is not in the future
 beyond a small skew; the policy is not expired beyond the grace period. The highest
