@@ -145,6 +145,34 @@ def test_docker_endpoint_follows_the_cli_precedence(
     assert (endpoint.url, endpoint.source, endpoint.context) == expected
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"DOCKER_CONTEXT": "env"},
+        {"DOCKER_HOST": "unix:///h.sock", "DOCKER_CONTEXT": "env"},
+        {"DOCKER_CONTEXT": "default"},
+    ],
+)
+def test_docker_endpoint_agrees_with_the_real_cli(tmp_path: Path, env: dict[str, str]) -> None:
+    add_context(tmp_path, "env", "unix:///env.sock")
+    add_context(tmp_path, "file", "unix:///file.sock")
+    (tmp_path / "config.json").write_text(json.dumps({"currentContext": "file"}))
+    if not Path(DOCKER_CLI).exists():
+        pytest.skip(f"{DOCKER_CLI} not installed")
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    cli_env.update(env, DOCKER_CONFIG=str(tmp_path))
+    host = subprocess.run(
+        [DOCKER_CLI, "context", "inspect", "--format", "{{.Endpoints.docker.Host}}"],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    assert docker_endpoint(tmp_path, env).url == host
+
+
 def test_docker_endpoint_without_a_config_is_the_default_socket(tmp_path: Path) -> None:
     endpoint = docker_endpoint(tmp_path / "none", {})
     assert (endpoint.url, endpoint.source) == (DEFAULT_HOST, "default")
