@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import json
 import os
@@ -246,7 +247,76 @@ def _upstream_error(path: Path, error: OSError) -> str:
 _NO_BODY = BodyReader(None, False)
 
 # --- states ---------------------------------------------------------------------------
-_HEAD, _BODY, _BUFFER, _TAR, _DECIDING, _WAIT, _SPLICE, _CLOSED, _DRAIN = range(9)
+
+
+class State(enum.IntEnum):
+    """Where a client connection is. The legal moves between states are ``MOVES``."""
+
+    #: Between requests: the next head is read (where a connection starts).
+    HEAD = 0
+    #: The request went upstream; its body follows as it arrives.
+    BODY = 1
+    #: A JSON body is read whole and held; nothing of the request has gone upstream.
+    BUFFER = 2
+    #: The head went upstream; the archive streams through the scanner, its end held.
+    TAR = 3
+    #: The client is paused: the daemon is asked (lookups), or a refusal waits for its
+    #: audit record.
+    DECIDING = 4
+    #: The whole request went upstream; its response ends before the next request.
+    WAIT = 5
+    #: The daemon switched to a raw stream: bytes flow both ways untouched.
+    SPLICE = 6
+    #: Refused and answered: the rest of the body is read and dropped (bounded).
+    DRAIN = 7
+    CLOSED = 8
+
+
+# The hot path compares these module names by identity: ``State.HEAD`` is an attribute
+# lookup on the enum class, several times slower than a global (Python 3.11).
+_HEAD = State.HEAD
+_BODY = State.BODY
+_BUFFER = State.BUFFER
+_TAR = State.TAR
+_DECIDING = State.DECIDING
+_WAIT = State.WAIT
+_SPLICE = State.SPLICE
+_DRAIN = State.DRAIN
+_CLOSED = State.CLOSED
+
+#: Every legal move, state -> the states it may go to next (``ClientConnection._move``
+#: makes each move and refuses any other). Refusing a request answers and then drains
+#: (DRAIN) or closes (CLOSED), from any state with a request in progress; while the
+#: request's audit record is being written a refusal waits in DECIDING. Closing is legal
+#: from every state, CLOSED included (the transport reports what the shim closed).
+MOVES: dict[State, frozenset[State]] = {
+    # a head: passes (BODY, or WAIT without a body), or is inspected with its body
+    # (BUFFER: JSON, TAR: archive)
+    _HEAD: frozenset({_BODY, _WAIT, _BUFFER, _TAR, _DECIDING, _DRAIN, _CLOSED}),
+    # the body ended (WAIT); the daemon may switch to a raw stream before it has
+    _BODY: frozenset({_WAIT, _SPLICE, _DECIDING, _DRAIN, _CLOSED}),
+    # the JSON is read: the daemon is asked first (DECIDING), or it is decided and goes
+    _BUFFER: frozenset({_DECIDING, _WAIT, _DRAIN, _CLOSED}),
+    # the archive is read: the daemon is asked first (DECIDING), or it is decided and
+    # its held end goes
+    _TAR: frozenset({_DECIDING, _WAIT, _DRAIN, _CLOSED}),
+    # answers came: a JSON request is decided from BUFFER again, an archive's end goes
+    _DECIDING: frozenset({_BUFFER, _WAIT, _DECIDING, _DRAIN, _CLOSED}),
+    # the response ended (HEAD) or became a raw stream (SPLICE); a held answer can
+    # still be refused
+    _WAIT: frozenset({_HEAD, _SPLICE, _DECIDING, _DRAIN, _CLOSED}),
+    _SPLICE: frozenset({_CLOSED}),
+    _DRAIN: frozenset({_CLOSED}),
+    _CLOSED: frozenset({_CLOSED}),
+}
+#: MOVES indexed by state, for ``_move`` (a tuple index and an int hash: cheap).
+_NEXT: tuple[frozenset[State], ...] = tuple(MOVES[state] for state in State)
+
+
+class IllegalMoveError(RuntimeError):
+    """A move ``MOVES`` does not allow: a bug in the shim, never something a client did."""
+
+
 #: After a refusal, how long and how much of the rest of a request body is read and dropped.
 _DRAIN_SECONDS = 30.0
 #: Bytes a client may send ahead of the response to its request before it is paused.
@@ -288,7 +358,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._peer: PeerInfo | None = None
         self.buf = bytearray()
-        self.state = _HEAD
+        self.state: State = _HEAD
         self.head: RequestHead | None = None
         self.route: Route | None = None
         self.reader: BodyReader | None = None
@@ -323,6 +393,12 @@ class ClientConnection(asyncio.Protocol):
         self.drained = 0
         self.drain_timer: asyncio.TimerHandle | None = None
 
+    def _move(self, to: State) -> None:
+        """Go to state ``to``; IllegalMoveError if ``MOVES`` does not allow it from here."""
+        if to not in _NEXT[self.state]:
+            raise IllegalMoveError(f"pullgate: shim state {self.state.name} cannot go to {to.name}")
+        self.state = to
+
     # -- client transport -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -342,24 +418,24 @@ class ClientConnection(asyncio.Protocol):
         return self._peer
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.state = _CLOSED
+        self._move(_CLOSED)
         if self.drain_timer is not None:
             self.drain_timer.cancel()
         self.shim.connections.discard(self)
         self._close_upstream()
 
     def data_received(self, data: bytes) -> None:
-        if self.state == _HEAD and not self.buf:
+        if self.state is _HEAD and not self.buf:
             known = self.shim.heads.entries.get(data)
             if known is not None:
                 # The read is exactly a head seen before (the cache holds single heads
                 # that parsed cleanly and route to endpoints that are not inspected).
                 self._pass_through(*known)
                 return
-        if self.state == _SPLICE:
+        if self.state is _SPLICE:
             self._to_upstream(data)
             return
-        if self.state == _DRAIN:
+        if self.state is _DRAIN:
             self.drained += len(data)
             if self.drained > _DRAIN_BYTES:
                 self._end_drain()
@@ -381,7 +457,7 @@ class ClientConnection(asyncio.Protocol):
                 return
             data = data[n:]
         if (
-            self.state == _HEAD
+            self.state is _HEAD
             and not self.buf
             and data.endswith(b"\r\n\r\n")
             and data.find(b"\r\n\r\n") == len(data) - 4
@@ -401,13 +477,13 @@ class ClientConnection(asyncio.Protocol):
         assert reader is not None
         with memoryview(data) as view:
             n, pieces = reader.feed(view)
-            if self.state == _TAR:
+            if self.state is _TAR:
                 assert self.tar is not None
                 for piece in pieces:
                     self.tar.feed(piece)
             del pieces
         raw = data if n == len(data) else data[:n]
-        if self.state == _BODY:
+        if self.state is _BODY:
             if n:
                 self._to_upstream(raw)
             if reader.done:
@@ -417,10 +493,10 @@ class ClientConnection(asyncio.Protocol):
         return n
 
     def eof_received(self) -> bool:
-        if self.state == _DRAIN:
+        if self.state is _DRAIN:
             self._end_drain()
             return False
-        if self.state == _SPLICE and self.upstream and self.upstream.transport:
+        if self.state is _SPLICE and self.upstream and self.upstream.transport:
             self.client_eof = True
             if self.daemon_eof:
                 self._close_both()
@@ -457,13 +533,13 @@ class ClientConnection(asyncio.Protocol):
 
     def _close_both(self) -> None:
         """Both directions of a spliced stream ended: flush and close both sides."""
-        self.state = _CLOSED
+        self._move(_CLOSED)
         if self.transport is not None:
             self.transport.close()
         self._close_upstream()
 
     def abort(self) -> None:
-        self.state = _CLOSED
+        self._move(_CLOSED)
         if self.transport is not None:
             self.transport.abort()
         self._close_upstream(abort=True)
@@ -480,14 +556,14 @@ class ClientConnection(asyncio.Protocol):
             if head is not None:
                 self._handle_head(head)
             while self.buf and self.state not in (_WAIT, _DECIDING, _CLOSED, _SPLICE, _DRAIN):
-                if self.state == _HEAD:
+                if self.state is _HEAD:
                     if not self._start_request():
                         return
-                elif self.state == _BODY:
+                elif self.state is _BODY:
                     self._pass_body()
-                elif self.state == _BUFFER:
+                elif self.state is _BUFFER:
                     self._buffer_body()
-                elif self.state == _TAR:
+                elif self.state is _TAR:
                     self._tar_body()
         except ProtocolError as e:
             self._refuse(e.status, f"pullgate: {e.message}")
@@ -530,11 +606,11 @@ class ClientConnection(asyncio.Protocol):
             # No body (most requests): the request is complete; its response comes next.
             self.reader = _NO_BODY
             self.request_done = True
-            self.state = _WAIT
+            self._move(_WAIT)
             return
         self.request_done = False
         self.reader = BodyReader(head.content_length, head.chunked)
-        self.state = _BODY
+        self._move(_BODY)
         if self.reader.done:
             self._request_complete()
 
@@ -556,7 +632,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(plan, Inspection):
             if self._apply(plan):
                 self._begin_forward(head)
-                self.state = _BODY
+                self._move(_BODY)
                 if reader.done:
                     self._request_complete()
             return
@@ -564,7 +640,7 @@ class ClientConnection(asyncio.Protocol):
             reader.want_payload = True
             self.payload = bytearray()
             self.held = [head.raw]
-            self.state = _BUFFER
+            self._move(_BUFFER)
             if reader.done:
                 self._json_ready()
             return
@@ -574,7 +650,7 @@ class ClientConnection(asyncio.Protocol):
         self.tar_plan = plan
         self.holding_tail = False
         self._begin_forward(head)
-        self.state = _TAR
+        self._move(_TAR)
         if reader.done:
             self._tar_ready()
         return
@@ -612,7 +688,7 @@ class ClientConnection(asyncio.Protocol):
         a client that floods is paused once ``buf`` passes a bound.
         """
         self.request_done = True
-        self.state = _WAIT
+        self._move(_WAIT)
 
     def _take_body(self) -> tuple[bytes, bytes]:
         """Consume this request's bytes from ``buf``: (raw bytes, payload without framing)."""
@@ -642,7 +718,7 @@ class ClientConnection(asyncio.Protocol):
         inspection = inspect_json_body(self.route, bytes(self.payload), on_create)
         self.payload = bytearray()
         if inspection.lookups:
-            self.state = _DECIDING
+            self._move(_DECIDING)
             self.pause_client_reading("deciding")
             self.task = asyncio.get_running_loop().create_task(self._lookup_then_decide(inspection))
             return
@@ -705,14 +781,14 @@ class ClientConnection(asyncio.Protocol):
         except InspectionError as e:
             self._refuse(e.status, e.message)
             return
-        if self.state == _CLOSED:
+        if self.state is _CLOSED:
             return
         decided = Inspection(wants=tuple(wants), setting=setting)
         self.resume_client_reading("deciding")
         if tar:
             self._finish_tar(decided)
         else:
-            self.state = _BUFFER
+            self._move(_BUFFER)
             self.checked = checked
             self._finish_buffered(decided)
         self._process()
@@ -852,7 +928,7 @@ class ClientConnection(asyncio.Protocol):
             inspection = with_build_lookups(inspection, targets)
         if inspection.lookups:
             # The archive's last bytes stay held while the daemon is asked.
-            self.state = _DECIDING
+            self._move(_DECIDING)
             self.pause_client_reading("deciding")
             self.task = asyncio.get_running_loop().create_task(
                 self._lookup_then_decide(inspection, tar=True)
@@ -943,7 +1019,7 @@ class ClientConnection(asyncio.Protocol):
         self.audit_wait = None
         held, self.audit_held = self.audit_held, []
         refusal_held, self.refusal_held = self.refusal_held, None
-        if self.state == _CLOSED or self.transport is None:
+        if self.state is _CLOSED or self.transport is None:
             return
         self.resume_client_reading("audit")
         if future.cancelled() or future.exception() is not None:
@@ -992,11 +1068,11 @@ class ClientConnection(asyncio.Protocol):
 
     def _refuse(self, status: int, message: str, *, log: bool = True) -> None:
         """Answer locally and close: the rest of this request is never forwarded."""
-        if self.state == _CLOSED or self.transport is None:
+        if self.state is _CLOSED or self.transport is None:
             return
         if self.audit_wait is not None:  # the answer waits for the audit record
             self.refusal_held = (status, message, log)
-            self.state = _DECIDING
+            self._move(_DECIDING)
             return
         if log:
             print(f"pullgate: refused a request: {message}", file=sys.stderr)
@@ -1006,13 +1082,13 @@ class ClientConnection(asyncio.Protocol):
         self._close_upstream()
         self.transport.write(_json_response(status, message, close=True))
         if self.reader is not None and self.reader.done and not self.buf:
-            self.state = _CLOSED
+            self._move(_CLOSED)
             self.transport.close()
             return
         # The client may still be sending the body. Closing now would reset the
         # connection under it, and it would report "broken pipe" instead of our message:
         # end our side, then read and discard until it stops (bounded in bytes and time).
-        self.state = _DRAIN
+        self._move(_DRAIN)
         self.drained = len(self.buf)
         self.buf.clear()
         self.resume_client_reading("backlog")
@@ -1023,7 +1099,7 @@ class ClientConnection(asyncio.Protocol):
         self.drain_timer = loop.call_later(_DRAIN_SECONDS, self._end_drain)
 
     def _end_drain(self) -> None:
-        self.state = _CLOSED
+        self._move(_CLOSED)
         if self.drain_timer is not None:
             self.drain_timer.cancel()
             self.drain_timer = None
@@ -1062,7 +1138,7 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(502, _upstream_error(path, e))
             return
         self.connecting = None
-        if self.state == _CLOSED:
+        if self.state is _CLOSED:
             assert protocol.transport is not None
             protocol.transport.close()
             return
@@ -1085,15 +1161,15 @@ class ClientConnection(asyncio.Protocol):
         if up is not self.upstream:
             return
         self.upstream = None
-        if self.state == _CLOSED or self.transport is None:
+        if self.state is _CLOSED or self.transport is None:
             return
-        if self.response_done and self.state == _HEAD and not self.buf:
+        if self.response_done and self.state is _HEAD and not self.buf:
             return  # idle keep-alive connection closed by the daemon; reconnect on demand
         self.transport.close()
-        self.state = _CLOSED
+        self._move(_CLOSED)
 
     def upstream_eof(self) -> bool:
-        if self.state == _SPLICE:
+        if self.state is _SPLICE:
             self.daemon_eof = True
             if self.client_eof:
                 self._close_both()
@@ -1105,7 +1181,7 @@ class ClientConnection(asyncio.Protocol):
         # the daemon was still owed. An idle keep-alive connection just reconnects later.
         if not self.response_done and self.transport is not None:
             self.transport.close()
-            self.state = _CLOSED
+            self._move(_CLOSED)
         return False
 
     # -- responses --------------------------------------------------------------------
@@ -1114,7 +1190,7 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.state in (_CLOSED, _DRAIN):
             return
-        if self.state == _SPLICE:
+        if self.state is _SPLICE:
             transport.write(data)
             return
         tracker = self.rtracker
@@ -1186,7 +1262,7 @@ class ClientConnection(asyncio.Protocol):
         except (OSError, ValueError, InspectionError) as e:
             why = e.message.removeprefix("pullgate: ") if isinstance(e, InspectionError) else e
             status, denial = 502, f"pullgate: could not verify what the daemon made: {why}"
-        if self.state == _CLOSED or self.transport is None:
+        if self.state is _CLOSED or self.transport is None:
             return
         self.rtracker = None
         if denial is None:
@@ -1266,7 +1342,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _splice(self) -> None:
         """From now on bytes flow both ways untouched (attach, exec, BuildKit)."""
-        self.state = _SPLICE
+        self._move(_SPLICE)
         self.response_done = True
         self.rtracker = None
         if self.buf:
@@ -1282,10 +1358,10 @@ class ClientConnection(asyncio.Protocol):
         if self.close_after_response or not self.request_done:
             if self.transport is not None:
                 self.transport.close()
-            self.state = _CLOSED
+            self._move(_CLOSED)
             self._close_upstream()
             return
-        self.state = _HEAD
+        self._move(_HEAD)
         self.resume_client_reading("backlog")
         if self.buf:
             self._process()
