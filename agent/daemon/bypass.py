@@ -20,6 +20,7 @@ thin I/O edge around them.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import os
 import re
@@ -700,8 +701,10 @@ class BypassMonitor:
                     backoff, followed = 0.5, True
                     self.connected.set()
                     buffer = ""
+                    # A character split across two chunks is decoded once both arrived.
+                    text = codecs.getincrementaldecoder("utf-8")("replace")
                     async for chunk in answer.chunks():
-                        objects, buffer = _json_objects(buffer + chunk.decode("utf-8", "replace"))
+                        objects, buffer = _json_objects(buffer + text.decode(chunk))
                         for obj in objects:
                             if isinstance(obj, dict):
                                 await self._on_event_supervised(obj)
