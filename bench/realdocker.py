@@ -1,4 +1,4 @@
-"""A private, real Docker engine for integration tests (no mocks; see DESIGN.md).
+"""A private, real Docker engine for tests and benchmarks (real parts, no mocks).
 
 `start_docker_env(base)` starts, all under `base` and on 127.0.0.1 only:
 
