@@ -104,3 +104,26 @@ def test_every_state_assignment_goes_through_move() -> None:
                     ):
                         assigning.append(func.name)
     assert sorted(assigning) == ["__init__", "_move"]
+
+
+def test_docs_show_the_table() -> None:
+    """docs/shim.md lists the moves of each state, plus refusals and closing for all."""
+    docs = Path(__file__).resolve().parent.parent / "docs" / "shim.md"
+    listed: dict[State, set[State]] = {}
+    for line in docs.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        name = cells[0].split("`")[1]
+        if name not in State.__members__:
+            continue
+        words = cells[2].replace(",", " ").split()
+        listed[State[name]] = {State[w.strip("`")] for w in words if w.startswith("`")}
+    assert set(listed) == set(State)
+    in_progress = list(State)[:6]  # "a request in any of the first six states"
+    assert in_progress[-1] is State.WAIT
+    for state in State:
+        expected = listed[state] | {State.CLOSED}
+        if state in in_progress:
+            expected |= {State.DRAIN, State.DECIDING}
+        assert MOVES[state] == expected, state
