@@ -13,6 +13,9 @@ as it passes; the shim stops forwarding as soon as the scanner sees the archive'
 marker and holds the rest back until the decision, so the daemon cannot finish reading
 the archive — and so cannot start the build or commit the load — before it is allowed.
 A denial then aborts the upstream connection mid-body.
+
+Each connection is in one named ``State``, and moves only through
+``ClientConnection._move``, which checks the move against one table (``MOVES``).
 """
 
 from __future__ import annotations
@@ -254,7 +257,7 @@ class State(enum.IntEnum):
 
     #: Between requests: the next head is read (where a connection starts).
     HEAD = 0
-    #: The request went upstream; its body follows as it arrives.
+    #: The head went upstream; the body follows as it arrives.
     BODY = 1
     #: A JSON body is read whole and held; nothing of the request has gone upstream.
     BUFFER = 2
@@ -310,7 +313,7 @@ MOVES: dict[State, frozenset[State]] = {
     _CLOSED: frozenset({_CLOSED}),
 }
 #: MOVES indexed by state, for ``_move`` (a tuple index and an int hash: cheap).
-_NEXT: tuple[frozenset[State], ...] = tuple(MOVES[state] for state in State)
+_NEXT: tuple[frozenset[State], ...] = tuple(MOVES[State(i)] for i in range(len(State)))
 
 
 class IllegalMoveError(RuntimeError):
