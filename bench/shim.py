@@ -5,7 +5,7 @@ Run as root on Linux: ``python -m bench.shim [--quick] [--json]``. It starts a p
 (the built-in default policy: ``load: check``), plus reference rows: HAProxy and socat
 as plain unix-to-unix TCP proxies when installed, and ``bench.byte_pipe`` (uvloop moving
 bytes without parsing them: the floor of a Python proxy); then it measures, against
-that one daemon (DESIGN.md, "Performance budget"):
+that one daemon (budgets: docs/performance.md, "Budgets"):
 
 1. keep-alive ``GET /_ping``: one persistent connection per target, N sequential
    requests (pre-built request bytes, a raw socket, responses read by Content-Length),

@@ -225,7 +225,7 @@ ALLOWED_BUILDS: dict[str, BuildCase] = {
     "context-with-plain-links": BuildCase(
         [
             Entry("Dockerfile", BENIGN),
-            Entry("docs", symlink="../shared/docs"),
+            Entry("docs", symlink="../common/docs"),
             Entry("real", directory=True),
             Entry("real/notes.txt", b"notes\n"),
             Entry("notes", symlink="real/notes.txt"),

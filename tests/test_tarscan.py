@@ -535,7 +535,7 @@ def test_links_of_a_plain_context_are_allowed_and_reported_on_paths() -> None:
     body = make_tar(
         [
             reg("Dockerfile", DOCKERFILE),
-            special("docs", tarfile.SYMTYPE, "../shared/docs"),
+            special("docs", tarfile.SYMTYPE, "../common/docs"),
             special("real", tarfile.DIRTYPE),
             reg("real/Dockerfile.prod", DOCKERFILE),
             special("prod", tarfile.SYMTYPE, "real"),

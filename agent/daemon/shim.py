@@ -76,6 +76,7 @@ from agent.core.messages import defuse, denial_message
 from agent.core.peer import PeerInfo
 from agent.core.policy.document import BuildsSetting, OnCreateSetting, Policy
 from agent.daemon.bus import DecisionSink
+from agent.platform import docker_api
 from agent.platform.peer import describe_peer, peer_credentials
 from agent.platform.unix_sockets import claim_socket_path
 
@@ -812,25 +813,16 @@ class ClientConnection(asyncio.Protocol):
         self._request_complete()
 
     async def _ask_daemon(self, method: str, path: str) -> tuple[int, bytes]:
-        """One request of the shim's own, on a connection of its own: (status, body)."""
-        reader, writer = await asyncio.open_unix_connection(str(self.shim.config.upstream))
+        """One request of the shim's own, on a connection of its own: (status, body).
+
+        An answer that cannot be read is an ``InspectionError`` (502), never a bare
+        ``OSError``: ``_check_made`` relies on it to remove what it cannot verify.
+        """
         try:
-            writer.write(
-                f"{method} {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode(
-                    "latin-1"
-                )
-            )
-            async with asyncio.timeout(30):
-                raw = await reader.read(-1)
-        finally:
-            writer.close()
-        head_end = raw.find(b"\r\n\r\n")
-        status_line = raw[: raw.find(b"\r\n")].split()
-        status = int(status_line[1]) if len(status_line) > 1 and status_line[1].isdigit() else 0
-        body = raw[head_end + 4 :] if head_end >= 0 else b""
-        if b"transfer-encoding: chunked" in raw[:head_end].lower():
-            body = _dechunk(body)
-        return status, body
+            answer = await docker_api.request(self.shim.config.upstream, method, path, timeout=30)
+        except docker_api.DockerAPIError as e:
+            raise InspectionError(f"pullgate: the daemon's answer cannot be read: {e}", 502) from e
+        return answer.status, answer.body
 
     async def _daemon_json(self, path: str, what: str) -> object | None:
         """The daemon's JSON answer to ``GET path`` (None: it has no such thing)."""
@@ -1461,9 +1453,3 @@ class _HijackTracker(_ResponseTracker):
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == 12 and name.lower() == b"content-type":
             self.content_type = value
-
-
-def _dechunk(body: bytes) -> bytes:
-    reader = BodyReader(None, True, want_payload=True)
-    _, pieces = reader.feed(memoryview(body))
-    return b"".join(bytes(p) for p in pieces)
