@@ -37,7 +37,7 @@ from agent.daemon.control_server import ControlServer
 from agent.daemon.policy_cache import PolicyCache
 from agent.daemon.policy_fetch import Fetcher, FetchError, FetchResult
 from agent.daemon.policy_manager import PolicyManager, RefreshSettings, read_status
-from tests.agent_process import start_agent
+from tests.agent_process import AgentProcess, start_agent
 from tests.policy_server import PolicyServer, Route, TLSMaterial
 
 KEY = Ed25519PrivateKey.generate()
@@ -523,19 +523,10 @@ def test_a_failing_refresh_shows_in_status_and_doctor_of_a_running_agent(
         )
     )
     state = tmp_path / "state"
-    agent = start_agent(
-        tmp_path,
-        tmp_path / "no-daemon.sock",
-        None,
-        ["--config", str(config), "--state-dir", str(state), "--no-watch"],
-        expect_ping_ok=False,
-    )
+    agent = _org_agent_holding_serial_1(tmp_path, config, state)
     try:
-        deadline = time.monotonic() + 15
-        while (read_status(state) or {}).get("serial") != 1:
-            assert time.monotonic() < deadline, agent.stderr_tail()
-            time.sleep(0.05)
         server.set("/policy.dsse.json", Route(status=503))
+        deadline = time.monotonic() + 15
         status = read_status(state) or {}
         while "HTTP 503" not in str(status.get("last_fetch_error")):
             assert time.monotonic() < deadline, (status, agent.stderr_tail())
@@ -583,18 +574,8 @@ def test_policy_refresh_of_a_hostile_body_is_a_clean_refusal_with_exit_1(
         )
     )
     state = tmp_path / "state"
-    agent = start_agent(
-        tmp_path,
-        tmp_path / "no-daemon.sock",
-        None,
-        ["--config", str(config), "--state-dir", str(state), "--no-watch"],
-        expect_ping_ok=False,
-    )
+    agent = _org_agent_holding_serial_1(tmp_path, config, state)
     try:
-        deadline = time.monotonic() + 15
-        while (read_status(state) or {}).get("serial") != 1:
-            assert time.monotonic() < deadline, agent.stderr_tail()
-            time.sleep(0.05)
         server.publish(DEEP)
         control = str(agent.socket_path.parent / "control.sock")
         result = subprocess.run(
@@ -643,3 +624,22 @@ def test_a_redirect_to_an_unreadable_location_is_a_fetch_error(
     agent = make_agent(tmp_path, server.url(), tls.ca_cert)
     with pytest.raises(FetchError, match="Invalid IPv6 URL"):
         refresh(agent)
+
+
+def _org_agent_holding_serial_1(tmp_path: Path, config: Path, state: Path) -> AgentProcess:
+    """A real agent with the org config `config` and no daemon behind it, once it has
+    accepted serial 1 from the policy server."""
+    agent = start_agent(
+        tmp_path,
+        tmp_path / "no-daemon.sock",
+        None,
+        ["--config", str(config), "--state-dir", str(state), "--no-watch"],
+        expect_ping_ok=False,
+    )
+    deadline = time.monotonic() + 15
+    while (read_status(state) or {}).get("serial") != 1:
+        if time.monotonic() >= deadline:
+            agent.stop()
+            raise AssertionError(f"serial 1 never accepted:\n{agent.stderr_tail()}")
+        time.sleep(0.05)
+    return agent
