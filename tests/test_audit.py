@@ -586,3 +586,56 @@ def test_every_record_uses_ecs_defined_category_and_type_values() -> None:
     assert (allow["event.category"], allow["event.type"]) == (["intrusion_detection"], ["allowed"])
     assert record(_notice("agent-start", {}))["event.type"] == ["start"]
     assert record(_notice("bypass-suspected", {}))["event.kind"] == "alert"
+
+
+# --------------------------------------------------------------------------- forged states
+
+
+def test_a_state_at_sequence_0_over_records_is_not_the_writers_anchor(tmp_path: Path) -> None:
+    """Red team: audit.state forged to sequence 0 hid a cut tail (the anchor hash was never
+    passed) and, with the oldest file deleted, the missing start too."""
+    files, _ = build_log(tmp_path, 12, per_file=4)
+    files[2].unlink()  # the tail
+    zero = AuditState(0, GENESIS, files[0].name, files[0].name, 1, GENESIS)
+    result = verify(files[:2], zero)
+    assert not result.ok and result.first_bad is not None
+    assert (result.first_bad.file, result.first_bad.line) == (STATE_NAME, 0)
+    assert result.first_bad.reason.startswith(
+        "audit.state records sequence 0, before the oldest kept record 1: it is not the "
+        "writer's anchor"
+    )
+    files[0].unlink()  # and the oldest file
+    bad = verify(files[1:2], zero).first_bad
+    assert bad is not None and "sequence 0, before the oldest kept record 5" in bad.reason
+
+
+def test_a_state_below_the_base_sequence_is_not_the_writers_anchor(tmp_path: Path) -> None:
+    files, _ = build_log(tmp_path, 12, per_file=4)
+    second_prev = json.loads(lines_of(files[1])[0])["pullgate.chain.prev"]
+    files[0].unlink()
+    files[2].unlink()
+    # The base is the second file (as retention writes it), the last sequence far below.
+    forged = AuditState(3, "ab" * 32, files[1].name, files[1].name, 5, second_prev)
+    bad = verify([files[1]], forged).first_bad
+    assert bad is not None and bad.file == STATE_NAME
+    assert "records sequence 3, before the oldest kept record 5" in bad.reason
+    # One behind the base is the writer's own state right after a rotation that retention
+    # followed at once (nothing in the new file yet): still fine.
+    just = AuditState(4, "ab" * 32, files[1].name, files[1].name, 5, second_prev)
+    assert verify([files[1]], just).ok
+
+
+def test_an_empty_log_with_a_state_at_sequence_0_is_intact(tmp_path: Path) -> None:
+    empty = tmp_path / file_name(1, T0)
+    empty.write_bytes(b"")
+    state = AuditState(0, GENESIS, empty.name, empty.name, 1, GENESIS)
+    assert verify([empty], state).ok
+
+
+def test_files_before_the_base_are_listed_as_not_verified(tmp_path: Path) -> None:
+    files, state = build_log(tmp_path, 12, per_file=4)
+    second_prev = json.loads(lines_of(files[1])[0])["pullgate.chain.prev"]
+    moved = AuditState(state.sequence, state.hash, state.file, files[1].name, 5, second_prev)
+    result = verify(files, moved)
+    assert result.ok and result.before_base == (files[0].name,)
+    assert verify(files, state).before_base == ()

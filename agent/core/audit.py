@@ -30,6 +30,7 @@ Pure: no file is opened here. ``verify_chain`` reads each file's lines through t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -408,6 +409,10 @@ class VerifyResult:
     first_bad: BadLine | None = None
     notes: tuple[AuditNote, ...] = ()
     last_hash: str | None = None
+    before_base: tuple[str, ...] = ()
+    """Files that sort before the state's base file: not part of the anchored chain, not
+    verified (retention moved the anchor and had not yet deleted them, or someone put
+    them there); readers (tail, export) skip them too."""
 
     @property
     def gaps(self) -> tuple[AuditNote, ...]:
@@ -460,6 +465,21 @@ class LogFile(Protocol):
 def verify_chain(files: Sequence[LogFile], state: AuditState | None = None) -> VerifyResult:
     """Prove the chain over ``files`` (in order) intact, or name the first bad line.
 
+    See :func:`_verify_chain`; the result also names the files before the state's base
+    (``before_base``), which lie outside the anchored chain and are not verified."""
+    result = _verify_chain(files, state)
+    if state is None or state.sequence <= 0:
+        return result
+    names = [f.name for f in files]
+    if state.base_file not in names:
+        return result
+    before = tuple(names[: names.index(state.base_file)])
+    return dataclasses.replace(result, before_base=before) if before else result
+
+
+def _verify_chain(files: Sequence[LogFile], state: AuditState | None) -> VerifyResult:
+    """Prove the chain over ``files`` (in order) intact, or name the first bad line.
+
     With ``state`` the chain must start at its base (file, sequence, prev), reach its last
     sequence, and have its hash *at* that sequence even when the log runs on past it (a
     live writer is ahead of the state it last wrote; a rewritten, re-chained tail is
@@ -476,6 +496,10 @@ def verify_chain(files: Sequence[LogFile], state: AuditState | None = None) -> V
     last_line: tuple[str, int] = ("", 0)
     anchor = (state.sequence, state.hash.encode()) if state is not None else (0, b"")
     marks: list[tuple[LogFile, int]] = []
+    if state is not None:
+        forged = _anchor_before_chain(files, state)
+        if forged is not None:
+            return VerifyResult(False, 0, len(files), first_bad=forged)
     if state is not None and state.sequence > 0:
         if not files:
             return VerifyResult(
@@ -595,6 +619,30 @@ def verify_chain(files: Sequence[LogFile], state: AuditState | None = None) -> V
         None,
         notes,
         last_hash if records else None,
+    )
+
+
+def _anchor_before_chain(files: Sequence[LogFile], state: AuditState) -> BadLine | None:
+    """A state whose last sequence lies before the chain it anchors is not the writer's:
+    the writer's state is at most a group commit behind the log, never behind its start.
+    Such a state (sequence 0 over a log with records, or below the base's sequence - 1)
+    would otherwise anchor nothing: the anchor hash is never passed, so a cut tail and a
+    deleted oldest file would both go unseen."""
+    if state.sequence > 0:
+        if state.base_sequence - 1 <= state.sequence:
+            return None
+        oldest = state.base_sequence
+    else:
+        start = _unanchored_start(files)
+        if start is None:
+            return None  # no records: an empty log, and sequence 0 is its anchor
+        oldest = start[0]
+    return BadLine(
+        STATE_NAME,
+        0,
+        f"audit.state records sequence {state.sequence}, before the oldest kept record "
+        f"{oldest}: it is not the writer's anchor (the last records or the oldest files "
+        "may have been removed and audit.state forged to hide it)",
     )
 
 
