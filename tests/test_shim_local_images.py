@@ -713,3 +713,64 @@ def test_tag_flip_race_never_leaves_a_new_name_on_denied_content(
     assert not wrong, wrong[:5]
     assert answers.get(201) and answers.get(403), answers
     assert set(answers) <= {201, 403}, answers
+
+
+def _hang_up_after(socket_path: Path, method: str, target: str, body: bytes, wait: float) -> None:
+    """Send a request and the start of another (so the shim cannot take the close for a
+    half-close that is still owed the answer), then close without reading."""
+    head = (
+        f"{method} {target} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(socket_path))
+        sock.sendall(head + body + b"GET /_ping HTTP/1.1\r\n")
+        time.sleep(wait)
+
+
+@pytest.mark.parametrize("what", ["create", "tag"])
+def test_hanging_up_during_the_held_answer_never_leaves_denied_content(
+    agent: AgentProcess, docker_env: DockerEnv, clean: set[str], report: Reporter, what: str
+) -> None:
+    """Clients that hang up while the shim holds the daemon's 201 for checking (a red-team
+    finding: the check used to be skipped) while `acme/app:flip` moves between allowed and
+    denied content: no container of, and no new name on, the denied content may remain.
+    Bounded in time and count."""
+    denied = pull_directly(docker_env, clean)
+    docker(docker_env, "pull", "alpine")
+    allowed = image_id(docker_env, "alpine")
+    assert allowed is not None
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            for source in (allowed, denied):
+                api(docker_env.socket_path, "POST", f"/images/{source}/tag?repo=acme/app&tag=flip")
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    sent = 0
+    try:
+        deadline = time.monotonic() + RACE_SECONDS
+        while time.monotonic() < deadline and sent < 150:
+            if what == "create":
+                body = json.dumps({"Image": FLIP, "Cmd": ["true"]}).encode()
+                _hang_up_after(agent.socket_path, "POST", "/containers/create", body, 0.005)
+            else:
+                target = f"/images/{FLIP}/tag?repo=acme/app&tag=copy{sent}"
+                _hang_up_after(agent.socket_path, "POST", target, b"", 0.005)
+            sent += 1
+    finally:
+        stop.set()
+        flipper.join(30)
+    time.sleep(3.0)  # the shim finishes its checks of the last answers on its own
+    names = [f"acme/app:copy{i}" for i in range(sent)]
+    on_denied = [n for n in names if image_id(docker_env, n) == denied]
+    left = containers_of(docker_env, {denied})
+    report(f"hang-up race ({what}): {sent} requests, left on denied content: {left or on_denied}")
+    for name in names:
+        api(docker_env.socket_path, "DELETE", f"/images/{name}?force=1")
+    remove_containers(docker_env, {allowed, denied})
+
+    assert not left, (left[:5], agent.stderr_tail())
+    assert not on_denied, (on_denied[:5], agent.stderr_tail())

@@ -374,6 +374,8 @@ class ClientConnection(asyncio.Protocol):
         self.tar_plan: NeedTar | None = None
         self.holding_tail = False
         self.checked: _Checked | None = None  # see _verify_response
+        # the client left while a held request was upstream: its answer is still checked
+        self.orphaned = False
         self.response_held: list[bytes] = []
         self.task: asyncio.Task[None] | None = None  # a lookup or a check under way
         # while this request's audit records are written: what it would send meanwhile
@@ -426,7 +428,17 @@ class ClientConnection(asyncio.Protocol):
         if self.drain_timer is not None:
             self.drain_timer.cancel()
         self.shim.connections.discard(self)
-        self._close_upstream()
+        self._release_upstream(abort=False)
+
+    def _release_upstream(self, *, abort: bool) -> None:
+        """The client is gone: cut the daemon off, unless a create, tag or commit was sent
+        and its answer is held. Then the answer is still read and checked, and what the
+        daemon made is removed if it must be: hanging up cannot skip the check."""
+        sent = self.upstream is not None or self.connecting is not None
+        if self.checked is not None and sent and self.audit_wait is None:
+            self.orphaned = True
+            return
+        self._close_upstream(abort=abort)
 
     def data_received(self, data: bytes) -> None:
         if self.state is _HEAD and not self.buf:
@@ -512,7 +524,7 @@ class ClientConnection(asyncio.Protocol):
             # Half-closed after sending its request: it is still owed the response.
             self.close_after_response = True
             return True
-        self.abort()
+        self.abort(client=True)
         return False
 
     def pause_writing(self) -> None:
@@ -542,11 +554,17 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
         self._close_upstream()
 
-    def abort(self) -> None:
+    def abort(self, *, client: bool = False) -> None:
+        """Drop both sides. ``client``: the client broke off (see _release_upstream);
+        otherwise the daemon's side cannot be trusted either."""
         self._move(_CLOSED)
         if self.transport is not None:
             self.transport.abort()
-        self._close_upstream(abort=True)
+        if client:
+            self._release_upstream(abort=True)
+        else:
+            self.checked, self.orphaned = None, False
+            self._close_upstream(abort=True)
 
     # -- requests ---------------------------------------------------------------------
 
@@ -1134,6 +1152,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self.connecting = None
         if self.state is _CLOSED:
+            # The client left before anything reached the daemon: nothing to check.
+            self.checked, self.orphaned = None, False
             assert protocol.transport is not None
             protocol.transport.close()
             return
@@ -1156,6 +1176,9 @@ class ClientConnection(asyncio.Protocol):
         if up is not self.upstream:
             return
         self.upstream = None
+        if self.orphaned:
+            self._orphan_unverified("the daemon closed the connection before answering")
+            return
         if self.state is _CLOSED or self.transport is None:
             return
         if self.response_done and self.state is _HEAD and not self.buf:
@@ -1164,6 +1187,8 @@ class ClientConnection(asyncio.Protocol):
         self._move(_CLOSED)
 
     def upstream_eof(self) -> bool:
+        if self.orphaned:
+            return False  # upstream_lost follows: unverified if the answer was not whole
         if self.state is _SPLICE:
             self.daemon_eof = True
             if self.client_eof:
@@ -1182,6 +1207,9 @@ class ClientConnection(asyncio.Protocol):
     # -- responses --------------------------------------------------------------------
 
     def upstream_data(self, data: bytes) -> None:
+        if self.orphaned:
+            self._orphan_data(data)
+            return
         transport = self.transport
         if transport is None or self.state in (_CLOSED, _DRAIN):
             return
@@ -1223,15 +1251,44 @@ class ClientConnection(asyncio.Protocol):
                 self._spare_tracker = tracker
             self._response_complete()
 
+    def _orphan_data(self, data: bytes) -> None:
+        """The answer to a held request whose client has left: read it to the end, then
+        check it like any other (``_verify_response``)."""
+        tracker = self.rtracker
+        if tracker is None or not tracker.held:
+            self._orphan_unverified("no answer was expected")
+            return
+        try:
+            tracker.parser.feed_data(data)
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError):
+            self._orphan_unverified("its answer could not be read")
+            return
+        self._hold_response(data, tracker)
+
+    def _orphan_unverified(self, why: str) -> None:
+        lookup = self.checked.lookup if self.checked is not None else None
+        self.checked, self.orphaned = None, False
+        self.response_held = []
+        self._close_upstream(abort=True)
+        name = repr(lookup.name) if lookup is not None else "a local image"
+        print(
+            f"pullgate: a request using {name} whose client left could not be verified: {why}",
+            file=sys.stderr,
+        )
+
     def _hold_response(self, data: bytes, tracker: _ResponseTracker) -> None:
         """Keep the answer to a create, tag or commit until ``_verify_response`` is done."""
         self.response_held.append(data)
         size = sum(len(piece) for piece in self.response_held)
         if tracker.extra or tracker.upgraded or size > _MAX_HELD_RESPONSE:
-            self.abort()
+            if self.orphaned:
+                self._orphan_unverified("its answer was not a plain HTTP answer")
+            else:
+                self.abort()
             return
         if not tracker.complete:
             return
+        self.orphaned = False  # the whole answer is here: the check runs as for anyone
         # This connection to the daemon has served its purpose; the next request gets a
         # fresh one, so nothing the daemon does with it can reach the client meanwhile.
         self._close_upstream()
