@@ -411,6 +411,41 @@ def test_setting_the_clock_back_cannot_make_an_expired_envelope_acceptable() -> 
     assert error.kind == "expired"
 
 
+def test_a_clock_set_back_keeps_the_cached_policy_and_is_reported() -> None:
+    # Red team: cache serial 5 issued an hour ago, the agent starts with the clock a day
+    # behind; the cache was discarded as "in the future" and clock_behind stayed False.
+    cached = signed(serial=5, issued_at=stamp(NOW - timedelta(hours=1)))
+    high_water = accepted_high_water(cached)
+    set_back = NOW - timedelta(days=1)
+
+    result = evaluate_envelope(
+        cached, settings(), high_water, set_back, source="cache", allow_expired=True
+    )
+
+    assert result.new is False
+    assert result.policy.serial == 5
+    assert effective_now(set_back, result.high_water) == (NOW - timedelta(hours=1), True)
+
+
+def test_a_new_envelope_is_judged_future_by_the_floor_when_the_clock_is_behind() -> None:
+    high_water = accepted_high_water(signed(serial=5, issued_at=stamp(NOW)))
+    set_back = NOW - timedelta(days=1)
+
+    within = evaluate(
+        signed(serial=6, issued_at=stamp(NOW + MAX_FUTURE_SKEW - timedelta(seconds=1))),
+        high_water=high_water,
+        now=set_back,
+    )
+    error = refusal(
+        signed(serial=7, issued_at=stamp(NOW + MAX_FUTURE_SKEW + timedelta(seconds=1))),
+        high_water=high_water,
+        now=set_back,
+    )
+
+    assert within.new is True
+    assert error.kind == "future"
+
+
 def test_the_clock_floor_never_goes_down() -> None:
     high_water = accepted_high_water(signed(serial=5, issued_at=stamp(NOW)))
 

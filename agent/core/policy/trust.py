@@ -7,8 +7,9 @@ persists an envelope only after this module accepted it.
 
 Rules (for admins: docs/admin-guide.md): the signatures of at least ``threshold`` trusted
 keys verify; ``org`` matches; ``serial`` is higher than the highest accepted (equal only
-with identical bytes, which means "nothing new"); ``issued_at`` is not in the future
-beyond a small skew; the policy is not expired beyond the grace period. The highest
+with identical bytes, which means "nothing new"); a new envelope's ``issued_at`` is not in
+the future beyond a small skew (judged by the clock floor when the clock runs behind it);
+the policy is not expired beyond the grace period. The highest
 ``issued_at`` ever accepted is kept as a clock floor: a clock set back is reported and
 not obeyed, so setting the clock back cannot revive an old policy or postpone expiry.
 """
@@ -183,10 +184,13 @@ def evaluate_envelope(
                     kind="conflict",
                 )
             new = False
-    if policy.issued_at > now + MAX_FUTURE_SKEW:
+    # "Future" is judged by the same clock as expiry: the floor when the clock runs behind
+    # it. An envelope already accepted (same serial, same bytes: the cache after a restart)
+    # is not judged again, so a clock set back cannot discard the policy in force.
+    if new and policy.issued_at > judged_now + MAX_FUTURE_SKEW:
         raise PolicyRefusedError(
             f"issued_at {policy.issued_at.isoformat()} is in the future (clock now "
-            f"{now.isoformat()})",
+            f"{judged_now.isoformat()})",
             kind="future",
         )
     if new and not allow_expired and judged_now > policy.expires_at + settings.offline_grace:
