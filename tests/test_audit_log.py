@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
 import os
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from agent.config.keys import AuditFailure
-from agent.core.audit import STATE_NAME, order_files
+from agent.core.audit import STATE_NAME, file_name, order_files
 from agent.core.events import NoticeEvent, PolicyEvent
 from agent.daemon.audit_log import AuditLog, AuditLogError, default_audit_dir
 from agent.daemon.audit_verify import read_state, verify, verify_directory
@@ -590,3 +591,249 @@ def test_a_rechained_tail_added_while_the_agent_was_down_is_not_blessed_on_resta
     result = verified(tmp_path)
     assert result.first_bad is None and not result.ok
     assert result.gaps and result.gaps[0].sequence == 7
+
+
+# -- files another user planted, a symlinked directory, recovery notes that must not be lost
+
+
+NOBODY = 65534
+
+
+def plant(path: Path, data: bytes = b"") -> Path:
+    """A file another user made: owned by ``nobody``, mode 0666 (tests run as root)."""
+    path.write_bytes(data)
+    os.chmod(path, 0o666)
+    try:
+        os.chown(path, NOBODY, NOBODY)
+    except PermissionError:
+        pytest.skip("needs root to chown a file to another user")
+    return path
+
+
+def test_files_planted_under_the_next_names_in_a_shared_directory_are_never_written(
+    tmp_path: Path,
+) -> None:
+    """A 1777 directory (a tmpfs mount point) with no log yet: another user creates empty
+    files under the names the agent is about to use; none of them may become the log."""
+    d = tmp_path / "shared"
+    d.mkdir()
+    os.chmod(d, 0o1777)
+    now = 1_800_000_000.0
+    planted = [plant(d / file_name(1, now + k)) for k in range(3)]
+    log = open_log(d, clock=lambda: now)
+    assert log.append(decision_event())
+    active = log.active_file
+    assert active is not None and active not in planted
+    assert os.lstat(active).st_uid == os.geteuid()
+    assert stat.S_IMODE(os.lstat(active).st_mode) == 0o600
+    assert {p.name for p in planted} <= set(log.status()["ignored_files"])
+    log.close()
+    for p in planted:
+        assert p.read_bytes() == b"" and p.stat().st_uid == NOBODY
+    got = records_of_ours(d)
+    assert [r["event.action"] for r in got] == ["audit-recovery", "image-pull"]
+    assert verify_directory(d).result.ok  # ignored files are listed, not a gap
+
+
+def test_a_planted_torn_file_name_is_not_truncated_or_written(tmp_path: Path) -> None:
+    now = 1_800_000_000.0
+    d = tmp_path / "audit"
+    log = open_log(d, clock=lambda: now)
+    log.append(decision_event())
+    active = log.active_file
+    log.close()
+    assert active is not None
+    with active.open("ab") as f:
+        f.write(b'{"half a line')
+    taken = plant(
+        active.with_name(f"{active.name}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}.torn"),
+        b"theirs",
+    )
+    log = open_log(d, clock=lambda: now)
+    log.close()
+    assert taken.read_bytes() == b"theirs"
+    torn = [p for p in d.iterdir() if p.name.endswith(".torn") and p != taken]
+    assert len(torn) == 1 and torn[0].read_bytes() == b'{"half a line'
+    assert torn[0].stat().st_uid == os.geteuid()
+
+
+def test_a_planted_state_file_of_another_user_is_moved_aside_not_used(tmp_path: Path) -> None:
+    d = tmp_path / "audit"
+    d.mkdir(mode=0o700)
+    plant(d / STATE_NAME, b"\0" * 1024)
+    log = open_log(d)
+    log.append(decision_event())
+    log.close()
+    state = d / STATE_NAME
+    assert state.stat().st_uid == os.geteuid() and stat.S_IMODE(state.stat().st_mode) == 0o600
+    assert [p for p in d.iterdir() if p.name.endswith(".foreign")]
+
+
+def test_a_rotation_name_that_is_taken_is_skipped_and_noted(tmp_path: Path) -> None:
+    now = 1_800_000_000.0
+    d = tmp_path / "audit"
+    log = open_log(d, clock=lambda: now, rotate_bytes=1, fsync=False)
+    try:
+        taken = plant(d / file_name(2, now))  # (the directory is 0700 by now: root can)
+        assert log.append(decision_event())  # rotates after it: to a name not taken
+        assert log.active_file is not None and log.active_file.name != taken.name
+        assert log.active_file.name.endswith("-000000000002.jsonl")
+        assert log.append(decision_event())
+    finally:
+        log.close()
+    assert taken.read_bytes() == b""
+    notes = [r for r in records_of_ours(d) if r["event.action"] == "audit-recovery"]
+    assert notes and taken.name in notes[-1]["pullgate.details"]["ignored_files"]
+    assert verify_directory(d).result.ok
+
+
+def test_a_symlinked_audit_dir_is_the_same_directory_not_a_replaced_one(tmp_path: Path) -> None:
+    """/var/log/pullgate linked to another disk: every record is written, no takeover."""
+    real = tmp_path / "disk2" / "pullgate"
+    real.mkdir(parents=True, mode=0o700)
+    link = tmp_path / "pullgate"
+    link.symlink_to(real)
+    log = open_log(link)
+    try:
+        for _ in range(3):
+            assert log.append(decision_event()), log.failing
+        assert log.healthy and log.sequence == 3
+    finally:
+        log.close()
+    got = records(real)
+    assert [r["event.action"] for r in got] == ["image-pull"] * 3
+    assert verify_directory(link).result.ok
+    log = open_log(link)  # and it is the same log after a restart
+    log.close()
+    assert log.recovered is None
+
+
+def test_a_symlinked_audit_dir_another_user_owns_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "pullgate"
+    link.symlink_to(real)
+    try:
+        os.lchown(link, NOBODY, NOBODY)
+    except PermissionError:
+        pytest.skip("needs root to chown a link to another user")
+    with pytest.raises(AuditLogError, match="symlink owned by uid"):
+        open_log(link)
+
+
+def test_a_symlinked_audit_dir_re_pointed_is_taken_over_like_a_replaced_one(
+    tmp_path: Path,
+) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(mode=0o700)
+    second.mkdir(mode=0o700)
+    link = tmp_path / "pullgate"
+    link.symlink_to(first)
+    log = open_log(link)
+    try:
+        assert log.append(decision_event())
+        link.unlink()
+        link.symlink_to(second)
+        assert log.append(decision_event())
+    finally:
+        log.close()
+    got = records(second)
+    assert got[0]["pullgate.details"]["directory_replaced"] is True
+
+
+@contextlib.contextmanager
+def disk_full_once(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The next ``os.write`` fails with ENOSPC; the list counts the failures."""
+    real = os.write
+    failed: list[int] = []
+
+    def write(fd: int, data: Any) -> int:
+        if not failed:
+            failed.append(fd)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "write", write)
+        yield failed
+
+
+def log_with_lost_state(directory: Path) -> None:
+    log = open_log(directory)
+    for _ in range(3):
+        log.append(decision_event())
+    log.close()
+    (directory / STATE_NAME).unlink()
+
+
+def test_a_recovery_note_that_cannot_be_written_is_written_before_the_next_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_with_lost_state(tmp_path)
+    with disk_full_once(monkeypatch) as failed:
+        log = open_log(tmp_path)
+    assert failed and log.failing is not None
+    assert log.append(decision_event())
+    log.close()
+    got = records(tmp_path)
+    actions = [r["event.action"] for r in got[3:]]
+    assert actions == ["audit-failure", "audit-recovery", "image-pull"]
+    assert got[4]["pullgate.details"]["state_recreated"] is True
+    result = verified(tmp_path)
+    assert result.first_bad is None and not result.ok
+    assert [n.action for n in result.gaps] == ["audit-recovery"]
+
+
+def test_a_gap_whose_note_was_never_written_is_not_blessed_by_a_fresh_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_with_lost_state(tmp_path)
+    with disk_full_once(monkeypatch):
+        log = open_log(tmp_path)
+    log.close()  # stopped before any record got through
+    log = open_log(tmp_path)
+    log.close()
+    assert log.recovered is not None and "audit.state was missing" in log.recovered
+    assert not verified(tmp_path).ok
+
+
+def test_a_note_about_a_deleted_active_file_survives_a_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = open_log(tmp_path)
+    for _ in range(2):
+        log.append(decision_event())
+    active = log.active_file
+    assert active is not None
+    active.unlink()
+    with disk_full_once(monkeypatch):
+        assert not log.append(decision_event())
+    assert log.append(decision_event())
+    log.close()
+    got = records(tmp_path)
+    assert [r["event.action"] for r in got] == [
+        "audit-failure",
+        "audit-recovery",
+        "image-pull",
+    ]
+    assert got[1]["pullgate.details"]["replaced_file"] == active.name
+
+
+def test_a_hard_link_planted_under_an_audit_name_is_never_written_or_cut(
+    tmp_path: Path,
+) -> None:
+    """Planted before the directory was repaired, a hard link to a file of the agent's
+    user (owner and mode look right) must not become the active file."""
+    d = tmp_path / "audit"
+    log = open_log(d)
+    log.append(decision_event())
+    log.close()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep\nno newline at the end")
+    link = d / "audit-20991231T000000Z-999999999999.jsonl"
+    os.link(victim, link)
+    log = open_log(d)
+    assert log.append(decision_event())
+    assert link.name in log.status()["ignored_files"]
+    log.close()
+    assert victim.read_bytes() == b"keep\nno newline at the end"

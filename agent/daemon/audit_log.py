@@ -82,6 +82,11 @@ _MIB = 1024 * 1024
 _TAIL_CHUNK = 64 * 1024
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a planted FIFO must not hang an open
+# Every file the writer makes is created, never opened: O_EXCL (a name someone else took
+# is skipped, not written into) and O_NOFOLLOW (a planted symlink is not followed).
+_CREATE = os.O_CREAT | os.O_EXCL | _NOFOLLOW
+_NAME_TRIES = 100
 
 
 class AuditLogError(Exception):
@@ -181,12 +186,29 @@ def _hash_at(files: list[Path], sequence: int, window: int = 4 * _MIB) -> str | 
     return None
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def _ours(fd: int, uid: int) -> bool:
+    """Whether ``fd`` is a regular file the agent's user owns and nobody linked in from
+    elsewhere (checked after opening, so what was checked is what gets written)."""
+    return _own_regular(os.fstat(fd), uid)
+
+
+def _own_regular(st: os.stat_result, uid: int) -> bool:
+    # One link only: a hard link planted before the directory was repaired could name
+    # any file of the agent's user (another log, a system file) under an audit name.
+    return stat.S_ISREG(st.st_mode) and (
+        os.name != "posix" or (st.st_uid == uid and st.st_nlink == 1)
+    )
+
+
+def _same_dir(fd: int, path: Path) -> bool:
+    """Whether ``path`` still leads to the directory open as ``fd``. Follows a symlinked
+    ``audit_dir`` (an admin's link to another disk is the same directory, not a new one)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        a = os.fstat(fd)
+        b = os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -255,6 +277,11 @@ class AuditLog:
         self.state_problem: str | None = None
         self.recovered: str | None = None  # what open() found and noted, if anything
         self._recovery_details: dict[str, Any] = {}
+        # Notices owed to the log (recovery notes, the set-aside or skipped files): written
+        # before the next record, dropped only once synced. While one that records a gap
+        # is owed, audit.state is not advanced: it keeps the anchor that shows the gap.
+        self._pending: list[NoticeEvent] = []
+        self._skipped: list[str] = []  # names someone else took when the writer created a file
         # The writer thread (start_writer): events queue up, the thread commits them.
         self._cond = threading.Condition()
         self._queue: list[Event] = []
@@ -357,22 +384,16 @@ class AuditLog:
             except OSError as e:
                 self._close_fds()
                 raise AuditLogError(f"cannot open the audit log in {self.directory}: {e}") from e
-        if self.recovered:
-            gap = bool(set(self._recovery_details) - NO_GAP_DETAILS)
-            self.append(
-                NoticeEvent(
-                    action="audit-recovery",
-                    outcome="failure" if gap else "success",
-                    reason=self.recovered,
-                    severity="warning",
-                    details=self._recovery_details,
-                    time=self.clock(),
-                )
-            )
+        if self._pending:
+            self._commit([])  # the recovery notice; kept owed if it cannot be written now
         return self
 
     def _open_locked(self) -> None:
         d = self.directory
+        # A symlinked audit_dir (a link to another disk) is allowed: the link must be the
+        # agent's user's or root's (else its owner could re-point it), and the directory
+        # it leads to is checked (owner, mode) and locked like any other.
+        self._check_link()
         if not d.exists():
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(d, 0o700)
@@ -384,6 +405,10 @@ class AuditLog:
         if state is not None:
             self._generation = state.generation
         files, self.ignored = audit_files(d, self._uid)
+        linked = [p for p in files if not _own_regular(os.lstat(p), self._uid)]
+        if linked:
+            files = [p for p in files if p not in linked]
+            self.ignored += [p.name for p in linked]
         if self.ignored:
             notes.append(
                 f"{len(self.ignored)} file(s) named like audit files are not the agent's own "
@@ -408,23 +433,107 @@ class AuditLog:
                 "the log before this record cannot be proven complete"
             )
             details["state_recreated"] = True
-        if files:
+        self._fd = self._open_active(files[-1]) if files else None
+        if self._fd is not None:
             self._active = files[-1]
             link = _first_link(self._active)
             self._file_first = link[0] if link else self._seq + 1
         else:
-            self._active = d / file_name(self._seq + 1, self.clock())
+            if files:
+                notes.append(
+                    f"the newest file {files[-1].name} changed into something that is not "
+                    "the agent's own regular file as it was opened; it is ignored"
+                )
+                self.ignored.append(files[-1].name)
+                details["ignored_files"] = self.ignored[:20]
+            self._fd, self._active = self._create_file(self._seq + 1)
             self._file_first = self._seq + 1
-        self._fd = os.open(self._active, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
         self._size = os.fstat(self._fd).st_size
-        if not files:
-            _fsync_dir(d)
+        self._note_skipped(notes, details)
         if not self._base[0] or (state is None and files):
             self._base = self._base_of(audit_files(d, self._uid)[0])
-        self._write_state(clean=False)
         self._recovery_details = details
         self.recovered = "; ".join(notes) if notes else None
+        if notes:
+            self._owe(notes, details)
+        self._write_state(clean=False)
         self._retain()
+
+    def _check_link(self) -> None:
+        """A symlinked ``audit_dir`` must be a link the agent's user (or root) owns."""
+        if os.name != "posix":
+            return
+        try:
+            st = os.lstat(self.directory)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (self._uid, 0):
+            raise AuditLogError(
+                f"the audit directory {self.directory} is a symlink owned by uid {st.st_uid}: "
+                "its owner could point it elsewhere; make the link the agent's own or root's, "
+                "or set audit_dir to the directory itself"
+            )
+
+    def _open_active(self, path: Path) -> int | None:
+        """Open the newest listed file to append to; None when it is not (any longer) a
+        regular file the agent owns (checked on the open descriptor)."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | _NOFOLLOW | _NONBLOCK)
+        except OSError:
+            return None
+        if not _ours(fd, self._uid):
+            os.close(fd)
+            return None
+        return fd
+
+    def _create_file(self, first: int) -> tuple[int, Path]:
+        """A new audit file starting at ``first``. A name that exists (planted by another
+        user in a shared directory before it was repaired, or left by this writer) is never
+        opened: the next second's name is tried, and the taken one noted."""
+        t = self.clock()
+        for k in range(_NAME_TRIES):
+            path = self.directory / file_name(first, t + k)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | _CREATE, 0o600)
+            except FileExistsError:
+                self._skipped.append(path.name)
+                continue
+            if self._dir_fd is not None and self._fsync:
+                os.fsync(self._dir_fd)
+            return fd, path
+        raise OSError(errno.EEXIST, f"{_NAME_TRIES} names for a new audit file are taken")
+
+    def _note_skipped(self, notes: list[str], details: dict[str, Any]) -> None:
+        """Name the files whose names the writer could not take (not written into)."""
+        if not self._skipped:
+            return
+        skipped, self._skipped = self._skipped, []
+        notes.append(
+            f"{len(skipped)} file name(s) the agent was about to create already existed "
+            f"and were not used (never opened): {', '.join(skipped[:5])}"
+        )
+        for name in skipped:
+            if name not in self.ignored:
+                self.ignored.append(name)
+        details["ignored_files"] = list(
+            dict.fromkeys([*details.get("ignored_files", []), *skipped])
+        )[:20]
+
+    def _owe(self, notes: list[str], details: dict[str, Any]) -> NoticeEvent:
+        """Queue an ``audit-recovery`` notice for the next commit (see ``_pending``)."""
+        notice = NoticeEvent(
+            action="audit-recovery",
+            outcome="failure" if set(details) - NO_GAP_DETAILS else "success",
+            reason="; ".join(notes),
+            severity="warning",
+            details=details,
+            time=self.clock(),
+        )
+        self._pending.append(notice)
+        return notice
+
+    def _gap_owed(self) -> bool:
+        return any(n.outcome == "failure" for n in self._pending)
 
     def _check_directory(self, dir_fd: int, notes: list[str], details: dict[str, Any]) -> None:
         """The directory must be the agent's own: refuse another owner's, take back group
@@ -459,25 +568,40 @@ class AuditLog:
     def _open_state(self, notes: list[str], details: dict[str, Any]) -> AuditState | None:
         """Open (or create) ``audit.state``; one the agent does not own is moved aside."""
         path = self.directory / STATE_NAME
+        fd: int | None
         try:
-            st: os.stat_result | None = os.lstat(path)
+            fd = os.open(path, os.O_RDWR | _NOFOLLOW | _NONBLOCK)
+            foreign = not _ours(fd, self._uid)
         except FileNotFoundError:
-            st = None
-        if st is not None and not (
-            stat.S_ISREG(st.st_mode) and (os.name != "posix" or st.st_uid == self._uid)
-        ):
+            fd, foreign = None, False
+        except OSError:  # a symlink (ELOOP), a directory...
+            fd, foreign = None, True
+        if foreign:
+            if fd is not None:
+                os.close(fd)
+                fd = None
+            owner = -1
+            with contextlib.suppress(OSError):
+                owner = os.lstat(path).st_uid
             aside = self._set_aside(path, "foreign")
             notes.append(
-                f"{STATE_NAME} was not the agent's own (owner uid {st.st_uid}, or not a regular "
+                f"{STATE_NAME} was not the agent's own (owner uid {owner}, or not a regular "
                 f"file) and was moved aside into {aside}"
             )
             details["foreign_state"] = aside
-        self._state_fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
-        return decode_state(os.pread(self._state_fd, 2 * STATE_SLOT, 0))
+        if fd is None:
+            fd = os.open(path, os.O_RDWR | _CREATE, 0o600)
+        self._state_fd = fd
+        return decode_state(os.pread(fd, 2 * STATE_SLOT, 0))
 
     def _set_aside(self, path: Path, why: str) -> str | None:
         """Rename what is at ``path`` out of the chain's way, keeping it as evidence."""
-        aside = path.with_name(f"{path.name}.{_stamp(self.clock())}-{self._seq}.{why}")
+        base = f"{path.name}.{_stamp(self.clock())}-{self._seq}"
+        aside = path.with_name(f"{base}.{why}")
+        for k in range(1, _NAME_TRIES):  # never rename over earlier evidence
+            if not os.path.lexists(aside):
+                break
+            aside = path.with_name(f"{base}.{k}.{why}")
         try:
             os.rename(path, aside)
         except FileNotFoundError:
@@ -491,16 +615,20 @@ class AuditLog:
         active = files[-1]
         end, torn, _ = _tail(active)
         if torn:
-            aside = active.with_name(f"{active.name}.{_stamp(self.clock())}.torn")
-            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o600)
+            fd, aside = self._create_aside(active, "torn")
             try:
                 os.write(fd, torn)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            with active.open("r+b") as f:
-                f.truncate(end)
-                os.fsync(f.fileno())
+            fd = os.open(active, os.O_WRONLY | _NOFOLLOW | _NONBLOCK)
+            try:
+                if not _ours(fd, self._uid):
+                    raise AuditLogError(f"{active.name} changed under the agent while it opened it")
+                os.ftruncate(fd, end)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             notes.append(
                 f"a torn last line ({len(torn)} bytes) of {active.name} was set aside "
                 f"into {aside.name}"
@@ -518,6 +646,17 @@ class AuditLog:
                 details["unreadable_last_record"] = path.name
                 return None
         return None
+
+    def _create_aside(self, path: Path, why: str) -> tuple[int, Path]:
+        """A new evidence file next to ``path`` (created, never an existing one)."""
+        base = f"{path.name}.{_stamp(self.clock())}"
+        for k in range(_NAME_TRIES):
+            aside = path.with_name(f"{base}.{why}" if k == 0 else f"{base}.{k}.{why}")
+            try:
+                return os.open(aside, os.O_WRONLY | _CREATE, 0o600), aside
+            except FileExistsError:
+                continue
+        raise OSError(errno.EEXIST, f"no free name for the {why} part of {path.name}")
 
     def _reconcile(
         self,
@@ -693,7 +832,7 @@ class AuditLog:
             if self._fd is None:
                 raise RuntimeError("AuditLog: writing after close()")
             try:
-                notice = self._check_files()
+                self._check_files()
             except AuditLogError as e:
                 self._fail(OSError(errno.EPERM, str(e)))
                 self._lost += len(events)
@@ -703,39 +842,59 @@ class AuditLog:
                 self._lost += len(events)
                 return [False] * len(events)
             assert self._fd is not None
-            start = (self._size, self._seq, self._prev, self._failing, self._failing_since)
+            start = (
+                self._size,
+                self._seq,
+                self._prev,
+                self._failing,
+                self._failing_since,
+                self._lost,
+            )
+            owed = list(self._pending)
             results: list[bool] = []
-            if notice is not None:
-                self._write_event(notice)
+            if not events:
+                self._write_owed(owed)
             for event in events:
-                ok = (
-                    self._failing is None or self._write_event(self._failure_notice())
-                ) and self._write_event(event)
+                ok = self._write_owed(owed) and self._write_event(event)
                 if not ok:
                     self._lost += 1
                 results.append(ok)
-            written = sum(results)
-            if (written or notice is not None) and not self._sync(start):
-                self._lost += written
-                results = [False] * len(events)
             if self._seq != start[1]:
+                if not self._sync(start):
+                    self._lost += len(events)
+                    return [False] * len(events)
+                self._pending = owed
                 self._write_state(clean=False, sync=False)
                 if self._size >= self.rotate_bytes:
                     self._rotate()
             return results
 
-    def _check_files(self) -> NoticeEvent | None:
+    def _write_owed(self, owed: list[NoticeEvent]) -> bool:
+        """Write what the log is owed before the next record: the ``audit-failure`` notice
+        after failed writes, then pending recovery notices (taken off ``owed`` as they are
+        written; the caller drops them from ``_pending`` once synced)."""
+        if self._failing is not None:
+            if not self._write_event(self._failure_notice()):
+                return False
+            self._failing = self._failing_since = None
+            self._lost = 0
+        while owed:
+            if not self._write_event(owed[0]):
+                return False
+            del owed[0]
+        return True
+
+    def _check_files(self) -> None:
         """Do the paths still name the files this writer has open (and is the active file
         as long as it wrote it)? Deleted, replaced or changed files are set aside or left
-        as found, a new one is started, and the returned notice says what was lost."""
+        as found, a new one is started, and a notice saying what was lost is owed."""
         assert self._fd is not None and self._active is not None and self._state_fd is not None
         assert self._dir_fd is not None
         notes: list[str] = []
         details: dict[str, Any] = {}
-        if not _same_file(self._dir_fd, self.directory):
+        if not _same_dir(self._dir_fd, self.directory) and self._relock_directory(notes, details):
             # Moved or replaced: the lock must follow the path, or a second agent could
             # take the new directory. (Raises, failing the commit, when it cannot.)
-            self._relock_directory(notes, details)
             notes.append(
                 f"the audit directory {self.directory} was moved or replaced under the agent; "
                 "it took the new one over (checked and locked); the records written before "
@@ -765,9 +924,7 @@ class AuditLog:
                     f"the agent wrote {self._size}): it is left as found for verify"
                 )
                 details.update(changed_file=old.name, size=size, written=self._size)
-            new = self.directory / file_name(self._seq + 1, self.clock())
-            fd = os.open(new, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
-            _fsync_dir(self.directory)
+            fd, new = self._create_file(self._seq + 1)
             os.close(self._fd)
             self._fd, self._active, self._size, self._file_first = fd, new, 0, self._seq + 1
             notes[-1] += f"; writing goes on in {new.name}"
@@ -775,39 +932,40 @@ class AuditLog:
         state_path = self.directory / STATE_NAME
         if not _same_file(self._state_fd, state_path):
             aside = self._set_aside(state_path, "replaced")
-            fd = os.open(state_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+            fd = os.open(state_path, os.O_RDWR | _CREATE, 0o600)
             os.close(self._state_fd)
             self._state_fd = fd
-            self._write_state(clean=False)
             notes.append(
                 f"{STATE_NAME} was deleted or replaced under the agent"
                 + (f" (set aside into {aside})" if aside else "")
                 + "; it was rewritten from the writer's own anchor"
             )
             details["state_rewritten"] = True
-        if not notes:
-            return None
-        reason = "; ".join(notes)
-        self._mirror("warning", f"audit log: {reason}")
-        return NoticeEvent(
-            action="audit-recovery",
-            outcome="failure" if set(details) - NO_GAP_DETAILS else "success",
-            reason=reason,
-            severity="warning",
-            details=details,
-            time=self.clock(),
-        )
+        self._note_skipped(notes, details)
+        if notes:
+            self._mirror("warning", f"audit log: {'; '.join(notes)}")
+            self._owe(notes, details)
+        if details.get("state_rewritten"):
+            self._write_state(clean=False)  # not while a gap's record is owed
 
-    def _relock_directory(self, notes: list[str], details: dict[str, Any]) -> None:
+    def _relock_directory(self, notes: list[str], details: dict[str, Any]) -> bool:
+        """Check and lock what the path leads to now; False when that is the directory
+        already held (a second ``flock`` on it would conflict with the agent's own)."""
+        self._check_link()
         fd = os.open(self.directory, os.O_RDONLY | _DIRECTORY)
+        assert self._dir_fd is not None
+        held, now = os.fstat(self._dir_fd), os.fstat(fd)
+        if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+            os.close(fd)
+            return False
         try:
             self._check_directory(fd, notes, details)
         except BaseException:
             os.close(fd)
             raise
-        assert self._dir_fd is not None
         os.close(self._dir_fd)
         self._dir_fd = fd
+        return True
 
     def _failure_notice(self) -> NoticeEvent:
         since = format_timestamp(self._failing_since or self.clock())
@@ -850,16 +1008,13 @@ class AuditLog:
             self._fail(e)
             return False
         self._size = start + len(line)
-        if self._failing is not None:
-            self._failing = self._failing_since = None
-            self._lost = 0
         self._seq, self._prev = seq, digest
         if self._native is not None:
             level = "warning" if record.get("event.outcome") == "failure" else "info"
             self._mirror(level, f"{summary_line(record)} [seq {seq}]")
         return True
 
-    def _sync(self, start: tuple[int, int, str, str | None, float | None]) -> bool:
+    def _sync(self, start: tuple[int, int, str, str | None, float | None, int]) -> bool:
         """One fdatasync for the commit; if it fails, the commit's records are cut off
         again (none of them may count as written) and the chain goes back to ``start``."""
         assert self._fd is not None
@@ -868,18 +1023,22 @@ class AuditLog:
         try:
             os.fdatasync(self._fd)
         except OSError as e:
-            size, seq, prev, failing, since = start
+            size, seq, prev, failing, since, lost = start
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, size)
             self._size = size
             self._seq, self._prev = seq, prev
-            self._failing, self._failing_since = failing, since
+            self._failing, self._failing_since, self._lost = failing, since, lost
             self._fail(e)
             return False
         return True
 
     def _write_state(self, *, clean: bool, sync: bool = True) -> None:
         assert self._state_fd is not None and self._active is not None
+        if self._gap_owed():
+            # The record of a gap is not on disk yet: a fresh anchor now would bless the
+            # gap (a restart would find nothing to note). The old state keeps showing it.
+            return
         self._generation += 1
         state = AuditState(
             sequence=self._seq,
@@ -903,22 +1062,26 @@ class AuditLog:
     def _rotate(self) -> None:
         """Start the next file; the chain simply continues into it."""
         assert self._fd is not None
-        new = self.directory / file_name(self._seq + 1, self.clock())
         try:
-            fd = os.open(new, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
-            _fsync_dir(self.directory)
+            fd, new = self._create_file(self._seq + 1)
         except OSError as e:
-            if e.errno != errno.EEXIST:
-                self.state_problem = f"rotation to {new.name} failed: {e.strerror or e}"
+            self.state_problem = f"rotation failed: {e.strerror or e}"
             return  # keep appending to the current file; the next commit tries again
         os.close(self._fd)
         self._fd, self._active, self._size, self._file_first = fd, new, 0, self._seq + 1
+        notes: list[str] = []
+        details: dict[str, Any] = {}
+        self._note_skipped(notes, details)
+        if notes:
+            self._owe(notes, details)  # written before the next record
         self._write_state(clean=False)
         self._retain()
 
     def _retain(self) -> None:
         """Delete the oldest rotated files beyond ``keep_files``, moving the anchor first
         (so a crash in between leaves an extra old file, never a missing one)."""
+        if self._gap_owed():
+            return  # the anchor cannot move yet (see _write_state); the next rotation retains
         files, _ = audit_files(self.directory, self._uid)
         rotated = files[:-1]
         excess = len(rotated) - self.keep_files
