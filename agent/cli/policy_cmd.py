@@ -9,11 +9,14 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.control.client import ControlError, control_candidates, control_request
 from agent.daemon.policy_manager import read_status
 from agent.platform.paths import default_state_dir
+
+if TYPE_CHECKING:
+    import psutil
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -38,12 +41,69 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def _agent_pid(state_dir: Path) -> int | None:
+    process = _agent_process(state_dir)
+    return None if process is None else process.pid
+
+
+def _agent_process(state_dir: Path) -> psutil.Process | None:
+    """The running agent named by ``agent.pid``, or None.
+
+    A pid file can outlive its agent (a crash, a reboot) and its number be reused by any
+    process; 0 and -1 would name a process group or every process. So the pid must be
+    above 1, the process must run ``pullgate agent`` (or ``python -m agent agent``), run as
+    the pid file's owner, and — when its command line names a ``--state-dir`` — serve this
+    state directory. Signal it through the returned object: psutil refuses to signal a
+    process that has since exited and whose pid was reused.
+    """
+    import psutil  # noqa: PLC0415 - only when the agent has to be found
+
+    pidfile = state_dir / "agent.pid"
     try:
-        pid = int((state_dir / "agent.pid").read_text().strip())
-        os.kill(pid, 0)
+        pid = int(pidfile.read_text().strip())
+        owner = pidfile.stat().st_uid
     except (OSError, ValueError):
         return None
-    return pid
+    if pid <= 1:
+        return None
+    try:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            command = process.cmdline()
+            uid = process.uids().real
+        if uid != owner or not _is_agent_command(command):
+            return None
+        named = _named_state_dir(command)
+        if named is not None and not _same_dir(Path(process.cwd()) / named, state_dir):
+            return None
+    except (psutil.Error, OSError):
+        return None
+    return process
+
+
+def _is_agent_command(command: list[str]) -> bool:
+    """``… pullgate agent …`` or ``… -m agent agent …``."""
+    for i, word in enumerate(command[:-1]):
+        if Path(word).name == "pullgate" and command[i + 1] == "agent":
+            return True
+        if word == "-m" and command[i + 1 : i + 3] == ["agent", "agent"]:
+            return True
+    return False
+
+
+def _named_state_dir(command: list[str]) -> str | None:
+    for i, word in enumerate(command):
+        if word == "--state-dir" and i + 1 < len(command):
+            return command[i + 1]
+        if word.startswith("--state-dir="):
+            return word.partition("=")[2]
+    return None
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve(strict=True) == b.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return False
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -105,6 +165,8 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"pullgate policy status: no agent status in {state_dir}", file=sys.stderr)
         return EXIT_PROBLEM
     status["agent_running"] = _agent_pid(state_dir) is not None
+    if not status["agent_running"] and status.get("refresh_loop") == "running":
+        status["refresh_loop"] = "not running"  # its last status; no agent runs it now
     if args.json:
         print(json.dumps(status, indent=2))
     else:
@@ -139,14 +201,22 @@ def run_refresh(args: argparse.Namespace) -> int:
     if answered is not None:
         return answered
     state_dir = _state_dir(args)
-    pid = _agent_pid(state_dir)
-    if pid is None:
+    agent = _agent_process(state_dir)
+    if agent is None:
         print(
-            f"pullgate policy refresh: no running agent (pid file in {state_dir})", file=sys.stderr
+            f"pullgate policy refresh: the agent is not running (no live Pullgate agent named "
+            f"by the pid file in {state_dir})",
+            file=sys.stderr,
         )
         return EXIT_PROBLEM
     before = (read_status(state_dir) or {}).get("last_fetch_at")
-    os.kill(pid, signal.SIGHUP)
+    import psutil  # noqa: PLC0415
+
+    try:
+        agent.send_signal(signal.SIGHUP)  # refused if the pid now names another process
+    except psutil.Error as e:  # gone, or not ours to signal
+        print(f"pullgate policy refresh: the agent is not running ({e})", file=sys.stderr)
+        return EXIT_PROBLEM
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         status = read_status(state_dir) or {}
