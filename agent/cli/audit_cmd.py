@@ -3,7 +3,8 @@
 ``tail`` prints the last records as one-liners (or as stored with ``--json``) and follows
 rotation with ``-f``; ``verify`` exits 0 when the chain is intact from the anchored start
 to the anchored end, 1 naming the first bad line (file, line number, why), 2 when there is
-no log to read; ``export`` prints the stored lines (hashes included, so the SIEM can
+no log to read, 3 when a busy writer kept changing the log through every attempt (no
+verdict: try again); ``export`` prints the stored lines (hashes included, so the SIEM can
 re-check them) whose ``@timestamp`` lies in ``[--since, --until)``.
 Reading never takes the writer's lock: the agent keeps writing meanwhile.
 """
@@ -25,11 +26,14 @@ from agent.config.parse import ConfigError
 from agent.config.sources import load_managed_config
 from agent.core.audit import FILE_RE, STATE_NAME, format_timestamp, parse_line, summary_line
 from agent.daemon.audit_log import default_audit_dir
-from agent.daemon.audit_verify import audit_files, verify_directory
+from agent.daemon.audit_verify import chain_files, verify_directory
 
 EXIT_OK = 0
 EXIT_BAD = 1
 EXIT_USAGE = 2
+EXIT_UNSTABLE = 3
+"""``verify`` only: the log kept changing under a busy writer through every attempt; no
+verdict either way (not "NOT intact"): run it again."""
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -64,7 +68,8 @@ def register(commands: Any) -> None:
     check = actions.add_parser(
         "verify",
         help="prove the hash chain intact, or name the first bad line",
-        description="Exit 0: intact; 1: the first bad line (file, line, why); 2: no log.",
+        description="Exit 0: intact; 1: NOT intact, the first bad line (file, line, why); "
+        "2: no log; 3: the log kept changing under a busy writer (try again).",
     )
     common(check)
     check.set_defaults(run=run_verify)
@@ -111,10 +116,11 @@ def audit_dir(args: argparse.Namespace) -> Path:
 
 
 def _files(directory: Path) -> list[Path]:
-    """The chain's files, never look-alikes another user planted (symlinks, FIFOs, files
-    the directory's owner does not own): tail and export must not read through them."""
+    """The files ``verify`` covers: never look-alikes another user planted (symlinks,
+    FIFOs, files the directory's owner does not own), nor files before the state's base
+    (outside the anchored chain): tail and export must not read what verify does not."""
     try:
-        return audit_files(directory)[0]
+        return chain_files(directory)
     except FileNotFoundError:
         raise AuditCommandError(f"no audit log in {directory}") from None
     except OSError as e:
@@ -260,12 +266,25 @@ def _verify(args: argparse.Namespace) -> int:
     except OSError as e:
         raise AuditCommandError(f"cannot read {directory}: {e.strerror or e}") from e
     result, state = checked.result, checked.state
-    if not checked.files and state is None:
+    if not checked.stable:
+        print(
+            f"pullgate audit verify: could not get a stable snapshot of a log that is being "
+            f"written (try again): {directory} was still changing after "
+            f"{checked.attempts} attempt(s); this is not a verdict either way"
+        )
+        return EXIT_UNSTABLE
+    if not checked.files and state is None and result.first_bad is None:
         raise AuditCommandError(f"no audit log in {directory}")
     for name in checked.foreign:
         print(
             f"{directory / name}:0: ignored: not written by the agent (another owner, a "
             "symlink or not a regular file)"
+        )
+    for name in result.before_base:
+        print(
+            f"{directory / name}:0: not verified (before the chain's base "
+            f"{state.base_file if state else '?'}): outside the anchored chain; tail and "
+            "export skip it"
         )
     if result.first_bad is not None:
         bad = result.first_bad
