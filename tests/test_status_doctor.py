@@ -355,3 +355,44 @@ def test_doctor_fails_a_stopped_or_erring_bypass_watch(
 
     check = check_bypass_monitor(monitor)
     assert (check.result, fragment in check.detail) == (result, True), check
+
+
+def test_doctor_fails_a_disk_ahead_of_the_agent_once_asked_again(tmp_path: Path) -> None:
+    """Records on disk past the agent's last one: read after the status, so asked again;
+    if the agent still has not written that far, someone else wrote them."""
+    from agent.cli.status_cmd import check_audit
+    from agent.daemon.audit_log import AuditLog
+    from tests.test_audit import decision_event
+
+    log = AuditLog(tmp_path, native_log=False, host="laptop").open()
+    for _ in range(3):
+        log.append(decision_event())
+    behind = log.status()  # what the agent says before the disk runs on
+    for _ in range(2):
+        log.append(decision_event())
+    now = log.status()
+    log.close()
+
+    chain = check_audit(behind, lambda: behind)[1]  # asked again: still at 3
+    assert chain.result == "FAIL", chain
+    assert "runs 2 record(s) past the agent's last record (sequence 3" in chain.detail
+    assert check_audit(behind)[1].result == "FAIL"  # no answer: the first status stands
+
+    assert check_audit(behind, lambda: now)[1].result == "OK"  # it had written on meanwhile
+    forged = {**now, "last_hash": "ab" * 32}
+    chain = check_audit(behind, lambda: forged)[1]
+    assert chain.result == "FAIL" and "is not the one the agent wrote" in chain.detail
+
+
+def test_doctor_says_try_again_when_the_log_never_holds_still(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.cli.status_cmd import check_audit_chain
+    from agent.daemon import audit_verify
+
+    class Moving:
+        stable = False
+
+    monkeypatch.setattr(audit_verify, "verify_directory", lambda directory: Moving())
+    chain = check_audit_chain(tmp_path, {})
+    assert chain.result == "SKIP" and "try again" in chain.detail

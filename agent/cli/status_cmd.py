@@ -14,13 +14,14 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from agent.control.client import ControlError, control_candidates, control_request
+from agent.core.text import printable
 from agent.platform.docker_api import request_sync
 from agent.platform.docker_context import (
     ContextError,
@@ -130,7 +131,9 @@ def format_status(path: Path, status: Mapping[str, Any]) -> str:
         lines += [f"  {_decision_line(_dict(d))}" for d in decisions]
     else:
         lines.append(_row("last decisions", "none yet"))
-    return "\n".join(lines)
+    # What a policy host or a client sent (a Location, a key id, an image name) must
+    # not drive the terminal, even from an agent or state file older than the escaping.
+    return "\n".join(printable(line) for line in lines)
 
 
 def _row(name: str, value: object) -> str:
@@ -231,9 +234,9 @@ def run_doctor(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(c) for c in checks], indent=2))
     else:
         for check in checks:
-            print(f"{check.result:<5} {check.name}: {check.detail}")
+            print(printable(f"{check.result:<5} {check.name}: {check.detail}"))
             if check.fix:
-                print(f"      fix: {check.fix}")
+                print(printable(f"      fix: {check.fix}"))
     return EXIT_PROBLEM if any(c.result == FAIL for c in checks) else EXIT_OK
 
 
@@ -274,7 +277,7 @@ def diagnose(control: str | None, env: Mapping[str, str], home: Path) -> list[Ch
     )
     checks.append(check_docker_target(listen, env, home))
     checks.append(check_policy(_dict(status.get("policy"))))
-    checks.extend(check_audit(status.get("audit")))
+    checks.extend(check_audit(status.get("audit"), lambda: _audit_status_again(control)))
     checks.append(check_bypass_monitor(status.get("bypass_monitor")))
     checks.append(check_clock(status))
     return checks
@@ -327,13 +330,13 @@ def check_docker_target(listen: Path, env: Mapping[str, str], home: Path) -> Che
     return Check(name, FAIL, detail, fix)
 
 
-def check_policy(policy: Mapping[str, Any]) -> Check:
+def check_policy(policy: Mapping[str, Any], now: datetime | None = None) -> Check:
     name = "policy fresh and verified"
     state = policy.get("state")
     what = f"{policy.get('enforcing')} from {policy.get('source')}"
     error = policy.get("last_fetch_error") or policy.get("last_refusal")
     refresh_fix = "check that policy_url is reachable, then run `pullgate policy refresh`"
-    refreshing = _refresh_problem(policy)
+    refreshing = _refresh_problem(policy, now)
     if refreshing is not None and state == "fresh":
         # Fresh today, but a refresh that fails or no longer runs stops updates silently.
         return Check(
@@ -357,31 +360,88 @@ def check_policy(policy: Mapping[str, Any]) -> Check:
     }.get(str(state), f"{what}: unexpected state {state!r}")
     if error:
         detail += f" (last problem: {error})"
-    if policy.get("refresh_loop") in ("dead", "stopped"):
+    if policy.get("refresh_loop") in ("dead", "stopped") or refresh_overdue(policy, now):
         detail += f"; {refreshing}"
     return Check(name, FAIL, detail, refresh_fix)
 
 
-def _refresh_problem(policy: Mapping[str, Any]) -> str | None:
-    """What is wrong with the agent's policy refresh, if anything."""
+DEFAULT_FETCH_DEADLINE = 72.0
+"""The agent's fetch deadline with default timeouts, for a status that does not say."""
+
+
+def refresh_overdue(policy: Mapping[str, Any], now: datetime | None = None) -> str | None:
+    """A running refresh loop whose next refresh is later than it can possibly be: past
+    ``next_refresh_at`` by more than a whole fetch may take. Such a loop is stuck (a
+    fetch that never ends), however green the rest of its status looks."""
+    if policy.get("refresh_loop") != "running":
+        return None
+    due = _timestamp(policy.get("next_refresh_at"))
+    if due is None:
+        return None
+    deadline = policy.get("fetch_deadline_seconds")
+    if not isinstance(deadline, int | float) or isinstance(deadline, bool) or deadline < 0:
+        deadline = DEFAULT_FETCH_DEADLINE
+    late = ((now or datetime.now(UTC)) - due).total_seconds()
+    if late <= deadline:
+        return None
+    return (
+        f"the policy refresh is overdue: due at {policy.get('next_refresh_at')}, "
+        f"{_duration(late)} ago (a fetch may take at most {deadline:g}s); the refresh "
+        "loop is stuck, restart the agent"
+    )
+
+
+def _timestamp(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _refresh_problem(policy: Mapping[str, Any], now: datetime | None = None) -> str | None:
+    """What is wrong with the agent's policy refresh, if anything. The latest outcome
+    counts: a failed download, an unexpected error, or a refused download (unsigned,
+    rolled back, another org's) — the agent keeps its old policy, and stops updating."""
     loop = policy.get("refresh_loop")
     if loop in ("dead", "stopped"):
         why = policy.get("last_refresh_error") or "no reason recorded"
         return f"the policy refresh loop is {loop} ({why}); restart the agent"
+    overdue = refresh_overdue(policy, now)
+    if overdue is not None:
+        return overdue
     error = policy.get("last_refresh_error") or policy.get("last_fetch_error")
     failures = policy.get("refresh_failures")
     if error:
         count = f" ({failures} failures in a row)" if isinstance(failures, int) and failures else ""
         return f"the last policy refresh failed{count}: {error}"
+    if policy.get("last_refusal"):
+        return f"the last policy download was refused: {policy['last_refusal']}"
     return None
 
 
-def verify_audit_dir(directory: Path, agent: Mapping[str, Any] | None = None) -> tuple[bool, str]:
+class AuditUnstableError(Exception):
+    """The log kept changing under the agent through every attempt: no verdict."""
+
+
+def verify_audit_dir(
+    directory: Path,
+    agent: Mapping[str, Any] | None = None,
+    reread: Callable[[], Mapping[str, Any] | None] | None = None,
+) -> tuple[bool, str]:
     """Verify the audit chain in ``directory`` as ``pullgate audit verify`` does, and
-    compare its end with what the agent says it wrote (``agent``: its audit status)."""
+    compare its end with what the agent says it wrote (``agent``: its audit status).
+    ``reread`` asks the agent again (its audit status) when the disk is ahead of it.
+    Raises :class:`AuditUnstableError` when no stable snapshot could be had."""
     from agent.daemon.audit_verify import verify_directory  # noqa: PLC0415 - only for doctor
 
     checked = verify_directory(directory)
+    if not checked.stable:
+        raise AuditUnstableError(
+            "could not get a stable snapshot of a log that is being written (try again)"
+        )
     result, state = checked.result, checked.state
     bad = result.first_bad
     if bad is not None:
@@ -392,20 +452,42 @@ def verify_audit_dir(directory: Path, agent: Mapping[str, Any] | None = None) ->
         gap = result.gaps[0]
         return False, f"{directory / gap.file}:{gap.line}: the agent recorded a gap: {gap.reason}"
     behind = _agent_ahead_of_disk(agent or {}, result)
+    if behind is None and _disk_ahead(agent or {}, result):
+        # Read after the status, the disk may be ahead of what the agent last told us:
+        # ask again. An agent that still has not reached the disk's end did not write it.
+        # Without an answer the first status stands (the disk is still ahead of it).
+        again = (reread() if reread is not None else None) or agent
+        behind = _agent_ahead_of_disk(again or {}, result, after_reread=True)
     if behind:
         return False, behind
-    return True, f"{result.records} record(s) in {result.files} file(s) verified"
+    unverified = (
+        f"; {len(result.before_base)} file(s) before the chain's base not verified"
+        if result.before_base
+        else ""
+    )
+    return True, f"{result.records} record(s) in {result.files} file(s) verified{unverified}"
 
 
-def _agent_ahead_of_disk(agent: Mapping[str, Any], result: Any) -> str | None:
+def _disk_ahead(agent: Mapping[str, Any], result: Any) -> bool:
+    seq = agent.get("sequence")
+    return isinstance(seq, int) and (result.last_sequence or 0) > seq
+
+
+def _agent_ahead_of_disk(
+    agent: Mapping[str, Any], result: Any, *, after_reread: bool = False
+) -> str | None:
     """The agent's own sequence and last hash against the chain on disk (read after the
     status, so the disk may only be ahead): records the agent wrote that are not on disk
-    went to a deleted file; another hash at its sequence means the tail was rewritten."""
+    went to a deleted file; another hash at its sequence means the tail was rewritten.
+    ``after_reread``: this status was read *after* the disk, so a disk still ahead of it
+    holds records the agent did not write."""
     seq, last = agent.get("sequence"), agent.get("last_hash")
     if not isinstance(seq, int) or not isinstance(last, str):
         return None
     on_disk = result.last_sequence or 0
     if on_disk < seq:
+        if after_reread:
+            return None  # the agent wrote on since the disk was read: nothing to say
         return (
             f"the agent has written {seq - on_disk} record(s) (up to sequence {seq}) that "
             f"are not in the log on disk (it ends at {on_disk}): its file was deleted or "
@@ -416,10 +498,18 @@ def _agent_ahead_of_disk(agent: Mapping[str, Any], result: Any) -> str | None:
             f"the record at sequence {seq} on disk is not the one the agent wrote (its hash "
             "differs): the log was rewritten"
         )
+    if after_reread and on_disk > seq:
+        return (
+            f"the log on disk runs {on_disk - seq} record(s) past the agent's last record "
+            f"(sequence {seq}, asked again after reading the disk): the agent did not "
+            "write them"
+        )
     return None
 
 
-def check_audit(audit: object) -> list[Check]:
+def check_audit(
+    audit: object, reread: Callable[[], Mapping[str, Any] | None] | None = None
+) -> list[Check]:
     name = "audit log"
     if not isinstance(audit, dict):
         return [Check(name, SKIP, "the agent does not report an audit log")]
@@ -450,17 +540,32 @@ def check_audit(audit: object) -> list[Check]:
                 "agent; it resumes by itself",
             )
         ]
-    checks.append(check_audit_chain(Path(directory) if directory else None, audit))
+    checks.append(check_audit_chain(Path(directory) if directory else None, audit, reread))
     return checks
 
 
-def check_audit_chain(directory: Path | None, agent: Mapping[str, Any] | None = None) -> Check:
+def _audit_status_again(control: str | None) -> Mapping[str, Any] | None:
+    """The agent's audit status, asked again (after the disk was read)."""
+    try:
+        audit = fetch_status(control)[1].get("audit")
+    except ControlError:
+        return None
+    return audit if isinstance(audit, dict) else None
+
+
+def check_audit_chain(
+    directory: Path | None,
+    agent: Mapping[str, Any] | None = None,
+    reread: Callable[[], Mapping[str, Any] | None] | None = None,
+) -> Check:
     name = "audit chain intact"
     fix = "run `pullgate audit verify` and report the named line to IT"
     if directory is None:
         return Check(name, SKIP, "the agent reports no audit directory")
     try:
-        outcome = verify_audit_dir(directory, agent)
+        outcome = verify_audit_dir(directory, agent, reread)
+    except AuditUnstableError as e:
+        return Check(name, SKIP, f"{directory}: {e}")
     except PermissionError:
         return Check(name, SKIP, f"cannot read {directory} as this user; run doctor as root")
     except (OSError, ValueError) as e:
