@@ -742,13 +742,13 @@ def test_a_symlinked_audit_dir_re_pointed_is_taken_over_like_a_replaced_one(
 
 
 @contextlib.contextmanager
-def disk_full_once(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """The next ``os.write`` fails with ENOSPC; the list counts the failures."""
+def disk_full_once(monkeypatch: pytest.MonkeyPatch, times: int = 1) -> Iterator[list[int]]:
+    """The next ``times`` ``os.write`` calls fail with ENOSPC; the list counts them."""
     real = os.write
     failed: list[int] = []
 
     def write(fd: int, data: Any) -> int:
-        if not failed:
+        if len(failed) < times:
             failed.append(fd)
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd, data)
@@ -788,9 +788,9 @@ def test_a_gap_whose_note_was_never_written_is_not_blessed_by_a_fresh_state(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log_with_lost_state(tmp_path)
-    with disk_full_once(monkeypatch):
+    with disk_full_once(monkeypatch, times=1000):
         log = open_log(tmp_path)
-    log.close()  # stopped before any record got through
+        log.close()  # stopped before any record got through (the disk stayed full)
     log = open_log(tmp_path)
     log.close()
     assert log.recovered is not None and "audit.state was missing" in log.recovered
@@ -837,3 +837,16 @@ def test_a_hard_link_planted_under_an_audit_name_is_never_written_or_cut(
     assert link.name in log.status()["ignored_files"]
     log.close()
     assert victim.read_bytes() == b"keep\nno newline at the end"
+
+
+def test_a_notice_still_owed_at_close_is_written_before_the_clean_state(tmp_path: Path) -> None:
+    now = 1_800_000_000.0
+    d = tmp_path / "audit"
+    log = open_log(d, clock=lambda: now, rotate_bytes=1, fsync=False)
+    taken = plant(d / file_name(2, now))
+    assert log.append(decision_event())  # the rotation skips the taken name: a note owed
+    log.close()
+    got = records_of_ours(d)
+    assert [r["event.action"] for r in got] == ["image-pull", "audit-recovery"]
+    assert taken.name in got[-1]["pullgate.details"]["ignored_files"]
+    assert verify_directory(d).result.ok

@@ -16,11 +16,19 @@ Records come from ``agent.core.audit`` (pure); reading the log back and verifyin
 - ``<file>.<time>.torn``: a half-written last line found on open, set aside as evidence;
   ``<name>.<time>.replaced``: a file found in place of one the writer had open.
 
+Every file the writer makes is created with ``O_EXCL|O_NOFOLLOW``: a name that exists
+(planted in a shared directory before the agent repaired it) is never opened; the next
+second's name is taken and the skipped one noted. Every file it opens (the newest log
+file, ``audit.state``, a file whose torn tail it cuts) is opened without following a
+link and checked on the descriptor: a regular file, the agent's user's, one link.
+
 One writer per directory: an ``flock`` on the directory itself, which nobody can replace
 while it holds files (a lock on a file could be deleted and taken by a second agent).
 The directory must be the agent's own: another owner is refused, group/world write
 permission is removed (and noted), and files the agent does not own, symlinks and other
-non-regular files are never opened, only named in a notice.
+non-regular files are never opened, only named in a notice. A symlinked ``audit_dir``
+(a link to another disk) is allowed when the link is the agent's user's or root's: the
+directory it leads to is the one checked, locked and compared before each commit.
 
 Writing: ``append`` writes synchronously (open, tests). In the agent, ``start_writer``
 moves writing to a thread: the sink hands each event over (``__call__``) and the request
@@ -31,6 +39,11 @@ up meanwhile with one ``fdatasync`` (group commit).
 Before each commit the writer checks that the paths still name the files it has open
 (device and inode): a deleted or replaced active file or ``audit.state`` is set aside,
 recreated, and an ``audit-recovery`` record says which records were lost.
+
+Recovery notices (from ``open`` and from that check) are owed, not fire-and-forget: they
+are written before the next record and dropped only once synced. While one that records
+a gap is owed, ``audit.state`` is not rewritten (and retention waits), so a restart still
+finds the gap the unwritten notice was about instead of a fresh anchor that blesses it.
 
 A failed write (disk full, read-only, permissions) cuts any partial line back off, so the
 file stays whole records; ``append`` returns False and ``failing`` says why, and the agent
@@ -51,7 +64,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from agent.config.keys import AuditFailure
 from agent.core.audit import (
@@ -134,9 +147,14 @@ def native_writer() -> Callable[[str, str], None] | None:
     return write
 
 
+def _reader(path: Path) -> BinaryIO:
+    """``path`` opened for reading without following a link or waiting on a FIFO."""
+    return os.fdopen(os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK), "rb")
+
+
 def _tail(path: Path) -> tuple[int, bytes, bytes | None]:
     """(end of the whole lines, the torn bytes after them, the last whole line)."""
-    with path.open("rb") as f:
+    with _reader(path) as f:
         size = f.seek(0, os.SEEK_END)
         buf = b""
         pos = size
@@ -157,7 +175,7 @@ def _tail(path: Path) -> tuple[int, bytes, bytes | None]:
 def _first_link(path: Path) -> tuple[int, str] | None:
     """(sequence, prev) of a file's first record."""
     try:
-        with path.open("rb") as f:
+        with _reader(path) as f:
             first = f.readline()
         record = parse_line(first)
         return int(record["event.sequence"]), str(record["pullgate.chain.prev"])
@@ -171,7 +189,7 @@ def _hash_at(files: list[Path], sequence: int, window: int = 4 * _MIB) -> str | 
     needle = b',"event.sequence":' + str(sequence).encode() + b","
     for path in reversed(files[-2:]):
         try:
-            with path.open("rb") as f:
+            with _reader(path) as f:
                 size = f.seek(0, os.SEEK_END)
                 f.seek(max(0, size - window))
                 data = f.read()
@@ -721,10 +739,12 @@ class AuditLog:
     def close(self) -> None:
         """Write what is queued, mark the log cleanly closed and release the lock."""
         self.stop_writer()
+        if self._fd is not None and self._pending:
+            self._commit([])  # owed notices (a skipped name at the last rotation...)
         with self._lock:
             if self._fd is not None:
                 with contextlib.suppress(OSError):
-                    self._write_state(clean=True)
+                    self._write_state(clean=True)  # not while a gap's record is owed
             self._close_fds()
 
     def _close_fds(self) -> None:
