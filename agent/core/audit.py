@@ -484,7 +484,9 @@ def _verify_chain(files: Sequence[LogFile], state: AuditState | None) -> VerifyR
     sequence, and have its hash *at* that sequence even when the log runs on past it (a
     live writer is ahead of the state it last wrote; a rewritten, re-chained tail is
     not). A state the writer closed cleanly is the end: records after it were appended
-    by someone else. Without ``state`` the start is trusted as found (zeros for sequence
+    by someone else. A state whose sequence lies before the chain's start (0 over
+    records, or below the base sequence - 1) anchors nothing and is reported as not the
+    writer's. Without ``state`` the start is trusted as found (zeros for sequence
     1) and a cut tail cannot be seen (``tail_anchored`` is False). The writer's own
     ``audit-recovery`` records that report a gap make the result not ``ok`` (``notes``).
     """
