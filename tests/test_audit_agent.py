@@ -234,3 +234,42 @@ def test_a_full_disk_makes_the_agent_follow_audit_failure(
         assert found[0]["pullgate.details"]["lost_records"] >= 1
     finally:
         agent.kill()
+
+
+def test_a_symlinked_audit_dir_records_every_pull_and_stays_healthy(
+    tmp_path: Path, docker_env: DockerEnv, seeded: dict[str, SeededImage]
+) -> None:
+    """/var/log/pullgate linked to another disk, audit_failure: deny: no pull is refused
+    because the agent takes its own directory for a replaced one."""
+    real = tmp_path / "disk2" / "pullgate"
+    real.mkdir(parents=True, mode=0o700)
+    link = tmp_path / "audit"
+    link.symlink_to(real)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"audit_failure": "deny", "audit_native_log": False}))
+    agent = start_agent(
+        tmp_path / "agents",
+        docker_env.socket_path,
+        shim_policy(),
+        ["--audit-dir", str(link), "--config", str(config), "--no-watch"],
+    )
+    try:
+        for _ in range(2):
+            result = docker_via(agent, docker_env, "pull", "alpine")
+            assert result.returncode == 0, result.stderr
+        status = subprocess.run(
+            [*CLI, "status", "--json", "--control", str(agent.socket_path.parent / "control.sock")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        audit_status = json.loads(status.stdout)["audit"]
+        assert audit_status["healthy"] is True, audit_status
+    finally:
+        agent.kill()
+    got = records(link)
+    assert [r for r in got if r.get("event.action") == "image-pull"]
+    assert not [r for r in got if r.get("event.action") == "audit-recovery"]
+    verify = audit("verify", "--dir", str(link))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
