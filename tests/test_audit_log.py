@@ -850,3 +850,24 @@ def test_a_notice_still_owed_at_close_is_written_before_the_clean_state(tmp_path
     assert [r["event.action"] for r in got] == ["image-pull", "audit-recovery"]
     assert taken.name in got[-1]["pullgate.details"]["ignored_files"]
     assert verify_directory(d).result.ok
+
+
+def test_a_flood_of_planted_names_does_not_stop_the_agent(tmp_path: Path) -> None:
+    from agent.daemon import audit_log
+
+    d = tmp_path / "shared"
+    d.mkdir()
+    os.chmod(d, 0o1777)
+    now = 1_800_000_000.0
+    planted = [plant(d / file_name(1, now + k)) for k in range(audit_log._NAME_TRIES)]
+    log = open_log(d, clock=lambda: now)
+    assert log.append(decision_event())
+    active = log.active_file
+    log.close()
+    assert active == planted[-1] and active.stat().st_uid == os.geteuid()
+    aside = [p for p in d.iterdir() if p.name.startswith(planted[-1].name + ".")]
+    assert len(aside) == 1 and aside[0].name.endswith(".foreign")
+    assert aside[0].read_bytes() == b"" and aside[0].stat().st_uid == NOBODY
+    for p in planted[:-1]:
+        assert p.read_bytes() == b"" and p.stat().st_uid == NOBODY
+    assert verify_directory(d).result.ok

@@ -507,19 +507,31 @@ class AuditLog:
     def _create_file(self, first: int) -> tuple[int, Path]:
         """A new audit file starting at ``first``. A name that exists (planted by another
         user in a shared directory before it was repaired, or left by this writer) is never
-        opened: the next second's name is tried, and the taken one noted."""
+        opened: the next second's name is tried, and the taken one noted. When all of
+        them are taken (a flood of planted names), the last one, if not the agent's own,
+        is moved aside (``.foreign``) to make room."""
         t = self.clock()
         for k in range(_NAME_TRIES):
             path = self.directory / file_name(first, t + k)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | _CREATE, 0o600)
-            except FileExistsError:
-                self._skipped.append(path.name)
-                continue
-            if self._dir_fd is not None and self._fsync:
-                os.fsync(self._dir_fd)
-            return fd, path
+            for _ in range(2):
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_APPEND | _CREATE, 0o600)
+                except FileExistsError:
+                    if k < _NAME_TRIES - 1 or self._own_file(path):
+                        break
+                    self._set_aside(path, "foreign")
+                    continue
+                if self._dir_fd is not None and self._fsync:
+                    os.fsync(self._dir_fd)
+                return fd, path
+            self._skipped.append(path.name)
         raise OSError(errno.EEXIST, f"{_NAME_TRIES} names for a new audit file are taken")
+
+    def _own_file(self, path: Path) -> bool:
+        try:
+            return _own_regular(os.lstat(path), self._uid)
+        except FileNotFoundError:
+            return False
 
     def _note_skipped(self, notes: list[str], details: dict[str, Any]) -> None:
         """Name the files whose names the writer could not take (not written into)."""
