@@ -115,7 +115,7 @@ GOOD: list[tuple[str, object, object]] = [
     ("offline_grace", 86400, timedelta(days=1)),
     ("stale_behavior", "deny-all", StaleBehavior.DENY_ALL),
     ("policy_max_bytes", 4096, 4096),
-    ("fetch_timeout", "500ms", timedelta(milliseconds=500)),
+    ("fetch_timeout", "1500ms", timedelta(milliseconds=1500)),
     ("listen", "/run/pullgate/docker.sock", Path("/run/pullgate/docker.sock")),
     ("upstream", "unix:///var/run/docker.sock", "unix:///var/run/docker.sock"),
     ("oidc_issuer", "https://id.acme.example/", "https://id.acme.example/"),
@@ -824,3 +824,145 @@ def test_a_policy_url_with_a_bad_port_is_a_config_error(url: str) -> None:
     err = _error({"policy_url": url, **PARTNERS["policy_url"]})
     assert err.key == "policy_url"
     assert "Port" in str(err)
+
+
+# ------------------------------------------------------------------ what --check missed (red team)
+
+
+def _check_file(
+    tmp_path: Path, values: Mapping[str, object], capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str]:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(values))
+    code = config_main(["--check", str(path)])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("audit_dir", "FILE", "exists and is not a directory"),
+        ("audit_dir", "FILE/below", "is not a directory, so"),
+        ("audit_dir", "/proc/pullgate-audit", "kernel file system"),
+        ("listen", "FILE/x.sock", "exists and is not a directory"),
+        ("listen", "FILE", "exists and is not a socket"),
+    ],
+)
+def test_check_refuses_directories_the_agent_cannot_create(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: str, fragment: str
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory\n")
+    code, err = _check_file(tmp_path, {key: value.replace("FILE", str(a_file))}, capsys)
+    assert code == 2, err
+    assert f": {key}: " in err and fragment in err, err
+    assert a_file.read_text() == "not a directory\n"
+
+
+def test_check_accepts_directories_that_can_be_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    values = {"audit_dir": str(tmp_path / "new" / "audit"), "listen": str(tmp_path / "s.sock")}
+    code, err = _check_file(tmp_path, values, capsys)
+    assert code == 0, err
+
+
+def test_a_policy_url_scheme_in_capitals_is_normalised_for_the_fetcher() -> None:
+    from agent.daemon.policy_fetch import Fetcher
+
+    url = "HTTPS://Policy.Example/Pullgate/p.json"
+    parsed = parse_config({"policy_url": url, **PARTNERS["policy_url"]}, SOURCE)
+    assert parsed.policy_url == "https://Policy.Example/Pullgate/p.json"
+    # The fetcher compares the scheme without regard to case, too; an http:// URL is still
+    # refused before any request.
+    with pytest.raises(Exception, match="plain HTTP"):
+        Fetcher("HTTP://policy.example/p.json").fetch()
+    assert parse_config({"upstream": "UNIX:///var/run/docker.sock"}, SOURCE).upstream_path == Path(
+        "/var/run/docker.sock"
+    )
+
+
+def test_fetcher_accepts_an_https_url_in_capitals(monkeypatch: pytest.MonkeyPatch) -> None:
+    import requests
+
+    from agent.daemon.policy_fetch import Fetcher, FetchError
+
+    def no_network(*args: object, **kwargs: object) -> object:
+        raise requests.ConnectionError("no network in this test")
+
+    monkeypatch.setattr(requests.Session, "request", no_network)
+    monkeypatch.setattr(requests.Session, "get", no_network)
+    with pytest.raises(FetchError) as caught:
+        Fetcher("HTTPS://policy.example/p.json", connect_timeout=1, read_timeout=1).fetch()
+    assert "plain HTTP" not in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("refresh_interval", "1ms", "must be at least 1m"),
+        ("refresh_interval", 59, "must be at least 1m"),
+        ("fetch_timeout", "999ms", "must be at least 1s"),
+    ],
+)
+def test_fetch_rate_settings_have_a_sane_minimum(key: str, value: object, fragment: str) -> None:
+    err = _error({key: value})
+    assert err.key == key and fragment in str(err)
+    assert parse_config({key: 60}, SOURCE)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:secret@policy.example/p.json",
+        "https://token@policy.example/p.json",
+        "https://:secret@policy.example:8443/p.json",
+    ],
+)
+def test_credentials_in_a_url_are_refused_and_not_repeated(url: str) -> None:
+    err = _error({"policy_url": url, **PARTNERS["policy_url"]})
+    assert err.key == "policy_url"
+    assert "must not contain a user name or password" in str(err)
+    assert "secret" not in str(err) and "token" not in str(err)
+    help_err = _error({"help_url": url})
+    assert "secret" not in str(help_err) and help_err.key == "help_url"
+
+
+@pytest.mark.parametrize("where", ["flag", "config"])
+def test_the_agent_reports_a_listen_path_it_cannot_create_as_a_config_error(
+    tmp_path: Path, where: str
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory\n")
+    listen = str(a_file / "x.sock")
+    args = ["--upstream", f"unix://{tmp_path / 'docker.sock'}", "--no-watch"]
+    args += ["--state-dir", str(tmp_path / "state"), "--audit-dir", str(tmp_path / "audit")]
+    if where == "flag":
+        args += ["--listen", listen]
+    else:
+        (tmp_path / "config.json").write_text(json.dumps({"listen": listen}))
+        args += ["--config", str(tmp_path / "config.json")]
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"{a_file} exists and is not a directory" in result.stderr, result.stderr
+
+
+def test_a_listen_path_that_is_a_file_is_never_deleted(tmp_path: Path) -> None:
+    # The shim and the control API replace a dead socket at their path; a regular file
+    # (`listen: /etc/passwd` as root) must be refused, not unlinked.
+    from agent.platform.unix_sockets import claim_socket_path
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me\n")
+    with pytest.raises(RuntimeError, match="is not a socket"):
+        claim_socket_path(a_file, "the Docker socket shim")
+    assert a_file.read_text() == "keep me\n"
+    claim_socket_path(tmp_path / "absent.sock", "the Docker socket shim")  # nothing there: fine

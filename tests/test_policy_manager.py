@@ -518,7 +518,7 @@ def test_a_failing_refresh_shows_in_status_and_doctor_of_a_running_agent(
                 "policy_url": server.url(),
                 "ca_bundle": str(tls.ca_cert),
                 "trusted_keys": [PublicKey.from_key(KEY).to_config()],
-                "refresh_interval": "1s",
+                "refresh_interval": "1m",  # the least allowed; the test asks for a refresh
             }
         )
     )
@@ -526,13 +526,19 @@ def test_a_failing_refresh_shows_in_status_and_doctor_of_a_running_agent(
     agent = _org_agent_holding_serial_1(tmp_path, config, state)
     try:
         server.set("/policy.dsse.json", Route(status=503))
+        control = str(agent.socket_path.parent / "control.sock")
+        subprocess.run(
+            [sys.executable, "-m", "agent", "policy", "refresh", "--control", control],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         deadline = time.monotonic() + 15
         status = read_status(state) or {}
         while "HTTP 503" not in str(status.get("last_fetch_error")):
             assert time.monotonic() < deadline, (status, agent.stderr_tail())
             time.sleep(0.05)
             status = read_status(state) or {}
-        control = str(agent.socket_path.parent / "control.sock")
         cli = [sys.executable, "-m", "agent"]
         shown = subprocess.run(
             [*cli, "status", "--control", control],

@@ -61,6 +61,7 @@ class ConfigKey:
     example: str | None = None
     minimum: int | None = None
     schemes: tuple[str, ...] = ()  # for ``url``: the allowed schemes
+    shortest: str | None = None  # for ``duration``: the least accepted, e.g. "1m"
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
@@ -69,6 +70,8 @@ class ConfigKey:
             raise ValueError(f"{self.name}: choices go with type 'enum' only")
         if (self.type == "url") != bool(self.schemes):
             raise ValueError(f"{self.name}: schemes go with type 'url' only")
+        if self.shortest is not None and self.type != "duration":
+            raise ValueError(f"{self.name}: shortest goes with type 'duration' only")
 
     @property
     def summary(self) -> str:
@@ -131,9 +134,11 @@ KEYS: tuple[ConfigKey, ...] = (
         "refresh_interval",
         "duration",
         "1h",
-        "How often the agent fetches `policy_url`. Failed fetches are retried sooner, "
+        "How often the agent fetches `policy_url`. At least `1m`: a shorter interval is "
+        "refused (it would hammer the policy host). Failed fetches are retried sooner, "
         "with exponential backoff and jitter; `pullgate policy refresh` fetches at once.",
         example="15m",
+        shortest="1m",
     ),
     ConfigKey(
         "offline_grace",
@@ -176,9 +181,10 @@ KEYS: tuple[ConfigKey, ...] = (
         "fetch_timeout",
         "duration",
         "30s",
-        "Connect timeout, and the longest wait for data, when fetching `policy_url`. A "
-        "server that stalls longer counts as a failed fetch.",
+        "Connect timeout, and the longest wait for data, when fetching `policy_url`. At "
+        "least `1s`. A server that stalls longer counts as a failed fetch.",
         example="10s",
+        shortest="1s",
     ),
     ConfigKey(
         "listen",

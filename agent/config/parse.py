@@ -130,6 +130,15 @@ def _check_url(key: ConfigKey, value: object) -> str:
     wanted = " or ".join(f"{s}://" for s in schemes)
     try:
         parts = urlsplit(text)
+    except ValueError as e:
+        raise ValueError(f"expected a {wanted} URL: {e}") from e
+    if "@" in parts.netloc:
+        # It would be copied into status.json, the audit log and every error message.
+        raise ValueError(
+            f"must not contain a user name or password (user:password@host): "
+            f"{show_value(_without_userinfo(text))}"
+        )
+    try:
         _ = parts.port  # a bad port would fail every fetch later, not here
     except ValueError as e:
         raise ValueError(f"expected a {wanted} URL, got {show_value(text)}: {e}") from e
@@ -145,7 +154,16 @@ def _check_url(key: ConfigKey, value: object) -> str:
             raise ValueError(f"expected unix:///absolute/path, got {show_value(text)}")
     elif not parts.hostname:
         raise ValueError(f"expected a {wanted} URL with a host, got {show_value(text)}")
-    return text
+    # urlsplit lower-cases the scheme; so does the value the agent uses ("HTTPS://" works).
+    return parts.scheme + text[len(parts.scheme) :]
+
+
+def _without_userinfo(text: str) -> str:
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return "<a URL with credentials>"
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}{sep}***@{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def _check_path(key: ConfigKey, value: object) -> Path:
@@ -176,7 +194,10 @@ def _check_boolean(key: ConfigKey, value: object) -> bool:
 def _check_duration(key: ConfigKey, value: object) -> timedelta:
     if not isinstance(value, str | int):
         raise ValueError(f"expected a duration such as '12h', got {type_name(value)}")
-    return parse_duration(value)
+    parsed = parse_duration(value)
+    if key.shortest is not None and parsed < parse_duration(key.shortest):
+        raise ValueError(f"must be at least {key.shortest}, got {show_value(value)}")
+    return parsed
 
 
 def _check_string_list(key: ConfigKey, value: object) -> tuple[str, ...]:

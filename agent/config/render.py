@@ -79,6 +79,8 @@ def _type_label(key: ConfigKey) -> str:
         return " or ".join(f"`{s}://`" for s in key.schemes) + " URL"
     if key.type == "integer" and key.minimum is not None:
         return f"integer ≥ {key.minimum}"
+    if key.type == "duration" and key.shortest is not None:
+        return f"{_TYPE_DOCS[key.type][0]} ≥ {key.shortest}"
     if key.type == "enum":
         return " \\| ".join(f"`{value}`" for value, _ in key.choices)
     return _TYPE_DOCS[key.type][0]
@@ -130,9 +132,14 @@ def render_markdown() -> str:
         "",
         "`python -m agent.config --check FILE` checks a JSON file, plist or `.mobileconfig` "
         "before it is deployed. It also checks, on the machine where it runs, what the agent "
-        "will read there: that `ca_bundle` exists and holds PEM certificates, and that every "
-        "`trusted_keys` entry loads as an Ed25519 key. The agent makes the same checks when "
-        "it starts and refuses to start, naming the key, when one fails.",
+        "will read there: that `ca_bundle` exists and holds PEM certificates, that every "
+        "`trusted_keys` entry loads as an Ed25519 key, and that `audit_dir` and the directory "
+        "of `listen` are (or can be created as) directories outside /proc, /sys and /dev, "
+        "with nothing but a socket at `listen` itself. The agent makes the same checks when "
+        "it starts and refuses to start, naming the key, when one fails (exit 2). URLs are "
+        "checked everywhere: their scheme is matched without regard to case (`HTTPS://` is "
+        "read as `https://`), and a user name or password in a URL (`user:password@host`) is "
+        "refused, since the URL is shown in status and the audit log.",
         "",
         "## Keys",
         "",

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent import __version__
-from agent.config.check import trust_settings
+from agent.config.check import socket_path_problem, trust_settings
 from agent.config.keys import AuditFailure, ManagedConfig
 from agent.config.parse import ConfigError
 from agent.config.sources import DEFAULT_JSON_PATH
@@ -113,11 +113,14 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
             describe = policy.label
         uid = os.geteuid()
         if options.listen is not None:
-            listen = options.listen
+            listen, listen_source = options.listen, "--listen"
         elif config is not None and config.listen is not None:
-            listen = config.listen
+            listen, listen_source = config.listen, config.source
         else:
-            listen = default_listen_path(uid, os.environ)
+            listen, listen_source = default_listen_path(uid, os.environ), "default"
+        problem = socket_path_problem(listen)
+        if problem is not None:  # a file on the way, not a traceback from the shim's start
+            raise ConfigError(listen_source, None if options.listen else "listen", problem)
         if options.upstream:
             upstream, source = parse_unix_url(options.upstream), "--upstream"
         elif config is not None and config.upstream:

@@ -146,7 +146,10 @@ class Shim:
 
     async def start(self) -> None:
         path = self.config.listen
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RuntimeError(f"cannot create the directory of {path}: {e}") from e
         claim_socket_path(path, "the Docker socket shim")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import stat
 from pathlib import Path
 
 __all__ = ["UnixHTTPConnection", "claim_socket_path"]
@@ -14,8 +15,12 @@ def claim_socket_path(path: Path, what: str) -> None:
 
     ``what`` names the service in the error ("the shim", "the control API").
     """
-    if not path.exists() and not path.is_symlink():
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
         return
+    if not (stat.S_ISSOCK(mode) or stat.S_ISLNK(mode)):  # a file or directory: not ours
+        raise RuntimeError(f"{path} exists and is not a socket; {what} will not replace it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
