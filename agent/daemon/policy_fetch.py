@@ -44,7 +44,7 @@ class Fetcher:
 
     def fetch(self, etag: str | None = None) -> FetchResult:
         """GET the policy; ``etag`` makes it conditional (304 → ``body`` None)."""
-        if not self.url.startswith("https://"):
+        if not self.url.lower().startswith("https://"):
             raise FetchError(f"refusing to fetch the policy over plain HTTP: {self.url}")
         import requests  # noqa: PLC0415 - only agents with a policy_url pay for it
 
