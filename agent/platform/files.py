@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["FileTooLargeError", "atomic_write", "read_capped", "same_file"]
+__all__ = ["FileTooLargeError", "NotRegularFileError", "atomic_write", "read_capped", "same_file"]
 
 
 class FileTooLargeError(ValueError):
@@ -37,9 +39,44 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(dir_fd)
 
 
-def read_capped(path: str | Path, limit: int) -> bytes:
-    """Read at most ``limit`` bytes; raises OSError, or FileTooLargeError beyond it."""
-    with open(path, "rb") as f:
+class NotRegularFileError(OSError):
+    """A path that names a FIFO, a device, a socket or a directory, not a file."""
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def read_capped(path: str | Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
+    """Read at most ``limit`` bytes of a regular file.
+
+    Raises OSError — ``NotRegularFileError`` for a FIFO, device, socket or directory,
+    which is opened without blocking and never read (a FIFO with no writer would hang the
+    reader, ``/dev/zero`` would never end) — or FileTooLargeError beyond ``limit``.
+    ``follow_symlinks=False`` refuses a symbolic link as the last component (ELOOP):
+    for files only the agent writes, such as those in its state directory.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+        raise NotRegularFileError(
+            errno.EINVAL, f"not a regular file ({kind}); refusing to read it", str(path)
+        )
+    with open(fd, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise FileTooLargeError(f"{path} is larger than {limit} bytes")
