@@ -834,9 +834,33 @@ def test_a_hard_link_planted_under_an_audit_name_is_never_written_or_cut(
     os.link(victim, link)
     log = open_log(d)
     assert log.append(decision_event())
-    assert link.name in log.status()["ignored_files"]
+    assert log.active_file is not None and log.active_file != link
     log.close()
     assert victim.read_bytes() == b"keep\nno newline at the end"
+    assert not verify_directory(d).result.ok  # the planted file is in the chain's way
+
+
+def test_an_audit_dir_hard_linked_by_a_backup_is_continued_without_a_gap(
+    tmp_path: Path,
+) -> None:
+    """cp -al of the log (a backup) leaves every file with two links: the agent does not
+    write into the shared newest file but goes on in a new one, with nothing lost."""
+    d = tmp_path / "audit"
+    log = open_log(d)
+    for _ in range(2):
+        log.append(decision_event())
+    log.close()
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    for p in d.iterdir():
+        os.link(p, backup / p.name)
+    log = open_log(d)
+    assert log.append(decision_event())
+    log.close()
+    assert log.recovered is not None and "other hard links" in log.recovered
+    assert len(records(backup)) == 2  # the backup's copy was not appended to
+    result = verified(d)
+    assert result.ok, result
 
 
 def test_a_notice_still_owed_at_close_is_written_before_the_clean_state(tmp_path: Path) -> None:

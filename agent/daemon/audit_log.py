@@ -423,10 +423,6 @@ class AuditLog:
         if state is not None:
             self._generation = state.generation
         files, self.ignored = audit_files(d, self._uid)
-        linked = [p for p in files if not _own_regular(os.lstat(p), self._uid)]
-        if linked:
-            files = [p for p in files if p not in linked]
-            self.ignored += [p.name for p in linked]
         if self.ignored:
             notes.append(
                 f"{len(self.ignored)} file(s) named like audit files are not the agent's own "
@@ -458,12 +454,12 @@ class AuditLog:
             self._file_first = link[0] if link else self._seq + 1
         else:
             if files:
+                # A hard link (planted before the directory was repaired, or an admin's
+                # cp -al), or a file swapped as it was opened: read, verified, not written.
                 notes.append(
-                    f"the newest file {files[-1].name} changed into something that is not "
-                    "the agent's own regular file as it was opened; it is ignored"
+                    f"the newest file {files[-1].name} is not only the agent's (it has other "
+                    "hard links, or changed as it was opened): it is not written to"
                 )
-                self.ignored.append(files[-1].name)
-                details["ignored_files"] = self.ignored[:20]
             self._fd, self._active = self._create_file(self._seq + 1)
             self._file_first = self._seq + 1
         self._size = os.fstat(self._fd).st_size
@@ -601,7 +597,21 @@ class AuditLog:
         fd: int | None
         try:
             fd = os.open(path, os.O_RDWR | _NOFOLLOW | _NONBLOCK)
-            foreign = not _ours(fd, self._uid)
+            st = os.fstat(fd)
+            foreign = not (
+                stat.S_ISREG(st.st_mode) and (os.name != "posix" or st.st_uid == self._uid)
+            )
+            if not foreign and st.st_nlink > 1:
+                # The agent's state, hard-linked elsewhere (a backup's cp -al): read it,
+                # then write on in a copy of its own, never through the other link.
+                data = os.pread(fd, 2 * STATE_SLOT, 0)
+                os.close(fd)
+                os.unlink(path)
+                fd = os.open(path, os.O_RDWR | _CREATE, 0o600)
+                os.pwrite(fd, data, 0)
+                notes.append(
+                    f"{STATE_NAME} had other hard links: the agent writes a copy of its own"
+                )
         except FileNotFoundError:
             fd, foreign = None, False
         except OSError:  # a symlink (ELOOP), a directory...
@@ -653,15 +663,16 @@ class AuditLog:
                 os.close(fd)
             fd = os.open(active, os.O_WRONLY | _NOFOLLOW | _NONBLOCK)
             try:
-                if not _ours(fd, self._uid):
-                    raise AuditLogError(f"{active.name} changed under the agent while it opened it")
-                os.ftruncate(fd, end)
-                os.fsync(fd)
+                cut = _ours(fd, self._uid)  # else not the agent's alone: not written
+                if cut:
+                    os.ftruncate(fd, end)
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             notes.append(
-                f"a torn last line ({len(torn)} bytes) of {active.name} was set aside "
-                f"into {aside.name}"
+                f"a torn last line ({len(torn)} bytes) of {active.name} was "
+                + ("set aside" if cut else "copied (not cut: the file has other links)")
+                + f" into {aside.name}"
             )
             details.update(torn_file=aside.name, torn_bytes=len(torn))
         for path in reversed(files):
