@@ -895,3 +895,27 @@ def test_a_flood_of_planted_names_does_not_stop_the_agent(tmp_path: Path) -> Non
     for p in planted[:-1]:
         assert p.read_bytes() == b"" and p.stat().st_uid == NOBODY
     assert verify_directory(d).result.ok
+
+
+def test_a_rewritten_tail_whose_note_was_never_written_is_still_found_on_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """state_hash_mismatch and appended_after_close: the same rule as state_recreated."""
+    from tests.test_audit import _rechain, lines_of
+
+    log = open_log(tmp_path)
+    for _ in range(5):
+        log.append(decision_event())
+    active = log.active_file
+    log.close()
+    assert active is not None
+    active.write_bytes(b"".join(_rechain(lines_of(active), 3, extra=1)))
+    with disk_full_once(monkeypatch, times=1000):
+        log = open_log(tmp_path)
+        log.close()
+    log = open_log(tmp_path)
+    log.close()
+    assert log.recovered is not None
+    assert "is not the one audit.state recorded" in log.recovered
+    assert "added after the agent closed the log cleanly" in log.recovered
+    assert not verified(tmp_path).ok
