@@ -555,6 +555,25 @@ def test_verify_impossible_threshold_exits_2(run_admin: Admin, tmp_path: Path) -
     assert "--threshold 2 is impossible with 1" in result.err
 
 
+@pytest.mark.parametrize("threshold", ["0", "-1"])
+def test_verify_refuses_a_threshold_below_one_instead_of_ignoring_it(
+    run_admin: Admin, tmp_path: Path, threshold: str
+) -> None:
+    a, b = make_key(tmp_path / "a"), make_key(tmp_path / "b")
+    envelope = signed(tmp_path, fresh(), a)
+    config = write_json(
+        tmp_path / "config.json",
+        {
+            "org": "acme",
+            "trusted_keys": [PublicKey.from_key(k).to_config() for k in (a, b)],
+            "key_threshold": 2,
+        },
+    )
+    result = run_admin("verify", str(envelope), "--config", str(config), "--threshold", threshold)
+    assert result.code == 2
+    assert f"--threshold must be at least 1, got {threshold}" in result.err
+
+
 # --- lint: pure core ------------------------------------------------------------------
 
 

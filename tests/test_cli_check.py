@@ -304,3 +304,18 @@ def test_check_with_a_non_canonical_trusted_key_is_one_line(tmp_path: Path) -> N
     assert proc.returncode == 2
     assert "trusted_keys: item 0" in proc.stderr and "canonical" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("threshold", ["0", "-1"])
+def test_check_refuses_a_threshold_below_one_instead_of_ignoring_it(
+    tmp_path: Path, threshold: str
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    envelope = tmp_path / "policy.dsse.json"
+    envelope.write_bytes(sign_envelope(json.dumps(document()).encode(), [key]))
+    trusted = PublicKey.from_key(key).to_config()
+    args = ["--policy", str(envelope), "--trusted-key", trusted, "alpine"]
+    proc = pullgate("check", *args, "--threshold", threshold)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert f"--threshold must be at least 1, got {threshold}" in proc.stderr
+    assert pullgate("check", *args, "--threshold", "1").returncode == 0

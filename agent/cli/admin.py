@@ -480,7 +480,11 @@ def _verify_settings(args: argparse.Namespace) -> _VerifySettings:
         trusted = [read_public_key(arg) for arg in key_args]
     except PolicySourceError as e:
         raise AdminInputError(str(e)) from e
-    threshold = args.threshold or (config.key_threshold if config else 1)
+    if args.threshold is not None and args.threshold < 1:
+        raise AdminInputError(f"--threshold must be at least 1, got {args.threshold}")
+    threshold = (
+        args.threshold if args.threshold is not None else (config.key_threshold if config else 1)
+    )
     distinct = len({k.keyid for k in trusted})
     if not 1 <= threshold <= distinct:
         raise AdminInputError(

@@ -130,15 +130,17 @@ def load_policy_file(
         read_public_key,
     )
 
+    if threshold is not None and threshold < 1:
+        raise CheckInputError(f"--threshold must be at least 1, got {threshold}")
     try:
         if trusted_keys:
             keys = [read_public_key(k) for k in trusted_keys]
-            needed = threshold or 1
+            needed = 1 if threshold is None else threshold
         elif config is not None and config.trusted_keys:
             keys = [read_public_key(k) for k in config.trusted_keys]
-            needed = threshold or config.key_threshold
+            needed = config.key_threshold if threshold is None else threshold
         else:
-            keys, needed = [], threshold or 1
+            keys, needed = [], 1 if threshold is None else threshold
         policy = load_policy_source(path, keys, needed)
     except PolicySourceError as e:
         raise CheckInputError(str(e)) from e
