@@ -396,3 +396,33 @@ def test_doctor_says_try_again_when_the_log_never_holds_still(
     monkeypatch.setattr(audit_verify, "verify_directory", lambda directory: Moving())
     chain = check_audit_chain(tmp_path, {})
     assert chain.result == "SKIP" and "try again" in chain.detail
+
+
+@pytest.mark.parametrize(("uptime", "flagged"), [(120.0, True), (None, True), (2.0, False)])
+def test_doctor_fails_a_refresh_loop_that_never_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uptime: float | None, flagged: bool
+) -> None:
+    from agent.cli import status_cmd
+
+    status = {
+        "agent": {"pid": 4242, "uptime_seconds": uptime},
+        "upstream": str(tmp_path / "upstream.sock"),
+        "listen": str(tmp_path / "shim.sock"),
+        "policy": {
+            "state": "fresh",
+            "enforcing": 'org "acme" policy serial 1',
+            "source": "cache",
+            "expires_at": "2999-01-01T00:00:00+00:00",
+            "refresh_loop": "not started",
+        },
+    }
+    monkeypatch.setattr(status_cmd, "fetch_status", lambda control: (tmp_path / "c.sock", status))
+
+    checks = status_cmd.diagnose(None, {}, tmp_path)
+
+    unstarted = [c for c in checks if "has not started" in c.detail]
+    if flagged:
+        assert len(unstarted) == 1 and unstarted[0].result == status_cmd.FAIL, checks
+        assert unstarted[0].fix == "restart the agent"
+    else:
+        assert unstarted == [], checks

@@ -277,10 +277,38 @@ def diagnose(control: str | None, env: Mapping[str, str], home: Path) -> list[Ch
     )
     checks.append(check_docker_target(listen, env, home))
     checks.append(check_policy(_dict(status.get("policy"))))
+    unstarted = check_refresh_started(_dict(status.get("policy")), agent)
+    if unstarted is not None:
+        checks.append(unstarted)
     checks.extend(check_audit(status.get("audit"), lambda: _audit_status_again(control)))
     checks.append(check_bypass_monitor(status.get("bypass_monitor")))
     checks.append(check_clock(status))
     return checks
+
+
+REFRESH_START_GRACE = 10.0
+"""Seconds after the agent's start in which a refresh loop may not have started yet."""
+
+
+def check_refresh_started(policy: Mapping[str, Any], agent: Mapping[str, Any]) -> Check | None:
+    """A failing check when the agent has an org policy to refresh but its refresh loop
+    never started (``refresh_loop: "not started"`` after the first seconds): the policy
+    in force would never be updated. None otherwise (the loop's other states are judged
+    by :func:`check_policy`)."""
+    if policy.get("refresh_loop") != "not started":
+        return None
+    uptime = agent.get("uptime_seconds")
+    if isinstance(uptime, bool) or not isinstance(uptime, int | float):
+        uptime = None  # unknown: judged as not just started
+    elif uptime < REFRESH_START_GRACE:
+        return None
+    return Check(
+        "policy refresh started",
+        FAIL,
+        f"the policy refresh loop has not started (agent up {_duration(uptime)}): the org "
+        "policy will not be updated",
+        "restart the agent",
+    )
 
 
 def _upstream_fix(upstream: Path) -> str:
