@@ -140,6 +140,7 @@ def test_a_policy_signed_by_a_trusted_key_is_accepted_with_its_high_water_mark()
         serial=5,
         payload_sha256=hashlib.sha256(base64.b64decode(body)).hexdigest(),
         issued_at_floor=NOW - timedelta(days=1),
+        org="acme",
     )
 
 
@@ -341,6 +342,31 @@ def test_a_threshold_the_trusted_keys_cannot_meet_is_a_configuration_error() -> 
     assert not isinstance(caught.value, PolicyRefusedError)
 
 
+def test_the_high_water_state_records_its_org() -> None:
+    assert accepted_high_water(signed()).org == "acme"
+
+
+def test_after_an_org_change_the_old_orgs_serials_do_not_block_the_new_orgs() -> None:
+    old_org = accepted_high_water(signed(serial=50))
+    globex = settings(org="globex")
+
+    result = evaluate(signed(serial=1, org="globex"), globex, old_org)
+
+    assert result.new is True
+    assert (result.high_water.serial, result.high_water.org) == (1, "globex")
+    # The same org's serials still bind: no rollback within an org.
+    assert refusal(signed(serial=49), high_water=old_org).kind == "rollback"
+
+
+def test_a_high_water_state_without_an_org_still_binds() -> None:
+    legacy = HighWater.from_json(
+        {k: v for k, v in accepted_high_water(signed(serial=50)).to_json().items() if k != "org"}
+    )
+
+    assert legacy.org is None
+    assert refusal(signed(serial=49), high_water=legacy).kind == "rollback"
+
+
 def test_high_water_state_round_trips_through_json() -> None:
     high_water = accepted_high_water(signed())
 
@@ -355,6 +381,12 @@ def test_high_water_state_round_trips_through_json() -> None:
         {"serial": "5", "payload_sha256": "x", "issued_at_floor": "2026-11-01T00:00:00+00:00"},
         {"serial": 5, "payload_sha256": "x"},
         {"serial": 5, "payload_sha256": "x", "issued_at_floor": "2026-11-01T00:00:00"},
+        {
+            "serial": 5,
+            "payload_sha256": "x",
+            "issued_at_floor": "2026-11-01T00:00:00+00:00",
+            "org": 7,
+        },
     ],
 )
 def test_malformed_high_water_state_is_rejected(value: object) -> None:

@@ -9,9 +9,11 @@ Rules (for admins: docs/admin-guide.md): the signatures of at least ``threshold`
 keys verify; ``org`` matches; ``serial`` is higher than the highest accepted (equal only
 with identical bytes, which means "nothing new"); a new envelope's ``issued_at`` is not in
 the future beyond a small skew (judged by the clock floor when the clock runs behind it);
-the policy is not expired beyond the grace period. The highest
-``issued_at`` ever accepted is kept as a clock floor: a clock set back is reported and
-not obeyed, so setting the clock back cannot revive an old policy or postpone expiry.
+the policy is not expired beyond the grace period. The highest ``issued_at`` ever
+accepted is kept as a clock floor: a clock set back is reported and not obeyed, so
+setting the clock back cannot revive an old policy or postpone expiry. The high-water
+state records its org; one recorded for another org (the config's org was changed) does
+not bind this org's policies.
 """
 
 from __future__ import annotations
@@ -90,13 +92,19 @@ class HighWater:
     serial: int
     payload_sha256: str
     issued_at_floor: datetime
+    # The org whose policies these are; None in a state written before it was recorded.
+    # Another org's serials say nothing about this org's (after an org change in config).
+    org: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {
+        value: dict[str, object] = {
             "serial": self.serial,
             "payload_sha256": self.payload_sha256,
             "issued_at_floor": self.issued_at_floor.isoformat(),
         }
+        if self.org is not None:
+            value["org"] = self.org
+        return value
 
     @classmethod
     def from_json(cls, value: object) -> HighWater:
@@ -109,11 +117,14 @@ class HighWater:
             raise ValueError("high-water state has missing or mistyped fields")
         if isinstance(serial, bool) or serial < 0:
             raise ValueError("high-water serial must be a non-negative integer")
+        org = value.get("org")
+        if org is not None and not isinstance(org, str):
+            raise ValueError("high-water org must be a string")
         parsed = datetime.fromisoformat(floor)
         if parsed.tzinfo is None:
             raise ValueError("high-water issued_at_floor needs a time zone")
         try:
-            return cls(serial, digest, parsed.astimezone(UTC))
+            return cls(serial, digest, parsed.astimezone(UTC), org)
         except OverflowError as e:  # year 1 or 9999 with an offset
             raise ValueError(f"high-water issued_at_floor is out of range: {e}") from None
 
@@ -167,6 +178,10 @@ def evaluate_envelope(
             kind="org",
         )
     digest = hashlib.sha256(verified.payload).hexdigest()
+    if high_water is not None and high_water.org not in (None, settings.org):
+        # Recorded for another org: this machine's org was changed in its config. The old
+        # org's serials and clock floor do not bind the new org's policies.
+        high_water = None
     judged_now, _ = effective_now(now, high_water)
     new = True
     if high_water is not None:
@@ -206,7 +221,7 @@ def evaluate_envelope(
         policy=policy,
         envelope=data,
         high_water=HighWater(
-            max(policy.serial, high_water.serial if high_water else 0), digest, floor
+            max(policy.serial, high_water.serial if high_water else 0), digest, floor, policy.org
         ),
         new=new,
         signers=verified.signers,
