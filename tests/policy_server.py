@@ -163,6 +163,12 @@ class Route:
     headers: tuple[tuple[str, str], ...] = ()
     """More headers, sent as given (e.g. a hostile Content-Length with `content_length`
     False)."""
+    trickle: float = 0.0
+    """Seconds between single bytes (0: no trickle): a server that never stalls for a whole
+    read timeout, yet never finishes."""
+    trickle_headers: bool = True
+    """With `trickle`: trickle from the status line on; False: headers at once, then the
+    body byte by byte."""
 
     @classmethod
     def envelope(cls, data: bytes) -> Route:
@@ -211,6 +217,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("ETag", route.etag)
             self.end_headers()
             return
+        if route.trickle > 0:
+            self._trickle(route)
+            return
         self.send_response(route.status)
         self.send_header("Content-Type", "application/json")
         if route.location is not None:
@@ -223,6 +232,26 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(route.body)))
         self.end_headers()
         self.wfile.write(route.body)
+
+    def _trickle(self, route: Route) -> None:
+        head = (
+            f"HTTP/1.0 {route.status} OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(route.body)}\r\n\r\n"
+        ).encode()
+        slow = head + route.body
+        if not route.trickle_headers:
+            self.wfile.write(head)
+            self.wfile.flush()
+            slow = route.body
+        stopping = self.server.state.stopping
+        for i in range(len(slow)):
+            if stopping.wait(route.trickle):
+                return
+            try:
+                self.wfile.write(slow[i : i + 1])
+                self.wfile.flush()
+            except OSError:
+                return  # the client gave up: what the test wants
 
     def log_message(self, format: str, *args: object) -> None:
         """Quiet: the counters say what was asked."""
