@@ -12,6 +12,7 @@ from pathlib import Path
 
 from agent.core import strict_json
 from agent.core.policy.trust import HighWater
+from agent.daemon.policy_fetch import usable_etag
 from agent.platform.files import FileTooLargeError, atomic_write, read_capped
 
 __all__ = ["CachedPolicy", "PolicyCache"]
@@ -56,7 +57,11 @@ class PolicyCache:
                 raise ValueError("expected a JSON object")
             high_water = HighWater.from_json(state.get("high_water"))
             raw_etag = state.get("etag")
-            etag = raw_etag if isinstance(raw_etag, str) else None
+            # Sent back as If-None-Match: one that requests refuses (leading space, CR,
+            # LF) would fail every fetch, so an edited ETag is dropped, not sent.
+            etag = usable_etag(raw_etag)
+            if raw_etag is not None and etag is None:
+                problems.append(f"ignoring an unusable ETag in {self.state_path}")
         except FileNotFoundError:
             pass
         except (OSError, ValueError) as e:  # StrictJSONError and FileTooLargeError too

@@ -11,6 +11,7 @@ change goes to the decision sink with its reason, and to ``status.json`` for
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -33,14 +34,17 @@ from agent.core.policy.trust import (
     effective_policy,
     evaluate_envelope,
 )
+from agent.core.text import printable
 from agent.daemon.bus import DecisionSink
-from agent.daemon.policy_cache import PolicyCache
+from agent.daemon.policy_cache import MAX_ENVELOPE_BYTES, PolicyCache
 from agent.daemon.policy_fetch import Fetcher, FetchError
-from agent.platform.files import atomic_write, read_capped
+from agent.platform.files import FileTooLargeError, atomic_write, read_capped
 
 __all__ = ["PolicyManager", "RefreshError", "RefreshSettings", "read_status"]
 
 MAX_STATUS_BYTES = 256 * 1024
+FETCH_GRACE_SECONDS = 2.0
+"""How long past the fetcher's own deadline the manager waits before giving up on it."""
 
 
 class RefreshError(FetchError):
@@ -82,6 +86,9 @@ class PolicyManager:
         self._accepted: Policy | None = None
         self._high_water: HighWater | None = None
         self._etag: str | None = None
+        # The accepted envelope's hash: the ETag is only sent while the cached copy on
+        # disk is exactly these bytes, so a 304 never confirms a copy that is not in force.
+        self._envelope_hash: bytes | None = None
         self._effective: Policy = fallback
         self._state: Freshness | None = None
         self._next_check = 0.0
@@ -171,6 +178,7 @@ class PolicyManager:
             else:
                 self._high_water = accepted.high_water
                 self._etag = cached.etag
+                self._envelope_hash = hashlib.sha256(cached.envelope).digest()
                 self._install(accepted.policy, "cache")
         self._next_check = 0.0
         self._recompute()
@@ -206,24 +214,58 @@ class PolicyManager:
             self._write_status()
             raise RefreshError(reason) from e
 
+    @property
+    def fetch_deadline(self) -> float | None:
+        """Seconds one refresh may take at most (the fetcher's deadline and a grace)."""
+        if self.fetcher is None:
+            return None
+        return self.fetcher.deadline_seconds + FETCH_GRACE_SECONDS
+
+    def _cache_in_force(self) -> bool:
+        """The cached envelope on disk is exactly the accepted one."""
+        if self._accepted is None or self._envelope_hash is None:
+            return False
+        try:
+            on_disk = read_capped(self.cache.envelope_path, MAX_ENVELOPE_BYTES)
+        except (OSError, FileTooLargeError):
+            return False
+        return hashlib.sha256(on_disk).digest() == self._envelope_hash
+
     async def _refresh_once(self) -> str:
         if self.fetcher is None:
             return "no policy_url is configured"
         loop = asyncio.get_running_loop()
         fetcher = self.fetcher
         self.last_fetch_at = self.clock()
-        # Revalidate only what is in force and on disk: without a verified policy (or with
-        # its cached copy deleted) a 304 would confirm nothing, so ask for the whole file.
-        have_copy = self._accepted is not None and self.cache.envelope_path.exists()
-        etag = self._etag if have_copy else None
+        # Revalidate only what is in force and on disk, byte for byte: without a verified
+        # policy, or with its cached copy deleted, overwritten or never written (a full
+        # disk), a 304 would confirm nothing, so ask for the whole file.
+        cache_ok = self._cache_in_force()
+        etag = self._etag if cache_ok else None
         try:
-            result = await loop.run_in_executor(None, fetcher.fetch, etag)
+            try:
+                # A second guard over the fetcher's own deadline: a fetch that hangs
+                # must not hold the refresh loop (and a green status) for days.
+                result = await asyncio.wait_for(
+                    loop.run_in_executor(None, fetcher.fetch, etag),
+                    timeout=fetcher.deadline_seconds + FETCH_GRACE_SECONDS,
+                )
+            except TimeoutError:
+                raise FetchError(
+                    f"the policy fetch from {fetcher.url} did not end within "
+                    f"{fetcher.deadline_seconds + FETCH_GRACE_SECONDS:g}s",
+                    network=True,
+                ) from None
             if result.body is None and etag is None:
                 raise FetchError(
                     "the policy server answered 304 Not Modified to an unconditional "
                     f"request for {fetcher.url}"
                 )
         except FetchError as e:
+            if etag is not None and not e.network:
+                # The server answered, or the request could not even be made: the ETag
+                # may be what it chokes on (an edited state file). Ask unconditionally.
+                self._etag = None
             self.last_fetch_error = _clip(e.reason)
             self._emit("policy-fetch-failed", "failure", self.last_fetch_error, source=fetcher.url)
             self._write_status()
@@ -231,6 +273,7 @@ class PolicyManager:
         self.last_fetch_error = None
         self.last_refresh_error = None
         if result.body is None:
+            self.last_refusal = None
             self._write_status()
             return "not modified"
         try:
@@ -242,41 +285,51 @@ class PolicyManager:
             self._emit("policy-refused", "failure", self.last_refusal, source=fetcher.url)
             self._write_status()
             return f"refused: {self.last_refusal}"
+        self.last_refusal = None
         if not accepted.new and self._accepted is not None:
-            self._etag = result.etag
-            if not self.cache.envelope_path.exists():
+            if not cache_ok:
                 # Announced like an update, so the cache watcher knows the write is ours.
                 self._emit(
                     "policy-update",
                     "success",
-                    f"rewrote the deleted cached copy of {accepted.policy.label}",
+                    f"rewrote the cached copy of {accepted.policy.label}",
                     org=accepted.policy.org,
                     serial=accepted.policy.serial,
                     source=fetcher.url,
                 )
-                self._save(accepted.envelope, accepted.high_water, result.etag)
+                saved = self._save(accepted.envelope, accepted.high_water, result.etag)
+            else:
+                saved = True
+            self._envelope_hash = hashlib.sha256(accepted.envelope).digest()
+            # An ETag only for a copy that is on disk: otherwise the next round asks
+            # for the whole file again and retries the save.
+            self._etag = result.etag if saved else None
             self._write_status()
             return "unchanged"
         # Cache first, so that whoever sees the new policy in status finds it on disk too;
         # a cache that cannot be written does not stop the new policy from being enforced.
-        self._save(accepted.envelope, accepted.high_water, result.etag)
+        saved = self._save(accepted.envelope, accepted.high_water, result.etag)
         self._high_water = accepted.high_water
-        self._etag = result.etag
-        self.last_refusal = None
+        self._etag = result.etag if saved else None
+        self._envelope_hash = hashlib.sha256(accepted.envelope).digest()
         self._install(accepted.policy, fetcher.url)
         self._recompute()
         return f"accepted serial {accepted.policy.serial}"
 
-    def _save(self, envelope: bytes, high_water: HighWater, etag: str | None) -> None:
+    def _save(self, envelope: bytes, high_water: HighWater, etag: str | None) -> bool:
+        """Write the cache; False (reported) when it could not be written."""
         try:
             self.cache.save(envelope, high_water, etag)
         except OSError as e:
-            # Enforced now all the same; only a restart would fall back to the old copy.
+            # Enforced now all the same; the next refresh fetches the whole file and
+            # writes it again. Until then, a restart would fall back to the old copy.
             self._emit(
                 "policy-state",
                 "failure",
                 f"cannot write the policy cache in {self.cache.directory}: {e.strerror or e}",
             )
+            return False
+        return True
 
     def trigger(self) -> None:
         """Ask the refresh loop to fetch now (SIGHUP, `pullgate policy refresh`)."""
@@ -325,13 +378,16 @@ class PolicyManager:
         except FetchError:
             self.refresh_failures += 1
             delay = self._backoff()
-        self.next_refresh_at = self.clock() + timedelta(seconds=delay)
+        next_at = self.clock() + timedelta(seconds=delay)
+        self.next_refresh_at = next_at
         self._write_status()
         deadline = time.monotonic() + delay
         while True:
             self.current()  # re-judge freshness at its boundaries
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            # Wall time too: after a suspend the monotonic clock is behind, and status
+            # (doctor) judges an overdue refresh by ``next_refresh_at``.
+            if remaining <= 0 or self.clock() >= next_at:
                 break
             wait = min(remaining, max(0.5, self._next_check - time.time()))
             try:
@@ -384,6 +440,7 @@ class PolicyManager:
             "refresh_failures": self.refresh_failures,
             "last_refresh_error": self.last_refresh_error,
             "next_refresh_at": self.next_refresh_at.isoformat() if self.next_refresh_at else None,
+            "fetch_deadline_seconds": self.fetch_deadline,
         }
 
     def _write_status(self) -> None:
@@ -410,12 +467,14 @@ MAX_REASON_CHARS = 1000
 
 def _clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
     """Reasons built from what a server sent (a list of unknown key ids, a Location) go
-    into status, events and the audit log: bounded, so none of them can be flooded."""
+    into status, events and the audit log: bounded, so none of them can be flooded, and
+    with control characters escaped, so none can drive an admin's terminal."""
+    text = printable(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _describe(error: BaseException) -> str:
     """``Type: message`` on one line, bounded: for status, events and the control API."""
-    text = " ".join(str(error).split())
+    text = printable(" ".join(str(error).split()))
     text = text if len(text) <= 200 else text[:197] + "..."
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
