@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.cli.status_cmd import refresh_overdue
 from agent.control.client import ControlError, control_candidates, control_request
+from agent.core.text import printable
 from agent.daemon.policy_manager import read_status
 from agent.platform.paths import default_state_dir
 
@@ -126,7 +128,7 @@ def _print_status(status: dict[str, Any]) -> None:
     ]
     for name, value in fields:
         if value is not None:
-            print(f"{name + ':':<14}{value}")
+            print(printable(f"{name + ':':<14}{value}"))  # a state file may hold escapes
     if status.get("clock_behind"):
         print("warning:      the system clock is behind the newest accepted policy")
 
@@ -142,12 +144,17 @@ def _refresh_line(status: dict[str, Any]) -> str | None:
 
 
 def refresh_broken(status: dict[str, Any]) -> bool:
-    """A refresh loop that stopped, or that failed for a reason other than the network.
+    """A refresh loop that stopped or is stuck (overdue by more than a whole fetch), that
+    failed for a reason other than the network, or whose latest download was refused
+    (unsigned, rolled back, another org's: the agent stops taking updates).
 
     A failed download alone is not: a laptop offline is normal and keeps its policy (it
     is shown, and ``doctor`` reports it)."""
-    return status.get("refresh_loop") in ("dead", "stopped") or bool(
-        status.get("last_refresh_error")
+    return (
+        status.get("refresh_loop") in ("dead", "stopped")
+        or bool(status.get("last_refresh_error"))
+        or bool(status.get("last_refusal"))
+        or refresh_overdue(status) is not None
     )
 
 
@@ -190,7 +197,7 @@ def _refresh_via_control(args: argparse.Namespace) -> int | None:
         except ControlError:
             continue
         message = body.get("result") or body.get("message") if isinstance(body, dict) else body
-        print(f"pullgate policy refresh: {message}")
+        print(printable(f"pullgate policy refresh: {message}"))
         refused = isinstance(message, str) and message.startswith("refused:")
         return EXIT_OK if status == 200 and not refused else EXIT_PROBLEM
     return None
