@@ -4,8 +4,10 @@ check) that names the exact first bad line after each kind of tampering."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from agent.core.audit import (
     order_files,
     record_for,
     summary_line,
+    verify_chain,
 )
 from agent.core.events import DecisionEvent, Event, NoticeEvent, PolicyEvent
 from agent.core.peer import PeerInfo, ProcessSummary
@@ -639,3 +642,34 @@ def test_files_before_the_base_are_listed_as_not_verified(tmp_path: Path) -> Non
     result = verify(files, moved)
     assert result.ok and result.before_base == (files[0].name,)
     assert verify(files, state).before_base == ()
+
+
+class _GoneAfterFirstRead:
+    """A file retention deletes right after verify's first pass over it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.reads = path, 0
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @contextlib.contextmanager
+    def lines(self) -> Iterator[Iterable[bytes]]:
+        self.reads += 1
+        if self.reads > 1:
+            raise FileNotFoundError(2, "No such file or directory", str(self.path))
+        with self.path.open("rb") as f:
+            yield f
+
+
+def test_a_file_deleted_while_its_break_is_explained_is_a_bad_line_not_an_error(
+    tmp_path: Path,
+) -> None:
+    """Under a rotating writer the old verify could end in FileNotFoundError ("no audit
+    log", exit 2) when retention deleted the file it re-read to explain a torn line."""
+    files, state = build_log(tmp_path, 4)
+    files[0].write_bytes(files[0].read_bytes()[:-20])
+    result = verify_chain([_GoneAfterFirstRead(files[0])], state)
+    assert result.first_bad is not None and result.first_bad.line == 4
+    assert result.first_bad.reason.startswith("torn: the file could not be read again")

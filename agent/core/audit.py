@@ -543,7 +543,7 @@ def _verify_chain(files: Sequence[LogFile], state: AuditState | None) -> VerifyR
                 len(files),
                 start_seq if done else None,
                 bad.expect_seq - 1 if done else None,
-                first_bad=BadLine(file.name, bad.line, _explain(file, bad, state)),
+                first_bad=BadLine(file.name, bad.line, _explain_safely(file, bad, state)),
                 notes=_notes(marks + [(file, i) for i in found]),
             )
         except OSError as e:
@@ -764,6 +764,15 @@ def _unanchored_start(files: Sequence[LogFile]) -> tuple[int, str] | None:
                 return None
             return seq, GENESIS if seq == 1 else prev
     return None
+
+
+def _explain_safely(file: LogFile, bad: _ChainBreakError, state: AuditState | None) -> str:
+    """``_explain``, or the fast loop's code when the file cannot be read again (retention
+    deleted it meanwhile): the caller's snapshot check then sees the file gone."""
+    try:
+        return _explain(file, bad, state)
+    except OSError as e:
+        return f"{bad.reason}: the file could not be read again to say more ({e})"
 
 
 def _explain(file: LogFile, bad: _ChainBreakError, state: AuditState | None = None) -> str:
