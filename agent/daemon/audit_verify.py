@@ -86,8 +86,12 @@ def read_state(directory: Path) -> AuditState | None:
             raise AuditStateError(
                 f"{STATE_NAME} is a symlink, not the writer's file: it is not read"
             ) from None
-        if e.errno == errno.ENXIO:  # a FIFO or socket with no writer behind it
-            raise AuditStateError(_not_regular(os.lstat(path).st_mode)) from None
+        if e.errno == errno.ENXIO:  # a socket (or a FIFO opened for writing)
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                return None
+            raise AuditStateError(_not_regular(mode)) from None
         raise
     try:
         st = os.fstat(fd)
