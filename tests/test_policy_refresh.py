@@ -532,13 +532,16 @@ def test_a_bad_publication_is_refused_and_the_last_good_policy_stays(
     took = time.monotonic() - started
     code, status = org.cli_status()
     assert bad.reason in str(status[bad.reported_in]), show(status)
+    # The policy stays fresh, but a refused download is a refresh that failed: IT must
+    # learn that agents stopped taking updates (exit 1). An offline laptop is not (exit 0).
+    refused = bad.reported_in == "last_refusal"
     assert (code, status["serial"], status["source"], status["state"]) == (
-        0,
+        1 if refused else 0,
         2,
         server.url(),
         "fresh",
     ), show(status)
-    action = "policy-refused" if bad.reported_in == "last_refusal" else "policy-fetch-failed"
+    action = "policy-refused" if refused else "policy-fetch-failed"
     record = org.wait_policy_record(action, bad.reason, since=mark)
     assert record["outcome"] == "failure"
     assert not [r for r in org.agent.records(mark) if r.get("action") == "policy-update"], (
