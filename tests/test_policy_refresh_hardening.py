@@ -142,6 +142,8 @@ def test_a_refresh_overdue_by_more_than_a_fetch_fails_doctor_and_policy_status()
     check = check_policy(stuck)
     assert check.result == FAIL and "overdue" in check.detail, check
     assert refresh_broken(stuck)
+    shown = format_status(Path("control.sock"), {"policy": stuck, "agent": {}})
+    assert "refresh is overdue" in shown, shown
     # A fetch under way (due 10 s ago, it may take 72 s) and a future refresh are fine.
     for due in (now - timedelta(seconds=10), now + timedelta(minutes=30)):
         ok = _status(next_refresh_at=due.isoformat())

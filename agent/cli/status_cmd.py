@@ -110,6 +110,9 @@ def format_status(path: Path, status: Mapping[str, Any]) -> str:
         lines.append(_row("fetch error", policy["last_fetch_error"]))
     if policy.get("refresh_loop") not in (None, "running"):
         lines.append(_row("refresh", f"loop {policy['refresh_loop']}"))
+    overdue = refresh_overdue(policy)
+    if overdue is not None:
+        lines.append(_row("refresh", overdue))
     if policy.get("last_refresh_error"):
         lines.append(_row("refresh error", policy["last_refresh_error"]))
     if policy.get("last_refusal"):
@@ -393,8 +396,9 @@ def check_policy(policy: Mapping[str, Any], now: datetime | None = None) -> Chec
     return Check(name, FAIL, detail, refresh_fix)
 
 
-DEFAULT_FETCH_DEADLINE = 72.0
-"""The agent's fetch deadline with default timeouts, for a status that does not say."""
+DEFAULT_FETCH_DEADLINE = 92.0
+"""The agent's fetch deadline with the default fetch_timeout of 30 s (3 x 30 s + 2 s), for
+a status that does not say (an older agent)."""
 
 
 def refresh_overdue(policy: Mapping[str, Any], now: datetime | None = None) -> str | None:
