@@ -421,3 +421,37 @@ def test_verify_against_a_busy_rotating_writer_never_says_not_intact(tmp_path: P
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
+
+
+def test_a_writers_first_commit_before_its_state_update_is_re_read_not_reported(
+    tmp_path: Path,
+) -> None:
+    """Sequence 0 over records is a forged anchor, unless it is the writer between its
+    first records and its first state update (seen under load): re-read, then judged."""
+    import threading
+
+    from agent.core.audit import GENESIS, encode_state_slot
+    from agent.daemon.audit_verify import read_state, verify_directory
+
+    write_log(tmp_path, [1_790_000_000.0 + i for i in range(3)])
+    state = read_state(tmp_path)
+    assert state is not None
+    first = dataclasses.replace(
+        state, sequence=0, hash=GENESIS, clean=False, generation=state.generation + 1
+    )
+    then = dataclasses.replace(state, clean=False, generation=state.generation + 2)
+    (tmp_path / "audit.state").write_bytes(encode_state_slot(first) * 2)
+
+    def commit() -> None:
+        time.sleep(0.03)
+        (tmp_path / "audit.state").write_bytes(encode_state_slot(then) * 2)
+
+    writer = threading.Thread(target=commit)
+    writer.start()
+    checked = verify_directory(tmp_path)
+    writer.join()
+    assert checked.stable and checked.result.ok, checked.result.first_bad
+
+    (tmp_path / "audit.state").write_bytes(encode_state_slot(first) * 2)  # and it stays
+    code, out = _verify_in_process(tmp_path)
+    assert code == 1 and "audit.state records sequence 0, before the oldest kept" in out

@@ -200,17 +200,20 @@ def _sizes(files: list[Path]) -> list[int]:
     return sizes
 
 
-def _torn_while_writing(result: VerifyResult, files: list[Path], state: AuditState | None) -> bool:
-    """The newest file ends in a line without its newline while the writer has the log
-    open (the state is not clean): most likely a record being written right now."""
+def _being_written(result: VerifyResult, files: list[Path], state: AuditState | None) -> bool:
+    """A failure a live writer causes for a moment, while it has the log open (the state
+    is not clean): the newest file ends in a line without its newline (a record being
+    written), or the state still says sequence 0 over the first records (the writer's
+    very first commit, before it updates the state)."""
     bad = result.first_bad
+    if bad is None or state is None or state.clean:
+        return False
+    if bad.file == STATE_NAME:
+        return state.sequence == 0 and bad.reason.startswith("audit.state records sequence 0")
     return (
-        bad is not None
-        and bool(files)
+        bool(files)
         and bad.file == files[-1].name
         and bad.reason.startswith("truncated: the last line is incomplete")
-        and state is not None
-        and not state.clean
     )
 
 
@@ -222,8 +225,8 @@ def _state_generation(directory: Path) -> int:
 
 
 SETTLE_SECONDS = 0.05
-"""How long verify waits before re-reading a torn last line (times the attempt number:
-at most 0.75 s over five attempts)."""
+"""How long verify waits before re-reading what a live writer may be writing (times the
+attempt number: at most 0.75 s over five attempts)."""
 
 
 def verify_directory(directory: Path, *, attempts: int = 5) -> DirectoryVerify:
@@ -233,12 +236,13 @@ def verify_directory(directory: Path, *, attempts: int = 5) -> DirectoryVerify:
     between starts over). A failed verify is only reported when it holds still: if the
     list, a file's size or the state's generation changed while it ran (the writer
     rotated, retention deleted a file being read, a record was being written), it starts
-    over, up to ``attempts`` times. A torn last line in the newest file while the state
-    is not clean is re-read after a short sleep (a record being written), however still
-    it looked. A real break does not move, so it is reported once it held still; if the
-    log was still moving at the last attempt the answer is ``stable=False`` ("try
-    again"), never "not intact". An ``audit.state`` that is not the writer's (not a
-    regular file, another owner) is reported at once as not intact.
+    over, up to ``attempts`` times. A torn last line in the newest file, or a state at
+    sequence 0 over records, while the state is not clean is re-read after a short sleep
+    (a record being written, the writer's first commit), however still it looked. A real
+    break does not move, so it is reported once it held still; if the log was still
+    moving at the last attempt the answer is ``stable=False`` ("try again"), never "not
+    intact". An ``audit.state`` that is not the writer's (not a regular file, another
+    owner) is reported at once as not intact.
     """
     last: DirectoryVerify | None = None
     moved = False
@@ -270,10 +274,10 @@ def verify_directory(directory: Path, *, attempts: int = 5) -> DirectoryVerify:
         )
         moved = moved or not held or (seen is not None and seen != snapshot)
         seen = snapshot
-        torn = _torn_while_writing(result, files, state)
-        if held and not torn:
+        settling = _being_written(result, files, state)
+        if held and not settling:
             return last  # a real break holds still
-        if torn:
+        if settling:
             time.sleep(SETTLE_SECONDS * attempt)
     assert last is not None
     last.stable = not moved
