@@ -300,6 +300,35 @@ def test_after_a_failed_cache_save_the_next_refresh_rewrites_the_cache(
     assert offline.manager.source == "cache" and offline.manager.current().serial == 2
 
 
+class StateFailingOnce(PolicyCache):
+    """The envelope is written, then the disk is full for the state."""
+
+    failures = 1
+
+    def save_state(self, high_water: HighWater, etag: str | None) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(28, "No space left on device")
+        super().save_state(high_water, etag)
+
+
+def test_a_half_written_cache_has_its_state_written_on_the_next_refresh(
+    server: PolicyServer, tls: TLSMaterial, tmp_path: Path
+) -> None:
+    agent = make_agent(tmp_path, server.url(), tls.ca_cert)
+    server.publish(envelope(1))
+    assert refresh(agent) == "accepted serial 1"
+    agent.manager.cache = StateFailingOnce(tmp_path)
+    server.publish(envelope(2))
+    assert refresh(agent) == "accepted serial 2"
+    state_path = tmp_path / "policy-state.json"
+    assert json.loads(state_path.read_text())["high_water"]["serial"] == 1
+    assert refresh(agent) == "unchanged"
+    state = json.loads(state_path.read_text())
+    assert state["high_water"]["serial"] == 2 and state["etag"], state
+    assert refresh(agent) == "not modified"
+
+
 def test_a_cache_overwritten_with_garbage_is_rewritten_not_revalidated(
     server: PolicyServer, tls: TLSMaterial, tmp_path: Path
 ) -> None:

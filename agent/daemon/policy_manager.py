@@ -89,6 +89,7 @@ class PolicyManager:
         # The accepted envelope's hash: the ETag is only sent while the cached copy on
         # disk is exactly these bytes, so a 304 never confirms a copy that is not in force.
         self._envelope_hash: bytes | None = None
+        self._cache_saved = True  # False: the last cache write failed (maybe half of it)
         self._effective: Policy = fallback
         self._state: Freshness | None = None
         self._next_check = 0.0
@@ -240,7 +241,8 @@ class PolicyManager:
         # Revalidate only what is in force and on disk, byte for byte: without a verified
         # policy, or with its cached copy deleted, overwritten or never written (a full
         # disk), a 304 would confirm nothing, so ask for the whole file.
-        cache_ok = self._cache_in_force()
+        # A failed write may have left the envelope but not the state: write both again.
+        cache_ok = self._cache_saved and self._cache_in_force()
         etag = self._etag if cache_ok else None
         try:
             try:
@@ -328,7 +330,9 @@ class PolicyManager:
                 "failure",
                 f"cannot write the policy cache in {self.cache.directory}: {e.strerror or e}",
             )
+            self._cache_saved = False
             return False
+        self._cache_saved = True
         return True
 
     def trigger(self) -> None:
