@@ -527,9 +527,10 @@ def test_a_bad_publication_is_refused_and_the_last_good_policy_stays(
     mark = org.agent.mark()
     started = time.monotonic()
 
-    org.refresh()
+    result, _ = org.refresh()
 
     took = time.monotonic() - started
+    assert result.returncode == 1, describe(result, org.agent)  # refused or failed alike
     code, status = org.cli_status()
     assert bad.reason in str(status[bad.reported_in]), show(status)
     # The policy stays fresh, but a refused download is a refresh that failed: IT must

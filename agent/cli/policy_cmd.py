@@ -229,7 +229,8 @@ def run_refresh(args: argparse.Namespace) -> int:
         status = read_status(state_dir) or {}
         if status.get("last_fetch_at") != before:
             _print_status(status)
-            return EXIT_PROBLEM if status.get("last_fetch_error") else EXIT_OK
+            failed = status.get("last_fetch_error") or status.get("last_refusal")
+            return EXIT_PROBLEM if failed else EXIT_OK
         time.sleep(0.1)
     print("pullgate policy refresh: the agent did not report a fetch in time", file=sys.stderr)
     return EXIT_PROBLEM
