@@ -136,7 +136,9 @@ def _status(**fields: Any) -> dict[str, Any]:
     return base
 
 
-def test_a_refresh_overdue_by_more_than_a_fetch_fails_doctor_and_policy_status() -> None:
+def test_a_refresh_overdue_by_more_than_a_fetch_fails_doctor_and_policy_status(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     now = datetime.now(UTC)
     stuck = _status(next_refresh_at=(now - timedelta(days=2)).isoformat())
     check = check_policy(stuck)
@@ -144,6 +146,8 @@ def test_a_refresh_overdue_by_more_than_a_fetch_fails_doctor_and_policy_status()
     assert refresh_broken(stuck)
     shown = format_status(Path("control.sock"), {"policy": stuck, "agent": {}})
     assert "refresh is overdue" in shown, shown
+    _print_status(stuck)
+    assert "warning:      the policy refresh is overdue" in capsys.readouterr().out
     # A fetch under way (due 10 s ago, it may take 72 s) and a future refresh are fine.
     for due in (now - timedelta(seconds=10), now + timedelta(minutes=30)):
         ok = _status(next_refresh_at=due.isoformat())

@@ -131,6 +131,9 @@ def _print_status(status: dict[str, Any]) -> None:
             print(printable(f"{name + ':':<14}{value}"))  # a state file may hold escapes
     if status.get("clock_behind"):
         print("warning:      the system clock is behind the newest accepted policy")
+    overdue = refresh_overdue(status)
+    if overdue is not None:
+        print(printable(f"warning:      {overdue}"))
 
 
 def _refresh_line(status: dict[str, Any]) -> str | None:
