@@ -181,8 +181,9 @@ KEYS: tuple[ConfigKey, ...] = (
         "fetch_timeout",
         "duration",
         "30s",
-        "Connect timeout, and the longest wait for data, when fetching `policy_url`. At "
-        "least `1s`. A server that stalls longer counts as a failed fetch.",
+        "Connect timeout, and the longest wait for data, when fetching `policy_url`; a "
+        "whole fetch (connect, headers and body) is limited to 3 times this. At least "
+        "`1s`. A server that stalls or trickles longer counts as a failed fetch.",
         example="10s",
         shortest="1s",
     ),
