@@ -42,7 +42,7 @@ class PolicyCache:
         problems: list[str] = []
         envelope = None
         try:
-            envelope = read_capped(self.envelope_path, MAX_ENVELOPE_BYTES)
+            envelope = read_capped(self.envelope_path, MAX_ENVELOPE_BYTES, follow_symlinks=False)
         except FileNotFoundError:
             pass
         except OSError as e:
@@ -52,7 +52,9 @@ class PolicyCache:
         high_water = None
         etag = None
         try:
-            state = strict_json.loads(read_capped(self.state_path, MAX_STATE_BYTES))
+            state = strict_json.loads(
+                read_capped(self.state_path, MAX_STATE_BYTES, follow_symlinks=False)
+            )
             if not isinstance(state, dict):
                 raise ValueError("expected a JSON object")
             high_water = HighWater.from_json(state.get("high_water"))

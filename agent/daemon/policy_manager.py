@@ -227,7 +227,9 @@ class PolicyManager:
         if self._accepted is None or self._envelope_hash is None:
             return False
         try:
-            on_disk = read_capped(self.cache.envelope_path, MAX_ENVELOPE_BYTES)
+            on_disk = read_capped(
+                self.cache.envelope_path, MAX_ENVELOPE_BYTES, follow_symlinks=False
+            )
         except (OSError, FileTooLargeError):
             return False
         return hashlib.sha256(on_disk).digest() == self._envelope_hash
@@ -460,7 +462,9 @@ class PolicyManager:
 def read_status(directory: Path) -> dict[str, Any] | None:
     """The agent's ``status.json``, or None when it is missing or not a status."""
     try:
-        value = strict_json.loads(read_capped(directory / "status.json", MAX_STATUS_BYTES))
+        value = strict_json.loads(
+            read_capped(directory / "status.json", MAX_STATUS_BYTES, follow_symlinks=False)
+        )
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
