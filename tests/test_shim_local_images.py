@@ -603,6 +603,34 @@ def test_hostile_renames_of_denied_content_are_refused(
 
 # --------------------------------------------------------------------------- leak 7
 
+
+class Flipper:
+    """A thread moving `acme/app:flip` between allowed content (alpine) and denied content
+    (someuser/tool, pulled directly), as any path the shim cannot order would."""
+
+    def __init__(self, env: DockerEnv, clean: set[str]) -> None:
+        self.denied = pull_directly(env, clean)
+        docker(env, "pull", "alpine")
+        allowed = image_id(env, "alpine")
+        assert allowed is not None
+        self.allowed = allowed
+        self.flips = 0
+        self._env = env
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._flip, daemon=True)
+        self._thread.start()
+
+    def _flip(self) -> None:
+        while not self._stop.is_set():
+            for source in (self.allowed, self.denied):
+                api(self._env.socket_path, "POST", f"/images/{source}/tag?repo=acme/app&tag=flip")
+                self.flips += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
 RACE_SECONDS = 4.0
 RACE_MAX_CREATES = 400
 
@@ -614,20 +642,6 @@ def test_tag_flip_race_never_leaves_a_container_of_denied_content(
     path the shim cannot order would) while containers of `acme/app:flip` are created
     through the shim: every 201 must be a container of the allowed content, and no
     container of the denied content may be left. Bounded in time and count."""
-    denied = pull_directly(docker_env, clean)
-    docker(docker_env, "pull", "alpine")
-    allowed = image_id(docker_env, "alpine")
-    assert allowed is not None
-    stop = threading.Event()
-    flips = 0
-
-    def flip() -> None:
-        nonlocal flips
-        while not stop.is_set():
-            for source in (allowed, denied):
-                api(docker_env.socket_path, "POST", f"/images/{source}/tag?repo=acme/app&tag=flip")
-                flips += 1
-
     created: list[str] = []
     refused = 0
     other: list[tuple[int, Any]] = []
@@ -644,22 +658,21 @@ def test_tag_flip_race_never_leaves_a_container_of_denied_content(
             else:
                 other.append((status, body))
 
-    flipper = threading.Thread(target=flip, daemon=True)
+    flipper = Flipper(docker_env, clean)
+    allowed, denied = flipper.allowed, flipper.denied
     creators = [threading.Thread(target=create, daemon=True) for _ in range(2)]
-    flipper.start()
     for thread in creators:
         thread.start()
     for thread in creators:
         thread.join(RACE_SECONDS + 60)
-    stop.set()
-    flipper.join(30)
+    flipper.stop()
     caught = sum(
         1 for line in agent.stderr_lines() if "changed while Pullgate was checking it" in line
     )
     report(
         f"tag-flip race: {len(created) + refused} creates in {RACE_SECONDS:.0f} s, "
         f"{len(created)} allowed, {refused} refused ({caught} after the daemon used other "
-        f"content), {flips} flips"
+        f"content), {flipper.flips} flips"
     )
 
     assert not other, other[:5]
@@ -679,19 +692,8 @@ def test_tag_flip_race_never_leaves_a_new_name_on_denied_content(
 ) -> None:
     """The same race for `docker tag acme/app:flip acme/app:copy`: whenever the shim
     answers 201, `acme/app:copy` names the allowed content; it never names the denied."""
-    denied = pull_directly(docker_env, clean)
-    docker(docker_env, "pull", "alpine")
-    allowed = image_id(docker_env, "alpine")
-    assert allowed is not None
-    stop = threading.Event()
-
-    def flip() -> None:
-        while not stop.is_set():
-            for source in (allowed, denied):
-                api(docker_env.socket_path, "POST", f"/images/{source}/tag?repo=acme/app&tag=flip")
-
-    flipper = threading.Thread(target=flip, daemon=True)
-    flipper.start()
+    flipper = Flipper(docker_env, clean)
+    allowed, denied = flipper.allowed, flipper.denied
     answers: dict[int, int] = {}
     wrong: list[str | None] = []
     try:
@@ -705,8 +707,7 @@ def test_tag_flip_race_never_leaves_a_new_name_on_denied_content(
             if copy == denied:
                 wrong.append(copy)
     finally:
-        stop.set()
-        flipper.join(30)
+        flipper.stop()
         api(docker_env.socket_path, "DELETE", "/images/acme/app:copy?force=1")
     report(f"tag-flip race (tag): answers {answers}")
 
@@ -736,19 +737,8 @@ def test_hanging_up_during_the_held_answer_never_leaves_denied_content(
     finding: the check used to be skipped) while `acme/app:flip` moves between allowed and
     denied content: no container of, and no new name on, the denied content may remain.
     Bounded in time and count."""
-    denied = pull_directly(docker_env, clean)
-    docker(docker_env, "pull", "alpine")
-    allowed = image_id(docker_env, "alpine")
-    assert allowed is not None
-    stop = threading.Event()
-
-    def flip() -> None:
-        while not stop.is_set():
-            for source in (allowed, denied):
-                api(docker_env.socket_path, "POST", f"/images/{source}/tag?repo=acme/app&tag=flip")
-
-    flipper = threading.Thread(target=flip, daemon=True)
-    flipper.start()
+    flipper = Flipper(docker_env, clean)
+    allowed, denied = flipper.allowed, flipper.denied
     sent = 0
     try:
         deadline = time.monotonic() + RACE_SECONDS
@@ -761,8 +751,7 @@ def test_hanging_up_during_the_held_answer_never_leaves_denied_content(
                 _hang_up_after(agent.socket_path, "POST", target, b"", 0.005)
             sent += 1
     finally:
-        stop.set()
-        flipper.join(30)
+        flipper.stop()
     time.sleep(3.0)  # the shim finishes its checks of the last answers on its own
     names = [f"acme/app:copy{i}" for i in range(sent)]
     on_denied = [n for n in names if image_id(docker_env, n) == denied]
