@@ -559,56 +559,10 @@ def _verify_chain(files: Sequence[LogFile], state: AuditState | None) -> VerifyR
     last_seq = expect_seq - 1 if records else None
     notes = _notes(marks)
     if state is not None:
-        reached = last_seq or 0
-        if reached < state.sequence:
-            name, line = last_line if last_line[0] else (files[-1].name, 0)
-            gone = "" if any(p.name == state.file for p in files) else f" ({state.file} is gone)"
+        end_bad = _end_against_state(files, state, last_seq or 0, last_hash, last_line)
+        if end_bad is not None:
             return VerifyResult(
-                False,
-                records,
-                len(files),
-                first_seq,
-                last_seq,
-                first_bad=BadLine(
-                    name,
-                    line + 1,
-                    f"truncated: the log ends at sequence {reached} but audit.state records "
-                    f"sequence {state.sequence}: {state.sequence - reached} record(s) at the "
-                    f"end are missing{gone}",
-                ),
-                notes=notes,
-            )
-        if reached == state.sequence and last_hash != state.hash:
-            # Only reachable when the anchor check could not run (an empty state).
-            name, line = last_line
-            return VerifyResult(
-                False,
-                records,
-                len(files),
-                first_seq,
-                last_seq,
-                first_bad=BadLine(
-                    name, line, "edited: the last record's hash differs from audit.state's"
-                ),
-                notes=notes,
-            )
-        if state.clean and reached > state.sequence:
-            name, line = last_line
-            extra = reached - state.sequence
-            return VerifyResult(
-                False,
-                records,
-                len(files),
-                first_seq,
-                last_seq,
-                first_bad=BadLine(
-                    name,
-                    line - extra + 1,
-                    f"appended: {extra} record(s) after sequence {state.sequence}, where the "
-                    "writer closed the log (audit.state is marked clean): the agent did not "
-                    "write them",
-                ),
-                notes=notes,
+                False, records, len(files), first_seq, last_seq, first_bad=end_bad, notes=notes
             )
     ok = not any(n.gap for n in notes)
     return VerifyResult(
@@ -622,6 +576,42 @@ def _verify_chain(files: Sequence[LogFile], state: AuditState | None) -> VerifyR
         notes,
         last_hash if records else None,
     )
+
+
+def _end_against_state(
+    files: Sequence[LogFile],
+    state: AuditState,
+    reached: int,
+    last_hash: str,
+    last_line: tuple[str, int],
+) -> BadLine | None:
+    """Where the chain ends against ``audit.state``: cut short, edited at the anchor, or
+    run on after a clean close (records the writer did not write)."""
+    name, line = last_line
+    if reached < state.sequence:
+        if not name:
+            name, line = files[-1].name, 0
+        gone = "" if any(p.name == state.file for p in files) else f" ({state.file} is gone)"
+        return BadLine(
+            name,
+            line + 1,
+            f"truncated: the log ends at sequence {reached} but audit.state records "
+            f"sequence {state.sequence}: {state.sequence - reached} record(s) at the "
+            f"end are missing{gone}",
+        )
+    if reached == state.sequence and last_hash != state.hash:
+        # Only reachable when the anchor check could not run (an empty state).
+        return BadLine(name, line, "edited: the last record's hash differs from audit.state's")
+    if state.clean and reached > state.sequence:
+        extra = reached - state.sequence
+        return BadLine(
+            name,
+            line - extra + 1,
+            f"appended: {extra} record(s) after sequence {state.sequence}, where the "
+            "writer closed the log (audit.state is marked clean): the agent did not "
+            "write them",
+        )
+    return None
 
 
 def _anchor_before_chain(files: Sequence[LogFile], state: AuditState) -> BadLine | None:
