@@ -425,17 +425,7 @@ def test_the_agent_starts_over_a_hostile_cache_and_recovers_it_from_the_server(
     (state / "policy-state.json").write_text(json.dumps({"etag": '"stale"'}))
     data = envelope(6)
     server.publish(data)
-    config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "org": "acme",
-                "policy_url": server.url(),
-                "ca_bundle": str(tls.ca_cert),
-                "trusted_keys": [PublicKey.from_key(KEY).to_config()],
-            }
-        )
-    )
+    config = _org_config(tmp_path, server, tls)
     agent = start_agent(
         tmp_path,
         tmp_path / "no-daemon.sock",
@@ -510,18 +500,7 @@ def test_a_failing_refresh_shows_in_status_and_doctor_of_a_running_agent(
     server: PolicyServer, tls: TLSMaterial, tmp_path: Path
 ) -> None:
     server.publish(envelope(1))
-    config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "org": "acme",
-                "policy_url": server.url(),
-                "ca_bundle": str(tls.ca_cert),
-                "trusted_keys": [PublicKey.from_key(KEY).to_config()],
-                "refresh_interval": "1m",  # the least allowed; the test asks for a refresh
-            }
-        )
-    )
+    config = _org_config(tmp_path, server, tls, refresh_interval="1m")
     state = tmp_path / "state"
     agent = _org_agent_holding_serial_1(tmp_path, config, state)
     try:
@@ -568,17 +547,7 @@ def test_policy_refresh_of_a_hostile_body_is_a_clean_refusal_with_exit_1(
     server: PolicyServer, tls: TLSMaterial, tmp_path: Path
 ) -> None:
     server.publish(envelope(1))
-    config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "org": "acme",
-                "policy_url": server.url(),
-                "ca_bundle": str(tls.ca_cert),
-                "trusted_keys": [PublicKey.from_key(KEY).to_config()],
-            }
-        )
-    )
+    config = _org_config(tmp_path, server, tls)
     state = tmp_path / "state"
     agent = _org_agent_holding_serial_1(tmp_path, config, state)
     try:
@@ -630,6 +599,20 @@ def test_a_redirect_to_an_unreadable_location_is_a_fetch_error(
     agent = make_agent(tmp_path, server.url(), tls.ca_cert)
     with pytest.raises(FetchError, match="Invalid IPv6 URL"):
         refresh(agent)
+
+
+def _org_config(tmp_path: Path, server: PolicyServer, tls: TLSMaterial, **extra: Any) -> Path:
+    """A managed config file for org `acme` fetching from `server`, trusting KEY."""
+    config = tmp_path / "config.json"
+    settings = {
+        "org": "acme",
+        "policy_url": server.url(),
+        "ca_bundle": str(tls.ca_cert),
+        "trusted_keys": [PublicKey.from_key(KEY).to_config()],
+        **extra,
+    }
+    config.write_text(json.dumps(settings))
+    return config
 
 
 def _org_agent_holding_serial_1(tmp_path: Path, config: Path, state: Path) -> AgentProcess:

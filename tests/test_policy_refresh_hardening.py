@@ -30,6 +30,7 @@ from agent.daemon.policy_manager import read_status
 from tests.policy_server import PolicyServer, Route, TLSMaterial
 from tests.test_policy_manager import (
     Agent,
+    FlakyFetcher,
     envelope,
     make_agent,
     policy_bytes,
@@ -374,17 +375,8 @@ def test_an_edited_etag_in_the_state_is_dropped_not_sent(
 def test_a_fetch_that_fails_without_the_network_drops_the_etag(
     server: PolicyServer, tls: TLSMaterial, tmp_path: Path
 ) -> None:
-    @dataclass(frozen=True)
-    class Choking(Fetcher):
-        errors: list[FetchError] = field(default_factory=list)
-
-        def fetch(self, etag: str | None = None) -> FetchResult:
-            if self.errors:
-                raise self.errors.pop(0)
-            return super().fetch(etag)
-
     server.publish(envelope(2))
-    fetcher = Choking(server.url(), ca_bundle=tls.ca_cert)
+    fetcher = FlakyFetcher(server.url(), ca_bundle=tls.ca_cert)
     agent: Agent = make_agent(tmp_path, server.url(), tls.ca_cert, fetcher=fetcher)
     assert refresh(agent) == "accepted serial 2"
     fetcher.errors.append(FetchError("fetching failed: InvalidHeader"))
