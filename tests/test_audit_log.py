@@ -51,6 +51,17 @@ def open_log(directory: Path, **kwargs: Any) -> AuditLog:
     return AuditLog(directory, **kwargs).open()
 
 
+def closed_log(directory: Path, records: int) -> Path:
+    """A log of ``records`` decisions in ``directory``, cleanly closed: its active file."""
+    log = open_log(directory)
+    for _ in range(records):
+        log.append(decision_event())
+    active = log.active_file
+    log.close()
+    assert active is not None
+    return active
+
+
 def test_each_append_is_one_line_in_private_files_and_verifies(tmp_path: Path) -> None:
     d = tmp_path / "logs"
     log = open_log(d)
@@ -113,12 +124,7 @@ def test_rotation_continues_the_chain_and_retention_moves_the_anchor(tmp_path: P
 
 
 def test_a_torn_last_line_is_set_aside_and_noted_in_the_log(tmp_path: Path) -> None:
-    log = open_log(tmp_path)
-    for _ in range(3):
-        log.append(decision_event())
-    active = log.active_file
-    log.close()
-    assert active is not None
+    active = closed_log(tmp_path, 3)
     half = b'{"@timestamp":"2026-09-21T14:13:21.000Z","container.image.na'
     with active.open("ab") as f:
         f.write(half)
@@ -183,12 +189,7 @@ def test_kill_9_during_a_burst_leaves_a_log_that_verifies_with_the_recovery_note
 def test_lines_removed_while_the_agent_was_down_stay_visible_after_reopen(
     tmp_path: Path,
 ) -> None:
-    log = open_log(tmp_path)
-    for _ in range(6):
-        log.append(decision_event())
-    active = log.active_file
-    log.close()
-    assert active is not None
+    active = closed_log(tmp_path, 6)
     active.write_bytes(b"".join(active.read_bytes().splitlines(keepends=True)[:4]))
     log = open_log(tmp_path)
     assert log.recovered is not None and "2 record(s) are missing" in log.recovered
@@ -578,12 +579,7 @@ def test_a_rechained_tail_added_while_the_agent_was_down_is_not_blessed_on_resta
     the agent: it must not take the forged end as its new anchor without a gap record."""
     from tests.test_audit import _rechain, lines_of
 
-    log = open_log(tmp_path)
-    for _ in range(5):
-        log.append(decision_event())
-    active = log.active_file
-    log.close()
-    assert active is not None
+    active = closed_log(tmp_path, 5)
     active.write_bytes(b"".join(_rechain(lines_of(active), 3, extra=1)))
     log = open_log(tmp_path)
     assert log.recovered is not None and "is not the one audit.state recorded" in log.recovered
@@ -905,12 +901,7 @@ def test_a_rewritten_tail_whose_note_was_never_written_is_still_found_on_restart
     """state_hash_mismatch and appended_after_close: the same rule as state_recreated."""
     from tests.test_audit import _rechain, lines_of
 
-    log = open_log(tmp_path)
-    for _ in range(5):
-        log.append(decision_event())
-    active = log.active_file
-    log.close()
-    assert active is not None
+    active = closed_log(tmp_path, 5)
     active.write_bytes(b"".join(_rechain(lines_of(active), 3, extra=1)))
     with disk_full_once(monkeypatch, times=1000):
         log = open_log(tmp_path)
