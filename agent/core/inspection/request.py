@@ -45,13 +45,19 @@ __all__ = [
     "SettingOutcome",
     "TarFindings",
     "Wanted",
+    "build_args_json",
+    "builds_setting",
+    "cache_from_json",
+    "image_reference",
     "inspect_head",
     "inspect_json_body",
+    "json_field",
     "local_image_wants",
     "loses_last_name",
     "nameless_outcome",
     "onbuild_wants",
     "resolved_by_name",
+    "strict_json",
     "with_build_lookups",
 ]
 
@@ -341,6 +347,22 @@ def _builds_setting(policy: Policy, what: str) -> SettingOutcome:
     )
 
 
+#: The helpers the BuildKit inspection (``inspection.buildkit``) shares with this module,
+#: under public names: one reading of the same parameters for both builders.
+builds_setting = _builds_setting
+image_reference = _reference
+
+
+def strict_json(text: str, what: str) -> Any:
+    """JSON as the shim reads request parameters: duplicate keys and NaN refused."""
+    return _strict_json(text, what)
+
+
+def json_field(obj: object, name: str, where: str) -> object:
+    """A JSON field matched as Go's ``encoding/json`` matches struct fields."""
+    return _field(obj, name, where)
+
+
 # --- build ----------------------------------------------------------------------------
 
 
@@ -369,6 +391,12 @@ def _build_args(query: Query) -> dict[str, str]:
     raw = query.get("buildargs")
     if not raw:
         return {}
+    return build_args_json(raw)
+
+
+def build_args_json(raw: str) -> dict[str, str]:
+    """The ``buildargs`` query parameter as the daemon reads it (``map[string]*string``):
+    a null value is an arg given without one, which the builder does not set."""
     value = _strict_json(raw, "buildargs")
     if not isinstance(value, dict):
         raise InspectionError("pullgate: buildargs must be a JSON object")
@@ -380,6 +408,14 @@ def _build_args(query: Query) -> dict[str, str]:
             raise InspectionError(f"pullgate: build arg {key!r} must be a string")
         out[key] = arg
     return out
+
+
+def cache_from_json(raw: str) -> list[str]:
+    """The ``cachefrom`` query parameter: a JSON array of image names."""
+    images = _strict_json(raw, "cachefrom")
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+        raise InspectionError("pullgate: cachefrom must be a JSON array of strings")
+    return images
 
 
 def _clean_member(name: str) -> str:
@@ -412,10 +448,7 @@ def _build(query: Query, policy: Policy) -> Plan:
     cache_from: list[Wanted] = []
     raw_cache = query.get("cachefrom")
     if raw_cache:
-        images = _strict_json(raw_cache, "cachefrom")
-        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
-            raise InspectionError("pullgate: cachefrom must be a JSON array of strings")
-        for image in images:
+        for image in cache_from_json(raw_cache):
             ref = _reference(image, "cache-from image")
             cache_from.append(Wanted(image, ref, EventAction.BUILD, detail="--cache-from"))
     path = _clean_member(dockerfile)
