@@ -10,8 +10,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.core.inspection.buildkit import grpc
+from agent.core.inspection.buildkit.decide import dockerfile, from_sync, merge, upfront
 from agent.core.inspection.buildkit.filesync import DockerfileSync, FileSyncError
+from agent.core.inspection.buildkit.inputs import (
+    BuildInputs,
+    from_build_query,
+    from_solve_request,
+)
+from agent.core.inspection.buildkit.protos.control_pb2 import (
+    CacheOptions,
+    CacheOptionsEntry,
+    SolveRequest,
+)
 from agent.core.inspection.buildkit.protos.fsutil_types_pb2 import Packet, Stat
+from agent.core.inspection.buildkit.protos.llb_pb2 import Definition, Op, SourceOp
+from agent.core.inspection.request import Inspection, InspectionError
+from agent.core.inspection.routes import parse_query
+from tests.policy_builders import policy
 
 # --- gRPC framing ---------------------------------------------------------------------
 
@@ -467,3 +482,396 @@ def test_packets_in_the_wrong_direction_are_refused() -> None:
 def test_unclean_dockerfile_path_argument_is_refused() -> None:
     with pytest.raises(FileSyncError):
         DockerfileSync(["../Dockerfile"], stamp=STAMP)
+
+
+# --- build inputs ---------------------------------------------------------------------
+
+
+def solve(
+    attrs: dict[str, str] | None = None,
+    frontend: str = "dockerfile.v0",
+    session: str = "sess1",
+    *,
+    definition: Definition | None = None,
+    cache: CacheOptions | None = None,
+    inputs: dict[str, Definition] | None = None,
+) -> BuildInputs:
+    request = SolveRequest(
+        Ref="ref1",
+        Session=session,
+        Frontend=frontend,
+        FrontendAttrs=attrs or {},
+        Definition=definition,
+        Cache=cache,
+        FrontendInputs=inputs,
+    )
+    return from_solve_request(request.SerializeToString())
+
+
+def llb(*identifiers: str, extra: bytes = b"") -> Definition:
+    definition = Definition()
+    ops = getattr(definition, "def")
+    for identifier in identifiers:
+        ops.append(Op(source=SourceOp(identifier=identifier)).SerializeToString())
+    ops.append(b"\x0a\x05hello")  # the terminal op: inputs only
+    if extra:
+        ops.append(extra)
+    return definition
+
+
+def test_build_query_of_the_cli() -> None:
+    query = {
+        "version": "2",
+        "dockerfile": "sub/Dockerfile",
+        "target": "final",
+        "buildargs": '{"BASE": "alpine", "UNSET": null}',
+        "cachefrom": '["acme/cache:1", "x,y"]',
+        "session": "abc",
+        "remote": "client-session",
+    }
+    inputs = from_build_query(query)
+    assert inputs.via == "POST /build" and inputs.frontend == "dockerfile.v0"
+    assert (inputs.session, inputs.dockerfile_session, inputs.dockerfile_local) == (
+        "abc",
+        "abc",
+        "dockerfile",
+    )
+    assert inputs.filename == "sub/Dockerfile"
+    assert inputs.paths == ("sub/Dockerfile", "sub/dockerfile")
+    assert dict(inputs.build_args) == {"BASE": "alpine"}
+    assert inputs.target == "final"
+    assert inputs.cache_imports == ("acme/cache:1", "x", "y")  # the frontend splits on ','
+    assert inputs.unreadable is None
+
+
+def test_build_query_defaults_and_query_objects() -> None:
+    inputs = from_build_query(parse_query("version=2&session=s&remote=client-session"))
+    assert (inputs.filename, inputs.paths) == ("Dockerfile", ("Dockerfile", "dockerfile"))
+    assert (
+        from_build_query({"dockerfile": ".", "remote": "client-session"}).filename == "Dockerfile"
+    )
+    assert from_build_query({"dockerfile": "Dockerfile.dev", "remote": "client-session"}).paths == (
+        "Dockerfile.dev",
+    )
+    with pytest.raises(InspectionError, match="more than once"):
+        from_build_query(parse_query("remote=client-session&session=a&session=b"))
+
+
+def test_build_query_remote_or_uploaded_context_is_unreadable() -> None:
+    remote = from_build_query({"remote": "https://github.com/x/y.git", "session": "s"})
+    assert remote.unreadable is not None and "remote context" in remote.unreadable
+    uploaded = from_build_query({"session": "s"})
+    assert uploaded.unreadable is not None and "uploaded" in uploaded.unreadable
+
+
+def test_build_query_bad_json_is_refused() -> None:
+    for query in (
+        {"buildargs": "{", "remote": "client-session"},
+        {"buildargs": '{"A": 1}', "remote": "client-session"},
+        {"buildargs": '{"A": "1", "A": "2"}', "remote": "client-session"},
+        {"cachefrom": '"x"', "remote": "client-session"},
+    ):
+        with pytest.raises(InspectionError, match="pullgate: "):
+            from_build_query(query)
+
+
+@pytest.mark.parametrize("name", ["../Dockerfile", "a/../../D", "a\\b", "/", ""])
+def test_dockerfile_path_leaving_its_local_is_refused(name: str) -> None:
+    with pytest.raises(InspectionError):
+        solve({"filename": name})
+
+
+def test_dockerfile_path_is_cleaned_from_the_root() -> None:
+    assert solve({"filename": "/a/./b/../Dockerfile"}).paths == ("a/Dockerfile", "a/dockerfile")
+
+
+def test_solve_request_of_buildx() -> None:
+    inputs = solve(
+        {
+            "filename": "Dockerfile",
+            "target": "t",
+            "build-arg:A": "1",
+            "context:base": "docker-image://someuser/base:1",
+            "context:files::linux/amd64": "local:files",
+            "local-sessionid:dockerfile": "sess2",
+            "cache-imports": '[{"Type": "registry", "Attrs": {"ref": "acme/c:1"}}]',
+            "cache-from": "acme/c:2",
+        },
+        cache=CacheOptions(
+            ImportRefsDeprecated=["acme/c:3"],
+            Imports=[CacheOptionsEntry(Type="registry", Attrs={"ref": "acme/c:4"})],
+        ),
+    )
+    assert inputs.via == "Control/Solve" and inputs.ref == "ref1"
+    assert (inputs.session, inputs.dockerfile_session) == ("sess1", "sess2")
+    assert dict(inputs.build_args) == {"A": "1"} and inputs.target == "t"
+    assert dict(inputs.named_contexts) == {
+        "base": "docker-image://someuser/base:1",
+        "files::linux/amd64": "local:files",
+    }
+    assert set(inputs.cache_imports) == {"acme/c:1", "acme/c:2", "acme/c:3", "acme/c:4"}
+    assert inputs.unreadable is None
+
+
+def test_dockerfilekey_names_the_local_and_its_session() -> None:
+    inputs = solve({"dockerfilekey": "df2", "local-sessionid:df2": "other"})
+    assert (inputs.dockerfile_local, inputs.dockerfile_session) == ("df2", "other")
+
+
+def test_undecodable_solve_request_is_refused() -> None:
+    with pytest.raises(InspectionError, match=r"pullgate: .*does not decode"):
+        from_solve_request(b"\xff\xff\xff")
+
+
+@pytest.mark.parametrize(
+    ("attrs", "frontend", "why"),
+    [
+        ({"context": "https://github.com/x/y.git"}, "dockerfile.v0", "remote context"),
+        ({"contextkey": "ctx", "ctx": "git@github.com:x/y"}, "dockerfile.v0", "remote context"),
+        ({}, "custom.v0", "frontend custom.v0"),
+        ({"source": "someuser/frontend:1"}, "gateway.v0", "frontend image"),
+        (
+            {"source": "docker/dockerfile:1", "context:docker/dockerfile:1": "local:fe"},
+            "gateway.v0",
+            "replaced",
+        ),
+        (
+            {"source": "docker/dockerfile", "context:docker/dockerfile": "docker-image://evil/fe"},
+            "gateway.v0",
+            "replaced",
+        ),
+        ({"context:base": "oci-layout://store@sha256:" + "a" * 64}, "dockerfile.v0", "named"),
+        ({"context:base": "input:x"}, "dockerfile.v0", "named"),
+        ({"cache-imports": '[{"Type": "local", "Attrs": {"src": "/tmp"}}]'}, "", "cache"),
+    ],
+)
+def test_what_cannot_be_read_is_unreadable(attrs: dict[str, str], frontend: str, why: str) -> None:
+    inputs = solve(attrs, frontend)
+    assert inputs.unreadable is not None and why in inputs.unreadable
+
+
+def test_known_gateway_frontends() -> None:
+    for source in (
+        "docker/dockerfile:1",
+        "docker.io/docker/dockerfile-upstream:master",
+        "docker/dockerfile@sha256:" + "b" * 64,
+    ):
+        inputs = solve({"source": source}, "gateway.v0")
+        assert inputs.unreadable is None and inputs.frontend_image == source
+
+
+def test_frontend_inputs_are_unreadable() -> None:
+    inputs = solve(inputs={"context": llb("local://context")})
+    assert inputs.unreadable is not None and "frontend inputs" in inputs.unreadable
+
+
+def test_raw_llb_images() -> None:
+    inputs = solve(
+        frontend="",
+        definition=llb(
+            "docker-image://docker.io/library/alpine:3.20", "local://context", "git://x/y"
+        ),
+    )
+    assert inputs.llb_images == ("docker.io/library/alpine:3.20",)
+    assert inputs.unreadable is None
+
+
+def test_raw_llb_with_a_nested_build_or_an_unknown_source_is_unreadable() -> None:
+    nested = solve(frontend="", definition=llb(extra=b"\x2a\x00"))  # field 5: BuildOp
+    assert nested.unreadable is not None and "nested build" in nested.unreadable
+    layout = solve(frontend="", definition=llb("oci-layout://x@sha256:" + "c" * 64))
+    assert layout.unreadable is not None and "oci-layout" in layout.unreadable
+
+
+def test_raw_llb_garbage_or_with_a_frontend_is_refused() -> None:
+    definition = Definition()
+    getattr(definition, "def").append(b"\xff\xff")
+    with pytest.raises(InspectionError, match="does not decode"):
+        solve(frontend="", definition=definition)
+    with pytest.raises(InspectionError, match="both"):
+        solve(frontend="dockerfile.v0", definition=llb("docker-image://alpine"))
+
+
+def test_bad_cache_imports_json_is_refused() -> None:
+    for raw in ("{", "[null]", '[{"Type": 1}]', '[{"Type": "registry", "Attrs": {"ref": 1}}]'):
+        with pytest.raises(InspectionError):
+            solve({"cache-imports": raw})
+
+
+def test_cache_imports_json_keys_match_in_any_case() -> None:
+    inputs = solve({"cache-imports": '[{"type": "registry", "attrs": {"ref": "acme/c"}}]'})
+    assert inputs.cache_imports == ("acme/c",)
+
+
+# --- decisions ------------------------------------------------------------------------
+
+
+def details(inspection: Inspection) -> set[tuple[str, str | None]]:
+    return {(w.reference.canonical, w.detail) for w in inspection.wants}
+
+
+def test_upfront_decides_images_named_outside_the_dockerfile() -> None:
+    inputs = solve(
+        {
+            "source": "docker/dockerfile:1.7",
+            "context:base": "docker-image://someuser/base:1",
+            "context:empty": "docker-image://scratch",
+            "context:src": "local:src",
+            "cache-from": "acme/cache",
+        },
+        "gateway.v0",
+    )
+    result = upfront(inputs, policy())
+    assert result.setting is None
+    assert details(result) == {
+        ("docker.io/acme/cache:latest", "--cache-from"),
+        ("docker.io/someuser/base:1", "--build-context base"),
+        ("docker.io/docker/dockerfile:1.7", "frontend docker/dockerfile:1.7"),
+    }
+    assert {lookup.name for lookup in result.lookups} >= {"someuser/base:1"}
+
+
+def test_upfront_unreadable_follows_builds() -> None:
+    inputs = solve({"context": "https://example.com/ctx.tar"})
+    denied = upfront(inputs, policy(builds="deny"))
+    assert denied.setting is not None and not denied.setting.allowed
+    assert denied.setting.setting == "builds"
+    assert "remote context https://example.com/ctx.tar cannot be inspected" in denied.setting.reason
+    allowed = upfront(inputs, policy(builds="allow"))
+    assert allowed.setting is not None and allowed.setting.allowed
+
+
+def test_upfront_raw_llb_images() -> None:
+    inputs = solve(frontend="", definition=llb("docker-image://someuser/tool"))
+    assert details(upfront(inputs, policy())) == {("docker.io/someuser/tool:latest", "LLB source")}
+
+
+DOCKERFILE = b"""\
+ARG BASE=alpine:3.20
+FROM ${BASE} AS build
+RUN --mount=type=bind,from=someuser/mounted,target=/m true
+FROM someuser/tool AS final
+COPY --from=build /x /x
+COPY --from=someuser/copied /y /y
+"""
+
+
+def test_dockerfile_images_with_line_details() -> None:
+    inputs = solve()
+    result = dockerfile(inputs, "Dockerfile", DOCKERFILE, policy())
+    assert result.setting is None
+    assert details(result) == {
+        ("docker.io/library/alpine:3.20", "Dockerfile line 2: FROM ${BASE} AS build"),
+        (
+            "docker.io/someuser/mounted:latest",
+            "Dockerfile line 3: RUN --mount=type=bind,from=someuser/mounted,target=/m true",
+        ),
+        ("docker.io/someuser/tool:latest", "Dockerfile line 4: FROM someuser/tool AS final"),
+        (
+            "docker.io/someuser/copied:latest",
+            "Dockerfile line 6: COPY --from=someuser/copied /y /y",
+        ),
+    }
+    assert {lookup.name for lookup in result.lookups} >= {"alpine:3.20", "someuser/tool"}
+
+
+def test_dockerfile_build_args_override_and_target_decides_all_stages() -> None:
+    inputs = solve({"build-arg:BASE": "someuser/base", "target": "build"})
+    images = {w.input for w in dockerfile(inputs, "Dockerfile", DOCKERFILE, policy()).wants}
+    assert "someuser/base" in images and "alpine:3.20" not in images
+    assert "someuser/tool" in images  # a stage outside the target is decided too
+
+
+def test_dockerfile_readings_are_united() -> None:
+    # Without heredoc support the body's FROM line is an instruction (and CMD ends it).
+    text = b"FROM alpine\nRUN <<CMD\nFROM someuser/hidden\nCMD\n"
+    result = dockerfile(solve(), "Dockerfile", text, policy())
+    assert {w.input for w in result.wants} == {"alpine", "someuser/hidden"}
+    assert result.setting is None
+
+
+def test_dockerfile_a_reading_cannot_parse_follows_builds() -> None:
+    text = b"FROM alpine\nRUN <<EOF\nFROM someuser/hidden\nEOF\n"
+    result = dockerfile(solve(), "Dockerfile", text, policy(builds="deny"))
+    assert {w.input for w in result.wants} == {"alpine"}
+    assert result.setting is not None and not result.setting.allowed
+    assert "without heredoc support" in result.setting.reason
+    modern = dockerfile(solve(), "Dockerfile", text, policy(), readings=[(True, True, "")])
+    assert modern.setting is None
+
+
+def test_dockerfile_syntax_frontend() -> None:
+    text = b"# syntax=docker/dockerfile:1.7\nFROM alpine\n"
+    result = dockerfile(solve(), "Dockerfile", text, policy())
+    assert result.setting is None
+    assert (
+        "docker.io/docker/dockerfile:1.7",
+        "Dockerfile line 1: # syntax=docker/dockerfile:1.7",
+    ) in (details(result))
+
+
+def test_dockerfile_unknown_syntax_frontend_follows_builds() -> None:
+    text = b"# syntax=someuser/frontend\nFROM alpine\n"
+    result = dockerfile(solve(), "Dockerfile", text, policy(builds="deny"))
+    assert "docker.io/someuser/frontend:latest" in {w.reference.canonical for w in result.wants}
+    assert result.setting is not None and not result.setting.allowed
+    assert "someuser/frontend" in result.setting.reason
+
+
+def test_dockerfile_syntax_build_arg_and_its_replacement_by_a_named_context() -> None:
+    inputs = solve({"build-arg:BUILDKIT_SYNTAX": "docker/dockerfile:1"})
+    result = dockerfile(inputs, "Dockerfile", b"FROM alpine\n", policy())
+    assert ("docker.io/docker/dockerfile:1", "--build-arg BUILDKIT_SYNTAX=docker/dockerfile:1") in (
+        details(result)
+    )
+    assert result.setting is None
+    replaced = solve({"context:docker/dockerfile:1": "docker-image://evil/frontend"})
+    text = b"# syntax=docker/dockerfile:1\nFROM alpine\n"
+    result = dockerfile(replaced, "Dockerfile", text, policy())
+    assert result.setting is not None and "replaced" in result.setting.reason
+
+
+def test_named_context_over_a_from_decides_both() -> None:
+    inputs = solve({"context:someuser/tool": "docker-image://acme/tool"})
+    images = {w.input for w in dockerfile(inputs, "Dockerfile", DOCKERFILE, policy()).wants}
+    images |= {w.input for w in upfront(inputs, policy()).wants}
+    assert {"someuser/tool", "acme/tool"} <= images
+
+
+def test_unparseable_dockerfile_follows_builds_not_an_exception() -> None:
+    for text in (b"RUN true\n", b"FROM ${UNSET}\n", b"\xff\xfe", b"FROM Bad:Name\n"):
+        result = dockerfile(solve(), "Dockerfile", text, policy(builds="deny"))
+        assert result.setting is not None and not result.setting.allowed, text
+        assert "Dockerfile" in result.setting.reason
+        allowed = dockerfile(solve(), "Dockerfile", text, policy(builds="allow"))
+        assert allowed.setting is not None and allowed.setting.allowed
+
+
+def test_from_sync_decides_every_candidate_present() -> None:
+    sync = DockerfileSync(["Dockerfile", "dockerfile"], stamp=STAMP)
+    for entry in (stat("Dockerfile"), stat("dockerfile")):
+        sync.sender_message(entry)
+    sync.sender_message(END)
+    send_file(sync, 0, b"FROM alpine\n")
+    send_file(sync, 1, b"FROM someuser/lower\n")
+    assert state(sync, "complete")
+    images = {w.input for w in from_sync(solve(), sync, policy()).wants}
+    assert images == {"alpine", "someuser/lower"}
+
+
+def test_from_sync_without_a_dockerfile_decides_nothing_more() -> None:
+    sync = sync_of([stat("other")], ("Dockerfile", "dockerfile"))
+    assert from_sync(solve(), sync, policy()) == Inspection()
+
+
+def test_from_sync_unreadable_file_follows_builds() -> None:
+    sync = sync_of([stat("Dockerfile", MODE_LINK, link="../x")], ("Dockerfile", "dockerfile"))
+    result = from_sync(solve(), sync, policy(builds="deny"))
+    assert result.setting is not None and not result.setting.allowed
+
+
+def test_merge_keeps_a_denying_setting() -> None:
+    allow = upfront(solve({"context": "git://x"}), policy(builds="allow"))
+    deny = upfront(solve({"context": "git://x"}), policy(builds="deny"))
+    merged = merge([allow, deny, allow])
+    assert merged.setting is not None and not merged.setting.allowed

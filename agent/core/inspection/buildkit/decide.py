@@ -1,0 +1,199 @@
+"""What a BuildKit build needs decided: the images it pulls, or the ``builds`` setting.
+
+Two moments, because the tunnel must hold the build back until it knows:
+
+* :func:`upfront`, from the request alone (:class:`BuildInputs`): cache imports, images
+  of named build contexts, the gateway frontend image, a raw LLB solve's images, and the
+  ``builds`` setting when the Dockerfile cannot settle the build (``inputs.unreadable``).
+* :func:`dockerfile` (or :func:`from_sync`), once the file sync has delivered the
+  Dockerfile: every image it pulls, read with BuildKit's semantics.
+
+Both return the :class:`Inspection` that ``request`` returns for classic builds, so one
+decision path serves both builders. Pure core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from agent.core.inspection.buildkit.filesync import DockerfileSync, FileSyncError
+from agent.core.inspection.buildkit.inputs import (
+    BuildInputs,
+    context_overrides,
+    is_dockerfile_frontend,
+    named_context,
+)
+from agent.core.inspection.dockerfile.resolve import DockerfileError, ImageUse, parse_dockerfile
+from agent.core.inspection.request import (
+    EventAction,
+    Inspection,
+    InspectionError,
+    Lookup,
+    SettingOutcome,
+    Wanted,
+    builds_setting,
+    image_reference,
+    with_build_lookups,
+)
+from agent.core.policy.document import Policy
+
+__all__ = ["READINGS", "dockerfile", "from_sync", "merge", "upfront"]
+
+#: How the frontends that may run a build parse one file: (heredocs, ``# check=``
+#: directive, how). The daemon's builtin frontend is as old as the daemon (20.10's
+#: knows no heredocs; before BuildKit 0.13, ``check`` is no directive and ends them),
+#: and a ``docker/dockerfile`` image of any version may be named. The shim cannot tell
+#: which will run, so it unites their images, as for the classic builder.
+READINGS = (
+    (True, True, ""),
+    (False, True, "without heredoc support"),
+    (True, False, "without the check directive"),
+    (False, False, "without heredocs or the check directive"),
+)
+
+
+def upfront(inputs: BuildInputs, policy: Policy) -> Inspection:
+    """What can be decided before the Dockerfile arrives.
+
+    A named context ``docker-image://`` is decided whether or not the Dockerfile uses
+    its name: the frontend pulls it only where it replaces a ``FROM`` or ``--from``, but
+    deciding it up front needs no Dockerfile and misses no pull.
+    """
+    wants: list[Wanted] = []
+
+    def want(image: str, what: str, detail: str) -> None:
+        wants.append(Wanted(image, image_reference(image, what), EventAction.BUILD, detail=detail))
+
+    for ref in inputs.cache_imports:
+        want(ref, "cache-from image", "--cache-from")
+    for name, value in inputs.named_contexts.items():
+        image = named_context(value).image
+        if image is not None:
+            want(image, f"image of build context {name}", f"--build-context {name}")
+    if inputs.frontend_image is not None:
+        want(inputs.frontend_image, "frontend image", f"frontend {inputs.frontend_image}")
+    for image in inputs.llb_images:
+        want(image, "image of an LLB source", "LLB source")
+    setting = None
+    if inputs.unreadable is not None:
+        setting = builds_setting(policy, inputs.unreadable)
+    return with_build_lookups(Inspection(wants=tuple(wants), setting=setting))
+
+
+def dockerfile(
+    inputs: BuildInputs,
+    path: str,
+    data: bytes,
+    policy: Policy,
+    *,
+    readings: Sequence[tuple[bool, bool, str]] = READINGS,
+) -> Inspection:
+    """Every image a build of this Dockerfile pulls, in every reading a frontend may use.
+
+    * Read with BuildKit's semantics and the build's args; all stages are decided,
+      whatever ``target`` says (a stage outside the target is not built, but deciding
+      it costs only a refusal the user can fix, never a missed pull).
+    * ``# syntax=`` and ``BUILDKIT_SYNTAX`` name the frontend the build is handed to: it
+      is decided as a pulled image, and unless it is a Dockerfile frontend (whose reading
+      is this one) the build follows ``builds``, since that frontend's own pulls cannot be
+      read. A named context replacing it must be a Dockerfile frontend image too.
+    * A ``FROM`` whose name a named context replaces is decided as written as well as
+      (in :func:`upfront`) the context's image: the 20.10 daemon's builtin frontend
+      ignores named contexts, newer ones honour them, and the shim cannot tell which runs.
+    * A file one reading cannot parse follows ``builds``: Pullgate cannot tell what it
+      pulls (the parser also refuses what depends on values it does not know, so a
+      failed reading is not proof that frontend fails before pulling). Images the other
+      readings found are still decided. So a heredoc, which frontends without heredoc
+      support read as instructions, sends a file to ``builds`` unless its body happens
+      to parse; ``readings`` narrows the frontends considered when the caller knows
+      more (the daemon's version, say).
+
+    Images are also looked up as local images (``Lookup``): the daemon's BuildKit uses
+    what is on the machine, so local names and ONBUILD triggers are judged as for the
+    classic builder.
+    """
+    uses: list[ImageUse] = []
+    unreadable: str | None = None
+    for heredocs, check, how in readings:
+        try:
+            uses += parse_dockerfile(
+                data,
+                inputs.build_args,
+                heredocs=heredocs,
+                check_directive=check,
+                builder="buildkit",
+            ).uses
+        except DockerfileError as e:
+            if unreadable is None:
+                where = f" by frontends {how}" if how else ""
+                unreadable = f"a build whose {path} cannot be read{where} ({e})"
+    wants: list[Wanted] = []
+    seen: set[tuple[str, int]] = set()
+    for use in uses:
+        if (use.image, use.line) in seen:
+            continue
+        seen.add((use.image, use.line))
+        try:
+            ref = image_reference(use.image, f"image in {path}")
+        except InspectionError:
+            unreadable = unreadable or f"a build whose {path} names the invalid image {use.image!r}"
+            continue
+        # Line 0: the frontend named by --build-arg BUILDKIT_SYNTAX=..., not by a line.
+        detail = f"{path} line {use.line}: {use.instruction}" if use.line else use.instruction
+        wants.append(Wanted(use.image, ref, EventAction.BUILD, detail=detail))
+        if use.source == "syntax":
+            unreadable = unreadable or _frontend_problem(inputs, use.image)
+    setting = builds_setting(policy, unreadable) if unreadable is not None else None
+    return with_build_lookups(Inspection(wants=tuple(wants), setting=setting))
+
+
+def _frontend_problem(inputs: BuildInputs, image: str) -> str | None:
+    """Why the frontend a Dockerfile hands its build to cannot be read, or None."""
+    if not is_dockerfile_frontend(image):
+        return f"a build handed by its Dockerfile to the frontend {image}"
+    for value in context_overrides(inputs.named_contexts, image):
+        replaced = named_context(value).image
+        if replaced is None or not is_dockerfile_frontend(replaced):
+            return f"a build whose frontend {image} is replaced by {value}"
+    return None
+
+
+def from_sync(inputs: BuildInputs, sync: DockerfileSync, policy: Policy) -> Inspection:
+    """The Dockerfile decision once ``sync`` (of the Dockerfile's local) is complete.
+
+    Every one of ``inputs.paths`` that holds a file is decided: the frontend reads the
+    first, newer frontends fall back to the lower-case ``dockerfile`` when that read fails
+    for any reason, and deciding both costs nothing. No file at all: the build fails
+    without pulling (the images known up front are decided by :func:`upfront`).
+    """
+    found: list[Inspection] = []
+    for path in inputs.paths:
+        try:
+            data = sync.content(path)
+        except FileSyncError as e:
+            return Inspection(
+                setting=builds_setting(
+                    policy, f"a build whose {path} cannot be read from its file sync ({e})"
+                )
+            )
+        if data is not None:
+            found.append(dockerfile(inputs, path, data, policy))
+    return merge(found)
+
+
+def merge(inspections: Iterable[Inspection]) -> Inspection:
+    """One inspection of several: every want and lookup once; a denying setting wins."""
+    wants: dict[tuple[str, str | None], Wanted] = {}
+    lookups: dict[Lookup, None] = {}
+    setting: SettingOutcome | None = None
+    for inspection in inspections:
+        for want in inspection.wants:
+            wants.setdefault((want.input, want.detail), want)
+        lookups.update(dict.fromkeys(inspection.lookups))
+        if inspection.setting is not None and (setting is None or setting.allowed):
+            setting = inspection.setting
+    return Inspection(
+        wants=tuple(wants.values()),
+        setting=setting,
+        lookups=tuple(lookups),
+    )
