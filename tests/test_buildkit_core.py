@@ -291,7 +291,9 @@ def test_hard_link_reads_its_target() -> None:
     assert out.stat.modTime == STAMP
     with pytest.raises(FileSyncError):
         sync.receiver_message(req(1))  # the daemon links it, never requests it
+    assert not state(sync, "complete")  # the target's data is the link's
     send_file(sync, 0, b"FROM hard")
+    assert state(sync, "complete")
     assert sync.content("Dockerfile") == b"FROM hard"
 
 

@@ -190,6 +190,8 @@ class DockerfileSync:
                 entry = self._target(path)
             except FileSyncError:
                 continue
+            if entry is not None and entry.kind is _Kind.HARDLINK:
+                entry = self._by_path[entry.linkname]  # its data is its target's
             if entry is None or entry.kind is not _Kind.REGULAR:
                 continue
             if entry.id not in self._ended and not self._receiver_done:
