@@ -41,6 +41,7 @@ __all__ = [
     "DOCKERFILE_FRONTENDS",
     "BuildInputs",
     "NamedContext",
+    "context_overrides",
     "from_build_query",
     "from_solve_request",
     "is_dockerfile_frontend",
