@@ -39,6 +39,8 @@ import httptools
 
 from agent.core.decision import Verdict, decide
 from agent.core.events import DecisionEvent
+from agent.core.inspection.buildkit.decide import upfront as buildkit_upfront
+from agent.core.inspection.buildkit.inputs import from_build_query
 from agent.core.inspection.http1 import (
     MAX_HEAD_BYTES,
     BodyReader,
@@ -70,11 +72,20 @@ from agent.core.inspection.request import (
     resolved_by_name,
     with_build_lookups,
 )
-from agent.core.inspection.routes import Endpoint, Route, RouteError, parse_query, route_request
+from agent.core.inspection.routes import (
+    Endpoint,
+    Query,
+    Route,
+    RouteError,
+    parse_query,
+    route_request,
+)
 from agent.core.inspection.tarscan import TarScanError, TarScanner
 from agent.core.messages import defuse, denial_message
 from agent.core.peer import PeerInfo
 from agent.core.policy.document import BuildsSetting, OnCreateSetting, Policy
+from agent.daemon.buildkit_builds import BuildRegistry, PendingBuild
+from agent.daemon.buildkit_tunnel import Tunnel, TunnelKind
 from agent.daemon.bus import DecisionSink
 from agent.platform import docker_api
 from agent.platform.peer import describe_peer, peer_credentials
@@ -143,6 +154,183 @@ class Shim:
         self._server: asyncio.AbstractServer | None = None
         self.connections: set[ClientConnection] = set()
         self.heads = HeadCache()
+        self.builds = BuildRegistry()  # BuildKit builds in flight, by session
+
+    async def ask_daemon(self, method: str, path: str) -> tuple[int, bytes]:
+        """One request of the shim's own, on a connection of its own: (status, body).
+
+        An answer that cannot be read is an ``InspectionError`` (502), never a bare
+        ``OSError``: ``_check_made`` relies on it to remove what it cannot verify.
+        """
+        try:
+            answer = await docker_api.request(self.config.upstream, method, path, timeout=30)
+        except docker_api.DockerAPIError as e:
+            raise InspectionError(f"pullgate: the daemon's answer cannot be read: {e}", 502) from e
+        return answer.status, answer.body
+
+    async def daemon_json(self, path: str, what: str) -> object | None:
+        """The daemon's JSON answer to ``GET path`` (None: it has no such thing)."""
+        status, body = await self.ask_daemon("GET", path)
+        if status == 404:
+            return None
+        if status != 200:
+            raise InspectionError(
+                f"pullgate: the daemon could not describe {what} (HTTP {status})", 502
+            )
+        try:
+            value: object = json.loads(body)
+        except ValueError as e:
+            raise InspectionError(
+                f"pullgate: the daemon's description of {what} is not JSON", 502
+            ) from e
+        return value
+
+    async def local_image(self, name: str) -> LocalImage | None:
+        """Ask the daemon what it has under ``name`` (None: it has nothing)."""
+        path = "/images/" + quote(name, safe="/:@") + "/json"
+        info = await self.daemon_json(path, f"image {name!r}")
+        return None if info is None else LocalImage.from_daemon(info)
+
+    async def content_wants(
+        self, lookup: Lookup, image: LocalImage
+    ) -> tuple[list[Wanted], SettingOutcome | None]:
+        """What local content must be allowed under: all its names; for nameless content
+        (classic build steps, commits) those of its nearest named ancestor; with none,
+        a setting outcome (``nameless_outcome``)."""
+        if image.named:
+            return local_image_wants(lookup.name, image, lookup.action), None
+        ancestor = image
+        for _ in range(MAX_ANCESTORS):
+            parent = await self.local_image(ancestor.parent) if ancestor.parent else None
+            if parent is None:
+                break
+            if parent.named:
+                why = f"local image {lookup.name}, built on {parent.id[:19]}"
+                return local_image_wants(lookup.name, parent, lookup.action, why), None
+            ancestor = parent
+        return [], nameless_outcome(lookup.name, lookup.action, self.policy().builds)
+
+    async def build_lookups(self, inspection: Inspection) -> Inspection:
+        """A BuildKit build's local images, judged as for a classic build: the daemon's
+        BuildKit uses a local image of a base's name before pulling it, so its content
+        (all its names, or its nearest named ancestor) and its ONBUILD triggers count."""
+        wants = list(inspection.wants)
+        setting = inspection.setting
+        for lookup in inspection.lookups:
+            try:
+                image = await self.local_image(lookup.name)
+            except OSError as e:
+                raise InspectionError(_upstream_error(self.config.upstream, e), 502) from e
+            if image is None:
+                continue
+            found, outcome = await self.content_wants(lookup, image)
+            wants += found
+            wants += onbuild_wants(lookup.name, image, lookup.action)
+            if outcome is not None and (setting is None or setting.allowed):
+                setting = outcome
+        return Inspection(wants=tuple(wants), setting=setting)
+
+    def record(
+        self, inspection: Inspection, endpoint: str, peer: PeerInfo
+    ) -> tuple[str | None, Awaitable[str | None] | None]:
+        """Decide and record an inspection: the message of its first denial (if any),
+        and the audit write to wait for before acting on it (if one is under way)."""
+        policy = self.policy()
+        now = datetime.now(UTC)
+        denial: str | None = None
+        # Images first: a denied image says more than the setting of what could not be read.
+        seen: set[tuple[str, bool, EventAction]] = set()
+        for want in inspection.wants:
+            key = (str(want.reference), want.all_tags, want.action)
+            if key in seen:
+                continue  # one image named twice (manifest.json and repositories)
+            seen.add(key)
+            message = self._decide_one(policy, want, now, endpoint, peer)
+            if message is not None and denial is None:
+                denial = message
+        setting = inspection.setting
+        if setting is not None:
+            verdict = "allow" if setting.allowed else "deny"
+            message = None
+            if not setting.allowed:
+                message = f"pullgate: {setting.reason}."
+                if setting.hint:
+                    message += f" Instead, {setting.hint}."
+                denial = denial or message
+            self.sink.emit(
+                DecisionEvent(
+                    action=str(setting.action),
+                    decision=verdict,
+                    image=None,
+                    input=None,
+                    category=None,
+                    rule=setting.setting,
+                    reason=setting.reason,
+                    policy=policy.label,
+                    policy_serial=policy.serial,
+                    endpoint=endpoint,
+                    message=message,
+                    peer=peer,
+                )
+            )
+        gate: Awaitable[str | None] | None = None
+        if (inspection.wants or setting) and self.audit_gate:
+            ready = self.audit_gate()
+            if ready is None or isinstance(ready, str):
+                denial = denial or ready
+            else:
+                gate = ready
+        return denial, gate
+
+    async def decide_build(
+        self, inspection: Inspection, endpoint: str, peer: PeerInfo
+    ) -> str | None:
+        """``record``, then wait for the audit write: for the BuildKit tunnels."""
+        try:
+            inspection = await self.build_lookups(inspection)
+        except InspectionError as e:
+            return e.message
+        denial, gate = self.record(inspection, endpoint, peer)
+        if gate is not None:
+            try:
+                refusal = await gate
+            except Exception:  # any failure to record refuses
+                refusal = "pullgate: the audit log could not be written"
+            denial = denial or refusal
+        return denial
+
+    def _decide_one(
+        self, policy: Policy, want: Wanted, now: datetime, endpoint: str, peer: PeerInfo
+    ) -> str | None:
+        d = decide(
+            policy,
+            want.reference,
+            now=now,
+            host=self.host,
+            all_tags=want.all_tags,
+        )
+        message = None
+        if d.verdict is not Verdict.ALLOW:
+            context = "all tags" if want.all_tags else want.detail
+            message = denial_message(d, context, verb=_VERBS.get(want.action, "pulling"))
+        self.sink.emit(
+            DecisionEvent(
+                action=str(want.action),
+                decision=str(d.verdict),
+                image=d.canonical if not want.all_tags else f"{d.reference.name} (all tags)",
+                input=want.input,
+                category=str(d.category),
+                rule=d.rule,
+                reason=d.reason,
+                policy=d.policy,
+                policy_serial=d.policy_serial,
+                endpoint=endpoint,
+                message=message,
+                detail=want.detail,
+                peer=peer,
+            )
+        )
+        return message if d.verdict is Verdict.DENY else None
 
     async def start(self) -> None:
         path = self.config.listen
@@ -277,6 +465,9 @@ class State(enum.IntEnum):
     #: Refused and answered: the rest of the body is read and dropped (bounded).
     DRAIN = 7
     CLOSED = 8
+    #: A BuildKit ``/session`` or ``/grpc`` upgrade: HTTP/2 is terminated on both sides
+    #: and relayed by a ``buildkit_tunnel.Tunnel``, which reads what builds need.
+    TUNNEL = 9
 
 
 # The hot path compares these module names by identity: ``State.HEAD`` is an attribute
@@ -290,6 +481,7 @@ _WAIT = State.WAIT
 _SPLICE = State.SPLICE
 _DRAIN = State.DRAIN
 _CLOSED = State.CLOSED
+_TUNNEL = State.TUNNEL
 
 #: Every legal move, state -> the states it may go to next (``ClientConnection._move``
 #: makes each move and refuses any other). Refusing a request answers and then drains
@@ -309,10 +501,11 @@ MOVES: dict[State, frozenset[State]] = {
     _TAR: frozenset({_DECIDING, _WAIT, _DRAIN, _CLOSED}),
     # answers came: a JSON request is decided from BUFFER again, an archive's end goes
     _DECIDING: frozenset({_BUFFER, _WAIT, _DECIDING, _DRAIN, _CLOSED}),
-    # the response ended (HEAD) or became a raw stream (SPLICE); a held answer can
-    # still be refused
-    _WAIT: frozenset({_HEAD, _SPLICE, _DECIDING, _DRAIN, _CLOSED}),
+    # the response ended (HEAD) or became a raw stream (SPLICE) or an HTTP/2 tunnel
+    # (TUNNEL); a held answer can still be refused
+    _WAIT: frozenset({_HEAD, _SPLICE, _TUNNEL, _DECIDING, _DRAIN, _CLOSED}),
     _SPLICE: frozenset({_CLOSED}),
+    _TUNNEL: frozenset({_CLOSED}),
     _DRAIN: frozenset({_CLOSED}),
     _CLOSED: frozenset({_CLOSED}),
 }
@@ -401,6 +594,12 @@ class ClientConnection(asyncio.Protocol):
         self.daemon_eof = False
         self.drained = 0
         self.drain_timer: asyncio.TimerHandle | None = None
+        # BuildKit: the upgrade asked for (/session or /grpc), then its tunnel; the
+        # registration of a build (POST /build?version=2) until its answer ends
+        self.tunnel_kind: str | None = None
+        self.tunnel_session: str | None = None
+        self.tunnel: Tunnel | None = None
+        self.build_token: int | None = None
 
     def _move(self, to: State) -> None:
         """Go to state ``to``; IllegalMoveError if ``MOVES`` does not allow it from here."""
@@ -431,6 +630,9 @@ class ClientConnection(asyncio.Protocol):
         if self.drain_timer is not None:
             self.drain_timer.cancel()
         self.shim.connections.discard(self)
+        self._unregister_build()
+        if self.tunnel is not None:
+            self.tunnel.close(None)
         self._release_upstream(abort=False)
 
     def _release_upstream(self, *, abort: bool) -> None:
@@ -453,6 +655,9 @@ class ClientConnection(asyncio.Protocol):
                 return
         if self.state is _SPLICE:
             self._to_upstream(data)
+            return
+        if self.state is _TUNNEL:
+            self._tunnel_client(data)
             return
         if self.state is _DRAIN:
             self.drained += len(data)
@@ -514,6 +719,9 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self.state is _DRAIN:
             self._end_drain()
+            return False
+        if self.state is _TUNNEL and self.tunnel is not None:
+            self.tunnel.close(None)
             return False
         if self.state is _SPLICE and self.upstream and self.upstream.transport:
             self.client_eof = True
@@ -653,7 +861,15 @@ class ClientConnection(asyncio.Protocol):
         self.close_after_response = not head.keep_alive
         reader = BodyReader(head.content_length, head.chunked)
         self.reader = reader
+        if route.endpoint is Endpoint.BUILDKIT_SESSION:
+            self._begin_tunnel(head, route)
+            return
         plan = inspect_head(route, head, self.shim.policy())
+        if route.endpoint is Endpoint.BUILD:
+            query = parse_query(route.raw_query)
+            if query.get("version") == "2":
+                self._buildkit_build(head, query)
+                return
         if isinstance(plan, Inspection):
             if self._apply(plan):
                 self._begin_forward(head)
@@ -679,6 +895,108 @@ class ClientConnection(asyncio.Protocol):
         if reader.done:
             self._tar_ready()
         return
+
+    def _buildkit_build(self, head: RequestHead, query: Query) -> None:
+        """``POST /build?version=2``: decide what the request names outright, then
+        register the build so its session's Dockerfile is decided when the daemon asks
+        for it (``buildkit_tunnel``); the build stays registered until its answer ends."""
+        policy = self.shim.policy()
+        inputs = from_build_query(query)
+        if not self._apply(buildkit_upfront(inputs, policy)):
+            return
+        self.build_token = self.shim.builds.add(PendingBuild(inputs, self.peer, "POST /build"))
+        self._begin_forward(head)
+        self._move(_BODY)
+        assert self.reader is not None
+        if self.reader.done:
+            self._request_complete()
+
+    def _unregister_build(self) -> None:
+        if self.build_token is not None:
+            self.shim.builds.remove(self.build_token)
+            self.build_token = None
+
+    def _begin_tunnel(self, head: RequestHead, route: Route) -> None:
+        """``/session`` or ``/grpc``: forward the upgrade; the tunnel starts on its 101."""
+        what = f"BuildKit's {route.path}"
+        if head.method != "POST":
+            raise InspectionError(f"pullgate: {what} takes POST, not {head.method}")
+        if (head.get("upgrade") or "").strip().lower() != "h2c":
+            raise InspectionError(
+                f"pullgate: {what} must upgrade to h2c; Pullgate relays no other protocol there"
+            )
+        if head.chunked or (head.content_length or 0) != 0:
+            raise InspectionError(f"pullgate: {what} carries no request body")
+        session = None
+        if route.endpoint is Endpoint.BUILDKIT_SESSION and route.path.endswith("/session"):
+            session = (head.get("x-docker-expose-session-uuid") or "").strip()
+            if not session:
+                raise InspectionError(
+                    f"pullgate: {what} names no session (X-Docker-Expose-Session-Uuid)"
+                )
+        self.tunnel_kind = TunnelKind.SESSION if session is not None else TunnelKind.GRPC
+        self.tunnel_session = session
+        assert self.reader is not None
+        self._begin_forward(head)
+        self._move(_BODY)
+        if self.reader.done:
+            self._request_complete()
+
+    def _start_tunnel(self, rest: bytes) -> None:
+        """The daemon switched to HTTP/2: from now on a ``Tunnel`` relays both sides."""
+        self._move(_TUNNEL)
+        self.response_done = True
+        self.rtracker = None
+        up = self.upstream.transport if self.upstream is not None else None
+        client = self.transport
+        if up is None or client is None:
+            self.abort()
+            return
+        session = self.tunnel_kind == TunnelKind.SESSION
+        to_daemon, to_client = up.write, client.write
+        self.tunnel = Tunnel(
+            TunnelKind.SESSION if session else TunnelKind.GRPC,
+            self.tunnel_session,
+            to_daemon if session else to_client,
+            to_client if session else to_daemon,
+            self._tunnel_closed,
+            registry=self.shim.builds,
+            decide=self.shim.decide_build,
+            policy=self.shim.policy,
+            peer=self.peer,
+        )
+        if rest:
+            self._tunnel_daemon(rest)
+        if self.buf:
+            pending = bytes(self.buf)
+            self.buf.clear()
+            self._tunnel_client(pending)
+        self.resume_client_reading("backlog")
+
+    def _tunnel_client(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is None:
+            return
+        if tunnel.kind == TunnelKind.SESSION:
+            tunnel.responder_data(data)
+        else:
+            tunnel.requester_data(data)
+
+    def _tunnel_daemon(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is None:
+            return
+        if tunnel.kind == TunnelKind.SESSION:
+            tunnel.requester_data(data)
+        else:
+            tunnel.responder_data(data)
+
+    def _tunnel_closed(self, why: str | None) -> None:
+        if self.state is not _CLOSED:
+            self._move(_CLOSED)
+        if self.transport is not None:
+            self.transport.close()
+        self._close_upstream()
 
     def _begin_forward(self, head: RequestHead) -> None:
         self._expect_response(head.method, self.route)
@@ -794,7 +1112,7 @@ class ClientConnection(asyncio.Protocol):
                     # Found by ID: a create never pulls, so the name names nothing it uses
                     # (a build or a service may still pull it: there it stays decided).
                     wants = [w for w in wants if w.input != lookup.name]
-                found, outcome = await self._content_wants(lookup, image)
+                found, outcome = await self.shim.content_wants(lookup, image)
                 wants += found
                 if lookup.action is EventAction.BUILD:
                     wants += onbuild_wants(lookup.name, image, lookup.action)
@@ -833,72 +1151,18 @@ class ClientConnection(asyncio.Protocol):
         self.held = []
         self._request_complete()
 
-    async def _ask_daemon(self, method: str, path: str) -> tuple[int, bytes]:
-        """One request of the shim's own, on a connection of its own: (status, body).
-
-        An answer that cannot be read is an ``InspectionError`` (502), never a bare
-        ``OSError``: ``_check_made`` relies on it to remove what it cannot verify.
-        """
-        try:
-            answer = await docker_api.request(self.shim.config.upstream, method, path, timeout=30)
-        except docker_api.DockerAPIError as e:
-            raise InspectionError(f"pullgate: the daemon's answer cannot be read: {e}", 502) from e
-        return answer.status, answer.body
-
-    async def _daemon_json(self, path: str, what: str) -> object | None:
-        """The daemon's JSON answer to ``GET path`` (None: it has no such thing)."""
-        status, body = await self._ask_daemon("GET", path)
-        if status == 404:
-            return None
-        if status != 200:
-            raise InspectionError(
-                f"pullgate: the daemon could not describe {what} (HTTP {status})", 502
-            )
-        try:
-            value: object = json.loads(body)
-        except ValueError as e:
-            raise InspectionError(
-                f"pullgate: the daemon's description of {what} is not JSON", 502
-            ) from e
-        return value
-
-    async def _local_image(self, name: str) -> LocalImage | None:
-        """Ask the daemon what it has under ``name`` (None: it has nothing)."""
-        path = "/images/" + quote(name, safe="/:@") + "/json"
-        info = await self._daemon_json(path, f"image {name!r}")
-        return None if info is None else LocalImage.from_daemon(info)
-
-    async def _content_wants(
-        self, lookup: Lookup, image: LocalImage
-    ) -> tuple[list[Wanted], SettingOutcome | None]:
-        """What local content must be allowed under: all its names; for nameless content
-        (classic build steps, commits) those of its nearest named ancestor; with none,
-        a setting outcome (``nameless_outcome``)."""
-        if image.named:
-            return local_image_wants(lookup.name, image, lookup.action), None
-        ancestor = image
-        for _ in range(MAX_ANCESTORS):
-            parent = await self._local_image(ancestor.parent) if ancestor.parent else None
-            if parent is None:
-                break
-            if parent.named:
-                why = f"local image {lookup.name}, built on {parent.id[:19]}"
-                return local_image_wants(lookup.name, parent, lookup.action, why), None
-            ancestor = parent
-        return [], nameless_outcome(lookup.name, lookup.action, self.shim.policy().builds)
-
     async def _lookup_image(self, lookup: Lookup) -> LocalImage | None:
         """The image a lookup means: by name or ID, or a container's image."""
         if not lookup.container:
-            return await self._local_image(lookup.name)
+            return await self.shim.local_image(lookup.name)
         path = "/containers/" + quote(lookup.name, safe="") + "/json"
-        info = await self._daemon_json(path, f"container {lookup.name!r}")
+        info = await self.shim.daemon_json(path, f"container {lookup.name!r}")
         if info is None:
             return None
         image_id = info.get("Image") if isinstance(info, dict) else None
         if not isinstance(image_id, str) or not image_id.startswith("sha256:"):
             raise InspectionError(f"pullgate: the daemon named no image of {lookup.name!r}", 502)
-        image = await self._local_image(image_id)
+        image = await self.shim.local_image(image_id)
         # The image may be gone (removed with force): the container still holds it.
         return image if image is not None else LocalImage(image_id)
 
@@ -978,50 +1242,10 @@ class ClientConnection(asyncio.Protocol):
     def _denial(self, inspection: Inspection) -> str | None:
         """Decide and record an inspection: the message of its first denial, if any."""
         assert self.head is not None and self.route is not None
-        policy = self.shim.policy()
-        now = datetime.now(UTC)
         endpoint = f"{self.head.method} {self.route.path}"
-        denial: str | None = None
-        setting = inspection.setting
-        if setting is not None:
-            verdict = "allow" if setting.allowed else "deny"
-            message = None
-            if not setting.allowed:
-                message = f"pullgate: {setting.reason}."
-                if setting.hint:
-                    message += f" Instead, {setting.hint}."
-                denial = message
-            self.shim.sink.emit(
-                DecisionEvent(
-                    action=str(setting.action),
-                    decision=verdict,
-                    image=None,
-                    input=None,
-                    category=None,
-                    rule=setting.setting,
-                    reason=setting.reason,
-                    policy=policy.label,
-                    policy_serial=policy.serial,
-                    endpoint=endpoint,
-                    message=message,
-                    peer=self.peer,
-                )
-            )
-        seen: set[tuple[str, bool, EventAction]] = set()
-        for want in inspection.wants:
-            key = (str(want.reference), want.all_tags, want.action)
-            if key in seen:
-                continue  # one image named twice (manifest.json and repositories)
-            seen.add(key)
-            message = self._decide_one(policy, want, now, endpoint)
-            if message is not None and denial is None:
-                denial = message
-        if (inspection.wants or setting) and self.shim.audit_gate:
-            gate = self.shim.audit_gate()
-            if gate is None or isinstance(gate, str):
-                denial = denial or gate
-            else:
-                self._await_audit(gate)
+        denial, gate = self.shim.record(inspection, endpoint, self.peer)
+        if gate is not None:
+            self._await_audit(gate)
         return denial
 
     def _await_audit(self, gate: Awaitable[str | None]) -> None:
@@ -1050,37 +1274,6 @@ class ClientConnection(asyncio.Protocol):
             for data in held:
                 self._to_upstream(data)
             self._process()
-
-    def _decide_one(self, policy: Policy, want: Wanted, now: datetime, endpoint: str) -> str | None:
-        d = decide(
-            policy,
-            want.reference,
-            now=now,
-            host=self.shim.host,
-            all_tags=want.all_tags,
-        )
-        message = None
-        if d.verdict is not Verdict.ALLOW:
-            context = "all tags" if want.all_tags else want.detail
-            message = denial_message(d, context, verb=_VERBS.get(want.action, "pulling"))
-        self.shim.sink.emit(
-            DecisionEvent(
-                action=str(want.action),
-                decision=str(d.verdict),
-                image=d.canonical if not want.all_tags else f"{d.reference.name} (all tags)",
-                input=want.input,
-                category=str(d.category),
-                rule=d.rule,
-                reason=d.reason,
-                policy=d.policy,
-                policy_serial=d.policy_serial,
-                endpoint=endpoint,
-                message=message,
-                detail=want.detail,
-                peer=self.peer,
-            )
-        )
-        return message if d.verdict is Verdict.DENY else None
 
     def _refuse(self, status: int, message: str, *, log: bool = True) -> None:
         """Answer locally and close: the rest of this request is never forwarded."""
@@ -1176,6 +1369,8 @@ class ClientConnection(asyncio.Protocol):
                 up.transport.close()
 
     def upstream_lost(self, up: UpstreamProtocol) -> None:
+        if self.tunnel is not None and up is self.upstream:
+            self.tunnel.close(None)
         if up is not self.upstream:
             return
         self.upstream = None
@@ -1192,6 +1387,9 @@ class ClientConnection(asyncio.Protocol):
     def upstream_eof(self) -> bool:
         if self.orphaned:
             return False  # upstream_lost follows: unverified if the answer was not whole
+        if self.state is _TUNNEL and self.tunnel is not None:
+            self.tunnel.close(None)
+            return False
         if self.state is _SPLICE:
             self.daemon_eof = True
             if self.client_eof:
@@ -1219,22 +1417,35 @@ class ClientConnection(asyncio.Protocol):
         if self.state is _SPLICE:
             transport.write(data)
             return
+        if self.state is _TUNNEL:
+            self._tunnel_daemon(data)
+            return
         tracker = self.rtracker
         if self.response_done or tracker is None:
             # The daemon spoke out of turn (no request in flight): stop trusting framing.
             self.abort()
             return
         upgraded = False
+        offset = len(data)
         try:
             tracker.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as e:
             upgraded = True
+            if e.args and isinstance(e.args[0], int):
+                offset = e.args[0]
         except httptools.HttpParserError as e:
             print(f"pullgate: bad response from the daemon: {e}", file=sys.stderr)
             self.abort()
             return
         if tracker.held:
             self._hold_response(data, tracker)
+            return
+        if self.tunnel_kind is not None and (upgraded or tracker.upgraded):
+            if tracker.status != 101:
+                self.abort()
+                return
+            transport.write(data[:offset])
+            self._start_tunnel(data[offset:])
             return
         # Bytes go to the client exactly as the daemon sent them, in one write.
         transport.write(data)
@@ -1343,19 +1554,19 @@ class ClientConnection(asyncio.Protocol):
         image: LocalImage | None = None
         with contextlib.suppress(InspectionError):  # what cannot be verified is removed
             if lookup.after is After.TAG:
-                image = await self._local_image(lookup.new_name)
+                image = await self.shim.local_image(lookup.new_name)
                 actual = image.id if image is not None else None
             elif lookup.after is After.CONTAINER:
                 path = "/containers/" + quote(made, safe="") + "/json"
-                info = await self._daemon_json(path, f"container {made}")
+                info = await self.shim.daemon_json(path, f"container {made}")
                 actual = info.get("Image") if isinstance(info, dict) else None
             else:
-                image = await self._local_image(made)
+                image = await self.shim.local_image(made)
                 actual = image.parent if image is not None else None
             if isinstance(actual, str) and actual and actual == checked.image_id:
                 return None
             if isinstance(actual, str) and actual:
-                image = await self._local_image(actual)
+                image = await self.shim.local_image(actual)
             else:
                 actual, image = None, None
         wants: list[Wanted] = []
@@ -1363,7 +1574,7 @@ class ClientConnection(asyncio.Protocol):
         if image is not None:
             if not lookup.container and resolved_by_name(lookup.name, image):
                 wants += checked.name_wants
-            found, outcome = await self._content_wants(lookup, image)
+            found, outcome = await self.shim.content_wants(lookup, image)
             wants += found
         denial = self._denial(Inspection(wants=tuple(wants), setting=outcome))
         if denial is None and actual is not None:
@@ -1380,7 +1591,7 @@ class ClientConnection(asyncio.Protocol):
             path = "/images/" + quote(lookup.new_name, safe="/:@") + "?force=1&noprune=1"
         else:
             path = "/images/" + quote(made, safe="/:@") + "?force=1"
-        status, _ = await self._ask_daemon("DELETE", path)
+        status, _ = await self.shim.ask_daemon("DELETE", path)
         if status not in (200, 204, 404):
             raise InspectionError(
                 f"pullgate: could not remove what the daemon made from {lookup.name!r} "
@@ -1408,6 +1619,7 @@ class ClientConnection(asyncio.Protocol):
     def _response_complete(self) -> None:
         if self.response_done:
             return
+        self._unregister_build()
         self.response_done = True
         self.rtracker = None
         if self.close_after_response or not self.request_done:

@@ -1,0 +1,717 @@
+"""BuildKit's h2c tunnels, terminated on both sides so a build can be decided.
+
+``POST /session`` and ``POST /grpc`` upgrade to HTTP/2 without TLS. On ``/session`` the
+daemon is the HTTP/2 client and the build client serves gRPC (the daemon reads the build
+context and the Dockerfile from it); on ``/grpc`` the client calls the daemon's control
+API (``Control/Solve`` starts a build). The shim speaks HTTP/2 to each side with ``h2``
+and relays every stream, message for message, with flow control on both sides: a slow
+reader slows the writer, and at most the windows the shim grants are buffered.
+
+Two kinds of stream are read, not just relayed:
+
+- a ``FileSync/DiffCopy`` of the local that holds a pending build's Dockerfile: file
+  stats pass (each regular file's mtime stamped so the daemon asks for every byte,
+  see ``filesync``), the Dockerfile's data is held until every build it may be for is
+  decided, then released, or the daemon's stream is ended with ``PERMISSION_DENIED``
+  carrying Pullgate's message (which the build prints) and the client's is cancelled;
+- a ``Control/Solve``: the request is held whole, its inputs registered (so the session
+  can be tied to it) and what it names outright decided; only then does it reach the
+  daemon.
+
+Everything else (progress, cache, secrets, SSH) passes unchanged and is never logged.
+Anything malformed ends the whole tunnel: a build never proceeds on bytes the shim
+could not follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from agent.core.inspection.buildkit import grpc
+from agent.core.inspection.buildkit.decide import from_sync, upfront
+from agent.core.inspection.buildkit.filesync import DockerfileSync, FileSyncError
+from agent.core.inspection.buildkit.inputs import from_solve_request
+from agent.core.inspection.request import (
+    Inspection,
+    InspectionError,
+    SettingOutcome,
+    builds_setting,
+)
+from agent.core.peer import PeerInfo
+from agent.core.policy.document import Policy
+from agent.daemon.buildkit_builds import BuildRegistry, PendingBuild
+
+__all__ = ["Decider", "Tunnel", "TunnelKind"]
+
+Headers = list[tuple[bytes, bytes]]
+
+#: Decide an inspection for a build (endpoint, peer); resolves to a denial message or
+#: None once the decision is recorded (the shim's audit gate).
+Decider = Callable[[Inspection, str, PeerInfo], Awaitable[str | None]]
+
+DIFFCOPY = b"/moby.filesync.v1.FileSync/DiffCopy"
+TARSTREAM = b"/moby.filesync.v1.FileSync/TarStream"
+SOLVE = b"/moby.buildkit.v1.Control/Solve"
+
+#: What the shim lets each peer have in flight towards it: the most one tunnel buffers
+#: per stream, and in all.
+STREAM_WINDOW = 1 << 20
+CONNECTION_WINDOW = 8 << 20
+#: A Solve request (an LLB definition can be large) is held whole before it is decided.
+MAX_SOLVE_REQUEST = 32 << 20
+#: The Dockerfile local's bytes the shim keeps to decide (the daemon's frontends cap
+#: far lower).
+MAX_DOCKERFILE_BYTES = 4 << 20
+
+_stamps = itertools.count(time.time_ns())
+
+
+def _stamp() -> int:
+    """A modification time no earlier stream used: the daemon's cached copy of the
+    Dockerfile local then differs, so it asks for every file again."""
+    return max(next(_stamps), time.time_ns())
+
+
+class TunnelKind:
+    SESSION = "session"
+    GRPC = "grpc"
+
+
+@dataclass
+class _Outbox:
+    """Bytes waiting to go out on one stream of one side, in order, as flow control
+    allows; then its trailers or end. ``ack`` acknowledges relayed bytes to the side
+    they came from once they are sent (so that side's window reflects ours)."""
+
+    sid: int  # 0 until the stream is opened on that side
+    chunks: deque[memoryview] = field(default_factory=deque)
+    trailers: Headers | None = None
+    end: bool = False
+    done: bool = False  # the end went out
+    ack: Callable[[int], None] | None = None
+    owed: int = 0  # received bytes acknowledged only once the box is empty
+    owe: Callable[[int], None] | None = None
+
+
+class _Pair:
+    """One stream relayed between the requester and the responder."""
+
+    def __init__(self, req_sid: int, path: bytes) -> None:
+        self.req_sid = req_sid
+        self.path = path
+        self.resp_sid: int | None = None
+        self.to_resp = _Outbox(0)  # requester → responder
+        self.to_req = _Outbox(req_sid)  # responder → requester
+        self.response_started = False
+        self.hook: _DockerfileHook | _SolveHook | None = None
+        self.closed = False
+
+
+class Tunnel:
+    """One upgraded connection: ``requester`` opens the streams, ``responder`` answers.
+
+    Sans-IO apart from the decision task: bytes come in through ``requester_data`` and
+    ``responder_data`` and go out through the two write callbacks; ``close`` ends both
+    sides (the shim closes the transports).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        session_id: str | None,
+        write_requester: Callable[[bytes], None],
+        write_responder: Callable[[bytes], None],
+        close: Callable[[str | None], None],
+        *,
+        registry: BuildRegistry,
+        decide: Decider,
+        policy: Callable[[], Policy],
+        peer: PeerInfo,
+    ) -> None:
+        self.kind = kind
+        self.session_id = session_id
+        self._write_req = write_requester
+        self._write_resp = write_responder
+        self._close_cb = close
+        self.registry = registry
+        self.decide = decide
+        self.policy = policy
+        self.peer = peer
+        self.closed = False
+        self.req = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        self.resp = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        self.pairs: dict[int, _Pair] = {}  # by requester stream id
+        self.by_resp: dict[int, _Pair] = {}  # by responder stream id
+        self.tasks: set[asyncio.Task[None]] = set()
+        for conn in (self.req, self.resp):
+            conn.local_settings = h2.settings.Settings(
+                client=conn.config.client_side,
+                initial_values={
+                    h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 1 << 16,
+                    h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                    h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1000,
+                    h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                },
+            )
+            conn.initiate_connection()
+            conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self._flush_writes()
+
+    # -- bytes in ------------------------------------------------------------------
+
+    def requester_data(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.req.receive_data(data)
+        except h2.exceptions.H2Error as e:
+            self.close(f"malformed HTTP/2 from the {self._requester_name}: {e}")
+            return
+        for event in events:
+            if self._ended():
+                return
+            self._requester_event(event)
+        self._flush_writes()
+
+    def responder_data(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.resp.receive_data(data)
+        except h2.exceptions.H2Error as e:
+            self.close(f"malformed HTTP/2 from the {self._responder_name}: {e}")
+            return
+        for event in events:
+            if self._ended():
+                return
+            self._responder_event(event)
+        self._flush_writes()
+
+    def _ended(self) -> bool:
+        """``closed``, read afresh: an event handler may have closed the tunnel."""
+        return self.closed
+
+    @property
+    def _requester_name(self) -> str:
+        return "daemon" if self.kind == TunnelKind.SESSION else "client"
+
+    @property
+    def _responder_name(self) -> str:
+        return "client" if self.kind == TunnelKind.SESSION else "daemon"
+
+    def close(self, why: str | None = None) -> None:
+        """End the tunnel: both connections go, held bytes are dropped."""
+        if self.closed:
+            return
+        self.closed = True
+        for task in self.tasks:
+            task.cancel()
+        for pair in list(self.pairs.values()):
+            self._forget(pair)
+        if why:
+            print(f"pullgate: BuildKit tunnel ({self.kind}) closed: {why}", file=sys.stderr)
+        self._close_cb(why)
+
+    # -- requester events ------------------------------------------------------------
+
+    def _requester_event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            self._request(
+                event.stream_id, list(event.headers or ()), event.stream_ended is not None
+            )
+        elif isinstance(event, h2.events.DataReceived):
+            pair = self.pairs.get(event.stream_id)
+            data = event.data or b""
+            padding = (event.flow_controlled_length or 0) - len(data)
+            if padding:
+                self.req.acknowledge_received_data(padding, event.stream_id)
+            if pair is None or pair.closed:
+                self._ack_req(event.stream_id, len(data))
+                return
+            self._request_data(pair, data)
+        elif isinstance(event, h2.events.StreamEnded):
+            pair = self.pairs.get(event.stream_id)
+            if pair is not None:
+                self._request_end(pair)
+        elif isinstance(event, h2.events.StreamReset):
+            pair = self.pairs.get(event.stream_id)
+            if pair is not None:
+                if pair.resp_sid is not None:
+                    self._reset(self.resp, pair.resp_sid, event.error_code)
+                self._forget(pair)
+        elif isinstance(event, h2.events.WindowUpdated):
+            self._window(self.req, event.stream_id)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.close(None)
+        elif isinstance(event, h2.events.TrailersReceived):
+            pass  # requests carry no trailers in gRPC; StreamEnded follows
+
+    def _request(self, sid: int, headers: Headers, ended: bool) -> None:
+        path = _header(headers, b":path") or b""
+        pair = _Pair(sid, path)
+        pair.to_resp.ack = lambda n: self._ack_req(sid, n)
+        if ended:
+            pair.to_resp.end = True
+        self.pairs[sid] = pair
+        if self.kind == TunnelKind.SESSION and path in (DIFFCOPY, TARSTREAM):
+            dir_name = (_header(headers, b"dir-name") or b"").decode("utf-8", "replace")
+            builds = self._builds_reading(dir_name)
+            if builds is None:
+                pass  # not a Dockerfile local: relayed as is
+            elif path == TARSTREAM or isinstance(builds, SettingOutcome):
+                self._unreadable_sync(pair, headers, dir_name, builds)
+                return
+            else:
+                pair.hook = _DockerfileHook(self, pair, builds)
+        elif self.kind == TunnelKind.GRPC and path == SOLVE:
+            pair.hook = _SolveHook(self, pair, headers)
+            if ended:
+                pair.hook.request_end()
+            return
+        self._open_responder(pair, headers)
+
+    def _builds_reading(self, dir_name: str) -> list[PendingBuild] | SettingOutcome | None:
+        """The builds whose Dockerfile this sync carries; a setting outcome when the
+        sync looks like one (the default Dockerfile local) but no build explains it."""
+        session = self.session_id or ""
+        builds = self.registry.reading(session, dir_name)
+        if builds:
+            return builds
+        if dir_name == "dockerfile":
+            return builds_setting(
+                self.policy(), "a Dockerfile sent over a BuildKit session that no build names"
+            )
+        return None
+
+    def _open_responder(self, pair: _Pair, headers: Headers) -> None:
+        """Open ``pair``'s stream to the responder; what the requester sent meanwhile
+        (and its end) follows as the windows allow."""
+        sid = self.resp.get_next_available_stream_id()
+        pair.resp_sid = sid
+        self.by_resp[sid] = pair
+        pair.to_resp.sid = sid
+        if not isinstance(pair.hook, _DockerfileHook):  # that hook acknowledges itself
+            pair.to_req.ack = lambda n: self._ack_resp(sid, n)
+        try:
+            self.resp.send_headers(sid, headers)
+        except h2.exceptions.H2Error as e:
+            self.close(f"cannot relay a request: {e}")
+            return
+        self._drain(self.resp, pair.to_resp)
+
+    def _request_data(self, pair: _Pair, data: bytes) -> None:
+        hook = pair.hook
+        if isinstance(hook, _SolveHook):
+            hook.request_data(data)
+            return
+        if isinstance(hook, _DockerfileHook):
+            hook.receiver_data(data)
+        self._queue(self.resp, pair.to_resp, memoryview(data))
+
+    def _request_end(self, pair: _Pair) -> None:
+        if isinstance(pair.hook, _SolveHook):
+            pair.hook.request_end()
+            return
+        pair.to_resp.end = True
+        self._drain(self.resp, pair.to_resp)
+
+    # -- responder events ------------------------------------------------------------
+
+    def _responder_event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.ResponseReceived):
+            pair = self.by_resp.get(event.stream_id)
+            if pair is None or pair.closed:
+                return
+            pair.response_started = True
+            try:
+                self.req.send_headers(pair.req_sid, list(event.headers or ()))
+            except h2.exceptions.H2Error as e:
+                self.close(f"cannot relay a response: {e}")
+        elif isinstance(event, h2.events.DataReceived):
+            pair = self.by_resp.get(event.stream_id)
+            data = event.data or b""
+            padding = (event.flow_controlled_length or 0) - len(data)
+            if padding:
+                self.resp.acknowledge_received_data(padding, event.stream_id)
+            if pair is None or pair.closed:
+                self._ack_resp(event.stream_id, len(data))
+                return
+            hook = pair.hook
+            if isinstance(hook, _DockerfileHook):
+                # Held bytes are bounded by the sync; relayed ones are acknowledged
+                # once they are out, so a slow daemon still slows the client.
+                hook.sender_data(data)
+                box = pair.to_req
+                box.owed += len(data)
+                box.owe = lambda n, s=event.stream_id: self._ack_resp(s, n)
+                self._pay(box)
+                return
+            self._queue(self.req, pair.to_req, memoryview(data))
+        elif isinstance(event, h2.events.TrailersReceived):
+            pair = self.by_resp.get(event.stream_id)
+            if pair is None or pair.closed:
+                return
+            if isinstance(pair.hook, _DockerfileHook):
+                pair.hook.sender_end(list(event.headers or ()))
+                return
+            pair.to_req.trailers = list(event.headers or ())
+            pair.to_req.end = True
+            self._drain(self.req, pair.to_req)
+        elif isinstance(event, h2.events.StreamEnded):
+            pair = self.by_resp.get(event.stream_id)
+            if pair is None or pair.closed or pair.to_req.end:
+                return
+            if isinstance(pair.hook, _DockerfileHook):
+                pair.hook.sender_end(None)
+                return
+            pair.to_req.end = True
+            self._drain(self.req, pair.to_req)
+        elif isinstance(event, h2.events.StreamReset):
+            pair = self.by_resp.get(event.stream_id)
+            if pair is not None:
+                self._reset(self.req, pair.req_sid, event.error_code)
+                self._forget(pair)
+        elif isinstance(event, h2.events.WindowUpdated):
+            self._window(self.resp, event.stream_id)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.close(None)
+
+    # -- flow control ----------------------------------------------------------------
+
+    def _queue(self, conn: h2.connection.H2Connection, box: _Outbox, data: memoryview) -> None:
+        if data:
+            box.chunks.append(data)
+        self._drain(conn, box)
+
+    def _pay(self, box: _Outbox) -> None:
+        if box.owed and not box.chunks and box.owe is not None:
+            owed, box.owed = box.owed, 0
+            box.owe(owed)
+
+    def _drain(self, conn: h2.connection.H2Connection, box: _Outbox) -> None:
+        """Send what ``box`` holds as far as the peer's windows allow; then its end."""
+        if box.done or self.closed or box.sid == 0:
+            return
+        try:
+            while box.chunks:
+                window = conn.local_flow_control_window(box.sid)
+                if window <= 0:
+                    return
+                chunk = box.chunks[0]
+                size = min(len(chunk), window, conn.max_outbound_frame_size)
+                conn.send_data(box.sid, chunk[:size].tobytes() if size < len(chunk) else chunk)
+                if size < len(chunk):
+                    box.chunks[0] = chunk[size:]
+                else:
+                    box.chunks.popleft()
+                if box.ack is not None:
+                    box.ack(size)
+            self._pay(box)
+            if box.trailers is not None:
+                conn.send_headers(box.sid, box.trailers, end_stream=True)
+                box.done = True
+            elif box.end:
+                conn.end_stream(box.sid)
+                box.done = True
+        except h2.exceptions.StreamClosedError:
+            box.done = True
+            box.chunks.clear()
+        except h2.exceptions.H2Error as e:
+            self.close(f"cannot relay a stream: {e}")
+            return
+        if box.done:
+            self._maybe_forget(box)
+
+    def _window(self, conn: h2.connection.H2Connection, sid: int) -> None:
+        for pair in list(self.pairs.values()):
+            box = pair.to_resp if conn is self.resp else pair.to_req
+            if sid in (0, box.sid):
+                self._drain(conn, box)
+
+    def _ack_req(self, sid: int, n: int) -> None:
+        if n and not self.closed:
+            # A stream that is gone no longer has a window to reopen.
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.req.acknowledge_received_data(n, sid)
+
+    def _ack_resp(self, sid: int, n: int) -> None:
+        if n and not self.closed:
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.resp.acknowledge_received_data(n, sid)
+
+    def _reset(self, conn: h2.connection.H2Connection, sid: int, code: int | None) -> None:
+        with contextlib.suppress(h2.exceptions.H2Error):  # already closed
+            conn.reset_stream(sid, code if code is not None else h2.errors.ErrorCodes.CANCEL)
+
+    def _maybe_forget(self, box: _Outbox) -> None:
+        for pair in (self.pairs.get(box.sid), self.by_resp.get(box.sid)):
+            if pair is None:
+                continue
+            if pair.to_req.done and pair.to_resp.done:
+                self._forget(pair)
+
+    def _forget(self, pair: _Pair) -> None:
+        pair.closed = True
+        self.pairs.pop(pair.req_sid, None)
+        if pair.resp_sid is not None:
+            self.by_resp.pop(pair.resp_sid, None)
+        if isinstance(pair.hook, _SolveHook):
+            pair.hook.finished()
+
+    def _flush_writes(self) -> None:
+        if self.closed:
+            return
+        out = self.req.data_to_send()
+        if out:
+            self._write_req(out)
+        out = self.resp.data_to_send()
+        if out:
+            self._write_resp(out)
+
+    # -- answers the shim gives itself ------------------------------------------------
+
+    def fail_request(self, pair: _Pair, code: int, message: str) -> None:
+        """End ``pair`` towards the requester with a gRPC error; cancel the responder's."""
+        if pair.closed or self.closed:
+            return
+        trailers = [(k.encode(), v.encode()) for k, v in grpc.status_trailers(code, message)]
+        try:
+            if pair.response_started:
+                self.req.send_headers(pair.req_sid, trailers, end_stream=True)
+            else:
+                head = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+                self.req.send_headers(pair.req_sid, head + trailers, end_stream=True)
+        except h2.exceptions.H2Error:
+            pass
+        if pair.resp_sid is not None:
+            self._reset(self.resp, pair.resp_sid, h2.errors.ErrorCodes.CANCEL)
+        self._forget(pair)
+        self._flush_writes()
+
+    def _unreadable_sync(
+        self,
+        pair: _Pair,
+        headers: Headers,
+        dir_name: str,
+        outcome: list[PendingBuild] | SettingOutcome,
+    ) -> None:
+        """A sync of a Dockerfile local the shim cannot read: the ``builds`` setting."""
+        if isinstance(outcome, SettingOutcome):
+            setting, peer, endpoint = outcome, self.peer, "POST /session"
+        else:
+            setting = builds_setting(
+                self.policy(), f"a Dockerfile sent as a tar stream (local {dir_name!r})"
+            )
+            peer, endpoint = outcome[0].peer, outcome[0].endpoint
+        self._spawn(self._decide_setting(pair, headers, setting, peer, endpoint))
+
+    async def _decide_setting(
+        self, pair: _Pair, headers: Headers, setting: SettingOutcome, peer: PeerInfo, ep: str
+    ) -> None:
+        denial = await self.decide(Inspection(setting=setting), ep, peer)
+        if self.closed or pair.closed:
+            return
+        if denial is not None:
+            self.fail_request(pair, grpc.PERMISSION_DENIED, denial)
+            return
+        self._open_responder(pair, headers)
+        self._flush_writes()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self.tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.close(f"a build decision failed: {t.exception()!r}")
+
+        task.add_done_callback(done)
+
+
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+class _DockerfileHook:
+    """A file sync that carries a pending build's Dockerfile: hold it until decided."""
+
+    def __init__(self, tunnel: Tunnel, pair: _Pair, builds: list[PendingBuild]) -> None:
+        self.tunnel = tunnel
+        self.pair = pair
+        self.builds = builds
+        paths = sorted({p for b in builds for p in b.inputs.paths})
+        self.sync = DockerfileSync(paths, stamp=_stamp(), max_bytes=MAX_DOCKERFILE_BYTES)
+        self.from_sender = grpc.MessageReader()
+        self.from_receiver = grpc.MessageReader()
+        self.held: list[bytes] = []
+        self.held_end: tuple[bool, Headers | None] | None = None
+        self.state = "reading"  # → deciding → released | failed
+
+    def receiver_data(self, data: bytes) -> None:
+        """The daemon's REQ and FIN packets: relayed as they are, but followed."""
+        if self.state in ("released", "failed"):
+            return
+        try:
+            for payload in self.from_receiver.feed(data):
+                self.sync.receiver_message(payload)
+        except (grpc.GrpcFramingError, FileSyncError) as e:
+            self.fail(f"pullgate: cannot follow the daemon's side of the Dockerfile sync: {e}")
+
+    def sender_data(self, data: bytes) -> None:
+        """The client's packets: stats stamped and relayed, the Dockerfile held."""
+        if self.state == "failed":
+            return
+        try:
+            for payload in self.from_sender.feed(data):
+                if self.state == "released":
+                    framed = grpc.frame(payload)
+                    self.tunnel._queue(self.tunnel.req, self.pair.to_req, memoryview(framed))
+                    continue
+                framed = grpc.frame(self.sync.sender_message(payload))
+                if self.sync.data_started or self.held:
+                    self.held.append(framed)
+                else:
+                    self.tunnel._queue(self.tunnel.req, self.pair.to_req, memoryview(framed))
+        except (grpc.GrpcFramingError, FileSyncError) as e:
+            self.fail(f"pullgate: cannot read the Dockerfile the build client sent: {e}")
+            return
+        self._maybe_decide()
+
+    def sender_end(self, trailers: Headers | None) -> None:
+        if self.state == "released":
+            box = self.pair.to_req
+            box.trailers, box.end = trailers, True
+            self.tunnel._drain(self.tunnel.req, box)
+            return
+        self.held_end = (True, trailers)
+        if self.state == "reading" and not self.sync.complete:
+            # The client ended the sync before the Dockerfile was whole: whatever the
+            # daemon would make of it, it is not a Dockerfile the shim has read.
+            self.fail("pullgate: the build client ended the Dockerfile sync before sending it")
+
+    def _maybe_decide(self) -> None:
+        if self.state != "reading" or not self.sync.complete:
+            return
+        self.state = "deciding"
+        self.tunnel._spawn(self._decide())
+
+    async def _decide(self) -> None:
+        policy = self.tunnel.policy()
+        denial: str | None = None
+        for build in self.builds:
+            inspection = self._inspection(build, policy)
+            message = await self.tunnel.decide(inspection, build.endpoint, build.peer)
+            denial = denial or message
+        if self.tunnel.closed or self.pair.closed:
+            return
+        if denial is not None:
+            self.fail(denial)
+            return
+        self._release()
+        self.tunnel._flush_writes()
+
+    def _inspection(self, build: PendingBuild, policy: Policy) -> Inspection:
+        try:
+            return from_sync(build.inputs, self.sync, policy)
+        except InspectionError as e:
+            return Inspection(setting=builds_setting(policy, e.message.removeprefix("pullgate: ")))
+
+    def _release(self) -> None:
+        self.state = "released"
+        box = self.pair.to_req
+        for framed in self.held:
+            box.chunks.append(memoryview(framed))
+        self.held = []
+        if self.held_end is not None:
+            box.end, box.trailers = True, self.held_end[1]
+        self.tunnel._drain(self.tunnel.req, box)
+
+    def fail(self, message: str) -> None:
+        self.state = "failed"
+        self.held = []
+        self.tunnel.fail_request(self.pair, grpc.PERMISSION_DENIED, message)
+
+
+class _SolveHook:
+    """A ``Control/Solve``: held whole, registered, decided, then sent to the daemon."""
+
+    def __init__(self, tunnel: Tunnel, pair: _Pair, headers: Headers) -> None:
+        self.tunnel = tunnel
+        self.pair = pair
+        self.headers = headers
+        self.body = bytearray()
+        self.token: int | None = None
+
+    def request_data(self, data: bytes) -> None:
+        self.body += data
+        self.tunnel._ack_req(self.pair.req_sid, len(data))
+        if len(self.body) > MAX_SOLVE_REQUEST:
+            self.tunnel.fail_request(
+                self.pair,
+                grpc.RESOURCE_EXHAUSTED,
+                f"pullgate: a build request larger than {MAX_SOLVE_REQUEST} bytes",
+            )
+
+    def request_end(self) -> None:
+        if self.pair.closed:
+            return
+        self.tunnel._spawn(self._decide())
+
+    async def _decide(self) -> None:
+        tunnel = self.tunnel
+        endpoint = "POST /grpc Control/Solve"
+        try:
+            messages = grpc.MessageReader(max_message=MAX_SOLVE_REQUEST).feed(bytes(self.body))
+            if len(messages) != 1:
+                raise InspectionError("pullgate: a build request must be one message")
+            inputs = from_solve_request(messages[0])
+        except (grpc.GrpcFramingError, InspectionError) as e:
+            text = e.message if isinstance(e, InspectionError) else f"pullgate: {e}"
+            tunnel.fail_request(self.pair, grpc.INVALID_ARGUMENT, text)
+            return
+        self.token = tunnel.registry.add(PendingBuild(inputs, tunnel.peer, endpoint))
+        try:
+            inspection = upfront(inputs, tunnel.policy())
+        except InspectionError as e:
+            tunnel.fail_request(self.pair, grpc.INVALID_ARGUMENT, e.message)
+            return
+        denial = await tunnel.decide(inspection, endpoint, tunnel.peer)
+        if tunnel.closed or self.pair.closed:
+            return
+        if denial is not None:
+            tunnel.fail_request(self.pair, grpc.PERMISSION_DENIED, denial)
+            return
+        box = self.pair.to_resp
+        box.ack = None  # acknowledged as it arrived
+        box.chunks.append(memoryview(bytes(self.body)))
+        box.end = True
+        self.body = bytearray()
+        tunnel._open_responder(self.pair, self.headers)
+        tunnel._flush_writes()
+
+    def finished(self) -> None:
+        if self.token is not None:
+            self.tunnel.registry.remove(self.token)
+            self.token = None
