@@ -777,11 +777,10 @@ def test_dockerfile_images_with_line_details() -> None:
     assert {lookup.name for lookup in result.lookups} >= {"alpine:3.20", "someuser/tool"}
 
 
-def test_dockerfile_build_args_override_and_target_decides_all_stages() -> None:
+def test_dockerfile_build_args_override_and_target_decides_its_stages() -> None:
     inputs = solve({"build-arg:BASE": "someuser/base", "target": "build"})
     images = {w.input for w in dockerfile(inputs, "Dockerfile", DOCKERFILE, policy()).wants}
-    assert "someuser/base" in images and "alpine:3.20" not in images
-    assert "someuser/tool" in images  # a stage outside the target is decided too
+    assert images == {"someuser/base", "someuser/mounted"}  # the final stage is not built
 
 
 def test_dockerfile_readings_are_united() -> None:
@@ -877,3 +876,117 @@ def test_merge_keeps_a_denying_setting() -> None:
     deny = upfront(solve({"context": "git://x"}), policy(builds="deny"))
     merged = merge([allow, deny, allow])
     assert merged.setting is not None and not merged.setting.allowed
+
+
+# --- only the stages BuildKit builds for the target are decided ---------------------------
+
+
+def stage_images(
+    text: str, attrs: dict[str, str] | None = None, *, all_stages: bool = False
+) -> set[str]:
+    result = dockerfile(solve(attrs), "Dockerfile", text.encode(), policy(), all_stages=all_stages)
+    assert result.setting is None
+    images = {w.input for w in result.wants}
+    # Local images are looked up for what is decided, and only that.
+    assert {lookup.name for lookup in result.lookups} == images
+    return images
+
+
+TARGETS = """\
+FROM someuser/tool AS never
+RUN true
+FROM alpine AS wanted
+RUN true
+FROM someuser/last
+"""
+
+
+def test_target_leaves_out_a_stage_it_does_not_reach() -> None:
+    assert stage_images(TARGETS, {"target": "wanted"}) == {"alpine"}
+
+
+def test_target_is_matched_in_any_case() -> None:
+    assert stage_images(TARGETS, {"target": "WanTed"}) == {"alpine"}
+
+
+def test_no_target_builds_the_last_stage() -> None:
+    assert stage_images(TARGETS) == {"someuser/last"}
+
+
+def test_unknown_target_or_subrequest_or_all_stages_decides_every_stage() -> None:
+    every = {"someuser/tool", "alpine", "someuser/last"}
+    assert stage_images(TARGETS, {"target": "nope"}) == every
+    assert stage_images(TARGETS, {"requestid": "frontend.lint"}) == every
+    assert stage_images(TARGETS, {"target": "wanted"}, all_stages=True) == every
+
+
+def test_syntax_frontend_is_decided_whatever_the_target() -> None:
+    text = "# syntax=docker/dockerfile:1.7\n" + TARGETS
+    assert stage_images(text, {"target": "wanted"}) == {"docker/dockerfile:1.7", "alpine"}
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        "COPY --from=tool /x /x",
+        "COPY --from=TOOL /x /x",
+        "COPY --from=0 /x /x",
+        "RUN --mount=type=bind,from=tool,target=/t true",
+    ],
+)
+def test_a_stage_the_target_reads_from_is_decided(use: str) -> None:
+    text = f"FROM someuser/tool AS tool\nFROM alpine AS unused\nFROM alpine\n{use}\n"
+    assert stage_images(text) == {"someuser/tool", "alpine"}
+    assert stage_images(text.replace(use, "RUN true")) == {"alpine"}
+
+
+def test_a_stage_chain_is_followed_through_from_and_copy() -> None:
+    text = """\
+FROM someuser/tool AS tool
+RUN --mount=type=bind,from=someuser/mounted,target=/m true
+FROM tool AS middle
+FROM alpine AS mid2
+COPY --from=middle /x /x
+FROM alpine
+COPY --from=mid2 /y /y
+"""
+    assert stage_images(text) == {"someuser/tool", "someuser/mounted", "alpine"}
+    assert stage_images(text, {"target": "tool"}) == {"someuser/tool", "someuser/mounted"}
+
+
+def test_onbuild_trigger_of_a_base_stage_reaches_the_stage_it_names() -> None:
+    text = """\
+FROM someuser/tool AS tool
+FROM alpine AS base
+ONBUILD COPY --from=tool /x /x
+FROM base
+"""
+    # The trigger's name is decided as an image too (a later build based on the image
+    # runs it), whatever the target.
+    assert stage_images(text) == {"someuser/tool", "alpine", "tool"}
+    # The trigger runs only in a stage built on its stage: building base alone skips it.
+    assert stage_images(text, {"target": "base"}) == {"alpine", "tool"}
+
+
+def test_onbuild_triggers_down_the_from_chain_and_by_index_count_too() -> None:
+    text = """\
+FROM someuser/tool AS tool
+FROM someuser/other AS other
+FROM alpine AS base
+ONBUILD RUN --mount=from=other,target=/o true
+ONBUILD COPY --from=0 /x /x
+FROM base AS middle
+FROM middle
+"""
+    assert stage_images(text) == {"someuser/tool", "someuser/other", "alpine", "other"}
+    assert stage_images(text, {"target": "base"}) == {"alpine", "other"}
+
+
+def test_onbuild_trigger_index_out_of_range_counts_every_stage() -> None:
+    text = """\
+FROM someuser/tool AS tool
+FROM alpine AS base
+ONBUILD COPY --from=7 /x /x
+FROM base
+"""
+    assert stage_images(text) == {"someuser/tool", "alpine"}

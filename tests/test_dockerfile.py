@@ -13,6 +13,7 @@ from agent.core.inspection.dockerfile.resolve import (
     DockerfileImages,
     ImageUse,
     parse_dockerfile,
+    reachable_stages,
 )
 
 
@@ -686,3 +687,50 @@ def test_classic_builder_never_mounts_images_in_run() -> None:
     text = "FROM alpine\nRUN --mount=type=bind,from=someuser/tool,target=/t true\n"
     assert classic(text) == ["alpine"]
     assert parse_dockerfile(text).images == ("alpine", "someuser/tool")
+
+
+# --- stage deps and the stages a target builds ------------------------------------------
+
+
+def test_deps_record_from_copy_mount_and_onbuild() -> None:
+    text = """\
+FROM alpine AS a
+ONBUILD COPY --from=c /x /x
+FROM a AS b
+FROM alpine AS c
+COPY --from=0 /x /x
+RUN --mount=from=B,target=/b true
+FROM b
+"""
+    result = parse_dockerfile(text)
+    assert result.stages == ("a", "b", "c", None)
+    # b is built on a, so a's trigger (naming c) runs in b; d is built on b (not on a).
+    assert result.deps == (frozenset(), frozenset({0, 2}), frozenset({0, 1}), frozenset({1, 2}))
+
+
+def test_reachable_stages() -> None:
+    text = "FROM alpine AS a\nFROM alpine AS b\nCOPY --from=a / /\nFROM alpine AS c\n"
+    result = parse_dockerfile(text)
+    assert reachable_stages(result, "") == frozenset({2})
+    assert reachable_stages(result, "B") == frozenset({0, 1})
+    assert reachable_stages(result, "a") == frozenset({0})
+    assert reachable_stages(result, "missing") is None
+    assert reachable_stages(DockerfileImages(uses=(), stages=(None,)), "") is None
+
+
+def test_a_duplicated_stage_name_reaches_every_stage_holding_it() -> None:
+    text = "FROM x1 AS a\nFROM x2 AS a\nFROM alpine\nCOPY --from=a / /\n"
+    result = parse_dockerfile(text)
+    assert reachable_stages(result, "") == frozenset({0, 1, 2})
+    assert reachable_stages(result, "A") == frozenset({0, 1})
+
+
+def test_a_cycle_of_stages_ends() -> None:
+    text = "FROM alpine AS a\nCOPY --from=b / /\nFROM alpine AS b\nCOPY --from=a / /\n"
+    assert reachable_stages(parse_dockerfile(text), "a") == frozenset({0, 1})
+
+
+def test_classic_deps_know_only_earlier_stages() -> None:
+    text = "FROM alpine AS a\nCOPY --from=b / /\nFROM alpine AS b\nCOPY --from=a / /\n"
+    result = parse_dockerfile(text, builder="classic")
+    assert result.deps == (frozenset(), frozenset({0}))

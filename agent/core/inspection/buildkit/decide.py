@@ -23,7 +23,12 @@ from agent.core.inspection.buildkit.inputs import (
     is_dockerfile_frontend,
     named_context,
 )
-from agent.core.inspection.dockerfile.resolve import DockerfileError, ImageUse, parse_dockerfile
+from agent.core.inspection.dockerfile.resolve import (
+    DockerfileError,
+    ImageUse,
+    parse_dockerfile,
+    reachable_stages,
+)
 from agent.core.inspection.request import (
     EventAction,
     Inspection,
@@ -87,12 +92,17 @@ def dockerfile(
     policy: Policy,
     *,
     readings: Sequence[tuple[bool, bool, str]] = READINGS,
+    all_stages: bool = False,
 ) -> Inspection:
     """Every image a build of this Dockerfile pulls, in every reading a frontend may use.
 
-    * Read with BuildKit's semantics and the build's args; all stages are decided,
-      whatever ``target`` says (a stage outside the target is not built, but deciding
-      it costs only a refusal the user can fix, never a missed pull).
+    * Read with BuildKit's semantics and the build's args. Only the stages BuildKit
+      builds for ``inputs.target`` (the last stage when there is none) are decided: it
+      resolves and pulls nothing for the others (:func:`reachable_stages`, which counts
+      every stage an ONBUILD trigger of the file may name). Every stage is decided when
+      the target names none (the build then fails), for a subrequest (``requestid``:
+      ``--check`` lints every stage), and with ``all_stages`` (say, when a local base
+      image has ONBUILD triggers, which may name any stage of the file).
     * ``# syntax=`` and ``BUILDKIT_SYNTAX`` name the frontend the build is handed to: it
       is decided as a pulled image, and unless it is a Dockerfile frontend (whose reading
       is this one) the build follows ``builds``, since that frontend's own pulls cannot be
@@ -110,19 +120,24 @@ def dockerfile(
 
     Images are also looked up as local images (``Lookup``): the daemon's BuildKit uses
     what is on the machine, so local names and ONBUILD triggers are judged as for the
-    classic builder.
+    classic builder. Lookups are made of the decided images, so a stage that is not
+    built is not looked up either.
     """
     uses: list[ImageUse] = []
     unreadable: str | None = None
+    every_stage = all_stages or bool(inputs.attrs.get("requestid"))
     for heredocs, check, how in readings:
         try:
-            uses += parse_dockerfile(
+            images = parse_dockerfile(
                 data,
                 inputs.build_args,
                 heredocs=heredocs,
                 check_directive=check,
                 builder="buildkit",
-            ).uses
+            )
+            built = None if every_stage else reachable_stages(images, inputs.target)
+            # The syntax frontend (stage None) runs whatever the target.
+            uses += [u for u in images.uses if built is None or u.stage is None or u.stage in built]
         except DockerfileError as e:
             if unreadable is None:
                 where = f" by frontends {how}" if how else ""
@@ -158,7 +173,9 @@ def _frontend_problem(inputs: BuildInputs, image: str) -> str | None:
     return None
 
 
-def from_sync(inputs: BuildInputs, sync: DockerfileSync, policy: Policy) -> Inspection:
+def from_sync(
+    inputs: BuildInputs, sync: DockerfileSync, policy: Policy, *, all_stages: bool = False
+) -> Inspection:
     """The Dockerfile decision once ``sync`` (of the Dockerfile's local) is complete.
 
     Every one of ``inputs.paths`` that holds a file is decided: the frontend reads the
@@ -177,7 +194,7 @@ def from_sync(inputs: BuildInputs, sync: DockerfileSync, policy: Policy) -> Insp
                 )
             )
         if data is not None:
-            found.append(dockerfile(inputs, path, data, policy))
+            found.append(dockerfile(inputs, path, data, policy, all_stages=all_stages))
     return merge(found)
 
 

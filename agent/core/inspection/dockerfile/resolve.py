@@ -63,7 +63,14 @@ from agent.core.inspection.dockerfile.text import (
 
 # DockerfileError is defined beside the parser (which raises it too) and is part of this
 # module's API, so callers import everything from here.
-__all__ = ["Builder", "DockerfileError", "DockerfileImages", "ImageUse", "parse_dockerfile"]
+__all__ = [
+    "Builder",
+    "DockerfileError",
+    "DockerfileImages",
+    "ImageUse",
+    "parse_dockerfile",
+    "reachable_stages",
+]
 
 Source = Literal["from", "copy-from", "run-mount", "syntax", "onbuild"]
 #: Which builder evaluates the file (see the module docstring for how they differ).
@@ -171,10 +178,17 @@ class ImageUse:
 
 @dataclass(frozen=True)
 class DockerfileImages:
-    """Every image use, in file order (the syntax frontend first), and the stage names."""
+    """Every image use, in file order (the syntax frontend first), and the stage names.
+
+    ``deps``: for each stage, the stages building it needs (see :func:`reachable_stages`):
+    the stage its ``FROM`` names, those its ``COPY --from`` and ``RUN --mount=from=``
+    name, and those named by the ``ONBUILD`` triggers of every stage in its ``FROM``
+    chain. Empty when not known (then every stage counts as built).
+    """
 
     uses: tuple[ImageUse, ...]
     stages: tuple[str | None, ...]
+    deps: tuple[frozenset[int], ...] = ()
 
     @property
     def images(self) -> tuple[str, ...]:
@@ -213,8 +227,40 @@ def parse_dockerfile(
     if syntax is not None:
         uses.append(syntax)
     nodes, escape = parse_nodes(lines, heredocs=heredocs, check_directive=check_directive)
-    stages = _resolve(nodes, escape, args, uses, classic=classic)
-    return DockerfileImages(uses=tuple(uses), stages=stages)
+    stages, deps = _resolve(nodes, escape, args, uses, classic=classic)
+    return DockerfileImages(uses=tuple(uses), stages=stages, deps=deps)
+
+
+def reachable_stages(images: DockerfileImages, target: str) -> frozenset[int] | None:
+    """The stages BuildKit builds for ``target`` ("" = the last stage), or None for all.
+
+    dockerfile2llb (``resolveTarget``, ``allReachableStages``; ``isReachable`` before
+    BuildKit 0.15) resolves and builds only the target stage and what it reaches through
+    ``FROM <stage>``, ``COPY --from=<stage name or index>``, ``RUN --mount=from=<stage>``
+    and ONBUILD triggers of a stage used as a base; images of other stages are neither
+    resolved nor pulled. The target is matched lower-cased (``findStateByName``); a name
+    held by several stages counts as all of them (BuildKit takes the last). None when the
+    target names no stage (BuildKit then fails, but only after the ``# syntax=`` frontend
+    ran: nothing is narrowed) or when ``deps`` is unknown.
+    """
+    count = len(images.stages)
+    if count == 0 or len(images.deps) != count:
+        return None
+    if target:
+        wanted = go_lower(target)
+        roots = [index for index, name in enumerate(images.stages) if name == wanted]
+        if not roots:
+            return None
+    else:
+        roots = [count - 1]
+    seen: set[int] = set()
+    pending = roots
+    while pending:
+        index = pending.pop()
+        if index not in seen:
+            seen.add(index)
+            pending.extend(images.deps[index] - seen)
+    return frozenset(seen)
 
 
 def _syntax_use(src: str, build_args: Mapping[str, str]) -> ImageUse | None:
@@ -275,9 +321,9 @@ def _resolve(
     uses: list[ImageUse],
     *,
     classic: bool = False,
-) -> tuple[str | None, ...]:
+) -> tuple[tuple[str | None, ...], tuple[frozenset[int], ...]]:
     """instructions.Parse + the parts of dockerfile2llb (or of the classic builder's
-    dispatchers) that decide what gets pulled."""
+    dispatchers) that decide what gets pulled: the stage names and each stage's deps."""
     meta: list[Node] = []
     stages: list[_Stage] = []
     for node in nodes:
@@ -303,21 +349,54 @@ def _resolve(
     else:
         env, declared = _global_args(meta, escape, build_args)
     all_names = {stage.name: index for index, stage in enumerate(stages) if stage.name}
+    # Every stage a name refers to: dockerfile2llb keeps the last of duplicates, but the
+    # deps count them all, which can only add stages.
+    indices: dict[str, list[int]] = {}
+    for index, stage in enumerate(stages):
+        if stage.name:
+            indices.setdefault(stage.name, []).append(index)
+    bases: list[set[int]] = []
+    own: list[set[int]] = []
+    triggers: list[set[int]] = []
     for index, stage in enumerate(stages):
         earlier = {s.name for s in stages[:index] if s.name}
-        image = _resolve_base(stage, env, declared, escape, earlier, classic=classic)
+        image, base = _resolve_base(stage, env, declared, escape, earlier, classic=classic)
         if image is not None:
             uses.append(ImageUse(image, stage.node.line, "from", index, _instruction(stage.node)))
+        # dispatchStates.addState: the base is an earlier stage whose name is the expanded
+        # base exactly (the classic builder lower-cases it).
+        base_key = base.lower() if classic else base
+        bases.append({i for i in indices.get(base_key, ()) if i < index})
         # The classic builder knows only the stages built so far; BuildKit knows them all.
         known = {name: i for name, i in all_names.items() if i < index} if classic else all_names
+        seen_by = (
+            {name: [i for i in found if i < index] for name, found in indices.items()}
+            if classic
+            else indices
+        )
+        stage_count = index if classic else len(stages)
+        own.append(set())
+        triggers.append(set())
         for node in stage.commands:
             try:
-                uses.extend(
-                    _command_uses(node, index, known, index if classic else len(stages), classic)
-                )
+                uses.extend(_command_uses(node, index, known, stage_count, classic))
+                if node.cmd == "onbuild":
+                    triggers[index] |= _trigger_deps(node, seen_by, stage_count)
+                else:
+                    own[index] |= _command_deps(node, seen_by, stage_count, classic)
             except FragmentError as e:
                 raise _fail_at(node, str(e)) from e
-    return tuple(stage.name for stage in stages)
+    # initOnBuildTriggers: a stage built on another runs that stage's ONBUILD triggers
+    # first; those of the stages further down its FROM chain are counted too.
+    inherited: list[set[int]] = []
+    deps: list[frozenset[int]] = []
+    for index in range(len(stages)):
+        chain: set[int] = set()
+        for base_index in bases[index]:
+            chain |= triggers[base_index] | inherited[base_index]
+        inherited.append(chain)
+        deps.append(frozenset(bases[index] | own[index] | chain))
+    return tuple(stage.name for stage in stages), tuple(deps)
 
 
 def _instruction(node: Node) -> str:
@@ -442,8 +521,8 @@ def _resolve_base(
     earlier: set[str],
     *,
     classic: bool = False,
-) -> str | None:
-    """The image a FROM pulls, or None for scratch and earlier stages."""
+) -> tuple[str | None, str]:
+    """The image a FROM pulls (None for scratch and earlier stages) and the expanded base."""
     node = stage.node
     try:
         value = Lexer(escape, env, strict=True).process_word(stage.base)
@@ -456,9 +535,9 @@ def _resolve_base(
     if "$" in value:
         raise _fail_at(node, f"the image name {value!r} still holds a '$'")
     if value in earlier:
-        return None
+        return None, value
     if classic and value.lower() in earlier:
-        return None  # stagesBuildResults.getByName lower-cases the name
+        return None, value  # stagesBuildResults.getByName lower-cases the name
     if value.lower() in earlier:
         # dockerfile2llb matches FROM against stage names case-sensitively (names are
         # stored lower-cased), so BuildKit takes this for an image name and rejects it.
@@ -468,8 +547,8 @@ def _resolve_base(
             f"{value.lower()!r}) and not a valid image name",
         )
     if value == "scratch":
-        return None
-    return value
+        return None, value
+    return value, value
 
 
 def _command_uses(
@@ -502,6 +581,57 @@ def _command_uses(
     if node.cmd == "onbuild":
         return _onbuild_uses(node, stage, text)
     return []
+
+
+def _command_deps(
+    node: Node, names: Mapping[str, list[int]], stage_count: int, classic: bool
+) -> set[int]:
+    """The stages one instruction reads from (dockerfile2llb toCommand, detectRunMount).
+
+    Called after :func:`_command_uses` accepted the instruction, so the flags parse.
+    """
+    found: set[int] = set()
+    if node.cmd == "copy":
+        value = parse_flags(node.flags, _COPY_FLAGS).get("from", [""])[0]
+        found |= _from_deps(value, names, stage_count)
+    elif node.cmd == "run" and not classic:
+        for mount in parse_flags(node.flags, _RUN_FLAGS).get("mount", []):
+            source = _mount_from(mount)
+            if source is not None:
+                found.update(names.get(go_lower(source), ()))  # by name only, no index
+    return found
+
+
+def _trigger_deps(node: Node, names: Mapping[str, list[int]], stage_count: int) -> set[int]:
+    """The stages an ONBUILD trigger of this file reads from where it runs (in a stage
+    built on this one: initOnBuildTriggers), checked by :func:`_onbuild_uses` first."""
+    child = node.child
+    found: set[int] = set()
+    if child is None:
+        return found
+    if child.cmd == "copy":
+        for value in parse_flags(child.flags, {"from": STRING}, lenient=True).get("from", []):
+            found |= _from_deps(value, names, stage_count)
+    elif child.cmd == "run":
+        for mount in parse_flags(child.flags, {"mount": STRINGS}, lenient=True).get("mount", []):
+            source = _mount_from(mount)
+            if source is not None:
+                found.update(names.get(go_lower(source), ()))
+    return found
+
+
+def _from_deps(value: str, names: Mapping[str, list[int]], stage_count: int) -> set[int]:
+    """The stages a ``--from`` value names: an index (strconv.Atoi), else a name."""
+    if not value:
+        return set()
+    if _is_go_int64(value):
+        index = int(value)
+        if 0 <= index < stage_count:
+            return {index}
+        # Out of range: an error, or (for a trigger) an image state BuildKit appended to
+        # its list of stages. Unsure which: every stage counts.
+        return set(range(stage_count))
+    return set(names.get(go_lower(value), ()))
 
 
 def _copy_from_image(value: str, all_names: Mapping[str, int], stage_count: int) -> str | None:
