@@ -990,3 +990,259 @@ ONBUILD COPY --from=7 /x /x
 FROM base
 """
     assert stage_images(text) == {"someuser/tool", "alpine"}
+
+
+# --- gateway calls (client.Build: buildx), source policies, unknown fields -------------
+
+from agent.core.inspection.buildkit.decide import (  # noqa: E402
+    RESOLVE_CONFIG_DETAIL,
+    resolve_inspection,
+)
+from agent.core.inspection.buildkit.inputs import (  # noqa: E402
+    ResolveTarget,
+    from_gateway_solve,
+    image_of_resolve_config,
+    image_of_resolve_source_meta,
+)
+from agent.core.inspection.buildkit.protos import gateway_pb2  # noqa: E402
+from agent.core.inspection.request import EventAction  # noqa: E402
+
+
+def raw_field(number: int, value: bytes | int) -> bytes:
+    """One encoded top-level field: length-delimited bytes, or a varint."""
+
+    def varint(n: int) -> bytes:
+        out = b""
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out += bytes([byte | (0x80 if n else 0)])
+            if not n:
+                return out
+
+    if isinstance(value, int):
+        return varint(number << 3) + varint(value)
+    return varint(number << 3 | 2) + varint(len(value)) + value
+
+
+#: A sourcepolicy.Policy converting docker-image://alpine into another image (version 1,
+#: one rule; its content does not matter to Pullgate, only that it is there).
+POLICY = raw_field(1, 1) + raw_field(2, raw_field(1, 2) + raw_field(2, b"docker-image://alpine"))
+
+
+def forwarding_parent() -> BuildInputs:
+    """buildx's Control/Solve: no frontend, no LLB, its attributes as the gateway's."""
+    request = SolveRequest(Ref="build1", Session="sess1", FrontendAttrs={"build-arg:A": "1"})
+    return from_solve_request(request.SerializeToString())
+
+
+def gateway_solve(
+    parent: BuildInputs | None = None, extra: bytes = b"", **fields: object
+) -> BuildInputs:
+    request = gateway_pb2.SolveRequest(**fields)  # type: ignore[arg-type]
+    return from_gateway_solve(request.SerializeToString() + extra, parent or forwarding_parent())
+
+
+def test_control_solve_without_frontend_or_llb_is_gateway_forwarding() -> None:
+    parent = forwarding_parent()
+    assert parent.gateway_forwarding and parent.ref == "build1" and parent.frontend == ""
+    assert not solve({}).gateway_forwarding
+    assert not solve(frontend="", definition=llb("docker-image://alpine")).gateway_forwarding
+
+
+def test_gateway_solve_of_the_dockerfile_frontend_with_a_build_arg() -> None:
+    inputs = gateway_solve(
+        Frontend="dockerfile.v0",
+        FrontendOpt={
+            "filename": "sub/Dockerfile",
+            "target": "final",
+            "build-arg:BASE": "someuser/base",
+            "context:ctx": "docker-image://someuser/ctx:1",
+        },
+        ImportCacheRefsDeprecated=["acme/c:0"],
+        CacheImports=[CacheOptionsEntry(Type="registry", Attrs={"ref": "acme/c:1"})],
+    )
+    assert inputs.via == "LLBBridge/Solve" and not inputs.gateway_forwarding
+    assert (inputs.session, inputs.dockerfile_session, inputs.ref) == ("sess1", "sess1", "build1")
+    assert inputs.frontend == "dockerfile.v0" and inputs.paths == (
+        "sub/Dockerfile",
+        "sub/dockerfile",
+    )
+    assert dict(inputs.build_args) == {"BASE": "someuser/base"} and inputs.target == "final"
+    assert inputs.cache_imports == ("acme/c:0", "acme/c:1")
+    assert inputs.unreadable is None
+    assert details(upfront(inputs, policy())) == {
+        ("docker.io/acme/c:0", "--cache-from"),
+        ("docker.io/acme/c:1", "--cache-from"),
+        ("docker.io/someuser/ctx:1", "--build-context ctx"),
+    }
+    syntax = "ARG BASE=alpine\nFROM $BASE\n"
+    result = dockerfile(inputs, "sub/Dockerfile", syntax.encode(), policy())
+    assert {w.input for w in result.wants} == {"someuser/base"}
+
+
+def test_gateway_solve_reads_llb_frontends_and_inputs_as_a_control_solve() -> None:
+    raw = gateway_solve(Definition=llb("docker-image://alpine:3.20", "local://context"))
+    assert raw.llb_images == ("alpine:3.20",) and raw.unreadable is None
+    nested = gateway_solve(Definition=llb(extra=b"\x2a\x00"))
+    assert nested.unreadable is not None and "nested build" in nested.unreadable
+    fed = gateway_solve(Frontend="dockerfile.v0", FrontendInputs={"context": llb("local://x")})
+    assert fed.unreadable is not None and "frontend inputs" in fed.unreadable
+    custom = gateway_solve(Frontend="gateway.v0", FrontendOpt={"source": "someuser/fe"})
+    assert custom.unreadable is not None and "frontend image" in custom.unreadable
+    known = gateway_solve(Frontend="gateway.v0", FrontendOpt={"source": "docker/dockerfile:1"})
+    assert known.unreadable is None and known.frontend_image == "docker/dockerfile:1"
+    local = gateway_solve(CacheImports=[CacheOptionsEntry(Type="local", Attrs={"src": "/c"})])
+    assert local.unreadable is not None and "cache" in local.unreadable
+    with pytest.raises(InspectionError, match="both"):
+        gateway_solve(Frontend="dockerfile.v0", Definition=llb("docker-image://alpine"))
+    with pytest.raises(InspectionError, match="does not decode"):
+        from_gateway_solve(b"\xff\xff\xff", forwarding_parent())
+
+
+def test_gateway_solve_harmless_fields_are_readable() -> None:
+    extra = b"".join(
+        [raw_field(5, 1), raw_field(6, 1), raw_field(10, 1), raw_field(11, b"{}"), raw_field(14, 1)]
+    )
+    assert gateway_solve(extra=extra, Frontend="dockerfile.v0").unreadable is None
+
+
+def solve_bytes(extra: bytes, **fields: object) -> BuildInputs:
+    request = SolveRequest(Ref="r", Session="s", Frontend="dockerfile.v0", **fields)  # type: ignore[arg-type]
+    return from_solve_request(request.SerializeToString() + extra)
+
+
+def test_control_solve_source_policy_is_unreadable() -> None:
+    for extra in (raw_field(12, POLICY), raw_field(15, b"policy-session")):
+        inputs = solve_bytes(extra)
+        assert inputs.unreadable is not None and "source policy" in inputs.unreadable, extra
+        setting = upfront(inputs, policy(builds="deny")).setting
+        assert setting is not None and not setting.allowed and setting.setting == "builds"
+    # Present but empty: an empty policy converts nothing, an empty session is none.
+    assert solve_bytes(raw_field(12, b"") + raw_field(15, b"")).unreadable is None
+    # Before what else makes the build unreadable: the first reason is the one shown.
+    both = solve_bytes(raw_field(12, POLICY), FrontendInputs={"x": llb("local://x")})
+    assert both.unreadable is not None and "source policy" in both.unreadable
+
+
+def test_gateway_solve_source_policies_are_unreadable() -> None:
+    inputs = gateway_solve(extra=raw_field(15, POLICY), Frontend="dockerfile.v0")
+    assert inputs.unreadable is not None and "source policy (field 15)" in inputs.unreadable
+    assert gateway_solve(extra=raw_field(15, b""), Frontend="dockerfile.v0").unreadable is None
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [raw_field(18, 1), raw_field(99, b"x"), raw_field(2047, 0), b"\x95\x01\x00\x00\x00\x00"],
+)
+def test_control_solve_unknown_field_is_unreadable(extra: bytes) -> None:
+    inputs = solve_bytes(extra)
+    assert inputs.unreadable is not None
+    assert "a build request field Pullgate does not know (" in inputs.unreadable
+
+
+@pytest.mark.parametrize("number", [7, 8, 9, 16])
+def test_gateway_solve_unknown_field_is_unreadable(number: int) -> None:
+    inputs = gateway_solve(extra=raw_field(number, 1), Frontend="dockerfile.v0")
+    assert inputs.unreadable == f"a build request field Pullgate does not know ({number})"
+
+
+def test_control_solve_harmless_fields_are_readable() -> None:
+    extra = b"".join(
+        [
+            raw_field(3, b"image"),  # ExporterDeprecated
+            raw_field(4, raw_field(1, b"k") + raw_field(2, b"v")),  # ExporterAttrsDeprecated
+            raw_field(9, b"network.host"),  # Entitlements
+            raw_field(11, 1),  # Internal
+            raw_field(13, raw_field(1, b"image")),  # Exporters
+            raw_field(14, 1),  # EnableSessionExporter
+            raw_field(16, 1),  # CompatibilityVersion
+            raw_field(17, 1),  # ProxyNetwork
+        ]
+    )
+    assert solve_bytes(extra).unreadable is None
+
+
+def test_group_wire_type_is_refused() -> None:
+    with pytest.raises(InspectionError, match="wire type"):
+        solve_bytes(b"\xa3\x01\xa4\x01")  # field 20: an empty group
+
+
+def resolve_config(extra: bytes = b"", **fields: object) -> ResolveTarget:
+    request = gateway_pb2.ResolveImageConfigRequest(**fields)  # type: ignore[arg-type]
+    return image_of_resolve_config(request.SerializeToString() + extra)
+
+
+def test_resolve_image_config_names_its_image() -> None:
+    assert resolve_config(Ref="someuser/tool:1", ResolveMode="default") == ("someuser/tool:1", None)
+    # Platform, LogName, SessionID and StoreID change nothing for a registry resolve.
+    harmless = raw_field(2, raw_field(1, b"amd64")) + raw_field(4, b"x") + raw_field(6, b"s")
+    assert resolve_config(harmless + raw_field(7, b"st"), Ref="alpine").image == "alpine"
+
+
+def test_resolve_image_config_policy_unknown_field_or_oci_layout_is_unreadable() -> None:
+    image, why = resolve_config(raw_field(8, POLICY), Ref="alpine")
+    assert image is None and why is not None and "source policy" in why
+    image, why = resolve_config(raw_field(9, 1), Ref="alpine")
+    assert image is None and why == "an image resolve field Pullgate does not know (9)"
+    image, why = resolve_config(Ref="alpine", ResolverType=1)
+    assert image is None and why is not None and "OCI layout" in why
+    assert resolve_config(Ref="alpine", ResolverType=7).unreadable is not None
+    assert resolve_config(raw_field(8, b""), Ref="alpine") == ("alpine", None)
+
+
+def test_resolve_image_config_garbage_or_bad_reference_is_refused() -> None:
+    with pytest.raises(InspectionError, match="does not decode"):
+        image_of_resolve_config(b"\xff\xff")
+    for ref in ("", "Bad/Name", "a b"):
+        with pytest.raises(InspectionError, match="image to resolve"):
+            resolve_config(Ref=ref)
+
+
+def resolve_source(identifier: str, extra: bytes = b"") -> ResolveTarget:
+    request = gateway_pb2.ResolveSourceMetaRequest(Source=SourceOp(identifier=identifier))
+    return image_of_resolve_source_meta(request.SerializeToString() + extra)
+
+
+def test_resolve_source_meta_of_an_image_or_of_files() -> None:
+    assert resolve_source("docker-image://docker.io/someuser/tool:1") == (
+        "docker.io/someuser/tool:1",
+        None,
+    )
+    for identifier in (
+        "git://github.com/x/y.git#main",
+        "https://example.com/file.tar",
+        "http://example.com/f",
+        "local://context",
+    ):
+        assert resolve_source(identifier) == (None, None), identifier
+
+
+def test_resolve_source_meta_unknown_source_policy_or_field_is_unreadable() -> None:
+    for identifier in ("oci-layout://store@sha256:" + "a" * 64, "alpine", "future://x"):
+        image, why = resolve_source(identifier)
+        assert image is None and why is not None and identifier in why
+    image, why = resolve_source("docker-image://alpine", raw_field(8, POLICY))
+    assert image is None and why is not None and "source policy" in why
+    image, why = resolve_source("git://x/y", raw_field(8, POLICY))
+    assert why is not None  # a policy may turn a git source into an image too
+    assert resolve_source("docker-image://alpine", raw_field(12, 1)).unreadable == (
+        "a source resolve field Pullgate does not know (12)"
+    )
+    harmless = raw_field(3, b"log") + raw_field(4, b"pull") + raw_field(6, raw_field(1, 1))
+    assert resolve_source("docker-image://alpine", harmless) == ("alpine", None)
+    with pytest.raises(InspectionError, match="image to resolve"):
+        resolve_source("docker-image://Bad/Name")
+
+
+def test_resolve_inspection_decides_the_image_as_a_build_pull() -> None:
+    result = resolve_inspection("someuser/tool:1", policy(), detail=RESOLVE_CONFIG_DETAIL)
+    assert details(result) == {("docker.io/someuser/tool:1", "image metadata (ResolveImageConfig)")}
+    assert [w.action for w in result.wants] == [EventAction.BUILD]
+    assert [lookup.name for lookup in result.lookups] == ["someuser/tool:1"]
+    assert result.setting is None
+    assert resolve_inspection(None, policy()) == Inspection()
+    image, why = resolve_config(raw_field(8, POLICY), Ref="alpine")
+    deny = resolve_inspection(image, policy(builds="deny"), unreadable=why)
+    assert deny.setting is not None and not deny.setting.allowed and not deny.wants
+    allow = resolve_inspection(image, policy(builds="allow"), unreadable=why)
+    assert allow.setting is not None and allow.setting.allowed

@@ -8,6 +8,9 @@ Two moments, because the tunnel must hold the build back until it knows:
 * :func:`dockerfile` (or :func:`from_sync`), once the file sync has delivered the
   Dockerfile: every image it pulls, read with BuildKit's semantics.
 
+Beside them, :func:`resolve_inspection` decides the image of a gateway
+``ResolveImageConfig`` / ``ResolveSourceMeta`` call, whose metadata the daemon fetches.
+
 Both return the :class:`Inspection` that ``request`` returns for classic builds, so one
 decision path serves both builders. Pure core.
 """
@@ -42,7 +45,22 @@ from agent.core.inspection.request import (
 )
 from agent.core.policy.document import Policy
 
-__all__ = ["READINGS", "dockerfile", "from_sync", "merge", "upfront"]
+__all__ = [
+    "READINGS",
+    "RESOLVE_CONFIG_DETAIL",
+    "RESOLVE_DETAIL",
+    "RESOLVE_SOURCE_DETAIL",
+    "dockerfile",
+    "from_sync",
+    "merge",
+    "resolve_inspection",
+    "upfront",
+]
+
+#: The audit detail of an image a gateway resolve call fetches the metadata of.
+RESOLVE_DETAIL = "image metadata (resolved for a build)"
+RESOLVE_CONFIG_DETAIL = "image metadata (ResolveImageConfig)"
+RESOLVE_SOURCE_DETAIL = "image metadata (ResolveSourceMeta)"
 
 #: How the frontends that may run a build parse one file: (heredocs, ``# check=``
 #: directive, how). The daemon's builtin frontend is as old as the daemon (20.10's
@@ -196,6 +214,30 @@ def from_sync(
         if data is not None:
             found.append(dockerfile(inputs, path, data, policy, all_stages=all_stages))
     return merge(found)
+
+
+def resolve_inspection(
+    image: str | None,
+    policy: Policy,
+    *,
+    unreadable: str | None = None,
+    detail: str = RESOLVE_DETAIL,
+) -> Inspection:
+    """A gateway resolve call (``inputs.image_of_resolve_config`` or
+    ``image_of_resolve_source_meta``, whose ``ResolveTarget`` gives ``image`` and
+    ``unreadable``): the daemon fetches ``image``'s manifest and config, so it is decided
+    as an image the build pulls, and looked up as a local image as the build's are (the
+    daemon's BuildKit resolves a local image first unless told to pull). ``unreadable``
+    follows ``builds``; no image (a git or http source) decides nothing.
+    """
+    if unreadable is not None:
+        return Inspection(setting=builds_setting(policy, unreadable))
+    if image is None:
+        return Inspection()
+    want = Wanted(
+        image, image_reference(image, "image to resolve"), EventAction.BUILD, detail=detail
+    )
+    return with_build_lookups(Inspection(wants=(want,)))
 
 
 def merge(inspections: Iterable[Inspection]) -> Inspection:

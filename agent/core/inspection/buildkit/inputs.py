@@ -8,6 +8,17 @@ comes from (which session, which local, which paths the frontend may read), the 
 that change what it pulls, the images named outside it, and ``unreadable`` when no
 reading of the Dockerfile can tell what the build pulls.
 
+buildx (any client using ``client.Build``) runs the gateway client-side: its
+``Control/Solve`` names no frontend and no LLB (:attr:`BuildInputs.gateway_forwarding`),
+and the build's solves arrive as ``LLBBridge/Solve`` calls of that build
+(:func:`from_gateway_solve`), beside ``ResolveImageConfig`` / ``ResolveSourceMeta`` calls
+that have the daemon fetch an image's manifest and config (:func:`image_of_resolve_config`,
+:func:`image_of_resolve_source_meta`).
+
+A source policy in any of these requests converts one source into another (``FROM
+alpine`` may pull anything), so it makes the request unreadable, as does a field Pullgate
+does not know: what it does to the pulls cannot be told.
+
 Pure core: a query or the bytes of a ``SolveRequest`` in, a value out. What the
 frontend reads is taken from BuildKit's ``frontend/dockerui`` (``config.go``
 ``ReadEntrypoint``, ``context.go`` ``initContext``, ``namedcontext.go``).
@@ -19,9 +30,11 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
+from agent.core.inspection.buildkit.protos import gateway_pb2
 from agent.core.inspection.buildkit.protos.control_pb2 import CacheOptions, SolveRequest
 from agent.core.inspection.buildkit.protos.llb_pb2 import Definition, Op
 from agent.core.inspection.request import (
@@ -39,17 +52,23 @@ __all__ = [
     "BUILD_QUERY",
     "CONTROL_SOLVE",
     "DOCKERFILE_FRONTENDS",
+    "GATEWAY_SOLVE",
     "BuildInputs",
     "NamedContext",
+    "ResolveTarget",
     "context_overrides",
     "from_build_query",
+    "from_gateway_solve",
     "from_solve_request",
+    "image_of_resolve_config",
+    "image_of_resolve_source_meta",
     "is_dockerfile_frontend",
     "named_context",
 ]
 
 BUILD_QUERY = "POST /build"
 CONTROL_SOLVE = "Control/Solve"
+GATEWAY_SOLVE = "LLBBridge/Solve"
 
 #: Repositories of the Dockerfile frontend images, whose LLB is the Dockerfile's (any tag
 #: or digest): the shim reads the Dockerfile as they do. Any other frontend image runs
@@ -72,6 +91,27 @@ _IMAGE_SCHEME = "docker-image"
 _FILE_SCHEMES = frozenset({"local", "git", "http", "https"})
 #: Top-level field of pb.Op holding a nested build (``BuildOp``): LLB inside LLB.
 _BUILD_OP_FIELD = 5
+
+#: The top-level fields of each request (BuildKit's published numbers) that change no
+#: pull beyond what Pullgate reads of them; any other field makes the request unreadable.
+#: Control ``SolveRequest``: Ref, Definition, ExporterDeprecated, ExporterAttrsDeprecated,
+#: Session, Frontend, FrontendAttrs, Cache, Entitlements, FrontendInputs, Internal,
+#: Exporters, EnableSessionExporter, CompatibilityVersion, ProxyNetwork.
+_CONTROL_SOLVE_FIELDS = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 16, 17})
+#: Its source policy (12) and the session supplying one (``SourcePolicySession``, 15).
+_CONTROL_SOLVE_POLICIES = frozenset({12, 15})
+#: Gateway ``SolveRequest``: Definition, Frontend, FrontendOpt, ImportCacheRefsDeprecated
+#: (removed in v0.11, read as registry cache imports), allowResultReturn,
+#: allowResultArrayRef, Final, ExporterAttr, CacheImports, FrontendInputs, Evaluate.
+_GATEWAY_SOLVE_FIELDS = frozenset({1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14})
+_GATEWAY_SOLVE_POLICIES = frozenset({15})
+#: ``ResolveImageConfigRequest``: Ref, Platform, ResolveMode, LogName, ResolverType,
+#: SessionID, StoreID; ``ResolveSourceMetaRequest``: Source, Platform, LogName,
+#: ResolveMode, Git, Image, HTTP. Both carry SourcePolicies as 8.
+_RESOLVE_FIELDS = frozenset({1, 2, 3, 4, 5, 6, 7})
+_RESOLVE_POLICIES = frozenset({8})
+#: ``sourceresolver.ResolverTypeRegistry``: the only resolver that names a registry image.
+_RESOLVER_REGISTRY = 0
 
 
 @dataclass(frozen=True)
@@ -103,6 +143,11 @@ class BuildInputs:
     ref: str = ""
     #: The frontend's raw attributes, for whatever the tunnel needs to correlate.
     attrs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: A ``Control/Solve`` naming neither a frontend nor LLB: the client runs the build
+    #: through the gateway API (``client.Build``, as buildx does), so its solves arrive
+    #: as ``LLBBridge/Solve`` calls of this ``ref`` (:func:`from_gateway_solve`); this
+    #: request itself runs no frontend, and reads no Dockerfile.
+    gateway_forwarding: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,6 +278,7 @@ def _frontend_attrs(
     llb_images: tuple[str, ...] = (),
     unreadable: list[str] | None = None,
     ref: str = "",
+    gateway_forwarding: bool = False,
 ) -> BuildInputs:
     reasons = list(unreadable or [])
     filename = _clean_filename(attrs.get("filename", _DEFAULT_FILENAME))
@@ -296,6 +342,7 @@ def _frontend_attrs(
         unreadable=reasons[0] if reasons else None,
         ref=ref,
         attrs=MappingProxyType(dict(attrs)),
+        gateway_forwarding=gateway_forwarding,
     )
 
 
@@ -343,11 +390,45 @@ def from_build_query(query: Mapping[str, str] | Query) -> BuildInputs:
 def from_solve_request(payload: bytes) -> BuildInputs:
     """A ``moby.buildkit.v1.Control/Solve`` request (buildx, or any BuildKit client)."""
     request = SolveRequest()
-    try:
-        request.ParseFromString(payload)
-    except DecodeError as e:
-        raise InspectionError("pullgate: the BuildKit solve request does not decode") from e
-    reasons: list[str] = []
+    _parse(request, payload, "the BuildKit solve request")
+    reasons = _request_problems(
+        payload, _CONTROL_SOLVE_FIELDS, _CONTROL_SOLVE_POLICIES, "a build request"
+    )
+    return _from_solve(CONTROL_SOLVE, request, reasons)
+
+
+def from_gateway_solve(payload: bytes, parent: BuildInputs) -> BuildInputs:
+    """A ``moby.buildkit.v1.frontend.LLBBridge/Solve`` request of the build ``parent``
+    (the ``Control/Solve`` whose ``Ref`` the call's ``buildkit-controlapi-buildid``
+    metadata names): a solve in that build's session, read as a ``Control/Solve`` of it.
+
+    ``FrontendOpt`` is read as ``FrontendAttrs``, ``CacheImports`` (and the removed
+    ``ImportCacheRefsDeprecated``, registry refs to older daemons) as the solve's cache
+    imports. What ``parent`` itself names is decided with ``parent``, not here.
+    """
+    request = gateway_pb2.SolveRequest()
+    _parse(request, payload, "the BuildKit gateway solve request")
+    reasons = _request_problems(
+        payload, _GATEWAY_SOLVE_FIELDS, _GATEWAY_SOLVE_POLICIES, "a build request"
+    )
+    solve = SolveRequest(
+        Ref=parent.ref,
+        Session=parent.session,
+        Frontend=request.Frontend,
+        FrontendAttrs=dict(request.FrontendOpt),
+    )
+    if request.HasField("Definition"):
+        solve.Definition.CopyFrom(request.Definition)
+    for name, definition in request.FrontendInputs.items():
+        solve.FrontendInputs[name].CopyFrom(definition)
+    if request.ImportCacheRefsDeprecated or request.CacheImports:
+        solve.Cache.ImportRefsDeprecated.extend(request.ImportCacheRefsDeprecated)
+        solve.Cache.Imports.extend(request.CacheImports)
+    return _from_solve(GATEWAY_SOLVE, solve, reasons)
+
+
+def _from_solve(via: str, request: SolveRequest, reasons: list[str]) -> BuildInputs:
+    """A solve (``Control/Solve``, or a gateway solve in its terms), after ``reasons``."""
     if request.FrontendInputs:
         reasons.append(
             "a build with frontend inputs ("
@@ -367,7 +448,7 @@ def from_solve_request(payload: bytes) -> BuildInputs:
     if why:
         reasons.append(why)
     return _frontend_attrs(
-        CONTROL_SOLVE,
+        via,
         request.Session,
         request.Frontend,
         dict(request.FrontendAttrs),
@@ -375,7 +456,85 @@ def from_solve_request(payload: bytes) -> BuildInputs:
         llb_images=llb_images,
         unreadable=reasons,
         ref=request.Ref,
+        gateway_forwarding=via == CONTROL_SOLVE and not request.Frontend and not has_definition,
     )
+
+
+class ResolveTarget(NamedTuple):
+    """What a ``ResolveImageConfig`` / ``ResolveSourceMeta`` call has the daemon resolve.
+
+    ``image``: the image whose manifest and config the daemon fetches (a pull of its
+    metadata, decided as a pull by the build), or None. ``unreadable``: why what it
+    fetches cannot be told (the caller follows ``builds``), or None. At most one is
+    set; neither when the source is no image (git, http, a local directory).
+    """
+
+    image: str | None
+    unreadable: str | None
+
+
+def image_of_resolve_config(payload: bytes) -> ResolveTarget:
+    """A ``moby.buildkit.v1.frontend.LLBBridge/ResolveImageConfig`` request: ``Ref`` is
+    the image, resolved in a registry unless ``ResolverType`` names a session's OCI
+    layout store (which Pullgate cannot read, as for an ``oci-layout://`` context)."""
+    request = gateway_pb2.ResolveImageConfigRequest()
+    _parse(request, payload, "the BuildKit image resolve request")
+    reasons = _request_problems(payload, _RESOLVE_FIELDS, _RESOLVE_POLICIES, "an image resolve")
+    if reasons:
+        return ResolveTarget(None, reasons[0])
+    if request.ResolverType != _RESOLVER_REGISTRY:
+        kind = "an OCI layout store" if request.ResolverType == 1 else "an unknown resolver"
+        return ResolveTarget(
+            None,
+            f"an image resolve of {request.Ref!r} from {kind} ({request.ResolverType})",
+        )
+    image_reference(request.Ref, "image to resolve")
+    return ResolveTarget(request.Ref, None)
+
+
+def image_of_resolve_source_meta(payload: bytes) -> ResolveTarget:
+    """A ``moby.buildkit.v1.frontend.LLBBridge/ResolveSourceMeta`` request: its
+    ``Source`` op names the source as LLB does (``docker-image://`` an image; git, http
+    and local sources bring files; any other source, an OCI layout say, is unreadable)."""
+    request = gateway_pb2.ResolveSourceMetaRequest()
+    _parse(request, payload, "the BuildKit source resolve request")
+    reasons = _request_problems(payload, _RESOLVE_FIELDS, _RESOLVE_POLICIES, "a source resolve")
+    if reasons:
+        return ResolveTarget(None, reasons[0])
+    identifier = request.Source.identifier
+    scheme, sep, rest = identifier.partition("://")
+    if sep and scheme == _IMAGE_SCHEME:
+        image_reference(rest, "image to resolve")
+        return ResolveTarget(rest, None)
+    if sep and scheme in _FILE_SCHEMES:
+        return ResolveTarget(None, None)
+    return ResolveTarget(None, f"a resolve of the source {identifier!r}")
+
+
+def _parse(message: Message, payload: bytes, what: str) -> None:
+    try:
+        message.ParseFromString(payload)
+    except DecodeError as e:
+        raise InspectionError(f"pullgate: {what} does not decode") from e
+
+
+def _request_problems(
+    payload: bytes, known: frozenset[int], policies: frozenset[int], what: str
+) -> list[str]:
+    """Why a request (known to decode) is unreadable by its top-level fields: a source
+    policy, or a session supplying one, that is present and not empty (it may convert
+    any source into any other), or a field outside ``known``."""
+    reasons: list[str] = []
+    for number, value in _raw_fields(payload, "a BuildKit request"):
+        if number in policies:
+            if value not in (0, b""):
+                reasons.append(
+                    f"{what} with a source policy (field {number}), which may replace "
+                    "the images it names"
+                )
+        elif number not in known:
+            reasons.append(f"{what} field Pullgate does not know ({number})")
+    return list(dict.fromkeys(reasons))
 
 
 def _cache_options(cache: CacheOptions) -> tuple[list[str], str | None]:
@@ -423,32 +582,40 @@ def _ops(definition: Definition) -> list[bytes]:
 
 
 def _field_numbers(data: bytes) -> set[int]:
-    """The top-level field numbers of an encoded message (already known to decode)."""
-    numbers: set[int] = set()
+    """The top-level field numbers of an encoded LLB op (already known to decode)."""
+    return {number for number, _ in _raw_fields(data, "an LLB op")}
+
+
+def _raw_fields(data: bytes, what: str) -> list[tuple[int, int | bytes]]:
+    """The top-level fields of an encoded message (already known to decode), in order:
+    ``(number, value)``, a varint's value as an int, any other field's bytes."""
+    fields: list[tuple[int, int | bytes]] = []
     at = 0
     while at < len(data):
         key, at = _varint(data, at)
         number, wire = key >> 3, key & 7
-        numbers.add(number)
+        value: int | bytes
         if wire == 0:
-            _, at = _varint(data, at)
-        elif wire == 1:
-            at += 8
+            value, at = _varint(data, at)
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, at = data[at : at + size], at + size
         elif wire == 2:
             length, at = _varint(data, at)
-            at += length
-        elif wire == 5:
-            at += 4
+            value, at = data[at : at + length], at + length
         else:
-            raise InspectionError("pullgate: an LLB op uses a wire type Pullgate cannot read")
-    return numbers
+            raise InspectionError(f"pullgate: {what} uses a wire type Pullgate cannot read")
+        if at > len(data):
+            raise InspectionError(f"pullgate: {what} is truncated")
+        fields.append((number, value))
+    return fields
 
 
 def _varint(data: bytes, at: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if at >= len(data) or shift > 63:
-            raise InspectionError("pullgate: an LLB op holds a malformed number")
+            raise InspectionError("pullgate: a BuildKit message holds a malformed number")
         byte = data[at]
         at += 1
         value |= (byte & 0x7F) << shift
