@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from agent.core.inspection.buildkit.inputs import BuildInputs
 from agent.core.peer import PeerInfo
 
-__all__ = ["BuildRegistry", "PendingBuild"]
+__all__ = ["CONTROL_SOLVE_ENDPOINT", "BuildRegistry", "PendingBuild"]
+
+#: The audit endpoint of a build started by ``Control/Solve`` (gateway calls name it).
+CONTROL_SOLVE_ENDPOINT = "POST /grpc Control/Solve"
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,14 @@ class PendingBuild:
     inputs: BuildInputs
     peer: PeerInfo
     endpoint: str  # "POST /build" or "POST /grpc Control/Solve": the audit endpoint
+
+    @property
+    def reads_dockerfile(self) -> bool:
+        """Whether its frontend reads a Dockerfile from the session. A ``Control/Solve``
+        with no frontend and no LLB only opens a build for a client-side gateway (buildx),
+        whose own ``LLBBridge/Solve`` calls are registered in turn."""
+        inputs = self.inputs
+        return not inputs.gateway_forwarding and not inputs.llb_images
 
 
 class BuildRegistry:
@@ -49,9 +60,24 @@ class BuildRegistry:
         return [
             b
             for b in self._builds.values()
-            if b.inputs.dockerfile_session == session and b.inputs.dockerfile_local == local
+            if b.reads_dockerfile
+            and b.inputs.dockerfile_session == session
+            and b.inputs.dockerfile_local == local
         ]
+
+    def by_ref(self, ref: str) -> PendingBuild | None:
+        """The ``Control/Solve`` in flight whose ``Ref`` (the build id) is ``ref``; None
+        when there is none, or more than one (which build a call is for is then unknown)."""
+        found = [
+            b
+            for b in self._builds.values()
+            if ref and b.inputs.ref == ref and b.endpoint == CONTROL_SOLVE_ENDPOINT
+        ]
+        return found[0] if len(found) == 1 else None
 
     def uses_session(self, session: str) -> bool:
         """Whether any build in flight reads its Dockerfile from ``session``."""
-        return any(b.inputs.dockerfile_session == session for b in self._builds.values())
+        return any(
+            b.reads_dockerfile and b.inputs.dockerfile_session == session
+            for b in self._builds.values()
+        )

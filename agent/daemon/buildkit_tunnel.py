@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import h2.config
 import h2.connection
@@ -40,11 +42,24 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from google.protobuf.message import DecodeError
 
 from agent.core.inspection.buildkit import grpc
-from agent.core.inspection.buildkit.decide import from_sync, upfront
+from agent.core.inspection.buildkit.decide import (
+    RESOLVE_CONFIG_DETAIL,
+    RESOLVE_SOURCE_DETAIL,
+    from_sync,
+    resolve_inspection,
+    upfront,
+)
 from agent.core.inspection.buildkit.filesync import DockerfileSync, FileSyncError
-from agent.core.inspection.buildkit.inputs import from_solve_request
+from agent.core.inspection.buildkit.inputs import (
+    from_gateway_solve,
+    from_solve_request,
+    image_of_resolve_config,
+    image_of_resolve_source_meta,
+)
+from agent.core.inspection.buildkit.protos.control_pb2 import BytesMessage
 from agent.core.inspection.request import (
     Inspection,
     InspectionError,
@@ -53,19 +68,67 @@ from agent.core.inspection.request import (
 )
 from agent.core.peer import PeerInfo
 from agent.core.policy.document import Policy
-from agent.daemon.buildkit_builds import BuildRegistry, PendingBuild
+from agent.daemon.buildkit_builds import CONTROL_SOLVE_ENDPOINT, BuildRegistry, PendingBuild
 
 __all__ = ["Decider", "Tunnel", "TunnelKind"]
 
 Headers = list[tuple[bytes, bytes]]
 
-#: Decide an inspection for a build (endpoint, peer); resolves to a denial message or
-#: None once the decision is recorded (the shim's audit gate).
-Decider = Callable[[Inspection, str, PeerInfo], Awaitable[str | None]]
+
+class Decider(Protocol):
+    """Decide an inspection for a build (endpoint, peer); resolves to a denial message or
+    None once the decision is recorded (the shim's audit gate). ``every_stage``: the
+    same decision with every stage of the Dockerfile, should local images call for it."""
+
+    def __call__(
+        self,
+        inspection: Inspection,
+        endpoint: str,
+        peer: PeerInfo,
+        every_stage: Callable[[], Inspection] | None = None,
+    ) -> Awaitable[str | None]: ...
+
 
 DIFFCOPY = b"/moby.filesync.v1.FileSync/DiffCopy"
 TARSTREAM = b"/moby.filesync.v1.FileSync/TarStream"
-SOLVE = b"/moby.buildkit.v1.Control/Solve"
+CONTROL = b"/moby.buildkit.v1.Control/"
+SOLVE = CONTROL + b"Solve"
+SESSION = CONTROL + b"Session"
+GATEWAY = b"/moby.buildkit.v1.frontend.LLBBridge/"
+GATEWAY_SOLVE = GATEWAY + b"Solve"
+RESOLVE_IMAGE = GATEWAY + b"ResolveImageConfig"
+RESOLVE_SOURCE = GATEWAY + b"ResolveSourceMeta"
+#: Calls on /grpc relayed as they are: they read state or run what a decided solve
+#: made, and start no pull. Any other call follows the policy's ``builds`` setting.
+RELAYED = frozenset(
+    [CONTROL + m for m in (b"DiskUsage", b"Prune", b"Status", b"ListWorkers", b"Info")]
+    + [CONTROL + m for m in (b"ListenBuildHistory", b"UpdateBuildHistory")]
+    + [
+        GATEWAY + m
+        for m in (
+            b"ReadFile",
+            b"ReadDir",
+            b"StatFile",
+            b"Evaluate",
+            b"Ping",
+            b"Return",
+            b"Inputs",
+            b"NewContainer",
+            b"ReleaseContainer",
+            b"ExecProcess",
+            b"ReadFileContainer",
+            b"ReadDirContainer",
+            b"StatFileContainer",
+            b"Warn",
+        )
+    ]
+    + [
+        b"/grpc.health.v1.Health/Check",
+        b"/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    ]
+)
+BUILD_ID = b"buildkit-controlapi-buildid"
+SESSION_ID = b"x-docker-expose-session-uuid"
 
 #: What the shim lets each peer have in flight towards it: the most one tunnel buffers
 #: per stream, and in all.
@@ -117,7 +180,7 @@ class _Pair:
         self.to_resp = _Outbox(0)  # requester → responder
         self.to_req = _Outbox(req_sid)  # responder → requester
         self.response_started = False
-        self.hook: _DockerfileHook | _SolveHook | None = None
+        self.hook: _DockerfileHook | _UnaryHook | _NestedSessionHook | None = None
         self.closed = False
 
 
@@ -281,8 +344,18 @@ class Tunnel:
                 return
             else:
                 pair.hook = _DockerfileHook(self, pair, builds)
-        elif self.kind == TunnelKind.GRPC and path == SOLVE:
-            pair.hook = _SolveHook(self, pair, headers)
+        elif self.kind == TunnelKind.GRPC and path == SESSION:
+            pair.hook = _NestedSessionHook(self, pair, headers)
+            if pair.closed:
+                return
+        elif self.kind == TunnelKind.GRPC and path not in RELAYED:
+            judge = {
+                SOLVE: self._judge_solve,
+                GATEWAY_SOLVE: self._judge_gateway_solve,
+                RESOLVE_IMAGE: self._judge_resolve,
+                RESOLVE_SOURCE: self._judge_resolve,
+            }.get(path, self._judge_unknown)
+            pair.hook = _UnaryHook(self, pair, headers, judge)
             if ended:
                 pair.hook.request_end()
             return
@@ -319,7 +392,7 @@ class Tunnel:
 
     def _request_data(self, pair: _Pair, data: bytes) -> None:
         hook = pair.hook
-        if isinstance(hook, _SolveHook):
+        if isinstance(hook, (_UnaryHook, _NestedSessionHook)):
             hook.request_data(data)
             return
         if isinstance(hook, _DockerfileHook):
@@ -327,9 +400,13 @@ class Tunnel:
         self._queue(self.resp, pair.to_resp, memoryview(data))
 
     def _request_end(self, pair: _Pair) -> None:
-        if isinstance(pair.hook, _SolveHook):
-            pair.hook.request_end()
+        hook = pair.hook
+        if isinstance(hook, _UnaryHook):
+            hook.request_end()
             return
+        if isinstance(hook, _NestedSessionHook):
+            hook.ending = True
+            hook.inner.close(None)
         pair.to_resp.end = True
         self._drain(self.resp, pair.to_resp)
 
@@ -345,6 +422,9 @@ class Tunnel:
                 self.req.send_headers(pair.req_sid, list(event.headers or ()))
             except h2.exceptions.H2Error as e:
                 self.close(f"cannot relay a response: {e}")
+                return
+            if isinstance(pair.hook, _NestedSessionHook):
+                pair.hook.response_started()
         elif isinstance(event, h2.events.DataReceived):
             pair = self.by_resp.get(event.stream_id)
             data = event.data or b""
@@ -355,6 +435,9 @@ class Tunnel:
                 self._ack_resp(event.stream_id, len(data))
                 return
             hook = pair.hook
+            if isinstance(hook, _NestedSessionHook):
+                hook.response_data(data)
+                return
             if isinstance(hook, _DockerfileHook):
                 # Held bytes are bounded by the sync; relayed ones are acknowledged
                 # once they are out, so a slow daemon still slows the client.
@@ -372,6 +455,9 @@ class Tunnel:
             if isinstance(pair.hook, _DockerfileHook):
                 pair.hook.sender_end(list(event.headers or ()))
                 return
+            if isinstance(pair.hook, _NestedSessionHook):
+                pair.hook.ending = True
+                pair.hook.inner.close(None)
             pair.to_req.trailers = list(event.headers or ())
             pair.to_req.end = True
             self._drain(self.req, pair.to_req)
@@ -382,6 +468,9 @@ class Tunnel:
             if isinstance(pair.hook, _DockerfileHook):
                 pair.hook.sender_end(None)
                 return
+            if isinstance(pair.hook, _NestedSessionHook):
+                pair.hook.ending = True
+                pair.hook.inner.close(None)
             pair.to_req.end = True
             self._drain(self.req, pair.to_req)
         elif isinstance(event, h2.events.StreamReset):
@@ -469,12 +558,16 @@ class Tunnel:
                 self._forget(pair)
 
     def _forget(self, pair: _Pair) -> None:
+        if pair.closed:
+            return
         pair.closed = True
         self.pairs.pop(pair.req_sid, None)
         if pair.resp_sid is not None:
             self.by_resp.pop(pair.resp_sid, None)
-        if isinstance(pair.hook, _SolveHook):
+        if isinstance(pair.hook, _UnaryHook):
             pair.hook.finished()
+        elif isinstance(pair.hook, _NestedSessionHook):
+            pair.hook.inner.close(None)
 
     def _flush_writes(self) -> None:
         if self.closed:
@@ -534,6 +627,56 @@ class Tunnel:
             return
         self._open_responder(pair, headers)
         self._flush_writes()
+
+    # -- what the /grpc calls that start work are decided by ------------------------
+
+    async def _judge_solve(self, hook: _UnaryHook, payload: bytes) -> str | None:
+        """``Control/Solve``: registered (its session's Dockerfile is then tied to it),
+        and what it names outright decided."""
+        inputs = from_solve_request(payload)
+        hook.register(PendingBuild(inputs, self.peer, CONTROL_SOLVE_ENDPOINT))
+        return await self.decide(upfront(inputs, self.policy()), hook.endpoint, self.peer)
+
+    async def _judge_gateway_solve(self, hook: _UnaryHook, payload: bytes) -> str | None:
+        """``LLBBridge/Solve`` of a build in flight (buildx runs the gateway client-side):
+        read like a ``Control/Solve`` of that build's session."""
+        parent = self._build_of(hook)
+        if parent is None:
+            what = "a BuildKit gateway solve that names no build in flight"
+            return await self._judge_setting(hook, what)
+        inputs = from_gateway_solve(payload, parent.inputs)
+        hook.register(PendingBuild(inputs, parent.peer, hook.endpoint))
+        return await self.decide(upfront(inputs, self.policy()), hook.endpoint, parent.peer)
+
+    async def _judge_resolve(self, hook: _UnaryHook, payload: bytes) -> str | None:
+        """``ResolveImageConfig`` / ``ResolveSourceMeta``: the daemon fetches an image's
+        manifest and config for the client; decided as a pull of that image."""
+        parent = self._build_of(hook)
+        peer = parent.peer if parent is not None else self.peer
+        if hook.path == RESOLVE_IMAGE:
+            target, detail = image_of_resolve_config(payload), RESOLVE_CONFIG_DETAIL
+        else:
+            target, detail = image_of_resolve_source_meta(payload), RESOLVE_SOURCE_DETAIL
+        if target.image is None and target.unreadable is None:
+            return None  # git, http, local: no image
+        inspection = resolve_inspection(
+            target.image, self.policy(), unreadable=target.unreadable, detail=detail
+        )
+        return await self.decide(inspection, hook.endpoint, peer)
+
+    async def _judge_unknown(self, hook: _UnaryHook, payload: bytes) -> str | None:
+        return await self._judge_setting(hook, f"the BuildKit call {hook.path.decode('latin-1')}")
+
+    async def _judge_setting(self, hook: _UnaryHook, what: str) -> str | None:
+        setting = builds_setting(self.policy(), what)
+        return await self.decide(Inspection(setting=setting), hook.endpoint, self.peer)
+
+    def _build_of(self, hook: _UnaryHook) -> PendingBuild | None:
+        """The build a gateway call belongs to (its build-id metadata), if in flight."""
+        ids = [v for k, v in hook.headers if k == BUILD_ID]
+        if len(ids) != 1:
+            return None
+        return self.registry.by_ref(ids[0].decode("utf-8", "replace"))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -622,7 +765,12 @@ class _DockerfileHook:
         denial: str | None = None
         for build in self.builds:
             inspection = self._inspection(build, policy)
-            message = await self.tunnel.decide(inspection, build.endpoint, build.peer)
+            message = await self.tunnel.decide(
+                inspection,
+                build.endpoint,
+                build.peer,
+                functools.partial(self._inspection, build, policy, all_stages=True),
+            )
             denial = denial or message
         if self.tunnel.closed or self.pair.closed:
             return
@@ -632,9 +780,11 @@ class _DockerfileHook:
         self._release()
         self.tunnel._flush_writes()
 
-    def _inspection(self, build: PendingBuild, policy: Policy) -> Inspection:
+    def _inspection(
+        self, build: PendingBuild, policy: Policy, *, all_stages: bool = False
+    ) -> Inspection:
         try:
-            return from_sync(build.inputs, self.sync, policy)
+            return from_sync(build.inputs, self.sync, policy, all_stages=all_stages)
         except InspectionError as e:
             return Inspection(setting=builds_setting(policy, e.message.removeprefix("pullgate: ")))
 
@@ -654,15 +804,25 @@ class _DockerfileHook:
         self.tunnel.fail_request(self.pair, grpc.PERMISSION_DENIED, message)
 
 
-class _SolveHook:
-    """A ``Control/Solve``: held whole, registered, decided, then sent to the daemon."""
+Judge = Callable[["_UnaryHook", bytes], Awaitable[str | None]]
 
-    def __init__(self, tunnel: Tunnel, pair: _Pair, headers: Headers) -> None:
+
+class _UnaryHook:
+    """A unary call that may start work: held whole, judged, then sent to the daemon,
+    or answered with the denial. Builds it registers stay registered until it ends."""
+
+    def __init__(self, tunnel: Tunnel, pair: _Pair, headers: Headers, judge: Judge) -> None:
         self.tunnel = tunnel
         self.pair = pair
         self.headers = headers
+        self.judge = judge
+        self.path = pair.path
+        self.endpoint = f"POST /grpc {_method_name(pair.path)}"
         self.body = bytearray()
-        self.token: int | None = None
+        self.tokens: list[int] = []
+
+    def register(self, build: PendingBuild) -> None:
+        self.tokens.append(self.tunnel.registry.add(build))
 
     def request_data(self, data: bytes) -> None:
         self.body += data
@@ -681,23 +841,17 @@ class _SolveHook:
 
     async def _decide(self) -> None:
         tunnel = self.tunnel
-        endpoint = "POST /grpc Control/Solve"
         try:
             messages = grpc.MessageReader(max_message=MAX_SOLVE_REQUEST).feed(bytes(self.body))
             if len(messages) != 1:
-                raise InspectionError("pullgate: a build request must be one message")
-            inputs = from_solve_request(messages[0])
-        except (grpc.GrpcFramingError, InspectionError) as e:
-            text = e.message if isinstance(e, InspectionError) else f"pullgate: {e}"
-            tunnel.fail_request(self.pair, grpc.INVALID_ARGUMENT, text)
+                raise InspectionError(f"pullgate: {self.endpoint} must carry one message")
+            denial = await self.judge(self, messages[0])
+        except grpc.GrpcFramingError as e:
+            tunnel.fail_request(self.pair, grpc.INVALID_ARGUMENT, f"pullgate: {e}")
             return
-        self.token = tunnel.registry.add(PendingBuild(inputs, tunnel.peer, endpoint))
-        try:
-            inspection = upfront(inputs, tunnel.policy())
         except InspectionError as e:
             tunnel.fail_request(self.pair, grpc.INVALID_ARGUMENT, e.message)
             return
-        denial = await tunnel.decide(inspection, endpoint, tunnel.peer)
         if tunnel.closed or self.pair.closed:
             return
         if denial is not None:
@@ -712,6 +866,121 @@ class _SolveHook:
         tunnel._flush_writes()
 
     def finished(self) -> None:
-        if self.token is not None:
-            self.tunnel.registry.remove(self.token)
-            self.token = None
+        for token in self.tokens:
+            self.tunnel.registry.remove(token)
+        self.tokens = []
+
+
+def _method_name(path: bytes) -> str:
+    """``/moby.buildkit.v1.Control/Solve`` → ``Control/Solve``."""
+    service, _, method = path.decode("latin-1").lstrip("/").partition("/")
+    return f"{service.rsplit('.', 1)[-1]}/{method}"
+
+
+#: What each BytesMessage of a nested session carries at most.
+_NESTED_CHUNK = 64 * 1024
+
+
+class _NestedSessionHook:
+    """``Control/Session``: a whole session carried inside one gRPC stream as
+    ``BytesMessage`` chunks (how buildx and newer BuildKit clients run sessions). Its
+    bytes feed a nested session ``Tunnel``, so its file syncs are read exactly as those
+    of ``POST /session``."""
+
+    def __init__(self, tunnel: Tunnel, pair: _Pair, headers: Headers) -> None:
+        self.tunnel = tunnel
+        self.pair = pair
+        self.from_client = grpc.MessageReader()
+        self.from_daemon = grpc.MessageReader()
+        self.to_client: list[bytes] = []  # until the daemon's response headers are out
+        self.started = False
+        self.ending = False  # the outer stream ends: so does the nested session, quietly
+        ids = [v.decode("utf-8", "replace").strip() for k, v in headers if k == SESSION_ID]
+        session = ids[0] if len(ids) == 1 else ""
+        self.inner = Tunnel(
+            TunnelKind.SESSION,
+            session,
+            self._write_daemon,
+            self._write_client,
+            self._inner_closed,
+            registry=tunnel.registry,
+            decide=tunnel.decide,
+            policy=tunnel.policy,
+            peer=tunnel.peer,
+        )
+        if not session:
+            why = "pullgate: a BuildKit session names no single session id"
+            self.tunnel.fail_request(pair, grpc.INVALID_ARGUMENT, why)
+
+    def _wrap(self, data: bytes) -> list[memoryview]:
+        out = []
+        for at in range(0, len(data), _NESTED_CHUNK):
+            message = BytesMessage(data=data[at : at + _NESTED_CHUNK]).SerializeToString()
+            out.append(memoryview(grpc.frame(message)))
+        return out
+
+    def _write_daemon(self, data: bytes) -> None:
+        box = self.pair.to_resp
+        box.chunks.extend(self._wrap(data))
+        self.tunnel._drain(self.tunnel.resp, box)
+
+    def _write_client(self, data: bytes) -> None:
+        if not self.started:
+            self.to_client.append(data)
+            return
+        box = self.pair.to_req
+        box.chunks.extend(self._wrap(data))
+        self.tunnel._drain(self.tunnel.req, box)
+
+    def response_started(self) -> None:
+        self.started = True
+        pending, self.to_client = self.to_client, []
+        for data in pending:
+            self._write_client(data)
+
+    def _unwrap(self, reader: grpc.MessageReader, data: bytes) -> bytes | None:
+        try:
+            chunks = []
+            for payload in reader.feed(data):
+                message = BytesMessage()
+                message.ParseFromString(payload)
+                chunks.append(message.data)
+        except (grpc.GrpcFramingError, DecodeError) as e:
+            self.inner.close(f"a nested session message cannot be read: {e}")
+            return None
+        return b"".join(chunks)
+
+    def request_data(self, data: bytes) -> None:
+        """The client's side of the nested session (it serves the file syncs)."""
+        inner = self._unwrap(self.from_client, data)
+        box = self.pair.to_resp
+        box.owed += len(data)
+        box.owe = lambda n, s=self.pair.req_sid: self.tunnel._ack_req(s, n)
+        if inner:
+            self.inner.responder_data(inner)
+        self.tunnel._pay(box)
+
+    def response_data(self, data: bytes) -> None:
+        """The daemon's side of the nested session (it calls the client)."""
+        inner = self._unwrap(self.from_daemon, data)
+        box = self.pair.to_req
+        sid = self.pair.resp_sid
+        box.owed += len(data)
+        box.owe = lambda n: self.tunnel._ack_resp(sid or 0, n)
+        if inner:
+            self.inner.requester_data(inner)
+        self.tunnel._pay(box)
+
+    def _inner_closed(self, why: str | None) -> None:
+        """The nested session ended: so does the stream that carried it."""
+        pair = self.pair
+        if pair.closed or self.ending:
+            return
+        if why is not None:
+            self.tunnel.fail_request(pair, grpc.UNAVAILABLE, f"pullgate: {why}")
+            return
+        if pair.resp_sid is not None:
+            self.tunnel._reset(self.tunnel.resp, pair.resp_sid, h2.errors.ErrorCodes.CANCEL)
+        self.tunnel._reset(self.tunnel.req, pair.req_sid, h2.errors.ErrorCodes.CANCEL)
+        self.tunnel._forget(pair)
+        self.tunnel._flush_writes()

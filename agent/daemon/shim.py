@@ -210,12 +210,15 @@ class Shim:
             ancestor = parent
         return [], nameless_outcome(lookup.name, lookup.action, self.policy().builds)
 
-    async def build_lookups(self, inspection: Inspection) -> Inspection:
+    async def build_lookups(self, inspection: Inspection) -> tuple[Inspection, bool]:
         """A BuildKit build's local images, judged as for a classic build: the daemon's
         BuildKit uses a local image of a base's name before pulling it, so its content
-        (all its names, or its nearest named ancestor) and its ONBUILD triggers count."""
+        (all its names, or its nearest named ancestor) and its ONBUILD triggers count.
+        Also whether any of them has ONBUILD triggers: those may build a stage of the
+        Dockerfile that its target does not reach (``decide_build`` widens then)."""
         wants = list(inspection.wants)
         setting = inspection.setting
+        triggers = False
         for lookup in inspection.lookups:
             try:
                 image = await self.local_image(lookup.name)
@@ -223,12 +226,13 @@ class Shim:
                 raise InspectionError(_upstream_error(self.config.upstream, e), 502) from e
             if image is None:
                 continue
+            triggers = triggers or bool(image.onbuild)
             found, outcome = await self.content_wants(lookup, image)
             wants += found
             wants += onbuild_wants(lookup.name, image, lookup.action)
             if outcome is not None and (setting is None or setting.allowed):
                 setting = outcome
-        return Inspection(wants=tuple(wants), setting=setting)
+        return Inspection(wants=tuple(wants), setting=setting), triggers
 
     def record(
         self, inspection: Inspection, endpoint: str, peer: PeerInfo
@@ -283,11 +287,21 @@ class Shim:
         return denial, gate
 
     async def decide_build(
-        self, inspection: Inspection, endpoint: str, peer: PeerInfo
+        self,
+        inspection: Inspection,
+        endpoint: str,
+        peer: PeerInfo,
+        every_stage: Callable[[], Inspection] | None = None,
     ) -> str | None:
-        """``record``, then wait for the audit write: for the BuildKit tunnels."""
+        """Resolve local images, ``record``, then wait for the audit write: for the
+        BuildKit tunnels. ``every_stage``: the same build with every stage decided, used
+        when a local base image has ONBUILD triggers (a trigger's ``--from`` can build a
+        stage the target does not reach)."""
         try:
-            inspection = await self.build_lookups(inspection)
+            looked, triggers = await self.build_lookups(inspection)
+            if triggers and every_stage is not None:
+                looked, _ = await self.build_lookups(every_stage())
+            inspection = looked
         except InspectionError as e:
             return e.message
         denial, gate = self.record(inspection, endpoint, peer)
