@@ -895,7 +895,7 @@ class _NestedSessionHook:
         self.to_client: list[bytes] = []  # until the daemon's response headers are out
         self.started = False
         self.ending = False  # the outer stream ends: so does the nested session, quietly
-        ids = [v.decode("utf-8", "replace").strip() for k, v in headers if k == SESSION_ID]
+        ids = [v.decode("utf-8", "replace") for k, v in headers if k == SESSION_ID]
         session = ids[0] if len(ids) == 1 else ""
         self.inner = Tunnel(
             TunnelKind.SESSION,

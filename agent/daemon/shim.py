@@ -943,7 +943,8 @@ class ClientConnection(asyncio.Protocol):
             raise InspectionError(f"pullgate: {what} carries no request body")
         session = None
         if route.endpoint is Endpoint.BUILDKIT_SESSION and route.path.endswith("/session"):
-            session = (head.get("x-docker-expose-session-uuid") or "").strip()
+            # trimmed as Go's textproto trims a header value, and no more
+            session = (head.get("x-docker-expose-session-uuid") or "").strip(" \t")
             if not session:
                 raise InspectionError(
                     f"pullgate: {what} names no session (X-Docker-Expose-Session-Uuid)"
