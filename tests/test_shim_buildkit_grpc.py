@@ -369,12 +369,6 @@ def test_a_raw_llb_solve_of_an_allowed_image_builds(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inputs._frontend_attrs: a raw LLB solve (no frontend) without a session is "
-    "sent to `builds` as 'a build without a session to read its Dockerfile from', though "
-    "it reads no Dockerfile",
-)
 @pytest.mark.usefixtures("alpine_local")
 def test_a_raw_llb_solve_without_a_session_builds(
     agent: AgentProcess, docker_env: DockerEnv
@@ -425,33 +419,36 @@ def test_an_unknown_frontend_follows_builds(
 def test_a_session_no_build_names_is_never_read_and_a_foreign_solve_of_it_is_refused(
     agent: AgentProcess, docker_env: DockerEnv, denied_image_ids: frozenset[str], tmp_path: Path
 ) -> None:
-    """A session through the shim that no solve names is only health-checked; a solve sent
-    to the daemon directly, naming it, makes the daemon ask it for a Dockerfile no build
-    the shim knows explains: ``builds`` (deny) refuses that sync."""
+    """A session through the shim that no solve names is only health-checked. The daemon
+    knows it only by an id the shim minted, so a solve sent to the daemon directly,
+    naming the id the client announced, finds no session at all: nothing is read."""
     dirs = build_dirs(tmp_path, f"FROM {DENIED}\nRUN true\n")
     with Session(agent.socket_path, dirs) as session:
         time.sleep(2.5)
         assert session.health_checks >= 1 and session.syncs == []
         assert not session.closed.is_set()
-        mark, offset = agent.mark(), _registry_offset(docker_env)
+        offset = _registry_offset(docker_env)
         request = dockerfile_solve_request(session.id, NO_NETWORK)
         result = solve(docker_env.socket_path, request, timeout=SOLVE_TIMEOUT)
+        assert session.syncs == []
     assert result.status == UNKNOWN, result
-    assert "code = PermissionDenied" in result.message, result
-    assert "no build names" in result.message, result
-    agent.wait_for_decision(lambda r: r.get("decision") == "deny", since=mark)
+    assert "no active session" in result.message, result
     assert not _denied_fetches(docker_env, offset)
     _assert_alive(agent)
 
 
 @pytest.mark.usefixtures("healthy")
 def test_a_solve_naming_a_session_that_does_not_exist_fails(agent: AgentProcess) -> None:
-    """The daemon waits for the session (5 s), then fails the build; the registered
-    build goes with the answer."""
+    """The shim waits for the session as the daemon would (5 s), then refuses: a build
+    whose Dockerfile comes from a session Pullgate does not relay cannot be read
+    (``builds: deny``). Nothing is registered after the answer."""
+    mark = agent.mark()
     request = dockerfile_solve_request(uuid.uuid4().hex, NO_NETWORK)
     result = solve(agent.socket_path, request, timeout=SOLVE_TIMEOUT)
-    assert result.status == UNKNOWN, result
-    assert "no active session" in result.message, result
+    assert result.status == PERMISSION_DENIED, result
+    assert "not relayed by Pullgate" in result.message, result
+    assert "builds: deny" in result.message, result
+    agent.wait_for_decision(lambda r: r.get("rule") == "builds", since=mark)
 
 
 def _bypass_report(
@@ -465,11 +462,6 @@ def _bypass_report(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: _judge_solve decides only what the request names; a Solve whose "
-    "session is not relayed by the shim is allowed, and its Dockerfile is never read",
-)
 @pytest.mark.usefixtures("denied_image_absent", "alpine_local")
 def test_a_session_opened_directly_with_the_solve_through_the_shim(
     agent: AgentProcess, docker_env: DockerEnv, tmp_path: Path
@@ -484,12 +476,6 @@ def test_a_session_opened_directly_with_the_solve_through_the_shim(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: the daemon keys a session's local by session id and paths, so a second "
-    "Solve in one session reuses the Dockerfile synced (and decided) for the first "
-    "with the first's build args; the second's are never decided",
-)
 @pytest.mark.usefixtures("denied_image_absent", "alpine_local")
 def test_a_second_solve_sharing_a_session_is_decided_with_its_own_args(
     agent: AgentProcess, docker_env: DockerEnv, tmp_path: Path
@@ -829,12 +815,6 @@ def test_a_client_that_ignores_its_window_is_bounded(agent: AgentProcess) -> Non
     assert grown < RSS_GROWTH_KIB, f"agent RSS grew by {grown} KiB"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="buildkit_tunnel._UnaryHook.request_data acknowledges a held request's bytes "
-    "as they arrive (up to MAX_SOLVE_REQUEST = 32 MiB a stream, 1000 streams): the "
-    "windows do not bound what one connection makes the agent hold",
-)
 @pytest.mark.usefixtures("healthy")
 def test_unfinished_solve_requests_do_not_grow_the_agent_unboundedly(
     agent: AgentProcess,

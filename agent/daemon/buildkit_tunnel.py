@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import functools
 import itertools
-import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -50,17 +49,24 @@ from agent.core.inspection.buildkit.decide import (
     RESOLVE_CONFIG_DETAIL,
     RESOLVE_SOURCE_DETAIL,
     from_sync,
+    merge,
     resolve_inspection,
     upfront,
 )
 from agent.core.inspection.buildkit.filesync import DockerfileSync, FileSyncError
 from agent.core.inspection.buildkit.inputs import (
+    BuildInputs,
     from_gateway_solve,
     from_solve_request,
     image_of_resolve_config,
     image_of_resolve_source_meta,
 )
 from agent.core.inspection.buildkit.protos.control_pb2 import BytesMessage
+from agent.core.inspection.buildkit.sessions import (
+    rename_in_gateway_solve,
+    rename_in_resolve,
+    rename_in_solve,
+)
 from agent.core.inspection.request import (
     Inspection,
     InspectionError,
@@ -69,7 +75,12 @@ from agent.core.inspection.request import (
 )
 from agent.core.peer import PeerInfo
 from agent.core.policy.document import Policy
-from agent.daemon.buildkit_builds import CONTROL_SOLVE_ENDPOINT, BuildRegistry, PendingBuild
+from agent.daemon.buildkit_builds import (
+    CONTROL_SOLVE_ENDPOINT,
+    BuildRegistry,
+    PendingBuild,
+    RelayedSession,
+)
 
 __all__ = ["Decider", "Tunnel", "TunnelKind"]
 
@@ -137,6 +148,8 @@ STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 8 << 20
 #: A Solve request (an LLB definition can be large) is held whole before it is decided.
 MAX_SOLVE_REQUEST = 32 << 20
+#: How long a build waits for the session it names to start (the daemon waits 5 s).
+SESSION_WAIT = 5.0
 #: The Dockerfile local's bytes the shim keeps to decide (the daemon's frontends cap
 #: far lower).
 MAX_DOCKERFILE_BYTES = 4 << 20
@@ -207,7 +220,7 @@ class Tunnel:
     def __init__(
         self,
         kind: str,
-        session_id: str | None,
+        session: RelayedSession | None,
         write_requester: Callable[[bytes], None],
         write_responder: Callable[[bytes], None],
         close: Callable[[str | None], None],
@@ -218,7 +231,8 @@ class Tunnel:
         peer: PeerInfo,
     ) -> None:
         self.kind = kind
-        self.session_id = session_id
+        self.session = session  # for a session tunnel: the ids it goes by
+        self.held_bytes = 0  # request bodies held while they are decided
         self._write_req = write_requester
         self._write_resp = write_responder
         self._close_cb = close
@@ -297,12 +311,12 @@ class Tunnel:
         if self.closed:
             return
         self.closed = True
+        if self.session is not None:
+            self.registry.close_session(self.session)
         for task in self.tasks:
             task.cancel()
         for pair in list(self.pairs.values()):
             self._forget(pair)
-        if why:
-            print(f"pullgate: BuildKit tunnel ({self.kind}) closed: {why}", file=sys.stderr)
         self._close_cb(why)
 
     # -- requester events ------------------------------------------------------------
@@ -355,11 +369,12 @@ class Tunnel:
                 self._unreadable_sync(pair, headers, dir_name, builds)
                 return
             else:
-                pair.hook = _DockerfileHook(self, pair, builds)
+                pair.hook = _DockerfileHook(self, pair, dir_name, builds)
         elif self.kind == TunnelKind.GRPC and path == SESSION:
-            pair.hook = _NestedSessionHook(self, pair, headers)
+            pair.hook = hook = _NestedSessionHook(self, pair, headers)
             if pair.closed:
                 return
+            headers = hook.headers  # the session id the daemon will know
         elif self.kind == TunnelKind.GRPC and path not in RELAYED:
             judge = {
                 SOLVE: self._judge_solve,
@@ -376,7 +391,7 @@ class Tunnel:
     def _builds_reading(self, dir_name: str) -> list[PendingBuild] | SettingOutcome | None:
         """The builds whose Dockerfile this sync carries; a setting outcome when the
         sync looks like one (the default Dockerfile local) but no build explains it."""
-        session = self.session_id or ""
+        session = self.session.daemon_id if self.session is not None else ""
         builds = self.registry.reading(session, dir_name)
         if builds:
             return builds
@@ -644,10 +659,11 @@ class Tunnel:
 
     async def _judge_solve(self, hook: _UnaryHook, payload: bytes) -> str | None:
         """``Control/Solve``: registered (its session's Dockerfile is then tied to it),
-        and what it names outright decided."""
+        what it names outright decided, and its session ids renamed for the daemon."""
         inputs = from_solve_request(payload)
-        hook.register(PendingBuild(inputs, self.peer, CONTROL_SOLVE_ENDPOINT))
-        return await self.decide(upfront(inputs, self.policy()), hook.endpoint, self.peer)
+        denial = await self._register(hook, inputs, self.peer, CONTROL_SOLVE_ENDPOINT)
+        hook.outgoing = rename_in_solve(payload, self.registry.daemon_id)
+        return denial
 
     async def _judge_gateway_solve(self, hook: _UnaryHook, payload: bytes) -> str | None:
         """``LLBBridge/Solve`` of a build in flight (buildx runs the gateway client-side):
@@ -657,8 +673,20 @@ class Tunnel:
             what = "a BuildKit gateway solve that names no build in flight"
             return await self._judge_setting(hook, what)
         inputs = from_gateway_solve(payload, parent.inputs)
-        hook.register(PendingBuild(inputs, parent.peer, hook.endpoint))
-        return await self.decide(upfront(inputs, self.policy()), hook.endpoint, parent.peer)
+        denial = await self._register(hook, inputs, parent.peer, hook.endpoint)
+        hook.outgoing = rename_in_gateway_solve(payload, self.registry.daemon_id)
+        return denial
+
+    async def _register(
+        self, hook: _UnaryHook, inputs: BuildInputs, peer: PeerInfo, endpoint: str
+    ) -> str | None:
+        if inputs.frontend and inputs.dockerfile_session:
+            await self.registry.wait_for_session(inputs.dockerfile_session, SESSION_WAIT)
+        daemon_session, inspection, every_stage = build_inspection(
+            self.registry, inputs, self.policy()
+        )
+        hook.register(PendingBuild(inputs, peer, endpoint, daemon_session))
+        return await self.decide(inspection, hook.endpoint, peer, every_stage)
 
     async def _judge_resolve(self, hook: _UnaryHook, payload: bytes) -> str | None:
         """``ResolveImageConfig`` / ``ResolveSourceMeta``: the daemon fetches an image's
@@ -667,6 +695,7 @@ class Tunnel:
         peer = parent.peer if parent is not None else self.peer
         if hook.path == RESOLVE_IMAGE:
             target, detail = image_of_resolve_config(payload), RESOLVE_CONFIG_DETAIL
+            hook.outgoing = rename_in_resolve(payload, self.registry.daemon_id)
         else:
             target, detail = image_of_resolve_source_meta(payload), RESOLVE_SOURCE_DETAIL
         if target.image is None and target.unreadable is None:
@@ -702,6 +731,49 @@ class Tunnel:
         task.add_done_callback(done)
 
 
+def build_inspection(
+    registry: BuildRegistry, inputs: BuildInputs, policy: Policy
+) -> tuple[str, Inspection, Callable[[], Inspection]]:
+    """What a build is decided by when it registers, and the id the daemon knows its
+    Dockerfile's session by.
+
+    What it names outright (``upfront``); every Dockerfile sync its session already
+    holds, for the daemon reuses a synced local of the same session rather than ask
+    again; and when it reads a Dockerfile from a session the shim does not relay (opened
+    on the daemon directly, or announced twice), the ``builds`` setting. The callable
+    gives the same with every stage decided (``Shim.decide_build``).
+    """
+    found = [upfront(inputs, policy)]
+    daemon_session = ""
+    syncs: list[DockerfileSync] = []
+    if inputs.frontend and not inputs.unreadable:
+        daemon_session = registry.daemon_id(inputs.dockerfile_session) or ""
+        if not daemon_session:
+            what = (
+                f"a build whose Dockerfile comes from the session {inputs.dockerfile_session!r}, "
+                "which is not relayed by Pullgate"
+            )
+            found.append(Inspection(setting=builds_setting(policy, what)))
+        else:
+            syncs = registry.remembered(daemon_session, inputs.dockerfile_local)
+
+    def with_syncs(*, all_stages: bool) -> Inspection:
+        inspections = list(found)
+        for sync in syncs:
+            try:
+                inspections.append(from_sync(inputs, sync, policy, all_stages=all_stages))
+            except InspectionError as e:
+                why = e.message.removeprefix("pullgate: ")
+                inspections.append(Inspection(setting=builds_setting(policy, why)))
+        return merge(inspections)
+
+    return (
+        daemon_session,
+        with_syncs(all_stages=False),
+        functools.partial(with_syncs, all_stages=True),
+    )
+
+
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     for key, value in headers:
         if key == name:
@@ -712,9 +784,10 @@ def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None
 class _DockerfileHook:
     """A file sync that carries a pending build's Dockerfile: hold it until decided."""
 
-    def __init__(self, tunnel: Tunnel, pair: _Pair, builds: list[PendingBuild]) -> None:
+    def __init__(self, tunnel: Tunnel, pair: _Pair, local: str, builds: list[PendingBuild]) -> None:
         self.tunnel = tunnel
         self.pair = pair
+        self.local = local
         self.builds = builds
         paths = sorted({p for b in builds for p in b.inputs.paths})
         self.sync = DockerfileSync(paths, stamp=_stamp(), max_bytes=MAX_DOCKERFILE_BYTES)
@@ -770,7 +843,20 @@ class _DockerfileHook:
         if self.state != "reading" or not self.sync.complete:
             return
         self.state = "deciding"
-        self.tunnel._spawn(self._decide())
+        # In one step, with no await between: every build now on the session is decided
+        # against this sync, and any build that registers later is decided against it
+        # when it does (the daemon may reuse this sync for it without asking again).
+        tunnel = self.tunnel
+        session = tunnel.session.daemon_id if tunnel.session is not None else ""
+        now = tunnel.registry.reading(session, self.local)
+        self.builds = list({id(b): b for b in [*self.builds, *now]}.values())
+        if not tunnel.registry.remember(session, self.local, self.sync):
+            self.fail(
+                "pullgate: one BuildKit session started more builds than Pullgate follows "
+                f"({tunnel.registry.MAX_SYNCS}); start a new session"
+            )
+            return
+        tunnel._spawn(self._decide())
 
     async def _decide(self) -> None:
         policy = self.tunnel.policy()
@@ -831,20 +917,28 @@ class _UnaryHook:
         self.path = pair.path
         self.endpoint = f"POST /grpc {_method_name(pair.path)}"
         self.body = bytearray()
+        self.outgoing: bytes | None = None  # the message as rewritten by the judge
         self.tokens: list[int] = []
 
     def register(self, build: PendingBuild) -> None:
         self.tokens.append(self.tunnel.registry.add(build))
 
     def request_data(self, data: bytes) -> None:
+        if self.pair.closed:
+            return
         self.body += data
+        self.tunnel.held_bytes += len(data)
         self.tunnel._ack_req(self.pair.req_sid, len(data))
-        if len(self.body) > MAX_SOLVE_REQUEST:
+        if len(self.body) > MAX_SOLVE_REQUEST or self.tunnel.held_bytes > MAX_SOLVE_REQUEST:
             self.tunnel.fail_request(
                 self.pair,
                 grpc.RESOURCE_EXHAUSTED,
-                f"pullgate: a build request larger than {MAX_SOLVE_REQUEST} bytes",
+                f"pullgate: build requests held for a decision passed {MAX_SOLVE_REQUEST} bytes",
             )
+
+    def _release_body(self) -> None:
+        self.tunnel.held_bytes -= len(self.body)
+        self.body = bytearray()
 
     def request_end(self) -> None:
         if self.pair.closed:
@@ -871,13 +965,15 @@ class _UnaryHook:
             return
         box = self.pair.to_resp
         box.ack = None  # acknowledged as it arrived
-        box.chunks.append(memoryview(bytes(self.body)))
+        out = grpc.frame(self.outgoing) if self.outgoing is not None else bytes(self.body)
+        box.chunks.append(memoryview(out))
         box.end = True
-        self.body = bytearray()
+        self._release_body()
         tunnel._open_responder(self.pair, self.headers)
         tunnel._flush_writes()
 
     def finished(self) -> None:
+        self._release_body()
         for token in self.tokens:
             self.tunnel.registry.remove(token)
         self.tokens = []
@@ -908,7 +1004,13 @@ class _NestedSessionHook:
         self.started = False
         self.ending = False  # the outer stream ends: so does the nested session, quietly
         ids = [v.decode("utf-8", "replace") for k, v in headers if k == SESSION_ID]
-        session = ids[0] if len(ids) == 1 else ""
+        client_id = ids[0] if len(ids) == 1 else ""
+        session = tunnel.registry.open_session(client_id) if client_id else None
+        if session is not None:
+            renamed = session.daemon_id.encode()
+            self.headers = [(k, renamed if k == SESSION_ID else v) for k, v in headers]
+        else:
+            self.headers = headers
         self.inner = Tunnel(
             TunnelKind.SESSION,
             session,
@@ -920,7 +1022,7 @@ class _NestedSessionHook:
             policy=tunnel.policy,
             peer=tunnel.peer,
         )
-        if not session:
+        if session is None:
             why = "pullgate: a BuildKit session names no single session id"
             self.tunnel.fail_request(pair, grpc.INVALID_ARGUMENT, why)
 

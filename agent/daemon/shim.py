@@ -26,6 +26,7 @@ import enum
 import errno
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -38,9 +39,8 @@ from urllib.parse import quote
 import httptools
 
 from agent.core.decision import Verdict, decide
-from agent.core.events import DecisionEvent
-from agent.core.inspection.buildkit.decide import upfront as buildkit_upfront
-from agent.core.inspection.buildkit.inputs import from_build_query
+from agent.core.events import DecisionEvent, NoticeEvent
+from agent.core.inspection.buildkit.inputs import BuildInputs, from_build_query
 from agent.core.inspection.http1 import (
     MAX_HEAD_BYTES,
     BodyReader,
@@ -84,8 +84,8 @@ from agent.core.inspection.tarscan import TarScanError, TarScanner
 from agent.core.messages import defuse, denial_message
 from agent.core.peer import PeerInfo
 from agent.core.policy.document import BuildsSetting, OnCreateSetting, Policy
-from agent.daemon.buildkit_builds import BuildRegistry, PendingBuild
-from agent.daemon.buildkit_tunnel import Tunnel, TunnelKind
+from agent.daemon.buildkit_builds import BuildRegistry, PendingBuild, RelayedSession
+from agent.daemon.buildkit_tunnel import SESSION_WAIT, Tunnel, TunnelKind, build_inspection
 from agent.daemon.bus import DecisionSink
 from agent.platform import docker_api
 from agent.platform.peer import describe_peer, peer_credentials
@@ -455,6 +455,37 @@ def _upstream_error(path: Path, error: OSError) -> str:
 #: nothing, it is never fed or changed, so one serves all.
 _NO_BODY = BodyReader(None, False)
 
+
+def _renamed_session(raw: bytes, daemon_id: str) -> bytes:
+    """A ``/session`` head with its one X-Docker-Expose-Session-Uuid value replaced."""
+    return re.sub(
+        rb"(?im)^(x-docker-expose-session-uuid[ \t]*:)[^\r\n]*",
+        lambda m: m.group(1) + b" " + daemon_id.encode(),
+        raw,
+        count=1,
+    )
+
+
+def _renamed_query(target: str, key: str, value: str) -> str:
+    """``target`` with the one query parameter ``key`` set to ``value`` (URL-safe), every
+    other byte as the client sent it (keys compared decoded, as Go compares them)."""
+    path, _, raw_query = target.partition("?")
+    parts = raw_query.split("&")
+    for n, part in enumerate(parts):
+        items = parse_query(part).items
+        if items and items[0][0] == key:
+            parts[n] = f"{key}={value}"
+    return f"{path}?{'&'.join(parts)}"
+
+
+def _renamed_target(raw: bytes, target: str) -> bytes:
+    """A head with its request line's target replaced."""
+    line, sep, rest = raw.partition(b"\r\n")
+    method, _, tail = line.partition(b" ")
+    _, _, version = tail.rpartition(b" ")
+    return method + b" " + target.encode("latin-1") + b" " + version + sep + rest
+
+
 # --- states ---------------------------------------------------------------------------
 
 
@@ -513,8 +544,9 @@ MOVES: dict[State, frozenset[State]] = {
     # the archive is read: the daemon is asked first (DECIDING), or it is decided and
     # its held end goes
     _TAR: frozenset({_DECIDING, _WAIT, _DRAIN, _CLOSED}),
-    # answers came: a JSON request is decided from BUFFER again, an archive's end goes
-    _DECIDING: frozenset({_BUFFER, _WAIT, _DECIDING, _DRAIN, _CLOSED}),
+    # answers came: a JSON request is decided from BUFFER again, an archive's end goes;
+    # a BuildKit build whose session has started goes on (BODY)
+    _DECIDING: frozenset({_BUFFER, _BODY, _WAIT, _DECIDING, _DRAIN, _CLOSED}),
     # the response ended (HEAD) or became a raw stream (SPLICE) or an HTTP/2 tunnel
     # (TUNNEL); a held answer can still be refused
     _WAIT: frozenset({_HEAD, _SPLICE, _TUNNEL, _DECIDING, _DRAIN, _CLOSED}),
@@ -611,7 +643,7 @@ class ClientConnection(asyncio.Protocol):
         # BuildKit: the upgrade asked for (/session or /grpc), then its tunnel; the
         # registration of a build (POST /build?version=2) until its answer ends
         self.tunnel_kind: str | None = None
-        self.tunnel_session: str | None = None
+        self.tunnel_session: RelayedSession | None = None
         self.tunnel: Tunnel | None = None
         self.build_token: int | None = None
 
@@ -647,6 +679,8 @@ class ClientConnection(asyncio.Protocol):
         self._unregister_build()
         if self.tunnel is not None:
             self.tunnel.close(None)
+        if self.tunnel_session is not None:
+            self.shim.builds.close_session(self.tunnel_session)
         self._release_upstream(abort=False)
 
     def _release_upstream(self, *, abort: bool) -> None:
@@ -913,12 +947,37 @@ class ClientConnection(asyncio.Protocol):
     def _buildkit_build(self, head: RequestHead, query: Query) -> None:
         """``POST /build?version=2``: decide what the request names outright, then
         register the build so its session's Dockerfile is decided when the daemon asks
-        for it (``buildkit_tunnel``); the build stays registered until its answer ends."""
-        policy = self.shim.policy()
+        for it (``buildkit_tunnel``); the build stays registered until its answer ends.
+        A build whose session has not started yet waits for it first."""
         inputs = from_build_query(query)
-        if not self._apply(buildkit_upfront(inputs, policy)):
+        session = inputs.dockerfile_session
+        registry = self.shim.builds
+        if inputs.frontend and session and registry.daemon_id(session) is None:
+            self._move(_DECIDING)
+            self.pause_client_reading("deciding")
+            loop = asyncio.get_running_loop()
+            self.task = loop.create_task(self._buildkit_build_later(head, inputs))
             return
-        self.build_token = self.shim.builds.add(PendingBuild(inputs, self.peer, "POST /build"))
+        self._buildkit_build_now(head, inputs)
+
+    async def _buildkit_build_later(self, head: RequestHead, inputs: BuildInputs) -> None:
+        await self.shim.builds.wait_for_session(inputs.dockerfile_session, SESSION_WAIT)
+        if self.state is _CLOSED:
+            return
+        self.resume_client_reading("deciding")
+        self._buildkit_build_now(head, inputs)
+        self._process()
+
+    def _buildkit_build_now(self, head: RequestHead, inputs: BuildInputs) -> None:
+        registry = self.shim.builds
+        daemon_session, inspection, _ = build_inspection(registry, inputs, self.shim.policy())
+        if not self._apply(inspection):
+            return
+        build = PendingBuild(inputs, self.peer, "POST /build", daemon_session)
+        self.build_token = registry.add(build)
+        if daemon_session:
+            target = _renamed_query(head.target, "session", daemon_session)
+            head.raw = _renamed_target(head.raw, target)
         self._begin_forward(head)
         self._move(_BODY)
         assert self.reader is not None
@@ -950,7 +1009,10 @@ class ClientConnection(asyncio.Protocol):
                     f"pullgate: {what} names no session (X-Docker-Expose-Session-Uuid)"
                 )
         self.tunnel_kind = TunnelKind.SESSION if session is not None else TunnelKind.GRPC
-        self.tunnel_session = session
+        if session is not None:
+            # The daemon knows the session only by an id of the shim's (buildkit_builds).
+            self.tunnel_session = self.shim.builds.open_session(session)
+            head.raw = _renamed_session(head.raw, self.tunnel_session.daemon_id)
         assert self.reader is not None
         self._begin_forward(head)
         self._move(_BODY)
@@ -1007,6 +1069,18 @@ class ClientConnection(asyncio.Protocol):
             tunnel.responder_data(data)
 
     def _tunnel_closed(self, why: str | None) -> None:
+        if why is not None:
+            # Bytes the shim could not follow ended a build's tunnel: IT sees it.
+            self.shim.sink.emit(
+                NoticeEvent(
+                    action="buildkit-tunnel-closed",
+                    outcome="failure",
+                    reason=f"pullgate: a BuildKit tunnel was closed: {why}",
+                    severity="warning",
+                    details={"kind": self.tunnel_kind or ""},
+                    peer=self.peer,
+                )
+            )
         if self.state is not _CLOSED:
             self._move(_CLOSED)
         if self.transport is not None:

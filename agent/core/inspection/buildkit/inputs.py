@@ -290,7 +290,7 @@ def _frontend_attrs(
     if remote:
         reasons.append(f"a build from the remote context {remote}")
     dockerfile_session = attrs.get(_LOCAL_SESSION + dockerfile_local, session)
-    if not dockerfile_session:
+    if not dockerfile_session and frontend:  # raw LLB and gateway forwarding read none
         reasons.append("a build without a session to read its Dockerfile from")
 
     build_args = {k[len(_BUILD_ARG) :]: v for k, v in attrs.items() if k.startswith(_BUILD_ARG)}

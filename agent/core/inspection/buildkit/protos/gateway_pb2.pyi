@@ -117,10 +117,13 @@ class ResolveImageConfigRequest(_message.Message):
     REF_FIELD_NUMBER: _builtins.int
     RESOLVEMODE_FIELD_NUMBER: _builtins.int
     RESOLVERTYPE_FIELD_NUMBER: _builtins.int
+    SESSIONID_FIELD_NUMBER: _builtins.int
     Ref: _builtins.str
     ResolveMode: _builtins.str
     ResolverType: _builtins.int
-    """sourceresolver.ResolverType: 0 a registry, 1 an OCI layout store of a session.
+    """sourceresolver.ResolverType: 0 a registry, 1 an OCI layout store of a session."""
+    SessionID: _builtins.str
+    """The session whose credentials the daemon uses to reach the registry.
     repeated moby.buildkit.v1.sourcepolicy.Policy SourcePolicies = 8; (raw)
     """
     def __init__(
@@ -129,10 +132,11 @@ class ResolveImageConfigRequest(_message.Message):
         Ref: _builtins.str = ...,
         ResolveMode: _builtins.str = ...,
         ResolverType: _builtins.int = ...,
+        SessionID: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["Ref", b"Ref", "ResolveMode", b"ResolveMode", "ResolverType", b"ResolverType"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["Ref", b"Ref", "ResolveMode", b"ResolveMode", "ResolverType", b"ResolverType", "SessionID", b"SessionID"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
