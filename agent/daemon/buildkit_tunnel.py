@@ -165,6 +165,11 @@ def _data_frame_body_repr(frame: hyperframe.frame.DataFrame) -> str:
 # frame, half of what relaying the frame costs the tunnel. The repr serves only debugging.
 hyperframe.frame.DataFrame._body_repr = _data_frame_body_repr  # type: ignore[method-assign,assignment]
 
+#: What precedes each peer's first frame header, plus the header: the requester (an
+#: HTTP/2 client) sends the 24-byte preface first; the responder starts with the frame.
+_OPENING_BYTES = {True: 24 + 9, False: 9}
+_SETTINGS = 0x4
+
 _stamps = itertools.count(time.time_ns())
 
 
@@ -232,6 +237,9 @@ class Tunnel:
     ) -> None:
         self.kind = kind
         self.session = session  # for a session tunnel: the ids it goes by
+        # the first bytes of each peer until its opening SETTINGS frame is seen
+        self._req_opening: bytes | None = b""
+        self._resp_opening: bytes | None = b""
         self.held_bytes = 0  # request bodies held while they are decided
         self._write_req = write_requester
         self._write_resp = write_responder
@@ -269,6 +277,8 @@ class Tunnel:
     def requester_data(self, data: bytes) -> None:
         if self.closed:
             return
+        if self._req_opening is not None and not self._opening(data, requester=True):
+            return
         try:
             events = self.req.receive_data(data)
         except h2.exceptions.H2Error as e:
@@ -283,6 +293,8 @@ class Tunnel:
     def responder_data(self, data: bytes) -> None:
         if self.closed:
             return
+        if self._resp_opening is not None and not self._opening(data, requester=False):
+            return
         try:
             events = self.resp.receive_data(data)
         except h2.exceptions.H2Error as e:
@@ -293,6 +305,29 @@ class Tunnel:
                 return
             self._responder_event(event)
         self._flush_writes()
+
+    def _opening(self, data: bytes, *, requester: bool) -> bool:
+        """Each peer must open with its SETTINGS frame (the client after its preface):
+        ``h2`` takes other frames first, and a peer sending garbage that parses as frames
+        of unknown types would otherwise keep the tunnel open."""
+        seen = (self._req_opening if requester else self._resp_opening) or b""
+        seen += data[: _OPENING_BYTES[requester] - len(seen)]
+        if len(seen) < _OPENING_BYTES[requester]:
+            if requester:
+                self._req_opening = seen
+            else:
+                self._resp_opening = seen
+            return True
+        head = seen[-9:]
+        if head[3] != _SETTINGS or head[4] & 0x1:
+            side = self._requester_name if requester else self._responder_name
+            self.close(f"the {side} did not open its HTTP/2 connection with SETTINGS")
+            return False
+        if requester:
+            self._req_opening = None
+        else:
+            self._resp_opening = None
+        return True
 
     def _ended(self) -> bool:
         """``closed``, read afresh: an event handler may have closed the tunnel."""
