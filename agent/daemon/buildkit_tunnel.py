@@ -7,20 +7,23 @@ API (``Control/Solve`` starts a build). The shim speaks HTTP/2 to each side with
 and relays every stream, message for message, with flow control on both sides: a slow
 reader slows the writer, and at most the windows the shim grants are buffered.
 
-Two kinds of stream are read, not just relayed:
+What is read, not just relayed:
 
 - a ``FileSync/DiffCopy`` of the local that holds a pending build's Dockerfile: file
   stats pass (each regular file's mtime stamped so the daemon asks for every byte,
   see ``filesync``), the Dockerfile's data is held until every build it may be for is
   decided, then released, or the daemon's stream is ended with ``PERMISSION_DENIED``
   carrying Pullgate's message (which the build prints) and the client's is cancelled;
-- a ``Control/Solve``: the request is held whole, its inputs registered (so the session
-  can be tied to it) and what it names outright decided; only then does it reach the
-  daemon.
+- a call on ``/grpc`` that starts work (``Control/Solve``, buildx's ``LLBBridge/Solve``
+  and image resolves): held whole, registered (so the session can be tied to it),
+  decided, and its session ids renamed to the daemon's (``buildkit_builds``) before it
+  reaches the daemon; calls not known to start no pull follow ``builds``;
+- ``Control/Session``: a session carried in ``BytesMessage`` chunks, fed to a nested
+  session ``Tunnel``, so its file syncs are read as those of ``POST /session``.
 
 Everything else (progress, cache, secrets, SSH) passes unchanged and is never logged.
-Anything malformed ends the whole tunnel: a build never proceeds on bytes the shim
-could not follow.
+Anything malformed ends the stream or the tunnel: a build never proceeds on bytes the
+shim could not follow.
 """
 
 from __future__ import annotations
