@@ -13,6 +13,18 @@ from BuildKit's `.proto` files (agent/core/inspection/buildkit/protos):
   server, and make one unary call, e.g. `/moby.buildkit.v1.Control/Solve`; the result is the
   call's `grpc-status` and (percent-decoded) `grpc-message`.
 
+buildx's shape (buildkit client/build.go `Build`), which differs twice:
+
+- `GrpcConnection` keeps one `/grpc` connection with concurrent calls (an I/O thread), as a
+  Go gRPC client does; `Session(..., transport="grpc")` runs the same session server inside
+  a `Control/Session` call on it (or on one of its own): the session's HTTP/2 bytes go as
+  `BytesMessage` chunks, its headers as lower-cased metadata (buildkit session/grpchijack).
+- `gateway_build()` runs the frontend client-side: a `Control/Solve` with no frontend and no
+  LLB stays open in the daemon's gateway forwarder while the client calls `LLBBridge` Ping,
+  ResolveImageConfig, Solve (`dockerfile.v0` and the attrs) and Return, with the build id
+  as `buildkit-controlapi-buildid` metadata. The gateway messages the shim's protos lack
+  are declared here with their published numbers (`gateway_message`).
+
 Knobs for hostile tests: `data_chunk` (file bytes per PACKET_DATA), `frame_size` (largest
 HTTP/2 DATA frame sent), `override` (replace or add files per sync request), `abort_after`
 (drop the connection after that many DATA bytes of file sync) and `Session.close()`.
@@ -36,6 +48,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import unquote
 
 import h2.config
@@ -43,17 +56,32 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.message import Message
 
-from agent.core.inspection.buildkit.protos import control_pb2, fsutil_types_pb2
+from agent.core.inspection.buildkit.protos import control_pb2, fsutil_types_pb2, gateway_pb2
 
 __all__ = [
+    "BUILD_ID_METADATA",
     "CONTROL_LIST_WORKERS",
+    "CONTROL_SESSION",
     "CONTROL_SOLVE",
+    "CONTROL_STATUS",
     "DEFAULT_DATA_CHUNK",
     "DIFFCOPY",
+    "GATEWAY_PING",
+    "GATEWAY_RESOLVE_IMAGE_CONFIG",
+    "GATEWAY_RETURN",
+    "GATEWAY_SOLVE",
     "HEALTH_CHECK",
     "SESSION_METHODS",
     "TARSTREAM",
+    "TRANSPORTS",
+    "TRANSPORT_GRPC",
+    "TRANSPORT_SESSION",
+    "GatewayBuild",
+    "GrpcCall",
+    "GrpcConnection",
     "GrpcResult",
     "GrpcTransportError",
     "Override",
@@ -61,10 +89,20 @@ __all__ = [
     "SyncRequest",
     "build_dirs",
     "dockerfile_solve_request",
+    "gateway_build",
+    "gateway_message",
+    "gateway_solve_request",
+    "read_gateway_message",
+    "resolve_image_config_request",
     "solve",
     "unary",
     "walk",
 ]
+
+TRANSPORT_SESSION = "session"
+TRANSPORT_GRPC = "grpc"
+TRANSPORTS = (TRANSPORT_SESSION, TRANSPORT_GRPC)
+"""How a Session reaches the daemon: `POST /session`, or `Control/Session` on `/grpc`."""
 
 DIFFCOPY = "/moby.filesync.v1.FileSync/DiffCopy"
 TARSTREAM = "/moby.filesync.v1.FileSync/TarStream"
@@ -340,6 +378,641 @@ def dockerfile_solve_request(
         Frontend="dockerfile.v0",
         FrontendAttrs=dict(attrs or {}),
     )
+
+
+# --------------------------------------------------------------------------- one /grpc, many calls
+
+
+class GrpcCall:
+    """One call on a `GrpcConnection`: send request messages, then `close_send()`; read
+    the result with `result()`. A call opened with a bridge carries a byte stream as
+    `BytesMessage` chunks instead (see `GrpcConnection.open_bridge`)."""
+
+    def __init__(self, connection: GrpcConnection, sid: int, method: str) -> None:
+        self.connection = connection
+        self.sid = sid
+        self.method = method
+        self.headers: tuple[tuple[str, str], ...] = ()
+        self.trailers: tuple[tuple[str, str], ...] = ()
+        self.responses: list[bytes] = []
+        self.reset_code: int | None = None
+        """The peer's RST_STREAM error code, if it reset the stream."""
+        self.failure: str | None = None
+        """Why the call ended without a status (reset, connection lost), if it did."""
+        self.ended = threading.Event()
+        self._deframer = _Deframer()
+        self._out = bytearray()
+        self._close_after = False
+        self._send_closed = False
+        self._bridge: socket.socket | None = None  # the connection's end of a bridge
+        self._bridge_eof = False
+        self._to_bridge = bytearray()
+
+    def send(self, payload: bytes) -> None:
+        """Send one request message (as flow control allows)."""
+        self.connection._send(self, grpc_frame(payload))
+
+    def close_send(self) -> None:
+        """End the request side once what is queued is sent (gRPC's CloseSend)."""
+        self.connection._close_send(self)
+
+    def cancel(self) -> None:
+        """Reset the stream (CANCEL), as a Go client cancelling its context does."""
+        self.connection._cancel(self)
+
+    @property
+    def status(self) -> int | None:
+        value = _first(self.trailers, "grpc-status") or _first(self.headers, "grpc-status")
+        return int(value) if value is not None else None
+
+    def result(self, timeout: float = 60.0) -> GrpcResult:
+        """The call's end; GrpcTransportError when it ended without a grpc-status,
+        TimeoutError when `timeout` passes first."""
+        if not self.ended.wait(timeout):
+            raise TimeoutError(f"{self.method}: no result within {timeout} s")
+        status = self.status
+        if status is None:
+            why = self.failure or f"stream ended without grpc-status ({self.headers})"
+            raise GrpcTransportError(f"{self.method}: {why}")
+        message = _first(self.trailers, "grpc-message") or _first(self.headers, "grpc-message")
+        return GrpcResult(
+            status, unquote(message or ""), tuple(self.responses), self.headers, self.trailers
+        )
+
+
+class GrpcConnection:
+    """One `POST /grpc` h2c connection with any number of concurrent calls, as a Go
+    gRPC client (buildx) keeps one for its solve, its gateway calls and its session.
+
+    An I/O thread runs the connection; calls are made from any thread. Use as a
+    context manager, or `close()`.
+    """
+
+    def __init__(
+        self, socket_path: Path | str, *, timeout: float = 10.0, path: str = "/grpc"
+    ) -> None:
+        self.socket_path = Path(socket_path)
+        sock, rest = _upgrade(socket_path, path, (), timeout)
+        sock.settimeout(None)
+        self._sock: socket.socket | None = sock
+        self._lock = threading.RLock()
+        self._conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
+        self._conn.initiate_connection()
+        self._calls: dict[int, GrpcCall] = {}
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stop = False
+        self.error: BaseException | None = None
+        """What ended the I/O loop, if not close() or the peer closing the connection."""
+        self.goaway: str | None = None
+        self.closed = threading.Event()
+        with self._lock:
+            self._flush()
+        self._thread = threading.Thread(
+            target=self._run, args=(rest,), name="buildkit-grpc", daemon=True
+        )
+        self._thread.start()
+
+    def __enter__(self) -> GrpcConnection:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- calls
+
+    def call(
+        self,
+        method: str,
+        payload: bytes | None = None,
+        *,
+        metadata: Sequence[tuple[str, str]] = (),
+        close_send: bool = True,
+        _bridge: socket.socket | None = None,
+    ) -> GrpcCall:
+        """Open a call of `method`; send `payload` (one message) if given, then end the
+        request side unless `close_send` is false."""
+        with self._lock:
+            if self.closed.is_set():
+                raise GrpcTransportError(f"{method}: the connection is closed")
+            sid = self._conn.get_next_available_stream_id()
+            call = GrpcCall(self, sid, method)
+            call._bridge = _bridge  # before the request goes: the answer may come at once
+            self._calls[sid] = call
+            self._conn.send_headers(
+                sid,
+                [
+                    (":method", "POST"),
+                    (":scheme", "http"),
+                    (":path", method),
+                    (":authority", "localhost"),
+                    ("content-type", "application/grpc"),
+                    ("te", "trailers"),
+                    *metadata,
+                ],
+            )
+            if payload is not None:
+                call._out += grpc_frame(payload)
+            call._close_after = close_send
+            self._pump(call)
+            self._flush()
+        self._wake()
+        return call
+
+    def unary(
+        self,
+        method: str,
+        payload: bytes,
+        *,
+        metadata: Sequence[tuple[str, str]] = (),
+        timeout: float = 60.0,
+    ) -> GrpcResult:
+        return self.call(method, payload, metadata=metadata).result(timeout)
+
+    def open_bridge(
+        self, method: str, metadata: Sequence[tuple[str, str]] = ()
+    ) -> tuple[GrpcCall, socket.socket]:
+        """A bidi call carrying a byte stream as `moby.buildkit.v1.BytesMessage`s (buildkit
+        session/grpchijack): what is written to the returned socket goes out as messages,
+        the data of the messages received can be read from it. Closing the socket ends
+        the request side; the end of the call closes the socket's peer."""
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        try:
+            call = self.call(method, metadata=metadata, close_send=False, _bridge=ours)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        return call, theirs
+
+    # -- from the callers' threads
+
+    def _send(self, call: GrpcCall, data: bytes) -> None:
+        with self._lock:
+            if call._send_closed or call.ended.is_set():
+                raise GrpcTransportError(f"{call.method}: the request side is closed")
+            call._out += data
+            self._pump(call)
+            self._flush()
+
+    def _close_send(self, call: GrpcCall) -> None:
+        with self._lock:
+            call._close_after = True
+            self._pump(call)
+            self._flush()
+
+    def _cancel(self, call: GrpcCall) -> None:
+        with self._lock:
+            if call.ended.is_set():
+                return
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self._conn.reset_stream(call.sid, h2.errors.ErrorCodes.CANCEL)
+            self._end(call, "cancelled by the client")
+            self._flush()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def close(self, timeout: float = 10.0) -> None:
+        """GOAWAY and close; every call still open ends without a status."""
+        self._stop = True
+        self._wake()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        with self._lock:
+            self._shutdown("the connection was closed by the client")
+        for s in (self._wake_r, self._wake_w):
+            s.close()
+
+    # -- the I/O thread (everything below runs with the lock held)
+
+    def _flush(self) -> None:
+        out = self._conn.data_to_send()
+        if out and self._sock is not None:
+            self._sock.sendall(out)
+
+    def _pump(self, call: GrpcCall) -> None:
+        try:
+            self._pump_open(call)
+        except h2.exceptions.StreamClosedError:  # reset by the peer in the same read
+            self._end(call, "stream closed by the peer")
+
+    def _pump_open(self, call: GrpcCall) -> None:
+        if call._send_closed or call.ended.is_set():
+            return
+        while call._out:
+            window = min(
+                self._conn.local_flow_control_window(call.sid), self._conn.max_outbound_frame_size
+            )
+            if window <= 0:
+                return
+            piece = bytes(call._out[:window])
+            del call._out[:window]
+            self._conn.send_data(call.sid, piece)
+        if call._close_after:
+            self._conn.end_stream(call.sid)
+            call._send_closed = True
+
+    def _end(self, call: GrpcCall, failure: str | None = None) -> None:
+        if call.ended.is_set():
+            return
+        if failure is not None and call.status is None:
+            call.failure = failure
+        self._calls.pop(call.sid, None)
+        if call._bridge is not None:
+            bridge, call._bridge = call._bridge, None
+            with contextlib.suppress(OSError):
+                if call._to_bridge:
+                    bridge.send(call._to_bridge)  # what fits; the session is ending anyway
+            with contextlib.suppress(OSError):
+                bridge.shutdown(socket.SHUT_RDWR)
+            bridge.close()
+        call.ended.set()
+
+    def _shutdown(self, why: str) -> None:
+        for call in list(self._calls.values()):
+            self._end(call, why)
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError, h2.exceptions.H2Error):
+                self._conn.close_connection()
+                sock.sendall(self._conn.data_to_send())
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self.closed.set()
+
+    def _handle(self, events: list[h2.events.Event]) -> None:
+        for ev in events:
+            if isinstance(ev, h2.events.DataReceived):
+                self._conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            call = self._calls.get(getattr(ev, "stream_id", 0) or 0)
+            if isinstance(ev, h2.events.ConnectionTerminated):
+                self.goaway = f"GOAWAY (error {ev.error_code!r}): {ev.additional_data!r}"
+                self._stop = True
+            elif isinstance(ev, h2.events.WindowUpdated):
+                for c in list(self._calls.values()):
+                    if ev.stream_id in (0, c.sid):
+                        self._pump(c)
+            elif call is None:
+                continue
+            elif isinstance(ev, h2.events.ResponseReceived):
+                call.headers = _header_pairs(ev.headers)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                call.trailers = _header_pairs(ev.headers)
+            elif isinstance(ev, h2.events.DataReceived) and ev.data:
+                for msg in call._deframer.feed(ev.data):
+                    if call._bridge is not None:
+                        call._to_bridge += control_pb2.BytesMessage.FromString(msg).data
+                    else:
+                        call.responses.append(msg)
+            elif isinstance(ev, h2.events.StreamEnded):
+                self._end(call)
+            elif isinstance(ev, h2.events.StreamReset):
+                call.reset_code = int(ev.error_code) if ev.error_code is not None else None
+                self._end(call, f"stream reset by the peer (error {ev.error_code!r})")
+
+    def _bridge_io(self, readable: list[socket.socket], writable: list[socket.socket]) -> None:
+        for call in list(self._calls.values()):
+            bridge = call._bridge
+            if bridge is None:
+                continue
+            if bridge in writable and call._to_bridge:
+                try:
+                    sent = bridge.send(call._to_bridge)
+                    del call._to_bridge[:sent]
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    call._to_bridge.clear()
+            if bridge in readable and not call._bridge_eof:
+                try:
+                    data = bridge.recv(_BRIDGE_CHUNK)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if data:
+                    message = control_pb2.BytesMessage(data=data).SerializeToString()
+                    call._out += grpc_frame(message)
+                else:
+                    call._bridge_eof = True
+                    call._close_after = True  # grpchijack's Close: CloseSend
+                self._pump(call)
+
+    def _stopping(self) -> bool:
+        return self._stop  # (a method: close() and the event handlers change it)
+
+    def _run(self, initial: bytes) -> None:
+        data = initial
+        try:
+            while not self._stop:
+                with self._lock:
+                    if data:
+                        self._handle(self._conn.receive_data(data))
+                    self._flush()
+                    sock = self._sock
+                    if sock is None:
+                        break
+                    reads: list[socket.socket] = [sock, self._wake_r]
+                    writes: list[socket.socket] = []
+                    for call in self._calls.values():
+                        if call._bridge is None:
+                            continue
+                        if not call._bridge_eof and len(call._out) < _OUT_LOW_WATER:
+                            reads.append(call._bridge)
+                        if call._to_bridge:
+                            writes.append(call._bridge)
+                if self._stopping():
+                    break
+                readable, writable, _ = select.select(reads, writes, [], 1.0)
+                if self._wake_r in readable:
+                    with contextlib.suppress(OSError):
+                        self._wake_r.recv(4096)
+                with self._lock:
+                    self._bridge_io(readable, writable)
+                    self._flush()
+                data = b""
+                if sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+        except (OSError, h2.exceptions.ProtocolError) as e:
+            if not self._stop:
+                self.error = e
+        except BaseException as e:  # report, never kill the test process's thread silently
+            self.error = e
+        finally:
+            with self._lock:
+                why = self.goaway or (
+                    f"connection failed: {self.error!r}" if self.error else "connection closed"
+                )
+                self._shutdown(why)
+
+
+_BRIDGE_CHUNK = 32 * 1024
+"""grpchijack's read buffer: the most one BytesMessage carries from a session's writes."""
+
+
+# --------------------------------------------------------------------------- buildx's gateway calls
+
+CONTROL_SESSION = "/moby.buildkit.v1.Control/Session"
+CONTROL_STATUS = "/moby.buildkit.v1.Control/Status"
+_GATEWAY = "/moby.buildkit.v1.frontend.LLBBridge/"
+GATEWAY_PING = _GATEWAY + "Ping"
+GATEWAY_SOLVE = _GATEWAY + "Solve"
+GATEWAY_RETURN = _GATEWAY + "Return"
+GATEWAY_RESOLVE_IMAGE_CONFIG = _GATEWAY + "ResolveImageConfig"
+BUILD_ID_METADATA = "buildkit-controlapi-buildid"
+"""buildkit client/buildid: the gRPC metadata naming the build a gateway call is for."""
+
+_F = descriptor_pb2.FieldDescriptorProto
+# (name, number, type, label, message type or None)
+_FieldSpec = tuple[str, int, int, int, str | None]
+_OPT, _REP = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
+
+
+def _gateway_file() -> descriptor_pb2.FileDescriptorProto:
+    """The few messages of buildkit's frontend/gateway/pb/gateway.proto (and google.rpc's
+    Status, control.proto's StatusRequest) the test client sends or reads whole, with
+    their published numbers, in a package of their own (the shim's protos hold only what
+    a decision needs)."""
+    package = "pullgate.tests.buildkit"
+    file = descriptor_pb2.FileDescriptorProto(
+        name="tests/buildkit_client_gateway.proto",
+        package=package,
+        syntax="proto3",
+        dependency=["agent/core/inspection/buildkit/protos/llb.proto"],
+    )
+
+    def message(
+        name: str,
+        fields: Sequence[_FieldSpec],
+        *,
+        maps: Sequence[tuple[str, int, int]] = (),
+        oneof: tuple[str, Sequence[str]] | None = None,
+    ) -> None:
+        msg = file.message_type.add(name=name)
+        for fname, number, ftype, label, type_name in fields:
+            f = msg.field.add(name=fname, number=number, type=ftype, label=label)
+            f.json_name = fname
+            if type_name is not None:
+                f.type_name = (
+                    type_name if type_name.startswith(".pb.") else f".{package}.{type_name}"
+                )
+            if oneof is not None and fname in oneof[1]:
+                f.oneof_index = 0
+        if oneof is not None:
+            msg.oneof_decl.add(name=oneof[0])
+        for fname, number, value_type in maps:  # map<string, V>: a nested entry message
+            entry = msg.nested_type.add(name=fname[0].upper() + fname[1:] + "Entry")
+            entry.options.map_entry = True
+            entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=_OPT)
+            entry.field.add(name="value", number=2, type=value_type, label=_OPT)
+            f = msg.field.add(name=fname, number=number, type=_F.TYPE_MESSAGE, label=_REP)
+            f.json_name = fname
+            f.type_name = f".{package}.{name}.{entry.name}"
+
+    string, boolean, msg_t = _F.TYPE_STRING, _F.TYPE_BOOL, _F.TYPE_MESSAGE
+    message(
+        "SolveRequest",
+        [
+            ("Definition", 1, msg_t, _OPT, ".pb.Definition"),
+            ("Frontend", 2, string, _OPT, None),
+            ("allowResultReturn", 5, boolean, _OPT, None),
+            ("allowResultArrayRef", 6, boolean, _OPT, None),
+        ],
+        maps=[("FrontendOpt", 3, string)],
+    )
+    message("Ref", [("id", 1, string, _OPT, None), ("def", 2, msg_t, _OPT, ".pb.Definition")])
+    message(
+        "Result",
+        [("refDeprecated", 1, string, _OPT, None), ("ref", 3, msg_t, _OPT, "Ref")],
+        maps=[("metadata", 10, _F.TYPE_BYTES)],
+        oneof=("result", ["refDeprecated", "ref"]),
+    )
+    message("SolveResponse", [("ref", 1, string, _OPT, None), ("result", 3, msg_t, _OPT, "Result")])
+    message("Status", [("code", 1, _F.TYPE_INT32, _OPT, None), ("message", 2, string, _OPT, None)])
+    message(
+        "ReturnRequest",
+        [("result", 1, msg_t, _OPT, "Result"), ("error", 2, msg_t, _OPT, "Status")],
+    )
+    message("APICap", [("ID", 1, string, _OPT, None), ("Enabled", 2, boolean, _OPT, None)])
+    message("PongResponse", [("FrontendAPICaps", 1, msg_t, _REP, "APICap")])
+    message(
+        "ResolveImageConfigResponse",
+        [("Digest", 1, string, _OPT, None), ("Config", 2, _F.TYPE_BYTES, _OPT, None)],
+    )
+    message("StatusRequest", [("Ref", 1, string, _OPT, None)])
+    return file
+
+
+def _gateway_classes() -> dict[str, type[Message]]:
+    pool = descriptor_pool.Default()
+    file = _gateway_file()
+    try:
+        found = pool.FindFileByName(file.name)
+    except KeyError:
+        pool.Add(file)
+        found = pool.FindFileByName(file.name)
+    return {
+        name: message_factory.GetMessageClass(d) for name, d in found.message_types_by_name.items()
+    }
+
+
+_GW = _gateway_classes()
+
+
+def gateway_message(name: str, fields: Mapping[str, Any] | None = None) -> Message:
+    """One of the gateway messages above (by name), its fields as in `json_format`."""
+    return json_format.ParseDict(dict(fields or {}), _GW[name]())
+
+
+def read_gateway_message(name: str, payload: bytes) -> dict[str, Any]:
+    """A gateway message's fields (by their proto names), from its bytes."""
+    return json_format.MessageToDict(
+        _GW[name].FromString(payload), preserving_proto_field_name=True
+    )
+
+
+def gateway_solve_request(
+    attrs: Mapping[str, str] | None = None, *, frontend: str = "dockerfile.v0"
+) -> bytes:
+    """buildx's `LLBBridge/Solve` for a Dockerfile build (frontend/gateway/grpcclient
+    `Solve`): the frontend, its options, results returned as refs."""
+    return gateway_message(
+        "SolveRequest",
+        {
+            "Frontend": frontend,
+            "FrontendOpt": dict(attrs or {}),
+            "allowResultReturn": True,
+            "allowResultArrayRef": True,
+        },
+    ).SerializeToString()
+
+
+def resolve_image_config_request(image: str) -> bytes:
+    """`LLBBridge/ResolveImageConfig` of `image`, from the registry (as the Dockerfile
+    frontend asks for a base image's config)."""
+    return gateway_pb2.ResolveImageConfigRequest(
+        Ref=image, ResolveMode="default"
+    ).SerializeToString()
+
+
+@dataclass(frozen=True)
+class GatewayBuild:
+    """What each call of a buildx-shaped build (`gateway_build`) ended with."""
+
+    ref: str
+    solve: GrpcResult | None
+    """The `Control/Solve` that opened the build (None: the client cancelled it)."""
+    ping: GrpcResult
+    gateway_solve: GrpcResult | None
+    returned: GrpcResult | None
+    """`LLBBridge/Return`: the gateway's result (or the solve's error) handed back."""
+    status_messages: int = 0
+    """How many `Control/Status` updates the build streamed."""
+    resolved: tuple[GrpcResult, ...] = ()
+    """`LLBBridge/ResolveImageConfig` calls made before the solve."""
+
+    @property
+    def ok(self) -> bool:
+        return self.solve is not None and self.solve.ok
+
+    def describe(self) -> str:
+        def one(r: GrpcResult | None) -> str:
+            return "-" if r is None else f"{r.status} {r.message[:300]!r}"
+
+        return (
+            f"ref={self.ref} ping={one(self.ping)} resolve={[one(r) for r in self.resolved]} "
+            f"gateway-solve={one(self.gateway_solve)} return={one(self.returned)} "
+            f"control-solve={one(self.solve)} status-updates={self.status_messages}"
+        )
+
+
+def gateway_build(
+    connection: GrpcConnection,
+    session_id: str,
+    attrs: Mapping[str, str] | None = None,
+    *,
+    ref: str | None = None,
+    resolve: Sequence[str] = (),
+    frontend: str = "dockerfile.v0",
+    control_attrs: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+) -> GatewayBuild:
+    """A build as buildx makes it (buildkit client/build.go `Build`): a `Control/Solve`
+    naming no frontend and no LLB (the daemon's gateway forwarder then waits for the
+    client) stays open while the client, with the build's id as metadata, pings the
+    gateway, resolves `resolve` images' configs, solves the `frontend` with `attrs`
+    and hands the result (or the solve's error) back with `LLBBridge/Return`, which
+    ends the `Control/Solve`. `Control/Status` streams the progress meanwhile.
+
+    `control_attrs` are the `Control/Solve`'s FrontendAttrs (buildx sends the build's
+    attrs there too; default `attrs`)."""
+    deadline = time.monotonic() + timeout
+    ref = ref or uuid.uuid4().hex
+    request = control_pb2.SolveRequest(
+        Ref=ref,
+        Session=session_id,
+        FrontendAttrs=dict((attrs if control_attrs is None else control_attrs) or {}),
+    )
+    control = connection.call(CONTROL_SOLVE, request.SerializeToString())
+    status_request = gateway_message("StatusRequest", {"Ref": ref}).SerializeToString()
+    status = connection.call(CONTROL_STATUS, status_request)
+    meta = [(BUILD_ID_METADATA, ref)]
+
+    def left() -> float:
+        return max(deadline - time.monotonic(), 0.1)
+
+    def finish(solved: GrpcResult | None, **calls: Any) -> GatewayBuild:
+        with contextlib.suppress(TimeoutError):
+            status.result(min(left(), 5.0))
+        status.cancel()
+        return GatewayBuild(ref, solved, status_messages=len(status.responses), **calls)
+
+    ping = connection.unary(GATEWAY_PING, b"", metadata=meta, timeout=left())
+    if not ping.ok:  # grpcclient.New fails: the client gives up, cancelling its solve
+        control.cancel()
+        early = control.result(0) if control.status is not None else None
+        return finish(early, ping=ping, gateway_solve=None, returned=None)
+    resolved = tuple(
+        connection.unary(
+            GATEWAY_RESOLVE_IMAGE_CONFIG,
+            resolve_image_config_request(image),
+            metadata=meta,
+            timeout=left(),
+        )
+        for image in resolve
+    )
+    solved = connection.unary(
+        GATEWAY_SOLVE,
+        gateway_solve_request(attrs, frontend=frontend),
+        metadata=meta,
+        timeout=left(),
+    )
+    if solved.ok and solved.responses:
+        result = read_gateway_message("SolveResponse", solved.responses[0]).get("result", {})
+        back = gateway_message("ReturnRequest", {"result": result})
+    else:  # grpcclient.Run: the build function's error goes back as the build's
+        error = {"code": solved.status or _GRPC_UNKNOWN, "message": solved.message}
+        back = gateway_message("ReturnRequest", {"error": error})
+    returned = connection.unary(
+        GATEWAY_RETURN, back.SerializeToString(), metadata=meta, timeout=left()
+    )
+    try:
+        final: GrpcResult | None = control.result(left())
+    except GrpcTransportError:
+        final = None
+    return finish(final, ping=ping, gateway_solve=solved, returned=returned, resolved=resolved)
 
 
 # --------------------------------------------------------------------------- fsutil's walk
@@ -693,11 +1366,19 @@ class _Stream:
 
 
 class Session:
-    """A BuildKit session on `POST /session`, serving local directories by name.
+    """A BuildKit session, serving local directories by name.
+
+    `transport`: `"session"` runs it on its own `POST /session` upgrade (the CLI's built-in
+    BuildKit client); `"grpc"` inside a `Control/Session` call on a `/grpc` connection, its
+    HTTP/2 bytes carried as `BytesMessage`s, the session headers as lower-cased gRPC
+    metadata (buildx: buildkit session/grpchijack), on `connection` if given (the one the
+    build's calls use, as buildx does), else on one of its own. Either way the daemon is the
+    HTTP/2 client of the session and the session the gRPC server.
 
     Use as a context manager; the server loop runs in a thread until `close()`. Pass its `id`
     as the SolveRequest's Session (or to `docker build`'s session). `syncs` records every
-    file sync request, `calls` every method the daemon called, in order.
+    file sync request, `calls` every method the daemon called, in order; `stream` is the
+    `Control/Session` call of the "grpc" transport (its result once the session ended).
     """
 
     def __init__(
@@ -714,8 +1395,12 @@ class Session:
         abort_after: int | None = None,
         session_id: str | None = None,
         timeout: float = 10.0,
+        transport: str = "session",
+        connection: GrpcConnection | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
     ) -> None:
-        """`shared_key` defaults to one derived from the `context` dir (as the CLI does), so
+        """`metadata` replaces the session headers the "grpc" transport sends (hostile
+        tests). `shared_key` defaults to one derived from the `context` dir (as the CLI does), so
         later sessions over the same dirs reuse the daemon's copy of the locals."""
         if data_chunk <= 0 or (frame_size is not None and frame_size <= 0):
             raise ValueError("data_chunk and frame_size must be positive")
@@ -731,6 +1416,13 @@ class Session:
         self.override = override
         self.abort_after = abort_after
         self.timeout = timeout
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}")
+        self.transport = transport
+        self.connection = connection
+        self.metadata = None if metadata is None else tuple(metadata)
+        self.stream: GrpcCall | None = None
+        self._own_connection: GrpcConnection | None = None
         self.syncs: list[SyncRequest] = []
         self.calls: list[str] = []
         self.health_checks = 0
@@ -756,8 +1448,19 @@ class Session:
             ("X-Docker-Expose-Session-Sharedkey", self.shared_key),
             *(("X-Docker-Expose-Session-Grpc-Method", m) for m in self.methods),
         ]
-        sock, rest = _upgrade(self.socket_path, "/session", headers, self.timeout)
-        sock.settimeout(None)
+        if self.transport == TRANSPORT_GRPC:
+            connection = self.connection
+            if connection is None:
+                connection = GrpcConnection(self.socket_path, timeout=self.timeout)
+                self._own_connection = connection
+            metadata = self.metadata
+            if metadata is None:
+                metadata = tuple((k.lower(), v) for k, v in headers)
+            self.stream, sock = connection.open_bridge(CONTROL_SESSION, metadata)
+            rest = b""
+        else:
+            sock, rest = _upgrade(self.socket_path, "/session", headers, self.timeout)
+            sock.settimeout(None)
         self._sock = sock
         self._conn.initiate_connection()
         self._thread = threading.Thread(
@@ -776,6 +1479,11 @@ class Session:
         self._close_socket()
         for s in (self._wake_r, self._wake_w):
             s.close()
+        if self.stream is not None:  # the request side ended: the daemon ends the call
+            with contextlib.suppress(TimeoutError):
+                self.stream.ended.wait(timeout)
+        if self._own_connection is not None:
+            self._own_connection.close()
 
     def __enter__(self) -> Session:
         return self.start()
@@ -843,18 +1551,26 @@ class Session:
             self._sock.sendall(out)
 
     def _handle(self, events: list[h2.events.Event]) -> None:
+        # A stream the daemon opens and resets at once (its build failed meanwhile) may
+        # come in one read: h2 has closed it already, so it must not be answered.
+        reset = {ev.stream_id for ev in events if isinstance(ev, h2.events.StreamReset)}
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
+                if ev.stream_id in reset:
+                    self.calls.append(_first(_header_pairs(ev.headers), ":path") or "")
+                    continue
                 self._request(ev.stream_id, _header_pairs(ev.headers))
             elif isinstance(ev, h2.events.DataReceived):
                 self._conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if ev.stream_id in reset:
+                    continue
                 st = self._streams.get(ev.stream_id)
                 if st is not None and ev.data:
                     for msg in st.deframer.feed(ev.data):
                         self._message(st, msg)
             elif isinstance(ev, h2.events.StreamEnded):
                 st = self._streams.get(ev.stream_id)
-                if st is not None:
+                if st is not None and ev.stream_id not in reset:
                     self._request_ended(st)
             elif isinstance(ev, h2.events.StreamReset):
                 self._streams.pop(ev.stream_id, None)

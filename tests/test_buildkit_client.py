@@ -1,5 +1,11 @@
 """tests/buildkit_client.py works: BuildKit builds over `/session` + `/grpc` Control/Solve,
-directly against the real daemon (no shim), and fsutil's walk order without one."""
+directly against the real daemon (no shim), and fsutil's walk order without one.
+
+Also buildx's two differences, against the same daemon (Debian's dockerd 20.10, BuildKit
+0.8): a session carried inside a `Control/Session` call on `/grpc` (grpchijack), and a
+build run through the daemon's gateway forwarder (`Control/Solve` with no frontend, then
+`LLBBridge` Ping / ResolveImageConfig / Solve / Return with the build id as metadata). This
+daemon implements both."""
 
 from __future__ import annotations
 
@@ -12,15 +18,22 @@ import pytest
 from bench.realdocker import DockerEnv, SeededImage
 from tests.agent_process import Reporter
 from tests.buildkit_client import (
+    BUILD_ID_METADATA,
     CONTROL_LIST_WORKERS,
     DEFAULT_DATA_CHUNK,
     DIFFCOPY,
+    GATEWAY_SOLVE,
     HEALTH_CHECK,
+    TRANSPORT_GRPC,
+    GrpcConnection,
     GrpcResult,
     Override,
     Session,
     build_dirs,
     dockerfile_solve_request,
+    gateway_build,
+    gateway_solve_request,
+    read_gateway_message,
     solve,
     unary,
     walk,
@@ -103,7 +116,7 @@ def test_solve_copies_and_runs_then_hits_the_cache(
     assert first.ok, first
     report(f"buildkit session, first build: calls={sorted(set(session.calls))}")
     report(f"buildkit session, first build: {_describe(session)}")
-    assert set(session.calls) == {DIFFCOPY}
+    assert set(session.calls) - {HEALTH_CHECK} == {DIFFCOPY}  # a slow build sees a check
     assert {s.dir_name for s in session.syncs} >= {"dockerfile", "context"}
     (dockerfile_sync,) = session.syncs_of("dockerfile")
     # the frontend also accepts a lower-case `dockerfile` (moby/moby#10858)
@@ -255,3 +268,100 @@ def test_walk_order_matches_fsutil(tmp_path: Path) -> None:
         "a/link",
         "a.txt",
     ]
+
+
+# --------------------------------------------------------------------------- buildx's shape
+
+
+def test_session_over_control_session_serves_a_build(
+    daemon: Path, tmp_path: Path, report: Reporter
+) -> None:
+    """A session inside `Control/Session` on its own `/grpc` connection: the daemon
+    checks its health and reads the locals from it as from `POST /session`."""
+    dirs = build_dirs(tmp_path, DOCKERFILE, {"hello.txt": "nested\n", "sub/data.txt": "d" * 70_000})
+    with Session(daemon, dirs, transport=TRANSPORT_GRPC, shared_key="nested") as session:
+        deadline = time.monotonic() + 5
+        while session.health_checks < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        request = dockerfile_solve_request(session.id, NO_NETWORK)
+        result = solve(daemon, request, timeout=SOLVE_TIMEOUT)
+        assert session.stream is not None and not session.stream.ended.is_set()
+    assert result.ok, result
+    assert session.error is None, session.error
+    assert session.health_checks >= 1
+    report(f"buildkit Control/Session: {_describe(session)}")
+    (dockerfile_sync,) = session.syncs_of("dockerfile")
+    assert dockerfile_sync.requested == ["Dockerfile"]
+    (context,) = [s for s in session.syncs_of("context") if "sub" in s.followpaths]
+    assert context.requested == ["hello.txt", "sub/data.txt"] and context.finished
+    # closing the session ends the request side; the daemon then ends the call cleanly
+    assert session.stream.result(5).ok
+
+
+def test_small_frames_in_a_control_session_still_build(daemon: Path, tmp_path: Path) -> None:
+    """Each tiny HTTP/2 write of the session is a BytesMessage of its own."""
+    dirs = build_dirs(tmp_path, DOCKERFILE, {"hello.txt": "tiny\n", "sub/data.txt": "t" * 2000})
+    with Session(
+        daemon, dirs, transport=TRANSPORT_GRPC, frame_size=3, data_chunk=7, shared_key="tiny"
+    ) as session:
+        result = solve(daemon, dockerfile_solve_request(session.id, NO_NETWORK), timeout=60)
+    assert result.ok, result
+    assert session.error is None
+
+
+def test_a_buildx_shaped_build_runs_through_the_gateway_forwarder(
+    daemon: Path, tmp_path: Path, report: Reporter
+) -> None:
+    """One `/grpc` connection for everything, as buildx: the session in `Control/Session`,
+    the build's `Control/Solve` held open by the daemon's gateway forwarder until the
+    client's `LLBBridge/Return`. The gateway solve returns the Dockerfile's LLB lazily: a
+    failing RUN fails the `Control/Solve`, not the gateway solve."""
+    dockerfile = 'FROM alpine\nARG WANT\nCOPY hello.txt /\nRUN test "$WANT" = yes\n'
+    dirs = build_dirs(tmp_path, dockerfile, {"hello.txt": "gateway\n"})
+    started = time.monotonic()
+    with (
+        GrpcConnection(daemon) as conn,
+        Session(daemon, dirs, transport=TRANSPORT_GRPC, connection=conn) as session,
+    ):
+        built = gateway_build(
+            conn,
+            session.id,
+            {**NO_NETWORK, "build-arg:WANT": "yes"},
+            resolve=["docker.io/library/alpine:latest"],
+            timeout=SOLVE_TIMEOUT,
+        )
+        report(f"buildkit gateway build: {built.describe()} {time.monotonic() - started:.2f} s")
+        assert built.ok, built.describe()
+        assert built.ping.ok and built.gateway_solve is not None and built.gateway_solve.ok
+        assert built.returned is not None and built.returned.ok
+        assert built.status_messages > 0
+        (resolved,) = built.resolved
+        assert resolved.ok, resolved
+        config = read_gateway_message("ResolveImageConfigResponse", resolved.responses[0])
+        assert config["Digest"].startswith("sha256:") and config["Config"]
+        (dockerfile_sync,) = session.syncs_of("dockerfile")
+        assert dockerfile_sync.requested == ["Dockerfile"]
+
+        failed = gateway_build(
+            conn, session.id, {**NO_NETWORK, "build-arg:WANT": "no"}, timeout=SOLVE_TIMEOUT
+        )
+    report(f"buildkit gateway build, failing RUN: {failed.describe()}")
+    assert failed.gateway_solve is not None and failed.gateway_solve.ok
+    assert failed.solve is not None and failed.solve.status == 2, failed.describe()
+    assert 'test "$WANT" = yes' in failed.solve.message
+    assert session.error is None and conn.error is None
+
+
+def test_a_gateway_call_naming_no_build_is_refused_by_the_daemon(daemon: Path) -> None:
+    """The forwarder waits 3 s for the build id to appear, then refuses the call."""
+    with GrpcConnection(daemon) as conn:
+        started = time.monotonic()
+        result = conn.unary(
+            GATEWAY_SOLVE,
+            gateway_solve_request({}),
+            metadata=[(BUILD_ID_METADATA, "no-such-build")],
+            timeout=20,
+        )
+    assert result.status == 2, result
+    assert "no such job no-such-build" in result.message
+    assert time.monotonic() - started >= 2.5
