@@ -338,7 +338,10 @@ def test_a_buildx_shaped_build_runs_through_the_gateway_forwarder(
         (resolved,) = built.resolved
         assert resolved.ok, resolved
         config = read_gateway_message("ResolveImageConfigResponse", resolved.responses[0])
-        assert config["Digest"].startswith("sha256:") and config["Config"]
+        # From the registry it comes with its digest; an image already in the daemon's
+        # store (an earlier test pulled alpine) resolves locally, without one.
+        assert config.get("Config"), config
+        assert config.get("Digest", "sha256:").startswith("sha256:"), config
         (dockerfile_sync,) = session.syncs_of("dockerfile")
         assert dockerfile_sync.requested == ["Dockerfile"]
 
