@@ -468,7 +468,20 @@ def test_buildkit_syntax_build_arg_replaces_the_directive() -> None:
     )
     assert result.uses[0].image == "evil/fe:2"
     assert result.uses[0].line == 0
-    assert result.images == ("evil/fe:2", "alpine")
+    # BuildKit 0.8 (dockerd 20.10) knows no BUILDKIT_SYNTAX: there the directive decides.
+    assert result.images == ("evil/fe:2", "docker/dockerfile:1", "alpine")
+
+
+def test_buildkit_0_8_reads_any_directive_and_keeps_the_last_syntax() -> None:
+    """An unknown directive ends today's directives, not 0.8's; 0.8 keeps the last."""
+    hidden = parse_dockerfile("# foo=bar\n# syntax=evil/fe\nFROM alpine\n")
+    assert hidden.images == ("evil/fe", "alpine")
+    assert hidden.uses[0].line == 2
+    later = parse_dockerfile("# syntax=docker/dockerfile:1\n# foo=bar\n# syntax=evil/fe\nFROM a\n")
+    assert later.images == ("docker/dockerfile:1", "evil/fe", "a")
+    # a #! line, // comments and JSON are not 0.8 directives: nothing more is found
+    assert parse_dockerfile("#!/x\n# syntax=evil/fe\nFROM a\n").images == ("evil/fe", "a")
+    assert parse_dockerfile("#  Syntax  =  evil/fe  \r\nFROM a\n").images == ("evil/fe", "a")
 
 
 def test_onbuild_pulls_are_reported_as_onbuild() -> None:

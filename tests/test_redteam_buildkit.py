@@ -3,7 +3,7 @@
 image the policy denies.
 
 Each test asserts what must hold (the daemon asked the registry mirror for nothing
-denied) and is a strict xfail while the bypass works. Evidence is taken from the daemon's
+denied); each was a strict xfail until its bypass was closed. Evidence is taken from the daemon's
 side: the registry mirror's log of ``/v2/<repository>/`` requests (BuildKit keeps what it
 pulls in its own store, not as images) and, for the classic builder, the daemon's images.
 """
@@ -190,12 +190,6 @@ def frontend_allowed_agent(docker_env: DockerEnv, tmp_path: Path) -> Iterator[Ag
         shim.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BuildKit v0.8's DetectSyntax reads every '# key=value' line at the top and "
-    "forwards to the last 'syntax'; the shim's scan_directives stops at the first key it "
-    "does not know, so '# foo=bar' before '# syntax=someuser/tool' hides the frontend",
-)
 @pytest.mark.usefixtures("denied_image_absent", "alpine_local")
 def test_an_unknown_directive_before_syntax_hides_a_denied_frontend(
     agent: AgentProcess, docker_env: DockerEnv, tmp_path: Path
@@ -275,12 +269,6 @@ def test_a_classic_build_body_that_is_also_a_multipart_form(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the frontend attribute 'override-copy-image' (with build-arg "
-    "BUILDKIT_DISABLE_FILEOP) names the image BuildKit v0.8 runs COPY in; the shim "
-    "neither decides it nor treats the attribute as unreadable",
-)
 @pytest.mark.usefixtures("denied_image_absent", "alpine_local")
 def test_override_copy_image_pulls_a_denied_image(
     agent: AgentProcess, docker_env: DockerEnv, tmp_path: Path
@@ -298,13 +286,6 @@ def test_override_copy_image_pulls_a_denied_image(
     assert not fetched, _report("Control/Solve", f"{result.status} {result.message}", fetched)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BuildKit v0.8's ParseDirectives keeps the LAST 'syntax' line; the shim "
-    "decides the first (docker/dockerfile, allowed here) and its parser ends the "
-    "directives at '# foo=bar', so a second '# syntax=' after it hands the build to a "
-    "denied frontend image",
-)
 @pytest.mark.usefixtures("denied_image_absent", "alpine_local")
 def test_a_second_syntax_line_wins_on_the_daemon(
     frontend_allowed_agent: AgentProcess, docker_env: DockerEnv, tmp_path: Path
@@ -319,12 +300,6 @@ def test_a_second_syntax_line_wins_on_the_daemon(
     assert not fetched, _report("docker build (CLI)", said, fetched)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--build-arg BUILDKIT_DISABLE_FILEOP=1 makes BuildKit v0.8 run every COPY in "
-    "docker/dockerfile-copy (a community image to this policy), which the shim never "
-    "decides: the stock CLI fetches a denied image",
-)
 @pytest.mark.usefixtures("alpine_local")
 def test_disable_fileop_fetches_the_copy_helper_image(
     agent: AgentProcess, docker_env: DockerEnv, tmp_path: Path
@@ -338,13 +313,6 @@ def test_disable_fileop_fetches_the_copy_helper_image(
     assert not fetched, _report("docker build --build-arg BUILDKIT_DISABLE_FILEOP=1", said, fetched)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shim registers a build on the session named by 'local-sessionid:<local>', "
-    "but dockerd 20.10's built-in Dockerfile frontend ignores that attribute and reads "
-    "the Dockerfile from the solve's Session; with a dockerfilekey other than "
-    "'dockerfile' that sync is relayed unread",
-)
 @pytest.mark.usefixtures("denied_image_absent", "alpine_local")
 def test_local_sessionid_points_the_shim_at_the_wrong_session(
     agent: AgentProcess, docker_env: DockerEnv, tmp_path: Path

@@ -40,13 +40,15 @@ CONTROL_SOLVE_ENDPOINT = "POST /grpc Control/Solve"
 class PendingBuild:
     """One build the daemon is running: what it reads, and who asked for it.
 
-    ``daemon_session``: the minted id of the session that serves its Dockerfile.
+    ``daemon_sessions``: the minted ids of the sessions that may serve its Dockerfile (the
+    build's own, and the one ``local-sessionid:`` names, which frontends before BuildKit
+    0.9 ignore).
     """
 
     inputs: BuildInputs
     peer: PeerInfo
     endpoint: str  # "POST /build" or "POST /grpc Control/Solve": the audit endpoint
-    daemon_session: str = ""
+    daemon_sessions: tuple[str, ...] = ()
 
     @property
     def reads_dockerfile(self) -> bool:
@@ -154,9 +156,16 @@ class BuildRegistry:
             b
             for b in self._builds.values()
             if b.reads_dockerfile
-            and b.daemon_session == daemon_session
+            and daemon_session in b.daemon_sessions
             and b.inputs.dockerfile_local == local
         ]
+
+    def names_local(self, local: str) -> bool:
+        """Whether a build in flight reads its Dockerfile from a local of that name, in
+        any session: a sync of it that no build explains is then suspect."""
+        return any(
+            b.reads_dockerfile and b.inputs.dockerfile_local == local for b in self._builds.values()
+        )
 
     def by_ref(self, ref: str) -> PendingBuild | None:
         """The ``Control/Solve`` in flight whose ``Ref`` (the build id) is ``ref``; None

@@ -85,7 +85,7 @@ from agent.daemon.buildkit_builds import (
     RelayedSession,
 )
 
-__all__ = ["Decider", "Tunnel", "TunnelKind"]
+__all__ = ["Decider", "Tunnel", "TunnelKind", "build_inspection", "dockerfile_sessions"]
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -433,7 +433,7 @@ class Tunnel:
         builds = self.registry.reading(session, dir_name)
         if builds:
             return builds
-        if dir_name == "dockerfile":
+        if dir_name == "dockerfile" or self.registry.names_local(dir_name):
             return builds_setting(
                 self.policy(), "a Dockerfile sent over a BuildKit session that no build names"
             )
@@ -718,12 +718,12 @@ class Tunnel:
     async def _register(
         self, hook: _UnaryHook, inputs: BuildInputs, peer: PeerInfo, endpoint: str
     ) -> str | None:
-        if inputs.frontend and inputs.dockerfile_session:
-            await self.registry.wait_for_session(inputs.dockerfile_session, SESSION_WAIT)
-        daemon_session, inspection, every_stage = build_inspection(
+        for client_id in dockerfile_sessions(inputs):
+            await self.registry.wait_for_session(client_id, SESSION_WAIT)
+        daemon_sessions, inspection, every_stage = build_inspection(
             self.registry, inputs, self.policy()
         )
-        hook.register(PendingBuild(inputs, peer, endpoint, daemon_session))
+        hook.register(PendingBuild(inputs, peer, endpoint, daemon_sessions))
         return await self.decide(inspection, hook.endpoint, peer, every_stage)
 
     async def _judge_resolve(self, hook: _UnaryHook, payload: bytes) -> str | None:
@@ -769,31 +769,42 @@ class Tunnel:
         task.add_done_callback(done)
 
 
+def dockerfile_sessions(inputs: BuildInputs) -> list[str]:
+    """The sessions (as the client named them) a build may read its Dockerfile from: the
+    one ``local-sessionid:`` names, and the build's own, which frontends before BuildKit
+    0.9 read it from whatever that attribute says."""
+    if not inputs.frontend:
+        return []  # raw LLB and gateway forwarding read no Dockerfile
+    return [s for s in dict.fromkeys((inputs.dockerfile_session, inputs.session)) if s]
+
+
 def build_inspection(
     registry: BuildRegistry, inputs: BuildInputs, policy: Policy
-) -> tuple[str, Inspection, Callable[[], Inspection]]:
-    """What a build is decided by when it registers, and the id the daemon knows its
-    Dockerfile's session by.
+) -> tuple[tuple[str, ...], Inspection, Callable[[], Inspection]]:
+    """What a build is decided by when it registers, and the ids the daemon knows its
+    Dockerfile's sessions by.
 
-    What it names outright (``upfront``); every Dockerfile sync its session already
-    holds, for the daemon reuses a synced local of the same session rather than ask
+    What it names outright (``upfront``); every Dockerfile sync its sessions already
+    hold, for the daemon reuses a synced local of the same session rather than ask
     again; and when it reads a Dockerfile from a session the shim does not relay (opened
     on the daemon directly, or announced twice), the ``builds`` setting. The callable
     gives the same with every stage decided (``Shim.decide_build``).
     """
     found = [upfront(inputs, policy)]
-    daemon_session = ""
+    daemon_sessions: list[str] = []
     syncs: list[DockerfileSync] = []
-    if inputs.frontend and not inputs.unreadable:
-        daemon_session = registry.daemon_id(inputs.dockerfile_session) or ""
-        if not daemon_session:
-            what = (
-                f"a build whose Dockerfile comes from the session {inputs.dockerfile_session!r}, "
-                "which is not relayed by Pullgate"
-            )
-            found.append(Inspection(setting=builds_setting(policy, what)))
-        else:
-            syncs = registry.remembered(daemon_session, inputs.dockerfile_local)
+    if not inputs.unreadable:
+        for client_id in dockerfile_sessions(inputs):
+            daemon_id = registry.daemon_id(client_id)
+            if daemon_id is None:
+                what = (
+                    f"a build whose Dockerfile comes from the session {client_id!r}, "
+                    "which is not relayed by Pullgate"
+                )
+                found.append(Inspection(setting=builds_setting(policy, what)))
+                continue
+            daemon_sessions.append(daemon_id)
+            syncs += registry.remembered(daemon_id, inputs.dockerfile_local)
 
     def with_syncs(*, all_stages: bool) -> Inspection:
         inspections = list(found)
@@ -806,7 +817,7 @@ def build_inspection(
         return merge(inspections)
 
     return (
-        daemon_session,
+        tuple(daemon_sessions),
         with_syncs(all_stages=False),
         functools.partial(with_syncs, all_stages=True),
     )

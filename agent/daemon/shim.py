@@ -85,7 +85,13 @@ from agent.core.messages import defuse, denial_message
 from agent.core.peer import PeerInfo
 from agent.core.policy.document import BuildsSetting, OnCreateSetting, Policy
 from agent.daemon.buildkit_builds import BuildRegistry, PendingBuild, RelayedSession
-from agent.daemon.buildkit_tunnel import SESSION_WAIT, Tunnel, TunnelKind, build_inspection
+from agent.daemon.buildkit_tunnel import (
+    SESSION_WAIT,
+    Tunnel,
+    TunnelKind,
+    build_inspection,
+    dockerfile_sessions,
+)
 from agent.daemon.bus import DecisionSink
 from agent.platform import docker_api
 from agent.platform.peer import describe_peer, peer_credentials
@@ -950,9 +956,8 @@ class ClientConnection(asyncio.Protocol):
         for it (``buildkit_tunnel``); the build stays registered until its answer ends.
         A build whose session has not started yet waits for it first."""
         inputs = from_build_query(query)
-        session = inputs.dockerfile_session
         registry = self.shim.builds
-        if inputs.frontend and session and registry.daemon_id(session) is None:
+        if any(registry.daemon_id(s) is None for s in dockerfile_sessions(inputs)):
             self._move(_DECIDING)
             self.pause_client_reading("deciding")
             loop = asyncio.get_running_loop()
@@ -961,7 +966,8 @@ class ClientConnection(asyncio.Protocol):
         self._buildkit_build_now(head, inputs)
 
     async def _buildkit_build_later(self, head: RequestHead, inputs: BuildInputs) -> None:
-        await self.shim.builds.wait_for_session(inputs.dockerfile_session, SESSION_WAIT)
+        for session in dockerfile_sessions(inputs):
+            await self.shim.builds.wait_for_session(session, SESSION_WAIT)
         if self.state is _CLOSED:
             return
         self.resume_client_reading("deciding")
@@ -970,12 +976,13 @@ class ClientConnection(asyncio.Protocol):
 
     def _buildkit_build_now(self, head: RequestHead, inputs: BuildInputs) -> None:
         registry = self.shim.builds
-        daemon_session, inspection, _ = build_inspection(registry, inputs, self.shim.policy())
+        sessions, inspection, _ = build_inspection(registry, inputs, self.shim.policy())
         if not self._apply(inspection):
             return
-        build = PendingBuild(inputs, self.peer, "POST /build", daemon_session)
+        build = PendingBuild(inputs, self.peer, "POST /build", sessions)
         self.build_token = registry.add(build)
-        if daemon_session:
+        daemon_session = registry.daemon_id(inputs.session)
+        if daemon_session is not None:
             target = _renamed_query(head.target, "session", daemon_session)
             head.raw = _renamed_target(head.raw, target)
         self._begin_forward(head)

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 
 from agent.core.inspection.buildkit.filesync import DockerfileSync, FileSyncError
 from agent.core.inspection.buildkit.inputs import (
+    DEFAULT_COPY_IMAGE,
     BuildInputs,
     context_overrides,
     is_dockerfile_frontend,
@@ -97,6 +98,13 @@ def upfront(inputs: BuildInputs, policy: Policy) -> Inspection:
         want(inputs.frontend_image, "frontend image", f"frontend {inputs.frontend_image}")
     for image in inputs.llb_images:
         want(image, "image of an LLB source", "LLB source")
+    copy_image = inputs.attrs.get("override-copy-image", "")
+    if copy_image:
+        want(copy_image, "copy helper image", "override-copy-image")
+    if _go_true(inputs.build_args.get("BUILDKIT_DISABLE_FILEOP", "")):
+        # BuildKit 0.8 then runs every COPY and ADD in a helper image.
+        image = copy_image or DEFAULT_COPY_IMAGE
+        want(image, "copy helper image", "--build-arg BUILDKIT_DISABLE_FILEOP")
     setting = None
     if inputs.unreadable is not None:
         setting = builds_setting(policy, inputs.unreadable)
@@ -178,6 +186,11 @@ def dockerfile(
             unreadable = unreadable or _frontend_problem(inputs, use.image)
     setting = builds_setting(policy, unreadable) if unreadable is not None else None
     return with_build_lookups(Inspection(wants=tuple(wants), setting=setting))
+
+
+def _go_true(value: str) -> bool:
+    """Go's ``strconv.ParseBool`` says true."""
+    return value in ("1", "t", "T", "TRUE", "true", "True")
 
 
 def _frontend_problem(inputs: BuildInputs, image: str) -> str | None:

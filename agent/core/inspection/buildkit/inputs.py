@@ -51,8 +51,11 @@ from agent.core.reference import ReferenceError, parse_normalized_named
 __all__ = [
     "BUILD_QUERY",
     "CONTROL_SOLVE",
+    "DEFAULT_COPY_IMAGE",
     "DOCKERFILE_FRONTENDS",
     "GATEWAY_SOLVE",
+    "KNOWN_ATTRS",
+    "KNOWN_ATTR_PREFIXES",
     "BuildInputs",
     "NamedContext",
     "ResolveTarget",
@@ -91,6 +94,32 @@ _IMAGE_SCHEME = "docker-image"
 _FILE_SCHEMES = frozenset({"local", "git", "http", "https"})
 #: Top-level field of pb.Op holding a nested build (``BuildOp``): LLB inside LLB.
 _BUILD_OP_FIELD = 5
+
+#: Frontend attributes Pullgate knows (the Dockerfile frontend's, BuildKit's dockerui and
+#: builder packages, and what buildx sends); any other makes the build unreadable: one
+#: unknown attribute (``override-copy-image``, ``gateway-*``) can name an image to pull.
+KNOWN_ATTRS = frozenset(
+    {
+        "filename", "target", "dockerfilekey", "contextkey", "contextsubdir", "cmdline",
+        "source", "frontend.caps", "requestid", "cache-from", "cache-imports", "no-cache",
+        "platform", "image-resolve-mode", "add-hosts", "force-network-mode", "hostname",
+        "shm-size", "ulimit", "cgroup-parent", "multi-platform", "memory", "memswap",
+        "cpushares", "cpuperiod", "cpuquota", "cpusetcpus", "cpusetmems", "context",
+        "override-copy-image", "call", "check",
+    }
+)  # fmt: skip
+#: Attribute families by prefix: build args, labels, named contexts, the session of a
+#: local, a local's shared key, attestations, VCS facts, metadata of frontend inputs.
+KNOWN_ATTR_PREFIXES = (
+    "build-arg:", "label:", "context:", "local-sessionid:", "sharedkey:", "attest:",
+    "vcs:", "input-metadata:",
+)  # fmt: skip
+#: The helper image BuildKit 0.8 runs every COPY and ADD in when file ops are disabled
+#: (``BUILDKIT_DISABLE_FILEOP``), unless ``override-copy-image`` names another.
+DEFAULT_COPY_IMAGE = (
+    "docker/dockerfile-copy:v0.1.9"
+    "@sha256:e8f159d3f00786604b93c675ee2783f8dc194bb565e61ca5788f6a6e9d304061"
+)
 
 #: The top-level fields of each request (BuildKit's published numbers) that change no
 #: pull beyond what Pullgate reads of them; any other field makes the request unreadable.
@@ -325,6 +354,16 @@ def _frontend_attrs(
     elif frontend not in ("", _DOCKERFILE_FRONTEND):
         reasons.append(f"a build with the frontend {frontend}")
 
+    named_by_key = {context_key}  # the attribute ``contextkey`` names is read above
+    unknown = sorted(
+        k
+        for k in attrs
+        if k not in KNOWN_ATTRS and k not in named_by_key and not k.startswith(KNOWN_ATTR_PREFIXES)
+    )
+    if unknown:
+        reasons.append(
+            f"a build with the frontend attribute {unknown[0]!r}, which Pullgate does not know"
+        )
     return BuildInputs(
         via=via,
         session=session,

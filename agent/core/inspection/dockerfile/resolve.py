@@ -226,6 +226,9 @@ def parse_dockerfile(
     syntax = None if classic else _syntax_use(src, args)  # the classic builder ignores it
     if syntax is not None:
         uses.append(syntax)
+    legacy = None if classic else _legacy_syntax_use(src)
+    if legacy is not None and (syntax is None or legacy.image != syntax.image):
+        uses.append(legacy)
     nodes, escape = parse_nodes(lines, heredocs=heredocs, check_directive=check_directive)
     stages, deps = _resolve(nodes, escape, args, uses, classic=classic)
     return DockerfileImages(uses=tuple(uses), stages=stages, deps=deps)
@@ -261,6 +264,38 @@ def reachable_stages(images: DockerfileImages, target: str) -> frozenset[int] | 
             seen.add(index)
             pending.extend(images.deps[index] - seen)
     return frozenset(seen)
+
+
+#: BuildKit before 0.9 (dockerd 20.10's built-in frontend): any ``#key=value`` line at the
+#: top is a directive, whatever its key, and the last ``syntax`` wins (``\s`` is Go's).
+_LEGACY_DIRECTIVE = re.compile(
+    r"#[ \t\n\f\r]*([a-zA-Z][a-zA-Z0-9]*)[ \t\n\f\r]*=[ \t\n\f\r]*(.+?)[ \t\n\f\r]*"
+)
+
+
+def _legacy_syntax_use(src: str) -> ImageUse | None:
+    """The frontend image as BuildKit 0.8's ``DetectSyntax`` finds it.
+
+    It reads directive lines until the first line that is not one, accepting any key (so
+    ``# foo=bar`` does not end them, as it does for newer parsers) and keeping the last
+    ``syntax``; no ``#!`` line is skipped and no ``//`` or JSON form is read. Decided
+    beside today's reading, so neither daemon's frontend is missed.
+    """
+    found: tuple[str, int, str] | None = None
+    for number, line in enumerate(src.split("\n"), 1):
+        text = line.removesuffix("\r")  # bufio.ScanLines
+        match = _LEGACY_DIRECTIVE.fullmatch(text)
+        if match is None:
+            break
+        if match.group(1).lower() == "syntax":
+            found = (match.group(2), number, text)
+    if found is None:
+        return None
+    value, number, line = found
+    image = value.split(" ", 1)[0]
+    if not image:
+        raise DockerfileError("the syntax directive names no frontend image", number)
+    return ImageUse(image, number, "syntax", None, short(line.strip(), _INSTRUCTION_TEXT))
 
 
 def _syntax_use(src: str, build_args: Mapping[str, str]) -> ImageUse | None:
