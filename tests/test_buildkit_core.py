@@ -1246,3 +1246,42 @@ def test_resolve_inspection_decides_the_image_as_a_build_pull() -> None:
     assert deny.setting is not None and not deny.setting.allowed and not deny.wants
     allow = resolve_inspection(image, policy(builds="allow"), unreadable=why)
     assert allow.setting is not None and allow.setting.allowed
+
+
+# --- red-team closures: unknown attributes, the 0.8 copy helper -------------------------
+
+from agent.core.inspection.buildkit.inputs import DEFAULT_COPY_IMAGE  # noqa: E402
+
+
+def _attrs_solve(attrs: dict[str, str]) -> bytes:
+    return SolveRequest(
+        Ref="r", Session="s", Frontend="dockerfile.v0", FrontendAttrs=attrs
+    ).SerializeToString()
+
+
+def test_an_unknown_frontend_attribute_makes_the_build_unreadable() -> None:
+    inputs = from_solve_request(_attrs_solve({"gateway-devel": "x", "filename": "Dockerfile"}))
+    assert inputs.unreadable is not None and "'gateway-devel'" in inputs.unreadable
+    known = {
+        "filename": "Dockerfile",
+        "target": "t",
+        "build-arg:X": "1",
+        "label:a": "b",
+        "attest:provenance": "mode=min",
+        "platform": "linux/amd64",
+        "no-cache": "",
+        "local-sessionid:dockerfile": "s",
+    }
+    assert from_solve_request(_attrs_solve(known)).unreadable is None
+    result = upfront(inputs, policy(builds="deny"))
+    assert result.setting is not None and not result.setting.allowed
+
+
+def test_the_copy_helper_image_is_decided() -> None:
+    named = from_solve_request(_attrs_solve({"override-copy-image": "someuser/tool"}))
+    assert "someuser/tool" in [w.input for w in upfront(named, policy()).wants]
+    disabled = from_solve_request(_attrs_solve({"build-arg:BUILDKIT_DISABLE_FILEOP": "true"}))
+    assert DEFAULT_COPY_IMAGE in [w.input for w in upfront(disabled, policy()).wants]
+    # Go's ParseBool: "yes" is no boolean, so file ops stay on and no helper runs
+    kept = from_solve_request(_attrs_solve({"build-arg:BUILDKIT_DISABLE_FILEOP": "yes"}))
+    assert DEFAULT_COPY_IMAGE not in [w.input for w in upfront(kept, policy()).wants]
