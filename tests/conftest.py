@@ -31,6 +31,15 @@ from tests.agent_process import (
     remove_images,
     skip_or_fail,
 )
+from tests.oidc_provider import (
+    OIDCProvider,
+    installed_version,
+    start_oidc_provider,
+    stop_oidc_provider,
+)
+from tests.oidc_provider import (
+    missing_requirements as oidc_missing_requirements,
+)
 
 SEEDED = (
     "alpine",  # Docker Official Image
@@ -90,6 +99,28 @@ def seeded(docker_env: DockerEnv, report: Reporter) -> dict[str, SeededImage]:
         images[name] = seed_image(docker_env, name)
     report(f"realdocker: seeded {len(images)} images in {time.monotonic() - started:.2f} s")
     return images
+
+
+@pytest.fixture(scope="session")
+def oidc_provider(
+    tmp_path_factory: pytest.TempPathFactory, report: Reporter
+) -> Iterator[OIDCProvider]:
+    """A real OpenID provider (npm oidc-provider, tests/oidc) over HTTPS on 127.0.0.1 for the
+    whole session, its CA in `ca_bundle`; stopped at the end. Skips locally without Node.js
+    or tests/oidc/node_modules, fails under CI. Tests that change its settings use
+    `oidc_provider.settings(...)` (restored after the block)."""
+    problems = oidc_missing_requirements()
+    if problems:
+        skip_or_fail("OpenID provider unavailable: " + "; ".join(problems))
+    provider = start_oidc_provider(tmp_path_factory.mktemp("oidc"))
+    report(
+        f"oidc: oidc-provider {installed_version()} answered discovery "
+        f"{provider.startup_seconds:.2f} s after start ({provider.issuer})"
+    )
+    try:
+        yield provider
+    finally:
+        stop_oidc_provider(provider)
 
 
 @pytest.fixture

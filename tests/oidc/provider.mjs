@@ -17,6 +17,8 @@
 //   POST /_test/settings          merge a JSON object of settings; answers the new settings
 //   POST /_test/rotate-keys       new signing keys (JSON body {"retire_previous": bool});
 //                                 the previous ones stay published unless retired
+//   GET  /_test/keys              kids (and algs) of the signing and previous keys
+//   GET  /_test/signing-keys      the private JWKs of the signing keys (to forge tokens)
 //
 // oidc-provider 9 neither sends `interval` in the device authorization response nor ever
 // answers `slow_down`; the middleware below adds both (RFC 8628 sections 3.2 and 3.5).
@@ -284,6 +286,11 @@ async function admin(req, res) {
       return reply(200, publicKids());
     }
     if (url.pathname === '/_test/keys' && req.method === 'GET') return reply(200, publicKids());
+    // The private signing keys, so tests can forge tokens the real key signs (expired,
+    // other audience, not yet valid, ...).
+    if (url.pathname === '/_test/signing-keys' && req.method === 'GET') {
+      return reply(200, { keys: currentKeys });
+    }
   } catch (err) {
     return reply(400, { error: String(err.message ?? err) });
   }
