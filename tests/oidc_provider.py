@@ -260,6 +260,12 @@ def _forms(html: str) -> list[_Form]:
     return parser.forms
 
 
+def _page_message(html: str) -> str:
+    """The error line oidc-provider's device pages show (`<p class="red">...</p>`)."""
+    match = re.search(r'<p class="red">(.*?)</p>', html, re.DOTALL)
+    return match.group(1).strip() if match else html[:800]
+
+
 def _one_form(response: requests.Response, what: str) -> _Form:
     forms = _forms(response.text)
     if len(forms) != 1:
@@ -494,7 +500,8 @@ class OIDCProvider:
         forms = [f for f in _forms(confirm.text) if f.id == "op.deviceConfirmForm"]
         if not forms:
             raise OIDCProviderError(
-                f"device code {user_code} not accepted: {confirm.status_code} {confirm.text[:800]}"
+                f"device code {user_code} not accepted: {confirm.status_code} "
+                f"{_page_message(confirm.text)}"
             )
         forms[0].action = urllib.parse.urljoin(confirm.url, forms[0].action)
         return forms[0]

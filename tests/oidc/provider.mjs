@@ -30,6 +30,10 @@ import * as https from 'node:https';
 import * as querystring from 'node:querystring';
 
 import Provider from 'oidc-provider';
+// The package's own in-memory adapter, but ONE store for every Provider instance this process
+// builds: a key rotation builds a new instance, and grants, sessions, device codes and
+// refresh tokens must survive it. (No "exports" map in oidc-provider 9: deep import works.)
+import { createMemoryAdapter } from 'oidc-provider/lib/adapters/memory_adapter.js';
 
 const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 const BODY_LIMIT = 56 * 1024;
@@ -199,11 +203,15 @@ async function deviceIntervals(ctx, next) {
 // ----------------------------------------------------------------------------- provider
 
 const cookieKeys = [randomBytes(32).toString('hex')];
+const CLOCK_TOLERANCE = 15; // seconds, oidc-provider's default
+const adapter = createMemoryAdapter(CLOCK_TOLERANCE);
 let issuer;
 
 function build() {
   const provider = new Provider(issuer, {
+    adapter,
     clients: config.clients,
+    clockTolerance: CLOCK_TOLERANCE,
     findAccount,
     claims: {
       openid: ['sub'],
@@ -239,6 +247,11 @@ function build() {
   });
   provider.use(deviceIntervals);
   provider.on('server_error', (ctx, err) => console.error('server_error', err));
+  // Why a request was refused, in the log the harness shows on failure.
+  for (const event of ['grant.error', 'authorization.error', 'revocation.error',
+    'code_verification.error', 'device_authorization.error', 'backchannel.error']) {
+    provider.on(event, (ctx, err) => console.error(`${event}: ${err.error ?? err.name}: ${err.error_detail ?? err.message}`));
+  }
   return provider.callback();
 }
 
