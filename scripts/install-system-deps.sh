@@ -33,8 +33,15 @@ for pkg in "${PACKAGES[@]}"; do
     fi
 done
 
+# Node.js and npm run the OpenID provider of the sign-in tests (tests/oidc). Checked by
+# command, not by package: a machine may have them from elsewhere (NodeSource's nodejs
+# bundles npm and conflicts with Debian's npm package). oidc-provider 9 needs Node.js >= 20.19
+# (Debian 13 has 20.19; Debian 12's 18.x is too old: tests/oidc_provider.py says so).
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+
 if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "install-system-deps: all present (${PACKAGES[*]})"
+    echo "install-system-deps: all present (${PACKAGES[*]}, node, npm)"
     exit 0
 fi
 

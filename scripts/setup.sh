@@ -41,4 +41,22 @@ if [[ ! -f ${stamp} || $(cat "${stamp}") != "${want}" ]]; then
         --no-build-isolation -e .
     echo "${want}" >"${stamp}"
 fi
+# The OpenID provider of the sign-in tests (tests/oidc): npm packages exactly as locked,
+# no install scripts. Re-run only when the lock changed since the last install.
+oidc=tests/oidc
+if command -v npm >/dev/null 2>&1; then
+    stamp=${oidc}/node_modules/.pullgate-lock.sha256
+    want=$(sha256sum "${oidc}/package-lock.json" | cut -d' ' -f1)
+    if [[ ! -f ${stamp} || $(cat "${stamp}") != "${want}" ]]; then
+        echo "setup: installing ${oidc} (npm ci)"
+        (cd "${oidc}" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+        echo "${want}" >"${stamp}"
+    fi
+    if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number);
+                  process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' 2>/dev/null; then
+        echo "setup: WARNING: oidc-provider 9 needs Node.js >= 20.19; found $(node --version 2>&1)"
+    fi
+else
+    echo "setup: npm not found; the OpenID provider tests cannot run (use --system-deps)"
+fi
 echo "setup: ready (${VENV}/bin/pullgate)"
