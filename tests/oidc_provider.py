@@ -70,7 +70,7 @@ PROVIDER_DIR = Path(__file__).resolve().parent / "oidc"
 MIN_NODE = (20, 19)
 """oidc-provider 9 runs on Node.js 20.19+ (it warns that it wants 22 LTS; 20 works)."""
 
-STARTUP_TIMEOUT = 20.0
+STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 HTTP_TIMEOUT = 10.0
 
@@ -341,11 +341,9 @@ class OIDCProvider:
 
     # ----------------------------------------------------------------- metadata
 
-    def discovery(self) -> dict[str, Any]:
+    def discovery(self, *, timeout: float = HTTP_TIMEOUT) -> dict[str, Any]:
         with self.http() as session:
-            response = session.get(
-                self.url("/.well-known/openid-configuration"), timeout=HTTP_TIMEOUT
-            )
+            response = session.get(self.url("/.well-known/openid-configuration"), timeout=timeout)
         response.raise_for_status()
         document: dict[str, Any] = response.json()
         return document
@@ -804,7 +802,10 @@ def start_oidc_provider(
                     f"provider exited with {process.returncode}: {log_path.read_text()}"
                 )
             if time.monotonic() > deadline:
-                raise OIDCProviderError(f"provider not ready in {STARTUP_TIMEOUT} s")
+                raise OIDCProviderError(
+                    f"provider not ready in {STARTUP_TIMEOUT} s "
+                    f"(ready file: {ready_file.exists()}): {log_path.read_text()}"
+                )
             if ready_file.exists():
                 ready = json.loads(ready_file.read_text())
                 candidate = OIDCProvider(
@@ -818,7 +819,7 @@ def start_oidc_provider(
                     log_path=log_path,
                 )
                 with contextlib.suppress(requests.RequestException):
-                    if candidate.discovery().get("issuer") == candidate.issuer:
+                    if candidate.discovery(timeout=2.0).get("issuer") == candidate.issuer:
                         provider = candidate
                         break
             time.sleep(0.05)
