@@ -203,12 +203,6 @@ class _StuffingSession(Session):
             yield err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_DockerfileHook.sender_data holds every client message once file data has "
-    "started (PACKET_ERR/PACKET_FIN are not counted against max_bytes) and acknowledges "
-    "them at once: a sync never completed buffers without bound",
-)
 @pytest.mark.usefixtures("alpine_local")
 def test_a_held_dockerfile_sync_cannot_be_stuffed_without_bound(
     agent: AgentProcess, tmp_path: Path
@@ -239,13 +233,6 @@ def _leaky_solve(attrs: dict[str, str]) -> bytes:
     return dockerfile_solve_request(f"nosuch-{uuid.uuid4().hex}", attrs).SerializeToString()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Tunnel._register adds the build (hook.register) after awaiting "
-    "wait_for_session; a Solve reset meanwhile was already forgotten (_UnaryHook.finished), "
-    "so its registration is never removed: BuildRegistry.names_local then makes every "
-    "other session's sync of that local 'suspect', and builds: deny refuses them",
-)
 @pytest.mark.usefixtures("alpine_local")
 def test_a_reset_solve_leaves_no_build_registered_that_breaks_other_builds(
     agent: AgentProcess, tmp_path: Path
@@ -266,12 +253,6 @@ def test_a_reset_solve_leaves_no_build_registered_that_breaks_other_builds(
     assert after.ok, f"an ordinary build after the reset Solve: {after}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BuildRegistry.names_local looks at builds in flight on every session, of "
-    "every peer: while one client holds a build whose Dockerfile local is 'context', "
-    "every other client's context sync is refused under builds: deny",
-)
 @pytest.mark.usefixtures("alpine_local")
 def test_a_build_in_flight_does_not_break_other_clients_builds(
     agent: AgentProcess, tmp_path: Path
@@ -296,11 +277,6 @@ def test_a_build_in_flight_does_not_break_other_clients_builds(
     assert victim.ok, f"another client's ordinary build meanwhile: {victim}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the registration a reset Solve leaks (see above) keeps its BuildInputs, "
-    "frontend attributes included, for the agent's life: memory grows with every reset",
-)
 def test_reset_solves_do_not_leak_their_requests(agent: AgentProcess) -> None:
     """Ten Solves, each with a 24 MiB build argument, each reset while the shim waits for
     its session. (The same ten Solves not reset leave the agent about 70 MiB larger: what
@@ -318,11 +294,6 @@ def test_reset_solves_do_not_leak_their_requests(agent: AgentProcess) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MAX_SOLVE_REQUEST (32 MiB) bounds the request bytes held per tunnel "
-    "(Tunnel.held_bytes), not per agent: N tunnels hold N x 32 MiB",
-)
 def test_unfinished_solve_requests_on_many_tunnels_are_bounded(agent: AgentProcess) -> None:
     """Eight ``/grpc`` tunnels, each with one Solve stream of 30 MiB never ended."""
     before = _rss_kib(agent.proc.pid)
@@ -346,12 +317,6 @@ def test_unfinished_solve_requests_on_many_tunnels_are_bounded(agent: AgentProce
     assert grown < RSS_BOUND_KIB, f"agent RSS grew by {grown >> 10} MiB"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="in a tunnel the shim never pauses reading a client whose transport is over "
-    "its high-water mark (ClientConnection.pause_writing pauses only the daemon): the "
-    "frames h2 answers itself (PING and SETTINGS ACKs, RST_STREAM) pile up unread",
-)
 def test_a_client_that_never_reads_cannot_grow_the_agent_with_pings(
     agent: AgentProcess,
 ) -> None:

@@ -81,6 +81,7 @@ class BuildRegistry:
         self._tokens = itertools.count(1)
         self._sessions: dict[str, RelayedSession] = {}  # by daemon id
         self._waiters: list[asyncio.Future[None]] = []
+        self.held_bytes = 0  # request bodies the tunnels hold for a decision, all told
 
     # -- sessions ----------------------------------------------------------------------
 
@@ -160,11 +161,16 @@ class BuildRegistry:
             and b.inputs.dockerfile_local == local
         ]
 
-    def names_local(self, local: str) -> bool:
-        """Whether a build in flight reads its Dockerfile from a local of that name, in
-        any session: a sync of it that no build explains is then suspect."""
+    def names_local(self, local: str, client_id: str) -> bool:
+        """Whether a build in flight that names the session announced as ``client_id``
+        reads its Dockerfile from a local of that name: a sync of it on that session
+        that no build explains is then suspect. (Another client's builds say nothing
+        about this session.)"""
         return any(
-            b.reads_dockerfile and b.inputs.dockerfile_local == local for b in self._builds.values()
+            b.reads_dockerfile
+            and b.inputs.dockerfile_local == local
+            and client_id in (b.inputs.session, b.inputs.dockerfile_session)
+            for b in self._builds.values()
         )
 
     def by_ref(self, ref: str) -> PendingBuild | None:

@@ -149,8 +149,14 @@ SESSION_ID = b"x-docker-expose-session-uuid"
 #: per stream, and in all.
 STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 8 << 20
-#: A Solve request (an LLB definition can be large) is held whole before it is decided.
-MAX_SOLVE_REQUEST = 32 << 20
+#: A Solve request (an LLB definition can be large) is held whole before it is decided;
+#: BuildKit's own servers take no message over 16 MiB (dockerd 20.10's: 4 MiB).
+MAX_SOLVE_REQUEST = 16 << 20
+#: All request bodies held for a decision, across every tunnel of the agent.
+MAX_HELD_REQUESTS = 32 << 20
+#: What a held Dockerfile sync may carry besides its file data (packet framing, the
+#: list's end, FIN), before it is refused.
+_HELD_SLACK = 1 << 20
 #: How long a build waits for the session it names to start (the daemon waits 5 s).
 SESSION_WAIT = 5.0
 #: The Dockerfile local's bytes the shim keeps to decide (the daemon's frontends cap
@@ -255,7 +261,6 @@ class Tunnel:
         self._inbuf = {True: bytearray(), False: bytearray()}
         self._relay_owed: dict[bool, dict[int, int]] = {True: {}, False: {}}
         self._out: dict[bool, list[bytes | memoryview]] = {True: [], False: []}
-        self.held_bytes = 0  # request bodies held while they are decided
         self._write_req = write_requester
         self._write_resp = write_responder
         self._close_cb = close
@@ -537,7 +542,8 @@ class Tunnel:
         builds = self.registry.reading(session, dir_name)
         if builds:
             return builds
-        if dir_name == "dockerfile" or self.registry.names_local(dir_name):
+        client_id = self.session.client_id if self.session is not None else ""
+        if dir_name == "dockerfile" or self.registry.names_local(dir_name, client_id):
             return builds_setting(
                 self.policy(), "a Dockerfile sent over a BuildKit session that no build names"
             )
@@ -811,9 +817,9 @@ class Tunnel:
         """``Control/Solve``: registered (its session's Dockerfile is then tied to it),
         what it names outright decided, and its session ids renamed for the daemon."""
         inputs = from_solve_request(payload)
-        denial = await self._register(hook, inputs, self.peer, CONTROL_SOLVE_ENDPOINT)
-        hook.outgoing = rename_in_solve(payload, self.registry.daemon_id)
-        return denial
+        names = await self._register(hook, inputs, self.peer, CONTROL_SOLVE_ENDPOINT)
+        hook.outgoing = rename_in_solve(payload, names.get)
+        return await self._decided(hook)
 
     async def _judge_gateway_solve(self, hook: _UnaryHook, payload: bytes) -> str | None:
         """``LLBBridge/Solve`` of a build in flight (buildx runs the gateway client-side):
@@ -823,20 +829,36 @@ class Tunnel:
             what = "a BuildKit gateway solve that names no build in flight"
             return await self._judge_setting(hook, what)
         inputs = from_gateway_solve(payload, parent.inputs)
-        denial = await self._register(hook, inputs, parent.peer, hook.endpoint)
-        hook.outgoing = rename_in_gateway_solve(payload, self.registry.daemon_id)
-        return denial
+        names = await self._register(hook, inputs, parent.peer, hook.endpoint)
+        hook.outgoing = rename_in_gateway_solve(payload, names.get)
+        return await self._decided(hook)
 
     async def _register(
         self, hook: _UnaryHook, inputs: BuildInputs, peer: PeerInfo, endpoint: str
-    ) -> str | None:
+    ) -> dict[str, str]:
+        """Register the build once the sessions it names have started, and start its
+        decision (``_decided`` awaits it). Returns the renaming of its session ids,
+        fixed now: the daemon must read only the sessions the build was registered on."""
         for client_id in dockerfile_sessions(inputs):
             await self.registry.wait_for_session(client_id, SESSION_WAIT)
-        daemon_sessions, inspection, every_stage = build_inspection(
-            self.registry, inputs, self.policy()
+        names = {
+            client_id: daemon_id
+            for client_id in dict.fromkeys((inputs.session, *_local_sessions(inputs)))
+            if client_id and (daemon_id := self.registry.daemon_id(client_id)) is not None
+        }
+        sessions, inspection, every_stage = build_inspection(self.registry, inputs, self.policy())
+        if hook.pair.closed:
+            return names  # the call went while it waited: nothing to register
+        hook.register(PendingBuild(inputs, peer, endpoint, sessions))
+        hook.decision = asyncio.ensure_future(
+            self.decide(inspection, hook.endpoint, peer, every_stage)
         )
-        hook.register(PendingBuild(inputs, peer, endpoint, daemon_sessions))
-        return await self.decide(inspection, hook.endpoint, peer, every_stage)
+        return names
+
+    async def _decided(self, hook: _UnaryHook) -> str | None:
+        if hook.decision is None:
+            return "pullgate: the build request went away before it was decided"
+        return await hook.decision
 
     async def _judge_resolve(self, hook: _UnaryHook, payload: bytes) -> str | None:
         """``ResolveImageConfig`` / ``ResolveSourceMeta``: the daemon fetches an image's
@@ -869,7 +891,7 @@ class Tunnel:
             return None
         return self.registry.by_ref(ids[0].decode("utf-8", "replace"))
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
 
@@ -879,6 +901,12 @@ class Tunnel:
                 self.close(f"a build decision failed: {t.exception()!r}")
 
         task.add_done_callback(done)
+        return task
+
+
+def _local_sessions(inputs: BuildInputs) -> list[str]:
+    """The session ids of the build's ``local-sessionid:`` attributes."""
+    return [v for k, v in inputs.attrs.items() if k.startswith("local-sessionid:")]
 
 
 def dockerfile_sessions(inputs: BuildInputs) -> list[str]:
@@ -955,6 +983,7 @@ class _DockerfileHook:
         self.from_sender = grpc.MessageReader()
         self.from_receiver = grpc.MessageReader()
         self.held: list[bytes] = []
+        self.held_bytes = 0  # every message held counts, not only file data
         self.held_end: tuple[bool, Headers | None] | None = None
         self.state = "reading"  # → deciding → released | failed
 
@@ -979,8 +1008,15 @@ class _DockerfileHook:
                     self.tunnel._queue(self.tunnel.req, self.pair.to_req, memoryview(framed))
                     continue
                 framed = grpc.frame(self.sync.sender_message(payload))
+                if self.sync.sender_error is not None and not self.sync.complete:
+                    raise FileSyncError(f"the client gave up: {self.sync.sender_error}")
                 if self.sync.data_started or self.held:
                     self.held.append(framed)
+                    self.held_bytes += len(framed)
+                    if self.held_bytes > MAX_DOCKERFILE_BYTES + _HELD_SLACK:
+                        raise FileSyncError(
+                            f"more than {MAX_DOCKERFILE_BYTES} bytes held for the Dockerfile"
+                        )
                 else:
                     self.tunnel._queue(self.tunnel.req, self.pair.to_req, memoryview(framed))
         except (grpc.GrpcFramingError, FileSyncError) as e:
@@ -1079,34 +1115,49 @@ class _UnaryHook:
         self.endpoint = f"POST /grpc {_method_name(pair.path)}"
         self.body = bytearray()
         self.outgoing: bytes | None = None  # the message as rewritten by the judge
+        self.decision: asyncio.Future[str | None] | None = None
+        self.task: asyncio.Future[None] | None = None
         self.tokens: list[int] = []
+        # bytes counted in the agent-wide budget (registry.held_bytes): the body, and
+        # while it is decided the copies decoding makes, until the decision is over
+        self.accounted = 0
 
     def register(self, build: PendingBuild) -> None:
+        if self.pair.closed:
+            return  # finished already: a token added now would never be removed
         self.tokens.append(self.tunnel.registry.add(build))
 
     def request_data(self, data: bytes) -> None:
         if self.pair.closed:
             return
         self.body += data
-        self.tunnel.held_bytes += len(data)
+        registry = self.tunnel.registry
+        registry.held_bytes += len(data)
+        self.accounted += len(data)
         self.tunnel._ack_req(self.pair.req_sid, len(data))
-        if len(self.body) > MAX_SOLVE_REQUEST or self.tunnel.held_bytes > MAX_SOLVE_REQUEST:
+        if len(self.body) > MAX_SOLVE_REQUEST or registry.held_bytes > MAX_HELD_REQUESTS:
             self.tunnel.fail_request(
                 self.pair,
                 grpc.RESOURCE_EXHAUSTED,
                 f"pullgate: build requests held for a decision passed {MAX_SOLVE_REQUEST} bytes",
             )
 
-    def _release_body(self) -> None:
-        self.tunnel.held_bytes -= len(self.body)
-        self.body = bytearray()
+    def _unaccount(self) -> None:
+        self.tunnel.registry.held_bytes -= self.accounted
+        self.accounted = 0
 
     def request_end(self) -> None:
         if self.pair.closed:
             return
-        self.tunnel._spawn(self._decide())
+        self.task = self.tunnel._spawn(self._decide())
 
     async def _decide(self) -> None:
+        try:
+            await self._judged()
+        finally:
+            self._unaccount()
+
+    async def _judged(self) -> None:
         tunnel = self.tunnel
         try:
             messages = grpc.MessageReader(max_message=MAX_SOLVE_REQUEST).feed(bytes(self.body))
@@ -1129,12 +1180,16 @@ class _UnaryHook:
         out = grpc.frame(self.outgoing) if self.outgoing is not None else bytes(self.body)
         box.chunks.append(memoryview(out))
         box.end = True
-        self._release_body()
+        self.body = bytearray()
         tunnel._open_responder(self.pair, self.headers)
         tunnel._flush_writes()
 
     def finished(self) -> None:
-        self._release_body()
+        self.body = bytearray()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()  # its copies go with it; its end releases the budget
+        else:
+            self._unaccount()
         for token in self.tokens:
             self.tunnel.registry.remove(token)
         self.tokens = []

@@ -795,10 +795,15 @@ class ClientConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.upstream and self.upstream.transport:
             self.upstream.transport.pause_reading()
+        if self.state is _TUNNEL:
+            # HTTP/2 answers frames itself (PING, SETTINGS acknowledgements): a client
+            # that does not read must not be able to make it answer without end.
+            self.pause_client_reading("unread")
 
     def resume_writing(self) -> None:
         if self.upstream and self.upstream.transport:
             self.upstream.transport.resume_reading()
+        self.resume_client_reading("unread")
 
     def pause_client_reading(self, why: str) -> None:
         if not self._paused_by and self.transport and not self.transport.is_closing():
