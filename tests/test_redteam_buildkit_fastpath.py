@@ -4,8 +4,8 @@
 
 Rounds 1 and 2 (tests/test_redteam_buildkit.py, tests/test_redteam_buildkit_h2.py) cover
 what a build reads and what a client can do to the outer tunnels; this file covers the
-nested session a ``Control/Session`` call carries. Each finding is a strict xfail that
-asserts what must hold: memory the agent keeps is bounded (``VmRSS`` of the agent process).
+nested session a ``Control/Session`` call carries. Each finding was a strict xfail until
+fixed; it asserts what must hold: memory the agent keeps is bounded (``VmRSS`` of the agent process).
 
 Found: the nested session's own HTTP/2 answers (PING ACKs, SETTINGS ACKs) go to the client
 inside the outer stream's ``BytesMessage``s, so they wait in that stream's outbox for a
@@ -109,15 +109,6 @@ def _ping_agent(agent: AgentProcess) -> None:
 # --------------------------------------------------------------------------- findings
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a nested session's HTTP/2 answers (PING ACKs) wait in the Control/Session "
-        "stream's outbox for a window the client never grants, while its requests are "
-        "acknowledged and the transport stays empty: unbounded agent memory "
-        "(_NestedSessionHook._write_client / to_client, request_data's _pay)"
-    ),
-)
 def test_a_nested_session_cannot_grow_the_agent_with_answers_it_never_takes(
     agent: AgentProcess,
 ) -> None:

@@ -1203,6 +1203,9 @@ def _method_name(path: bytes) -> str:
 
 #: What each BytesMessage of a nested session carries at most.
 _NESTED_CHUNK = 64 * 1024
+#: What a nested session may leave waiting for its client before the call is ended.
+_NESTED_BACKLOG_BYTES = 4 << 20
+_NESTED_BACKLOG_CHUNKS = 4096
 
 
 class _NestedSessionHook:
@@ -1255,12 +1258,21 @@ class _NestedSessionHook:
         self.tunnel._drain(self.tunnel.resp, box)
 
     def _write_client(self, data: bytes) -> None:
+        if self.pair.closed:
+            return
         if not self.started:
             self.to_client.append(data)
-            return
-        box = self.pair.to_req
-        box.chunks.extend(self._wrap(data))
-        self.tunnel._drain(self.tunnel.req, box)
+        else:
+            box = self.pair.to_req
+            box.chunks.extend(self._wrap(data))
+            self.tunnel._drain(self.tunnel.req, box)
+        # The nested tunnel answers some frames itself (PING, SETTINGS): a client that
+        # keeps sending them but never opens its window for the answers is cut off.
+        waiting = self.to_client if not self.started else self.pair.to_req.chunks
+        if len(waiting) > _NESTED_BACKLOG_CHUNKS or (
+            sum(len(c) for c in waiting) > _NESTED_BACKLOG_BYTES
+        ):
+            self.inner.close("the client does not take its session's answers")
 
     def response_started(self) -> None:
         self.started = True
