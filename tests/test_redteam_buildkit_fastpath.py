@@ -5,7 +5,8 @@
 Rounds 1 and 2 (tests/test_redteam_buildkit.py, tests/test_redteam_buildkit_h2.py) cover
 what a build reads and what a client can do to the outer tunnels; this file covers the
 nested session a ``Control/Session`` call carries. Each finding was a strict xfail until
-fixed; it asserts what must hold: memory the agent keeps is bounded (``VmRSS`` of the agent process).
+fixed; it asserts what must hold: memory the agent keeps is bounded (``VmRSS`` of the
+agent process).
 
 Found: the nested session's own HTTP/2 answers (PING ACKs, SETTINGS ACKs) go to the client
 inside the outer stream's ``BytesMessage``s, so they wait in that stream's outbox for a
