@@ -1135,12 +1135,16 @@ class _UnaryHook:
         registry.held_bytes += len(data)
         self.accounted += len(data)
         self.tunnel._ack_req(self.pair.req_sid, len(data))
-        if len(self.body) > MAX_SOLVE_REQUEST or registry.held_bytes > MAX_HELD_REQUESTS:
-            self.tunnel.fail_request(
-                self.pair,
-                grpc.RESOURCE_EXHAUSTED,
-                f"pullgate: build requests held for a decision passed {MAX_SOLVE_REQUEST} bytes",
+        if len(self.body) > MAX_SOLVE_REQUEST:
+            why = f"pullgate: a build request larger than {MAX_SOLVE_REQUEST} bytes"
+        elif registry.held_bytes > MAX_HELD_REQUESTS:
+            why = (
+                f"pullgate: more than {MAX_HELD_REQUESTS} bytes of build requests wait for "
+                "a decision; try again"
             )
+        else:
+            return
+        self.tunnel.fail_request(self.pair, grpc.RESOURCE_EXHAUSTED, why)
 
     def _unaccount(self) -> None:
         self.tunnel.registry.held_bytes -= self.accounted
