@@ -107,7 +107,8 @@ KEYS: tuple[ConfigKey, ...] = (
         "path",
         None,
         "A PEM file of CA certificates used instead of the system CAs when fetching "
-        "`policy_url`. Pin it when the policy host uses a private CA. It must exist when the "
+        "`policy_url` and when talking to `oidc_issuer`. Pin it when the policy host or the "
+        "identity provider uses a private CA. It must exist when the "
         "agent starts; if it disappears later, each fetch fails and says so in status.",
         example="/etc/pullgate/policy-ca.pem",
     ),
@@ -230,6 +231,43 @@ KEYS: tuple[ConfigKey, ...] = (
         example="acme.example",
     ),
     ConfigKey(
+        "oidc_scopes",
+        "string-list",
+        ("openid", "email", "profile", "offline_access"),
+        "The scopes `pullgate login` asks for. Must include `openid`; `offline_access` gives "
+        "the refresh token that keeps users signed in silently. Add the scope your provider "
+        "needs for the groups claim (Okta: `groups`; Entra ID and Google need none).",
+        example="openid",
+    ),
+    ConfigKey(
+        "oidc_groups_claim",
+        "string",
+        "groups",
+        "The ID token claim that lists the user's groups (matched against the policy's "
+        "rule `groups`). A claim that is missing means no groups; one that is not a list "
+        "of strings refuses the token.",
+        example="groups",
+    ),
+    ConfigKey(
+        "identity_max_age",
+        "duration",
+        "8h",
+        "How long the agent keeps a user's sign-in after the last ID token it accepted for "
+        "them. The user's sign-in client (the tray, or `pullgate login`) renews it silently "
+        "with its refresh token before then. At least `5m`.",
+        example="12h",
+        shortest="5m",
+    ),
+    ConfigKey(
+        "sign_in_methods",
+        "string-list",
+        ("device", "browser"),
+        "How users may sign in: `device` (RFC 8628 device flow, the default of `pullgate "
+        "login`) and `browser` (authorization code + PKCE with a loopback redirect, "
+        "`pullgate login --browser`). Register the client for the grants listed here.",
+        example="device",
+    ),
+    ConfigKey(
         "audit_dir",
         "path",
         None,
@@ -306,6 +344,10 @@ class ManagedConfig:
     oidc_issuer: str | None = None
     oidc_client_id: str | None = None
     allowed_domains: tuple[str, ...] = ()
+    oidc_scopes: tuple[str, ...] = ("openid", "email", "profile", "offline_access")
+    oidc_groups_claim: str = "groups"
+    identity_max_age: timedelta = timedelta(hours=8)
+    sign_in_methods: tuple[str, ...] = ("device", "browser")
     audit_dir: Path | None = None
     audit_failure: AuditFailure = AuditFailure.DENY
     audit_rotate_bytes: int = 64 * _MIB

@@ -277,10 +277,28 @@ def _check_domain(text: str) -> None:
         raise ValueError(f"expected a lower-case domain such as 'acme.example', got {text!r}")
 
 
+_SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 3.3 scope-token
+
+
+def _check_scope(text: str) -> None:
+    if not _SCOPE_RE.fullmatch(text):
+        raise ValueError(f"not an OAuth scope (printable ASCII, no spaces or quotes): {text!r}")
+
+
+SIGN_IN_METHODS = ("device", "browser")
+
+
+def _check_sign_in_method(text: str) -> None:
+    if text not in SIGN_IN_METHODS:
+        raise ValueError(f"expected one of {', '.join(SIGN_IN_METHODS)}, got {text!r}")
+
+
 # Checks beyond the type, per list item (the registry keeps types generic).
 _ITEM_CHECKS: dict[str, Callable[[str], None]] = {
     "trusted_keys": _check_trusted_key,
     "allowed_domains": _check_domain,
+    "oidc_scopes": _check_scope,
+    "sign_in_methods": _check_sign_in_method,
 }
 
 
@@ -389,6 +407,14 @@ def _check_together(config: ManagedConfig) -> None:
         raise ConfigError(source, "oidc_issuer", "needs oidc_client_id to sign users in")
     if config.oidc_client_id is not None and config.oidc_issuer is None:
         raise ConfigError(source, "oidc_client_id", "needs oidc_issuer to sign users in")
+    if "openid" not in config.oidc_scopes:
+        raise ConfigError(
+            source, "oidc_scopes", "must include 'openid': without it there is no ID token"
+        )
+    if not config.sign_in_methods:
+        raise ConfigError(source, "sign_in_methods", "is empty: nobody could sign in")
+    if not config.oidc_groups_claim.strip():
+        raise ConfigError(source, "oidc_groups_claim", "is empty: name the groups claim")
     if config.allowed_domains and config.oidc_issuer is None:
         raise ConfigError(
             source, "allowed_domains", "has no effect without oidc_issuer: nobody can sign in"

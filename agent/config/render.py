@@ -45,6 +45,8 @@ EXAMPLE_VALUES: dict[str, object] = {
     "oidc_issuer": "https://acme.okta.com/oauth2/default",
     "oidc_client_id": "0oa1pullgate",
     "allowed_domains": ["acme.example"],
+    "oidc_scopes": ["openid", "email", "profile", "groups", "offline_access"],
+    "identity_max_age": "8h",
     "audit_failure": "deny",
     "help_url": "https://it.acme.example/containers?image={image}",
 }
