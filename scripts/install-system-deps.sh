@@ -23,7 +23,9 @@ fi
 #   curl            `curl --unix-socket` checks
 #   iproute2        `ip` for network namespace tests
 #   tini            docker-init, so `docker run --init` works against the private daemon
-PACKAGES=(docker.io docker-registry busybox-static docker-compose curl iproute2 tini)
+#   gnome-keyring   the Secret Service the sign-in tests store a refresh token in (tests/keychain.py)
+#   dbus            dbus-daemon, the private session bus that gnome-keyring-daemon serves on
+PACKAGES=(docker.io docker-registry busybox-static docker-compose curl iproute2 tini gnome-keyring dbus)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
