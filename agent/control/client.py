@@ -7,6 +7,7 @@ Kept apart from the server so that the agent does not load ``http.client`` (and 
 from __future__ import annotations
 
 import http.client
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,22 @@ class ControlError(Exception):
 
 
 def control_request(
-    path: Path, method: str, target: str, *, timeout: float = 10.0
+    path: Path, method: str, target: str, *, timeout: float = 10.0, body: Any = None
 ) -> tuple[int, Any]:
-    """One request to the control API: (HTTP status, parsed JSON body)."""
+    """One request to the control API: (HTTP status, parsed JSON body).
+
+    ``body``, when not None, is sent as JSON with its Content-Length (``PUT /v1/identity``);
+    without it the request is exactly as before: no body, no Content-Type.
+    """
+    headers = {"Accept": "application/json"}
+    payload: bytes | None = None
+    if body is not None:
+        payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        headers["Content-Type"] = "application/json"
+        headers["Content-Length"] = str(len(payload))
     conn = UnixHTTPConnection(path, timeout)
     try:
-        conn.request(method, target, headers={"Accept": "application/json"})
+        conn.request(method, target, body=payload, headers=headers)
         resp = conn.getresponse()
         raw = resp.read(4 * 1024 * 1024)
         status = resp.status
