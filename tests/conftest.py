@@ -31,6 +31,8 @@ from tests.agent_process import (
     remove_images,
     skip_or_fail,
 )
+from tests.keychain import KeychainProcess, start_keychain, stop_keychain
+from tests.keychain import missing_requirements as keychain_missing_requirements
 from tests.oidc_provider import (
     OIDCProvider,
     installed_version,
@@ -145,3 +147,21 @@ def denied_image_absent(docker_env: DockerEnv, denied_image_ids: frozenset[str])
     remove_images(docker_env, DENIED_REPOSITORY, denied_image_ids)
     yield
     remove_images(docker_env, DENIED_REPOSITORY, denied_image_ids)
+
+
+@pytest.fixture(scope="session")
+def keychain(
+    tmp_path_factory: pytest.TempPathFactory, report: Reporter
+) -> Iterator[KeychainProcess]:
+    """A private Secret Service (gnome-keyring-daemon on its own D-Bus session bus, an
+    unlocked login keyring in a temp dir) for the whole session; `keychain.env` reaches it.
+    Skips locally without dbus-daemon or gnome-keyring-daemon, fails under CI."""
+    problems = keychain_missing_requirements()
+    if problems:
+        skip_or_fail("private keychain unavailable: " + "; ".join(problems))
+    process = start_keychain(tmp_path_factory.mktemp("keychain"))
+    report(f"keychain: gnome-keyring answered {process.startup_seconds:.2f} s after start")
+    try:
+        yield process
+    finally:
+        stop_keychain(process)
