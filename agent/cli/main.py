@@ -24,6 +24,9 @@ COMMANDS = {
     "doctor": "agent.cli.status_cmd",
     "context": "agent.cli.context_cmd",
     "audit": "agent.cli.audit_cmd",
+    "login": "agent.cli.login_cmd",
+    "whoami": "agent.cli.login_cmd",
+    "logout": "agent.cli.login_cmd",
     "admin": "agent.cli.admin",
 }
 
