@@ -29,7 +29,6 @@ __all__ = ["KeychainProcess", "missing_requirements", "start_keychain", "stop_ke
 
 STARTUP_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
-SECRET_SERVICE = "keyring.backends.SecretService.Keyring"
 
 
 def missing_requirements() -> list[str]:
@@ -113,7 +112,8 @@ def start_keychain(directory: Path) -> KeychainProcess:
         raise RuntimeError(f"dbus-daemon failed ({bus.returncode}): {bus.stderr}")
     address, bus_pid = lines[0], int(lines[1])
     env["DBUS_SESSION_BUS_ADDRESS"] = address
-    env["PYTHON_KEYRING_BACKEND"] = SECRET_SERVICE
+    # No PYTHON_KEYRING_BACKEND: keyring must find the Secret Service by itself, as it
+    # does on a developer's desktop.
     keychain: KeychainProcess | None = None
     try:
         with (directory / "gnome-keyring.log").open("wb") as log:
@@ -141,9 +141,12 @@ def start_keychain(directory: Path) -> KeychainProcess:
 
 
 def _wait_until_usable(keychain: KeychainProcess, deadline: float) -> None:
-    """A set/get/delete round trip through `keyring` in a child process with `env`."""
+    """A set/get/delete round trip through `keyring` in a child process with `env`, on the
+    Secret Service that keyring picks by itself."""
     probe = (
         "import keyring\n"
+        "name = type(keyring.get_keyring()).__module__\n"
+        "assert name == 'keyring.backends.SecretService', name\n"
         "keyring.set_password('pullgate-probe', 'probe', 'ok')\n"
         "assert keyring.get_password('pullgate-probe', 'probe') == 'ok'\n"
         "keyring.delete_password('pullgate-probe', 'probe')\n"

@@ -7,8 +7,9 @@ default (it works over SSH and in containers) or ``--browser``. The new refresh 
 the keychain before the ID token goes to the agent (``SignInSession`` guarantees it), so a
 failure to reach the agent never costs the user their stored sign-in.
 
-Exit codes: 0 done; 1 the sign-in, the agent or a step of logout failed; 2 bad usage or
-sign-in not configured; 130 cancelled (Ctrl-C).
+Exit codes: 0 done; 1 the sign-in, the agent or a step of logout failed, or (``whoami``)
+the agent holds no identity for the caller; 2 bad usage or sign-in not configured; 130
+cancelled (Ctrl-C).
 """
 
 from __future__ import annotations
