@@ -65,8 +65,10 @@ from bench.shim import (
     Agent,
     BenchError,
     Proxy,
+    agent_tree,
     cpu_seconds,
     mount_tmpfs,
+    other_dockerds,
     ratio,
     start_agent,
     start_proxies,
@@ -228,8 +230,8 @@ class Run:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {_cpu_model()}",
             "kernel": platform.release(),
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-            "other_dockerd_running": _other_dockerds(env.dockerd.pid),
-            "agent_tree": _agent_tree(),
+            "other_dockerd_running": other_dockerds(env.dockerd.pid),
+            "agent_tree": agent_tree(),
         }
         log(f"seeding and pulling {BASE_IMAGE}")
         seed_image(env, BASE_IMAGE)
@@ -394,45 +396,12 @@ def _median(values: Sequence[float | None]) -> float | None:
     return round(statistics.median(present), 2) if present else None
 
 
-def _other_dockerds(own: int) -> int:
-    """dockerd processes other than ours: other runs competing for the same CPUs."""
-    count = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == own:
-            continue
-        with contextlib.suppress(OSError):
-            argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
-            if argv0.rsplit(b"/", 1)[-1] == b"dockerd":
-                count += 1
-    return count
-
-
 def _cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return "?"
-
-
-def _agent_tree() -> str:
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--", "agent"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head}{' + uncommitted changes in agent/' if dirty else ''}"
 
 
 # --------------------------------------------------------------------------- report

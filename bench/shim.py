@@ -1084,7 +1084,7 @@ def bench_readiness(workdir: Path, upstream: Path, starts: int) -> dict[str, Any
 # --------------------------------------------------------------------------- the run
 
 
-def _agent_tree() -> str:
+def agent_tree() -> str:
     """Which agent code ran: the commit, and whether agent/ had uncommitted changes."""
     repo = Path(__file__).resolve().parent.parent
     try:
@@ -1105,7 +1105,7 @@ def _agent_tree() -> str:
     return f"{head}{' + uncommitted changes in agent/' if dirty else ''}"
 
 
-def _other_dockerds(own: int) -> int:
+def other_dockerds(own: int) -> int:
     """dockerd processes other than ours: other runs competing for the same CPUs."""
     count = 0
     for entry in Path("/proc").iterdir():
@@ -1177,9 +1177,9 @@ class Run:
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "quick": self.quick,
-            "agent_tree": _agent_tree(),
+            "agent_tree": agent_tree(),
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-            "other_dockerd_running": _other_dockerds(env.dockerd.pid),
+            "other_dockerd_running": other_dockerds(env.dockerd.pid),
         }
         agents_dir = self.workdir / "agents"
         agents_dir.mkdir()

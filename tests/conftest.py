@@ -19,6 +19,7 @@ from bench.realdocker import (
     DockerEnv,
     SeededImage,
     docker,
+    image_present,
     missing_requirements,
     seed_image,
     start_docker_env,
@@ -147,6 +148,13 @@ def denied_image_absent(docker_env: DockerEnv, denied_image_ids: frozenset[str])
     remove_images(docker_env, DENIED_REPOSITORY, denied_image_ids)
     yield
     remove_images(docker_env, DENIED_REPOSITORY, denied_image_ids)
+
+
+@pytest.fixture
+def alpine_local(docker_env: DockerEnv) -> None:
+    """alpine is in the daemon (pulled directly if need be), for containers to run."""
+    if not image_present(docker_env, "alpine"):
+        docker(docker_env, "pull", "alpine")
 
 
 @pytest.fixture(scope="session")

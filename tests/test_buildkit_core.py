@@ -100,6 +100,16 @@ def test_status_trailers_percent_encode_the_message() -> None:
     assert unquote(encoded) == message
 
 
+def test_status_trailers_cut_a_huge_message_short() -> None:
+    """A client's megabyte of error text, quoted back, must not cost seconds of HPACK
+    encoding on the agent's loop (the stuffing red-team test hung the agent so)."""
+    message = "pullgate: cannot read the Dockerfile: the client gave up: " + "x" * (1 << 20)
+    encoded = dict(grpc.status_trailers(grpc.PERMISSION_DENIED, message))["grpc-message"]
+    text = unquote(encoded)
+    assert len(text) == grpc.MAX_STATUS_MESSAGE
+    assert text.startswith("pullgate: cannot read the Dockerfile") and text.endswith("\u2026")
+
+
 def test_status_codes() -> None:
     assert (grpc.OK, grpc.CANCELLED, grpc.UNKNOWN, grpc.INVALID_ARGUMENT) == (0, 1, 2, 3)
     assert (grpc.PERMISSION_DENIED, grpc.RESOURCE_EXHAUSTED) == (7, 8)

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.core.policy.envelope import PublicKey, sign_envelope
 from agent.daemon.policy_manager import read_status
-from bench.realdocker import DockerEnv, docker, image_present
+from bench.realdocker import DockerEnv, docker
 from tests.agent_process import (
     AgentProcess,
     LineStream,
@@ -298,13 +298,6 @@ def org(
         subject.stop()
     finally:
         subject.kill_all()
-
-
-@pytest.fixture
-def alpine_local(docker_env: DockerEnv) -> None:
-    """alpine is in the daemon (pulled directly if need be), for containers to run."""
-    if not image_present(docker_env, "alpine"):
-        docker(docker_env, "pull", "alpine")
 
 
 # --------------------------------------------------------------------------- refresh

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from agent.core.inspection.buildkit.protos import control_pb2
-from bench.realdocker import DockerEnv, docker, image_present
+from bench.realdocker import DockerEnv, docker
 from tests.agent_process import (
     DEBIAN_DOCKER_CLI,
     DENIED_REPOSITORY,
@@ -31,7 +31,6 @@ from tests.agent_process import (
     describe,
     docker_with,
     images_of,
-    remove_images,
     shim_environ,
     shim_policy,
     start_agent,
@@ -44,6 +43,10 @@ from tests.buildkit_client import (
     build_dirs,
     dockerfile_solve_request,
     unary,
+)
+from tests.h2_probe import (
+    registry_fetches,
+    registry_offset,
 )
 
 DENIED = "someuser/tool"
@@ -74,36 +77,11 @@ def agent(
         shim.stop()
 
 
-@pytest.fixture(scope="module")
-def alpine_local(docker_env: DockerEnv) -> None:
-    if not image_present(docker_env, "alpine"):
-        docker(docker_env, "pull", "alpine")
-
-
-@pytest.fixture
-def denied_image_absent(docker_env: DockerEnv, denied_image_ids: frozenset[str]) -> Iterator[None]:
-    remove_images(docker_env, DENIED_REPOSITORY, denied_image_ids)
-    yield
-    remove_images(docker_env, DENIED_REPOSITORY, denied_image_ids)
-
-
 # --------------------------------------------------------------------------- helpers
 
 
 def _tag() -> str:
     return f"acme/pgtest-redteam-{uuid.uuid4().hex[:8]}"
-
-
-def _offset(env: DockerEnv) -> int:
-    return env.registry_log.stat().st_size
-
-
-def _fetches(env: DockerEnv, offset: int, repository: str = DENIED_REPOSITORY) -> list[str]:
-    """What the daemon asked the registry mirror of ``repository`` since ``offset``."""
-    with env.registry_log.open("rb") as log:
-        log.seek(offset)
-        lines = log.read().decode("utf-8", "replace").splitlines()
-    return [line[:200] for line in lines if f"/v2/{repository}/" in line]
 
 
 def _solve(agent: AgentProcess, request: control_pb2.SolveRequest) -> GrpcResult:
@@ -198,9 +176,9 @@ def test_an_unknown_directive_before_syntax_hides_a_denied_frontend(
         tmp_path / "ctx",
         {"Dockerfile": f"# foo=bar\n# syntax={DENIED}\nFROM alpine\nRUN true\n"},
     )
-    offset = _offset(docker_env)
+    offset = registry_offset(docker_env)
     _, said = _cli_build(agent, docker_env, ctx)
-    fetched = _fetches(docker_env, offset)
+    fetched = registry_fetches(docker_env, offset)
     assert not fetched, _report("docker build (CLI)", said, fetched)
 
 
@@ -215,7 +193,7 @@ def test_build_args_in_a_multipart_body_of_build_v2(
     dirs = build_dirs(tmp_path, "ARG BASE=alpine\nFROM ${BASE}\nRUN true\n")
     boundary = uuid.uuid4().hex
     body = _multipart(boundary, {"buildargs": json.dumps({"BASE": DENIED})})
-    offset = _offset(docker_env)
+    offset = registry_offset(docker_env)
     with Session(agent.socket_path, dirs) as session:
         target = (
             f"/v1.41/build?version=2&remote=client-session&session={session.id}"
@@ -229,7 +207,7 @@ def test_build_args_in_a_multipart_body_of_build_v2(
             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
             timeout=SOLVE_TIMEOUT,
         )
-    fetched = _fetches(docker_env, offset)
+    fetched = registry_fetches(docker_env, offset)
     assert not fetched, _report(f"POST /build?version=2 -> {status}", answer.decode(), fetched)
 
 
@@ -249,7 +227,7 @@ def test_a_classic_build_body_that_is_also_a_multipart_form(
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-        offset = _offset(docker_env)
+        offset = registry_offset(docker_env)
         tag = _tag()
         try:
             status, _, answer = unix_request(
@@ -262,7 +240,7 @@ def test_a_classic_build_body_that_is_also_a_multipart_form(
             )
         finally:
             docker(docker_env, "image", "rm", "--force", tag, check=False)
-    fetched = _fetches(docker_env, offset)
+    fetched = registry_fetches(docker_env, offset)
     held = images_of(docker_env, DENIED_REPOSITORY, denied_image_ids)
     assert not fetched and not held, _report(
         f"classic POST /build -> {status}, daemon holds {held}", answer.decode(), fetched
@@ -279,10 +257,10 @@ def test_override_copy_image_pulls_a_denied_image(
         "override-copy-image": DENIED,
         "build-arg:BUILDKIT_DISABLE_FILEOP": "1",
     }
-    offset = _offset(docker_env)
+    offset = registry_offset(docker_env)
     with Session(agent.socket_path, dirs) as session:
         result = _solve(agent, dockerfile_solve_request(session.id, attrs))
-    fetched = _fetches(docker_env, offset)
+    fetched = registry_fetches(docker_env, offset)
     assert not fetched, _report("Control/Solve", f"{result.status} {result.message}", fetched)
 
 
@@ -294,9 +272,9 @@ def test_a_second_syntax_line_wins_on_the_daemon(
         f"# syntax=docker/dockerfile:1.2\n# foo=bar\n# syntax={DENIED}\nFROM alpine\nRUN true\n"
     )
     ctx = _context(tmp_path / "ctx", {"Dockerfile": dockerfile})
-    offset = _offset(docker_env)
+    offset = registry_offset(docker_env)
     _, said = _cli_build(frontend_allowed_agent, docker_env, ctx)
-    fetched = _fetches(docker_env, offset)
+    fetched = registry_fetches(docker_env, offset)
     assert not fetched, _report("docker build (CLI)", said, fetched)
 
 
@@ -307,9 +285,9 @@ def test_disable_fileop_fetches_the_copy_helper_image(
     ctx = _context(
         tmp_path / "ctx", {"Dockerfile": "FROM alpine\nCOPY a.txt /a.txt\n", "a.txt": "a\n"}
     )
-    offset = _offset(docker_env)
+    offset = registry_offset(docker_env)
     _, said = _cli_build(agent, docker_env, ctx, "--build-arg", "BUILDKIT_DISABLE_FILEOP=1")
-    fetched = _fetches(docker_env, offset, COPY_HELPER_REPOSITORY)
+    fetched = registry_fetches(docker_env, offset, COPY_HELPER_REPOSITORY)
     assert not fetched, _report("docker build --build-arg BUILDKIT_DISABLE_FILEOP=1", said, fetched)
 
 
@@ -319,14 +297,14 @@ def test_local_sessionid_points_the_shim_at_the_wrong_session(
 ) -> None:
     evil = build_dirs(tmp_path / "evil", f"FROM {DENIED}\nRUN true\n")
     decoy = build_dirs(tmp_path / "decoy", "FROM alpine\nRUN true\n")
-    offset = _offset(docker_env)
+    offset = registry_offset(docker_env)
     with (
         Session(agent.socket_path, {"context": evil["context"], "df": evil["context"]}) as real,
         Session(agent.socket_path, {"context": decoy["context"], "df": decoy["context"]}) as shown,
     ):
         attrs = {**NO_NETWORK, "dockerfilekey": "df", "local-sessionid:df": shown.id}
         result = _solve(agent, dockerfile_solve_request(real.id, attrs))
-    fetched = _fetches(docker_env, offset)
+    fetched = registry_fetches(docker_env, offset)
     assert not fetched, _report(
         "Control/Solve",
         f"{result.status} {result.message}; syncs of the real session "

@@ -33,15 +33,7 @@ from agent.core.inspection.buildkit.protos.control_pb2 import BytesMessage
 from bench.realdocker import DockerEnv
 from tests.agent_process import AgentProcess, shim_policy, start_agent, unix_request
 from tests.buildkit_client import grpc_frame
-from tests.test_redteam_buildkit_h2 import (
-    DATA,
-    PING,
-    SETTINGS_TYPE,
-    _call_headers,
-    _frame,
-    _raw_grpc,
-    _rss_kib,
-)
+from tests.h2_probe import DATA, PING, SETTINGS_TYPE, call_headers, frame, raw_grpc, rss_kib
 
 CONTROL_SESSION = "/moby.buildkit.v1.Control/Session"
 #: What the agent may grow by under one attack (as round 2): the windows it grants one
@@ -95,7 +87,7 @@ def _bytes_message(data: bytes) -> bytes:
 
 def _session_headers() -> list[tuple[str, str]]:
     return [
-        *_call_headers(CONTROL_SESSION),
+        *call_headers(CONTROL_SESSION),
         ("x-docker-expose-session-uuid", uuid.uuid4().hex),
         ("x-docker-expose-session-name", "pullgate-redteam"),
         ("x-docker-expose-session-sharedkey", "redteam"),
@@ -116,12 +108,12 @@ def test_a_nested_session_cannot_grow_the_agent_with_answers_it_never_takes(
     """The client opens ``Control/Session`` calls on ``/grpc``, opens the nested session
     with its SETTINGS, then sends nested PINGs, one per outer DATA frame (one message
     each), and never sends a WINDOW_UPDATE for the outer stream; it reads the socket."""
-    before = _rss_kib(agent.proc.pid)
-    sock, conn = _raw_grpc(agent.socket_path)
+    before = rss_kib(agent.proc.pid)
+    sock, conn = raw_grpc(agent.socket_path)
     sock.settimeout(0.5)
     stop = threading.Event()
     reader = _read_in_thread(sock, stop)
-    ping = _bytes_message(_frame(PING, 0, 0, b"pullgate"))
+    ping = _bytes_message(frame(PING, 0, 0, b"pullgate"))
     sent = 0
     try:
         deadline = time.monotonic() + 2 * SESSION_LIFETIME
@@ -129,17 +121,17 @@ def test_a_nested_session_cannot_grow_the_agent_with_answers_it_never_takes(
             while time.monotonic() < deadline:
                 sid = conn.get_next_available_stream_id()
                 conn.send_headers(sid, _session_headers())
-                opening = _bytes_message(_frame(SETTINGS_TYPE, 0, 0, b""))
-                sock.sendall(conn.data_to_send() + _frame(DATA, 0, sid, opening))
+                opening = _bytes_message(frame(SETTINGS_TYPE, 0, 0, b""))
+                sock.sendall(conn.data_to_send() + frame(DATA, 0, sid, opening))
                 # the shim acknowledges each message as it reads it (its outbox towards
                 # the daemon stays empty): no window is waited for
-                burst = _frame(DATA, 0, sid, ping) * 4096  # 132 KiB, 4096 PINGs
+                burst = frame(DATA, 0, sid, ping) * 4096  # 132 KiB, 4096 PINGs
                 until = min(time.monotonic() + SESSION_LIFETIME, deadline)
                 while time.monotonic() < until:
                     sock.sendall(burst)
                     sent += len(burst)
         time.sleep(2)
-        grown = _rss_kib(agent.proc.pid) - before
+        grown = rss_kib(agent.proc.pid) - before
         _ping_agent(agent)
     finally:
         stop.set()

@@ -37,7 +37,7 @@ import h2.errors
 import pytest
 
 from agent.core.inspection.buildkit.protos import fsutil_types_pb2
-from bench.realdocker import DockerEnv, docker, image_present
+from bench.realdocker import DockerEnv, docker
 from tests.agent_process import (
     DEBIAN_DOCKER_CLI,
     AgentProcess,
@@ -55,6 +55,15 @@ from tests.buildkit_client import (
     dockerfile_solve_request,
     grpc_frame,
     solve,
+)
+from tests.h2_probe import (
+    DATA,
+    END_STREAM,
+    PING,
+    call_headers,
+    frame,
+    raw_grpc,
+    rss_kib,
 )
 
 NO_NETWORK = {"force-network-mode": "none"}
@@ -81,67 +90,7 @@ def agent(docker_env: DockerEnv, tmp_path: Path) -> Iterator[AgentProcess]:
         shim.stop()
 
 
-@pytest.fixture(scope="module")
-def alpine_local(docker_env: DockerEnv) -> None:
-    if not image_present(docker_env, "alpine"):
-        docker(docker_env, "pull", "alpine")
-
-
 # --------------------------------------------------------------------------- helpers
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, RST_STREAM, SETTINGS_TYPE, PING = 0x0, 0x1, 0x3, 0x4, 0x6
-END_STREAM, END_HEADERS = 0x1, 0x4
-
-
-def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(payload))[1:]
-        + bytes([kind, flags])
-        + struct.pack(">I", stream)
-        + payload
-    )
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def _upgrade(socket_path: Path, path: str = "/grpc") -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(str(socket_path))
-    head = [f"POST {path} HTTP/1.1", "Host: localhost", "Upgrade: h2c", "Connection: Upgrade"]
-    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before the 101: {buf!r}"
-        buf += chunk
-    assert buf.startswith(b"HTTP/1.1 101"), buf
-    return sock
-
-
-def _raw_grpc(socket_path: Path) -> tuple[socket.socket, h2.connection.H2Connection]:
-    sock = _upgrade(socket_path)
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    conn.initiate_connection()
-    sock.sendall(conn.data_to_send())
-    return sock, conn
-
-
-def _call_headers(method: str) -> list[tuple[str, str]]:
-    return [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", method),
-        (":authority", "localhost"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ]
 
 
 def _solve_then_reset(
@@ -149,12 +98,12 @@ def _solve_then_reset(
 ) -> None:
     """A whole ``Control/Solve`` (headers, message, end), then its RST_STREAM."""
     sid = conn.get_next_available_stream_id()
-    conn.send_headers(sid, _call_headers(CONTROL_SOLVE))
+    conn.send_headers(sid, call_headers(CONTROL_SOLVE))
     message = grpc_frame(payload)
     for at in range(0, len(message), 16384):
         # the shim acknowledges held request bytes as they arrive: no window is waited for
-        sock.sendall(conn.data_to_send() + _frame(DATA, 0, sid, message[at : at + 16384]))
-    sock.sendall(_frame(DATA, END_STREAM, sid, b""))
+        sock.sendall(conn.data_to_send() + frame(DATA, 0, sid, message[at : at + 16384]))
+    sock.sendall(frame(DATA, END_STREAM, sid, b""))
     time.sleep(0.5)  # the shim has read the request and waits for its session
     conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
     sock.sendall(conn.data_to_send())
@@ -181,8 +130,9 @@ def _in_thread(
 
 class _StuffingSession(Session):
     """Serves the Dockerfile's first bytes, never its end, then ``stuffing`` bytes of
-    PACKET_ERR messages on the same stream: file data has started, so the shim holds every
-    message after it until the sync is complete, and it never is."""
+    PACKET_ERR messages on the same stream: file data has started, so the shim would hold
+    every message after it until the sync is complete, and it never is. (The shim fails the
+    build at the first PACKET_ERR, quoting at most 1 KiB of its text.)"""
 
     stuffing = 256 << 20
     chunk = 1 << 20
@@ -208,19 +158,23 @@ def test_a_held_dockerfile_sync_cannot_be_stuffed_without_bound(
     agent: AgentProcess, tmp_path: Path
 ) -> None:
     dirs = build_dirs(tmp_path, "FROM alpine\nRUN true\n")
-    before = _rss_kib(agent.proc.pid)
+    before = rss_kib(agent.proc.pid)
     session = _StuffingSession(agent.socket_path, dirs)
     with session:
         request = dockerfile_solve_request(session.id, NO_NETWORK)
         solver, outcome = _in_thread(lambda: solve(agent.socket_path, request, timeout=90))
         deadline = time.monotonic() + 60
-        while session.stuffed < session.stuffing and time.monotonic() < deadline:
-            assert session.running and not outcome, (outcome, session.error)
+        while session.stuffed < session.stuffing and not outcome:
+            assert session.running, session.error
+            assert time.monotonic() < deadline, "neither refused nor relayed within 60 s"
             time.sleep(0.2)
         time.sleep(1)
-        grown = _rss_kib(agent.proc.pid) - before
+        grown = rss_kib(agent.proc.pid) - before
         stuffed = session.stuffed
     solver.join(30)
+    assert outcome and isinstance(outcome[0], GrpcResult) and not outcome[0].ok, outcome
+    # The client's text is quoted, cut short: a megabyte of it once hung the agent in HPACK.
+    assert len(outcome[0].message) < 8192, len(outcome[0].message)
     assert grown < RSS_BOUND_KIB, (
         f"agent RSS grew by {grown >> 10} MiB while the client sent {stuffed >> 20} MiB "
         "of messages after the first bytes of its Dockerfile"
@@ -244,7 +198,7 @@ def test_a_reset_solve_leaves_no_build_registered_that_breaks_other_builds(
     with Session(agent.socket_path, dirs) as session:
         before = solve(agent.socket_path, dockerfile_solve_request(session.id, NO_NETWORK))
     assert before.ok, before
-    sock, conn = _raw_grpc(agent.socket_path)
+    sock, conn = raw_grpc(agent.socket_path)
     with sock:
         _solve_then_reset(sock, conn, _leaky_solve({"dockerfilekey": "context"}))
         time.sleep(6)  # the shim's wait for the session ends, then it registers the build
@@ -281,14 +235,14 @@ def test_reset_solves_do_not_leak_their_requests(agent: AgentProcess) -> None:
     """Ten Solves, each with a 24 MiB build argument, each reset while the shim waits for
     its session. (The same ten Solves not reset leave the agent about 70 MiB larger: what
     the allocator keeps.)"""
-    before = _rss_kib(agent.proc.pid)
-    sock, conn = _raw_grpc(agent.socket_path)
+    before = rss_kib(agent.proc.pid)
+    sock, conn = raw_grpc(agent.socket_path)
     with sock:
         for _ in range(10):
             _solve_then_reset(sock, conn, _leaky_solve({"build-arg:PAD": "p" * (24 << 20)}))
         time.sleep(7)
     time.sleep(1)
-    grown = _rss_kib(agent.proc.pid) - before
+    grown = rss_kib(agent.proc.pid) - before
     assert grown < 2 * RSS_BOUND_KIB, (
         f"agent RSS grew by {grown >> 10} MiB after ten reset Solves and their tunnel ended"
     )
@@ -296,21 +250,21 @@ def test_reset_solves_do_not_leak_their_requests(agent: AgentProcess) -> None:
 
 def test_unfinished_solve_requests_on_many_tunnels_are_bounded(agent: AgentProcess) -> None:
     """Eight ``/grpc`` tunnels, each with one Solve stream of 30 MiB never ended."""
-    before = _rss_kib(agent.proc.pid)
+    before = rss_kib(agent.proc.pid)
     chunk = b"\x0a" * 16384
     tunnels = []
     try:
         for _ in range(8):
-            sock, conn = _raw_grpc(agent.socket_path)
+            sock, conn = raw_grpc(agent.socket_path)
             tunnels.append(sock)
-            conn.send_headers(1, _call_headers(CONTROL_SOLVE))
+            conn.send_headers(1, call_headers(CONTROL_SOLVE))
             sock.sendall(conn.data_to_send())
-            sock.sendall(_frame(DATA, 0, 1, b"\x00" + struct.pack(">I", (32 << 20) - 1)))
-            body = _frame(DATA, 0, 1, chunk) * 64  # 1 MiB
+            sock.sendall(frame(DATA, 0, 1, b"\x00" + struct.pack(">I", (32 << 20) - 1)))
+            body = frame(DATA, 0, 1, chunk) * 64  # 1 MiB
             for _ in range(30):
                 sock.sendall(body)
         time.sleep(1)
-        grown = _rss_kib(agent.proc.pid) - before
+        grown = rss_kib(agent.proc.pid) - before
     finally:
         for sock in tunnels:
             sock.close()
@@ -320,9 +274,9 @@ def test_unfinished_solve_requests_on_many_tunnels_are_bounded(agent: AgentProce
 def test_a_client_that_never_reads_cannot_grow_the_agent_with_pings(
     agent: AgentProcess,
 ) -> None:
-    before = _rss_kib(agent.proc.pid)
-    sock, _ = _raw_grpc(agent.socket_path)
-    burst = _frame(PING, 0, 0, b"pullgate") * 8192  # 136 KiB
+    before = rss_kib(agent.proc.pid)
+    sock, _ = raw_grpc(agent.socket_path)
+    burst = frame(PING, 0, 0, b"pullgate") * 8192  # 136 KiB
     sent = 0
     with sock:
         sock.settimeout(30)
@@ -332,7 +286,7 @@ def test_a_client_that_never_reads_cannot_grow_the_agent_with_pings(
                 sock.sendall(burst)
                 sent += len(burst)
         time.sleep(2)
-        grown = _rss_kib(agent.proc.pid) - before
+        grown = rss_kib(agent.proc.pid) - before
     assert grown < RSS_BOUND_KIB // 8, (
         f"agent RSS grew by {grown >> 10} MiB for {sent >> 20} MiB of PINGs never read"
     )

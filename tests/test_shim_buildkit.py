@@ -58,19 +58,6 @@ def agent(
         shim.stop()
 
 
-@pytest.fixture(scope="module")
-def alpine_local(docker_env: DockerEnv) -> None:
-    if not image_present(docker_env, "alpine"):
-        docker(docker_env, "pull", "alpine")
-
-
-@pytest.fixture
-def denied_image_absent(docker_env: DockerEnv, denied_image_ids: frozenset[str]) -> Iterator[None]:
-    remove_images(docker_env, DENIED_REPOSITORY, denied_image_ids)
-    yield
-    remove_images(docker_env, DENIED_REPOSITORY, denied_image_ids)
-
-
 def _context(root: Path, files: Mapping[str, str | bytes]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.realdocker import DockerEnv, docker, image_present
+from bench.realdocker import DockerEnv
 from tests.agent_process import (
     DENIED_REPOSITORY,
     AgentProcess,
@@ -80,12 +80,6 @@ def agent(
         yield shim
     finally:
         shim.stop()
-
-
-@pytest.fixture(scope="module")
-def alpine_local(docker_env: DockerEnv) -> None:
-    if not image_present(docker_env, "alpine"):
-        docker(docker_env, "pull", "alpine")
 
 
 def _buildx(

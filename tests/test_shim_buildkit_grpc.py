@@ -31,7 +31,7 @@ import h2.events
 import pytest
 
 from agent.core.inspection.buildkit.protos import control_pb2, llb_pb2
-from bench.realdocker import DockerEnv, docker, image_present
+from bench.realdocker import DockerEnv, docker
 from tests.agent_process import (
     DENIED_REPOSITORY,
     AgentProcess,
@@ -51,6 +51,22 @@ from tests.buildkit_client import (
     dockerfile_solve_request,
     solve,
     unary,
+)
+from tests.h2_probe import (
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    HEADERS,
+    PING,
+    PREFACE,
+    SETTINGS_TYPE,
+    call_headers,
+    frame,
+    raw_grpc,
+    raw_upgrade,
+    registry_fetches,
+    registry_offset,
+    rss_kib,
 )
 
 DENIED = "someuser/tool"
@@ -81,19 +97,6 @@ def agent(
         yield shim
     finally:
         shim.stop()
-
-
-@pytest.fixture(scope="module")
-def alpine_local(docker_env: DockerEnv) -> None:
-    if not image_present(docker_env, "alpine"):
-        docker(docker_env, "pull", "alpine")
-
-
-@pytest.fixture
-def denied_image_absent(docker_env: DockerEnv, denied_image_ids: frozenset[str]) -> Iterator[None]:
-    remove_images(docker_env, DENIED_REPOSITORY, denied_image_ids)
-    yield
-    remove_images(docker_env, DENIED_REPOSITORY, denied_image_ids)
 
 
 @pytest.fixture
@@ -169,20 +172,6 @@ def _build(
     return result, session
 
 
-def _registry_offset(env: DockerEnv) -> int:
-    return env.registry_log.stat().st_size
-
-
-def _denied_fetches(env: DockerEnv, offset: int) -> list[str]:
-    """What the daemon asked the registry mirror of the denied repository since
-    ``offset``: BuildKit keeps the bases it pulls in its own store, not as images, so
-    ``images_of`` alone cannot tell a pulled base."""
-    with env.registry_log.open("rb") as log:
-        log.seek(offset)
-        lines = log.read().decode("utf-8", "replace").splitlines()
-    return [line for line in lines if f"/v2/{DENIED_REPOSITORY}/" in line]
-
-
 def _assert_denied(
     agent: AgentProcess,
     docker_env: DockerEnv,
@@ -208,18 +197,11 @@ def _assert_denied(
         lambda r: r.get("decision") == "deny" and r.get("image") == DENIED_CANONICAL, since=mark
     )
     assert not images_of(docker_env, DENIED_REPOSITORY, denied_image_ids), agent.stderr_tail()
-    assert not _denied_fetches(docker_env, offset)
+    assert not registry_fetches(docker_env, offset)
 
 
 def _cat(env: DockerEnv, tag: str, path: str) -> str:
     return docker(env, "run", "--rm", "--network", "none", tag, "cat", path).stdout
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 # --------------------------------------------------------------------------- allowed
@@ -291,7 +273,7 @@ def test_a_denied_solve_fails_with_the_message_and_pulls_nothing(
     case: str,
 ) -> None:
     dockerfile, attrs = DENIED_SOLVES[case]
-    mark, offset = agent.mark(), _registry_offset(docker_env)
+    mark, offset = agent.mark(), registry_offset(docker_env)
     result, session = _build(agent, build_dirs(tmp_path, dockerfile), attrs)
     _assert_denied(
         agent, docker_env, denied_image_ids, result, since=(mark, offset), upfront=case in UPFRONT
@@ -304,7 +286,7 @@ def test_a_denied_solve_fails_with_the_message_and_pulls_nothing(
 def test_cache_imports_in_the_cache_options_are_refused_up_front(
     agent: AgentProcess, docker_env: DockerEnv, denied_image_ids: frozenset[str], tmp_path: Path
 ) -> None:
-    mark, offset = agent.mark(), _registry_offset(docker_env)
+    mark, offset = agent.mark(), registry_offset(docker_env)
     with Session(agent.socket_path, build_dirs(tmp_path, "FROM alpine\n")) as session:
         request = dockerfile_solve_request(session.id, NO_NETWORK)
         request.Cache.Imports.add(Type="registry", Attrs={"ref": DENIED})
@@ -343,7 +325,7 @@ def _llb_request(image: str, session: str) -> control_pb2.SolveRequest:
 def test_a_raw_llb_solve_of_a_denied_image_is_refused(
     agent: AgentProcess, docker_env: DockerEnv, denied_image_ids: frozenset[str], tmp_path: Path
 ) -> None:
-    mark, offset = agent.mark(), _registry_offset(docker_env)
+    mark, offset = agent.mark(), registry_offset(docker_env)
     with Session(agent.socket_path, build_dirs(tmp_path, "")) as session:
         request = _llb_request(f"docker.io/{DENIED}:latest", session.id)
         result = solve(agent.socket_path, request, timeout=SOLVE_TIMEOUT)
@@ -427,13 +409,13 @@ def test_a_session_no_build_names_is_never_read_and_a_foreign_solve_of_it_is_ref
         time.sleep(2.5)
         assert session.health_checks >= 1 and session.syncs == []
         assert not session.closed.is_set()
-        offset = _registry_offset(docker_env)
+        offset = registry_offset(docker_env)
         request = dockerfile_solve_request(session.id, NO_NETWORK)
         result = solve(docker_env.socket_path, request, timeout=SOLVE_TIMEOUT)
         assert session.syncs == []
     assert result.status == UNKNOWN, result
     assert "no active session" in result.message, result
-    assert not _denied_fetches(docker_env, offset)
+    assert not registry_fetches(docker_env, offset)
     _assert_alive(agent)
 
 
@@ -458,7 +440,7 @@ def _bypass_report(
     return (
         f"{what}: status {result.status} {result.message[:300]!r}; Dockerfile syncs seen by"
         f" the session: {syncs}; the daemon fetched from the mirror:"
-        f" {[line[:160] for line in _denied_fetches(env, offset)]}"
+        f" {[line[:160] for line in registry_fetches(env, offset)]}"
     )
 
 
@@ -468,10 +450,10 @@ def test_a_session_opened_directly_with_the_solve_through_the_shim(
 ) -> None:
     """The daemon reads the Dockerfile from a session the client opened on the daemon's
     own socket: the shim never sees it, so it must not allow the Solve on trust."""
-    offset = _registry_offset(docker_env)
+    offset = registry_offset(docker_env)
     dirs = build_dirs(tmp_path, f"FROM {DENIED}\nRUN true\n")
     result, session = _build(agent, dirs, session_via=docker_env.socket_path)
-    assert result.status != 0 and not _denied_fetches(docker_env, offset), _bypass_report(
+    assert result.status != 0 and not registry_fetches(docker_env, offset), _bypass_report(
         "solve through the shim, session direct", result, session, docker_env, offset
     )
 
@@ -487,13 +469,13 @@ def test_a_second_solve_sharing_a_session_is_decided_with_its_own_args(
             agent.socket_path, dockerfile_solve_request(session.id, NO_NETWORK), timeout=30
         )
         assert first.ok, (first, agent.stderr_tail())
-        offset = _registry_offset(docker_env)
+        offset = registry_offset(docker_env)
         second = solve(
             agent.socket_path,
             dockerfile_solve_request(session.id, {**NO_NETWORK, "build-arg:BASE": DENIED}),
             timeout=30,
         )
-    assert second.status != 0 and not _denied_fetches(docker_env, offset), _bypass_report(
+    assert second.status != 0 and not registry_fetches(docker_env, offset), _bypass_report(
         "second solve in the session", second, session, docker_env, offset
     )
 
@@ -510,7 +492,7 @@ def test_two_concurrent_solves_sharing_a_session(
     decided for both, so the denial of one fails the other too (stricter, never looser)."""
     dirs = build_dirs(tmp_path, "ARG BASE=alpine\nFROM ${BASE}\nRUN true\n")
     results: dict[str, GrpcResult | BaseException] = {}
-    mark, offset = agent.mark(), _registry_offset(docker_env)
+    mark, offset = agent.mark(), registry_offset(docker_env)
     with Session(agent.socket_path, dirs) as session:
         requests = {
             "allowed": dockerfile_solve_request(session.id, NO_NETWORK),
@@ -554,7 +536,7 @@ def test_a_dockerfile_in_many_small_packets_is_decided(
     base: str,
 ) -> None:
     """One byte of file a packet, five bytes of gRPC a DATA frame."""
-    mark, offset = agent.mark(), _registry_offset(docker_env)
+    mark, offset = agent.mark(), registry_offset(docker_env)
     dirs = build_dirs(tmp_path, f"FROM {base}\nRUN echo tiny > /t\n")
     result, session = _build(agent, dirs, data_chunk=1, frame_size=5)
     (sync,) = session.syncs_of("dockerfile")
@@ -578,7 +560,7 @@ def test_a_dockerfile_over_the_cap_is_refused_and_one_under_it_decided(
     assert "code = PermissionDenied desc = pullgate: " in result.message, result
     assert "more than 4194304 bytes" in result.message, result
 
-    mark, offset = agent.mark(), _registry_offset(docker_env)
+    mark, offset = agent.mark(), registry_offset(docker_env)
     dirs = build_dirs(tmp_path / "under", line * (3 << 10) + f"FROM {DENIED}\n")
     result, _ = _build(agent, dirs)
     _assert_denied(agent, docker_env, denied_image_ids, result, since=(mark, offset), upfront=False)
@@ -589,7 +571,7 @@ def test_a_dockerfile_over_the_cap_is_refused_and_one_under_it_decided(
 def test_a_client_that_closes_mid_sync_fails_its_build(
     agent: AgentProcess, docker_env: DockerEnv, tmp_path: Path, base: str
 ) -> None:
-    offset = _registry_offset(docker_env)
+    offset = registry_offset(docker_env)
     padding = "# padding\n" * 20_000  # 200 kB: the session drops inside the Dockerfile
     dirs = build_dirs(tmp_path, f"FROM {base}\n{padding}")
     with Session(agent.socket_path, dirs, abort_after=100_000) as session:
@@ -599,69 +581,37 @@ def test_a_client_that_closes_mid_sync_fails_its_build(
     assert result.status == UNKNOWN, result
     (sync,) = session.syncs_of("dockerfile")
     assert not sync.finished
-    assert not _denied_fetches(docker_env, offset)
+    assert not registry_fetches(docker_env, offset)
 
 
 # --------------------------------------------------------------------------- malformed HTTP/2
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-
-def _frame(kind: int, flags: int, stream: int, payload: bytes, length: int | None = None) -> bytes:
-    size = len(payload) if length is None else length
-    return struct.pack(">I", size)[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
-
-
-DATA, HEADERS, SETTINGS_TYPE, PING = 0x0, 0x1, 0x4, 0x6
-END_STREAM, END_HEADERS = 0x1, 0x4
-SETTINGS = _frame(SETTINGS_TYPE, 0, 0, b"")
+SETTINGS = frame(SETTINGS_TYPE, 0, 0, b"")
 #: A frame that declares more than the 16 KiB the shim accepts, then delivers it: h2
 #: checks a frame's length only once the whole frame is buffered.
-OVERSIZED = _frame(DATA, 0, 1, b"x" * (1 << 20))
+OVERSIZED = frame(DATA, 0, 1, b"x" * (1 << 20))
 
 #: What a hostile peer writes after the 101, by tunnel: (path, bytes). On ``/grpc`` the
 #: client is the HTTP/2 client (preface first); on ``/session`` it is the server.
 MALFORMED: dict[str, tuple[str, bytes]] = {
     "grpc-garbage-preface": ("/grpc", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\x00" * 64),
-    "grpc-settings-bad-length": ("/grpc", PREFACE + _frame(SETTINGS_TYPE, 0, 0, b"\x00" * 5)),
-    "grpc-ping-bad-length": ("/grpc", PREFACE + SETTINGS + _frame(PING, 0, 0, b"\x00" * 7)),
+    "grpc-settings-bad-length": ("/grpc", PREFACE + frame(SETTINGS_TYPE, 0, 0, b"\x00" * 5)),
+    "grpc-ping-bad-length": ("/grpc", PREFACE + SETTINGS + frame(PING, 0, 0, b"\x00" * 7)),
     "grpc-oversized-frame": ("/grpc", PREFACE + SETTINGS + OVERSIZED),
-    "grpc-data-on-stream-0": ("/grpc", PREFACE + SETTINGS + _frame(DATA, 0, 0, b"abc")),
-    "grpc-bad-hpack": ("/grpc", PREFACE + SETTINGS + _frame(HEADERS, END_HEADERS, 1, b"\xff" * 9)),
+    "grpc-data-on-stream-0": ("/grpc", PREFACE + SETTINGS + frame(DATA, 0, 0, b"abc")),
+    "grpc-bad-hpack": ("/grpc", PREFACE + SETTINGS + frame(HEADERS, END_HEADERS, 1, b"\xff" * 9)),
     "grpc-data-before-headers": (
         "/grpc",
-        PREFACE + SETTINGS + _frame(DATA, END_STREAM, 1, b"hello"),
+        PREFACE + SETTINGS + frame(DATA, END_STREAM, 1, b"hello"),
     ),
     "session-garbage": ("/session", b"\x00\x00\x05garbage!" + b"\xff" * 64),
-    "session-settings-bad-length": ("/session", _frame(SETTINGS_TYPE, 0, 0, b"\x00" * 5)),
+    "session-settings-bad-length": ("/session", frame(SETTINGS_TYPE, 0, 0, b"\x00" * 5)),
     "session-oversized-frame": ("/session", SETTINGS + OVERSIZED),
-    "session-data-on-stream-0": ("/session", SETTINGS + _frame(DATA, 0, 0, b"abc")),
-    "session-bad-hpack": ("/session", SETTINGS + _frame(HEADERS, END_HEADERS, 1, b"\xff" * 9)),
-    "session-data-on-unopened-stream": ("/session", SETTINGS + _frame(DATA, END_STREAM, 2, b"hi")),
+    "session-data-on-stream-0": ("/session", SETTINGS + frame(DATA, 0, 0, b"abc")),
+    "session-bad-hpack": ("/session", SETTINGS + frame(HEADERS, END_HEADERS, 1, b"\xff" * 9)),
+    "session-data-on-unopened-stream": ("/session", SETTINGS + frame(DATA, END_STREAM, 2, b"hi")),
 }
-
-
-def _raw_upgrade(socket_path: Path, path: str) -> tuple[socket.socket, bytes]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(str(socket_path))
-    head = [f"POST {path} HTTP/1.1", "Host: localhost", "Upgrade: h2c", "Connection: Upgrade"]
-    if path == "/session":
-        head += [
-            f"X-Docker-Expose-Session-Uuid: {uuid.uuid4().hex}",
-            "X-Docker-Expose-Session-Name: pullgate-hostile",
-            f"X-Docker-Expose-Session-Sharedkey: {uuid.uuid4().hex}",
-            "X-Docker-Expose-Session-Grpc-Method: /grpc.health.v1.Health/Check",
-        ]
-    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before the 101: {buf!r}"
-        buf += chunk
-    status, rest = buf.split(b"\r\n\r\n", 1)
-    assert status.startswith(b"HTTP/1.1 101"), status
-    return sock, rest
 
 
 def _until_closed(sock: socket.socket, timeout: float) -> bool:
@@ -686,7 +636,7 @@ def test_malformed_http2_ends_that_tunnel_only(
 ) -> None:
     path, payload = MALFORMED[case]
     with Session(agent.socket_path, build_dirs(tmp_path, "FROM alpine\n")) as bystander:
-        sock, _ = _raw_upgrade(agent.socket_path, path)
+        sock, _ = raw_upgrade(agent.socket_path, path)
         with sock:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 sock.sendall(payload)
@@ -727,7 +677,7 @@ def test_a_session_that_never_acknowledges_stalls_without_growing_the_agent(
     session goes."""
     files = {f"f/{i:05d}": str(i) for i in range(10_000)}
     dirs = build_dirs(tmp_path, "FROM alpine\nCOPY f /f\n", files)
-    before = _rss_kib(agent.proc.pid)
+    before = rss_kib(agent.proc.pid)
     session = Session(agent.socket_path, dirs)
     session._conn = _NoAckConnection(
         h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
@@ -751,30 +701,11 @@ def test_a_session_that_never_acknowledges_stalls_without_growing_the_agent(
         time.sleep(2)
         assert not outcome, f"the build did not stall: {outcome}"
         assert agent.running()
-        grown = _rss_kib(agent.proc.pid) - before
+        grown = rss_kib(agent.proc.pid) - before
     solver.join(30)
     assert outcome and isinstance(outcome[0], GrpcResult), outcome
     assert outcome[0].status != 0, outcome
     assert grown < RSS_GROWTH_KIB, f"agent RSS grew by {grown} KiB"
-
-
-def _raw_grpc(socket_path: Path) -> tuple[socket.socket, h2.connection.H2Connection]:
-    sock, _ = _raw_upgrade(socket_path, "/grpc")
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    conn.initiate_connection()
-    sock.sendall(conn.data_to_send())
-    return sock, conn
-
-
-def _call_headers(method: str) -> list[tuple[str, str]]:
-    return [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", method),
-        (":authority", "localhost"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ]
 
 
 @pytest.mark.usefixtures("healthy")
@@ -784,18 +715,18 @@ def test_a_client_that_ignores_its_window_is_bounded(agent: AgentProcess) -> Non
     reopens the client's only as bytes leave, so it holds at most the windows it grants:
     either the client overruns them (the tunnel ends: FLOW_CONTROL_ERROR) or the daemon
     keeps up and answers the call (``no such job``)."""
-    before = _rss_kib(agent.proc.pid)
-    sock, conn = _raw_grpc(agent.socket_path)
+    before = rss_kib(agent.proc.pid)
+    sock, conn = raw_grpc(agent.socket_path)
     with sock:
-        conn.send_headers(1, _call_headers("/moby.buildkit.v1.Control/Status"))
+        conn.send_headers(1, call_headers("/moby.buildkit.v1.Control/Status"))
         status_request = control_pb2.BytesMessage(data=b"x").SerializeToString()  # Ref "x"
-        out = conn.data_to_send() + _frame(
+        out = conn.data_to_send() + frame(
             DATA, 0, 1, b"\x00" + struct.pack(">I", len(status_request)) + status_request
         )
-        junk = _frame(DATA, 0, 1, b"\x00" * 16384)
+        junk = frame(DATA, 0, 1, b"\x00" * 16384)
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(out + junk * 1024)
-        grown = _rss_kib(agent.proc.pid) - before
+        grown = rss_kib(agent.proc.pid) - before
         ended, deadline = False, time.monotonic() + 10
         while not ended and time.monotonic() < deadline:
             sock.settimeout(max(0.05, deadline - time.monotonic()))
@@ -820,17 +751,17 @@ def test_unfinished_solve_requests_do_not_grow_the_agent_unboundedly(
     agent: AgentProcess,
 ) -> None:
     """Three Solve streams of 30 MiB each, never ended: held whole before decided."""
-    before = _rss_kib(agent.proc.pid)
-    sock, conn = _raw_grpc(agent.socket_path)
+    before = rss_kib(agent.proc.pid)
+    sock, conn = raw_grpc(agent.socket_path)
     chunk = b"\x0a" * 16384
     with sock:
         for sid in (1, 3, 5):
-            conn.send_headers(sid, _call_headers(CONTROL_SOLVE))
+            conn.send_headers(sid, call_headers(CONTROL_SOLVE))
             sock.sendall(conn.data_to_send())
             # a prefix for one 32 MiB - 1 message, then 30 MiB of it
-            sock.sendall(_frame(DATA, 0, sid, b"\x00" + struct.pack(">I", (32 << 20) - 1)))
+            sock.sendall(frame(DATA, 0, sid, b"\x00" + struct.pack(">I", (32 << 20) - 1)))
             for _ in range(30 << 6):
-                sock.sendall(_frame(DATA, 0, sid, chunk))
+                sock.sendall(frame(DATA, 0, sid, chunk))
         time.sleep(0.5)
-        grown = _rss_kib(agent.proc.pid) - before
+        grown = rss_kib(agent.proc.pid) - before
     assert grown < RSS_GROWTH_KIB, f"agent RSS grew by {grown} KiB holding unfinished requests"

@@ -122,13 +122,6 @@ def agents(docker_env: DockerEnv, tmp_path: Path) -> Iterator[AgentStarter]:
 
 
 @pytest.fixture
-def alpine_local(docker_env: DockerEnv) -> None:
-    """alpine is in the daemon (pulled directly if need be), for containers to run."""
-    if not image_present(docker_env, "alpine"):
-        docker(docker_env, "pull", "alpine")
-
-
-@pytest.fixture
 def denied_present(docker_env: DockerEnv, denied_image_absent: None) -> str:
     """someuser/tool pulled directly into the daemon (as if before the policy); its ID."""
     docker(docker_env, "pull", DENIED)

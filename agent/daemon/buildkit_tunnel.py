@@ -231,8 +231,8 @@ class _Pair:
 class Tunnel:
     """One upgraded connection: ``requester`` opens the streams, ``responder`` answers.
 
-    Sans-IO apart from the decision task: bytes come in through ``requester_data`` and
-    ``responder_data`` and go out through the two write callbacks; ``close`` ends both
+    Sans-IO apart from the decision task: bytes come in through ``client_data`` and
+    ``daemon_data`` and go out through the two write callbacks; ``close`` ends both
     sides (the shim closes the transports).
     """
 
@@ -240,8 +240,8 @@ class Tunnel:
         self,
         kind: str,
         session: RelayedSession | None,
-        write_requester: Callable[[bytes], None],
-        write_responder: Callable[[bytes], None],
+        write_client: Callable[[bytes], None],
+        write_daemon: Callable[[bytes], None],
         close: Callable[[str | None], None],
         *,
         registry: BuildRegistry,
@@ -261,8 +261,11 @@ class Tunnel:
         self._inbuf = {True: bytearray(), False: bytearray()}
         self._relay_owed: dict[bool, dict[int, int]] = {True: {}, False: {}}
         self._out: dict[bool, list[bytes | memoryview]] = {True: [], False: []}
-        self._write_req = write_requester
-        self._write_resp = write_responder
+        # The daemon opens the streams of a session; the client those of /grpc.
+        self._daemon_requests = kind == TunnelKind.SESSION
+        self._write_req, self._write_resp = (
+            (write_daemon, write_client) if self._daemon_requests else (write_client, write_daemon)
+        )
         self._close_cb = close
         self.registry = registry
         self.decide = decide
@@ -294,11 +297,13 @@ class Tunnel:
 
     # -- bytes in ------------------------------------------------------------------
 
-    def requester_data(self, data: bytes) -> None:
-        self._receive(True, data)
+    def client_data(self, data: bytes) -> None:
+        """Bytes from the build client's side."""
+        self._receive(not self._daemon_requests, data)
 
-    def responder_data(self, data: bytes) -> None:
-        self._receive(False, data)
+    def daemon_data(self, data: bytes) -> None:
+        """Bytes from the daemon's side."""
+        self._receive(self._daemon_requests, data)
 
     def _receive(self, requester: bool, data: bytes) -> None:
         """Bytes from one peer: whole frames only reach ``h2``, and the DATA frames of a
@@ -474,15 +479,9 @@ class Tunnel:
                 event.stream_id, list(event.headers or ()), event.stream_ended is not None
             )
         elif isinstance(event, h2.events.DataReceived):
-            pair = self.pairs.get(event.stream_id)
-            data = event.data or b""
-            padding = (event.flow_controlled_length or 0) - len(data)
-            if padding:
-                self.req.acknowledge_received_data(padding, event.stream_id)
-            if pair is None or pair.closed:
-                self._ack_req(event.stream_id, len(data))
-                return
-            self._request_data(pair, data)
+            received = self._received(True, event)
+            if received is not None:
+                self._request_data(*received)
         elif isinstance(event, h2.events.StreamEnded):
             pair = self.pairs.get(event.stream_id)
             if pair is not None:
@@ -499,6 +498,23 @@ class Tunnel:
             self.close(None)
         elif isinstance(event, h2.events.TrailersReceived):
             pass  # requests carry no trailers in gRPC; StreamEnded follows
+
+    def _received(
+        self, requester: bool, event: h2.events.DataReceived
+    ) -> tuple[_Pair, bytes] | None:
+        """A DATA event's pair and bytes. Padding is acknowledged at once; the bytes of a
+        stream that is gone are acknowledged and dropped (None)."""
+        conn = self.req if requester else self.resp
+        sid = event.stream_id or 0
+        data = event.data or b""
+        padding = (event.flow_controlled_length or 0) - len(data)
+        if padding:
+            conn.acknowledge_received_data(padding, sid)
+        pair = (self.pairs if requester else self.by_resp).get(sid)
+        if pair is None or pair.closed:
+            (self._ack_req if requester else self._ack_resp)(sid, len(data))
+            return None
+        return pair, data
 
     def _request(self, sid: int, headers: Headers, ended: bool) -> None:
         path = _header(headers, b":path") or b""
@@ -601,14 +617,10 @@ class Tunnel:
             if isinstance(pair.hook, _NestedSessionHook):
                 pair.hook.response_started()
         elif isinstance(event, h2.events.DataReceived):
-            pair = self.by_resp.get(event.stream_id)
-            data = event.data or b""
-            padding = (event.flow_controlled_length or 0) - len(data)
-            if padding:
-                self.resp.acknowledge_received_data(padding, event.stream_id)
-            if pair is None or pair.closed:
-                self._ack_resp(event.stream_id, len(data))
+            received = self._received(False, event)
+            if received is None:
                 return
+            pair, data = received
             hook = pair.hook
             if isinstance(hook, _NestedSessionHook):
                 hook.response_data(data)
@@ -1237,8 +1249,8 @@ class _NestedSessionHook:
         self.inner = Tunnel(
             TunnelKind.SESSION,
             session,
-            self._write_daemon,
             self._write_client,
+            self._write_daemon,
             self._inner_closed,
             registry=tunnel.registry,
             decide=tunnel.decide,
@@ -1303,7 +1315,7 @@ class _NestedSessionHook:
         box.owed += len(data)
         box.owe = lambda n, s=self.pair.req_sid: self.tunnel._ack_req(s, n)
         if inner:
-            self.inner.responder_data(inner)
+            self.inner.client_data(inner)
         self.tunnel._pay(box)
 
     def response_data(self, data: bytes) -> None:
@@ -1314,7 +1326,7 @@ class _NestedSessionHook:
         box.owed += len(data)
         box.owe = lambda n: self.tunnel._ack_resp(sid or 0, n)
         if inner:
-            self.inner.requester_data(inner)
+            self.inner.daemon_data(inner)
         self.tunnel._pay(box)
 
     def _inner_closed(self, why: str | None) -> None:

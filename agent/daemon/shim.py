@@ -711,7 +711,8 @@ class ClientConnection(asyncio.Protocol):
             self._to_upstream(data)
             return
         if self.state is _TUNNEL:
-            self._tunnel_client(data)
+            if self.tunnel is not None:
+                self.tunnel.client_data(data)
             return
         if self.state is _DRAIN:
             self.drained += len(data)
@@ -1041,13 +1042,12 @@ class ClientConnection(asyncio.Protocol):
         if up is None or client is None:
             self.abort()
             return
-        session = self.tunnel_kind == TunnelKind.SESSION
-        to_daemon, to_client = up.write, client.write
-        self.tunnel = Tunnel(
-            TunnelKind.SESSION if session else TunnelKind.GRPC,
+        assert self.tunnel_kind is not None
+        self.tunnel = tunnel = Tunnel(
+            self.tunnel_kind,
             self.tunnel_session,
-            to_daemon if session else to_client,
-            to_client if session else to_daemon,
+            client.write,
+            up.write,
             self._tunnel_closed,
             registry=self.shim.builds,
             decide=self.shim.decide_build,
@@ -1055,30 +1055,12 @@ class ClientConnection(asyncio.Protocol):
             peer=self.peer,
         )
         if rest:
-            self._tunnel_daemon(rest)
+            tunnel.daemon_data(rest)
         if self.buf:
             pending = bytes(self.buf)
             self.buf.clear()
-            self._tunnel_client(pending)
+            tunnel.client_data(pending)
         self.resume_client_reading("backlog")
-
-    def _tunnel_client(self, data: bytes) -> None:
-        tunnel = self.tunnel
-        if tunnel is None:
-            return
-        if tunnel.kind == TunnelKind.SESSION:
-            tunnel.responder_data(data)
-        else:
-            tunnel.requester_data(data)
-
-    def _tunnel_daemon(self, data: bytes) -> None:
-        tunnel = self.tunnel
-        if tunnel is None:
-            return
-        if tunnel.kind == TunnelKind.SESSION:
-            tunnel.requester_data(data)
-        else:
-            tunnel.responder_data(data)
 
     def _tunnel_closed(self, why: str | None) -> None:
         if why is not None:
@@ -1519,7 +1501,8 @@ class ClientConnection(asyncio.Protocol):
             transport.write(data)
             return
         if self.state is _TUNNEL:
-            self._tunnel_daemon(data)
+            if self.tunnel is not None:
+                self.tunnel.daemon_data(data)
             return
         tracker = self.rtracker
         if self.response_done or tracker is None:

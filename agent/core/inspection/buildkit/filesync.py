@@ -66,6 +66,10 @@ _METADATA_PATH = ".fsutil-metadata"
 _LINK_END = "\x00end-of-link"
 
 
+MAX_ERROR_BYTES = 1024
+"""How much of a client's PACKET_ERR text is kept, to quote in the build's error."""
+
+
 class FileSyncError(ValueError):
     """A file sync the shim cannot follow with certainty; the build cannot be decided."""
 
@@ -220,7 +224,8 @@ class DockerfileSync:
             self._file_data(packet.ID, packet.data)
             return payload
         if kind == Packet.PACKET_ERR:
-            self._sender_error = packet.data.decode("utf-8", "replace")
+            # Only quoted back in an error: a client's megabyte of text is cut short.
+            self._sender_error = packet.data[:MAX_ERROR_BYTES].decode("utf-8", "replace")
             return payload
         if kind == Packet.PACKET_FIN:
             return payload

@@ -14,6 +14,7 @@ __all__ = [
     "FAILED_PRECONDITION",
     "INVALID_ARGUMENT",
     "MAX_MESSAGE",
+    "MAX_STATUS_MESSAGE",
     "OK",
     "PERMISSION_DENIED",
     "RESOURCE_EXHAUSTED",
@@ -102,6 +103,10 @@ def frame(payload: bytes) -> bytes:
     return bytes([_UNCOMPRESSED]) + len(payload).to_bytes(4, "big") + payload
 
 
+MAX_STATUS_MESSAGE = 2048
+"""The longest ``grpc-message`` the shim sends, in characters (before percent-encoding)."""
+
+
 def status_trailers(code: int, message: str) -> list[tuple[str, str]]:
     """The trailers that end a call with ``code``: ``grpc-status`` and ``grpc-message``.
 
@@ -111,6 +116,10 @@ def status_trailers(code: int, message: str) -> list[tuple[str, str]]:
     """
     if not 0 <= code <= 0xFFFFFFFF:
         raise ValueError(f"invalid gRPC status code {code}")
+    if len(message) > MAX_STATUS_MESSAGE:
+        # Messages quote what a client sent (an error it reported, a path): a megabyte of
+        # it would cost seconds of HPACK encoding on the event loop, and no client shows it.
+        message = message[: MAX_STATUS_MESSAGE - 1] + "\u2026"
     encoded = "".join(
         chr(byte) if 0x20 <= byte <= 0x7E and byte != 0x25 else f"%{byte:02X}"
         for byte in message.encode("utf-8", "replace")

@@ -11,8 +11,9 @@ decided what a session it does not relay means for the build.
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
+from typing import TypeVar
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from agent.core.inspection.buildkit.protos.control_pb2 import SolveRequest
 from agent.core.inspection.buildkit.protos.gateway_pb2 import ResolveImageConfigRequest
@@ -25,6 +26,15 @@ __all__ = ["Rename", "rename_in_gateway_solve", "rename_in_resolve", "rename_in_
 Rename = Callable[[str], str | None]
 
 _LOCAL_SESSION = "local-sessionid:"
+M = TypeVar("M", bound=Message)
+
+
+def _parsed(message: M, payload: bytes, what: str) -> M:
+    try:
+        message.ParseFromString(payload)
+    except DecodeError as e:
+        raise InspectionError(f"pullgate: the BuildKit {what} does not decode") from e
+    return message
 
 
 def _attrs(attrs: MutableMapping[str, str], rename: Rename) -> None:
@@ -37,11 +47,7 @@ def _attrs(attrs: MutableMapping[str, str], rename: Rename) -> None:
 def rename_in_solve(payload: bytes, rename: Rename) -> bytes:
     """A ``Control/Solve`` request with its session ids rewritten (fields it does not
     declare are kept as they came)."""
-    request = SolveRequest()
-    try:
-        request.ParseFromString(payload)
-    except DecodeError as e:
-        raise InspectionError("pullgate: the BuildKit solve request does not decode") from e
+    request = _parsed(SolveRequest(), payload, "solve request")
     if request.Session:
         renamed = rename(request.Session)
         if renamed is not None:
@@ -52,11 +58,7 @@ def rename_in_solve(payload: bytes, rename: Rename) -> bytes:
 
 def rename_in_gateway_solve(payload: bytes, rename: Rename) -> bytes:
     """An ``LLBBridge/Solve`` request with its ``local-sessionid:`` attributes rewritten."""
-    request = GatewaySolveRequest()
-    try:
-        request.ParseFromString(payload)
-    except DecodeError as e:
-        raise InspectionError("pullgate: the BuildKit gateway solve does not decode") from e
+    request = _parsed(GatewaySolveRequest(), payload, "gateway solve")
     _attrs(request.FrontendOpt, rename)
     return request.SerializeToString()
 
@@ -64,11 +66,7 @@ def rename_in_gateway_solve(payload: bytes, rename: Rename) -> bytes:
 def rename_in_resolve(payload: bytes, rename: Rename) -> bytes:
     """An ``LLBBridge/ResolveImageConfig`` with its ``SessionID`` rewritten; one the shim
     does not relay is cleared (the daemon then uses the build's own sessions)."""
-    request = ResolveImageConfigRequest()
-    try:
-        request.ParseFromString(payload)
-    except DecodeError as e:
-        raise InspectionError("pullgate: the BuildKit image resolve does not decode") from e
+    request = _parsed(ResolveImageConfigRequest(), payload, "image resolve")
     if request.SessionID:
         request.SessionID = rename(request.SessionID) or ""
     return request.SerializeToString()
