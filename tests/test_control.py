@@ -475,7 +475,7 @@ def test_refresh_without_an_org_policy_is_409(start_control: StartControl) -> No
 # --- errors and framing ---------------------------------------------------------------
 
 
-def test_unknown_endpoint_is_404_wrong_method_405_and_identity_501(
+def test_unknown_endpoint_is_404_wrong_method_405_and_identity_409_unconfigured(
     start_control: StartControl,
 ) -> None:
     path = start_control().path
@@ -487,7 +487,10 @@ def test_unknown_endpoint_is_404_wrong_method_405_and_identity_501(
     assert code == 405
     for method in ("PUT", "DELETE"):
         code, body = curl(path, "/v1/identity", "-X", method)
-        assert code == 501 and "sign-in" in body["message"]
+        assert code == 409 and "no oidc_issuer" in body["message"]
+        assert body["reason"] == "not_configured"
+    code, body = curl(path, "/v1/identity")
+    assert code == 200 and body == {"identity": None, "sign_in": None}
 
 
 @pytest.mark.parametrize(

@@ -124,7 +124,7 @@ def test_status_summarises_the_running_agent_and_its_last_decision(
     assert f"unix://{wired.agent.socket_path}" in out
     assert f"unix://{docker_env.socket_path} (--upstream)" in out
     assert "state local" in out
-    assert "not signed in" in out
+    assert "sign-in is not configured (no oidc_issuer)" in out
     assert "deny" in out and "docker.io/someuser/tool:latest" in out
 
 
@@ -138,7 +138,7 @@ def test_status_json_carries_the_contract_fields(wired: WiredAgent, docker_env: 
     assert status["policy"]["state"] == "local"
     assert status["listen"] == str(wired.agent.socket_path)
     assert status["upstream"] == str(docker_env.socket_path)
-    assert status["identity"] is None
+    assert status["identity"] == {"configured": False}
     assert status["agent"]["pid"] == wired.agent.proc.pid
     assert status["caller"] == {"uid": 0}
     assert isinstance(status["last_decisions"], list)

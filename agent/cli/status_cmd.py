@@ -120,7 +120,7 @@ def format_status(path: Path, status: Mapping[str, Any]) -> str:
     lines += [
         _row("upstream", f"unix://{status.get('upstream')} ({status.get('upstream_source')})"),
         _row("listen", f"unix://{status.get('listen')}"),
-        _row("identity", _identity_line(status.get("identity"))),
+        *_identity_rows(status.get("identity")),
         _row("audit", _audit_line(status.get("audit"))),
     ]
     monitor = status.get("bypass_monitor")
@@ -171,12 +171,35 @@ def _policy_line(policy: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _identity_line(identity: object) -> str:
-    if not identity:
-        return "not signed in (sign-in is not available in this version)"
-    if isinstance(identity, dict):
-        return str(identity.get("email") or identity.get("subject") or identity)
-    return str(identity)
+def _identity_rows(identity: object) -> list[str]:
+    """The caller's sign-in, the provider's keys when they are a problem, and (for root)
+    every signed-in user."""
+    info = _dict(identity)
+    if not info.get("configured"):
+        return [_row("identity", "sign-in is not configured (no oidc_issuer)")]
+    issuer = _dict(info.get("sign_in")).get("issuer")
+    you = info.get("you")
+    rows = [
+        _row(
+            "identity",
+            _binding_line(_dict(you)) if you else f"not signed in (`pullgate login`, {issuer})",
+        )
+    ]
+    keys = _dict(info.get("keys"))
+    if keys.get("state") not in ("ok", "not-fetched"):
+        rows.append(_row("provider keys", f"{keys.get('state')}: {keys.get('error')}"))
+    users = info.get("users")
+    if isinstance(users, list):
+        rows.append(_row("signed in", f"{len(users)} user(s)"))
+        rows += [f"  uid {_dict(u).get('uid')}: {_binding_line(_dict(u))}" for u in users]
+    return rows
+
+
+def _binding_line(binding: Mapping[str, Any]) -> str:
+    groups = ", ".join(str(g) for g in binding.get("groups") or []) or "no groups"
+    expires = binding.get("expires_at")
+    left = _duration(expires - time.time()) if isinstance(expires, int | float) else "?"
+    return f"{binding.get('email')} ({groups}), for another {left}"
 
 
 def _monitor_line(monitor: Mapping[str, Any]) -> str:
@@ -286,7 +309,29 @@ def diagnose(control: str | None, env: Mapping[str, str], home: Path) -> list[Ch
     checks.extend(check_audit(status.get("audit"), lambda: _audit_status_again(control)))
     checks.append(check_bypass_monitor(status.get("bypass_monitor")))
     checks.append(check_clock(status))
+    checks.append(check_sign_in(status.get("identity")))
     return checks
+
+
+def check_sign_in(identity: object) -> Check:
+    """Whether the caller is signed in, and whether the agent can verify sign-ins at all
+    (the identity provider's keys)."""
+    name = "signed in"
+    info = _dict(identity)
+    if not info.get("configured"):
+        return Check(name, SKIP, "sign-in is not configured (no oidc_issuer)")
+    keys = _dict(info.get("keys"))
+    if keys.get("state") == "unavailable":
+        return Check(
+            name,
+            FAIL,
+            f"the agent cannot get the identity provider's keys: {keys.get('error')}",
+            "check the network, oidc_issuer and ca_bundle of the managed config",
+        )
+    you = info.get("you")
+    if not you:
+        return Check(name, FAIL, "this user is not signed in", "pullgate login")
+    return Check(name, OK, _binding_line(_dict(you)))
 
 
 REFRESH_START_GRACE = 10.0

@@ -13,6 +13,7 @@ from typing import Any, Final
 from agent.core.events import DecisionEvent, Event, NoticeEvent
 
 __all__ = [
+    "IDENTITY_ACTIONS",
     "SYSTEM_CONTROL_PATH",
     "control_candidates",
     "default_control_path",
@@ -46,18 +47,27 @@ def control_candidates(uid: int, env: Mapping[str, str]) -> list[Path]:
     return [own] if own == SYSTEM_CONTROL_PATH else [own, SYSTEM_CONTROL_PATH]
 
 
+IDENTITY_ACTIONS: Final = frozenset({"sign-in", "sign-out", "identity-expired"})
+"""Notices about sign-in (``agent.daemon.identities``): their SSE event is ``identity``."""
+
+
 def event_name(event: Event) -> str:
-    """The SSE ``event:`` field: decision | policy | notice | warning."""
+    """The SSE ``event:`` field: decision | policy | identity | notice | warning."""
     if isinstance(event, NoticeEvent):
+        if event.action in IDENTITY_ACTIONS:
+            return "identity"
         return "warning" if event.severity == "warning" else "notice"
     return event.type
 
 
 def visible_to(event: Event, uid: int) -> bool:
-    """A user sees their own decisions; root sees all; policy and notices are for all."""
-    if not isinstance(event, DecisionEvent):
-        return True
-    return uid in (0, event.peer.uid)
+    """A user sees their own decisions and sign-ins; root sees all; policy and other
+    notices are for all."""
+    if isinstance(event, DecisionEvent):
+        return uid in (0, event.peer.uid)
+    if isinstance(event, NoticeEvent) and event.action in IDENTITY_ACTIONS:
+        return uid == 0 or (event.peer is not None and event.peer.uid == uid)
+    return True
 
 
 def redacts(event: Event, uid: int) -> bool:

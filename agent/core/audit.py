@@ -82,6 +82,9 @@ _ALERT_ACTIONS: Final = frozenset({"bypass-suspected"})
 # defines, each type among those ECS expects for its category.
 _NOTICE_CATEGORY: Final[dict[str, tuple[str, str]]] = {
     "agent-start": ("process", "start"),
+    "sign-in": ("authentication", "start"),
+    "sign-out": ("authentication", "end"),
+    "identity-expired": ("authentication", "end"),
     "agent-stop": ("process", "end"),
     "bypass-suspected": ("intrusion_detection", "info"),
     "audit-": ("file", "info"),
@@ -152,6 +155,7 @@ def _decision_fields(record: dict[str, Any], e: DecisionEvent) -> None:
         }
     )
     _peer_fields(record, e.peer)
+    record["pullgate.identity"] = e.identity
 
 
 def _policy_fields(record: dict[str, Any], e: PolicyEvent) -> None:
@@ -187,6 +191,8 @@ def _notice_fields(record: dict[str, Any], e: NoticeEvent) -> None:
     )
     if e.peer is not None:
         _peer_fields(record, e.peer)
+    if category == "authentication":  # sign-in, sign-out, expiry: whose identity
+        record["pullgate.identity"] = e.details.get("email")
 
 
 def _notice_category(action: str) -> tuple[str, str]:
@@ -206,7 +212,7 @@ def _peer_fields(record: dict[str, Any], peer: PeerInfo) -> None:
             "user.name": peer.user,
             "user.id": None if peer.uid is None else str(peer.uid),
             "group.id": None if peer.gid is None else str(peer.gid),
-            "pullgate.identity": None,  # the signed-in identity, once sign-in exists
+            "pullgate.identity": None,  # the signed-in identity: set by the caller
             "process.pid": peer.pid,
             "process.name": peer.name,
             "process.executable": peer.executable,

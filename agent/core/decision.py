@@ -271,7 +271,7 @@ def _remediation(  # noqa: PLR0917 - private helper; every argument is distinct
     elif outcome.rule_id != "require_sign_in":
         alternative = _official_alternative(policy, view, category, identity, now)
     if outcome.rule_id == "require_sign_in":
-        hint = "run `pullgate login`, then pull again"
+        hint = "sign in with `pullgate login` (or the Pullgate tray), then pull again"
     template = rule.url if rule is not None and rule.url else policy.messages.help_url
     help_url = None
     if template:

@@ -62,6 +62,7 @@ class DecisionEvent(_JsonForm):
     message: str | None = None  # the denial message sent to the client
     detail: str | None = None  # e.g. "Dockerfile line 3: FROM ${BASE}"
     peer: PeerInfo = field(default_factory=PeerInfo)
+    identity: str | None = None  # the signed-in identity (email) of the client's OS user
     time: float = field(default_factory=time.time)
     type: str = "decision"
 

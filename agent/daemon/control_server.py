@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from agent import __version__
@@ -38,7 +38,9 @@ from agent.control.contract import (
     redacts,
     visible_to,
 )
+from agent.core import strict_json
 from agent.core.events import DecisionEvent, Event, NoticeEvent
+from agent.core.identity import RefusalReason, TokenRefusedError
 from agent.core.inspection.http1 import (
     BodyReader,
     ProtocolError,
@@ -49,8 +51,11 @@ from agent.core.inspection.http1 import (
 from agent.core.policy.document import Policy
 from agent.daemon.policy_fetch import FetchError
 from agent.daemon.policy_manager import PolicyManager
-from agent.platform.peer import peer_credentials
+from agent.platform.peer import describe_peer, peer_credentials
 from agent.platform.unix_sockets import claim_socket_path
+
+if TYPE_CHECKING:  # the store imports PyJWT: only agents with sign-in configured load it
+    from agent.daemon.identities import IdentityStore
 
 __all__ = [
     "DEFAULT_DECISIONS_LIMIT",
@@ -86,6 +91,7 @@ class ControlLimits:
     refresh_interval_per_uid: float = (
         60.0  # a user (not root, not the agent's uid) may refresh this often
     )
+    sign_ins_per_minute: int = 10  # PUT /v1/identity per non-root uid (each is audited)
     stream_flush: float = 0.02  # events reach streams in batches this far apart at most
 
 
@@ -127,13 +133,22 @@ RefreshAction = Callable[[], Awaitable[str]]
 
 
 class _ReplyError(Exception):
-    """An error answer to the current request: ``status`` and a ``{"message"}`` body."""
+    """An error answer to the current request: ``status`` and a ``{"message"}`` body
+    (with a machine-readable ``reason`` where a client acts on it)."""
 
-    def __init__(self, status: int, message: str, headers: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: tuple[str, ...] = (),
+        *,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
+        self.reason = reason
 
 
 _ROUTES: Final[dict[str, tuple[str, ...]]] = {
@@ -141,7 +156,7 @@ _ROUTES: Final[dict[str, tuple[str, ...]]] = {
     "/v1/decisions": ("GET",),
     "/v1/events": ("GET",),
     "/v1/policy/refresh": ("POST",),
-    "/v1/identity": ("PUT", "DELETE"),
+    "/v1/identity": ("GET", "PUT", "DELETE"),
 }
 
 
@@ -156,10 +171,13 @@ class ControlServer:
         refresh: RefreshAction | None,
         socket_mode: int | None = None,
         limits: ControlLimits | None = None,
+        identities: IdentityStore | None = None,
     ) -> None:
         self.path = path
         self.status = status
         self.refresh = refresh
+        self.identities = identities
+        self._sign_ins: dict[int, deque[float]] = {}  # uid -> when it last PUT identities
         self.socket_mode = default_socket_mode(os.geteuid()) if socket_mode is None else socket_mode
         self.limits = limits or ControlLimits()
         self.decisions: deque[DecisionEvent] = deque(maxlen=self.limits.ring_size)
@@ -304,7 +322,7 @@ class ControlServer:
         self._tasks.add(task)
         self._writers.add(writer)
         sock = writer.get_extra_info("socket")
-        _, uid, _ = peer_credentials(sock) if sock is not None else (None, None, None)
+        pid, uid, gid = peer_credentials(sock) if sock is not None else (None, None, None)
         counted = uid is not None
         if uid is not None:
             self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
@@ -316,7 +334,7 @@ class ControlServer:
             ):
                 writer.write(_error(503, "too many control API connections; try again later"))
             else:
-                await _Connection(self, reader, writer, uid).serve()
+                await _Connection(self, reader, writer, (pid, uid, gid)).serve()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.drain(), 1.0)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
@@ -348,6 +366,9 @@ class ControlServer:
         except Exception as e:
             raise _ReplyError(500, f"the agent could not report its status: {e!r}") from e
         status["last_decisions"] = self.visible_decisions(uid, STATUS_DECISIONS)
+        status["identity"] = (
+            self.identities.status(uid) if self.identities is not None else {"configured": False}
+        )
         status["caller"] = {"uid": uid}
         status["control"] = {"socket": str(self.path), "streams": len(self._streams)}
         return status
@@ -399,6 +420,67 @@ class ControlServer:
             raise _ReplyError(500, f"the policy refresh failed: {e!r}") from e
         return {"result": result}
 
+    # -- identity (docs/sign-in.md) -------------------------------------------------
+
+    def _identity_store(self) -> IdentityStore:
+        if self.identities is None:
+            raise _ReplyError(
+                409,
+                "sign-in is not configured on this agent: the managed config sets no oidc_issuer",
+                reason=RefusalReason.NOT_CONFIGURED,
+            )
+        return self.identities
+
+    def identity_of(self, uid: int) -> dict[str, Any]:
+        """``GET /v1/identity``: the caller's own sign-in, and how to sign in."""
+        store = self.identities
+        if store is None:
+            return {"identity": None, "sign_in": None}
+        binding = store.binding(uid)
+        return {
+            "identity": binding.to_json() if binding else None,
+            "sign_in": store.settings.to_json(),
+        }
+
+    def check_sign_in_rate(self, uid: int) -> None:
+        """A user may present ``sign_ins_per_minute`` tokens a minute: each is verified and
+        audited, so no user can flood the audit log or the provider's JWKS endpoint."""
+        if uid in (0, os.geteuid()):
+            return
+        now = time.monotonic()
+        recent = self._sign_ins.setdefault(uid, deque())
+        while recent and now - recent[0] > 60.0:
+            recent.popleft()
+        if len(recent) >= self.limits.sign_ins_per_minute:
+            retry = max(1, round(60.0 - (now - recent[0])))
+            raise _ReplyError(
+                429,
+                f"refused: {len(recent)} sign-in attempts from this user in the last minute; "
+                f"try again in {retry} s",
+                (f"Retry-After: {retry}",),
+            )
+        recent.append(now)
+
+    async def put_identity(self, peer: tuple[int | None, int, int | None], body: bytes) -> object:
+        """``PUT /v1/identity {"id_token": ...}``: verify and bind to the caller's uid."""
+        store = self._identity_store()
+        pid, uid, gid = peer
+        self.check_sign_in_rate(uid)
+        token = _id_token(body)
+        try:
+            binding = await store.accept(token, describe_peer(pid, uid, gid))
+        except TokenRefusedError as e:
+            status = 503 if e.reason is RefusalReason.KEYS_UNAVAILABLE else 403
+            raise _ReplyError(status, f"sign-in refused: {e.message}", reason=e.reason) from e
+        return {"identity": binding.to_json()}
+
+    def delete_identity(self, peer: tuple[int | None, int, int | None]) -> object:
+        """``DELETE /v1/identity``: forget the caller's sign-in (only the caller's own)."""
+        store = self._identity_store()
+        pid, uid, gid = peer
+        forgot = store.forget(describe_peer(pid, uid, gid))
+        return {"identity": None, "forgot": forgot}
+
     def open_stream(self, uid: int) -> _Stream:
         stream = _Stream(uid, self.limits.stream_queue)
         self._streams.add(stream)
@@ -425,8 +507,25 @@ def _json_body(status: int, body: object, *, close: bool, headers: tuple[str, ..
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
 
 
-def _error(status: int, message: str, headers: tuple[str, ...] = ()) -> bytes:
-    return _json_body(status, {"message": message}, close=True, headers=headers)
+def _error(
+    status: int, message: str, headers: tuple[str, ...] = (), reason: str | None = None
+) -> bytes:
+    body = {"message": message} if reason is None else {"message": message, "reason": reason}
+    return _json_body(status, body, close=True, headers=headers)
+
+
+def _id_token(body: bytes) -> str:
+    """The ``id_token`` of a ``PUT /v1/identity`` body, read strictly."""
+    try:
+        data = strict_json.loads(body)
+    except ValueError as e:
+        raise _ReplyError(400, f"the body is not JSON: {e}", reason="malformed") from e
+    if not isinstance(data, dict) or set(data) != {"id_token"}:
+        raise _ReplyError(400, 'the body must be exactly {"id_token": "<JWT>"}', reason="malformed")
+    token = data["id_token"]
+    if not isinstance(token, str) or not token:
+        raise _ReplyError(400, "id_token must be a non-empty string", reason="malformed")
+    return token
 
 
 class _Connection:
@@ -437,13 +536,15 @@ class _Connection:
         server: ControlServer,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        uid: int,
+        peer: tuple[int | None, int, int | None],
     ) -> None:
         self.server = server
         self.reader = reader
         self.writer = writer
-        self.uid = uid
+        self.peer = peer  # (pid, uid, gid) from SO_PEERCRED
+        self.uid = peer[1]
         self.buf = bytearray()
+        self.body = bytearray()  # the current request's body (kept only where one is read)
 
     async def serve(self) -> None:
         first = True
@@ -460,7 +561,7 @@ class _Connection:
                 self.writer.write(_error(e.status, e.message))
                 return
             except _ReplyError as e:
-                self.writer.write(_error(e.status, e.message, e.headers))
+                self.writer.write(_error(e.status, e.message, e.headers, e.reason))
                 return
             if not keep:
                 return
@@ -502,16 +603,25 @@ class _Connection:
         return head
 
     async def _read_body(self, head: RequestHead) -> None:
-        """Read and drop a request body: no endpoint takes one, but framing must hold."""
+        """Read a request body into ``self.body``: only ``PUT /v1/identity`` uses one, but
+        framing must hold for all."""
+        self.body.clear()
         if not head.has_body:
             return
         if (head.content_length or 0) > self.server.limits.max_body:
             raise ProtocolError(413, "request body too large for the control API")
-        body = BodyReader(content_length=head.content_length, chunked=head.chunked)
+        body = BodyReader(
+            content_length=head.content_length, chunked=head.chunked, want_payload=True
+        )
         total = 0
         deadline = time.monotonic() + self.server.limits.head_timeout
         while True:
-            used, _ = body.feed(memoryview(self.buf))
+            view = memoryview(self.buf)
+            used, pieces = body.feed(view)
+            for piece in pieces:
+                self.body += piece
+                piece.release()
+            view.release()
             del self.buf[:used]
             total += used
             if body.done:
@@ -550,12 +660,12 @@ class _Connection:
             return False
         elif url.path == "/v1/policy/refresh":
             body = await server.run_refresh(self.uid)
+        elif head.method == "GET":
+            body = server.identity_of(self.uid)
+        elif head.method == "PUT":
+            body = await server.put_identity(self.peer, bytes(self.body))
         else:
-            raise _ReplyError(
-                501,
-                "sign-in is not available yet: identity (OIDC sign-in) comes with a later "
-                "version of the agent",
-            )
+            body = server.delete_identity(self.peer)
         self.writer.write(_json_body(200, body, close=not keep))
         await asyncio.wait_for(self.writer.drain(), server.limits.write_timeout)
         return keep
@@ -690,7 +800,6 @@ def agent_status(
         "upstream": str(upstream),
         "upstream_source": upstream_source,
         "control_socket": str(control),
-        "identity": None,
         "audit": audit() if audit is not None else None,
         "bypass_monitor": bypass_monitor() if bypass_monitor is not None else None,
         "clock_behind": clock_behind,

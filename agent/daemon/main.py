@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import __version__
 from agent.config.check import socket_path_problem, trust_settings
@@ -40,6 +40,9 @@ from agent.daemon.policy_fetch import Fetcher
 from agent.daemon.policy_manager import PolicyManager, RefreshSettings
 from agent.daemon.shim import Shim, ShimConfig
 from agent.daemon.watch import ConfigWatcher
+
+if TYPE_CHECKING:
+    from agent.daemon.identities import IdentityStore
 from agent.platform.docker_context import docker_config_dir
 from agent.platform.files import atomic_write
 from agent.platform.paths import default_state_dir
@@ -139,7 +142,14 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
         socket_group=group,
     )
     current = manager.current if manager is not None else (lambda: policy)
-    shim = Shim(shim_config, current, sink, audit_gate=functools.partial(_audit_gate, audit))
+    identities = build_identities(config, sink) if config is not None else None
+    shim = Shim(
+        shim_config,
+        current,
+        sink,
+        audit_gate=functools.partial(_audit_gate, audit),
+        identities=identities,
+    )
     # The control socket sits beside the shim's socket unless told otherwise, so agents
     # started with their own --listen (tests, several daemons) never collide.
     if options.control is not None:
@@ -170,10 +180,13 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
             bypass_monitor=monitor.status if monitor is not None else None,
         ),
         refresh=manager.refresh_now if manager is not None else None,
+        identities=identities,
     )
     sink.subscribe(control)
     sink.subscribe(ledger)  # before the shim forwards: a decision is approved first
     services: list[Service] = [control]
+    if identities is not None:
+        services.append(identities)
     if manager is not None:
         services.append(_Refresher(manager))
     if monitor is not None:
@@ -227,6 +240,28 @@ def build_manager(config: ManagedConfig, state_dir: Path, sink: DecisionSink) ->
     )
     manager.load_cache()
     return manager
+
+
+def build_identities(config: ManagedConfig, sink: DecisionSink) -> IdentityStore | None:
+    """Sign-in from the managed config (docs/sign-in.md); None when no issuer is set."""
+    if config.oidc_issuer is None or config.oidc_client_id is None:
+        return None
+    # PyJWT and cryptography load only on agents that verify sign-ins.
+    from agent.daemon.identities import IdentityStore, SignInSettings  # noqa: PLC0415
+
+    settings = SignInSettings(
+        issuer=config.oidc_issuer,
+        client_id=config.oidc_client_id,
+        scopes=config.oidc_scopes,
+        groups_claim=config.oidc_groups_claim,
+        methods=config.sign_in_methods,
+        max_age=config.identity_max_age,
+        allowed_domains=config.allowed_domains,
+        ca_bundle=config.ca_bundle,
+        # A sign-in waits for the keys: a slow provider must not hold it for minutes.
+        timeout=min(config.fetch_timeout.total_seconds(), 10.0),
+    )
+    return IdentityStore(settings, sink.emit)
 
 
 def _raise_open_file_limit() -> None:

@@ -50,6 +50,8 @@ class Fetcher:
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     max_bytes: int = 1 << 20
+    what: str = "policy"
+    """What is fetched, in the error messages: the identity provider's keys use this too."""
 
     @property
     def deadline_seconds(self) -> float:
@@ -59,7 +61,7 @@ class Fetcher:
     def fetch(self, etag: str | None = None) -> FetchResult:
         """GET the policy; ``etag`` makes it conditional (304 → ``body`` None)."""
         if not self.url.lower().startswith("https://"):
-            raise FetchError(f"refusing to fetch the policy over plain HTTP: {self.url}")
+            raise FetchError(f"refusing to fetch the {self.what} over plain HTTP: {self.url}")
         import requests  # noqa: PLC0415 - only agents with a policy_url pay for it
 
         headers = {"Accept": "application/json", "User-Agent": "pullgate-agent"}
@@ -114,7 +116,8 @@ class Fetcher:
 
     def _too_slow(self, url: str) -> FetchError:
         return FetchError(
-            f"the policy server did not deliver the policy within the fetch deadline of "
+            f"the {self.what} server did not deliver the {self.what} within the fetch "
+            f"deadline of "
             f"{self.deadline_seconds:g}s ({url})",
             network=True,
         )
@@ -124,7 +127,7 @@ class Fetcher:
             return FetchError(f"TLS verification of {url} failed: {_tls_reason(e)}", network=True)
         if isinstance(e, requests.exceptions.ConnectTimeout):
             return FetchError(f"connecting to {url} timed out", network=True)
-        stalled = f"the policy server stalled past the read timeout ({url})"
+        stalled = f"the {self.what} server stalled past the read timeout ({url})"
         if isinstance(e, requests.exceptions.ReadTimeout | requests.exceptions.Timeout):
             return FetchError(stalled, network=True)
         if isinstance(e, requests.exceptions.ConnectionError):
@@ -149,7 +152,8 @@ class Fetcher:
             raise FetchError(f"{url} redirected to an unreadable Location: {_short(e)}") from e
         if scheme != "https":
             raise FetchError(
-                f"refusing a redirect from {url} to {target}: the policy is fetched over HTTPS only"
+                f"refusing a redirect from {url} to {target}: the {self.what} is fetched over "
+                "HTTPS only"
             )
         return target
 
@@ -159,13 +163,13 @@ class Fetcher:
         if response.status_code == 304:
             return FetchResult(None, etag)
         if response.status_code != 200:
-            raise FetchError(f"policy server answered HTTP {response.status_code} for {url}")
+            raise FetchError(f"{self.what} server answered HTTP {response.status_code} for {url}")
         declared = response.headers.get("Content-Length") or ""
         # ASCII digits only, and few of them: int() of '²' or of 5,000 digits raises.
         digits = declared.isascii() and declared.isdigit()
         if digits and (len(declared) > 18 or int(declared) > self.max_bytes):
             raise FetchError(
-                f"policy is {_short_number(declared)} bytes, more than the limit of "
+                f"{self.what} is {_short_number(declared)} bytes, more than the limit of "
                 f"{self.max_bytes}"
             )
         body = bytearray()
@@ -175,7 +179,7 @@ class Fetcher:
             if time.monotonic() > deadline or sockets.expired:
                 raise self._too_slow(url)
             if len(body) > self.max_bytes:
-                raise FetchError(f"policy is larger than the limit of {self.max_bytes} bytes")
+                raise FetchError(f"{self.what} is larger than the limit of {self.max_bytes} bytes")
         return FetchResult(bytes(body), usable_etag(response.headers.get("ETag")))
 
 

@@ -33,12 +33,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 from urllib.parse import quote
 
 import httptools
 
-from agent.core.decision import Verdict, decide
+from agent.core.decision import Identity, Verdict, decide
 from agent.core.events import DecisionEvent, NoticeEvent
 from agent.core.inspection.buildkit.inputs import BuildInputs, from_build_query
 from agent.core.inspection.http1 import (
@@ -130,6 +130,12 @@ class _Checked:
 _MAX_HELD_RESPONSE = 1 << 20
 
 
+class IdentitySource(Protocol):
+    """Who an OS user is signed in as (``agent.daemon.identities.IdentityStore``)."""
+
+    def identity_for(self, uid: int | None) -> Identity | None: ...
+
+
 @dataclass(frozen=True)
 class ShimConfig:
     listen: Path
@@ -148,8 +154,11 @@ class Shim:
         sink: DecisionSink,
         *,
         audit_gate: Callable[[], str | Awaitable[str | None] | None] | None = None,
+        identities: IdentitySource | None = None,
     ) -> None:
         self.config = config
+        # Who each OS user is signed in as (agent.daemon.identities), when sign-in is set up.
+        self.identities = identities
         self.policy = policy
         self.sink = sink
         # After the decision is recorded: a refusal message when it could not be, or an
@@ -281,6 +290,7 @@ class Shim:
                     endpoint=endpoint,
                     message=message,
                     peer=peer,
+                    identity=_email(self.identity_of(peer)),
                 )
             )
         gate: Awaitable[str | None] | None = None
@@ -319,13 +329,19 @@ class Shim:
             denial = denial or refusal
         return denial
 
+    def identity_of(self, peer: PeerInfo) -> Identity | None:
+        """The identity of the client's OS user; nobody borrows another user's sign-in."""
+        return self.identities.identity_for(peer.uid) if self.identities is not None else None
+
     def _decide_one(
         self, policy: Policy, want: Wanted, now: datetime, endpoint: str, peer: PeerInfo
     ) -> str | None:
+        identity = self.identity_of(peer)
         d = decide(
             policy,
             want.reference,
             now=now,
+            identity=identity,
             host=self.host,
             all_tags=want.all_tags,
         )
@@ -348,6 +364,7 @@ class Shim:
                 message=message,
                 detail=want.detail,
                 peer=peer,
+                identity=_email(identity),
             )
         )
         return message if d.verdict is Verdict.DENY else None
@@ -376,6 +393,10 @@ class Shim:
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.config.listen.unlink()
+
+
+def _email(identity: Identity | None) -> str | None:
+    return identity.email if identity is not None else None
 
 
 #: Headers that carry secrets: a head holding one is never kept in the HeadCache.
