@@ -63,6 +63,8 @@ class DecisionEvent(_JsonForm):
     detail: str | None = None  # e.g. "Dockerfile line 3: FROM ${BASE}"
     peer: PeerInfo = field(default_factory=PeerInfo)
     identity: str | None = None  # the signed-in identity (email) of the client's OS user
+    # What to do instead, in parts (the tray's buttons): alternative, hint, help_url, contact.
+    remediation: dict[str, str] | None = None
     time: float = field(default_factory=time.time)
     type: str = "decision"
 

@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import httptools
 
-from agent.core.decision import Identity, Verdict, decide
+from agent.core.decision import Decision, Identity, Verdict, decide
 from agent.core.events import DecisionEvent, NoticeEvent
 from agent.core.inspection.buildkit.inputs import BuildInputs, from_build_query
 from agent.core.inspection.http1 import (
@@ -365,6 +365,7 @@ class Shim:
                 detail=want.detail,
                 peer=peer,
                 identity=_email(identity),
+                remediation=_remediation(d) if d.verdict is not Verdict.ALLOW else None,
             )
         )
         return message if d.verdict is Verdict.DENY else None
@@ -393,6 +394,17 @@ class Shim:
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.config.listen.unlink()
+
+
+def _remediation(d: Decision) -> dict[str, str]:
+    r = d.remediation
+    parts = (
+        ("alternative", r.alternative),
+        ("hint", r.hint),
+        ("help_url", r.help_url),
+        ("contact", r.contact),
+    )
+    return {k: v for k, v in parts if v}
 
 
 def _email(identity: Identity | None) -> str | None:
