@@ -309,13 +309,15 @@ def diagnose(control: str | None, env: Mapping[str, str], home: Path) -> list[Ch
     checks.extend(check_audit(status.get("audit"), lambda: _audit_status_again(control)))
     checks.append(check_bypass_monitor(status.get("bypass_monitor")))
     checks.append(check_clock(status))
-    checks.append(check_sign_in(status.get("identity")))
+    checks.append(
+        check_sign_in(status.get("identity"), _dict(status.get("policy")).get("require_sign_in"))
+    )
     return checks
 
 
-def check_sign_in(identity: object) -> Check:
-    """Whether the caller is signed in, and whether the agent can verify sign-ins at all
-    (the identity provider's keys)."""
+def check_sign_in(identity: object, required: object = None) -> Check:
+    """Whether the caller is signed in (a failure only when the policy requires it), and
+    whether the agent can verify sign-ins at all (the identity provider's keys)."""
     name = "signed in"
     info = _dict(identity)
     if not info.get("configured"):
@@ -329,9 +331,13 @@ def check_sign_in(identity: object) -> Check:
             "check the network, oidc_issuer and ca_bundle of the managed config",
         )
     you = info.get("you")
-    if not you:
-        return Check(name, FAIL, "this user is not signed in", "pullgate login")
-    return Check(name, OK, _binding_line(_dict(you)))
+    if you:
+        return Check(name, OK, _binding_line(_dict(you)))
+    if required:
+        return Check(
+            name, FAIL, "this user is not signed in and the policy requires it", "pullgate login"
+        )
+    return Check(name, OK, "not signed in (the policy does not require it; `pullgate login`)")
 
 
 REFRESH_START_GRACE = 10.0

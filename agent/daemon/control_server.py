@@ -783,6 +783,7 @@ def agent_status(
             "state": "local" if local_policy else "default",
             "enforcing": current.label,
             "mode": str(current.mode),
+            "require_sign_in": current.require_sign_in,
         }
         clock_behind = False
     return {

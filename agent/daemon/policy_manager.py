@@ -437,6 +437,7 @@ class PolicyManager:
             "stale_behavior": str(self.trust.stale_behavior),
             "enforcing": policy.label,
             "mode": str(policy.mode),
+            "require_sign_in": policy.require_sign_in,
             "policy_url": self.fetcher.url if self.fetcher else None,
             "last_fetch_at": self.last_fetch_at.isoformat() if self.last_fetch_at else None,
             "last_fetch_error": self.last_fetch_error,
