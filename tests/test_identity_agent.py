@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.core.events import Event, NoticeEvent
 from agent.core.peer import PeerInfo
-from agent.daemon.identities import IdentityStore, SignInSettings
+from agent.daemon.identities import UNKNOWN_KID_INTERVAL, IdentityStore, SignInSettings
 from bench.realdocker import DockerEnv
 from tests.agent_process import (
     DENIED_REPOSITORY,
@@ -777,9 +777,20 @@ def test_a_body_that_is_not_exactly_an_id_token_is_refused(
     signin: SignInAgent, body: bytes, status: int
 ) -> None:
     before = signin.identity()["identity"]
+    marks = signin.marks()
     got, _, answer = signin.request("PUT", "/v1/identity", body)
     assert (got, answer["reason"]) == (status, "malformed"), answer
     assert signin.identity()["identity"] == before
+    # Audited like a refused token.
+    signin.audit(
+        marks[1],
+        lambda r: (
+            r.get("event.action") == "sign-in"
+            and r.get("event.outcome") == "failure"
+            and r.get("pullgate.details", {}).get("reason") == "malformed"
+        ),
+        "the audit record of the refused body",
+    )
 
 
 def test_extra_keys_are_refused_and_do_not_spend_the_token(
@@ -1040,10 +1051,11 @@ def _key_ids(ctx: SignInAgent) -> list[str]:
 def test_a_rotated_key_is_fetched_and_a_retired_key_is_refused(
     docker_env: DockerEnv, private_provider: OIDCProvider, short_base: Path, report: Reporter
 ) -> None:
-    """Steps ordered around the agent's limit of one JWKS fetch a minute (its fetch at
-    start counts): the first agent meets a new kid within that minute (refused), the
-    provider retires the key, a fresh agent refuses the retired key's token, and once the
-    minute is over the first agent fetches the keys again on the next unknown kid."""
+    """Steps ordered around the agent's limit of one JWKS fetch every UNKNOWN_KID_INTERVAL
+    (its fetch at start counts): the first agent meets a new kid within that interval
+    (refused), the provider retires the key, a fresh agent refuses the retired key's token,
+    and once the interval is over the first agent fetches the keys again on the next
+    unknown kid."""
     provider = private_provider
     first = start_sign_in_agent(short_base, docker_env.socket_path, provider, shim_policy())
     second: SignInAgent | None = None
@@ -1054,12 +1066,17 @@ def test_a_rotated_key_is_fetched_and_a_retired_key_is_refused(
             "the first agent's key fetch",
         )
         assert keys["key_ids"] == sorted(kids.values())
-        fetched_at = keys["fetched_at"]
+        # Past the interval since the fetch at start, an unknown kid refetches now: the
+        # next steps (under a second) then fall within the interval whatever the timing.
+        time.sleep(max(0.0, keys["fetched_at"] + UNKNOWN_KID_INTERVAL + 0.5 - time.time()))
+        first.expect_refusal(_unknown_key(provider), "unknown_key")
+        fetched_at = first.status()["identity"]["keys"]["fetched_at"]
+        assert fetched_at > keys["fetched_at"], "an unknown kid did not refetch the keys"
 
         rotated = provider.rotate_keys()["RS256"]
-        token_rotated = real_token(provider, "alice")
+        token_rotated = _forged(provider)  # the provider's new key signs it
         assert jwt.get_unverified_header(token_rotated)["kid"] == rotated
-        # Within the minute after its fetch, the agent does not ask the provider again.
+        # Within the interval after its fetch, the agent does not ask the provider again.
         first.expect_refusal(token_rotated, "unknown_key")
         assert _key_ids(first) == sorted(kids.values())
 
@@ -1074,8 +1091,8 @@ def test_a_rotated_key_is_fetched_and_a_retired_key_is_refused(
         status, body = second.put_token(real_token(provider, "alice"))
         assert status == 200, body
 
-        # The minute is over: an unknown kid makes the first agent fetch the JWKS again.
-        waited = max(0.0, fetched_at + 61 - time.time())
+        # The interval is over: an unknown kid makes the first agent fetch the JWKS again.
+        waited = max(0.0, fetched_at + UNKNOWN_KID_INTERVAL + 1 - time.time())
         report(f"identity: waiting {waited:.0f} s for the agent's JWKS refetch limit")
         time.sleep(waited)
         token_newest = real_token(provider, "bob")

@@ -466,9 +466,14 @@ class ControlServer:
         store = self._identity_store()
         pid, uid, gid = peer
         self.check_sign_in_rate(uid)
-        token = _id_token(body)
+        caller = describe_peer(pid, uid, gid)
         try:
-            binding = await store.accept(token, describe_peer(pid, uid, gid))
+            token = _id_token(body)
+        except _ReplyError as e:  # audited like any refused token
+            store.refused(TokenRefusedError(RefusalReason.MALFORMED, e.message), caller)
+            raise
+        try:
+            binding = await store.accept(token, caller)
         except TokenRefusedError as e:
             status = 503 if e.reason is RefusalReason.KEYS_UNAVAILABLE else 403
             raise _ReplyError(status, f"sign-in refused: {e.message}", reason=e.reason) from e

@@ -4,8 +4,8 @@ presented them (docs/sign-in.md).
 The per-user side (``pullgate login``, the tray) hands the agent an ID token over the control
 API (``PUT /v1/identity``); the agent never sees a refresh token. ``ProviderKeys`` fetches the
 issuer's discovery document and JWKS over HTTPS with the policy fetcher's care (HTTPS only,
-capped, one deadline) and caches them; an unknown ``kid`` refetches them once (at most once a
-minute, so no user can make the agent hammer the provider). ``IdentityStore`` verifies the
+capped, one deadline) and caches them; an unknown ``kid`` refetches them once (at most every
+10 s, so no user can make the agent hammer the provider). ``IdentityStore`` verifies the
 signature with PyJWT, leaves every claim rule to ``agent.core.identity``, refuses a token it
 has accepted before, and keeps one identity per uid until ``identity_max_age`` after the last
 proof. Every sign-in, refusal (with its reason), sign-out and expiry is an event on the bus,
@@ -50,8 +50,10 @@ __all__ = [
 
 KEYS_TTL: Final = 3600.0
 """A fetched JWKS is used this long before it is fetched again (providers rotate slowly)."""
-UNKNOWN_KID_INTERVAL: Final = 60.0
-"""An unknown key id refetches the JWKS at most this often."""
+UNKNOWN_KID_INTERVAL: Final = 10.0
+"""An unknown key id refetches the JWKS at most this often: soon enough for a provider that
+signs with a new key the moment it publishes it, rarely enough that no user can make the
+agent hammer the provider (each user may also present only 10 tokens a minute)."""
 FAILURE_RETRY: Final = 10.0
 """With no keys yet, a failed fetch is retried at most this often (each sign-in asks)."""
 MAX_DOCUMENT_BYTES: Final = 256 * 1024
@@ -276,16 +278,7 @@ class IdentityStore:
         try:
             binding = await self._verify(token, peer.uid)
         except TokenRefusedError as e:
-            self.emit(
-                NoticeEvent(
-                    action="sign-in",
-                    outcome="failure",
-                    reason=f"sign-in refused ({e.reason}): {e.message}",
-                    severity="warning",
-                    details={"reason": str(e.reason), "issuer": self.settings.issuer},
-                    peer=peer,
-                )
-            )
+            self.refused(e, peer)
             raise
         previous = self._bindings.get(peer.uid)
         self._bindings[peer.uid] = binding
@@ -305,6 +298,19 @@ class IdentityStore:
             )
         )
         return binding
+
+    def refused(self, e: TokenRefusedError, peer: PeerInfo) -> None:
+        """Record a refused sign-in (also one whose request held no token at all)."""
+        self.emit(
+            NoticeEvent(
+                action="sign-in",
+                outcome="failure",
+                reason=f"sign-in refused ({e.reason}): {e.message}",
+                severity="warning",
+                details={"reason": str(e.reason), "issuer": self.settings.issuer},
+                peer=peer,
+            )
+        )
 
     def forget(self, peer: PeerInfo) -> bool:
         """Sign ``peer.uid`` out; False when nobody was signed in there."""
@@ -439,7 +445,9 @@ class IdentityStore:
                 keys = await self.keys.get(refresh=True)  # a rotation since the last fetch?
         raise TokenRefusedError(
             RefusalReason.UNKNOWN_KEY,
-            f"the token is signed with a key the identity provider does not publish (kid {kid!r})",
+            f"the token is signed with a key (kid {kid!r}) that is not among the identity "
+            f"provider's keys fetched at {_clock(keys.fetched_wall)} (they are fetched again "
+            f"at most every {UNKNOWN_KID_INTERVAL:.0f} s)",
         )
 
     def _forget_used(self, now: float) -> None:
@@ -490,6 +498,10 @@ class IdentityStore:
         if uid == 0:
             status["users"] = [b.to_json() for b in self.bindings()]
         return status
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch))
 
 
 def _details(binding: Binding) -> dict[str, Any]:
