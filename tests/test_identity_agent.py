@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.core.events import Event, NoticeEvent
 from agent.core.peer import PeerInfo
-from agent.daemon.identities import UNKNOWN_KID_INTERVAL, IdentityStore, SignInSettings
+from agent.daemon.identities import UNKNOWN_KID_INTERVAL, IdentityStore, VerifierSettings
 from bench.realdocker import DockerEnv
 from tests.agent_process import (
     DENIED_REPOSITORY,
@@ -1165,7 +1165,7 @@ def test_an_identity_expires_without_renewal_and_says_so(oidc_provider: OIDCProv
     """identity_max_age is at least 5 minutes in the managed config, so the store is built
     here with a max age of a second: the real provider's keys, the real expiry timer."""
     assert oidc_provider.ca_bundle is not None
-    settings = SignInSettings(
+    settings = VerifierSettings(
         issuer=oidc_provider.issuer,
         client_id=CLIENT_ID,
         scopes=("openid", "email"),
@@ -1218,7 +1218,7 @@ def test_a_token_presented_after_its_identity_expired_is_still_a_replay(
     oidc_provider: OIDCProvider,
 ) -> None:
     """Expiry forgets the identity, not the tokens already used."""
-    settings = SignInSettings(
+    settings = VerifierSettings(
         issuer=oidc_provider.issuer,
         client_id=CLIENT_ID,
         scopes=("openid",),

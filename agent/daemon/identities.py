@@ -45,7 +45,7 @@ from agent.daemon.policy_fetch import Fetcher, FetchError
 __all__ = [
     "IdentityStore",
     "ProviderKeys",
-    "SignInSettings",
+    "VerifierSettings",
 ]
 
 KEYS_TTL: Final = 3600.0
@@ -60,8 +60,9 @@ MAX_DOCUMENT_BYTES: Final = 256 * 1024
 
 
 @dataclass(frozen=True)
-class SignInSettings:
-    """The managed config's sign-in keys, as the agent uses them."""
+class VerifierSettings:
+    """The managed config's sign-in keys, as the agent verifies tokens with them (the
+    per-user side has its own ``agent.identity.session.SignInSettings``)."""
 
     issuer: str
     client_id: str
@@ -105,7 +106,7 @@ class _KeySet:
 class ProviderKeys:
     """The issuer's signing keys, from its discovery document and JWKS."""
 
-    def __init__(self, settings: SignInSettings) -> None:
+    def __init__(self, settings: VerifierSettings) -> None:
         self.settings = settings
         self._keys: _KeySet | None = None
         self._fetching: asyncio.Future[_KeySet] | None = None
@@ -239,7 +240,7 @@ Emit = Callable[[Event], None]
 class IdentityStore:
     """Accepted identities by uid, and the tokens already used."""
 
-    settings: SignInSettings
+    settings: VerifierSettings
     emit: Emit
     keys: ProviderKeys = field(init=False)
     _bindings: dict[int, Binding] = field(default_factory=dict)

@@ -247,9 +247,9 @@ def build_identities(config: ManagedConfig, sink: DecisionSink) -> IdentityStore
     if config.oidc_issuer is None or config.oidc_client_id is None:
         return None
     # PyJWT and cryptography load only on agents that verify sign-ins.
-    from agent.daemon.identities import IdentityStore, SignInSettings  # noqa: PLC0415
+    from agent.daemon.identities import IdentityStore, VerifierSettings  # noqa: PLC0415
 
-    settings = SignInSettings(
+    settings = VerifierSettings(
         issuer=config.oidc_issuer,
         client_id=config.oidc_client_id,
         scopes=config.oidc_scopes,
