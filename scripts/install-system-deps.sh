@@ -25,7 +25,24 @@ fi
 #   tini            docker-init, so `docker run --init` works against the private daemon
 #   gnome-keyring   the Secret Service the sign-in tests store a refresh token in (tests/keychain.py)
 #   dbus            dbus-daemon, the private session bus that gnome-keyring-daemon serves on
-PACKAGES=(docker.io docker-registry busybox-static docker-compose curl iproute2 tini gnome-keyring dbus)
+# The tray's real desktop (tests/desktop.py, scripts/tray_screenshots.py, bench/tray.py):
+#   xvfb            Xvfb, the X server the tray runs on in tests
+#   trayer          the XEmbed system tray host (maps its panel under Xvfb with no window manager)
+#   dunst           the freedesktop notification daemon the tray's notifications must reach
+#   x11-utils       xwininfo (is the icon embedded, is a window shown) and xdpyinfo (X is up)
+#   x11-xserver-utils  xsetroot: a desktop colour behind the screenshots
+#   xdotool         bench/tray.py: a synthetic key press round trip through the tray's UI
+#   libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1  PySide6's xcb platform plugin refuses to
+#                   load without them (the wheel bundles Qt, not these)
+#   libxcb-image0 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xkb1 libx11-xcb1
+#   libxkbcommon-x11-0  the rest of what libqxcb.so links to (ldd), present on a desktop
+#   libegl1 libgl1  libQt6Gui links libEGL and libGL even when nothing is drawn with OpenGL
+#   libfontconfig1 fonts-dejavu-core  fonts for the tray's windows and dunst
+PACKAGES=(docker.io docker-registry busybox-static docker-compose curl iproute2 tini gnome-keyring dbus
+    xvfb trayer dunst x11-utils x11-xserver-utils xdotool
+    libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1
+    libxcb-image0 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xkb1 libx11-xcb1
+    libxkbcommon-x11-0 libegl1 libgl1 libfontconfig1 fonts-dejavu-core)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -32,6 +32,8 @@ from tests.agent_process import (
     remove_images,
     skip_or_fail,
 )
+from tests.desktop import Desktop, start_desktop, stop_desktop
+from tests.desktop import missing_requirements as desktop_missing_requirements
 from tests.keychain import KeychainProcess, start_keychain, stop_keychain
 from tests.keychain import missing_requirements as keychain_missing_requirements
 from tests.oidc_provider import (
@@ -173,3 +175,23 @@ def keychain(
         yield process
     finally:
         stop_keychain(process)
+
+
+@pytest.fixture(scope="session")
+def desktop(tmp_path_factory: pytest.TempPathFactory, report: Reporter) -> Iterator[Desktop]:
+    """A real X desktop for the whole session (tests/desktop.py): Xvfb on a free display, a
+    private D-Bus session bus, trayer as the XEmbed tray and dunst as the notification
+    daemon; `desktop.env` reaches them. Skips locally without Xvfb, trayer, dunst,
+    x11-utils or PySide6, fails under CI."""
+    problems = desktop_missing_requirements()
+    if problems:
+        skip_or_fail("real desktop unavailable: " + "; ".join(problems))
+    running = start_desktop(tmp_path_factory.mktemp("desktop"))
+    report(
+        f"desktop: Xvfb {running.display}, trayer and dunst ready"
+        f" {running.startup_seconds:.2f} s after start"
+    )
+    try:
+        yield running
+    finally:
+        stop_desktop(running)

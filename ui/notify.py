@@ -247,8 +247,15 @@ class _Worker:
 
 def _describe(error: Exception) -> str:
     name = getattr(error, "name", "")
-    if name == "org.freedesktop.DBus.Error.ServiceUnknown":
+    if name in (
+        "org.freedesktop.DBus.Error.ServiceUnknown",
+        "org.freedesktop.DBus.Error.NameHasNoOwner",
+    ):
         return "no notification service on the session bus"
+    if name.startswith("org.freedesktop.DBus.Error.Spawn."):
+        # The bus knows a service to start (a .service file) but it did not come up.
+        detail = " ".join(str(a) for a in getattr(error, "data", ()) or ())
+        return f"the notification service could not be started ({detail or name})"
     if isinstance(error, TimeoutError):
         return f"the notification service did not answer within {CALL_TIMEOUT:.0f} s"
     text = str(error) or type(error).__name__
