@@ -22,6 +22,7 @@ __all__ = [
     "TYPES",
     "AuditFailure",
     "ConfigKey",
+    "Enforcement",
     "ManagedConfig",
 ]
 
@@ -43,6 +44,17 @@ class AuditFailure(StrEnum):
 
     DENY = "deny"
     ALLOW = "allow"
+
+
+class Enforcement(StrEnum):
+    """How clients reach the agent instead of the daemon (docs/deploy/linux.md)."""
+
+    TAKEOVER = "takeover"
+    CONTEXT = "context"
+
+
+TAKEOVER_UPSTREAM = "unix:///run/pullgate/dockerd.sock"
+"""Where the Linux packages' drop-in for ``docker.socket`` moves dockerd's socket."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +219,27 @@ KEYS: tuple[ConfigKey, ...] = (
         schemes=("unix",),
     ),
     ConfigKey(
+        "enforcement",
+        "enum",
+        Enforcement.CONTEXT.value,
+        "How docker clients are made to go through the agent. With `takeover` (the Linux "
+        "packages set it) dockerd's socket is moved to a root-only path and the Docker "
+        "socket users know, `/var/run/docker.sock`, leads to the agent, so the agent is the "
+        "only way to the daemon for anyone but root; `upstream` then defaults to "
+        f"`{TAKEOVER_UPSTREAM}`. With `context` the agent serves its own socket and users "
+        "are pointed at it by a docker context (`pullgate context install`): the mode for "
+        "Docker Desktop and rootless Docker, where the daemon is the user's own. "
+        "`pullgate doctor` reports the mode and whether anything still reaches the daemon "
+        "directly.",
+        choices=(
+            (
+                Enforcement.TAKEOVER.value,
+                "the agent stands in for the daemon's socket; dockerd listens only for root",
+            ),
+            (Enforcement.CONTEXT.value, "users are pointed at the agent by a docker context"),
+        ),
+    ),
+    ConfigKey(
         "oidc_issuer",
         "https-url",
         None,
@@ -341,6 +374,7 @@ class ManagedConfig:
     fetch_timeout: timedelta = timedelta(seconds=30)
     listen: Path | None = None
     upstream: str | None = None
+    enforcement: Enforcement = Enforcement.CONTEXT
     oidc_issuer: str | None = None
     oidc_client_id: str | None = None
     allowed_domains: tuple[str, ...] = ()

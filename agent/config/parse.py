@@ -19,7 +19,14 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.config.keys import KEYS, KEYS_BY_NAME, AuditFailure, ConfigKey, ManagedConfig
+from agent.config.keys import (
+    KEYS,
+    KEYS_BY_NAME,
+    AuditFailure,
+    ConfigKey,
+    Enforcement,
+    ManagedConfig,
+)
 from agent.core.durations import DURATION_UNITS
 from agent.core.policy.trust import StaleBehavior
 
@@ -336,6 +343,7 @@ def _parse_key(key: ConfigKey, value: object) -> object:
 _ENUMS: dict[str, type[StrEnum]] = {
     "stale_behavior": StaleBehavior,
     "audit_failure": AuditFailure,
+    "enforcement": Enforcement,
 }
 
 
@@ -415,6 +423,14 @@ def _check_together(config: ManagedConfig) -> None:
         raise ConfigError(source, "sign_in_methods", "is empty: nobody could sign in")
     if not config.oidc_groups_claim.strip():
         raise ConfigError(source, "oidc_groups_claim", "is empty: name the groups claim")
+    if (
+        config.listen is not None
+        and config.upstream_path is not None
+        and config.listen == config.upstream_path
+    ):
+        raise ConfigError(
+            source, "upstream", "is the socket in `listen`: the agent would forward to itself"
+        )
     if config.allowed_domains and config.oidc_issuer is None:
         raise ConfigError(
             source, "allowed_domains", "has no effect without oidc_issuer: nobody can sign in"

@@ -42,6 +42,7 @@ EXAMPLE_VALUES: dict[str, object] = {
     "refresh_interval": "15m",
     "offline_grace": "3d",
     "stale_behavior": "enforce-last",
+    "enforcement": "takeover",
     "oidc_issuer": "https://acme.okta.com/oauth2/default",
     "oidc_client_id": "0oa1pullgate",
     "allowed_domains": ["acme.example"],
