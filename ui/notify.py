@@ -15,9 +15,10 @@ D-Bus state (ids, keys, the notification on screen); it blocks on one queue that
 `notify()` and jeepney's receiver thread (signals matched by filter) feed, so nothing
 polls while nothing happens. Results reach the Qt thread by queued signals.
 
-A burst (compose pulling ten images) is coalesced by the caller into one text; `Notifier`
-shows it in place: a notification replaces the previous one (`replaces_id`) while that one
-is still on screen, so the desktop holds one Pullgate notification at a time.
+A burst (compose pulling ten images) is coalesced by the caller into one text under one
+key; `Notifier` shows it in place: a notification replaces the one with the same key
+(`replaces_id`) while that one is still on screen, so a burst is one notification, updated,
+not ten. A new key is a new notification.
 
 Nothing here raises into the caller: no session bus, no service, a service that dies or a
 bus that goes away fall back to the balloon, and `problem` says why in words.
@@ -100,8 +101,8 @@ class _Worker:
         self._router: Any = None
         self._filters: list[Any] = []
         self._keys: dict[int, str] = {}
-        self._shown: int | None = None
-        """The id of our notification on screen now (replaced by the next one)."""
+        self._ids: dict[str, int] = {}
+        """The service's id of each key's notification still on screen."""
 
     # ---------------------------------------------------------------- thread body
 
@@ -178,7 +179,7 @@ class _Worker:
             with contextlib.suppress(Exception):
                 router.conn.close()
         self._keys.clear()
-        self._shown = None
+        self._ids.clear()
 
     def _call(self, method: str, signature: str | None = None, body: tuple[Any, ...] = ()) -> Any:
         address = DBusAddress(_PATH, bus_name=_SERVICE, interface=_INTERFACE)
@@ -205,7 +206,7 @@ class _Worker:
             if not self._connect():
                 self._notifier._fallback.emit(item.title, item.body, item.key, item.quiet)
                 return
-        replaces = self._shown or 0
+        replaces = self._ids.get(item.key, 0)
         hints = {"urgency": ("y", _URGENCY_LOW if item.quiet else _URGENCY_NORMAL)}
         actions = ["default", "Why?", WHY_ACTION, "Why?"]
         timeout = QUIET_EXPIRE_TIMEOUT_MS if item.quiet else EXPIRE_TIMEOUT_MS
@@ -219,7 +220,7 @@ class _Worker:
         if replaces and replaces != notification_id:
             self._keys.pop(replaces, None)
         self._keys[notification_id] = item.key
-        self._shown = notification_id
+        self._ids[item.key] = notification_id
         self._notifier._report.emit(True, "")
 
     def _on_message(self, message: Any) -> None:
@@ -231,14 +232,14 @@ class _Worker:
                 self._notifier._clicked.emit(key)
         elif member == "NotificationClosed":
             notification_id, _reason = message.body
-            self._keys.pop(notification_id, None)
-            if self._shown == notification_id:
-                self._shown = None
+            key = self._keys.pop(notification_id, None)
+            if key is not None and self._ids.get(key) == notification_id:
+                del self._ids[key]
         elif member == "NameOwnerChanged":
             _name, _old, new = message.body
             # Ids die with the service that gave them.
             self._keys.clear()
-            self._shown = None
+            self._ids.clear()
             if new:
                 self._notifier._report.emit(True, "")
             else:
