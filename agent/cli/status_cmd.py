@@ -20,6 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.config.keys import Enforcement
+from agent.config.parse import ConfigError
+from agent.config.sources import load_managed_config
 from agent.control.client import ControlError, control_candidates, control_request
 from agent.core.text import printable
 from agent.platform.docker_api import request_sync
@@ -29,6 +32,7 @@ from agent.platform.docker_context import (
     docker_endpoint,
     points_at,
 )
+from agent.platform.files import same_file
 from agent.platform.upstream import default_listen_path
 
 EXIT_OK = 0
@@ -307,6 +311,8 @@ def diagnose(control: str | None, env: Mapping[str, str], home: Path) -> list[Ch
     if unstarted is not None:
         checks.append(unstarted)
     checks.extend(check_audit(status.get("audit"), lambda: _audit_status_again(control)))
+    checks.append(check_enforcement(listen, upstream))
+    checks.append(check_direct_clients(upstream, agent.get("pid")))
     checks.append(check_bypass_monitor(status.get("bypass_monitor")))
     checks.append(check_clock(status))
     checks.append(
@@ -655,6 +661,87 @@ def check_audit_chain(
         return Check(name, FAIL, f"cannot verify {directory}: {e}", fix)
     ok, detail = outcome
     return Check(name, OK, detail) if ok else Check(name, FAIL, detail, fix)
+
+
+DOCKER_DEFAULT_SOCKET = Path("/var/run/docker.sock")
+
+
+def check_enforcement(
+    listen: Path,
+    upstream: Path,
+    load: Callable[[], Any] = load_managed_config,
+    default_socket: Path = DOCKER_DEFAULT_SOCKET,
+) -> Check:
+    """The managed config's ``enforcement`` and, for ``takeover``, that it is in place:
+    the Docker socket everyone uses leads to the shim and dockerd's own is root's only."""
+    name = "enforcement"
+    try:
+        config = load()
+    except ConfigError as e:
+        return Check(name, FAIL, str(e), "fix the managed config, then restart the agent")
+    mode = config.enforcement if config is not None else Enforcement.CONTEXT
+    if mode is Enforcement.CONTEXT:
+        return Check(
+            name,
+            OK,
+            "context: docker reaches the agent through a docker context or DOCKER_HOST "
+            "(see 'docker uses the shim'); the daemon's own socket stays open to its users",
+        )
+    fix = (
+        "reinstall the pullgate package (its drop-in for docker.socket moves dockerd's "
+        "socket), then `systemctl restart docker.socket docker.service pullgate-agent`"
+    )
+    if not same_file(default_socket, listen):
+        return Check(
+            name,
+            FAIL,
+            f"takeover, but {default_socket} is not the agent's socket {listen}: "
+            "clients that use the default socket bypass the policy",
+            fix,
+        )
+    try:
+        st = upstream.stat()
+    except OSError as e:
+        return Check(name, FAIL, f"takeover, but dockerd's socket {upstream}: {e.strerror}", fix)
+    group_can = st.st_mode & 0o060 and st.st_gid != 0
+    if st.st_uid != 0 or st.st_mode & 0o006 or group_can:
+        return Check(
+            name,
+            FAIL,
+            f"takeover, but dockerd's socket {upstream} is open to others "
+            f"(owner {st.st_uid}, group {st.st_gid}, mode {st.st_mode & 0o777:o})",
+            fix,
+        )
+    return Check(
+        name,
+        OK,
+        f"takeover: {default_socket} is the agent's socket; dockerd listens on {upstream}, "
+        "for root only",
+    )
+
+
+def check_direct_clients(upstream: Path, agent_pid: object) -> Check:
+    """Processes other than dockerd, containerd and the agent connected to dockerd's own
+    socket (the bypass monitor's scan, run here): each could pull around the policy."""
+    name = "nothing else reaches dockerd"
+    from agent.daemon.bypass import socket_clients  # noqa: PLC0415 - psutil, only here
+
+    own = {agent_pid} if isinstance(agent_pid, int) else set()
+    try:
+        clients = socket_clients(upstream, exclude_pids={os.getpid(), *own})
+    except OSError as e:
+        return Check(name, SKIP, f"cannot list the clients of {upstream}: {e}")
+    if clients:
+        listed = ", ".join(f"{c.name or '?'} (pid {c.pid})" for c in clients[:10])
+        return Check(
+            name,
+            FAIL,
+            f"connected to unix://{upstream} directly: {listed}",
+            "find out why these processes use the daemon's socket; point them at the agent",
+        )
+    if os.geteuid() != 0:
+        return Check(name, SKIP, "only root can see other users' connections; run as root")
+    return Check(name, OK, f"no process but dockerd, containerd and the agent on {upstream}")
 
 
 def check_bypass_monitor(monitor: object) -> Check:

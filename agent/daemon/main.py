@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import __version__
 from agent.config.check import socket_path_problem, trust_settings
-from agent.config.keys import AuditFailure, ManagedConfig
+from agent.config.keys import TAKEOVER_UPSTREAM, AuditFailure, Enforcement, ManagedConfig
 from agent.config.parse import ConfigError
 from agent.config.sources import DEFAULT_JSON_PATH
 from agent.control.contract import default_control_path
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 from agent.platform.docker_context import docker_config_dir
 from agent.platform.files import atomic_write
 from agent.platform.paths import default_state_dir
+from agent.platform.sd_notify import Notifier, watchdog_interval
 from agent.platform.upstream import (
     UpstreamError,
     default_listen_path,
@@ -128,6 +129,9 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
             upstream, source = parse_unix_url(options.upstream), "--upstream"
         elif config is not None and config.upstream:
             upstream, source = parse_unix_url(config.upstream), "managed config"
+        elif settings.enforcement is Enforcement.TAKEOVER:
+            # Never discovered: /var/run/docker.sock leads to this agent in takeover mode.
+            upstream, source = parse_unix_url(TAKEOVER_UPSTREAM), "enforcement: takeover"
         else:
             choice = find_upstream(listen, os.environ, Path.home(), uid)
             upstream, source = choice.path, choice.source
@@ -379,6 +383,16 @@ async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
     with contextlib.suppress(OSError):
         atomic_write(pidfile, f"{os.getpid()}\n".encode())
     ready = time.monotonic() - started
+    # systemd (Type=notify): the unit is started once the shim serves; the watchdog is
+    # fed from this event loop, so a loop that hangs gets the agent restarted.
+    notifier = Notifier.from_environ(os.environ)
+    notifier.notify(ready="1", status=f"serving {shim.config.listen}", mainpid=str(os.getpid()))
+    interval = watchdog_interval(os.environ, os.getpid())
+    watchdog = (
+        loop.create_task(_feed_watchdog(notifier, interval), name="sd-watchdog")
+        if notifier.enabled and interval is not None
+        else None
+    )
     shim.sink.emit(
         NoticeEvent(
             action="agent-start",
@@ -395,6 +409,9 @@ async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
         flush=True,
     )
     await stop.wait()
+    notifier.notify(stopping="1")
+    if watchdog is not None:
+        watchdog.cancel()
     await shim.close()
     for service in reversed(running):
         await service.close()
@@ -403,3 +420,9 @@ async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
         pidfile.unlink()
     print("pullgate agent: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+async def _feed_watchdog(notifier: Notifier, interval: float) -> None:
+    while True:
+        notifier.notify(watchdog="1")
+        await asyncio.sleep(interval)
