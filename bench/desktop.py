@@ -66,6 +66,7 @@ TOOLS = (
     ("dunstctl", "dunst"),
     ("xwininfo", "x11-utils"),
     ("xdpyinfo", "x11-utils"),
+    ("xprop", "x11-utils"),
     ("xsetroot", "x11-xserver-utils"),
 )
 BACKGROUND = "#4f6272"
@@ -223,6 +224,19 @@ class Desktop:
         """The icon window embedded in trayer whose title or WM_CLASS is `name`."""
         for window in self.tray_icons():
             if window.named(name):
+                return window
+        return None
+
+    def window_pid(self, window: Window) -> int | None:
+        """The _NET_WM_PID the window's client set (Qt sets it on every window)."""
+        out = self.run("xprop", "-id", window.id, "_NET_WM_PID", check=False).stdout
+        match = re.search(r"= (\d+)", out)
+        return int(match.group(1)) if match else None
+
+    def tray_icon_of(self, pid: int) -> Window | None:
+        """The window embedded in trayer that process `pid` owns."""
+        for window in self.tray_icons():
+            if self.window_pid(window) == pid:
                 return window
         return None
 
