@@ -171,13 +171,15 @@ class Desktop:
             counts[which] = int(self.run("dunstctl", "count", which).stdout.strip() or 0)
         return counts
 
-    def invoke_action(self, action: str = "why") -> str:
-        """Open dunst's context menu (`dunstctl context`) and pick `action` of the newest
-        notification through the dmenu stand-in, as a user would; returns the menu line
-        picked (`#Why? (summary) [id,why]`)."""
+    def invoke_action(self, action: str = "why", notification_id: str | int | None = None) -> str:
+        """Open dunst's context menu (`dunstctl context`) and pick `action` of notification
+        `notification_id` (else of the last one listed) through the dmenu stand-in, as a
+        user would; returns the menu line picked (`#Why? (summary) [id,why]`)."""
         choice = self.directory / "dmenu-choice"
         chosen = self.directory / "dmenu-chosen"
-        choice.write_text(action)
+        choice.write_text(
+            f",{action}]" if notification_id is None else f"[{notification_id},{action}]"
+        )
         chosen.unlink(missing_ok=True)
         self.run("dunstctl", "context")
         deadline = time.monotonic() + 5.0
@@ -343,7 +345,7 @@ _DMENU = """#!/bin/sh
 # Picks the one named in dmenu-choice, as a user would, and records it.
 dir={directory}
 cat >"$dir/dmenu-menu"
-picked=$(grep -F ",$(cat "$dir/dmenu-choice")]" "$dir/dmenu-menu" | tail -n 1)
+picked=$(grep -F "$(cat "$dir/dmenu-choice")" "$dir/dmenu-menu" | tail -n 1)
 printf '%s\\n' "$picked" >"$dir/dmenu-chosen"
 printf '%s\\n' "$picked"
 """

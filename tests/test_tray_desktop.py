@@ -21,8 +21,21 @@ from typing import Any
 
 import pytest
 
-from tests.agent_process import LineStream
+from bench.realdocker import DockerEnv
+from tests.agent_process import (
+    AgentProcess,
+    LineStream,
+    Reporter,
+    describe,
+    docker_via,
+    shim_policy,
+    start_agent,
+)
 from tests.desktop import Desktop
+from ui import texts
+
+DENIED = "someuser/tool"
+TRAY_MAIN = "import sys; from ui.app import main; sys.exit(main(sys.argv[1:]))"
 
 DRIVER = """
 import json, sys
@@ -150,7 +163,7 @@ def test_notification_reaches_dunst_and_why_comes_back(desktop: Desktop, driver:
     assert shown["body"] == "Community images are not allowed"
     assert shown["urgency"] == "NORMAL"
     assert int(shown["timeout"]) > 0
-    picked = desktop.invoke_action("why")
+    picked = desktop.invoke_action("why", shown["id"])
     assert picked.endswith(f"[{shown['id']},why]"), picked
     assert driver.expect(lambda e: "activated" in e)["activated"] == "d-1"
     icon = desktop.tray_embedded("pullgate-notify-driver")
@@ -219,3 +232,138 @@ def test_no_notification_service_falls_back_to_the_balloon(
     finally:
         running.close()
         os.kill(int(pid), signal.SIGTERM)
+
+
+# --------------------------------------------------------------------------- the tray app
+
+
+class TrayProcess:
+    """The tray app (`ui.app:main`, the pullgate-tray entry point) with `--control
+    <control.sock>`, on the desktop."""
+
+    def __init__(self, desktop: Desktop, control: Path, log: Path) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", TRAY_MAIN, "--control", str(control)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=desktop.env,
+                cwd=Path(__file__).resolve().parent.parent,
+                start_new_session=True,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def tray_agent(
+    docker_env: DockerEnv, tmp_path_factory: pytest.TempPathFactory, report: Reporter
+) -> Iterator[AgentProcess]:
+    """An agent that denies community images (the shim tests' policy)."""
+    agent = start_agent(
+        tmp_path_factory.mktemp("tray-agent"), docker_env.socket_path, shim_policy()
+    )
+    report(f"tray: agent answered /_ping {agent.ready_seconds:.2f} s after start")
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture(scope="module")
+def tray(
+    desktop: Desktop,
+    tray_agent: AgentProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+    report: Reporter,
+) -> Iterator[TrayProcess]:
+    """The tray app, its icon embedded in trayer."""
+    control = tray_agent.socket_path.parent / "control.sock"
+    started = time.monotonic()
+    running = TrayProcess(desktop, control, tmp_path_factory.mktemp("tray") / "tray.log")
+    try:
+        while desktop.tray_icon_of(running.proc.pid) is None:
+            assert running.proc.poll() is None, f"the tray exited: {running.output()}"
+            assert time.monotonic() - started < 20, (
+                f"the tray's icon was not embedded in trayer within 20 s; embedded:"
+                f" {desktop.tray_icons()}; tray output: {running.output()}"
+            )
+            time.sleep(0.05)
+        report(f"tray: icon embedded in trayer {time.monotonic() - started:.2f} s after start")
+        yield running
+    finally:
+        running.stop()
+
+
+def _pull_until_notified(
+    desktop: Desktop, agent: AgentProcess, env: DockerEnv, image: str, tray: TrayProcess
+) -> tuple[float, dict[str, Any]]:
+    """`docker pull image` through the shim until the tray's notification for it reaches
+    dunst (the tray subscribes to the agent's events some time after its icon shows; a
+    pull before that is not notified, by design). Returns (seconds from the CLI returning
+    the refusal to dunst having the notification, the notification)."""
+    title = f"Pull blocked: {image}"
+    deadline = time.monotonic() + 20
+    while True:
+        since = len(desktop.notifications())
+        result = docker_via(agent, env, "pull", image)
+        refused = time.time()
+        assert result.returncode != 0, describe(result, agent)
+        assert "pullgate" in result.stderr, describe(result, agent)
+        try:
+            shown = desktop.wait_for_notification(title, since=since, timeout=3.0)
+        except AssertionError:
+            assert time.monotonic() < deadline, (
+                f"no notification {title!r} within 20 s of pulls; tray output:"
+                f" {tray.output()[-3000:]}"
+            )
+            time.sleep(1.6)  # past the tray's burst gap: the next pull is a burst of its own
+            continue
+        return float(shown["received"]) - refused, shown
+
+
+def test_tray_icon_is_embedded(desktop: Desktop, tray: TrayProcess) -> None:
+    icon = desktop.tray_icon_of(tray.proc.pid)
+    assert icon is not None
+    assert desktop.viewable(icon)
+    assert 16 <= icon.width <= 64 and 16 <= icon.height <= 64, icon
+
+
+def test_blocked_pull_notifies_and_why_opens_the_window(
+    desktop: Desktop,
+    tray: TrayProcess,
+    tray_agent: AgentProcess,
+    docker_env: DockerEnv,
+    report: Reporter,
+) -> None:
+    latency, shown = _pull_until_notified(desktop, tray_agent, docker_env, DENIED, tray)
+    report(f"tray: CLI refused -> dunst had the notification in {latency * 1000:.0f} ms")
+    assert shown["appname"] == "Pullgate"
+    assert "community" in shown["body"].lower(), shown
+    assert latency <= 1.0, f"the notification came {latency:.2f} s after the refusal"
+    # A second, independent burst: measured again, now that the tray is surely subscribed.
+    time.sleep(1.6)
+    since = len(desktop.notifications())
+    result = docker_via(tray_agent, docker_env, "pull", f"{DENIED}:1.0")
+    refused = time.time()
+    assert result.returncode != 0, describe(result, tray_agent)
+    second = desktop.wait_for_notification(f"Pull blocked: {DENIED}:1.0", since=since)
+    report(f"tray: second denial reached dunst in {(second['received'] - refused) * 1000:.0f} ms")
+    assert second["received"] - refused <= 1.0
+    picked = desktop.invoke_action("why", second["id"])
+    assert picked.endswith(f"[{second['id']},why]"), picked
+    window = desktop.wait_for_window(texts.WHY_TITLE, timeout=5.0)
+    assert desktop.window_pid(window) == tray.proc.pid
+    assert window.width >= 300 and window.height >= 200, window
