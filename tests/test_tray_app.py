@@ -1,0 +1,355 @@
+"""The tray application (`ui.app.TrayApp`) under pytest-qt with the offscreen platform,
+against a real `pullgate agent` and real denials made by the docker CLI through the shim.
+
+Notifications go to a recording notifier (the desktop path, D-Bus and dunst, is tested by
+the desktop harness); everything else is the real tray: its event feed on the real control
+socket, its model, its windows. A fake control socket (tests/fake_control.py) stands in
+where the agent cannot misbehave on demand: garbage, huge lines, a flood.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Offscreen for these tests only: set before pytest-qt creates the QApplication, and only
+# when no other module chose a platform (the desktop harness runs under Xvfb with xcb).
+if "QT_QPA_PLATFORM" not in os.environ:
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"
+
+from PySide6.QtCore import QObject, Signal
+from pytestqt.qtbot import QtBot
+
+from bench.realdocker import DockerEnv, SeededImage
+from tests.agent_process import (
+    AgentProcess,
+    docker_popen_with,
+    docker_via,
+    shim_environ,
+    shim_policy,
+    start_agent,
+)
+from tests.fake_control import FakeControl, json_answer, sse_head
+from ui import texts
+from ui.app import TrayApp
+from ui.model import IconState
+from ui.stream import Backoff, EventFeed
+
+NOTIFY_BUDGET = 1.0
+
+
+class RecordingNotifier(QObject):
+    activated = Signal(str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[dict[str, Any]] = []
+
+    def notify(self, title: str, body: str, key: str, *, quiet: bool = False) -> None:
+        self.sent.append(
+            {"title": title, "body": body, "key": key, "quiet": quiet, "at": time.monotonic()}
+        )
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="pgtr-", dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def rules_policy() -> dict[str, Any]:
+    return shim_policy(
+        messages={"help_url": "https://it.acme.test/request?image={image}", "contact": "it@acme"}
+    )
+
+
+@pytest.fixture
+def wired(docker_env: DockerEnv, tmp_path: Path, short_dir: Path) -> Iterator[AgentProcess]:
+    agent = start_agent(
+        tmp_path, docker_env.socket_path, rules_policy(), ["--control", str(short_dir / "c.sock")]
+    )
+    try:
+        yield agent
+        agent.stop()
+    finally:
+        agent.kill()
+
+
+def make_tray(qtbot: QtBot, control: Path, **kwargs: Any) -> tuple[TrayApp, RecordingNotifier]:
+    notifier = RecordingNotifier()
+    tray = TrayApp(control=control, notifier=notifier, run_doctor=False, **kwargs)
+    tray.start()
+    qtbot.addWidget(tray.why_window)
+    return tray, notifier
+
+
+def wait_connected(qtbot: QtBot, tray: TrayApp, timeout: float = 10) -> None:
+    qtbot.waitUntil(lambda: tray.status is not None, timeout=int(timeout * 1000))
+
+
+# --------------------------------------------------------------------------- real agent
+
+
+def test_a_denied_docker_pull_becomes_a_notification_within_a_second(
+    qtbot: QtBot, wired: AgentProcess, docker_env: DockerEnv, short_dir: Path
+) -> None:
+    tray, notifier = make_tray(qtbot, short_dir / "c.sock")
+    try:
+        wait_connected(qtbot, tray)
+        assert tray.state.icon is IconState.OK
+        result = docker_via(wired, docker_env, "pull", "someuser/nginx")
+        refused = time.monotonic()
+        assert result.returncode != 0 and "pullgate:" in result.stderr
+        qtbot.waitUntil(lambda: bool(notifier.sent), timeout=3000)
+        sent = notifier.sent[0]
+        assert sent["at"] - refused <= NOTIFY_BUDGET
+        assert sent["title"] == "Pull blocked: someuser/nginx"
+        assert "Use the official image 'nginx' instead." in sent["body"]
+        assert sent["quiet"] is False
+
+        notifier.activated.emit(sent["key"])  # the user clicks the notification
+        fields = tray.why_window.fields()
+        assert tray.why_window.isVisible()
+        assert fields[texts.WHY_IMAGE] == "docker.io/someuser/nginx:latest"
+        # The docker CLI sends the name normalised: "as typed" is shown only when it differs.
+        assert fields.get(texts.WHY_AS_TYPED, "someuser/nginx").endswith("someuser/nginx")
+        assert fields[texts.WHY_CATEGORY] == texts.CATEGORY["community"]
+        assert "docker pull nginx" in fields[texts.WHY_WHAT_TO_DO]
+        assert fields[texts.WHY_CONTACT] == "it@acme"
+        assert "acme" in fields[texts.WHY_POLICY]
+        assert "docker" in fields[texts.WHY_COMMAND] and "pull" in fields[texts.WHY_COMMAND]
+        assert tray.why_window.copy.isEnabled() and tray.why_window.request.isEnabled()
+        tray.why_window.copy.click()
+        from PySide6.QtGui import QGuiApplication
+
+        assert QGuiApplication.clipboard().text() == "docker pull nginx"
+    finally:
+        tray.stop()
+
+
+def test_a_burst_of_denied_pulls_is_one_notification(
+    qtbot: QtBot, wired: AgentProcess, docker_env: DockerEnv, short_dir: Path
+) -> None:
+    tray, notifier = make_tray(qtbot, short_dir / "c.sock")
+    try:
+        wait_connected(qtbot, tray)
+        env = shim_environ(wired, docker_env)
+        names = [f"someuser/tool{i}" for i in range(6)]
+        procs = [docker_popen_with(env, "pull", name, cli=docker_env.docker_cli) for name in names]
+        for proc in procs:
+            proc.communicate(timeout=60)
+        qtbot.waitUntil(lambda: bool(notifier.sent), timeout=3000)
+        qtbot.wait(int((tray.batcher.timing.burst_gap + 0.5) * 1000))
+        assert len({n["key"] for n in notifier.sent}) == 1, notifier.sent
+        last = notifier.sent[-1]
+        assert last["title"] == "6 pulls blocked"
+        for name in names:
+            assert f"• {name}" in last["body"]
+        tray.show_why(last["key"])
+        assert tray.why_window.batch.count() == 6
+    finally:
+        tray.stop()
+
+
+def test_the_decisions_list_filters(
+    qtbot: QtBot,
+    wired: AgentProcess,
+    docker_env: DockerEnv,
+    seeded: dict[str, SeededImage],
+    short_dir: Path,
+) -> None:
+    tray, _ = make_tray(qtbot, short_dir / "c.sock")
+    try:
+        wait_connected(qtbot, tray)
+        assert docker_via(wired, docker_env, "pull", "alpine").returncode == 0
+        assert docker_via(wired, docker_env, "pull", "someuser/tool").returncode != 0
+        qtbot.waitUntil(lambda: len(tray.decisions) >= 2, timeout=5000)
+        tray.show_decisions()
+        window = tray.decisions_window
+        qtbot.addWidget(window)
+        window.set_filter("deny")
+        assert window.rows() and all("docker.io/someuser/tool" in r for r in window.rows())
+        window.set_filter("allow")
+        assert any("alpine" in r for r in window.rows())
+        assert not any("someuser" in r for r in window.rows())
+        window.set_filter(None, "ALPINE")
+        assert window.rows() and all("alpine" in r for r in window.rows())
+    finally:
+        tray.stop()
+
+
+def test_refresh_policy_shows_the_agents_answer(
+    qtbot: QtBot, wired: AgentProcess, short_dir: Path
+) -> None:
+    tray, _ = make_tray(qtbot, short_dir / "c.sock")
+    try:
+        wait_connected(qtbot, tray)
+        with qtbot.waitSignal(
+            tray.action_done, timeout=5000, check_params_cb=lambda t: t != texts.REFRESH_RUNNING
+        ):
+            tray.refresh_policy()
+        assert tray.last_action.startswith("Policy refresh failed: this agent enforces a local")
+        assert tray.last_action in tray.menu_lines()
+    finally:
+        tray.stop()
+
+
+def test_agent_stopped_shows_down_then_reconnects_by_itself(
+    qtbot: QtBot, docker_env: DockerEnv, tmp_path: Path, short_dir: Path
+) -> None:
+    control = short_dir / "c.sock"
+    agent = start_agent(
+        tmp_path, docker_env.socket_path, rules_policy(), ["--control", str(control)]
+    )
+    tray, _ = make_tray(qtbot, control)
+    try:
+        wait_connected(qtbot, tray)
+        agent.stop()
+        qtbot.waitUntil(lambda: tray.state.icon is IconState.DOWN, timeout=5000)
+        assert tray.state.tooltip == "Pullgate — " + texts.STATE_DOWN
+        assert tray.menu_lines()[0] == texts.STATE_DOWN
+        assert any(line.startswith("Agent unreachable:") for line in tray.menu_lines())
+        agent = start_agent(
+            tmp_path, docker_env.socket_path, rules_policy(), ["--control", str(control)]
+        )
+        qtbot.waitUntil(lambda: tray.state.icon is IconState.OK, timeout=40_000)
+        assert tray.stream_state.connected
+    finally:
+        tray.stop()
+        agent.kill()
+
+
+# --------------------------------------------------------------------------- a bad socket
+
+
+def test_garbage_huge_lines_and_a_flood_never_crash_it(qtbot: QtBot, short_dir: Path) -> None:
+    status = {"mode": "enforce", "policy": {"state": "default", "enforcing": "built-in"}}
+    denial = {
+        "decision": "deny",
+        "action": "image-pull",
+        "image": "docker.io/someuser/flood:latest",
+        "input": "someuser/flood",
+        "reason": "community",
+        "rule": "category:community",
+        "policy": "built-in",
+        "policy_serial": 0,
+    }
+    frame = b"event: decision\ndata: " + json.dumps(denial).encode() + b"\n\n"
+    rounds = {"n": 0}
+
+    def events(conn: socket.socket) -> None:
+        rounds["n"] += 1
+        conn.sendall(sse_head())
+        conn.sendall(b"\x00\xff garbage without structure\n\n")
+        conn.sendall(b"event: decision\ndata: {not json\n\n")
+        conn.sendall(b"event: decision\ndata: " + b"[" * 100_000 + b"\n\n")
+        conn.sendall(b"event: decision\ndata: " + b"x" * (2 * 1024 * 1024) + b"\n\n")
+        conn.sendall(frame * 2000)  # a flood
+        conn.sendall(b"event: policy\ndata: {}\n\n")
+
+    def status_route(conn: socket.socket) -> None:
+        conn.sendall(json_answer(200, status))
+
+    fake = FakeControl(
+        short_dir / "c.sock",
+        {
+            ("GET", "/v1/events"): events,
+            ("GET", "/v1/status"): status_route,
+            ("GET", "/v1/decisions"): lambda c: c.sendall(b"HTTP/1.1 200 OK\r\n\r\n{{{"),
+        },
+    )
+    feed = EventFeed([fake.path], backoff=Backoff(first=0.2, cap=1.0), queue_limit=500)
+    tray, notifier = make_tray(qtbot, fake.path, feed=feed)
+    try:
+        qtbot.waitUntil(lambda: bool(notifier.sent), timeout=5000)
+        qtbot.waitUntil(lambda: rounds["n"] >= 2, timeout=5000)  # reconnected after EOF
+        s = tray.stream_state
+        assert s.malformed >= 2 and s.oversized >= 1
+        assert any("skipped" in line for line in tray.menu_lines())
+        assert len(notifier.sent) < 20  # thousands of denials, a handful of notifications
+        assert "pulls blocked" in notifier.sent[-1]["title"]
+    finally:
+        tray.stop()
+        fake.stop()
+
+
+def test_no_socket_says_so_and_keeps_trying(qtbot: QtBot, short_dir: Path) -> None:
+    feed = EventFeed([short_dir / "none.sock"], backoff=Backoff(first=0.1, cap=0.2))
+    tray, _ = make_tray(qtbot, short_dir / "none.sock", feed=feed)
+    try:
+        qtbot.waitUntil(lambda: tray.stream_state.error is not None, timeout=3000)
+        assert tray.state.icon is IconState.DOWN
+        assert any("cannot reach the agent" in line for line in tray.menu_lines())
+    finally:
+        tray.stop()
+
+
+# --------------------------------------------------------------------------- sign-in
+
+
+def test_sign_in_with_a_device_code_then_sign_out(
+    qtbot: QtBot, oidc_provider: Any, tmp_path: Path, short_dir: Path
+) -> None:
+    from tests.oidc_provider import CLIENT_ID
+
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "org": "acme",
+                "oidc_issuer": oidc_provider.issuer,
+                "oidc_client_id": CLIENT_ID,
+                "oidc_scopes": ["openid", "email", "profile", "groups", "offline_access"],
+                "ca_bundle": str(oidc_provider.ca_bundle),
+                "allowed_domains": ["acme.test"],
+            }
+        )
+    )
+    control = short_dir / "c.sock"
+    agent = start_agent(
+        tmp_path / "agent",
+        tmp_path / "no-docker.sock",
+        None,
+        ["--config", str(config), "--control", str(control)],
+        expect_ping_ok=False,
+    )
+    tray, _ = make_tray(qtbot, control, config=config, keychain=lambda _settings: None)
+    try:
+        wait_connected(qtbot, tray)
+        assert tray.state.signed_in is None and tray.state.sign_in_configured
+        with oidc_provider.settings(device_interval=1):
+            dialog = tray.show_sign_in()
+            qtbot.addWidget(dialog)
+            qtbot.waitUntil(dialog.device.isVisible, timeout=10_000)
+            dialog.device.click()
+            qtbot.waitUntil(lambda: bool(dialog.code.text()), timeout=10_000)
+            assert dialog.copy_code.isVisible() and dialog.open_browser.isVisible()
+            code = dialog.code.text()
+            approver = threading.Thread(target=oidc_provider.approve_device, args=(code, "bob"))
+            approver.start()
+            qtbot.waitUntil(lambda: dialog.outcome is not None, timeout=30_000)
+            approver.join(10)
+        assert dialog.outcome is not None and dialog.outcome.ok, dialog.outcome
+        assert dialog.outcome.email == "bob@acme.test"
+        qtbot.waitUntil(lambda: tray.state.signed_in == "bob@acme.test", timeout=5000)
+        tray.show_status()
+        assert tray.status_window.fields()[texts.STATUS_IDENTITY].startswith("bob@acme.test")
+
+        tray.sign_out()
+        qtbot.waitUntil(lambda: tray.state.signed_in is None, timeout=10_000)
+        assert "Agent: forgot your identity" in tray.last_action
+        agent.stop()
+    finally:
+        tray.stop()
+        agent.kill()

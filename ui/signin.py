@@ -1,0 +1,431 @@
+"""Sign-in and sign-out from the tray, driving ``agent.identity.session.SignInSession`` as
+``pullgate login``/``logout`` do (agent/cli/login_cmd.py), in a worker thread.
+
+Order, as the CLI: the settings (the managed config, which also names the CA bundle that
+pins the provider; else the agent's ``GET /v1/identity`` ``sign_in``), then a silent
+renewal from the keychain, and only when that is not possible the device code (shown with
+*Copy code* and *Open browser*) or the one-click browser sign-in; then ``PUT
+/v1/identity``. The network runs in a thread; *Cancel* sets the session's cancel event.
+Every outcome is shown in words, the agent's or the provider's refusal included.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QFont
+from PySide6.QtWidgets import (
+    QDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from agent.config.parse import ConfigError
+from agent.config.sources import load_managed_config
+from agent.control.client import ControlError, control_request
+from agent.identity.device import DeviceAuthorization
+from agent.identity.errors import KeychainUnavailableError, SignInCancelledError, SignInError
+from agent.identity.keychain import Keychain
+from agent.identity.session import SignInResult, SignInSession, SignInSettings
+from ui import texts
+from ui.model import format_when, short
+from ui.windows import copy_text
+
+__all__ = [
+    "KeychainFactory",
+    "SignInDialog",
+    "SignInPlan",
+    "default_keychain",
+    "resolve_sign_in",
+    "sign_out",
+]
+
+CONTROL_TIMEOUT = 10.0
+
+KeychainFactory = Callable[[SignInSettings], "Keychain | None"]
+
+
+def default_keychain(settings: SignInSettings) -> Keychain | None:
+    """The OS keychain, or None (sign in without storing) when there is none."""
+    keychain = Keychain(settings.issuer, settings.client_id)
+    try:
+        keychain.check_available()
+    except KeychainUnavailableError:
+        return None
+    return keychain
+
+
+@dataclass(frozen=True)
+class SignInPlan:
+    """How to sign in here: None settings and a ``problem`` when it is not possible."""
+
+    settings: SignInSettings | None
+    methods: tuple[str, ...] = ("device", "browser")
+    problem: str | None = None
+
+
+def resolve_sign_in(config: Path | None, control: Path) -> SignInPlan:
+    """The managed config's ``oidc_*`` keys (with ``ca_bundle``), else the agent's
+    ``sign_in``. Blocking: call from a worker thread."""
+    try:
+        managed = load_managed_config(json_path=config)
+    except ConfigError as e:
+        return SignInPlan(None, problem=short(e, 400))
+    if managed is not None and managed.oidc_issuer and managed.oidc_client_id:
+        return SignInPlan(
+            SignInSettings(
+                issuer=managed.oidc_issuer,
+                client_id=managed.oidc_client_id,
+                scopes=tuple(managed.oidc_scopes),
+                ca_bundle=managed.ca_bundle,
+            ),
+            tuple(managed.sign_in_methods),
+        )
+    try:
+        status, body = control_request(control, "GET", "/v1/identity", timeout=CONTROL_TIMEOUT)
+    except ControlError as e:
+        return SignInPlan(None, problem=short(e, 400))
+    sign_in = body.get("sign_in") if isinstance(body, dict) else None
+    if status != 200 or not isinstance(sign_in, dict):
+        return SignInPlan(None, problem=texts.SIGN_IN_NOT_CONFIGURED)
+    issuer, client_id = sign_in.get("issuer"), sign_in.get("client_id")
+    if not isinstance(issuer, str) or not isinstance(client_id, str):
+        return SignInPlan(None, problem=texts.SIGN_IN_NOT_CONFIGURED)
+    scopes = sign_in.get("scopes")
+    methods = sign_in.get("methods")
+    return SignInPlan(
+        SignInSettings(
+            issuer,
+            client_id,
+            tuple(str(s) for s in scopes) if isinstance(scopes, list) and scopes else (),
+        )
+        if isinstance(scopes, list) and scopes
+        else SignInSettings(issuer, client_id),
+        tuple(str(m) for m in methods) if isinstance(methods, list) else ("device", "browser"),
+    )
+
+
+def _refusal(status: int, body: Any) -> str:
+    if isinstance(body, dict):
+        message = body.get("message") or f"HTTP {status}"
+        reason = body.get("reason")
+        return short(f"{message} (reason: {reason})" if reason else message, 500)
+    return f"HTTP {status}"
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    text: str
+    email: str | None = None
+
+
+class _Bridge(QObject):
+    """Signals from the worker thread to the dialog (queued across threads by Qt)."""
+
+    progress = Signal(str)
+    code = Signal(object)  # DeviceAuthorization
+    url = Signal(str)
+    choose = Signal(object)  # SignInPlan: the silent renewal did not do; ask the user
+    done = Signal(object)  # Outcome
+
+
+class SignInDialog(QDialog):
+    """Sign in: started with ``start()``; the result is in ``outcome`` and ``finished_with``."""
+
+    finished_with = Signal(object)  # Outcome
+
+    def __init__(
+        self,
+        control: Callable[[], Path],
+        config: Path | None = None,
+        keychain: KeychainFactory = default_keychain,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.control = control
+        self.config = config
+        self.keychain_factory = keychain
+        self.setWindowTitle(texts.SIGN_IN_TITLE)
+        self.setAccessibleName(texts.SIGN_IN_TITLE)
+        self.bridge = _Bridge()
+        self.bridge.progress.connect(self._progress)
+        self.bridge.code.connect(self._show_code)
+        self.bridge.url.connect(self._show_url)
+        self.bridge.choose.connect(self._choose)
+        self.bridge.done.connect(self._done)
+
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.status.setTextFormat(Qt.TextFormat.PlainText)
+        self.status.setAccessibleName(texts.SIGN_IN_STATUS_NAME)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.code = QLineEdit()
+        self.code.setReadOnly(True)
+        self.code.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        font = QFont(self.code.font())
+        font.setPointSizeF(font.pointSizeF() * 1.8)
+        font.setBold(True)
+        self.code.setFont(font)
+        self.code.setAccessibleName(texts.SIGN_IN_CODE_NAME)
+        self.copy_code = self._button(texts.SIGN_IN_COPY_CODE, texts.SIGN_IN_COPY_CODE_NAME)
+        self.copy_code.clicked.connect(lambda: copy_text(self.code.text()))
+        self.open_browser = self._button(texts.SIGN_IN_OPEN, texts.SIGN_IN_OPEN_NAME)
+        self.open_browser.clicked.connect(self._open)
+        self.device = self._button(texts.SIGN_IN_DEVICE, texts.SIGN_IN_DEVICE_NAME)
+        self.device.clicked.connect(lambda: self._run("device"))
+        self.browser = self._button(texts.SIGN_IN_BROWSER, texts.SIGN_IN_BROWSER_NAME)
+        self.browser.clicked.connect(lambda: self._run("browser"))
+        self.cancel_button = self._button(texts.SIGN_IN_CANCEL, texts.SIGN_IN_CANCEL)
+        self.cancel_button.clicked.connect(self.close)
+
+        code_row = QHBoxLayout()
+        code_row.addWidget(self.code, 1)
+        code_row.addWidget(self.copy_code)
+        code_row.addWidget(self.open_browser)
+        choices = QHBoxLayout()
+        choices.addWidget(self.device)
+        choices.addWidget(self.browser)
+        choices.addStretch(1)
+        choices.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.status)
+        layout.addLayout(code_row)
+        layout.addLayout(choices)
+        self.resize(520, 220)
+
+        self.plan: SignInPlan | None = None
+        self.authorization: DeviceAuthorization | None = None
+        self.browser_url: str | None = None
+        self.outcome: Outcome | None = None
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._set_code_visible(False)
+        self.device.setVisible(False)
+        self.browser.setVisible(False)
+
+    @staticmethod
+    def _button(text: str, name: str) -> QPushButton:
+        button = QPushButton(text)
+        button.setAccessibleName(name)
+        return button
+
+    def _set_code_visible(self, visible: bool) -> None:
+        for widget in (self.code, self.copy_code, self.open_browser):
+            widget.setVisible(visible)
+
+    # ----------------------------------------------------------------- flow
+
+    def start(self) -> None:
+        """Resolve the settings and try a silent renewal; then offer the methods."""
+        self._spawn(self._work_silent)
+
+    def _run(self, method: str) -> None:
+        self.device.setEnabled(False)
+        self.browser.setEnabled(False)
+        self._spawn(lambda: self._work_interactive(method))
+
+    def _spawn(self, target: Callable[[], None]) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=target, name="pullgate-tray-sign-in", daemon=True)
+        self._thread.start()
+
+    def _work_silent(self) -> None:
+        b = self.bridge
+        plan = resolve_sign_in(self.config, self.control())
+        self.plan = plan
+        if plan.settings is None:
+            b.done.emit(Outcome(False, plan.problem or texts.SIGN_IN_NOT_CONFIGURED))
+            return
+        settings = plan.settings
+        keychain = self.keychain_factory(settings)
+        if keychain is not None:
+            b.progress.emit(texts.SIGN_IN_SILENT)
+            try:
+                with SignInSession(settings, keychain) as session:
+                    result = session.silent()
+            except SignInError as e:
+                b.progress.emit(texts.SIGN_IN_SILENT_FAILED.format(error=short(e, 300)))
+                result = None
+            if result is not None:
+                b.done.emit(self._hand_to_agent(result))
+                return
+        b.choose.emit(plan)
+
+    def _work_interactive(self, method: str) -> None:
+        b = self.bridge
+        plan = self.plan
+        if plan is None or plan.settings is None:
+            b.done.emit(Outcome(False, texts.SIGN_IN_NOT_CONFIGURED))
+            return
+        settings = plan.settings
+        b.progress.emit(texts.SIGN_IN_STARTING.format(issuer=short(settings.issuer, 200)))
+        try:
+            with SignInSession(settings, self.keychain_factory(settings)) as session:
+                if method == "browser":
+                    result = session.browser(b.url.emit, cancel=self._cancel)
+                else:
+                    result = session.device(
+                        b.code.emit,
+                        cancel=self._cancel,
+                        on_slow_down=lambda s: b.progress.emit(
+                            texts.SIGN_IN_SLOWER.format(seconds=s)
+                        ),
+                    )
+        except SignInCancelledError:
+            b.done.emit(Outcome(False, texts.SIGN_IN_CANCELLED))
+            return
+        except SignInError as e:
+            b.done.emit(Outcome(False, texts.SIGN_IN_FAILED.format(error=short(e, 500))))
+            return
+        except Exception as e:  # a bug must end in words, not a dead dialog
+            b.done.emit(Outcome(False, texts.SIGN_IN_FAILED.format(error=short(repr(e), 500))))
+            return
+        b.done.emit(self._hand_to_agent(result))
+
+    def _hand_to_agent(self, result: SignInResult) -> Outcome:
+        claims = result.tokens.claims()
+        who = short(claims.get("email") or claims.get("sub") or texts.UNKNOWN, 200)
+        self.bridge.progress.emit(texts.SIGN_IN_SENDING.format(who=who))
+        try:
+            status, body = control_request(
+                self.control(),
+                "PUT",
+                "/v1/identity",
+                timeout=CONTROL_TIMEOUT,
+                body={"id_token": result.tokens.id_token},
+            )
+        except ControlError as e:
+            return Outcome(False, texts.SIGN_IN_AGENT_UNREACHABLE.format(error=short(e, 400)))
+        if status != 200:
+            return Outcome(
+                False, texts.SIGN_IN_AGENT_REFUSED.format(message=_refusal(status, body))
+            )
+        identity = body.get("identity") if isinstance(body, dict) else None
+        identity = identity if isinstance(identity, dict) else {}
+        email = short(identity.get("email") or who, 200)
+        expires = identity.get("expires_at")
+        text = texts.SIGN_IN_DONE.format(
+            who=email, until=format_when(expires if isinstance(expires, int | float) else None)
+        )
+        if not result.stored and result.store_problem:
+            text += "\n" + texts.SIGN_IN_NOT_STORED.format(problem=short(result.store_problem))
+        return Outcome(True, text, email)
+
+    # ----------------------------------------------------------------- the Qt side
+
+    def _progress(self, text: str) -> None:
+        self.status.setText(text)
+
+    def _choose(self, plan: SignInPlan) -> None:
+        settings = plan.settings
+        issuer = short(settings.issuer, 200) if settings else texts.UNKNOWN
+        self.status.setText(texts.SIGN_IN_INTRO.format(issuer=issuer))
+        self.device.setVisible("device" in plan.methods)
+        self.browser.setVisible("browser" in plan.methods)
+        first = self.device if "device" in plan.methods else self.browser
+        first.setDefault(True)
+        first.setFocus()
+
+    def _show_code(self, authorization: DeviceAuthorization) -> None:
+        self.authorization = authorization
+        minutes = max(1, round(authorization.expires_in / 60))
+        self.status.setText(
+            texts.SIGN_IN_CODE.format(
+                uri=short(authorization.verification_uri, 500), minutes=minutes
+            )
+        )
+        self.code.setText(short(authorization.user_code, 40))
+        self._set_code_visible(True)
+        self.device.setVisible(False)
+        self.browser.setVisible(False)
+        self.copy_code.setFocus()
+
+    def _show_url(self, url: str) -> None:
+        self.browser_url = url
+        self.status.setText(texts.SIGN_IN_WAITING_BROWSER.format(seconds=300))
+        self.device.setVisible(False)
+        self.browser.setVisible(False)
+        QDesktopServices.openUrl(QUrl(url))
+
+    def _open(self) -> None:
+        a = self.authorization
+        if a is not None:
+            QDesktopServices.openUrl(QUrl(a.verification_uri_complete or a.verification_uri))
+
+    def _done(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self.status.setText(outcome.text)
+        self._set_code_visible(False)
+        self.device.setVisible(False)
+        self.browser.setVisible(False)
+        self.cancel_button.setText(texts.SIGN_IN_CLOSE)
+        self.cancel_button.setAccessibleName(texts.SIGN_IN_CLOSE)
+        self.cancel_button.setFocus()
+        self.finished_with.emit(outcome)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        self.cancel()
+        super().closeEvent(event)
+
+    def reject(self) -> None:
+        self.cancel()
+        super().reject()
+
+
+# --------------------------------------------------------------------------- sign-out
+
+
+def sign_out(config: Path | None, control: Path, keychain: KeychainFactory) -> tuple[bool, str]:
+    """As ``pullgate logout``: revoke at the provider and forget in the keychain (when
+    configured), then ``DELETE /v1/identity``; each step reported. Blocking."""
+    lines: list[str] = []
+    ok = True
+
+    def step(name: str, good: bool, detail: str) -> None:
+        nonlocal ok
+        ok = ok and good
+        template = texts.SIGN_OUT_STEP if good else texts.SIGN_OUT_STEP_FAILED
+        lines.append(template.format(step=name, detail=detail))
+
+    plan = resolve_sign_in(config, control)
+    if plan.settings is None:
+        step(texts.SIGN_OUT_PROVIDER, True, texts.SIGN_OUT_SKIPPED)
+    else:
+        try:
+            with SignInSession(plan.settings, keychain(plan.settings)) as session:
+                report = session.sign_out()
+        except SignInError as e:
+            step(texts.SIGN_OUT_PROVIDER, False, short(e, 400))
+        else:
+            step(texts.SIGN_OUT_PROVIDER, report.revoke.ok, short(report.revoke.detail, 400))
+            step(texts.SIGN_OUT_KEYCHAIN, report.keychain.ok, short(report.keychain.detail, 400))
+    try:
+        status, body = control_request(control, "DELETE", "/v1/identity", timeout=CONTROL_TIMEOUT)
+    except ControlError as e:
+        step(texts.SIGN_OUT_AGENT, False, short(e, 400))
+    else:
+        if status != 200:
+            step(texts.SIGN_OUT_AGENT, False, _refusal(status, body))
+        elif isinstance(body, dict) and body.get("forgot"):
+            step(texts.SIGN_OUT_AGENT, True, texts.SIGN_OUT_FORGOT)
+        else:
+            step(texts.SIGN_OUT_AGENT, True, texts.SIGN_OUT_HELD_NONE)
+    return ok, "\n".join(lines)
