@@ -102,14 +102,11 @@ def resolve_sign_in(config: Path | None, control: Path) -> SignInPlan:
         return SignInPlan(None, problem=texts.SIGN_IN_NOT_CONFIGURED)
     scopes = sign_in.get("scopes")
     methods = sign_in.get("methods")
+    settings = SignInSettings(issuer, client_id)
+    if isinstance(scopes, list) and scopes:
+        settings = SignInSettings(issuer, client_id, tuple(str(s) for s in scopes))
     return SignInPlan(
-        SignInSettings(
-            issuer,
-            client_id,
-            tuple(str(s) for s in scopes) if isinstance(scopes, list) and scopes else (),
-        )
-        if isinstance(scopes, list) and scopes
-        else SignInSettings(issuer, client_id),
+        settings,
         tuple(str(m) for m in methods) if isinstance(methods, list) else ("device", "browser"),
     )
 

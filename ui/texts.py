@@ -129,7 +129,7 @@ WHY_REQUEST_NAME: Final = "Request access: opens your organisation's help page f
 WHY_CLOSE: Final = "Close"
 WHY_NONE: Final = "—"
 WHY_ALTERNATIVE_COMMAND: Final = "docker pull {alternative}"
-WHY_POLICY_VALUE: Final = "{policy} (serial {serial}); now enforcing {current}"
+WHY_POLICY_VALUE: Final = "{policy}\nNow enforcing: {current}"
 CATEGORY: Final = {
     "org": "your organisation's images",
     "official": "Docker Official Image",
