@@ -631,3 +631,15 @@ def test_the_event_loop_survives_hostile_events_and_its_own_errors(tmp_path: Pat
         run(scenario())
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_an_abstract_socket_named_with_a_nul_is_no_path() -> None:
+    """sock_diag reports abstract sockets with a leading NUL: realpath() of such a name
+    raised ValueError and took `pullgate doctor` (and a bypass scan) down with it."""
+    from agent.daemon.bypass import _same_socket
+
+    path = Path("/var/run/docker.sock")
+    assert not _same_socket("\0/containerd-shim/abc.sock", None, path, 7)
+    assert not _same_socket("@/containerd-shim/abc.sock", None, path, 7)
+    assert _same_socket(None, 7, path, 7)
+    assert _same_socket(str(path), None, path, None)

@@ -294,3 +294,42 @@ def test_token_digest_keys_on_what_was_signed_not_on_the_signature_spelling() ->
     # Padding, or the other ECDSA signature of the same header and claims: the same token.
     assert token_digest("a.b.c") == token_digest("a.b.c==")
     assert token_digest("a.b.c") == token_digest("a.b.d")
+
+
+ENTRA = "https://login.microsoftonline.com/7f0c1d5e-0000-4000-8000-000000000001/v2.0"
+
+
+@pytest.mark.parametrize(
+    ("issuer", "claims", "accepted"),
+    [
+        pytest.param(ENTRA, {"xms_edov": True}, True, id="Entra, no email_verified, xms_edov"),
+        pytest.param(ENTRA, {"xms_edov": False}, False, id="Entra, xms_edov false"),
+        pytest.param(ENTRA, {}, False, id="Entra, neither"),
+        pytest.param(
+            ENTRA, {"email_verified": False, "xms_edov": True}, False, id="explicit false wins"
+        ),
+        pytest.param(
+            "https://idp.example", {"xms_edov": True}, False, id="xms_edov from another issuer"
+        ),
+    ],
+)
+def test_xms_edov_counts_only_from_entra_and_only_without_email_verified(
+    issuer: str, claims: dict[str, Any], accepted: bool
+) -> None:
+    now = 1_800_000_000.0
+    token = {
+        "iss": issuer,
+        "aud": "pullgate",
+        "sub": "dave",
+        "iat": now,
+        "exp": now + 600,
+        "email": "dave@acme.test",
+        **claims,
+    }
+    expect = Expectations(issuer, "pullgate")
+    if accepted:
+        assert check_claims(token, expect, now).email == "dave@acme.test"
+    else:
+        with pytest.raises(TokenRefusedError) as refused:
+            check_claims(token, expect, now)
+        assert refused.value.reason is RefusalReason.EMAIL_NOT_VERIFIED

@@ -76,3 +76,25 @@ def test_one_redaction_rule_for_urls_details_and_command_lines() -> None:
         "api_key": "<redacted>",
     }
     assert redact_command_line(["git", "clone", url]) == ("git", "clone", redact_text(url))
+
+
+def test_tokens_in_command_lines_and_text_are_redacted() -> None:
+    """A client that hands the control API its ID token on its command line (curl -d) must
+    not put that token in the audit log (red-team finding, issue 13)."""
+    jwt_text = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+    argv = [
+        "curl",
+        "-d",
+        '{"id_token": "' + jwt_text + '"}',
+        "-d",
+        "grant_type=refresh_token&refresh_token=r3fr3sh&client_id=pullgate",
+        "Authorization: Bearer " + jwt_text,
+        "alpine:3.19",
+    ]
+    joined = " ".join(redact_command_line(argv))
+    for secret in (jwt_text, "eyJzdWIiOiJhbGljZSJ9", "r3fr3sh"):
+        assert secret not in joined
+    assert "client_id=pullgate" in joined and joined.endswith("alpine:3.19")
+    assert redact_text("pulled docker.io/library/alpine:3.19") == (
+        "pulled docker.io/library/alpine:3.19"
+    )

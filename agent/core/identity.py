@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from agent.core.decision import Identity
 from agent.core.text import printable
@@ -247,8 +248,7 @@ def _email(claims: Mapping[str, Any], allowed_domains: tuple[str, ...]) -> str:
             RefusalReason.NO_EMAIL,
             "the token carries no email address (ask for the 'email' scope)",
         )
-    # Entra ID sends no email_verified; its xms_edov says the tenant verified the domain.
-    if claims.get("email_verified") is not True and claims.get("xms_edov") is not True:
+    if not _email_verified(claims):
         raise TokenRefusedError(
             RefusalReason.EMAIL_NOT_VERIFIED,
             f"the identity provider has not verified the email address {email!r}",
@@ -260,6 +260,22 @@ def _email(claims: Mapping[str, Any], allowed_domains: tuple[str, ...]) -> str:
             f"{email!r} is not in a domain allowed to sign in ({', '.join(allowed_domains)})",
         )
     return email
+
+
+ENTRA_HOSTS: Final = frozenset({"login.microsoftonline.com"})
+"""Microsoft Entra ID's issuers: the one provider whose ``xms_edov`` counts (below)."""
+
+
+def _email_verified(claims: Mapping[str, Any]) -> bool:
+    """``email_verified: true``; or, from Entra ID, which sends no ``email_verified`` at
+    all, its ``xms_edov: true`` (the tenant verified the email's domain). An explicit
+    ``email_verified: false`` is never overruled."""
+    verified = claims.get("email_verified")
+    if verified is not None:
+        return verified is True
+    issuer = claims.get("iss")
+    host = urlsplit(issuer).hostname if isinstance(issuer, str) else None
+    return host in ENTRA_HOSTS and claims.get("xms_edov") is True
 
 
 def _groups(claims: Mapping[str, Any], claim: str) -> tuple[str, ...]:

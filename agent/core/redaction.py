@@ -1,9 +1,11 @@
 """The one place credentials are taken out of what the agent records or shows.
 
-Three shapes reach the audit log, the event stream and ``pullgate status``: URLs with a
-``user:password@`` part (policy sources, registry addresses), command lines of the
-processes that talk to the daemon (``docker login -p ...``), and structured details whose
-keys name a secret. Each has one rule here; all replace the secret with ``REDACTED``.
+Three shapes reach the audit log, the event stream and ``pullgate status``: text with
+URLs with a ``user:password@`` part (policy sources, registry addresses), JWTs or
+``"refresh_token": ...`` values in it; command lines of the processes that talk to the
+daemon or the control API (``docker login -p ...``, ``curl -d '{"id_token": ...}'``); and
+structured details whose keys name a secret. Each has one rule here; all replace the
+secret with ``REDACTED``.
 """
 
 from __future__ import annotations
@@ -33,9 +35,26 @@ _SECRET_INLINE: Final = re.compile(
 )
 
 
+_JWT: Final = re.compile(r"\beyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_=-]*")
+"""A JWS in compact form (an ID or access token): its header always starts ``{"`` (``eyJ``)."""
+_JSON_SECRET: Final = re.compile(
+    r"""(["']?(?:id_token|refresh_token|access_token|password|secret)["']?\s*[:=]\s*["']?)"""
+    r"""[^"'\s,}&]+""",
+    re.IGNORECASE,
+)
+"""``"refresh_token": "..."`` (a JSON body or form given on a command line, e.g. curl -d)."""
+
+
 def redact_text(text: str | None) -> str | None:
-    """``text`` with the credentials of any URL in it (``scheme://user:pw@``) replaced."""
-    return None if text is None else _URL_USERINFO.sub(rf"\1{REDACTED}@", text)
+    """``text`` with the credentials of any URL in it (``scheme://user:pw@``), tokens
+    (JWTs) and ``token``/``password`` values of JSON or forms in it replaced."""
+    if text is None:
+        return None
+    text = _URL_USERINFO.sub(rf"\1{REDACTED}@", text)
+    if "ey" in text or "=" in text or ":" in text:
+        text = _JWT.sub(REDACTED, text)
+        text = _JSON_SECRET.sub(rf"\1{REDACTED}", text)
+    return text
 
 
 def redact_command_line(argv: Iterable[str]) -> tuple[str, ...]:
@@ -56,7 +75,7 @@ def redact_command_line(argv: Iterable[str]) -> tuple[str, ...]:
         if inline:
             out.append(f"{inline.group(1)}={REDACTED}")
             continue
-        out.append(_URL_USERINFO.sub(rf"\1{REDACTED}@", arg))
+        out.append(redact_text(arg) or "")
     return tuple(out)
 
 

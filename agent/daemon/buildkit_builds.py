@@ -173,12 +173,18 @@ class BuildRegistry:
             for b in self._builds.values()
         )
 
-    def by_ref(self, ref: str) -> PendingBuild | None:
-        """The ``Control/Solve`` in flight whose ``Ref`` (the build id) is ``ref``; None
-        when there is none, or more than one (which build a call is for is then unknown)."""
+    def by_ref(self, ref: str, uid: int | None) -> PendingBuild | None:
+        """The ``Control/Solve`` in flight whose ``Ref`` (the build id) is ``ref`` and whose
+        client ran as ``uid``; None when there is none, or more than one (which build a call
+        is for is then unknown). Another user's build is never found: a gateway call naming
+        it must not be read with that build's inputs, nor decided as that user."""
         found = [
             b
             for b in self._builds.values()
-            if ref and b.inputs.ref == ref and b.endpoint == CONTROL_SOLVE_ENDPOINT
+            if ref
+            and uid is not None
+            and b.inputs.ref == ref
+            and b.endpoint == CONTROL_SOLVE_ENDPOINT
+            and b.peer.uid == uid
         ]
         return found[0] if len(found) == 1 else None

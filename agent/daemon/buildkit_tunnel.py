@@ -841,7 +841,7 @@ class Tunnel:
             what = "a BuildKit gateway solve that names no build in flight"
             return await self._judge_setting(hook, what)
         inputs = from_gateway_solve(payload, parent.inputs)
-        names = await self._register(hook, inputs, parent.peer, hook.endpoint)
+        names = await self._register(hook, inputs, self.peer, hook.endpoint)
         hook.outgoing = rename_in_gateway_solve(payload, names.get)
         return await self._decided(hook)
 
@@ -875,8 +875,7 @@ class Tunnel:
     async def _judge_resolve(self, hook: _UnaryHook, payload: bytes) -> str | None:
         """``ResolveImageConfig`` / ``ResolveSourceMeta``: the daemon fetches an image's
         manifest and config for the client; decided as a pull of that image."""
-        parent = self._build_of(hook)
-        peer = parent.peer if parent is not None else self.peer
+        peer = self.peer  # the caller, whichever build it names
         if hook.path == RESOLVE_IMAGE:
             target, detail = image_of_resolve_config(payload), RESOLVE_CONFIG_DETAIL
             hook.outgoing = rename_in_resolve(payload, self.registry.daemon_id)
@@ -897,11 +896,12 @@ class Tunnel:
         return await self.decide(Inspection(setting=setting), hook.endpoint, self.peer)
 
     def _build_of(self, hook: _UnaryHook) -> PendingBuild | None:
-        """The build a gateway call belongs to (its build-id metadata), if in flight."""
+        """The build a gateway call belongs to (its build-id metadata), if in flight and
+        the caller's own."""
         ids = [v for k, v in hook.headers if k == BUILD_ID]
         if len(ids) != 1:
             return None
-        return self.registry.by_ref(ids[0].decode("utf-8", "replace"))
+        return self.registry.by_ref(ids[0].decode("utf-8", "replace"), self.peer.uid)
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(coro)

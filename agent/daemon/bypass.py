@@ -507,8 +507,8 @@ def _socket_inode_owners(inodes: set[int]) -> dict[int, int]:
 def _same_socket(name: str | None, vfs: int | None, path: Path, st_ino: int | None) -> bool:
     if vfs is not None and st_ino is not None and vfs == st_ino:
         return True
-    if not name or name.startswith("@"):
-        return False
+    if not name or name.startswith("@") or "\0" in name:
+        return False  # abstract sockets (``@name``, or NUL-led from sock_diag) have no path
     return name == str(path) or os.path.realpath(name) == os.path.realpath(path)
 
 

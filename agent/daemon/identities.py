@@ -192,6 +192,8 @@ class ProviderKeys:
                 continue  # a key type this PyJWT cannot use is skipped
             if key.algorithm_name not in ASYMMETRIC_ALGORITHMS or "d" in raw:
                 continue  # symmetric ("oct") keys, and private keys a careless IdP published
+            if not _sane_rsa(key):
+                continue  # a key built to make every verification slow
             kid = raw.get("kid", "")
             if isinstance(kid, str):
                 keys[kid] = raw
@@ -219,6 +221,22 @@ class ProviderKeys:
         if not isinstance(data, dict):
             raise _unavailable(f"the {what} at {url} is not a JSON object")
         return data
+
+
+MAX_RSA_BITS: Final = 8192
+MAX_RSA_EXPONENT_BITS: Final = 32
+"""Real providers use e = 65537 and 2048-4096-bit moduli; a key with a huge exponent costs
+milliseconds per verification on the loop, so such keys are not used."""
+
+
+def _sane_rsa(key: jwt.PyJWK) -> bool:
+    numbers = getattr(key.key, "public_numbers", None)
+    if numbers is None or key.key_type != "RSA":
+        return True
+    public = numbers()
+    modulus: int = public.n.bit_length()
+    exponent: int = public.e.bit_length()
+    return 2048 <= modulus <= MAX_RSA_BITS and exponent <= MAX_RSA_EXPONENT_BITS
 
 
 _UNAVAILABLE: Final = "the agent cannot get the identity provider's keys: "

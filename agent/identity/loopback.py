@@ -4,9 +4,10 @@
 name may resolve elsewhere, and oidc-provider refuses it), builds the authorization URL with
 a fresh ``state``, ``nonce`` and S256 code challenge, and asks for ``prompt=consent``
 because OpenID Connect Core 11 lets a provider drop ``offline_access`` (and so the refresh
-token) without it. The first request to ``/callback`` decides the sign-in: its ``state``
-must be ours (else ``StateMismatchError``: a page cannot start or finish a sign-in for the
-user), its ``iss`` must be the issuer when present or when the provider promises it
+token) without it. A request to ``/callback`` without our ``state`` is answered 400 and
+ignored (a page or another local user can neither finish the sign-in for the user nor end
+it); the first one with it decides the sign-in: its ``iss`` must be the issuer when present
+or when the provider promises it
 (RFC 9207, mix-up attacks), and only then is the code exchanged. The browser gets a short
 plain page saying how it ended, once the exchange is done.
 """
@@ -75,6 +76,7 @@ class _Listener(ThreadingHTTPServer):
     daemon_threads = True
     callbacks: queue.Queue[_Callback]
     taken: bool
+    state: str
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -86,11 +88,21 @@ class _Handler(BaseHTTPRequestHandler):
         if parts.path != CALLBACK_PATH:
             self._answer(404, "Not found", "This is Pullgate's sign-in listener.")
             return
+        params = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+        if not secrets.compare_digest(params.get("state", "").encode(), self.server.state.encode()):
+            # Not this sign-in's redirect (an old tab, another local user, a web page
+            # probing loopback ports): refused, and the sign-in goes on waiting for its own.
+            self._answer(
+                400,
+                "Not this sign-in",
+                "This link does not belong to the sign-in Pullgate is waiting for; nothing was "
+                "done. Finish the sign-in from the page Pullgate opened.",
+            )
+            return
         if self.server.taken:
             self._answer(409, "Already finished", "This sign-in has already finished.")
             return
         self.server.taken = True
-        params = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
         callback = _Callback(params)
         self.server.callbacks.put(callback)
         callback.answered.wait(_REPLY_TIMEOUT)
@@ -153,6 +165,7 @@ class BrowserSignIn:
         self._server = _Listener(("127.0.0.1", 0), _Handler)
         self._server.callbacks = queue.Queue()
         self._server.taken = False
+        self.state = self._server.state = secrets.token_urlsafe(24)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.2},
@@ -162,7 +175,6 @@ class BrowserSignIn:
         self._thread.start()
         port = self._server.server_address[1]
         self.redirect_uri = f"http://127.0.0.1:{port}{CALLBACK_PATH}"
-        self.state = secrets.token_urlsafe(24)
         self.nonce = secrets.token_urlsafe(24)
         self._verifier, challenge = pkce_pair()
         params = {
