@@ -353,3 +353,94 @@ def test_sign_in_with_a_device_code_then_sign_out(
     finally:
         tray.stop()
         agent.kill()
+
+
+def test_the_tray_restores_and_renews_the_sign_in_silently(
+    qtbot: QtBot,
+    *,
+    oidc_provider: Any,
+    keychain: Any,
+    tmp_path: Path,
+    short_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a refresh token in the keychain (an earlier sign-in), the tray signs the user
+    in at the agent with no window when the agent holds no sign-in (after a restart), and
+    renews it before identity_max_age ends: the per-user side keeps the sign-in alive."""
+    from keyring.backends import SecretService
+
+    from agent.identity.keychain import Keychain
+    from agent.identity.session import SignInSession, SignInSettings
+    from tests.oidc_provider import CLIENT_ID
+
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", keychain.env["DBUS_SESSION_BUS_ADDRESS"])
+    scopes = ("openid", "email", "profile", "groups", "offline_access")
+    settings = SignInSettings(
+        oidc_provider.issuer, CLIENT_ID, scopes, ca_bundle=oidc_provider.ca_bundle
+    )
+
+    def store() -> Keychain:
+        return Keychain(oidc_provider.issuer, CLIENT_ID, backend=SecretService.Keyring())  # type: ignore[no-untyped-call]
+
+    store().delete()
+    with oidc_provider.settings(device_interval=1), SignInSession(settings, store()) as session:
+        first = session.device(
+            lambda code: threading.Thread(
+                target=oidc_provider.approve_device, args=(code.user_code, "bob")
+            ).start(),
+            cancel=threading.Event(),
+        )
+    assert first.stored
+
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "oidc_issuer": oidc_provider.issuer,
+                "oidc_client_id": CLIENT_ID,
+                "oidc_scopes": list(scopes),
+                "ca_bundle": str(oidc_provider.ca_bundle),
+                "identity_max_age": "5m",
+            }
+        )
+    )
+    control = short_dir / "c.sock"
+    agent = start_agent(
+        tmp_path / "agent",
+        tmp_path / "no-docker.sock",
+        None,
+        ["--config", str(config), "--control", str(control)],
+        expect_ping_ok=False,
+    )
+    skew = [0.0]  # the tray's clock, moved forward to reach the renewal time
+    tray, _ = make_tray(
+        qtbot,
+        control,
+        config=config,
+        keychain=lambda _settings: store(),
+        wall=lambda: time.time() + skew[0],
+    )
+    try:
+        # Restored: the agent held nobody; the tray renewed from the keychain, no window.
+        qtbot.waitUntil(lambda: tray.state.signed_in == "bob@acme.test", timeout=20_000)
+        assert tray.sign_in_window is None
+        identity = tray.status["identity"]["you"] if tray.status else {}
+        accepted, expires = identity["accepted_at"], identity["expires_at"]
+        assert tray.state.renew_at == pytest.approx(expires - 75, abs=1)  # 5 min / 4
+
+        # Near the end of identity_max_age, the tray renews before the agent forgets it.
+        time.sleep(1.1)  # a new token must differ from the last (iat is in seconds)
+        skew[0] = expires - 70 - time.time()
+        tray._render()  # the clock jumped: plan again (a real clock just gets there)
+
+        def renewed() -> bool:
+            you = (tray.status or {}).get("identity", {}).get("you")
+            return isinstance(you, dict) and you["accepted_at"] > accepted
+
+        qtbot.waitUntil(renewed, timeout=20_000)
+        assert store().load() not in (None, first.tokens.refresh_token)  # rotated, stored
+        agent.stop()
+    finally:
+        tray.stop()
+        agent.kill()
+        store().delete()

@@ -386,3 +386,21 @@ def test_decision_log_filters_by_verdict_and_text() -> None:
     assert log.latest_denial() is not None and log.latest_denial().verdict == "would_deny"  # type: ignore[union-attr]
     log.add(denial())
     assert len(log) == 3
+
+
+@pytest.mark.parametrize(
+    ("expires", "max_age", "renew"),
+    [
+        (None, 28800.0, None),
+        (10_000.0, 28800.0, 10_000.0 - 600),  # 8 h: ten minutes before
+        (10_000.0, 300.0, 10_000.0 - 75),  # 5 min: a quarter of it
+        (10_000.0, 120.0, 10_000.0 - 60),  # never less than a minute
+        (10_000.0, None, 10_000.0 - 600),
+    ],
+)
+def test_the_sign_in_is_renewed_before_the_agent_forgets_it(
+    expires: float | None, max_age: float | None, renew: float | None
+) -> None:
+    from ui.model import renewal_time
+
+    assert renewal_time(expires, max_age) == renew

@@ -45,13 +45,22 @@ from ui.model import (
     short,
     tray_state,
 )
-from ui.signin import KeychainFactory, Outcome, SignInDialog, default_keychain, sign_out
+from ui.signin import (
+    KeychainFactory,
+    Outcome,
+    SignInDialog,
+    default_keychain,
+    renew_silently,
+    sign_out,
+)
 from ui.stream import EventFeed, StreamState
 from ui.windows import DecisionsWindow, DiagnosticsWindow, StatusWindow, WhyWindow
 
 __all__ = ["NotifierLike", "TrayApp", "main"]
 
 BURSTS_KEPT = 200
+RENEW_RETRY = 300.0
+"""Seconds before a failed silent renewal is tried again."""
 
 
 class NotifierLike(Protocol):
@@ -128,6 +137,13 @@ class TrayApp(QObject):
         self.flush_timer = QTimer(self)
         self.flush_timer.setSingleShot(True)
         self.flush_timer.timeout.connect(self._flush)
+        # Silent renewal of the sign-in: one single-shot timer, set from the status.
+        self.renew_timer = QTimer(self)
+        self.renew_timer.setSingleShot(True)
+        self.renew_timer.timeout.connect(self._renew)
+        self._renew_tried: object = None  # what the last silent renewal was for
+        self._renew_key: object = None  # what the timer's renewal is for
+        self._renew_not_before = 0.0  # wall time: after a failure, wait RENEW_RETRY
 
         self.why_window = WhyWindow()
         self.decisions_window = DecisionsWindow(self.decisions)
@@ -188,6 +204,7 @@ class TrayApp(QObject):
 
     def stop(self) -> None:
         self.flush_timer.stop()
+        self.renew_timer.stop()
         self.feed.stop()
         if self.sign_in_window is not None:
             self.sign_in_window.cancel()
@@ -240,8 +257,55 @@ class TrayApp(QObject):
         self._render()
 
     def _stream(self, state: StreamState) -> None:
+        if state.connected and not self.stream_state.connected:
+            self._renew_tried = None  # a (re)started agent: worth renewing again
         self.stream_state = state
         self._render()
+
+    # ----------------------------------------------------------------- silent renewal
+
+    def _plan_renewal(self) -> None:
+        """Renew the sign-in silently (the stored refresh token, no window) before the
+        agent forgets it, and once per connection when it holds none (after an agent
+        restart). One single-shot timer; nothing runs while nothing is due."""
+        state = self.state
+        if self.status is None or not state.sign_in_configured:
+            self.renew_timer.stop()
+            return
+        if state.signed_in is None:
+            key: object = ("unsigned", self.feed.path)
+            delay = 0.0
+        elif state.renew_at is not None:
+            key = ("renew", state.renew_at)
+            delay = max(0.0, state.renew_at - self.wall())
+        else:
+            return
+        if key == self._renew_tried:
+            return
+        self._renew_key = key
+        delay = max(delay, self._renew_not_before - self.wall())
+        msec = min(round(delay * 1000), 2**31 - 1)
+        if not self.renew_timer.isActive() or self.renew_timer.remainingTime() > msec:
+            self.renew_timer.start(msec)
+
+    def _renew(self) -> None:
+        key = self._renew_key
+        if key == self._renew_tried:
+            return
+        self._renew_tried = key
+        control = self.feed.path
+        self._in_thread(
+            "renew", lambda: renew_silently(self.config, control, self.keychain), self._renewed
+        )
+
+    def _renewed(self, outcome: object) -> None:
+        if isinstance(outcome, Exception):
+            outcome = Outcome(False, texts.SIGN_IN_FAILED.format(error=short(repr(outcome), 300)))
+        if isinstance(outcome, Outcome) and not outcome.ok:
+            # The provider or the agent is away: try again later, not in a loop.
+            self._renew_tried = None
+            self._renew_not_before = self.wall() + RENEW_RETRY
+            self._set_action(outcome.text)  # renders, which plans the retry
 
     def _decisions_loaded(self, body: object) -> None:
         self.decisions.extend_older(decisions_from_json(body))
@@ -288,6 +352,7 @@ class TrayApp(QObject):
         self.action_why.setEnabled(self.decisions.latest_denial() is not None)
         if self.status_window.isVisible():
             self.status_window.set_state(self.state, self.wall())
+        self._plan_renewal()
         self.state_changed.emit(self.state)
 
     def menu_lines(self) -> list[str]:

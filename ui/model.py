@@ -173,6 +173,7 @@ class TrayState:
     identity_line: str = ""
     mode: str | None = None
     signed_in: str | None = None
+    renew_at: float | None = None  # when to renew the sign-in silently (epoch seconds)
     sign_in_configured: bool = False
     sign_in_required: bool = False
     audit_dir: str | None = None
@@ -202,6 +203,21 @@ def _policy_label(policy: Mapping[str, Any]) -> str:
     return texts.POLICY_LABEL_NO_ORG.format(
         enforcing=_text(policy, "enforcing", MAX_NAME) or texts.UNKNOWN
     )
+
+
+RENEW_MARGIN = 600.0
+"""Renew a sign-in this long before the agent would forget it (less for short max ages)."""
+
+
+def renewal_time(expires_at: float | None, max_age: float | None) -> float | None:
+    """When the tray renews a sign-in silently: ``RENEW_MARGIN`` before it ends, or a
+    quarter of ``identity_max_age`` before it when that is shorter (at least a minute)."""
+    if expires_at is None:
+        return None
+    margin = RENEW_MARGIN
+    if max_age is not None and max_age > 0:
+        margin = max(60.0, min(RENEW_MARGIN, max_age / 4))
+    return expires_at - margin
 
 
 def tray_state(
@@ -250,6 +266,7 @@ def tray_state(
     expires = _number(you, "expires_at")
     expired = expires is not None and expires <= now
     signed_in = who if who and not expired else None
+    renew_at = renewal_time(expires, _number(_dict(identity, "sign_in"), "identity_max_age"))
     if required and signed_in is None:
         problems.append(texts.PROBLEM_SIGN_IN_EXPIRED if expired else texts.PROBLEM_SIGNED_OUT)
 
@@ -327,6 +344,7 @@ def tray_state(
         identity_line=identity_line,
         mode=mode,
         signed_in=signed_in,
+        renew_at=renew_at if configured else None,
         sign_in_configured=configured,
         sign_in_required=required,
         audit_dir=audit_dir,

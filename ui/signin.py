@@ -42,9 +42,12 @@ from ui.windows import copy_text
 
 __all__ = [
     "KeychainFactory",
+    "Outcome",
     "SignInDialog",
     "SignInPlan",
     "default_keychain",
+    "hand_to_agent",
+    "renew_silently",
     "resolve_sign_in",
     "sign_out",
 ]
@@ -295,33 +298,7 @@ class SignInDialog(QDialog):
         b.done.emit(self._hand_to_agent(result))
 
     def _hand_to_agent(self, result: SignInResult) -> Outcome:
-        claims = result.tokens.claims()
-        who = short(claims.get("email") or claims.get("sub") or texts.UNKNOWN, 200)
-        self.bridge.progress.emit(texts.SIGN_IN_SENDING.format(who=who))
-        try:
-            status, body = control_request(
-                self.control(),
-                "PUT",
-                "/v1/identity",
-                timeout=CONTROL_TIMEOUT,
-                body={"id_token": result.tokens.id_token},
-            )
-        except ControlError as e:
-            return Outcome(False, texts.SIGN_IN_AGENT_UNREACHABLE.format(error=short(e, 400)))
-        if status != 200:
-            return Outcome(
-                False, texts.SIGN_IN_AGENT_REFUSED.format(message=_refusal(status, body))
-            )
-        identity = body.get("identity") if isinstance(body, dict) else None
-        identity = identity if isinstance(identity, dict) else {}
-        email = short(identity.get("email") or who, 200)
-        expires = identity.get("expires_at")
-        text = texts.SIGN_IN_DONE.format(
-            who=email, until=format_when(expires if isinstance(expires, int | float) else None)
-        )
-        if not result.stored and result.store_problem:
-            text += "\n" + texts.SIGN_IN_NOT_STORED.format(problem=short(result.store_problem))
-        return Outcome(True, text, email)
+        return hand_to_agent(self.control(), result, self.bridge.progress.emit)
 
     # ----------------------------------------------------------------- the Qt side
 
@@ -385,6 +362,58 @@ class SignInDialog(QDialog):
     def reject(self) -> None:
         self.cancel()
         super().reject()
+
+
+def hand_to_agent(
+    control: Path, result: SignInResult, progress: Callable[[str], object] = lambda _: None
+) -> Outcome:
+    """``PUT /v1/identity`` with the new ID token; the agent's answer in words. Blocking."""
+    claims = result.tokens.claims()
+    who = short(claims.get("email") or claims.get("sub") or texts.UNKNOWN, 200)
+    progress(texts.SIGN_IN_SENDING.format(who=who))
+    try:
+        status, body = control_request(
+            control,
+            "PUT",
+            "/v1/identity",
+            timeout=CONTROL_TIMEOUT,
+            body={"id_token": result.tokens.id_token},
+        )
+    except ControlError as e:
+        return Outcome(False, texts.SIGN_IN_AGENT_UNREACHABLE.format(error=short(e, 400)))
+    if status != 200:
+        return Outcome(False, texts.SIGN_IN_AGENT_REFUSED.format(message=_refusal(status, body)))
+    identity = body.get("identity") if isinstance(body, dict) else None
+    identity = identity if isinstance(identity, dict) else {}
+    email = short(identity.get("email") or who, 200)
+    expires = identity.get("expires_at")
+    text = texts.SIGN_IN_DONE.format(
+        who=email, until=format_when(expires if isinstance(expires, int | float) else None)
+    )
+    if not result.stored and result.store_problem:
+        text += "\n" + texts.SIGN_IN_NOT_STORED.format(problem=short(result.store_problem))
+    return Outcome(True, text, email)
+
+
+def renew_silently(config: Path | None, control: Path, keychain: KeychainFactory) -> Outcome | None:
+    """The stored refresh token → a new ID token → the agent, with no window: how the tray
+    keeps a sign-in alive before ``identity_max_age`` ends, and restores it after the agent
+    restarted. None when there is nothing to renew with (no sign-in configured, no keychain,
+    nothing stored). Blocking: call from a worker thread."""
+    plan = resolve_sign_in(config, control)
+    if plan.settings is None:
+        return None
+    store = keychain(plan.settings)
+    if store is None:
+        return None
+    try:
+        with SignInSession(plan.settings, store) as session:
+            result = session.silent()
+    except SignInError as e:
+        return Outcome(False, texts.SIGN_IN_SILENT_FAILED.format(error=short(e, 300)))
+    if result is None:
+        return None
+    return hand_to_agent(control, result)
 
 
 # --------------------------------------------------------------------------- sign-out
