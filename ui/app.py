@@ -27,8 +27,7 @@ from PySide6.QtGui import QAction, QDesktopServices
 from PySide6.QtWidgets import QApplication, QMenu, QMessageBox, QSystemTrayIcon
 
 from agent import __version__ as agent_version
-from agent.control.client import ControlError, control_request
-from agent.control.contract import control_candidates
+from agent.control.client import ControlError, control_paths, control_request
 from ui import texts
 from ui.icons import icon_for
 from ui.model import (
@@ -106,9 +105,7 @@ class TrayApp(QObject):
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
-        self.candidates: list[Path] = (
-            [control] if control else control_candidates(os.geteuid(), os.environ)
-        )
+        self.candidates: list[Path] = control_paths(control)
         self.config = config
         self.keychain = keychain
         self.wall = wall

@@ -30,7 +30,7 @@ from typing import Any
 from agent.config.keys import ManagedConfig
 from agent.config.parse import ConfigError
 from agent.config.sources import load_managed_config
-from agent.control.client import ControlError, control_candidates, control_request
+from agent.control.client import ControlError, first_answer
 from agent.core.text import printable
 from agent.identity.device import DeviceAuthorization
 from agent.identity.errors import KeychainUnavailableError, SignInCancelledError, SignInError
@@ -131,10 +131,6 @@ def _keychain(settings: SignInSettings) -> tuple[Keychain | None, str | None]:
     return keychain, None
 
 
-def _control_paths(control: str | None) -> list[Path]:
-    return [Path(control)] if control else control_candidates(os.geteuid(), os.environ)
-
-
 @dataclass(frozen=True)
 class _Answer:
     path: Path
@@ -144,17 +140,10 @@ class _Answer:
 
 def _ask_agent(control: str | None, method: str, body: Any = None) -> _Answer:
     """``/v1/identity`` at the first control socket that answers; ControlError otherwise."""
-    problems: list[str] = []
-    for path in _control_paths(control):
-        try:
-            status, answer = control_request(
-                path, method, "/v1/identity", timeout=CONTROL_TIMEOUT, body=body
-            )
-        except ControlError as e:
-            problems.append(str(e))
-            continue
-        return _Answer(path, status, answer if isinstance(answer, dict) else {})
-    raise ControlError("; ".join(problems) or "no control socket to try")
+    path, status, answer = first_answer(
+        control, method, "/v1/identity", body=body, timeout=CONTROL_TIMEOUT
+    )
+    return _Answer(path, status, answer if isinstance(answer, dict) else {})
 
 
 def _refusal(answer: _Answer) -> str:
@@ -419,14 +408,12 @@ def run_whoami(args: argparse.Namespace) -> int:
 
 def _org(control: str | None, config: ManagedConfig | None) -> str | None:
     """The org the agent enforces for (its status), else the managed config's."""
-    for path in _control_paths(control):
-        try:
-            status, body = control_request(path, "GET", "/v1/status", timeout=CONTROL_TIMEOUT)
-        except ControlError:
-            continue
-        if status == 200 and isinstance(body, dict) and isinstance(body.get("org"), str):
-            return str(body["org"])
-        break
+    try:
+        _, status, body = first_answer(control, "GET", "/v1/status", timeout=CONTROL_TIMEOUT)
+    except ControlError:
+        status, body = 0, None
+    if status == 200 and isinstance(body, dict) and isinstance(body.get("org"), str):
+        return str(body["org"])
     return config.org if config is not None else None
 
 

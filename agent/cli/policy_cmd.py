@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.cli.status_cmd import refresh_overdue
-from agent.control.client import ControlError, control_candidates, control_request
+from agent.control.client import ControlError, first_answer
 from agent.core.text import printable
 from agent.daemon.policy_manager import read_status
 from agent.platform.paths import default_state_dir
@@ -193,17 +192,16 @@ def run_status(args: argparse.Namespace) -> int:
 
 def _refresh_via_control(args: argparse.Namespace) -> int | None:
     """Ask the agent's control API; None when no agent answers there."""
-    paths = [Path(args.control)] if args.control else control_candidates(os.geteuid(), os.environ)
-    for path in paths:
-        try:
-            status, body = control_request(path, "POST", "/v1/policy/refresh", timeout=args.timeout)
-        except ControlError:
-            continue
-        message = body.get("result") or body.get("message") if isinstance(body, dict) else body
-        print(printable(f"pullgate policy refresh: {message}"))
-        refused = isinstance(message, str) and message.startswith("refused:")
-        return EXIT_OK if status == 200 and not refused else EXIT_PROBLEM
-    return None
+    try:
+        _, status, body = first_answer(
+            args.control, "POST", "/v1/policy/refresh", timeout=args.timeout
+        )
+    except ControlError:
+        return None
+    message = body.get("result") or body.get("message") if isinstance(body, dict) else body
+    print(printable(f"pullgate policy refresh: {message}"))
+    refused = isinstance(message, str) and message.startswith("refused:")
+    return EXIT_OK if status == 200 and not refused else EXIT_PROBLEM
 
 
 def run_refresh(args: argparse.Namespace) -> int:

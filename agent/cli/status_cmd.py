@@ -23,7 +23,7 @@ from typing import Any
 from agent.config.keys import Enforcement
 from agent.config.parse import ConfigError
 from agent.config.sources import load_managed_config
-from agent.control.client import ControlError, control_candidates, control_request
+from agent.control.client import ControlError, control_paths, control_request
 from agent.core.text import printable
 from agent.platform.docker_api import request_sync
 from agent.platform.docker_context import (
@@ -63,9 +63,8 @@ def register(commands: Any) -> None:
 
 def fetch_status(control: str | None) -> tuple[Path, dict[str, Any]]:
     """The agent's status from ``control`` or, if not given, the usual socket paths."""
-    paths = [Path(control)] if control else control_candidates(os.geteuid(), os.environ)
     problems: list[str] = []
-    for path in paths:
+    for path in control_paths(control):
         try:
             code, body = control_request(path, "GET", "/v1/status", timeout=CONTROL_TIMEOUT)
         except ControlError as e:

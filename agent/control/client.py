@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -29,9 +30,38 @@ __all__ = [
     "SSEParser",
     "ServerSentEvent",
     "control_candidates",
+    "control_paths",
     "control_request",
+    "first_answer",
     "open_event_stream",
 ]
+
+
+def control_paths(control: str | Path | None) -> list[Path]:
+    """``--control PATH`` when given, else where a client looks for an agent: the user's
+    own agent first, then the system one."""
+    return [Path(control)] if control else control_candidates(os.geteuid(), os.environ)
+
+
+def first_answer(
+    control: str | Path | None,
+    method: str,
+    target: str,
+    *,
+    body: object = None,
+    timeout: float = 10.0,
+) -> tuple[Path, int, Any]:
+    """(socket, HTTP status, JSON body) from the first agent that answers at all;
+    ``ControlError`` naming every socket tried when none does."""
+    problems: list[str] = []
+    for path in control_paths(control):
+        try:
+            status, answer = control_request(path, method, target, timeout=timeout, body=body)
+        except ControlError as e:
+            problems.append(str(e))
+            continue
+        return path, status, answer
+    raise ControlError("; ".join(problems) or "no control socket to try")
 
 
 class ControlError(Exception):
