@@ -454,6 +454,29 @@ def test_a_file_backend_is_refused_even_when_it_works() -> None:
     assert PlaintextKeyring.stored == {}
 
 
+def test_a_backend_that_is_no_os_keychain_is_refused() -> None:
+    """Only keyring's own OS keychain backends hold a refresh token: a third-party plugin
+    may keep it anywhere (red-team note, issue 13)."""
+
+    class PluginKeyring(KeyringBackend):
+        priority = 1
+
+        def get_password(self, service: str, username: str) -> str | None:
+            return None
+
+        def set_password(self, service: str, username: str, password: str) -> None:
+            raise AssertionError("must not be asked to store")
+
+        def delete_password(self, service: str, username: str) -> None:
+            return None
+
+    PluginKeyring.__module__ = "keyring_sqlite.backend"
+    plugin = PluginKeyring()  # type: ignore[no-untyped-call]
+    assert "not an OS keychain" in (insecure_reason(plugin) or "")
+    with pytest.raises(KeychainUnavailableError):
+        Keychain("https://idp.test", "cli", backend=plugin).store("token")
+
+
 def test_the_secret_service_is_a_real_keychain(store: Keychain) -> None:
     store.check_available()
     assert store.load() is None

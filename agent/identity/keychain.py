@@ -1,5 +1,5 @@
 """The user's refresh token in the OS keychain (macOS Keychain, Windows Credential Manager,
-the Secret Service on Linux), through ``keyring``, and nowhere else.
+the Secret Service on Linux), through ``keyring``'s own backends for them, and nowhere else.
 
 A refresh token is a long-lived credential: whoever reads it can sign in as the user until
 it is revoked. So it is never written to a file: when ``keyring`` has no secure backend
@@ -24,6 +24,15 @@ SERVICE: Final = "pullgate"
 
 _NO_BACKEND: Final = frozenset({"keyring.backends.fail", "keyring.backends.null"})
 _FILE_BACKEND_PACKAGES: Final = ("keyrings.alt",)
+KEYCHAIN_BACKENDS: Final = (
+    "keyring.backends.SecretService",
+    "keyring.backends.libsecret",
+    "keyring.backends.kwallet",
+    "keyring.backends.macOS",
+    "keyring.backends.Windows",
+)
+"""keyring's own backends for the OS keychains: the only ones trusted with a refresh token.
+Any other (a third-party plugin may keep secrets in a file) counts as no keychain."""
 
 
 def account_name(issuer: str, client_id: str) -> str:
@@ -55,6 +64,10 @@ def insecure_reason(backend: KeyringBackend) -> str | None:
         return f"no keychain backend is available ({name})"
     if module.startswith(_FILE_BACKEND_PACKAGES):
         return f"the keyring backend {name} keeps secrets in a file, not in a keychain"
+    if module not in KEYCHAIN_BACKENDS and not module.startswith(
+        tuple(f"{b}." for b in KEYCHAIN_BACKENDS)
+    ):
+        return f"the keyring backend {name} is not an OS keychain Pullgate knows"
     return None
 
 
