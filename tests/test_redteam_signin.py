@@ -768,3 +768,27 @@ def test_unknown_kids_refetch_the_jwks_rarely(tls: TLSMaterial) -> None:
         fetched = server.requests("/jwks")
     assert reasons == [RefusalReason.UNKNOWN_KEY] * 20, reasons
     assert fetched <= 2, f"{fetched} JWKS fetches for 20 unknown kids"
+
+
+def test_the_keys_are_not_fetched_from_another_host_by_redirect(tls: TLSMaterial) -> None:
+    """An open redirect at the provider must not serve someone else's keys: discovery and
+    the JWKS follow redirects on their own host only (the policy may move anywhere, its
+    signature decides; the keys are trusted for where they come from)."""
+    n = (1 << 2047) | secrets.randbits(2047) | 1
+    with PolicyServer(tls) as server, PolicyServer(tls) as elsewhere:
+        elsewhere.set("/jwks", Route(body=json.dumps({"keys": [_rsa_jwk(n, 65537, "k")]}).encode()))
+        server.set("/.well-known/openid-configuration", Route(body=_discovery(server)))
+        server.set("/jwks", Route(status=302, location=elsewhere.url("/jwks")))
+        store = _hostile_store(server, tls, timeout=2.0)
+
+        async def get() -> object:
+            try:
+                return await store.keys.get()
+            except TokenRefusedError as e:
+                return e
+
+        outcome = asyncio.run(get())
+        assert elsewhere.requests("/jwks") == 0
+    assert isinstance(outcome, TokenRefusedError), outcome
+    assert outcome.reason is RefusalReason.KEYS_UNAVAILABLE
+    assert "another host" in outcome.message

@@ -209,6 +209,7 @@ class ProviderKeys:
             read_timeout=self.settings.timeout,
             max_bytes=MAX_DOCUMENT_BYTES,
             what=what,
+            same_host=True,
         )
         try:
             body = fetcher.fetch().body or b""

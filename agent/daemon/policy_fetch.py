@@ -52,6 +52,10 @@ class Fetcher:
     max_bytes: int = 1 << 20
     what: str = "policy"
     """What is fetched, in the error messages: the identity provider's keys use this too."""
+    same_host: bool = False
+    """Follow redirects only on the same host and port. The policy may move anywhere (its
+    signature decides), but the identity provider's keys are trusted for where they come
+    from: an open redirect at the provider must not serve someone else's keys."""
 
     @property
     def deadline_seconds(self) -> float:
@@ -150,6 +154,11 @@ class Fetcher:
             scheme = urlsplit(target).scheme
         except ValueError as e:  # e.g. "Invalid IPv6 URL"
             raise FetchError(f"{url} redirected to an unreadable Location: {_short(e)}") from e
+        if self.same_host and urlsplit(target).netloc != urlsplit(url).netloc:
+            raise FetchError(
+                f"refusing a redirect from {url} to another host ({target}): the {self.what} "
+                "is fetched from its own host only"
+            )
         if scheme != "https":
             raise FetchError(
                 f"refusing a redirect from {url} to {target}: the {self.what} is fetched over "
