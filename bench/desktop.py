@@ -276,7 +276,8 @@ class Desktop:
             "from PySide6.QtGui import QGuiApplication\n"
             "app = QGuiApplication(sys.argv[:1])\n"
             "x, y, w, h = map(int, sys.argv[2:6])\n"
-            "image = app.primaryScreen().grabWindow(0, x, y, w, h)\n"
+            "# The whole root, then the part: with xcb, grabWindow(0, x, y, ...) ignores x, y.\n"
+            "image = app.primaryScreen().grabWindow(0).toImage().copy(x, y, w, h)\n"
             "sys.exit(0 if image.save(sys.argv[1], 'PNG', 9) else 1)\n"
         )
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -507,6 +508,9 @@ def _start_xvfb(
                     "tcp",
                     "-dpi",
                     "96",
+                    # Not reset when the last client goes (xsetroot's colour, the first
+                    # probe's connection): the desktop lives until stop_desktop.
+                    "-noreset",
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -547,17 +551,33 @@ def _start_xvfb(
     return display
 
 
+_BUS_CONFIG = """<busconfig>
+  <type>session</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
+"""The session bus, with no <servicedir>: nothing is started on demand (the machine's
+gnome-keyring would pop a password prompt over the screen when the tray's sign-in looks
+for a keychain; a second dunst would answer if ours died). What runs on it, we start."""
+
+
 def _start_bus(directory: Path, env: dict[str, str]) -> tuple[int, str]:
     bus_socket = Path(env["XDG_RUNTIME_DIR"]) / "bus"
+    config = directory / "bus.conf"
+    config.write_text(_BUS_CONFIG.format(socket=bus_socket))
     bus = subprocess.run(
         [
             "dbus-daemon",
-            "--session",
+            f"--config-file={config}",
             "--fork",
-            "--nopidfile",
             "--print-address=1",
             "--print-pid=1",
-            f"--address=unix:path={bus_socket}",
         ],
         capture_output=True,
         text=True,
