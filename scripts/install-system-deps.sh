@@ -38,11 +38,19 @@ fi
 #   libxkbcommon-x11-0  the rest of what libqxcb.so links to (ldd), present on a desktop
 #   libegl1 libgl1  libQt6Gui links libEGL and libGL even when nothing is drawn with OpenGL
 #   libfontconfig1 fonts-dejavu-core  fonts for the tray's windows and dunst
+# The Linux packages (packaging/build.sh, tests/test_packaging_linux.py):
+#   dpkg-dev        Debian's package build tools (dpkg-deb, which builds the .deb, is in
+#                   dpkg itself)
+#   rpm             rpmbuild builds the .rpm; `rpm -qlp` lists it
+#   lintian         Debian's package checker: no errors on the .deb
+#   patchelf        drops the build machine's RUNPATH from the bundle's libraries
+#   debootstrap     a Debian root of its own for booting a real systemd in the tests
 PACKAGES=(docker.io docker-registry busybox-static docker-compose curl iproute2 tini gnome-keyring dbus
     xvfb trayer dunst x11-utils x11-xserver-utils xdotool
     libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1
     libxcb-image0 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xkb1 libx11-xcb1
-    libxkbcommon-x11-0 libegl1 libgl1 libfontconfig1 fonts-dejavu-core)
+    libxkbcommon-x11-0 libegl1 libgl1 libfontconfig1 fonts-dejavu-core
+    dpkg-dev rpm lintian patchelf debootstrap)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
