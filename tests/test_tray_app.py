@@ -42,10 +42,13 @@ from tests.agent_process import (
 from tests.fake_control import FakeControl, json_answer, sse_head
 from ui import texts
 from ui.app import TrayApp
-from ui.model import IconState
+from ui.model import DecisionLog, DecisionView, IconState, tray_state
 from ui.stream import Backoff, EventFeed
+from ui.windows import DecisionsWindow, StatusWindow, WhyWindow
 
 NOTIFY_BUDGET = 1.0
+MAX_WIDTH = 600
+"""Pixels: no window or menu grows wider than this, whatever the agent's text."""
 
 
 class RecordingNotifier(QObject):
@@ -125,15 +128,23 @@ def test_a_denied_docker_pull_becomes_a_notification_within_a_second(
         # The docker CLI sends the name normalised: "as typed" is shown only when it differs.
         assert fields.get(texts.WHY_AS_TYPED, "someuser/nginx").endswith("someuser/nginx")
         assert fields[texts.WHY_CATEGORY] == texts.CATEGORY["community"]
-        assert "docker pull nginx" in fields[texts.WHY_WHAT_TO_DO]
+        # What to do: the event's remediation.alternative, its command beside Copy command.
+        assert fields[texts.WHY_WHAT_TO_DO] == "Use the official image 'nginx' instead."
+        window = tray.why_window
+        assert window.command.text() == "docker pull nginx" and window.command_box.isVisible()
         assert fields[texts.WHY_CONTACT] == "it@acme"
-        assert "acme" in fields[texts.WHY_POLICY]
+        assert "acme" in fields[texts.WHY_POLICY] and "\n" not in fields[texts.WHY_POLICY]
         assert "docker" in fields[texts.WHY_COMMAND] and "pull" in fields[texts.WHY_COMMAND]
-        assert tray.why_window.copy.isEnabled() and tray.why_window.request.isEnabled()
-        tray.why_window.copy.click()
+        # The denial message is folded away (its help URL and contact have rows of their own).
+        assert texts.WHY_MESSAGE not in fields and not window.message.isVisible()
+        assert window.copy.isEnabled() and window.request.isEnabled()
+        assert window.focusWidget() is window.copy  # the primary button, no caret in a value
+        window.copy.click()
         from PySide6.QtGui import QGuiApplication
 
         assert QGuiApplication.clipboard().text() == "docker pull nginx"
+        window.copy_message.click()
+        assert QGuiApplication.clipboard().text().startswith("pullgate: pulling docker.io/")
     finally:
         tray.stop()
 
@@ -200,7 +211,8 @@ def test_refresh_policy_shows_the_agents_answer(
         ):
             tray.refresh_policy()
         assert tray.last_action.startswith("Policy refresh failed: this agent enforces a local")
-        assert tray.last_action in tray.menu_lines()
+        # In the menu, elided when long (whole in its tooltip).
+        assert any(tray.last_action.startswith(line.rstrip("…")) for line in tray.menu_lines())
     finally:
         tray.stop()
 
@@ -219,7 +231,7 @@ def test_agent_stopped_shows_down_then_reconnects_by_itself(
         qtbot.waitUntil(lambda: tray.state.icon is IconState.DOWN, timeout=5000)
         assert tray.state.tooltip == "Pullgate — " + texts.STATE_DOWN
         assert tray.menu_lines()[0] == texts.STATE_DOWN
-        assert any(line.startswith("Agent unreachable:") for line in tray.menu_lines())
+        assert set(tray.menu_lines()) & set(texts.MENU_AGENT_DOWN.values())
         agent = start_agent(
             tmp_path, docker_env.socket_path, rules_policy(), ["--control", str(control)]
         )
@@ -228,6 +240,106 @@ def test_agent_stopped_shows_down_then_reconnects_by_itself(
     finally:
         tray.stop()
         agent.kill()
+
+
+# --------------------------------------------------------------------------- the windows
+
+
+def denial_event(**changes: Any) -> DecisionView:
+    event: dict[str, Any] = {
+        "action": "image-pull",
+        "decision": "deny",
+        "image": "docker.io/someuser/tool:latest",
+        "input": "someuser/tool",
+        "category": "community",
+        "rule": "no-tool",
+        "reason": "someuser/tool is unmaintained; use acme/tool, our maintained fork",
+        "policy": 'org "acme" policy serial 1',
+        "policy_serial": 1,
+        "message": "pullgate: pulling docker.io/someuser/tool:latest is not allowed: ...",
+        "remediation": {"help_url": "https://it.acme.test/r?i=x", "contact": "#help"},
+        "peer": {"pid": 7, "name": "docker", "command_line": ["docker", "pull", "x"]},
+        "time": time.time(),
+    }
+    event.update(changes)
+    d = DecisionView.from_json(event)
+    assert d is not None
+    return d
+
+
+def test_the_why_window_says_what_to_do_without_an_alternative(qtbot: QtBot) -> None:
+    window = WhyWindow()
+    qtbot.addWidget(window)
+    window.show_decisions(
+        [denial_event()], "acme policy #1 — local file", 'org "acme" policy serial 1'
+    )
+    window.show()
+    fields = window.fields()
+    assert window.heading.text() == "Pull blocked: someuser/tool"
+    assert fields[texts.WHY_WHAT_TO_DO] == texts.WHY_REMEDY_REQUEST
+    assert texts.REMEDY_DEFAULT not in fields.values()  # the notification's words, not here
+    assert fields[texts.WHY_POLICY] == "acme policy #1 — local file"  # one line, not two
+    assert fields[texts.WHY_REASON].startswith("someuser/tool")  # the admin's case kept
+    assert not window.command_box.isVisible()
+    assert window.request.isVisible() and window.focusWidget() is window.request
+    window.message_toggle.click()
+    assert window.message.isVisible() and "pullgate: pulling" in window.message.text()
+    # Sized to its content: no band of empty space under the rows.
+    layout = window.layout()
+    assert layout is not None
+    assert window.height() <= layout.totalHeightForWidth(window.width()) + 2
+
+    window.show_decisions([denial_event(remediation=None)], "", None)
+    assert window.fields()[texts.WHY_WHAT_TO_DO] == texts.WHY_REMEDY_ASK
+    assert not window.request.isVisible()
+    assert window.focusWidget() is window.close_button
+
+
+def test_long_untrusted_text_never_widens_a_window(qtbot: QtBot) -> None:
+    name = "someuser/" + "a" * 180
+    long = denial_event(
+        image=f"docker.io/{name}:latest",
+        input=name,
+        reason="x" * 300 + " " + "/very/long/path" * 30,
+        peer={"pid": 7, "name": "d" * 100, "command_line": ["docker", "pull", name]},
+        message="m" * 600,
+    )
+    why = WhyWindow()
+    qtbot.addWidget(why)
+    why.show_decisions([long, denial_event()], "p" * 300, None)
+    why.message_toggle.click()
+    why.show()
+    assert why.width() <= MAX_WIDTH and why.sizeHint().width() <= MAX_WIDTH
+    log = DecisionLog()
+    log.add(long)
+    decisions = DecisionsWindow(log)
+    qtbot.addWidget(decisions)
+    decisions.refill()
+    decisions.show()
+    assert decisions.width() <= MAX_WIDTH and decisions.sizeHint().width() <= MAX_WIDTH
+    status = StatusWindow()
+    qtbot.addWidget(status)
+    status.set_state(tray_state(None, now=time.time(), error="e" * 200 + "/x" * 100), time.time())
+    status.show()
+    assert status.width() <= MAX_WIDTH and status.sizeHint().width() <= MAX_WIDTH
+    assert status.focusWidget() is status.close_button  # no caret after the heading
+
+
+def test_the_decisions_list_has_columns_and_roomy_rows(qtbot: QtBot) -> None:
+    log = DecisionLog()
+    log.add(denial_event(decision="allow", image="docker.io/library/alpine:latest"))
+    log.add(denial_event())
+    window = DecisionsWindow(log)
+    qtbot.addWidget(window)
+    window.refill()
+    window.show()
+    header = window.list.headerItem()
+    assert [header.text(c) for c in range(4)] == list(texts.DECISIONS_COLUMNS)
+    first = window.list.topLevelItem(0)
+    assert first is not None and first.text(1) == texts.DECISIONS_VERDICT["deny"]
+    assert first.text(3).startswith("someuser/tool is unmaintained")
+    row = window.list.visualItemRect(first)
+    assert row.height() >= window.list.fontMetrics().height() + 8
 
 
 # --------------------------------------------------------------------------- a bad socket
@@ -290,7 +402,14 @@ def test_no_socket_says_so_and_keeps_trying(qtbot: QtBot, short_dir: Path) -> No
     try:
         qtbot.waitUntil(lambda: tray.stream_state.error is not None, timeout=3000)
         assert tray.state.icon is IconState.DOWN
-        assert any("cannot reach the agent" in line for line in tray.menu_lines())
+        # A short cause in the menu, no countdown; the whole error in its tooltip and on
+        # the status page.
+        down = texts.MENU_AGENT_DOWN["missing"]
+        assert down in tray.menu_lines()
+        (action,) = [a for a in tray.status_actions if a.text() == down]
+        assert "cannot reach the agent" in action.toolTip()
+        assert "none.sock" in dict(tray.state.rows)[texts.STATUS_AGENT]
+        assert tray.menu.sizeHint().width() <= MAX_WIDTH
     finally:
         tray.stop()
 

@@ -21,7 +21,10 @@ from ui.model import (
     docker_check_from_doctor,
     notification_for,
     parse_stream_event,
+    policy_line,
+    soft_wrap,
     tray_state,
+    why_remedy,
 )
 
 NOW = 1_800_000_000.0
@@ -251,6 +254,51 @@ def test_hint_comes_before_the_alternative() -> None:
 def test_no_remediation_still_says_what_to_do() -> None:
     d = denial(remediation=None)
     assert notification_for([d], "k").body.splitlines()[-1] == texts.REMEDY_DEFAULT
+
+
+def test_the_case_of_the_admins_words_and_of_image_names_is_kept() -> None:
+    d = denial(reason="someuser/tool is unmaintained; use acme/tool", remediation=None)
+    assert notification_for([d], "k").body.splitlines()[0] == (
+        "someuser/tool is unmaintained; use acme/tool."
+    )
+    pinned = denial(remediation={"hint": "acme/tool:<version>, not :latest"})
+    assert notification_for([pinned], "k").body.splitlines()[1] == (
+        "acme/tool:<version>, not :latest."
+    )
+
+
+def test_why_remedy_is_the_remediation_not_the_notifications_hint() -> None:
+    assert why_remedy(denial()) == ["Use the official image 'nginx' instead."]
+    assert denial().alternative_command == "docker pull nginx"
+    hinted = denial(remediation={"hint": "sign in with `pullgate login`, then pull again"})
+    assert why_remedy(hinted) == ["Sign in with `pullgate login`, then pull again."]
+    both = denial(remediation={"alternative": "nginx", "hint": "pin a version"})
+    assert why_remedy(both) == ["Use the official image 'nginx' instead.", "Pin a version."]
+    asked = denial(remediation={"help_url": "https://it/x"})
+    assert why_remedy(asked) == [texts.WHY_REMEDY_REQUEST]
+    assert why_remedy(denial(remediation=None)) == [texts.WHY_REMEDY_ASK]
+    assert "pullgate check IMAGE" in texts.WHY_REMEDY_ASK
+    assert texts.REMEDY_DEFAULT not in why_remedy(denial(remediation=None))
+    assert why_remedy(denial(decision="allow", remediation=None)) == []
+
+
+def test_the_policy_row_is_one_line() -> None:
+    d = denial()
+    now = "acme policy #7 — fresh, 5 min ago"
+    assert policy_line(d, now, 'org "acme" policy serial 7') == now
+    changed = policy_line(d, "acme policy #8 — fresh", 'org "acme" policy serial 8')
+    assert changed == 'org "acme" policy serial 7 (now enforcing acme policy #8 — fresh)'
+    assert policy_line(d, "", None) == 'org "acme" policy serial 7'
+    assert "\n" not in changed
+
+
+def test_soft_wrap_breaks_only_long_unbroken_runs() -> None:
+    assert soft_wrap("docker.io/someuser/tool:latest") == "docker.io/someuser/tool:latest"
+    assert soft_wrap("/tmp/pgshot-x/agent/control.sock") == "/tmp/pgshot-x/agent/control.sock"
+    long = "docker.io/someuser/" + "a" * 100
+    wrapped = soft_wrap(long)
+    assert wrapped.replace("\u200b", "") == long
+    assert all(len(part) <= 40 for part in wrapped.replace("/", "\u200b").split("\u200b"))
 
 
 def test_control_characters_from_the_agent_are_escaped() -> None:

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from PySide6 import __version__ as pyside_version
-from PySide6.QtCore import QObject, QTimer, QUrl, Signal, SignalInstance, qVersion
-from PySide6.QtGui import QAction, QDesktopServices
+from PySide6.QtCore import QObject, Qt, QTimer, QUrl, Signal, SignalInstance, qVersion
+from PySide6.QtGui import QAction, QDesktopServices, QFontMetrics
 from PySide6.QtWidgets import QApplication, QMenu, QMessageBox, QSystemTrayIcon
 
 from agent import __version__ as agent_version
@@ -58,6 +58,8 @@ from ui.windows import DecisionsWindow, DiagnosticsWindow, StatusWindow, WhyWind
 __all__ = ["NotifierLike", "TrayApp", "main"]
 
 BURSTS_KEPT = 200
+MENU_TEXT_WIDTH = 480
+"""Pixels of a status line in the menu; longer ones are elided (whole in the tooltip)."""
 RENEW_RETRY = 300.0
 """Seconds before a failed silent renewal is tried again."""
 
@@ -154,6 +156,7 @@ class TrayApp(QObject):
 
         self.menu = QMenu()
         self.menu.setAccessibleName(texts.APP_NAME)
+        self.menu.setToolTipsVisible(True)
         self.status_actions = [self._info_action() for _ in range(4)]
         self.menu.addSeparator()
         self.action_why = self._action(texts.MENU_WHY, self.show_why)
@@ -324,10 +327,13 @@ class TrayApp(QObject):
         self.tray.setIcon(icon_for(self.state.icon))
         self.tray.setToolTip(self.state.tooltip)
         lines = list(self.state.menu_lines) if self.status is not None else [self.state.headline]
+        tips = ["" for _ in lines]
         s = self.stream_state
         if not s.connected and s.error:
-            wait = max(0.0, (s.retry_at or self.wall()) - self.wall())
-            lines.append(texts.MENU_STREAM_RETRY.format(error=short(s.error, 160), seconds=wait))
+            # The cause in a few words (no countdown to go stale while the menu is open);
+            # the whole error in its tooltip and on the status page.
+            lines.append(texts.MENU_AGENT_DOWN.get(s.cause or "", texts.MENU_AGENT_DOWN["other"]))
+            tips.append(s.error)
         skipped = s.malformed + s.oversized + s.dropped
         if skipped:
             lines.append(
@@ -337,8 +343,15 @@ class TrayApp(QObject):
             )
         if self.last_action:
             lines.append(self.last_action)
-        for action, line in zip(self.status_actions, [*lines, "", "", "", ""], strict=False):
-            action.setText(short(line, 200))
+        metrics = QFontMetrics(self.menu.font())
+        for action, line, tip in zip(
+            self.status_actions, [*lines, "", "", "", ""], [*tips, "", "", "", ""], strict=False
+        ):
+            # Untrusted text (an error, a path) never widens the menu: elided, whole in
+            # the tooltip.
+            shown = metrics.elidedText(line, Qt.TextElideMode.ElideRight, MENU_TEXT_WIDTH)
+            action.setText(shown.replace("&", "&&"))
+            action.setToolTip(tip or (line if shown != line else ""))
             action.setVisible(bool(line))
         up = self.status is not None
         self.action_sign_in.setVisible(self.state.sign_in_configured or not up)
@@ -353,7 +366,7 @@ class TrayApp(QObject):
         self.state_changed.emit(self.state)
 
     def menu_lines(self) -> list[str]:
-        return [a.text() for a in self.status_actions if a.isVisible()]
+        return [a.text().replace("&&", "&") for a in self.status_actions if a.isVisible()]
 
     # ----------------------------------------------------------------- windows
 
@@ -368,8 +381,13 @@ class TrayApp(QObject):
         self._show_why_for(decisions)
 
     def _show_why_for(self, decisions: Sequence[DecisionView]) -> None:
-        policy = self._current_policy()
-        self.why_window.show_decisions(decisions, policy)
+        policy = self.status.get("policy") if self.status is not None else None
+        enforcing = policy.get("enforcing") if isinstance(policy, dict) else None
+        self.why_window.show_decisions(
+            decisions,
+            self._current_policy(),
+            short(enforcing, 300) if isinstance(enforcing, str) else None,
+        )
         self._raise(self.why_window)
 
     def _current_policy(self) -> str:
@@ -399,15 +417,23 @@ class TrayApp(QObject):
         if self.sign_in_window is not None and self.sign_in_window.isVisible():
             self._raise(self.sign_in_window)
             return self.sign_in_window
-        dialog = SignInDialog(lambda: self.feed.path, self.config, self.keychain)
+        dialog = SignInDialog(lambda: self.feed.path, self.config, self.keychain, org=self._org())
         dialog.finished_with.connect(self._signed_in)
         self.sign_in_window = dialog
         self._raise(dialog)
         dialog.start()
         return dialog
 
+    def _org(self) -> str | None:
+        """The organisation's name, as the agent's status gives it."""
+        status = self.status or {}
+        policy = status.get("policy")
+        org = status.get("org") or (policy.get("org") if isinstance(policy, dict) else None)
+        return short(org, 100) if isinstance(org, str) and org else None
+
     def _signed_in(self, outcome: Outcome) -> None:
-        self._set_action(outcome.text.splitlines()[0])
+        if outcome.text != texts.SIGN_IN_CANCELLED:  # the user's own doing: no menu line
+            self._set_action(outcome.text.splitlines()[0])
         self.feed.request_status()
 
     def show_about(self) -> None:

@@ -17,6 +17,7 @@ never raises, and makes text printable and short before anyone shows it.
 from __future__ import annotations
 
 import itertools
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,15 +41,19 @@ __all__ = [
     "Notification",
     "StreamEvent",
     "TrayState",
+    "decision_title",
     "decisions_from_json",
     "docker_check_from_doctor",
     "format_age",
     "format_when",
     "notification_for",
     "parse_stream_event",
+    "policy_line",
     "remedy_lines",
     "short",
+    "soft_wrap",
     "tray_state",
+    "why_remedy",
 ]
 
 MAX_TEXT: Final = 600
@@ -511,23 +516,90 @@ def _familiar(canonical: str | None) -> str | None:
 
 
 def _sentence(text: str) -> str:
+    """A full stop at the end when it has none. The case is never changed: a reason may be
+    the admin's own words, and may start with an image name (``someuser/tool is ...``)."""
     text = text.strip()
     if not text:
         return text
-    text = text[0].upper() + text[1:]
     return text if text.endswith((".", "!", "?", "…")) else text + "."
+
+
+_PLAIN_WORD = re.compile(r"[a-z]+(?=[ ,;:])")
+
+
+def _hint_sentence(hint: str) -> str:
+    """The agent's hint as a sentence: its first letter capitalised, as the CLI prints it,
+    only when it starts with a plain lowercase word ("sign in with ..."), never a name."""
+    text = hint.strip()
+    if _PLAIN_WORD.match(text):
+        text = text[0].upper() + text[1:]
+    return _sentence(text)
 
 
 def remedy_lines(d: DecisionView) -> list[str]:
     """What to do instead, most useful first (the notification body's second part)."""
     lines = []
     if d.hint:
-        lines.append(_sentence(d.hint))
+        lines.append(_hint_sentence(d.hint))
     if d.alternative:
         lines.append(texts.REMEDY_ALTERNATIVE.format(alternative=d.alternative))
     if not lines:
         lines.append(texts.REMEDY_DEFAULT)
     return lines
+
+
+def why_remedy(d: DecisionView) -> list[str]:
+    """What to do, for the why window: the decision's ``remediation`` (the alternative, the
+    hint), else how to get the image allowed or find one that is; nothing for an allow."""
+    if not d.denied:
+        return []
+    lines = []
+    if d.alternative:
+        lines.append(texts.REMEDY_ALTERNATIVE.format(alternative=d.alternative))
+    if d.hint:
+        lines.append(_hint_sentence(d.hint))
+    if not lines:
+        lines.append(texts.WHY_REMEDY_REQUEST if d.help_url else texts.WHY_REMEDY_ASK)
+    return lines
+
+
+def decision_title(d: DecisionView) -> str:
+    """``Pull blocked: someuser/tool`` (a notification's title, the why window's heading)."""
+    if d.denied:
+        verbs = texts.VERB_WOULD_BLOCK if d.quiet else texts.VERB_BLOCKED
+        verb = verbs.get(d.action, texts.WOULD_BLOCK_OTHER if d.quiet else texts.BLOCKED_OTHER)
+    else:
+        verb = texts.VERB_ALLOWED
+    name = d.familiar or d.input
+    return (
+        texts.TITLE_ONE.format(verb=verb, image=name)
+        if name
+        else texts.TITLE_NO_IMAGE.format(verb=verb)
+    )
+
+
+SOFT_WRAP: Final = 32
+_UNBROKEN = re.compile(r"[^\s/?&=\-]{" + str(SOFT_WRAP + 8) + ",}")
+
+
+def soft_wrap(text: str) -> str:
+    """``text`` with a zero-width space every ``SOFT_WRAP`` characters of a run that offers
+    no line break (a 200-letter image name): a window wraps it instead of growing. For
+    display only: what is copied is the text itself."""
+    return _UNBROKEN.sub(
+        lambda m: "\u200b".join(m[0][i : i + SOFT_WRAP] for i in range(0, len(m[0]), SOFT_WRAP)),
+        text,
+    )
+
+
+def policy_line(d: DecisionView, current: str, enforcing: str | None) -> str:
+    """The why window's policy row, one line: the policy now enforced when it is the one
+    that decided (``enforcing`` is the status's name for it), else both."""
+    if not current:
+        return d.policy
+    if enforcing is not None and d.policy == enforcing:
+        return current
+    return texts.WHY_POLICY_CHANGED.format(policy=d.policy, current=current)
 
 
 # --------------------------------------------------------------------------- notifications
@@ -560,14 +632,7 @@ def notification_for(
     quiet = decisions[0].quiet
     if count == 1:
         d = decisions[0]
-        verbs = texts.VERB_WOULD_BLOCK if quiet else texts.VERB_BLOCKED
-        verb = verbs.get(d.action, texts.WOULD_BLOCK_OTHER if quiet else texts.BLOCKED_OTHER)
-        name = d.familiar or d.input
-        title = (
-            texts.TITLE_ONE.format(verb=verb, image=name)
-            if name
-            else texts.TITLE_NO_IMAGE.format(verb=verb)
-        )
+        title = decision_title(d)
         lines = [_sentence(d.reason), *remedy_lines(d)]
         if quiet:
             lines.append(texts.BODY_MONITOR_NOTE)

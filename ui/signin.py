@@ -16,14 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from PySide6.QtCore import QObject, Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QFont
+from PySide6.QtGui import QDesktopServices, QFont, QFontDatabase, QPalette
 from PySide6.QtWidgets import (
     QDialog,
+    QFrame,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -37,8 +39,8 @@ from agent.identity.errors import KeychainUnavailableError, SignInCancelledError
 from agent.identity.keychain import Keychain
 from agent.identity.session import SignInResult, SignInSession, SignInSettings
 from ui import texts
-from ui.model import format_when, short
-from ui.windows import copy_text
+from ui.model import format_when, short, soft_wrap
+from ui.windows import WIDTH, copy_text, fit_to_content
 
 __all__ = [
     "KeychainFactory",
@@ -47,6 +49,7 @@ __all__ = [
     "SignInPlan",
     "default_keychain",
     "hand_to_agent",
+    "provider_host",
     "renew_silently",
     "resolve_sign_in",
     "sign_out",
@@ -74,6 +77,16 @@ class SignInPlan:
     settings: SignInSettings | None
     methods: tuple[str, ...] = ("device", "browser")
     problem: str | None = None
+    org: str | None = None  # the managed config's org, for the dialog's heading
+
+
+def provider_host(issuer: str) -> str:
+    """The provider's host name for people (``login.acme.example``), not its raw URL."""
+    try:
+        host = urlsplit(issuer).hostname
+    except ValueError:
+        host = None
+    return short(host or issuer, 200)
 
 
 def resolve_sign_in(config: Path | None, control: Path) -> SignInPlan:
@@ -92,6 +105,7 @@ def resolve_sign_in(config: Path | None, control: Path) -> SignInPlan:
                 ca_bundle=managed.ca_bundle,
             ),
             tuple(managed.sign_in_methods),
+            org=managed.org,
         )
     try:
         status, body = control_request(control, "GET", "/v1/identity", timeout=CONTROL_TIMEOUT)
@@ -153,6 +167,8 @@ class SignInDialog(QDialog):
         config: Path | None = None,
         keychain: KeychainFactory = default_keychain,
         parent: QWidget | None = None,
+        *,
+        org: str | None = None,
     ) -> None:
         super().__init__(parent)
         self.control = control
@@ -167,23 +183,52 @@ class SignInDialog(QDialog):
         self.bridge.choose.connect(self._choose)
         self.bridge.done.connect(self._done)
 
+        self.heading = QLabel(texts.SIGN_IN_HEADING_NO_ORG)
+        self.heading.setTextFormat(Qt.TextFormat.PlainText)
+        self.heading.setWordWrap(True)
+        heading_font = QFont(self.heading.font())
+        heading_font.setPointSizeF(heading_font.pointSizeF() * 1.3)
+        heading_font.setBold(True)
+        self.heading.setFont(heading_font)
         self.status = QLabel()
         self.status.setWordWrap(True)
         self.status.setTextFormat(Qt.TextFormat.PlainText)
         self.status.setAccessibleName(texts.SIGN_IN_STATUS_NAME)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.code = QLineEdit()
-        self.code.setReadOnly(True)
+
+        # The device code, in two numbered steps: the page (Open browser), the code (Copy).
+        self.step_open = QLabel(texts.SIGN_IN_STEP_OPEN)
+        self.uri = QLabel()
+        self.uri.setTextFormat(Qt.TextFormat.PlainText)
+        self.uri.setWordWrap(True)
+        self.uri.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.uri.setAccessibleName(texts.SIGN_IN_OPEN_NAME)
+        uri_font = QFont(self.uri.font())
+        uri_font.setBold(True)
+        self.uri.setFont(uri_font)
+        self.step_code = QLabel(texts.SIGN_IN_STEP_CODE)
+        self.code = QLabel()
+        self.code.setTextFormat(Qt.TextFormat.PlainText)
+        self.code.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.code.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        font = QFont(self.code.font())
-        font.setPointSizeF(font.pointSizeF() * 1.8)
-        font.setBold(True)
-        self.code.setFont(font)
+        self.code.setFrameShape(QFrame.Shape.StyledPanel)
+        self.code.setFrameShadow(QFrame.Shadow.Sunken)
+        self.code.setBackgroundRole(QPalette.ColorRole.Base)
+        self.code.setAutoFillBackground(True)
+        self.code.setMargin(8)
+        code_font = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
+        code_font.setPointSizeF(self.font().pointSizeF() * 2.0)
+        code_font.setBold(True)
+        code_font.setLetterSpacing(QFont.SpacingType.PercentageSpacing, 110)
+        self.code.setFont(code_font)
         self.code.setAccessibleName(texts.SIGN_IN_CODE_NAME)
         self.copy_code = self._button(texts.SIGN_IN_COPY_CODE, texts.SIGN_IN_COPY_CODE_NAME)
         self.copy_code.clicked.connect(lambda: copy_text(self.code.text()))
         self.open_browser = self._button(texts.SIGN_IN_OPEN, texts.SIGN_IN_OPEN_NAME)
         self.open_browser.clicked.connect(self._open)
+        self.waiting = QLabel()
+        self.waiting.setWordWrap(True)
+        self.waiting.setForegroundRole(QPalette.ColorRole.PlaceholderText)
         self.device = self._button(texts.SIGN_IN_DEVICE, texts.SIGN_IN_DEVICE_NAME)
         self.device.clicked.connect(lambda: self._run("device"))
         self.browser = self._button(texts.SIGN_IN_BROWSER, texts.SIGN_IN_BROWSER_NAME)
@@ -191,20 +236,34 @@ class SignInDialog(QDialog):
         self.cancel_button = self._button(texts.SIGN_IN_CANCEL, texts.SIGN_IN_CANCEL)
         self.cancel_button.clicked.connect(self.close)
 
-        code_row = QHBoxLayout()
-        code_row.addWidget(self.code, 1)
-        code_row.addWidget(self.copy_code)
-        code_row.addWidget(self.open_browser)
+        steps = QGridLayout()
+        steps.setHorizontalSpacing(12)
+        steps.setVerticalSpacing(6)
+        steps.setColumnStretch(0, 1)
+        steps.addWidget(self.step_open, 0, 0, 1, 2)
+        steps.addWidget(self.uri, 1, 0)
+        steps.addWidget(self.open_browser, 1, 1)
+        steps.addWidget(self.step_code, 2, 0, 1, 2)
+        steps.addWidget(self.code, 3, 0)
+        steps.addWidget(self.copy_code, 3, 1, Qt.AlignmentFlag.AlignVCenter)
+        steps.addWidget(self.waiting, 4, 0, 1, 2)
+        steps.setRowMinimumHeight(2, self.fontMetrics().height() + 12)  # a gap before step 2
+        steps.setAlignment(self.step_code, Qt.AlignmentFlag.AlignBottom)
         choices = QHBoxLayout()
         choices.addWidget(self.device)
         choices.addWidget(self.browser)
         choices.addStretch(1)
         choices.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
+        layout.setContentsMargins(20, 18, 20, 14)
+        layout.setSpacing(12)
+        layout.addWidget(self.heading)
         layout.addWidget(self.status)
-        layout.addLayout(code_row)
+        layout.addLayout(steps)
+        layout.addStretch(1)
         layout.addLayout(choices)
-        self.resize(520, 220)
+        self.org = org
+        self._set_heading(None)
 
         self.plan: SignInPlan | None = None
         self.authorization: DeviceAuthorization | None = None
@@ -223,8 +282,29 @@ class SignInDialog(QDialog):
         return button
 
     def _set_code_visible(self, visible: bool) -> None:
-        for widget in (self.code, self.copy_code, self.open_browser):
+        for widget in (
+            self.step_open,
+            self.uri,
+            self.open_browser,
+            self.step_code,
+            self.code,
+            self.copy_code,
+            self.waiting,
+        ):
             widget.setVisible(visible)
+        self._fit()
+
+    def _fit(self) -> None:
+        """Sized to what it shows now: no text adrift in empty space."""
+        fit_to_content(self, max(self.width(), WIDTH) if self.isVisible() else WIDTH)
+
+    def _set_heading(self, plan: SignInPlan | None) -> None:
+        org = (plan.org if plan is not None else None) or self.org
+        self.heading.setText(
+            texts.SIGN_IN_HEADING.format(org=short(org, 100))
+            if org
+            else texts.SIGN_IN_HEADING_NO_ORG
+        )
 
     # ----------------------------------------------------------------- flow
 
@@ -273,7 +353,7 @@ class SignInDialog(QDialog):
             b.done.emit(Outcome(False, texts.SIGN_IN_NOT_CONFIGURED))
             return
         settings = plan.settings
-        b.progress.emit(texts.SIGN_IN_STARTING.format(issuer=short(settings.issuer, 200)))
+        b.progress.emit(texts.SIGN_IN_STARTING.format(host=provider_host(settings.issuer)))
         try:
             with SignInSession(settings, self.keychain_factory(settings)) as session:
                 if method == "browser":
@@ -303,30 +383,34 @@ class SignInDialog(QDialog):
     # ----------------------------------------------------------------- the Qt side
 
     def _progress(self, text: str) -> None:
-        self.status.setText(text)
+        self.status.setText(soft_wrap(text))
+        self.status.setVisible(True)
+        self._fit()
 
     def _choose(self, plan: SignInPlan) -> None:
         settings = plan.settings
-        issuer = short(settings.issuer, 200) if settings else texts.UNKNOWN
-        self.status.setText(texts.SIGN_IN_INTRO.format(issuer=issuer))
+        self._set_heading(plan)
+        host = provider_host(settings.issuer) if settings else texts.UNKNOWN
+        self.status.setText(soft_wrap(texts.SIGN_IN_INTRO.format(host=host)))
         self.device.setVisible("device" in plan.methods)
         self.browser.setVisible("browser" in plan.methods)
         first = self.device if "device" in plan.methods else self.browser
         first.setDefault(True)
         first.setFocus()
+        self._fit()
 
     def _show_code(self, authorization: DeviceAuthorization) -> None:
         self.authorization = authorization
         minutes = max(1, round(authorization.expires_in / 60))
-        self.status.setText(
-            texts.SIGN_IN_CODE.format(
-                uri=short(authorization.verification_uri, 500), minutes=minutes
-            )
-        )
+        self.status.setVisible(False)  # the steps say it all
+        self.uri.setText(soft_wrap(short(authorization.verification_uri, 500)))
+        self.uri.setToolTip(authorization.verification_uri)
         self.code.setText(short(authorization.user_code, 40))
-        self._set_code_visible(True)
+        self.waiting.setText(texts.SIGN_IN_CODE_WAITING.format(minutes=minutes))
         self.device.setVisible(False)
         self.browser.setVisible(False)
+        self._set_code_visible(True)
+        self.copy_code.setDefault(True)
         self.copy_code.setFocus()
 
     def _show_url(self, url: str) -> None:
@@ -334,6 +418,7 @@ class SignInDialog(QDialog):
         self.status.setText(texts.SIGN_IN_WAITING_BROWSER.format(seconds=300))
         self.device.setVisible(False)
         self.browser.setVisible(False)
+        self._fit()
         QDesktopServices.openUrl(QUrl(url))
 
     def _open(self) -> None:
@@ -343,7 +428,8 @@ class SignInDialog(QDialog):
 
     def _done(self, outcome: Outcome) -> None:
         self.outcome = outcome
-        self.status.setText(outcome.text)
+        self.status.setText(soft_wrap(outcome.text))
+        self.status.setVisible(True)
         self._set_code_visible(False)
         self.device.setVisible(False)
         self.browser.setVisible(False)

@@ -16,6 +16,7 @@ failure is reported as a ``StreamState`` for the menu's status line.
 
 from __future__ import annotations
 
+import errno
 import random
 import threading
 import time
@@ -30,7 +31,7 @@ from PySide6.QtCore import QObject, Signal
 from agent.control.client import ControlError, EventStream, control_request
 from ui.model import StreamEvent, parse_stream_event, short
 
-__all__ = ["Backoff", "EventFeed", "StreamState"]
+__all__ = ["Backoff", "EventFeed", "StreamState", "unreachable"]
 
 STATUS_TIMEOUT: Final = 10.0
 
@@ -50,6 +51,22 @@ class Backoff:
         return base * (1.0 - self.jitter * rand())
 
 
+def unreachable(error: ControlError) -> str:
+    """Why the control socket did not answer, in one word for the menu (the full error is
+    on the status page): missing | refused | denied | timeout | other."""
+    cause = error.__cause__
+    if isinstance(cause, TimeoutError):
+        return "timeout"
+    if isinstance(cause, OSError):
+        if cause.errno in {errno.ENOENT, errno.ENOTDIR}:
+            return "missing"
+        if cause.errno == errno.ECONNREFUSED:
+            return "refused"
+        if cause.errno in {errno.EACCES, errno.EPERM}:
+            return "denied"
+    return "other"
+
+
 @dataclass(frozen=True)
 class StreamState:
     """How the feed is doing, for the menu: connected or not, the last error, when the next
@@ -58,6 +75,7 @@ class StreamState:
     connected: bool = False
     path: Path | None = None
     error: str | None = None
+    cause: str | None = None  # why the agent is out of reach, a key of texts.MENU_AGENT_DOWN
     retry_at: float | None = None
     dropped: int = 0  # events dropped because the Qt thread fell behind (a flood)
     malformed: int = 0  # events whose JSON was not an event
@@ -158,7 +176,7 @@ class EventFeed(QObject):
         while not self._stop.is_set():
             path = self.candidates[index % len(self.candidates)]
             started = time.monotonic()
-            error = self._follow(path)
+            error, cause = self._follow(path)
             if self._stop.is_set():
                 return
             if time.monotonic() - started >= self.backoff.healthy:
@@ -167,22 +185,22 @@ class EventFeed(QObject):
                 index += 1  # this socket did not answer: try the next candidate next time
             delay = self.backoff.delay(attempt)
             attempt += 1
-            self._set_state(connected=False, error=error, retry_at=time.time() + delay)
+            self._set_state(connected=False, error=error, cause=cause, retry_at=time.time() + delay)
             self.status_changed.emit(None)
             self._stop.wait(delay)
 
-    def _follow(self, path: Path) -> str:
-        """One connection: returns why it ended."""
+    def _follow(self, path: Path) -> tuple[str, str]:
+        """One connection: returns why it ended, in full and as a cause (``unreachable``)."""
         stream = EventStream(path, timeout=self.timeout, max_line=self.max_line)
         self._stream = stream
         if self._stop.is_set():
-            return "stopped"
+            return "stopped", "other"
         try:
             stream.open()
         except ControlError as e:
-            return short(e, 400)
+            return short(e, 400), unreachable(e)
         self._path = path
-        self._set_state(connected=True, path=path, error=None, retry_at=None)
+        self._set_state(connected=True, path=path, error=None, cause=None, retry_at=None)
         self._want_status.set()
         before = self._state.oversized  # counted across connections
         try:
@@ -191,12 +209,12 @@ class EventFeed(QObject):
                 if before + stream.parser.discarded != self._state.oversized:
                     self._set_state(oversized=before + stream.parser.discarded)
         except ControlError as e:
-            return short(e, 400)
+            return short(e, 400), unreachable(e)
         except Exception as e:  # whatever a squatter sends, the reader carries on
-            return short(f"the event stream failed: {e!r}", 400)
+            return short(f"the event stream failed: {e!r}", 400), "other"
         finally:
             stream.close()
-        return "stopped"
+        return "stopped", "other"
 
     def _offer(self, event: StreamEvent) -> None:
         if event.malformed:

@@ -42,7 +42,13 @@ MENU_POLICY_NONE: Final = "Policy: unknown"
 MENU_SIGNED_IN: Final = "Signed in as {who}"
 MENU_SIGNED_OUT: Final = "Not signed in"
 MENU_SIGN_IN_UNCONFIGURED: Final = "Sign-in not configured"
-MENU_STREAM_RETRY: Final = "Agent unreachable: {error} — retrying in {seconds:.0f} s"
+MENU_AGENT_DOWN: Final = {  # the cause (ui.stream.unreachable); the full error is its tooltip
+    "missing": "Agent not running (control socket missing) — retrying…",
+    "refused": "Agent not running (control socket refuses connections) — retrying…",
+    "denied": "Agent out of reach (no permission on its control socket) — retrying…",
+    "timeout": "Agent not answering — retrying…",
+    "other": "Agent connection lost — retrying…",
+}
 MENU_STREAM_PROBLEM: Final = "Events: {problem}"
 MENU_WHY: Final = "Why was the last pull blocked?"
 MENU_DECISIONS: Final = "Recent decisions…"
@@ -90,6 +96,7 @@ VERB_WOULD_BLOCK: Final = {
     "image-build": "Build would be blocked",
     "container-create": "Run would be blocked",
 }
+VERB_ALLOWED: Final = "Allowed"
 BLOCKED_OTHER: Final = "Blocked"
 WOULD_BLOCK_OTHER: Final = "Would be blocked"
 TITLE_ONE: Final = "{verb}: {image}"
@@ -113,7 +120,12 @@ WHY_AS_TYPED: Final = "As typed"
 WHY_CATEGORY: Final = "Category"
 WHY_RULE: Final = "Rule"
 WHY_REASON: Final = "Reason"
-WHY_MESSAGE: Final = "Message"
+WHY_MESSAGE: Final = "Full message"
+WHY_MESSAGE_SHOW: Final = "Show the &full message"
+WHY_MESSAGE_HIDE: Final = "Hide the &full message"
+WHY_MESSAGE_NAME: Final = "The full message docker printed, to paste to your IT team"
+WHY_COPY_MESSAGE: Final = "Copy &message"
+WHY_COPY_MESSAGE_NAME: Final = "Copy the full message docker printed"
 WHY_POLICY: Final = "Policy"
 WHY_WHAT_TO_DO: Final = "What to do"
 WHY_CONTACT: Final = "Contact"
@@ -129,7 +141,15 @@ WHY_REQUEST_NAME: Final = "Request access: opens your organisation's help page f
 WHY_CLOSE: Final = "Close"
 WHY_NONE: Final = "—"
 WHY_ALTERNATIVE_COMMAND: Final = "docker pull {alternative}"
-WHY_POLICY_VALUE: Final = "{policy}\nNow enforcing: {current}"
+WHY_POLICY_CHANGED: Final = "{policy} (now enforcing {current})"
+WHY_REMEDY_REQUEST: Final = (
+    "Ask your IT administrator to allow it (Request access…), or use an image the policy "
+    "allows — check one with `pullgate check IMAGE`."
+)
+WHY_REMEDY_ASK: Final = (
+    "Ask your IT administrator to allow it, or use an image the policy allows — check one "
+    "with `pullgate check IMAGE`."
+)
 CATEGORY: Final = {
     "org": "your organisation's images",
     "official": "Docker Official Image",
@@ -148,7 +168,8 @@ DECISIONS_SEARCH_NAME: Final = "Filter the decisions by image name"
 DECISIONS_LIST_NAME: Final = "Recent decisions, newest first"
 DECISIONS_ALL: Final = "All"
 DECISIONS_VERDICT: Final = {"allow": "Allowed", "deny": "Blocked", "would_deny": "Would block"}
-DECISIONS_ROW: Final = "{time}  {verdict:<11}  {image}"
+DECISIONS_COLUMNS: Final = ("Time", "Decision", "Image", "Reason")
+DECISIONS_ROW: Final = "{time}, {verdict}: {image} — {reason}"  # read aloud; rows() in tests
 DECISIONS_WHY: Final = "&Why?"
 DECISIONS_WHY_NAME: Final = "Explain the selected decision"
 DECISIONS_LOAD_FAILED: Final = "Could not load earlier decisions: {error}"
@@ -208,7 +229,18 @@ COPY_DONE: Final = "Copied to the clipboard."
 
 # --- sign-in -------------------------------------------------------------------------------------
 SIGN_IN_TITLE: Final = "Sign in to your organisation"
-SIGN_IN_INTRO: Final = "Sign in with {issuer} so that your organisation's rules for you apply."
+SIGN_IN_HEADING: Final = "Sign in to {org}"
+SIGN_IN_HEADING_NO_ORG: Final = "Sign in to your organisation"
+SIGN_IN_INTRO: Final = (
+    "Sign in with your organisation's account at {host}, so that the rules your "
+    "organisation set for you apply to your pulls."
+)
+SIGN_IN_STEP_OPEN: Final = "1. Open this page in any browser:"
+SIGN_IN_STEP_CODE: Final = "2. Enter this code:"
+SIGN_IN_CODE_WAITING: Final = (
+    "Waiting for you to enter the code (it expires in {minutes} min); this window says "
+    "when you are signed in."
+)
 SIGN_IN_BROWSER: Final = "Sign in with &browser"
 SIGN_IN_BROWSER_NAME: Final = "Sign in in a browser on this computer"
 SIGN_IN_DEVICE: Final = "Sign in with a &code"
@@ -223,8 +255,7 @@ SIGN_IN_CODE_NAME: Final = "Sign-in code"
 SIGN_IN_STATUS_NAME: Final = "Sign-in progress"
 SIGN_IN_SILENT: Final = "Renewing your stored sign-in…"
 SIGN_IN_SILENT_FAILED: Final = "Could not renew the stored sign-in ({error}); sign in again."
-SIGN_IN_STARTING: Final = "Contacting {issuer}…"
-SIGN_IN_CODE: Final = "Open {uri} and enter this code (it expires in {minutes} min):"
+SIGN_IN_STARTING: Final = "Contacting {host}…"
 SIGN_IN_WAITING_BROWSER: Final = "Waiting for the browser (up to {seconds:.0f} s)…"
 SIGN_IN_SLOWER: Final = "The provider asked to check less often: every {seconds:.0f} s now."
 SIGN_IN_SENDING: Final = "Signed in at the provider as {who}; handing it to the agent…"
