@@ -9,7 +9,10 @@ trayer, dunst), an agent with a managed config naming the provider, and the tray
 real decisions with the docker CLI through the shim and saves, cropped to what matters:
 
 - ``tray-notification.png``: dunst's notification for a refused pull, under the tray icon;
-- ``tray-why.png``: the "Why was this blocked?" window, opened by dunst's "Why?" action;
+- ``tray-why-rule.png``: the "Why was this blocked?" window of ``someuser/tool``, opened
+  by dunst's "Why?" action: refused by the admin's own rule, their words, *Request access…*;
+- ``tray-why.png``: the same for ``someuser/nginx``, opened from the recent decisions: the
+  official image instead, with *Copy command*;
 - ``tray-decisions.png``: the recent decisions (allowed and denied);
 - ``tray-status.png``: the status page;
 - ``tray-sign-in.png``: the sign-in dialog (device code) against the real provider;
@@ -84,6 +87,14 @@ def command():
             for button in widget.findChildren(QAbstractButton):
                 if button.isVisible() and wanted in button.text().replace("&", ""):
                     button.click()
+    elif line.startswith("why_of "):  # the recent decisions' Why? on the image's row
+        window = tray.decisions_window
+        window.refill()
+        for row, d in enumerate(window.shown):
+            if d.input == line[7:] or d.shown_name == line[7:]:
+                window.list.setCurrentItem(window.list.topLevelItem(row))
+                window.why.click()
+                break
     elif line == "menu":
         menu = tray.tray.contextMenu()
         geometry = tray.tray.geometry()
@@ -168,8 +179,8 @@ class Driver:
 def crop(desktop: Desktop, window: Window, path: Path, *, extra: int = MARGIN) -> Path:
     x = max(0, window.x - extra)
     y = max(0, window.y - extra)
-    w = min(1280 - x, window.width + 2 * extra)
-    h = min(800 - y, window.height + 2 * extra)
+    w = min(1280, window.x + window.width + extra) - x
+    h = min(800, window.y + window.height + extra) - y
     return desktop.screenshot(path, (x, y, w, h))
 
 
@@ -302,29 +313,39 @@ def take(out: Path, work: Path) -> list[Path]:
 
         log("why window through dunst's Why? action")
         desktop.invoke_action("why", shown["id"])
-        why = desktop.wait_for_window(texts.WHY_TITLE)
+        desktop.wait_for_window(texts.WHY_TITLE)
+        desktop.close_notifications()  # not in the picture
         time.sleep(0.5)
+        why = desktop.wait_for_window(texts.WHY_TITLE)  # its size once laid out
+        saved.append(crop(desktop, why, out / "tray-why-rule.png"))
+        driver.send("close")
+
+        log("why window from the recent decisions")
+        driver.send("why_of someuser/nginx")
+        time.sleep(0.5)
+        why = desktop.wait_for_window(texts.WHY_TITLE)
         saved.append(crop(desktop, why, out / "tray-why.png"))
         driver.send("close")
-        desktop.close_notifications()
 
         log("recent decisions")
         driver.send("show_decisions")
-        window = desktop.wait_for_window(texts.DECISIONS_TITLE)
+        desktop.wait_for_window(texts.DECISIONS_TITLE)
         time.sleep(0.5)
+        window = desktop.wait_for_window(texts.DECISIONS_TITLE)  # where it was put again
         saved.append(crop(desktop, window, out / "tray-decisions.png"))
         driver.send("close")
 
         log("status")
         driver.send("show_status")
-        window = desktop.wait_for_window(texts.STATUS_TITLE)
+        desktop.wait_for_window(texts.STATUS_TITLE)
         time.sleep(1.0)  # the status the window asked for
+        window = desktop.wait_for_window(texts.STATUS_TITLE)  # its size with that status
         saved.append(crop(desktop, window, out / "tray-status.png"))
         driver.send("close")
 
         log("sign-in (device code from the real provider)")
         driver.send("show_sign_in")
-        window = desktop.wait_for_window(texts.SIGN_IN_TITLE)
+        desktop.wait_for_window(texts.SIGN_IN_TITLE)
         time.sleep(1.0)
         driver.send("click Sign in with a code")
         time.sleep(2.5)  # the device code from the provider
