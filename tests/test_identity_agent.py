@@ -26,11 +26,11 @@ import pwd
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -64,8 +64,9 @@ from tests.agent_process import (
 from tests.oidc_provider import (
     CLIENT_ID,
     OIDCProvider,
+    b64url,
+    compact_jws,
     missing_requirements,
-    pkce_pair,
     start_oidc_provider,
     stop_oidc_provider,
 )
@@ -89,17 +90,6 @@ PLATFORM_RULE = {
 # --------------------------------------------------------------------------- helpers
 
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def compact(header: Mapping[str, Any], claims: Mapping[str, Any], signature: bytes = b"") -> str:
-    """A JWS in compact form with exactly this header and signature (no library checks)."""
-    head = b64url(json.dumps(dict(header)).encode())
-    body = b64url(json.dumps(dict(claims)).encode())
-    return f"{head}.{body}.{b64url(signature)}"
-
-
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -117,22 +107,7 @@ def real_token(provider: OIDCProvider, account: str) -> str:
     carry no jti, so two sign-ins of one user in the same second would otherwise be the
     very same bytes (RS256 signatures are deterministic), which the agent rightly takes
     for a replay."""
-    redirect_uri = "http://127.0.0.1:49152/callback"
-    verifier, challenge = pkce_pair()
-    state = secrets.token_urlsafe(16)
-    url = provider.authorization_url(
-        redirect_uri=redirect_uri,
-        code_challenge=challenge,
-        state=state,
-        nonce=secrets.token_urlsafe(16),
-    )
-    location = provider.authorize_in_browser(url, account, redirect_uri=redirect_uri)
-    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
-    assert query.get("state") == state and "code" in query, location
-    answer = provider.exchange_code(
-        query["code"], code_verifier=verifier, redirect_uri=redirect_uri
-    )
-    return answer.field("id_token")
+    return provider.code_login(account, nonce=secrets.token_urlsafe(16)).field("id_token")
 
 
 def _foreign_rsa_key() -> rsa.RSAPrivateKey:
@@ -652,7 +627,7 @@ def _embedded_jwk(p: OIDCProvider) -> str:
 
 
 def _alg_none(p: OIDCProvider) -> str:
-    return compact({"alg": "none", "typ": "JWT", "kid": rsa_kid(p)}, p.id_token_claims())
+    return compact_jws({"alg": "none", "typ": "JWT", "kid": rsa_kid(p)}, p.id_token_claims())
 
 
 def _hs256_public_key(p: OIDCProvider) -> str:
@@ -662,7 +637,7 @@ def _hs256_public_key(p: OIDCProvider) -> str:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     header = {"alg": "HS256", "typ": "JWT", "kid": rsa_kid(p)}
-    unsigned = compact(header, p.id_token_claims()).rsplit(".", 1)[0]
+    unsigned = compact_jws(header, p.id_token_claims()).rsplit(".", 1)[0]
     mac = hmac.new(pem, unsigned.encode("ascii"), hashlib.sha256).digest()
     return f"{unsigned}.{b64url(mac)}"
 
@@ -809,9 +784,21 @@ def test_extra_keys_are_refused_and_do_not_spend_the_token(
 
 
 def test_an_oversize_body_is_refused_unread(signin: SignInAgent) -> None:
-    body = json.dumps({"id_token": "x" * (80 * 1024)}).encode()
-    got, _, answer = signin.request("PUT", "/v1/identity", body)
-    assert got == 413, answer
+    """Refused on its declared length, before a byte of it is read: the head alone gets
+    the 413 (a client that goes on sending meets a closed socket, which is the point)."""
+    head = (
+        "PUT /v1/identity HTTP/1.1\r\nHost: pullgate\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {80 * 1024}\r\n\r\n"
+    ).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(str(signin.control))
+        sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"too large" in answer
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ redacted from recorded command lines.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import hmac
@@ -67,7 +66,7 @@ from agent.identity.errors import SignInError
 from agent.identity.loopback import BrowserSignIn
 from agent.identity.provider import ProviderClient
 from tests.agent_process import AgentProcess, start_agent, unix_request
-from tests.oidc_provider import CLIENT_ID, OIDCProvider, pkce_pair
+from tests.oidc_provider import CLIENT_ID, OIDCProvider, b64url, compact_jws
 from tests.policy_server import PolicyServer, Route, TLSMaterial
 
 TIMEOUT = 15.0
@@ -81,42 +80,16 @@ root's home, which other uids cannot traverse."""
 # --------------------------------------------------------------------------- helpers
 
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def compact(header: Mapping[str, Any], claims: Mapping[str, Any], signature: bytes = b"") -> str:
-    return (
-        f"{b64url(json.dumps(dict(header)).encode())}."
-        f"{b64url(json.dumps(dict(claims)).encode())}.{b64url(signature)}"
-    )
-
-
 def _hs256(header: Mapping[str, Any], claims: Mapping[str, Any], key: bytes) -> str:
     """An HMAC "signature" by hand (PyJWT rightly refuses a PEM as an HMAC secret)."""
-    signing = compact(header, claims).rsplit(".", 1)[0]
+    signing = compact_jws(header, claims).rsplit(".", 1)[0]
     mac = hmac.new(key, signing.encode("ascii"), hashlib.sha256).digest()
     return f"{signing}.{b64url(mac)}"
 
 
 def real_token(provider: OIDCProvider, account: str = "alice") -> str:
     """A fresh ID token from the provider's real code + PKCE flow (a nonce makes it unique)."""
-    redirect_uri = "http://127.0.0.1:49152/callback"
-    verifier, challenge = pkce_pair()
-    state = secrets.token_urlsafe(16)
-    url = provider.authorization_url(
-        redirect_uri=redirect_uri,
-        code_challenge=challenge,
-        state=state,
-        nonce=secrets.token_urlsafe(16),
-    )
-    location = provider.authorize_in_browser(url, account, redirect_uri=redirect_uri)
-    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
-    assert query.get("state") == state and "code" in query, location
-    answer = provider.exchange_code(
-        query["code"], code_verifier=verifier, redirect_uri=redirect_uri
-    )
-    return answer.field("id_token")
+    return provider.code_login(account, nonce=secrets.token_urlsafe(16)).field("id_token")
 
 
 # A client run as another uid: one HTTP/1.1 request over the control socket, the raw answer
@@ -279,8 +252,8 @@ def _forgeries(provider: OIDCProvider) -> list[tuple[str, str, int, str]]:
     mine_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(mine.public_key()))
     ec_kid = provider.signing_key("ES256").key_id
     out: list[tuple[str, str, int, str]] = [
-        ("alg none", compact({"alg": "none", "kid": kid}, claims), 403, "bad_algorithm"),
-        ("alg NONE", compact({"alg": "NONE", "kid": kid}, claims), 403, "bad_algorithm"),
+        ("alg none", compact_jws({"alg": "none", "kid": kid}, claims), 403, "bad_algorithm"),
+        ("alg NONE", compact_jws({"alg": "NONE", "kid": kid}, claims), 403, "bad_algorithm"),
         (
             "HS256 keyed with the provider's public key",
             _hs256({"alg": "HS256", "kid": kid}, claims, public_pem.encode()),
@@ -329,7 +302,7 @@ def _forgeries(provider: OIDCProvider) -> list[tuple[str, str, int, str]]:
         ),
         (
             "kid is a list",
-            compact({"alg": "RS256", "kid": [kid]}, claims, b"x" * 256),
+            compact_jws({"alg": "RS256", "kid": [kid]}, claims, b"x" * 256),
             403,
             "malformed",
         ),
@@ -340,7 +313,7 @@ def _forgeries(provider: OIDCProvider) -> list[tuple[str, str, int, str]]:
             "malformed",
         ),
         ("larger than 16 KiB", "a" * 17000 + ".e30.c2ln", 403, "malformed"),
-        ("not ASCII", compact({"alg": "RS256"}, claims) + "\u00e9", 403, "malformed"),
+        ("not ASCII", compact_jws({"alg": "RS256"}, claims) + "\u00e9", 403, "malformed"),
     ]
     signed: list[tuple[str, dict[str, Any], str]] = [
         ("iss with a trailing slash", {"iss": provider.issuer + "/"}, "wrong_issuer"),
@@ -695,7 +668,7 @@ def test_a_trickling_provider_never_stalls_the_loop(tls: TLSMaterial) -> None:
             Route(body=_discovery(server), trickle=0.2, trickle_headers=False),
         )
         store = _hostile_store(server, tls, timeout=0.5)  # deadline 0.5 + 2 * 0.5 s
-        token = compact({"alg": "RS256", "kid": "k"}, {}, b"x" * 256)
+        token = compact_jws({"alg": "RS256", "kid": "k"}, {}, b"x" * 256)
         outcome, elapsed, lag = asyncio.run(_with_loop_watch(store.accept(token, PEER)))
     assert isinstance(outcome, TokenRefusedError), outcome
     assert outcome.reason is RefusalReason.KEYS_UNAVAILABLE
@@ -729,7 +702,7 @@ def test_a_key_built_to_slow_verification_is_not_used(tls: TLSMaterial) -> None:
     n = (1 << 3071) | secrets.randbits(3071) | 1
     e = (1 << 3070) | secrets.randbits(3070) | 1
     jwks = {"keys": [_rsa_jwk(n, e, "slow")]}
-    token = compact({"alg": "RS256", "kid": "slow"}, {"sub": "x"}, secrets.token_bytes(384))
+    token = compact_jws({"alg": "RS256", "kid": "slow"}, {"sub": "x"}, secrets.token_bytes(384))
     with PolicyServer(tls) as server:
         server.set("/.well-known/openid-configuration", Route(body=_discovery(server)))
         server.set("/jwks", Route(body=json.dumps(jwks).encode()))
@@ -757,7 +730,7 @@ def test_unknown_kids_refetch_the_jwks_rarely(tls: TLSMaterial) -> None:
         async def many() -> list[object]:
             out: list[object] = []
             for i in range(20):
-                token = compact({"alg": "RS256", "kid": f"nope-{i}"}, {}, b"x" * 256)
+                token = compact_jws({"alg": "RS256", "kid": f"nope-{i}"}, {}, b"x" * 256)
                 try:
                     out.append(await store.accept(token, PEER))
                 except TokenRefusedError as e:
