@@ -270,3 +270,22 @@ class BootedSystem:
         except subprocess.TimeoutExpired:
             self.launcher.kill()
             self.launcher.wait(timeout=10)
+        remove_unit_cgroups()
+
+
+_UNIT_SUFFIXES = (".slice", ".scope", ".service", ".socket", ".mount", ".swap", ".device")
+
+
+def remove_unit_cgroups(base: Path = Path("/sys/fs/cgroup")) -> None:
+    """The booted systemd shares this machine's cgroup hierarchies (v1 here) and leaves
+    its units' cgroups behind, empty, once its namespace is gone; this machine's init is
+    not systemd, so cgroups named like units are that systemd's. Only empty ones go
+    (rmdir of a cgroup fails while it has processes or children)."""
+    with contextlib.suppress(OSError):
+        if Path("/proc/1/comm").read_text().strip() == "systemd":
+            return  # this machine's own units: never touched
+    for top, dirs, _ in os.walk(base, topdown=False):
+        for name in dirs:
+            if name.endswith(_UNIT_SUFFIXES):
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(top, name))
