@@ -276,6 +276,26 @@ def test_frozen_check_decides_like_the_source(built: Built) -> None:
     assert json.loads(frozen.stdout) == json.loads(source.stdout)
 
 
+def test_frozen_cli_loads_every_subcommand_and_its_crypto(built: Built, tmp_path: Path) -> None:
+    """The CLI imports subcommand modules by name: each must be in the bundle."""
+    from agent.cli.main import COMMANDS
+
+    frozen = str(built.bundle / "pullgate")
+    for command in COMMANDS:
+        result = subprocess.run(
+            [frozen, command, "--help"], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, (command, result.stderr)
+    keygen = subprocess.run(
+        [frozen, "admin", "keygen", "--out", str(tmp_path / "key")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert keygen.returncode == 0, keygen.stderr
+    assert '"trusted_keys": ["ed25519:' in keygen.stdout
+
+
 def test_frozen_tray_starts_and_keeps_running(built: Built, tmp_path: Path) -> None:
     """Its Qt plugins and libraries load from the bundle (no desktop: Qt's offscreen
     platform, and no agent: the tray shows it is down and waits)."""
