@@ -130,9 +130,18 @@ def debootstrap(workdir: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]
     if process.poll() is None:
         process.kill()
         process.wait()
-    # Half a gigabyte; the booted system (and with it every mount on it) is gone by now.
-    if str(root) not in Path("/proc/mounts").read_text():
+    # debootstrap mounts /proc (and more) in the root while it installs: a killed one
+    # leaves them in this machine's mount table. The booted system's mounts were in its
+    # own namespace and are gone with it.
+    for mount_point in sorted(_mounts_under(root), reverse=True):
+        subprocess.run(["umount", "-l", mount_point], check=False, capture_output=True)
+    if not _mounts_under(root):  # half a gigabyte
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _mounts_under(root: Path) -> list[str]:
+    points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    return [p for p in points if p == str(root) or p.startswith(f"{root}/")]
 
 
 @pytest.fixture(scope="module")
