@@ -41,6 +41,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ __all__ = [
     "Window",
     "missing_requirements",
     "start_desktop",
+    "start_session_bus",
     "stop_desktop",
 ]
 
@@ -568,9 +570,17 @@ for a keychain; a second dunst would answer if ours died). What runs on it, we s
 
 
 def _start_bus(directory: Path, env: dict[str, str]) -> tuple[int, str]:
-    bus_socket = Path(env["XDG_RUNTIME_DIR"]) / "bus"
+    return start_session_bus(directory, Path(env["XDG_RUNTIME_DIR"]) / "bus", env)
+
+
+def start_session_bus(
+    directory: Path, socket: Path, env: Mapping[str, str] | None = None
+) -> tuple[int, str]:
+    """A private session bus on ``socket`` that starts no service on demand (its config in
+    ``directory``): (pid, address). End it by that pid. Shared by the desktop, the
+    keychain of the sign-in tests and the notifier's no-service test."""
     config = directory / "bus.conf"
-    config.write_text(_BUS_CONFIG.format(socket=bus_socket))
+    config.write_text(_BUS_CONFIG.format(socket=socket))
     bus = subprocess.run(
         [
             "dbus-daemon",
@@ -581,7 +591,7 @@ def _start_bus(directory: Path, env: dict[str, str]) -> tuple[int, str]:
         ],
         capture_output=True,
         text=True,
-        env=env,
+        env=None if env is None else dict(env),
         timeout=STARTUP_TIMEOUT,
         check=False,
     )

@@ -1,8 +1,9 @@
 """A private Secret Service (gnome-keyring-daemon on its own D-Bus session bus) for the
 sign-in tests, so the refresh token goes into a real keychain and never into the user's.
 
-`start_keychain(directory)` starts `dbus-daemon --session` on a socket under `directory`,
-then `gnome-keyring-daemon --foreground --unlock --components=secrets` on that bus, fed a
+`start_keychain(directory)` starts a private session bus on a socket under `directory`
+(`bench.desktop.start_session_bus`: it starts no service on demand), then
+`gnome-keyring-daemon --foreground --unlock --components=secrets` on that bus, fed a
 password on stdin so its `login` keyring is created unlocked, with HOME, XDG_DATA_HOME,
 XDG_CONFIG_HOME and XDG_RUNTIME_DIR pointed under `directory` (the keyring file lands
 there). It returns once a real `keyring` SecretService round trip works.
@@ -24,6 +25,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.desktop import DesktopError, start_session_bus
 
 __all__ = ["KeychainProcess", "missing_requirements", "start_keychain", "stop_keychain"]
 
@@ -90,27 +93,10 @@ def start_keychain(directory: Path) -> KeychainProcess:
         raise RuntimeError("; ".join(problems))
     started = time.monotonic()
     env = _environment(directory)
-    bus_socket = Path(env["XDG_RUNTIME_DIR"]) / "bus"
-    bus = subprocess.run(
-        [
-            "dbus-daemon",
-            "--session",
-            "--fork",
-            "--nopidfile",
-            "--print-address=1",
-            "--print-pid=1",
-            f"--address=unix:path={bus_socket}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=STARTUP_TIMEOUT,
-        check=False,
-    )
-    lines = bus.stdout.split()
-    if bus.returncode != 0 or len(lines) < 2:
-        raise RuntimeError(f"dbus-daemon failed ({bus.returncode}): {bus.stderr}")
-    address, bus_pid = lines[0], int(lines[1])
+    try:
+        bus_pid, address = start_session_bus(directory, Path(env["XDG_RUNTIME_DIR"]) / "bus", env)
+    except DesktopError as e:
+        raise RuntimeError(str(e)) from None
     env["DBUS_SESSION_BUS_ADDRESS"] = address
     # No PYTHON_KEYRING_BACKEND: keyring must find the Secret Service by itself, as it
     # does on a developer's desktop.

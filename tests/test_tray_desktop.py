@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from bench.desktop import start_session_bus
 from bench.realdocker import DockerEnv
 from tests.agent_process import (
     AgentProcess,
@@ -72,21 +73,6 @@ reader.activated.connect(command)
 say(ready=True)
 app.exec()
 """
-
-
-BUS_WITHOUT_SERVICES = """<busconfig>
-  <type>session</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
-"""A session bus that can start no service (no <servicedir>): the desktop's dunst.service
-would otherwise be activated on it."""
 
 
 class Driver:
@@ -195,16 +181,7 @@ def test_no_notification_service_falls_back_to_the_balloon(
 ) -> None:
     """A session bus with no notification service on it: `problem` says so, and the
     notification is Qt's own balloon, a window of the tray's process."""
-    config = tmp_path / "bus.conf"
-    config.write_text(BUS_WITHOUT_SERVICES.format(socket=tmp_path / "bus"))
-    bus = subprocess.run(
-        ["dbus-daemon", f"--config-file={config}", "--fork", "--print-address=1", "--print-pid=1"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=10,
-    )
-    address, pid = bus.stdout.split()[:2]
+    bus_pid, address = start_session_bus(tmp_path, tmp_path / "bus")
     running = Driver({**desktop.env, "DBUS_SESSION_BUS_ADDRESS": address})
     try:
         event = running.expect(lambda e: "problem" in e)
@@ -231,7 +208,7 @@ def test_no_notification_service_falls_back_to_the_balloon(
         assert len(desktop.notifications()) == since, "dunst got it over the other bus?"
     finally:
         running.close()
-        os.kill(int(pid), signal.SIGTERM)
+        os.kill(bus_pid, signal.SIGTERM)
 
 
 # --------------------------------------------------------------------------- the tray app
