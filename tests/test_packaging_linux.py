@@ -604,6 +604,43 @@ def test_08_a_hung_agent_is_restarted_by_the_watchdog(system: BootedSystem) -> N
         system.run("systemctl", "restart", "pullgate-agent.service")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "red team: the takeover gates images, not what a container mounts. A docker-group "
+        "user runs an allowed image with the host's / bind-mounted and, as root inside it, "
+        "talks to dockerd's root-only socket around the policy (the bypass watch only "
+        "reports such mounts afterwards). Fix: refuse HostConfig binds/mounts of /, /run, "
+        "/var/run, /proc and the daemon's sockets, --privileged and --pid=host by policy"
+    ),
+)
+def test_08b_a_docker_group_user_cannot_reach_dockerd_through_a_container(
+    system: BootedSystem,
+) -> None:
+    assert docker_as_user(system, "pull", ALLOWED).returncode == 0
+    # The container create goes through the agent (an allowed image); inside, the host's
+    # own docker CLI runs against dockerd's socket as the container's root (uid 0).
+    raw = docker_as_user(
+        system,
+        "run",
+        "--rm",
+        "-v",
+        "/:/host",
+        ALLOWED,
+        "busybox",
+        "chroot",
+        "/host",
+        "docker",
+        "-H",
+        f"unix://{DAEMON_SOCKET}",
+        "version",
+        "--format",
+        "dockerd answered: {{.Server.Version}}",
+    )
+    # Fixed when the agent refuses such a container with its message.
+    assert raw.returncode != 0 and "pullgate" in raw.stderr, raw.stdout + raw.stderr
+
+
 def test_09_an_upgrade_keeps_config_state_and_the_audit_chain(
     system: BootedSystem, built: Built
 ) -> None:
