@@ -1,5 +1,7 @@
 """Renderers of the key registry: ``docs/config.md``, the example Linux config file, and
-MDM profiles (an unsigned ``.mobileconfig``, a Windows ``.reg`` file).
+MDM profiles (an unsigned ``.mobileconfig``, optionally with the macOS managed login items
+that keep the agent's LaunchDaemon and the tray's LaunchAgent switched on; a Windows
+``.reg`` file).
 
 ``python -m agent.config --markdown`` prints the docs page; ``--mobileconfig`` and ``--reg``
 turn a JSON file of settings into a profile IT can upload to its MDM or import with regedit.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import plistlib
+import re
 import uuid
 from collections.abc import Mapping
 
@@ -23,7 +26,9 @@ from agent.config.sources import (
 )
 
 __all__ = [
+    "DAEMON_LABEL",
     "EXAMPLE_VALUES",
+    "TRAY_LABEL",
     "encode_reg",
     "render_example_json",
     "render_markdown",
@@ -52,6 +57,13 @@ EXAMPLE_VALUES: dict[str, object] = {
     "help_url": "https://it.acme.example/containers?image={image}",
 }
 """The settings behind ``packaging/mdm/`` (the keys are illustrations, not real keys)."""
+
+DAEMON_LABEL = "com.pullgate.agent"
+"""The launchd label of the agent's LaunchDaemon (installers/macos/com.pullgate.agent.plist)."""
+TRAY_LABEL = "com.pullgate.tray"
+"""The launchd label of the tray's LaunchAgent (installers/macos/com.pullgate.tray.plist)."""
+# Apple's team identifiers: ten characters, digits and capital letters ("ABCDE12345").
+_TEAM_ID = re.compile(r"[0-9A-Z]{10}")
 
 _TYPE_DOCS: dict[str, tuple[str, str, str, str]] = {
     # type: (meaning, JSON, plist, registry)
@@ -214,17 +226,57 @@ def _profile_uuid(seed: str, part: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pullgate:{seed}:{part}")).upper()
 
 
+def _service_management_payload(identifier: str, seed: str, team_id: str) -> dict[str, object]:
+    """Managed login items (macOS 13+): the agent's LaunchDaemon and the tray's LaunchAgent
+    are enabled and allowed, and the user cannot switch them off in System Settings.
+
+    Each rule matches one launchd label and only items signed by ``team_id``, so a
+    look-alike job with the same label but another signature is not approved.
+    """
+    if not _TEAM_ID.fullmatch(team_id):
+        raise ConfigError(
+            "--team-id",
+            None,
+            f"expected an Apple team identifier (10 capital letters and digits), got {team_id!r}",
+        )
+    rules = [
+        {
+            "RuleType": "Label",
+            "RuleValue": label,
+            "TeamIdentifier": team_id,
+            "Comment": comment,
+        }
+        for label, comment in (
+            (DAEMON_LABEL, "Pullgate agent (LaunchDaemon): the image policy in front of Docker"),
+            (TRAY_LABEL, "Pullgate tray (LaunchAgent): why a pull was refused, sign-in"),
+        )
+    ]
+    return {
+        "PayloadType": "com.apple.servicemanagement",
+        "PayloadIdentifier": f"{identifier}.servicemanagement",
+        "PayloadUUID": _profile_uuid(seed, "servicemanagement"),
+        "PayloadVersion": 1,
+        "PayloadDisplayName": "Pullgate background items",
+        "Rules": rules,
+    }
+
+
 def render_mobileconfig(
     values: Mapping[str, object],
     *,
     identifier: str = PREFERENCE_DOMAIN,
     uuid_seed: str | None = None,
+    team_id: str | None = None,
 ) -> bytes:
     """An unsigned ``.mobileconfig`` for an MDM, with the settings in one payload.
 
     ``identifier`` names the profile (MDMs replace a profile by identifier); the payload
     type is always ``com.pullgate.agent``, the domain the agent reads. UUIDs derive from
     ``uuid_seed`` (default: identifier and org) so the same input gives the same bytes.
+    ``team_id`` (the Developer ID team that signed the pkg) adds a
+    ``com.apple.servicemanagement`` payload: the agent's LaunchDaemon and the tray's
+    LaunchAgent become managed login items that users cannot switch off. Without it the
+    output is the settings payload alone, as before.
     """
     settings = _validated(values, "mobileconfig settings")
     seed = uuid_seed if uuid_seed is not None else f"{identifier}:{values.get('org') or ''}"
@@ -249,6 +301,15 @@ def render_mobileconfig(
         "PayloadRemovalDisallowed": True,
         "PayloadContent": [payload],
     }
+    if team_id is not None:
+        profile["PayloadContent"] = [
+            payload,
+            _service_management_payload(identifier, seed, team_id),
+        ]
+        profile["PayloadDescription"] = (
+            "Container image policy settings for the Pullgate agent, and its background "
+            "items kept switched on."
+        )
     if isinstance(org, str):
         profile["PayloadOrganization"] = org
     return plistlib.dumps(profile, sort_keys=True)
