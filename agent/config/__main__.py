@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from agent.config.admx import render_adml, render_admx
 from agent.config.check import check_local_files
 from agent.config.parse import ConfigError
 from agent.config.render import (
@@ -17,6 +18,15 @@ from agent.config.render import (
     render_windows_reg,
 )
 from agent.config.sources import PREFERENCE_DOMAIN, load_config_file, load_json_file
+
+
+def write_admx(directory: Path) -> None:
+    """The administrative templates as a PolicyDefinitions directory holds them."""
+    (directory / "en-US").mkdir(parents=True, exist_ok=True)
+    (directory / "Pullgate.admx").write_text(render_admx(), encoding="utf-8", newline="\n")
+    (directory / "en-US" / "Pullgate.adml").write_text(
+        render_adml("en-US"), encoding="utf-8", newline="\n"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,20 +44,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     action.add_argument(
         "--check", metavar="FILE", help="validate a JSON file, plist or .mobileconfig"
     )
+    action.add_argument(
+        "--admx",
+        metavar="DIR",
+        help="write DIR/Pullgate.admx and DIR/en-US/Pullgate.adml (Group Policy, Intune)",
+    )
     parser.add_argument("--identifier", default=PREFERENCE_DOMAIN, help="profile identifier")
     parser.add_argument("--uuid-seed", help="seed for the profile's UUIDs")
-    parser.add_argument(
-        "--team-id",
-        metavar="ID",
-        help="with --mobileconfig: the Developer ID team that signed the pkg; adds managed "
-        "login items so users cannot switch off the agent and the tray (macOS 13+)",
-    )
     args = parser.parse_args(argv)
-    if args.team_id is not None and not args.mobileconfig:
-        parser.error("--team-id goes with --mobileconfig")
     try:
         if args.markdown:
             sys.stdout.write(render_markdown())
+        elif args.admx:
+            write_admx(Path(args.admx))
         elif args.check:
             config = load_config_file(Path(args.check))
             check_local_files(config)
@@ -58,10 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             values = json.loads(path.read_bytes())
             if args.mobileconfig:
                 out = render_mobileconfig(
-                    values,
-                    identifier=args.identifier,
-                    uuid_seed=args.uuid_seed,
-                    team_id=args.team_id,
+                    values, identifier=args.identifier, uuid_seed=args.uuid_seed
                 )
             else:
                 out = encode_reg(render_windows_reg(values))
