@@ -51,7 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--identifier", default=PREFERENCE_DOMAIN, help="profile identifier")
     parser.add_argument("--uuid-seed", help="seed for the profile's UUIDs")
+    parser.add_argument(
+        "--team-id",
+        metavar="ID",
+        help="with --mobileconfig: the Developer ID team that signed the pkg; adds managed "
+        "login items so users cannot switch off the agent and the tray (macOS 13+)",
+    )
     args = parser.parse_args(argv)
+    if args.team_id is not None and not args.mobileconfig:
+        parser.error("--team-id goes with --mobileconfig")
     try:
         if args.markdown:
             sys.stdout.write(render_markdown())
@@ -67,7 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             values = json.loads(path.read_bytes())
             if args.mobileconfig:
                 out = render_mobileconfig(
-                    values, identifier=args.identifier, uuid_seed=args.uuid_seed
+                    values,
+                    identifier=args.identifier,
+                    uuid_seed=args.uuid_seed,
+                    team_id=args.team_id,
                 )
             else:
                 out = encode_reg(render_windows_reg(values))
