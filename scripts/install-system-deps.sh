@@ -45,12 +45,16 @@ fi
 #   lintian         Debian's package checker: no errors on the .deb
 #   patchelf        drops the build machine's RUNPATH from the bundle's libraries
 #   debootstrap     a Debian root of its own for booting a real systemd in the tests
+# The macOS package's scripts (tests/test_packaging_macos.py):
+#   shellcheck      lints preinstall, postinstall and uninstall.sh (they run on macOS,
+#                   where nothing here can run them under Installer)
 PACKAGES=(docker.io docker-registry busybox-static docker-compose curl iproute2 tini gnome-keyring dbus
     xvfb trayer dunst x11-utils x11-xserver-utils xdotool
     libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1
     libxcb-image0 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xkb1 libx11-xcb1
     libxkbcommon-x11-0 libegl1 libgl1 libfontconfig1 fonts-dejavu-core
-    dpkg-dev rpm lintian patchelf debootstrap)
+    dpkg-dev rpm lintian patchelf debootstrap
+    shellcheck)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
