@@ -56,6 +56,12 @@ PACKAGES=(docker.io docker-registry busybox-static docker-compose curl iproute2 
     dpkg-dev rpm lintian patchelf debootstrap
     shellcheck)
 
+# The Windows MSI's structure (tests/test_packaging_windows.py; no Windows machine here):
+#   wixl            Debian's WiX-compatible MSI builder (msitools' wixl): builds a real MSI
+#                   from packaging/windows/Pullgate.wxs around a stand-in payload
+#   msitools        msiinfo: reads the MSI's tables back (File, ServiceInstall, Registry...)
+PACKAGES+=(wixl msitools)
+
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     status=$(dpkg-query -W -f='${db:Status-Abbrev}' "${pkg}" 2>/dev/null || true)
