@@ -110,7 +110,12 @@ def test_the_daemon_uses_macos_paths_the_scripts_create() -> None:
 
 def test_the_tray_runs_the_apps_main_executable_in_each_gui_session() -> None:
     assert TRAY["Label"] == TRAY_LABEL
-    assert TRAY["ProgramArguments"] == [f"/{stage.APP}/{stage.TRAY_EXECUTABLE}"]
+    control = _option(DAEMON["ProgramArguments"], "--control")
+    assert TRAY["ProgramArguments"] == [
+        f"/{stage.APP}/{stage.TRAY_EXECUTABLE}",
+        "--control",
+        control,
+    ]
     assert TRAY["LimitLoadToSessionType"] == "Aqua"
     assert TRAY["RunAtLoad"] is True
     assert TRAY["KeepAlive"] == {"SuccessfulExit": False}  # Quit ends it; a crash does not
