@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 INSTALLERS = ROOT / "installers" / "linux"
 DAEMON_SOCKET = "/run/pullgate/dockerd.sock"
@@ -126,3 +128,62 @@ def test_agent_unit_writes_only_its_dirs_and_takes_nothing_from_users() -> None:
     # Only the main process may send READY=/WATCHDOG= (the default NotifyAccess=main):
     # no child or other process of the unit can feed a hung agent's watchdog.
     assert _values(unit, "Service", "NotifyAccess") in ([], ["main"])
+
+
+# --- extra dockerd listeners (red-team finding 2): doctor's takeover check sees them -------
+
+
+@pytest.mark.parametrize(
+    ("argv", "daemon_json", "extra"),
+    [
+        (["dockerd", "-H", "fd://", "--containerd=/run/containerd/containerd.sock"], None, []),
+        (["dockerd", "-H", "fd://", "-H", "tcp://127.0.0.1:2375"], None, ["tcp://127.0.0.1:2375"]),
+        (["dockerd", "-Htcp://0.0.0.0:2375"], None, ["tcp://0.0.0.0:2375"]),
+        (["dockerd", "--host=unix:///var/run/docker.sock"], None, ["unix:///var/run/docker.sock"]),
+        (["dockerd", "-H=fd://3"], {"hosts": ["tcp://10.0.0.1:2376"]}, ["tcp://10.0.0.1:2376"]),
+        (["dockerd", "--host", "unix:///run/pullgate/dockerd.sock"], {"hosts": []}, []),
+    ],
+)
+def test_dockerd_listeners_besides_the_upstream_are_found(
+    argv: list[str], daemon_json: dict[str, object] | None, extra: list[str]
+) -> None:
+    from agent.core.dockerd_hosts import dockerd_hosts, extra_listeners
+
+    hosts = dockerd_hosts(argv, daemon_json)
+    assert extra_listeners(hosts, "/run/pullgate/dockerd.sock") == extra
+
+
+def test_doctor_fails_a_takeover_where_dockerd_also_listens_on_tcp(tmp_path: Path) -> None:
+    """DOCKER_OPTS="-H tcp://127.0.0.1:2375" (or `hosts` in daemon.json) beside the takeover:
+    every local user reaches dockerd with no policy, and doctor used to say OK."""
+    import os
+
+    from agent.cli.status_cmd import check_enforcement
+    from agent.config.keys import Enforcement, ManagedConfig
+
+    shim = tmp_path / "docker.sock"
+    shim.touch()
+    upstream = tmp_path / "dockerd.sock"
+    upstream.touch()
+    os.chmod(upstream, 0o600)
+    config = ManagedConfig(enforcement=Enforcement.TAKEOVER)
+    daemon_json = tmp_path / "daemon.json"
+    daemon_json.write_text('{"hosts": ["tcp://127.0.0.1:2375"]}')
+
+    def run(argvs: list[list[str]], json_path: Path) -> tuple[str, str]:
+        check = check_enforcement(
+            shim,
+            upstream,
+            load=lambda: config,
+            default_socket=shim,
+            dockerd_argvs=lambda: argvs,
+            daemon_json=json_path,
+        )
+        return check.result, check.detail
+
+    ok = run([["dockerd", "-H", "fd://"]], tmp_path / "absent.json")
+    assert ok[0] == "OK" and "nowhere else" in ok[1]
+    opts = run([["dockerd", "-H", "fd://", "-H", "tcp://127.0.0.1:2375"]], tmp_path / "absent")
+    assert opts[0] == "FAIL" and "tcp://127.0.0.1:2375" in opts[1]
+    configured = run([["dockerd", "-H", "fd://"]], daemon_json)
+    assert configured[0] == "FAIL" and "tcp://127.0.0.1:2375" in configured[1]

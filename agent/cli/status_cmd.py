@@ -24,6 +24,8 @@ from agent.config.keys import Enforcement
 from agent.config.parse import ConfigError
 from agent.config.sources import load_managed_config
 from agent.control.client import ControlError, control_paths, control_request
+from agent.core import strict_json
+from agent.core.dockerd_hosts import dockerd_hosts, extra_listeners
 from agent.core.text import printable
 from agent.platform.docker_api import request_sync
 from agent.platform.docker_context import (
@@ -665,11 +667,37 @@ def check_audit_chain(
 DOCKER_DEFAULT_SOCKET = Path("/var/run/docker.sock")
 
 
+DOCKER_DAEMON_JSON = Path("/etc/docker/daemon.json")
+
+
+def dockerd_command_lines() -> list[list[str]]:
+    """The command lines of the running dockerd processes (psutil; none it cannot read)."""
+    import psutil  # noqa: PLC0415 - only doctor pays for it
+
+    found: list[list[str]] = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        info = process.info
+        if info.get("name") == "dockerd" and info.get("cmdline"):
+            found.append(list(info["cmdline"]))
+    return found
+
+
+def _daemon_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = strict_json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def check_enforcement(
     listen: Path,
     upstream: Path,
+    *,
     load: Callable[[], Any] = load_managed_config,
     default_socket: Path = DOCKER_DEFAULT_SOCKET,
+    dockerd_argvs: Callable[[], list[list[str]]] = dockerd_command_lines,
+    daemon_json: Path = DOCKER_DAEMON_JSON,
 ) -> Check:
     """The managed config's ``enforcement`` and, for ``takeover``, that it is in place:
     the Docker socket everyone uses leads to the shim and dockerd's own is root's only."""
@@ -711,11 +739,26 @@ def check_enforcement(
             f"(owner {st.st_uid}, group {st.st_gid}, mode {st.st_mode & 0o777:o})",
             fix,
         )
+    config_hosts = _daemon_json(daemon_json)
+    extra: list[str] = []
+    for argv in dockerd_argvs() or [["dockerd"]]:
+        for host in extra_listeners(dockerd_hosts(argv, config_hosts), str(upstream)):
+            if host not in extra:
+                extra.append(host)
+    if extra:
+        return Check(
+            name,
+            FAIL,
+            f"takeover, but dockerd also listens on {', '.join(extra)}: whoever reaches "
+            "that bypasses the policy",
+            "remove the other listeners: -H in DOCKER_OPTS (/etc/default/docker) or in a "
+            f"docker.service drop-in, `hosts` in {daemon_json}; then restart docker",
+        )
     return Check(
         name,
         OK,
         f"takeover: {default_socket} is the agent's socket; dockerd listens on {upstream}, "
-        "for root only",
+        "for root only, and nowhere else",
     )
 
 
