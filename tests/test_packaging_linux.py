@@ -219,7 +219,7 @@ def test_deb_installs_root_owned_files_nobody_else_can_write(built: Built) -> No
         "/etc/pullgate/config.json",
         "/lib/systemd/system/pullgate-agent.service",
         "/lib/systemd/system/docker.socket.d/pullgate-takeover.conf",
-        "/usr/lib/tmpfiles.d/pullgate.conf",
+        "/usr/lib/tmpfiles.d/00-pullgate.conf",
         "/usr/share/doc/pullgate/copyright",
     ):
         assert path in entries, path
@@ -248,7 +248,7 @@ def test_rpm_lists_the_bundle_the_units_and_the_config(built: Built) -> None:
         "/etc/pullgate/config.json",
         "/usr/lib/systemd/system/pullgate-agent.service",
         "/usr/lib/systemd/system/docker.socket.d/pullgate-takeover.conf",
-        "/usr/lib/tmpfiles.d/pullgate.conf",
+        "/usr/lib/tmpfiles.d/00-pullgate.conf",
     ):
         assert path in files, path
     if _has_tray():

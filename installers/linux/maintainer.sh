@@ -15,9 +15,9 @@ pullgate_make_dirs() {
     # root-owned, not writable by users: the policy cache and state, the audit log (not
     # readable by users either: it holds everyone's decisions) and the runtime dir.
     install -d -m 0755 -o root -g root /etc/pullgate /var/lib/pullgate
-    install -d -m 0750 -o root -g root /var/log/pullgate
+    install -d -m 0700 -o root -g root /var/log/pullgate
     chmod 0755 /var/lib/pullgate
-    chmod 0750 /var/log/pullgate
+    chmod 0700 /var/log/pullgate
 }
 
 pullgate_docker_has_socket_unit() {
@@ -46,9 +46,9 @@ pullgate_takeover() {
     systemctl daemon-reload
     # The socket file exists once docker.socket listens there (an upgrade): no restart.
     if pullgate_docker_has_socket_unit && [ ! -S "$PULLGATE_DROPIN_SOCKET" ]; then
-        pullgate_restart_docker_socket systemd-tmpfiles --create pullgate.conf
+        pullgate_restart_docker_socket systemd-tmpfiles --create 00-pullgate.conf
     else
-        systemd-tmpfiles --create pullgate.conf || true
+        systemd-tmpfiles --create 00-pullgate.conf || true
     fi
     systemctl enable pullgate-agent.service >/dev/null 2>&1 || true
     systemctl restart pullgate-agent.service || true

@@ -53,7 +53,7 @@ def unit_files(unit_dir: str) -> list[tuple[str, str, int]]:
     return [
         ("pullgate-agent.service", f"{unit_dir}/pullgate-agent.service", 0o644),
         ("pullgate-takeover.conf", f"{unit_dir}/docker.socket.d/pullgate-takeover.conf", 0o644),
-        ("pullgate.tmpfiles", "/usr/lib/tmpfiles.d/pullgate.conf", 0o644),
+        ("pullgate.tmpfiles", "/usr/lib/tmpfiles.d/00-pullgate.conf", 0o644),
     ]
 
 
@@ -286,7 +286,7 @@ def build_rpm(bundle: Path, out: Path, version: str, release: str) -> Path:
         "/usr/lib/systemd/system/pullgate-agent.service",
         "%dir /usr/lib/systemd/system/docker.socket.d",
         "/usr/lib/systemd/system/docker.socket.d/pullgate-takeover.conf",
-        "/usr/lib/tmpfiles.d/pullgate.conf",
+        "/usr/lib/tmpfiles.d/00-pullgate.conf",
         f"%doc /usr/share/doc/{NAME}",
     ]
     library = (INSTALLERS / "maintainer.sh").read_text()
