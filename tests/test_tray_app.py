@@ -9,6 +9,7 @@ where the agent cannot misbehave on demand: garbage, huge lines, a flood.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -87,6 +88,21 @@ def wired(docker_env: DockerEnv, tmp_path: Path, short_dir: Path) -> Iterator[Ag
         agent.stop()
     finally:
         agent.kill()
+
+
+@pytest.fixture(autouse=True)
+def _collect_on_the_gui_thread() -> Iterator[None]:
+    """As the tray's main() does: no automatic garbage collection while a test runs (it
+    would run in whichever thread allocates, and destroying a test's leftover Qt objects in
+    the event feed's thread crashed the suite), and a collection here, on the GUI thread,
+    after each test."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.collect()
+        gc.enable()
 
 
 def make_tray(qtbot: QtBot, control: Path, **kwargs: Any) -> tuple[TrayApp, RecordingNotifier]:
