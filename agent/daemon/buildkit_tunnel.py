@@ -89,6 +89,10 @@ __all__ = ["Decider", "Tunnel", "TunnelKind", "build_inspection", "dockerfile_se
 
 Headers = list[tuple[bytes, bytes]]
 
+CLIENT_RESET_GRACE = 2.0
+"""Seconds between telling the daemon that a session call failed and cancelling the
+client's side of it (``Tunnel.fail_request``)."""
+
 
 class Decider(Protocol):
     """Decide an inspection for a build (endpoint, peer); resolves to a denial message or
@@ -790,8 +794,21 @@ class Tunnel:
         except h2.exceptions.H2Error:
             pass
         if pair.resp_sid is not None:
-            self._reset(self.resp, pair.resp_sid, h2.errors.ErrorCodes.CANCEL)
+            if self._daemon_requests:
+                # In a session the daemon asked and is told first; the client's side is
+                # cancelled a moment later. Cancelled at once, the client gives up the whole
+                # build and the daemon may report "context canceled" instead of the error.
+                sid = pair.resp_sid
+                asyncio.get_running_loop().call_later(CLIENT_RESET_GRACE, self._late_reset, sid)
+            else:
+                self._reset(self.resp, pair.resp_sid, h2.errors.ErrorCodes.CANCEL)
         self._forget(pair)
+        self._flush_writes()
+
+    def _late_reset(self, sid: int) -> None:
+        if self.closed:
+            return
+        self._reset(self.resp, sid, h2.errors.ErrorCodes.CANCEL)
         self._flush_writes()
 
     def _unreadable_sync(
