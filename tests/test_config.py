@@ -24,7 +24,7 @@ from agent.config import render as render_module
 from agent.config import sources as sources_module
 from agent.config.__main__ import main as config_main
 from agent.config.check import check_local_files
-from agent.config.keys import KEYS, AuditFailure, Enforcement, ManagedConfig
+from agent.config.keys import KEYS, AuditFailure, DesktopContext, Enforcement, ManagedConfig
 from agent.config.parse import ConfigError, parse_config, parse_duration
 from agent.config.render import (
     EXAMPLE_VALUES,
@@ -119,6 +119,8 @@ GOOD: list[tuple[str, object, object]] = [
     ("listen", "/run/pullgate/docker.sock", Path("/run/pullgate/docker.sock")),
     ("upstream", "unix:///var/run/docker.sock", "unix:///var/run/docker.sock"),
     ("enforcement", "takeover", Enforcement.TAKEOVER),
+    ("desktop_users_dir", "/var/run/pullgate/users", Path("/var/run/pullgate/users")),
+    ("desktop_context", "install", DesktopContext.INSTALL),
     ("oidc_issuer", "https://id.acme.example/", "https://id.acme.example/"),
     ("oidc_client_id", "pullgate-cli", "pullgate-cli"),
     (
@@ -155,7 +157,9 @@ BAD: list[tuple[str, object, str]] = [
     ("fetch_timeout", "0s", "longer than zero"),
     ("listen", "", "must not be empty"),
     ("upstream", "tcp://127.0.0.1:2375", "expected a unix:// URL"),
-    ("enforcement", "Takeover", "expected one of takeover | context"),
+    ("enforcement", "Takeover", "expected one of takeover | context | desktop"),
+    ("desktop_users_dir", "users", "expected an absolute path"),
+    ("desktop_context", "force", "expected one of enforce | install"),
     ("oidc_issuer", "http://id.acme.example", "expected a https:// URL"),
     ("oidc_client_id", " pullgate", "whitespace"),
     ("allowed_domains", ["alice@acme.example"], "not an address"),

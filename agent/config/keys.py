@@ -22,6 +22,7 @@ __all__ = [
     "TYPES",
     "AuditFailure",
     "ConfigKey",
+    "DesktopContext",
     "Enforcement",
     "ManagedConfig",
 ]
@@ -51,6 +52,14 @@ class Enforcement(StrEnum):
 
     TAKEOVER = "takeover"
     CONTEXT = "context"
+    DESKTOP = "desktop"
+
+
+class DesktopContext(StrEnum):
+    """What the agent does to each user's docker CLI config in ``desktop`` mode."""
+
+    ENFORCE = "enforce"
+    INSTALL = "install"
 
 
 TAKEOVER_UPSTREAM = "unix:///run/pullgate/dockerd.sock"
@@ -229,6 +238,11 @@ KEYS: tuple[ConfigKey, ...] = (
         f"`{TAKEOVER_UPSTREAM}`. With `context` the agent serves its own socket and users "
         "are pointed at it by a docker context (`pullgate context install`): the mode for "
         "Docker Desktop and rootless Docker, where the daemon is the user's own. "
+        "With `desktop` (the macOS pkg sets it) the agent runs as root and serves one "
+        "endpoint per logged-in user, `<desktop_users_dir>/<uid>/docker.sock`, in front of "
+        "that user's own Docker Desktop (`~/.docker/run/docker.sock` on macOS, "
+        "`~/.docker/desktop/docker.sock` on Linux), and installs a docker context for each "
+        "user (`desktop_context`); `listen` and `upstream` do not apply. "
         "`pullgate doctor` reports the mode and whether anything still reaches the daemon "
         "directly.",
         choices=(
@@ -237,6 +251,38 @@ KEYS: tuple[ConfigKey, ...] = (
                 "the agent stands in for the daemon's socket; dockerd listens only for root",
             ),
             (Enforcement.CONTEXT.value, "users are pointed at the agent by a docker context"),
+            (
+                Enforcement.DESKTOP.value,
+                "a system agent serves each logged-in user in front of their Docker Desktop",
+            ),
+        ),
+    ),
+    ConfigKey(
+        "desktop_users_dir",
+        "path",
+        None,
+        "In `desktop` mode, the root-owned directory holding one directory per user "
+        "(by uid) with that user's endpoint socket. Default: `/var/run/pullgate/users`.",
+        example="/var/run/pullgate/users",
+    ),
+    ConfigKey(
+        "desktop_context",
+        "enum",
+        DesktopContext.ENFORCE.value,
+        "In `desktop` mode, what the agent does to each user's docker CLI config. It always "
+        "installs (and keeps up to date) a docker context named `pullgate` at the user's "
+        "endpoint, written as the user. With `enforce` it also makes that context the "
+        "current one whenever the user is on the default context, on one of Docker "
+        "Desktop's (`desktop-linux`) or on any context that leads straight to their Docker "
+        "Desktop socket, checked again whenever the user's `config.json` changes; a context "
+        "of the user's to another engine is left alone. With `install` the current context "
+        "is never changed.",
+        choices=(
+            (
+                DesktopContext.ENFORCE.value,
+                "select Pullgate's context instead of Docker Desktop's, again after a change",
+            ),
+            (DesktopContext.INSTALL.value, "install the context; never change the current one"),
         ),
     ),
     ConfigKey(
@@ -375,6 +421,8 @@ class ManagedConfig:
     listen: Path | None = None
     upstream: str | None = None
     enforcement: Enforcement = Enforcement.CONTEXT
+    desktop_users_dir: Path | None = None
+    desktop_context: DesktopContext = DesktopContext.ENFORCE
     oidc_issuer: str | None = None
     oidc_client_id: str | None = None
     allowed_domains: tuple[str, ...] = ()

@@ -24,6 +24,7 @@ from agent.config.keys import (
     KEYS_BY_NAME,
     AuditFailure,
     ConfigKey,
+    DesktopContext,
     Enforcement,
     ManagedConfig,
 )
@@ -344,6 +345,7 @@ _ENUMS: dict[str, type[StrEnum]] = {
     "stale_behavior": StaleBehavior,
     "audit_failure": AuditFailure,
     "enforcement": Enforcement,
+    "desktop_context": DesktopContext,
 }
 
 
