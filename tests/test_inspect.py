@@ -574,9 +574,20 @@ def test_service_image_is_looked_up_when_on_create_checks() -> None:
     assert result.lookups == ()
 
 
-def test_container_create_is_not_inspected_when_on_create_allows() -> None:
-    result = plan("/containers/create", policy(on_create="allow"))
+def test_container_create_is_not_inspected_when_on_create_and_host_access_allow() -> None:
+    free = policy(on_create="allow", containers={"host_access": "allow"})
+    result = plan("/containers/create", free)
     assert isinstance(result, Inspection) and not result.wants
+
+
+def test_container_create_with_on_create_allow_is_read_for_host_access_only() -> None:
+    assert isinstance(plan("/containers/create", policy(on_create="allow")), NeedJson)
+    body = json.dumps({"Image": "someuser/tool", "HostConfig": {"Privileged": True}})
+    result = inspect_json_body(
+        route_request("/containers/create"), body.encode(), OnCreateSetting.ALLOW
+    )
+    assert result.wants == () and result.lookups == ()
+    assert result.host.refused == ("--privileged",)
 
 
 def test_service_images_are_found() -> None:

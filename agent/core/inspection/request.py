@@ -17,9 +17,25 @@ from enum import StrEnum
 from typing import Any
 
 from agent.core.inspection.dockerfile.resolve import DockerfileError, ImageUse, parse_dockerfile
+from agent.core.inspection.host_access import (
+    HostAccess,
+    HostAccessError,
+    from_container_config,
+    from_exec_config,
+    from_plugin_privileges,
+    from_service_spec,
+    from_start_body,
+    from_volume_create,
+)
 from agent.core.inspection.http1 import RequestHead
 from agent.core.inspection.routes import Endpoint, Query, Route, RouteError, parse_query
-from agent.core.policy.document import BuildsSetting, LoadSetting, OnCreateSetting, Policy
+from agent.core.policy.document import (
+    BuildsSetting,
+    HostAccessSetting,
+    LoadSetting,
+    OnCreateSetting,
+    Policy,
+)
 from agent.core.reference import (
     DigestInvalidFormatError,
     DigestReference,
@@ -86,6 +102,9 @@ class EventAction(StrEnum):
     DISTRIBUTION = "distribution-inspect"
     TAG = "image-tag"
     COMMIT = "container-commit"
+    EXEC = "container-exec"
+    START = "container-start"
+    VOLUME = "volume-create"
 
 
 @dataclass(frozen=True)
@@ -148,6 +167,9 @@ class Inspection:
     wants: tuple[Wanted, ...] = ()
     setting: SettingOutcome | None = None
     lookups: tuple[Lookup, ...] = ()
+    #: What the request asks of the host (``host_access``), decided with resolved paths.
+    host: HostAccess = field(default_factory=HostAccess)
+    host_action: EventAction | None = None
 
 
 @dataclass(frozen=True)
@@ -230,20 +252,25 @@ def _inspect_head(route: Route, head: RequestHead, policy: Policy) -> Plan:
         return _build(query, policy)
     if endpoint is Endpoint.BUILDKIT_SESSION:
         return Inspection(setting=_builds_setting(policy, f"BuildKit ({route.path})"))
+    host = policy.containers.host_access is HostAccessSetting.DENY
     if endpoint in (Endpoint.CONTAINER_CREATE, Endpoint.IMAGE_TAG, Endpoint.COMMIT):
         # Tag and commit give local content a new name: checked so that `on_create:
         # check` cannot be escaped by renaming denied content.
-        if policy.on_create is OnCreateSetting.ALLOW:
+        if policy.on_create is OnCreateSetting.ALLOW and not (
+            host and endpoint is Endpoint.CONTAINER_CREATE
+        ):
             return Inspection()
         return NeedJson(route)
 
     if endpoint in (Endpoint.SERVICE_CREATE, Endpoint.SERVICE_UPDATE):
         return NeedJson(route)
+    if endpoint in (Endpoint.EXEC_CREATE, Endpoint.VOLUME_CREATE, Endpoint.CONTAINER_START):
+        body = head.chunked or bool(head.content_length)
+        return NeedJson(route) if host and body else Inspection()
     if endpoint is Endpoint.PLUGIN_PULL:
-        remote = query.get("remote")
-        if not remote:
-            return Inspection()  # the daemon refuses a pull without a remote
-        return Inspection(wants=(Wanted(remote, _reference(remote, "plugin"), EventAction.PLUGIN),))
+        if host and (head.chunked or head.content_length):
+            return NeedJson(route)  # the privileges the client accepts are in the body
+        return Inspection(wants=_plugin_wants(query))
     if endpoint is Endpoint.PLUGIN_CREATE:
         name = query.get("name") or ""
         wants = (Wanted(name, _reference(name, "plugin name"), EventAction.PLUGIN),) if name else ()
@@ -254,6 +281,13 @@ def _inspect_head(route: Route, head: RequestHead, policy: Policy) -> Plan:
             wants=(Wanted(name, _reference(name, "image"), EventAction.DISTRIBUTION),)
         )
     return Inspection()
+
+
+def _plugin_wants(query: Query) -> tuple[Wanted, ...]:
+    remote = query.get("remote")
+    if not remote:
+        return ()  # the daemon refuses a pull without a remote
+    return (Wanted(remote, _reference(remote, "plugin"), EventAction.PLUGIN),)
 
 
 def _image_create(query: Query, policy: Policy) -> Plan:
@@ -651,39 +685,69 @@ def _json_body(body: bytes, what: str) -> object:
 
 
 def inspect_json_body(
-    route: Route, body: bytes, on_create: OnCreateSetting = OnCreateSetting.CHECK
+    route: Route,
+    body: bytes,
+    on_create: OnCreateSetting = OnCreateSetting.CHECK,
+    *,
+    host_access: HostAccessSetting = HostAccessSetting.DENY,
 ) -> Inspection:
     """Images named in a ``containers/create`` or ``services`` request body, and the
-    local images a tag or commit (decided from its query, the body ignored) renames."""
+    local images a tag or commit (decided from its query, the body ignored) renames;
+    with ``host_access: deny``, also what the body asks of the host (``host``)."""
     if route.endpoint in (Endpoint.IMAGE_TAG, Endpoint.COMMIT):
         try:
             return _tag(route) if route.endpoint is Endpoint.IMAGE_TAG else _commit(route)
         except RouteError as e:
             raise InspectionError(f"pullgate: {e.message}", e.status) from e
+    host = host_access is HostAccessSetting.DENY
+    try:
+        return _json_inspection(route, body, on_create, host)
+    except HostAccessError as e:
+        raise InspectionError(f"pullgate: {e}") from e
+    except RouteError as e:
+        raise InspectionError(f"pullgate: {e.message}", e.status) from e
 
-    if route.endpoint is Endpoint.CONTAINER_CREATE:
+
+_HOST_READERS = {
+    Endpoint.EXEC_CREATE: (from_exec_config, "exec config", EventAction.EXEC),
+    Endpoint.VOLUME_CREATE: (from_volume_create, "volume config", EventAction.VOLUME),
+    Endpoint.CONTAINER_START: (from_start_body, "start body", EventAction.START),
+}
+
+
+def _json_inspection(
+    route: Route, body: bytes, on_create: OnCreateSetting, host: bool
+) -> Inspection:
+    endpoint = route.endpoint
+    if endpoint in _HOST_READERS:
+        read, what, action = _HOST_READERS[endpoint]
+        access = read(_json_body(body, what)) if host and body.strip() else HostAccess()
+        return Inspection(host=access, host_action=action)
+    if endpoint is Endpoint.PLUGIN_PULL:
+        named = _plugin_wants(parse_query(route.raw_query))
+        privileges = _json_body(body, "plugin privileges") if host else None
+        return Inspection(
+            wants=named, host=from_plugin_privileges(privileges), host_action=EventAction.PLUGIN
+        )
+    if endpoint is Endpoint.CONTAINER_CREATE:
         config = _json_body(body, "container config")
-        image = _field(config, "Image", "the container config")
-        if image is None or image == "":
-            return Inspection()
-        if not isinstance(image, str):
-            raise InspectionError("pullgate: the container config Image must be a string")
-        lookup = Lookup(image, EventAction.CREATE, after=After.CONTAINER)
-        try:
-            parsed = parse_any_reference(image)
-        except ReferenceError as e:
-            raise InspectionError(f"pullgate: invalid image {image!r}: {e}") from e
-        if isinstance(parsed, DigestReference):
-            return Inspection(lookups=(lookup,))
-        return Inspection(wants=(Wanted(image, parsed, EventAction.CREATE),), lookups=(lookup,))
+        access = from_container_config(config) if host else HostAccess()
+        checked = _container_create(config) if on_create is OnCreateSetting.CHECK else Inspection()
+        return Inspection(
+            wants=checked.wants,
+            lookups=checked.lookups,
+            host=access,
+            host_action=EventAction.CREATE,
+        )
     spec = _json_body(body, "service spec")
+    access = from_service_spec(spec) if host else HostAccess()
     task = _field(spec, "TaskTemplate", "the service spec")
     wants: list[Wanted] = []
     lookups: list[Lookup] = []
     container = _field(task, "ContainerSpec", "TaskTemplate")
     image = _field(container, "Image", "ContainerSpec")
-    plugin = _field(task, "PluginSpec", "TaskTemplate")
-    remote = _field(plugin, "Remote", "PluginSpec")
+    plugin_spec = _field(task, "PluginSpec", "TaskTemplate")
+    remote = _field(plugin_spec, "Remote", "PluginSpec")
     for value, what, local in ((image, "service image", True), (remote, "service plugin", False)):
         if value is None or value == "":
             continue
@@ -696,6 +760,36 @@ def inspect_json_body(
             if _is_id(value):
                 continue
         wants.append(Wanted(value, _reference(value, what), EventAction.SERVICE))
+    return Inspection(
+        wants=tuple(wants), lookups=tuple(lookups), host=access, host_action=EventAction.SERVICE
+    )
+
+
+def _container_create(config: object) -> Inspection:
+    """The images a container runs: its ``Image``, and each ``--mount type=image``
+    (Docker 28 mounts a local image's content into the container)."""
+    wants: list[Wanted] = []
+    lookups: list[Lookup] = []
+    image = _field(config, "Image", "the container config")
+    named: list[tuple[object, After | None]] = [(image, After.CONTAINER)]
+    host = _field(config, "HostConfig", "the container config")
+    mounts = _field(host, "Mounts", "HostConfig")
+    for mount in mounts if isinstance(mounts, list) else []:
+        kind = _field(mount, "Type", "HostConfig.Mounts")
+        if isinstance(kind, str) and kind.lower() == "image":
+            named.append((_field(mount, "Source", "HostConfig.Mounts"), None))
+    for value, after in named:
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise InspectionError("pullgate: the container config Image must be a string")
+        lookups.append(Lookup(value, EventAction.CREATE, after=after))
+        try:
+            parsed = parse_any_reference(value)
+        except ReferenceError as e:
+            raise InspectionError(f"pullgate: invalid image {value!r}: {e}") from e
+        if not isinstance(parsed, DigestReference):
+            wants.append(Wanted(value, parsed, EventAction.CREATE))
     return Inspection(wants=tuple(wants), lookups=tuple(lookups))
 
 

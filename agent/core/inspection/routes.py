@@ -51,6 +51,9 @@ class Endpoint(Enum):
     DISTRIBUTION = auto()  # /distribution/{name}/json (asks a registry)
     IMAGE_TAG = auto()  # /images/{name}/tag: a new name for local content
     COMMIT = auto()  # /commit?container=: a new image from a container's content
+    EXEC_CREATE = auto()  # /containers/{id}/exec: its Privileged flag
+    CONTAINER_START = auto()  # /containers/{id}/start: a HostConfig body (API < 1.24)
+    VOLUME_CREATE = auto()  # /volumes/create: a local volume of a host path or disk
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,7 @@ _EXACT = {
     "/plugins/privileges": Endpoint.PLUGIN_PULL,
     "/plugins/create": Endpoint.PLUGIN_CREATE,
     "/commit": Endpoint.COMMIT,
+    "/volumes/create": Endpoint.VOLUME_CREATE,
 }
 # mux patterns with a {name:.*} or {id} parameter, matched in this order.
 _PATTERNS = (
@@ -87,6 +91,8 @@ _PATTERNS = (
     (re.compile(r"/services/([^/]+)/update"), Endpoint.SERVICE_UPDATE),
     (re.compile(r"/distribution/(.+)/json"), Endpoint.DISTRIBUTION),
     (re.compile(r"/images/(.+)/tag"), Endpoint.IMAGE_TAG),
+    (re.compile(r"/containers/([^/]+)/exec"), Endpoint.EXEC_CREATE),
+    (re.compile(r"/containers/([^/]+)/start"), Endpoint.CONTAINER_START),
     (re.compile(r"/containers/([^/]+)/attach"), Endpoint.HIJACK),
     (re.compile(r"/containers/([^/]+)/attach/ws"), Endpoint.HIJACK),
     (re.compile(r"/exec/([^/]+)/start"), Endpoint.HIJACK),

@@ -9,6 +9,7 @@ path of the bad field (``rules[3].acton``), and nothing is guessed.
 from __future__ import annotations
 
 import difflib
+import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ __all__ = [
     "SCHEMA",
     "Action",
     "BuildsSetting",
+    "ContainerSettings",
+    "HostAccessSetting",
     "HostPattern",
     "HubSettings",
     "LoadSetting",
@@ -83,6 +86,22 @@ class OnCreateSetting(StrEnum):
 
     CHECK = "check"
     ALLOW = "allow"
+
+
+class HostAccessSetting(StrEnum):
+    """Container settings that give a container the host (``-v /:/host``, privileged)."""
+
+    DENY = "deny"
+    ALLOW = "allow"
+
+
+@dataclass(frozen=True)
+class ContainerSettings:
+    """``containers``: what a container may take from the host (docs/policy.md)."""
+
+    host_access: HostAccessSetting = HostAccessSetting.DENY
+    #: Host paths (and everything below them) allowed for binds and devices anyway.
+    allowed_host_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -169,6 +188,7 @@ class Policy:
     builds: BuildsSetting = BuildsSetting.DENY
     load: LoadSetting = LoadSetting.CHECK
     on_create: OnCreateSetting = OnCreateSetting.CHECK
+    containers: ContainerSettings = ContainerSettings()
     messages: Messages = Messages()
     description: str | None = None
     source: str = "policy"
@@ -433,8 +453,27 @@ _TOP_FIELDS = (
     "builds",
     "load",
     "on_create",
+    "containers",
     "messages",
 )
+
+
+def _parse_containers(value: object, path: str) -> ContainerSettings:
+    obj = _object(value, path, ("host_access", "allowed_host_paths"))
+    paths = []
+    for i, item in enumerate(
+        _string_list(obj.get("allowed_host_paths", []), f"{path}.allowed_host_paths")
+    ):
+        where = f"{path}.allowed_host_paths[{i}]"
+        if not item.startswith("/") or posixpath.normpath(item) != item or item.startswith("//"):
+            _fail(where, f"{item!r} must be an absolute path without '.', '..' or '//'")
+        if item == "/":
+            _fail(where, "'/' would allow every host path; use host_access: allow instead")
+        paths.append(item)
+    return ContainerSettings(
+        host_access=_enum(obj.get("host_access", "deny"), f"{path}.host_access", HostAccessSetting),
+        allowed_host_paths=tuple(paths),
+    )
 
 
 def parse_policy(document: object, *, source: str = "policy") -> Policy:
@@ -478,6 +517,9 @@ def parse_policy(document: object, *, source: str = "policy") -> Policy:
         builds=_enum(obj.get("builds", "deny"), "builds", BuildsSetting),
         load=_enum(obj.get("load", "check"), "load", LoadSetting),
         on_create=_enum(obj.get("on_create", "check"), "on_create", OnCreateSetting),
+        containers=_parse_containers(obj["containers"], "containers")
+        if "containers" in obj
+        else ContainerSettings(),
         messages=messages,
         source=source,
     )

@@ -1,0 +1,486 @@
+"""Container settings that give a container the host's root: read as dockerd reads them.
+
+A member of the ``docker`` group runs containers as root. An allowed image started with
+``-v /:/host``, ``--privileged`` or ``--pid=host`` is root on the host, and from there it
+reaches dockerd's own socket around the shim, or changes the agent itself. So with the
+policy's ``containers.host_access: deny`` (the default) the shim refuses the settings
+that hand over the host, on every request that can carry them: ``containers/create``,
+``services/create|update``, ``containers/{id}/exec``, ``volumes/create``,
+``containers/{id}/start`` with an old-API body, and plugin privileges.
+
+Two steps, so the core stays pure: ``from_*`` read a request body into a
+:class:`HostAccess` (settings refused outright, and host paths to resolve); the shim
+resolves the paths on the machine (symbolic links followed, as the mount will follow
+them) and :func:`judge` decides. Keys match as Go's ``encoding/json`` matches them
+(case-insensitively); a value of the wrong type is refused, as the daemon refuses it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "DANGEROUS_CAPABILITIES",
+    "HostAccess",
+    "HostAccessError",
+    "HostPath",
+    "Protection",
+    "clean_path",
+    "from_container_config",
+    "from_exec_config",
+    "from_plugin_privileges",
+    "from_service_spec",
+    "from_start_body",
+    "from_volume_create",
+    "judge",
+]
+
+
+class HostAccessError(ValueError):
+    """A body whose settings cannot be read as the daemon reads them (refused, 400)."""
+
+
+#: Capabilities that give a container the host (kernel modules, raw I/O, mounts, reading
+#: any host file by handle, BPF, the MAC policy) — refused with ``host_access: deny``.
+#: The default set and debugging ones (``SYS_PTRACE``, ``NET_ADMIN``) stay allowed.
+DANGEROUS_CAPABILITIES = frozenset(
+    {
+        "ALL",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_SYS_BOOT",
+        "CAP_BPF",
+        "CAP_PERFMON",
+        "CAP_MAC_ADMIN",
+        "CAP_MAC_OVERRIDE",
+        "CAP_SYSLOG",
+    }
+)
+
+#: Host paths never bound into a container, nor any directory above them: the daemon's
+#: and the agent's sockets and state, the kernel's interfaces, credentials, and what
+#: runs as root (a bind of ``/etc`` or ``/var/lib`` is root on the host at its next
+#: boot or cron run). Read-only does not help: a read-only bind of a socket still connects.
+NO_BIND = (
+    "/run",
+    "/var/run",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/root",
+    "/var/lib",
+    "/var/log",
+    "/var/spool",
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/ssh",
+    "/etc/pullgate",
+    "/etc/docker",
+    "/etc/systemd",
+    "/etc/cron.d",
+    "/etc/crontab",
+    "/etc/security",
+    "/etc/pam.d",
+    "/opt/pullgate",
+    # macOS, where Docker Desktop shares host paths into its VM.
+    "/private/var/run",
+    "/private/var/root",
+    "/private/var/db",
+    "/private/etc/sudoers",
+    "/private/etc/sudoers.d",
+    "/private/etc/ssh",
+    "/Library/LaunchDaemons",
+    "/Library/Application Support/Pullgate",
+    "/Library/Managed Preferences",
+)
+
+#: Host trees a container may read (the time zone, CA certificates, tools) but never
+#: write: a writable ``/usr`` or ``/etc`` replaces what root runs.
+READ_ONLY = (
+    "/boot",
+    "/etc",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/private/etc",
+    "/System",
+    "/Library",
+)
+
+#: Host devices a container may be given (``--device``): FUSE, TUN, KVM, GPUs, sound.
+#: Every other device (disks, memory, the console) is the host.
+DEVICES = ("/dev/fuse", "/dev/net/tun", "/dev/kvm", "/dev/dri", "/dev/snd")
+
+
+@dataclass(frozen=True)
+class HostPath:
+    """A host path a request would put into a container (or make a volume of)."""
+
+    path: str  # absolute, as written
+    read_only: bool
+    kind: str  # "bind" | "device" | "volume"
+    spec: str  # what the user wrote, for the message
+
+
+@dataclass(frozen=True)
+class HostAccess:
+    """What a request asks of the host: settings refused as such, and paths to resolve."""
+
+    refused: tuple[str, ...] = ()
+    paths: tuple[HostPath, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.refused or self.paths)
+
+    def __add__(self, other: HostAccess) -> HostAccess:
+        return HostAccess(self.refused + other.refused, self.paths + other.paths)
+
+
+@dataclass(frozen=True)
+class Protection:
+    """Where the machine keeps what a container must not reach, besides :data:`NO_BIND`.
+
+    ``no_bind``: the daemon's socket, its data root, the agent's state and audit
+    directories (resolved); ``exact_allowed``: paths a bind may name exactly — the
+    agent's own socket, which applies the policy to whatever connects (Testcontainers
+    and the like mount it); ``allowed``: the organisation's ``allowed_host_paths``.
+    """
+
+    no_bind: tuple[str, ...] = ()
+    exact_allowed: tuple[str, ...] = ()
+    allowed: tuple[str, ...] = ()
+    devices: tuple[str, ...] = DEVICES
+
+
+# --- reading bodies as dockerd reads them ----------------------------------------------
+
+
+def _field(obj: object, name: str, where: str) -> object:
+    """A JSON object's field as Go finds it: case-insensitive; two spellings refused."""
+    if not isinstance(obj, dict):
+        return None
+    matches = [key for key in obj if key.casefold() == name.casefold()]
+    if len(matches) > 1:
+        raise HostAccessError(f"{where} has several keys that mean {name!r}")
+    return obj[matches[0]] if matches else None
+
+
+def _bool(obj: object, name: str, where: str) -> bool:
+    value = _field(obj, name, where)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise HostAccessError(f"{where}.{name} must be true or false")
+    return value
+
+
+def _str(obj: object, name: str, where: str) -> str:
+    value = _field(obj, name, where)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise HostAccessError(f"{where}.{name} must be a string")
+    return value
+
+
+def _strings(obj: object, name: str, where: str) -> list[str]:
+    value = _field(obj, name, where)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise HostAccessError(f"{where}.{name} must be a list of strings")
+    return list(value)
+
+
+def _objects(obj: object, name: str, where: str) -> list[object]:
+    value = _field(obj, name, where)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise HostAccessError(f"{where}.{name} must be a list")
+    return list(value)
+
+
+def _string_map(obj: object, name: str, where: str) -> dict[str, str]:
+    value = _field(obj, name, where)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise HostAccessError(f"{where}.{name} must map names to strings")
+    return dict(value)
+
+
+def normalize_capability(cap: str) -> str:
+    """moby's ``NormalizeLegacyCapabilities``: ``sys_admin``, ``CAP_SYS_ADMIN`` alike."""
+    lowered = cap.lower()
+    if lowered == "all":
+        return "ALL"
+    return "CAP_" + lowered.removeprefix("cap_").upper()
+
+
+def _capabilities(caps: Iterable[str], flag: str) -> list[str]:
+    return [f"{flag} {cap}" for cap in caps if normalize_capability(cap) in DANGEROUS_CAPABILITIES]
+
+
+def _security_opts(opts: Iterable[str]) -> list[str]:
+    """``--security-opt``, split as moby's ``parseSecurityOpt`` splits it (``=`` first,
+    then the legacy ``:``). Only ``no-new-privileges`` and SELinux levels, users and
+    roles keep the container's confinement; everything else changes it."""
+    out = []
+    for opt in opts:
+        sep = "=" if "=" in opt else ":"
+        key, _, value = opt.partition(sep)
+        if key == "no-new-privileges":
+            continue
+        if key == "label" and value.split(":", 1)[0] in ("level", "user", "role"):
+            continue
+        out.append(f"--security-opt {opt}")
+    return out
+
+
+def _namespace(mode: str, flag: str) -> list[str]:
+    return [f"{flag}=host"] if mode.lower() == "host" else []
+
+
+def _bind_spec(raw: str) -> HostPath | None:
+    """One ``-v`` bind as moby's Linux parser reads it: ``src:dst[:mode]`` split on
+    ``:``; a source that is not absolute names a volume."""
+    parts = raw.split(":")
+    if len(parts) < 2 or len(parts) > 3:
+        return None  # an anonymous volume, or a spec the daemon refuses
+    source = parts[0]
+    if not source.startswith("/"):
+        return None  # a named volume (its creation is judged at volumes/create)
+    modes = parts[2].split(",") if len(parts) == 3 else []
+    return HostPath(source, "ro" in modes, "bind", f"-v {raw}")
+
+
+def _mounts(mounts: Iterable[object], where: str, flag: str) -> tuple[list[str], list[HostPath]]:
+    refused: list[str] = []
+    paths: list[HostPath] = []
+    for i, mount in enumerate(mounts):
+        at = f"{where}[{i}]"
+        if not isinstance(mount, dict):
+            raise HostAccessError(f"{at} must be an object")
+        kind = _str(mount, "Type", at).lower()
+        source = _str(mount, "Source", at)
+        read_only = _bool(mount, "ReadOnly", at)
+        spec = f"{flag} type={kind},source={source}"
+        if kind == "bind":
+            paths.append(HostPath(source, read_only, "bind", spec))
+        elif kind == "volume":
+            options = _field(mount, "VolumeOptions", at)
+            config = _field(options, "DriverConfig", f"{at}.VolumeOptions")
+            driver = _str(config, "Name", f"{at}.VolumeOptions.DriverConfig")
+            opts = _string_map(config, "Options", f"{at}.VolumeOptions.DriverConfig")
+            paths += _local_volume(driver, opts, spec)
+        elif kind in ("npipe", "cluster"):
+            refused.append(spec)
+        elif kind not in ("tmpfs", "image", ""):
+            refused.append(spec)  # a type this reading does not know: refused, not guessed
+    return refused, paths
+
+
+def _local_volume(driver: str, opts: Mapping[str, str], spec: str) -> list[HostPath]:
+    """The ``local`` driver mounts ``device`` with ``type`` and ``o``: with ``o=bind``
+    (or a disk's filesystem type) an absolute ``device`` is a host path or a host disk."""
+    if driver not in ("", "local"):
+        return []
+    device = next((v for k, v in opts.items() if k.lower() == "device"), "")
+    if not device.startswith("/"):
+        return []  # tmpfs, nfs ("addr=..., :/export"), cifs ("//server/share")
+    flags = next((v for k, v in opts.items() if k.lower() == "o"), "").split(",")
+    return [HostPath(device, "ro" in flags, "volume", spec)]
+
+
+def _devices(devices: Iterable[object], where: str) -> list[HostPath]:
+    out = []
+    for i, device in enumerate(devices):
+        at = f"{where}[{i}]"
+        if not isinstance(device, dict):
+            raise HostAccessError(f"{at} must be an object")
+        path = _str(device, "PathOnHost", at)
+        out.append(HostPath(path, False, "device", f"--device {path}"))
+    return out
+
+
+def from_container_config(config: object) -> HostAccess:
+    """A ``containers/create`` body: its ``HostConfig`` (and the ``Config`` it embeds)."""
+    host = _field(config, "HostConfig", "the container config")
+    if host is None:
+        return HostAccess()
+    if not isinstance(host, dict):
+        raise HostAccessError("HostConfig must be an object")
+    where = "HostConfig"
+    refused: list[str] = []
+    if _bool(host, "Privileged", where):
+        refused.append("--privileged")
+    refused += _namespace(_str(host, "PidMode", where), "--pid")
+    refused += _namespace(_str(host, "IpcMode", where), "--ipc")
+    refused += _namespace(_str(host, "UsernsMode", where), "--userns")
+    refused += _capabilities(_strings(host, "CapAdd", where), "--cap-add")
+    refused += _capabilities(_strings(host, "Capabilities", where), "Capabilities")
+    refused += _security_opts(_strings(host, "SecurityOpt", where))
+    if _strings(host, "DeviceCgroupRules", where):
+        refused.append("--device-cgroup-rule")
+    for name in ("MaskedPaths", "ReadonlyPaths"):
+        # An explicit list replaces the daemon's default masks of /proc and /sys.
+        if _field(host, name, where) is not None:
+            _strings(host, name, where)
+            refused.append(f"HostConfig.{name}")
+    sysctls = _string_map(host, "Sysctls", where)
+    network = _str(host, "NetworkMode", where).lower()
+    if sysctls and network == "host":
+        refused.append("--sysctl with --network=host")  # the host's own kernel settings
+    paths: list[HostPath] = []
+    for raw in _strings(host, "Binds", where):
+        bind = _bind_spec(raw)
+        if bind is not None:
+            paths.append(bind)
+    more, mounts = _mounts(_objects(host, "Mounts", where), f"{where}.Mounts", "--mount")
+    refused += more
+    paths += mounts
+    paths += _devices(_objects(host, "Devices", where), f"{where}.Devices")
+    return HostAccess(tuple(refused), tuple(paths))
+
+
+def from_service_spec(spec: object) -> HostAccess:
+    """A ``services/create|update`` body: the task's ``ContainerSpec``."""
+    task = _field(spec, "TaskTemplate", "the service spec")
+    container = _field(task, "ContainerSpec", "TaskTemplate")
+    if container is None:
+        return HostAccess()
+    where = "ContainerSpec"
+    refused = _capabilities(_strings(container, "CapabilityAdd", where), "--cap-add")
+    privileges = _field(container, "Privileges", where)
+    at = f"{where}.Privileges"
+    seccomp = _str(_field(privileges, "Seccomp", at), "Mode", f"{at}.Seccomp").lower()
+    if seccomp not in ("", "default"):
+        refused.append(f"seccomp {seccomp}")
+    apparmor = _str(_field(privileges, "AppArmor", at), "Mode", f"{at}.AppArmor").lower()
+    if apparmor not in ("", "default"):
+        refused.append(f"apparmor {apparmor}")
+    selinux = _field(privileges, "SELinuxContext", at)
+    if _bool(selinux, "Disable", f"{at}.SELinuxContext") or _str(
+        selinux, "Type", f"{at}.SELinuxContext"
+    ):
+        refused.append("an SELinux type or label=disable")
+    more, paths = _mounts(_objects(container, "Mounts", where), f"{where}.Mounts", "--mount")
+    return HostAccess(tuple(refused + more), tuple(paths))
+
+
+def from_exec_config(config: object) -> HostAccess:
+    """``containers/{id}/exec``: a privileged exec has every capability and device."""
+    if _bool(config, "Privileged", "the exec config"):
+        return HostAccess(("docker exec --privileged",))
+    return HostAccess()
+
+
+def from_volume_create(body: object) -> HostAccess:
+    """``volumes/create``: a ``local`` volume with ``device`` is a bind or a host disk."""
+    driver = _str(body, "Driver", "the volume config")
+    opts = _string_map(body, "DriverOpts", "the volume config")
+    name = _str(body, "Name", "the volume config")
+    return HostAccess(paths=tuple(_local_volume(driver, opts, f"docker volume create {name}")))
+
+
+def from_start_body(body: object) -> HostAccess:
+    """``containers/{id}/start``: API versions before 1.24 took a ``HostConfig`` here
+    (a daemon started with a lower minimum version still does); any is refused."""
+    if body is None or body == {}:
+        return HostAccess()
+    return HostAccess(("a HostConfig on container start (API before 1.24)",))
+
+
+def from_plugin_privileges(body: object) -> HostAccess:
+    """``plugins/pull|upgrade``: the privileges the client accepts for the plugin. A
+    plugin runs as root with them; any but network access is the host."""
+    if body is None:
+        return HostAccess()
+    if not isinstance(body, list):
+        raise HostAccessError("the plugin privileges must be a list")
+    refused = []
+    for i, item in enumerate(body):
+        name = _str(item, "Name", f"privileges[{i}]")
+        values = _strings(item, "Value", f"privileges[{i}]")
+        if name != "network" and any(values):
+            refused.append(f"plugin privilege {name}: {', '.join(values)}")
+    return HostAccess(tuple(refused))
+
+
+# --- deciding ----------------------------------------------------------------------------
+
+
+def clean_path(path: str) -> str:
+    """``filepath.Clean``: ``.``/``..`` resolved and repeated slashes folded (POSIX keeps
+    a leading ``//``; Go does not, and neither does the kernel's lookup)."""
+    cleaned = posixpath.normpath(path)
+    return "/" + cleaned.lstrip("/") if cleaned.startswith("/") else cleaned
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _above(path: str, root: str) -> bool:
+    """``path`` is a directory above ``root`` (``/`` is above everything)."""
+    return path != root and _under(root, path)
+
+
+def _path_problem(given: HostPath, resolved: str, protection: Protection) -> str | None:
+    if resolved in protection.exact_allowed and given.kind == "bind":
+        return None
+    if any(_under(resolved, root) for root in protection.allowed):
+        return None
+    where = given.path if resolved == given.path else f"{given.path} (that is {resolved})"
+    if given.kind == "device":
+        if resolved != clean_path(given.path):
+            # The daemon follows the link; a link a user can change is not judged.
+            return f"{given.spec}: the device path goes through a symbolic link"
+        if any(_under(resolved, dev) for dev in protection.devices):
+            return None
+        return f"{given.spec}: host device {where}"
+    no_bind = (*NO_BIND, *protection.no_bind)
+    if resolved == "/":
+        return f"{given.spec}: {where} is the host's whole file system"
+    for root in no_bind:
+        if _under(resolved, root):
+            return f"{given.spec}: {where} is the host's {root}"
+        if _above(resolved, root):
+            return f"{given.spec}: {where} holds the host's {root}"
+    if not given.read_only:
+        for root in READ_ONLY:
+            if _under(resolved, root):
+                return f"{given.spec}: {where} is writable (the host's {root}; bind it :ro)"
+            if _above(resolved, root):
+                return f"{given.spec}: {where} holds the host's {root} writable"
+    return None
+
+
+def judge(access: HostAccess, resolved: Mapping[str, str], protection: Protection) -> list[str]:
+    """What in ``access`` hands over the host: one line each, empty when nothing does.
+
+    ``resolved``: each path as the machine resolves it now (links followed); a path
+    missing from it could not be resolved (it does not exist yet: the daemon creates a
+    missing ``-v`` source as a directory) and is judged as written.
+    """
+    problems = list(access.refused)
+    for given in access.paths:
+        if not given.path.startswith("/"):
+            problems.append(f"{given.spec}: a host path must be absolute")
+            continue
+        path = clean_path(resolved.get(given.path) or given.path)
+        problem = _path_problem(given, path, protection)
+        if problem is not None:
+            problems.append(problem)
+    return problems
