@@ -604,16 +604,6 @@ def test_08_a_hung_agent_is_restarted_by_the_watchdog(system: BootedSystem) -> N
         system.run("systemctl", "restart", "pullgate-agent.service")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "red team: the takeover gates images, not what a container mounts. A docker-group "
-        "user runs an allowed image with the host's / bind-mounted and, as root inside it, "
-        "talks to dockerd's root-only socket around the policy (the bypass watch only "
-        "reports such mounts afterwards). Fix: refuse HostConfig binds/mounts of /, /run, "
-        "/var/run, /proc and the daemon's sockets, --privileged and --pid=host by policy"
-    ),
-)
 def test_08b_a_docker_group_user_cannot_reach_dockerd_through_a_container(
     system: BootedSystem,
 ) -> None:
@@ -637,8 +627,12 @@ def test_08b_a_docker_group_user_cannot_reach_dockerd_through_a_container(
         "--format",
         "dockerd answered: {{.Server.Version}}",
     )
-    # Fixed when the agent refuses such a container with its message.
+    # The red-team finding, fixed: containers.host_access (default deny) refuses it.
     assert raw.returncode != 0 and "pullgate" in raw.stderr, raw.stdout + raw.stderr
+    assert "host's root" in raw.stderr, raw.stderr
+    for args in (("--privileged",), ("--pid", "host"), ("-v", "/run:/host-run")):
+        other = docker_as_user(system, "run", "--rm", *args, ALLOWED, "true")
+        assert other.returncode != 0 and "host's root" in other.stderr, other.stderr
 
 
 def test_09_an_upgrade_keeps_config_state_and_the_audit_chain(

@@ -90,6 +90,9 @@ VERB_BLOCKED: Final = {
     "service-create": "Service blocked",
     "image-tag": "Tag blocked",
     "container-commit": "Commit blocked",
+    "container-exec": "Privileged exec blocked",
+    "container-start": "Start blocked",
+    "volume-create": "Volume blocked",
 }
 VERB_WOULD_BLOCK: Final = {
     "image-pull": "Pull would be blocked",

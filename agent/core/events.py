@@ -49,7 +49,7 @@ class _JsonForm:
 class DecisionEvent(_JsonForm):
     """One decision on one image (or on a request a policy setting decided)."""
 
-    action: str  # image-pull, image-build, image-load, container-create, ...
+    action: str  # image-pull, image-build, image-load, container-create, container-exec, ...
     decision: str  # allow | deny | would_deny
     image: str | None  # canonical reference, None for setting-only decisions
     input: str | None  # the reference as the client wrote it

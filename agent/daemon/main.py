@@ -144,6 +144,7 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
         upstream=upstream,
         socket_mode=0o660 if group is not None else 0o600,
         socket_group=group,
+        protected=(state_dir, audit.directory),
     )
     current = manager.current if manager is not None else (lambda: policy)
     identities = build_identities(config, sink) if config is not None else None

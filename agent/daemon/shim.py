@@ -41,6 +41,7 @@ import httptools
 from agent.core.decision import Decision, Identity, Verdict, decide
 from agent.core.events import DecisionEvent, NoticeEvent
 from agent.core.inspection.buildkit.inputs import BuildInputs, from_build_query
+from agent.core.inspection.host_access import HostAccess, Protection, judge
 from agent.core.inspection.http1 import (
     MAX_HEAD_BYTES,
     BodyReader,
@@ -83,7 +84,7 @@ from agent.core.inspection.routes import (
 from agent.core.inspection.tarscan import TarScanError, TarScanner
 from agent.core.messages import defuse, denial_message
 from agent.core.peer import PeerInfo
-from agent.core.policy.document import BuildsSetting, OnCreateSetting, Policy
+from agent.core.policy.document import BuildsSetting, HostAccessSetting, OnCreateSetting, Policy
 from agent.daemon.buildkit_builds import BuildRegistry, PendingBuild, RelayedSession
 from agent.daemon.buildkit_tunnel import (
     SESSION_WAIT,
@@ -93,7 +94,7 @@ from agent.daemon.buildkit_tunnel import (
     dockerfile_sessions,
 )
 from agent.daemon.bus import DecisionSink
-from agent.platform import docker_api
+from agent.platform import docker_api, files
 from agent.platform.peer import describe_peer, peer_credentials
 from agent.platform.unix_sockets import claim_socket_path
 
@@ -142,6 +143,9 @@ class ShimConfig:
     upstream: Path
     socket_mode: int = 0o660
     socket_group: int | None = None
+    #: Directories no container may bind (the agent's state and audit log), besides
+    #: the fixed list in agent.core.inspection.host_access.
+    protected: tuple[Path, ...] = ()
 
 
 class Shim:
@@ -170,6 +174,7 @@ class Shim:
         self.connections: set[ClientConnection] = set()
         self.heads = HeadCache()
         self.builds = BuildRegistry()  # BuildKit builds in flight, by session
+        self._docker_root: tuple[float, str] | None = None  # (when asked, DockerRootDir)
 
     async def ask_daemon(self, method: str, path: str) -> tuple[int, bytes]:
         """One request of the shim's own, on a connection of its own: (status, body).
@@ -328,6 +333,53 @@ class Shim:
                 refusal = "pullgate: the audit log could not be written"
             denial = denial or refusal
         return denial
+
+    async def host_setting(self, access: HostAccess, action: EventAction) -> SettingOutcome | None:
+        """``containers.host_access``: refuse what hands a container the host (a denial
+        outcome), or None. Host paths are resolved now, off the event loop, following
+        links as the mount will; what the daemon keeps (its data root) is asked of it."""
+        policy = self.policy()
+        if policy.containers.host_access is HostAccessSetting.ALLOW or not access:
+            return None
+        paths = [p.path for p in access.paths]
+        resolved = await asyncio.to_thread(files.resolved_paths, paths) if paths else {}
+        protection = await self._protection(policy) if paths else Protection()
+        problems = judge(access, resolved, protection)
+        if not problems:
+            return None
+        return SettingOutcome(
+            action,
+            "containers.host_access",
+            False,
+            "the container would get the host's root access ("
+            + "; ".join(defuse(p) for p in problems)
+            + f"), which {policy.label} does not allow (containers.host_access: deny)",
+            "run it without those settings, bind a project directory instead of a system "
+            "one, or ask IT to allow the path (containers.allowed_host_paths)",
+        )
+
+    async def _protection(self, policy: Policy) -> Protection:
+        """What containers must not bind on this machine besides the fixed list: the
+        daemon's socket and data root, the agent's state and audit directories."""
+        now = asyncio.get_running_loop().time()
+        if self._docker_root is None or now - self._docker_root[0] > _DOCKER_ROOT_TTL:
+            info = await self.daemon_json("/info", "itself")
+            root = info.get("DockerRootDir") if isinstance(info, dict) else None
+            self._docker_root = (now, root if isinstance(root, str) else "")
+        kept = [self.config.upstream, *self.config.protected]
+        if self._docker_root[1]:
+            kept.append(Path(self._docker_root[1]))
+        no_bind, exact = await asyncio.to_thread(
+            lambda: (
+                files.resolved_paths(str(p) for p in kept),
+                files.resolved_paths([str(self.config.listen)]),
+            )
+        )
+        return Protection(
+            no_bind=tuple(no_bind.values()),
+            exact_allowed=tuple(exact.values()),
+            allowed=policy.containers.allowed_host_paths,
+        )
 
     def identity_of(self, peer: PeerInfo) -> Identity | None:
         """The identity of the client's OS user; nobody borrows another user's sign-in."""
@@ -604,6 +656,9 @@ class IllegalMoveError(RuntimeError):
 
 #: After a refusal, how long and how much of the rest of a request body is read and dropped.
 _DRAIN_SECONDS = 30.0
+#: How long the daemon's data root (``/info``) is taken as known: it changes only
+#: with a daemon restart, and each create with host paths needs it.
+_DOCKER_ROOT_TTL = 60.0
 #: Bytes a client may send ahead of the response to its request before it is paused.
 _MAX_BACKLOG = 256 * 1024
 _DRAIN_BYTES = 1 << 30
@@ -1173,10 +1228,15 @@ class ClientConnection(asyncio.Protocol):
 
     def _json_ready(self) -> None:
         assert self.route is not None
-        on_create = self.shim.policy().on_create
-        inspection = inspect_json_body(self.route, bytes(self.payload), on_create)
+        policy = self.shim.policy()
+        inspection = inspect_json_body(
+            self.route,
+            bytes(self.payload),
+            policy.on_create,
+            host_access=policy.containers.host_access,
+        )
         self.payload = bytearray()
-        if inspection.lookups:
+        if inspection.lookups or inspection.host:
             self._move(_DECIDING)
             self.pause_client_reading("deciding")
             self.task = asyncio.get_running_loop().create_task(self._lookup_then_decide(inspection))
@@ -1195,6 +1255,9 @@ class ClientConnection(asyncio.Protocol):
         checked: _Checked | None = None
         sources: set[str] = set()
         try:
+            if inspection.host:
+                action = inspection.host_action or EventAction.CREATE
+                setting = await self.shim.host_setting(inspection.host, action) or setting
             for lookup in inspection.lookups:
                 image = await self._lookup_image(lookup)
                 if lookup.moves:

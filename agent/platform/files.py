@@ -7,9 +7,17 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["FileTooLargeError", "NotRegularFileError", "atomic_write", "read_capped", "same_file"]
+__all__ = [
+    "FileTooLargeError",
+    "NotRegularFileError",
+    "atomic_write",
+    "read_capped",
+    "resolved_paths",
+    "same_file",
+]
 
 
 class FileTooLargeError(ValueError):
@@ -92,3 +100,10 @@ def same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def resolved_paths(paths: Iterable[str]) -> dict[str, str]:
+    """Each path with its symbolic links followed, as a mount will follow them; a part
+    that does not exist yet is kept as written (``-v`` creates a missing source). Blocks
+    on the file system: the shim calls it off the event loop."""
+    return {path: os.path.realpath(path) for path in paths}
