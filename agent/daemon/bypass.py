@@ -388,12 +388,15 @@ _UNIX_DIAG_NAME = 0
 _UNIX_DIAG_VFS = 1
 _UNIX_DIAG_PEER = 2
 _TCP_ESTABLISHED = 1
+# A value, not a platform check, so mypy --platform darwin still checks the Linux code.
+_ON_LINUX = sys.platform.startswith("linux")
 
 
 def _diag_unix_sockets() -> list[tuple[int, str | None, int | None, int | None]]:
     """(inode, bound name, peer inode, vfs inode) of every unix socket, from the kernel's
     sock_diag netlink interface (what ``ss -x`` uses). Raises OSError where unavailable."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
+    # getattr: Linux has it, macOS (mypy --platform darwin) not; only called on Linux.
+    sock = socket.socket(getattr(socket, "AF_NETLINK", -1), socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
     try:
         sock.settimeout(5.0)
         req = struct.pack(
@@ -515,7 +518,7 @@ def _same_socket(name: str | None, vfs: int | None, path: Path, st_ino: int | No
 def socket_clients(path: Path, *, exclude_pids: Iterable[int] = ()) -> list[SocketClient]:
     """Processes connected to the unix socket ``path``, except the server's own and
     ``exclude_pids``. Linux only: elsewhere (and without /proc) returns []."""
-    if not sys.platform.startswith("linux"):
+    if not _ON_LINUX:
         return []
     try:
         st_ino: int | None = path.stat().st_ino
@@ -607,8 +610,12 @@ class BypassMonitor:
         max_backoff: float = 30.0,
         grace: float = DECISION_GRACE,
         tag_grace: float = TAG_GRACE,
+        upstream_uid: int | None = None,
     ) -> None:
         self.upstream = upstream
+        # Docker Desktop mode: the daemon must be this user's (agent.core.desktop); the
+        # monitor, root, must not read another daemon's events through their link.
+        self.upstream_uid = upstream_uid
         self.sink = sink
         self.shim_listen = shim_listen
         self.own_pid = os.getpid() if own_pid is None else own_pid
@@ -695,6 +702,7 @@ class BypassMonitor:
                     self._events_target(),
                     timeout=self.request_timeout,
                     user_agent=USER_AGENT,
+                    listener_uid=self.upstream_uid,
                 ) as answer:
                     if answer.status != 200:
                         raise DockerAPIError(f"GET /events answered {answer.status}")
@@ -721,7 +729,12 @@ class BypassMonitor:
     async def _get_json(self, target: str) -> Any:
         """The daemon's JSON answer to ``GET target``; OSError or ValueError if none."""
         answer = await docker_api.request(
-            self.upstream, "GET", target, timeout=self.request_timeout, user_agent=USER_AGENT
+            self.upstream,
+            "GET",
+            target,
+            timeout=self.request_timeout,
+            user_agent=USER_AGENT,
+            listener_uid=self.upstream_uid,
         )
         if answer.status != 200:
             raise DockerAPIError(f"GET {target} answered {answer.status}")

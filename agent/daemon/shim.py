@@ -95,7 +95,7 @@ from agent.daemon.buildkit_tunnel import (
 )
 from agent.daemon.bus import DecisionSink
 from agent.platform import docker_api, files
-from agent.platform.peer import describe_peer, peer_credentials
+from agent.platform.peer import ListenerError, check_listener, describe_peer, peer_credentials
 from agent.platform.unix_sockets import claim_socket_path
 
 __all__ = ["HeadCache", "Shim", "ShimConfig"]
@@ -143,6 +143,10 @@ class ShimConfig:
     upstream: Path
     socket_mode: int = 0o660
     socket_group: int | None = None
+    #: Docker Desktop mode (agent.daemon.desktop): the uid this endpoint serves. The
+    #: socket is theirs, only they and root may use it, and the upstream (their Desktop
+    #: socket, a path they control) must be served by them (agent.core.desktop).
+    user: int | None = None
     #: Directories no container may bind (the agent's state and audit log), besides
     #: the fixed list in agent.core.inspection.host_access.
     protected: tuple[Path, ...] = ()
@@ -175,6 +179,9 @@ class Shim:
         self.heads = HeadCache()
         self.builds = BuildRegistry()  # BuildKit builds in flight, by session
         self._docker_root: tuple[float, str] | None = None  # (when asked, DockerRootDir)
+        #: Why the last upstream connection was refused (ListenerError), until one passes.
+        self.upstream_problem: str | None = None
+        self._problem_reported = 0.0
 
     async def ask_daemon(self, method: str, path: str) -> tuple[int, bytes]:
         """One request of the shim's own, on a connection of its own: (status, body).
@@ -183,7 +190,9 @@ class Shim:
         ``OSError``: ``_check_made`` relies on it to remove what it cannot verify.
         """
         try:
-            answer = await docker_api.request(self.config.upstream, method, path, timeout=30)
+            answer = await docker_api.request(
+                self.config.upstream, method, path, timeout=30, listener_uid=self.config.user
+            )
         except docker_api.DockerAPIError as e:
             raise InspectionError(f"pullgate: the daemon's answer cannot be read: {e}", 502) from e
         return answer.status, answer.body
@@ -434,8 +443,34 @@ class Shim:
             lambda: ClientConnection(self), str(path), backlog=1024
         )
         os.chmod(path, self.config.socket_mode)
-        if self.config.socket_group is not None:
-            os.chown(path, -1, self.config.socket_group)
+        if self.config.socket_group is not None or self.config.user is not None:
+            owner = -1 if self.config.user is None else self.config.user
+            group = -1 if self.config.socket_group is None else self.config.socket_group
+            os.chown(path, owner, group)
+
+    def refused_upstream(self, error: ListenerError) -> None:
+        """The upstream's listener is not the endpoint's user: keep it for status, and
+        tell the audit log (at most once a minute per endpoint: every docker command
+        would say it again)."""
+        self.upstream_problem = str(error)
+        now = asyncio.get_running_loop().time()
+        if self._problem_reported and now - self._problem_reported < 60.0:
+            return
+        self._problem_reported = now
+        self.sink.emit(
+            NoticeEvent(
+                action="upstream-refused",
+                outcome="failure",
+                severity="warning",
+                reason=str(error),
+                details={"listen": str(self.config.listen), "upstream": str(self.config.upstream)},
+            )
+        )
+
+    def refuses_client(self, uid: int | None) -> bool:
+        """A Desktop endpoint serves its user and root; anyone else is cut off at once."""
+        user = self.config.user
+        return user is not None and not (uid is not None and uid in (user, 0))
 
     async def close(self) -> None:
         if self._server is not None:
@@ -526,6 +561,8 @@ def _json_response(status: int, message: str, *, close: bool) -> bytes:
 
 
 def _upstream_error(path: Path, error: OSError) -> str:
+    if isinstance(error, ListenerError):
+        return str(error)  # already the client's message (agent.core.desktop)
     if error.errno in (errno.EMFILE, errno.ENFILE):
         return (
             "pullgate: the agent has run out of file descriptors (too many open connections); "
@@ -751,6 +788,13 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        if self.shim.config.user is not None:
+            uid = _credentials(transport)[1]
+            if self.shim.refuses_client(uid):
+                print(f"pullgate: refused uid {uid} on {self.shim.config.listen}", file=sys.stderr)
+                self._move(_CLOSED)
+                self.transport.abort()
+                return
         # Connect to the daemon while the client is still sending its first request.
         self.connecting = asyncio.get_running_loop().create_task(self._connect(eager=True))
         self.shim.connections.add(self)
@@ -1514,9 +1558,17 @@ class ClientConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         path = self.shim.config.upstream
         try:
-            _, protocol = await loop.create_unix_connection(
+            transport, protocol = await loop.create_unix_connection(
                 lambda: UpstreamProtocol(self), str(path)
             )
+            if self.shim.config.user is not None:
+                try:
+                    check_listener(transport.get_extra_info("socket"), path, self.shim.config.user)
+                except ListenerError as e:
+                    transport.abort()
+                    self.shim.refused_upstream(e)
+                    raise
+                self.shim.upstream_problem = None
         except OSError as e:
             self.connecting = None
             if eager and not self.upstream_pending:

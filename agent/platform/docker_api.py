@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 from agent.core.inspection.http1 import MAX_HEAD_BYTES, BodyReader, ProtocolError
+from agent.platform.peer import check_listener
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -161,8 +162,12 @@ async def request(
     timeout: float = 30.0,
     max_body: int = DEFAULT_MAX_BODY,
     user_agent: str = "pullgate",
+    listener_uid: int | None = None,
 ) -> Response:
-    """One request on a connection of its own, the whole answer read within ``timeout``."""
+    """One request on a connection of its own, the whole answer read within ``timeout``.
+
+    ``listener_uid``: refuse (``peer.ListenerError``, before sending anything) unless the
+    daemon at ``socket_path`` runs as this uid (Docker Desktop mode: a user's socket)."""
     data = _request_bytes(method, target, user_agent)
     answer = _Answer(method, max_body)
     body: list[bytes] = []
@@ -171,6 +176,8 @@ async def request(
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_unix_connection(str(socket_path))
         try:
+            if listener_uid is not None:
+                check_listener(writer.get_extra_info("socket"), socket_path, listener_uid)
             writer.write(data)
             await writer.drain()
             while not answer.done:
@@ -207,13 +214,17 @@ async def stream(
     *,
     timeout: float = 30.0,
     user_agent: str = "pullgate",
+    listener_uid: int | None = None,
 ) -> AsyncIterator[Stream]:
-    """``GET target`` with the head read within ``timeout``; the body streams unbounded."""
+    """``GET target`` with the head read within ``timeout``; the body streams unbounded.
+    ``listener_uid`` as for :func:`request`."""
     data = _request_bytes("GET", target, user_agent)
     answer = _Answer("GET", None)
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_unix_connection(str(socket_path))
     try:
+        if listener_uid is not None:
+            check_listener(writer.get_extra_info("socket"), socket_path, listener_uid)
         writer.write(data)
         await writer.drain()
         first: list[bytes] = []

@@ -18,7 +18,7 @@ from typing import TypeVar
 from agent.core.peer import PeerInfo, ProcessSummary
 from agent.core.redaction import redact_command_line
 
-__all__ = ["MAX_PARENTS", "describe_peer", "peer_credentials"]
+__all__ = ["MAX_PARENTS", "ListenerError", "check_listener", "describe_peer", "peer_credentials"]
 
 MAX_PARENTS = 8
 
@@ -31,12 +31,34 @@ def peer_credentials(sock: socket.socket) -> tuple[int | None, int | None, int |
             pid, uid, gid = struct.unpack("3i", raw)
             return pid, uid, gid
         if sys.platform == "darwin":  # pragma: no cover - macOS only
-            local_peerpid = 0x002
+            # SOL_LOCAL (0): LOCAL_PEERPID (2), and LOCAL_PEERCRED (1), a struct xucred
+            # {u_int cr_version; uid_t cr_uid; short cr_ngroups; gid_t cr_groups[16]}
+            # (getpeereid(3) reads the same): the uid, and the first group.
+            local_peercred, local_peerpid = 0x001, 0x002
             pid = struct.unpack("i", sock.getsockopt(0, local_peerpid, 4))[0]
-            return pid, None, None
+            raw = sock.getsockopt(0, local_peercred, struct.calcsize("IIh2x16I"))
+            _version, uid, ngroups, *groups = struct.unpack("IIh2x16I", raw)
+            return pid, uid, groups[0] if ngroups > 0 else None
     except OSError:
         pass
     return None, None, None
+
+
+class ListenerError(OSError):
+    """The socket the agent reached is served by someone it must not forward to; the
+    message is the one for the client (``agent.core.desktop.upstream_peer_problem``)."""
+
+
+def check_listener(sock: socket.socket, path: object, expected_uid: int) -> None:
+    """Raise ``ListenerError`` unless the process listening at the other end of ``sock``
+    (a connected Unix socket) runs as ``expected_uid``: the kernel's credentials of the
+    listener, taken when it called ``listen()``."""
+    from agent.core.desktop import upstream_peer_problem  # noqa: PLC0415 - Desktop mode only
+
+    _pid, uid, _gid = peer_credentials(sock)
+    problem = upstream_peer_problem(str(path), expected_uid, uid)
+    if problem is not None:
+        raise ListenerError(problem)
 
 
 def _user(uid: int | None) -> str | None:

@@ -1,0 +1,119 @@
+"""Docker Desktop mode's view of the machine: who is logged in, and the endpoints' dirs.
+
+Observations only (``agent.core.desktop`` decides what to do with them), each a few
+``stat`` calls and passwd lookups, cheap enough for the agent's rescan every few seconds:
+
+- macOS: the console user is the owner of ``/dev/console`` (what ``loginwindow`` sets at
+  each login and fast user switch; root while nobody is logged in). A user switched away
+  from under fast user switching loses the console, and their endpoint goes until they
+  are back (their Desktop VM keeps running meanwhile; the endpoint is what goes).
+- Linux: logind's runtime directories ``/run/user/<uid>``, one per user with a session
+  (graphical or not; Docker Desktop for Linux needs one, as a systemd user service).
+
+The per-user directories under the users' root are made by root, for root: the user
+must be able to reach their socket but never to replace it (a socket the user put there
+would be served to nobody but could be named in the user's context, so the directory is
+root's, 0755, and only the socket inside is the user's, 0600).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+import sys
+from pathlib import Path
+
+from agent.core.desktop import SessionUser
+
+__all__ = [
+    "CONSOLE",
+    "DEFAULT_SESSIONS_DIR",
+    "UnsafeDirectoryError",
+    "console_user",
+    "logind_users",
+    "make_root_dir",
+    "session_users",
+]
+
+CONSOLE = Path("/dev/console")
+DEFAULT_SESSIONS_DIR = Path("/run/user")
+"""logind's runtime directories: ``/run/user/<uid>`` exists while the user has a session."""
+
+
+class UnsafeDirectoryError(OSError):
+    """A directory the agent would serve from is not root's alone (or not a directory)."""
+
+
+def _user(uid: int) -> SessionUser | None:
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return None
+    return SessionUser(uid=uid, name=entry.pw_name, home=entry.pw_dir)
+
+
+def console_user(console: Path = CONSOLE) -> SessionUser | None:
+    """macOS: the user at the console (None: nobody, i.e. root owns it, or no console)."""
+    try:
+        uid = console.stat().st_uid
+    except OSError:
+        return None
+    return None if uid == 0 else _user(uid)
+
+
+def logind_users(sessions_dir: Path = DEFAULT_SESSIONS_DIR) -> list[SessionUser]:
+    """Linux: users with a logind runtime directory, named by uid and owned by that uid
+    (a directory of another owner is not a session's and is ignored)."""
+    users: list[SessionUser] = []
+    try:
+        entries = list(os.scandir(sessions_dir))
+    except OSError:
+        return users
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        uid = int(entry.name)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
+            continue
+        user = _user(uid)
+        if user is not None:
+            users.append(user)
+    return sorted(users, key=lambda u: u.uid)
+
+
+def session_users(
+    sessions_dir: Path | None = None, platform: str = sys.platform
+) -> list[SessionUser]:
+    """The users logged in now, by the platform's rule (see the module's docstring)."""
+    if platform == "darwin":
+        user = console_user()
+        return [user] if user is not None else []
+    return logind_users(sessions_dir or DEFAULT_SESSIONS_DIR)
+
+
+def make_root_dir(path: Path, mode: int = 0o755) -> None:
+    """Create ``path`` (and missing parents) as root's own, or check that it is: a real
+    directory (not a link), owned by root, writable by nobody else. Refuses otherwise:
+    whoever could write it could swap a user's socket for their own."""
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    for directory in (path, *path.parents):
+        info = directory.lstat()
+        if stat.S_ISLNK(info.st_mode) and directory != path:
+            continue  # /var -> /private/var on macOS: the link is root's, in a root dir
+        if not stat.S_ISDIR(info.st_mode):
+            raise UnsafeDirectoryError(f"{directory} is not a directory")
+        if directory == path:
+            if info.st_uid != os.geteuid():
+                raise UnsafeDirectoryError(f"{directory} is owned by uid {info.st_uid}, not root")
+            if info.st_mode & 0o7777 != mode:
+                os.chmod(directory, mode, follow_symlinks=False)
+        elif info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            raise UnsafeDirectoryError(
+                f"{directory} is writable by others than its owner: a socket below it "
+                "could be replaced"
+            )
