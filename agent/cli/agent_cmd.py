@@ -67,6 +67,12 @@ def register(commands: Any) -> None:
         action="store_true",
         help="do not watch for bypasses (the daemon's events, socket clients, config files)",
     )
+    parser.add_argument(
+        "--desktop-sessions",
+        metavar="DIR",
+        help="enforcement: desktop on Linux: where logind keeps users' runtime directories, "
+        "one per logged-in user (default: /run/user)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -92,5 +98,6 @@ def run(args: argparse.Namespace) -> int:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         audit_dir=Path(args.audit_dir) if args.audit_dir else None,
         watch=not args.no_watch,
+        desktop_sessions=Path(args.desktop_sessions) if args.desktop_sessions else None,
     )
     return run_agent(options, started=started)

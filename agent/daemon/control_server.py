@@ -765,6 +765,7 @@ def agent_status(
     started_at: float,
     audit: Callable[[], dict[str, Any] | None] | None = None,
     bypass_monitor: Callable[[], dict[str, Any]] | None = None,
+    desktop: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The agent's ``GET /v1/status`` document (bind the arguments with functools.partial).
 
@@ -808,5 +809,7 @@ def agent_status(
         "control_socket": str(control),
         "audit": audit() if audit is not None else None,
         "bypass_monitor": bypass_monitor() if bypass_monitor is not None else None,
+        # Docker Desktop mode: the per-user endpoints (agent.daemon.desktop); else absent.
+        **({"desktop": desktop()} if desktop is not None else {}),
         "clock_behind": clock_behind,
     }

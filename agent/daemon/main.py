@@ -35,6 +35,7 @@ from agent.daemon.audit_log import AuditLog, AuditLogError, default_audit_dir
 from agent.daemon.bus import DecisionSink, StderrSubscriber
 from agent.daemon.bypass import ApprovalLedger, BypassMonitor
 from agent.daemon.control_server import ControlServer, agent_status
+from agent.daemon.desktop import DEFAULT_USERS_DIR, DesktopEndpoints
 from agent.daemon.policy_cache import PolicyCache
 from agent.daemon.policy_fetch import Fetcher
 from agent.daemon.policy_manager import PolicyManager, RefreshSettings
@@ -74,6 +75,7 @@ class AgentOptions:
     state_dir: Path | None = None
     audit_dir: Path | None = None
     watch: bool = True
+    desktop_sessions: Path | None = None  # Desktop mode on Linux: logind's /run/user
 
 
 def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
@@ -116,6 +118,10 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
             policy = default_policy()
             describe = policy.label
         uid = os.geteuid()
+        desktop = settings.enforcement is Enforcement.DESKTOP
+        if desktop and uid != 0:
+            why = "desktop mode serves every logged-in user: run the agent as root"
+            raise ConfigError(settings.source, "enforcement", why)
         if options.listen is not None:
             listen, listen_source = options.listen, "--listen"
         elif config is not None and config.listen is not None:
@@ -125,7 +131,10 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
         problem = socket_path_problem(listen)
         if problem is not None:  # a file on the way, not a traceback from the shim's start
             raise ConfigError(listen_source, None if options.listen else "listen", problem)
-        if options.upstream:
+        if desktop:  # one socket per user below listen, each user's Desktop upstream
+            listen = settings.desktop_users_dir or DEFAULT_USERS_DIR
+            upstream, source = Path("~/.docker"), "enforcement: desktop (each user's Desktop)"
+        elif options.upstream:
             upstream, source = parse_unix_url(options.upstream), "--upstream"
         elif config is not None and config.upstream:
             upstream, source = parse_unix_url(config.upstream), "managed config"
@@ -166,9 +175,25 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
     ledger = ApprovalLedger()
     monitor = (
         BypassMonitor(upstream, sink, shim_listen=listen, approved=ledger)
-        if options.watch
+        if options.watch and not desktop
         else None
     )
+    front: Service = shim
+    desktop_status = None
+    if desktop:
+        # Docker Desktop mode (agent.daemon.desktop): no shared socket, but one endpoint
+        # per logged-in user in front of their own Docker Desktop, each with its monitor.
+        front = endpoints = DesktopEndpoints(
+            users_dir=listen,
+            policy=current,
+            sink=sink,
+            audit_gate=functools.partial(_audit_gate, audit),
+            identities=identities,
+            context_mode=settings.desktop_context,
+            sessions_dir=options.desktop_sessions,
+            approved=ledger if options.watch else None,
+        )
+        desktop_status = endpoints.status
     control = ControlServer(
         control_path,
         status=functools.partial(
@@ -183,6 +208,7 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
             started_at=time.time(),
             audit=audit.status,
             bypass_monitor=monitor.status if monitor is not None else None,
+            desktop=desktop_status,
         ),
         refresh=manager.refresh_now if manager is not None else None,
         identities=identities,
@@ -196,17 +222,20 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
         services.append(_Refresher(manager))
     if monitor is not None:
         services.append(monitor)
+    if options.watch:
         watcher = ConfigWatcher(
             sink,
             shim_listen=listen,
-            docker_config=docker_config_dir(os.environ, Path.home()),
+            docker_config=None if desktop else docker_config_dir(os.environ, Path.home()),
             managed_config=options.config_path or DEFAULT_JSON_PATH,
             policy_cache=state_dir,
         )
         sink.subscribe(watcher)
         services.append(watcher)
     try:
-        return _run_loop(_serve(shim, services, manager, state_dir, describe, started, source))
+        return _run_loop(
+            _serve(shim, services, manager, state_dir, describe, started, source, front=front)
+        )
     except RuntimeError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
@@ -365,7 +394,9 @@ async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
     describe: str,
     started: float,
     source: str,
+    front: Service | None = None,  # what serves clients: the shim, or Desktop's endpoints
 ) -> int:
+    front = front or shim
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -375,7 +406,7 @@ async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
         for service in services:
             await service.start()
             running.append(service)
-        await shim.start()
+        await front.start()
     except BaseException:
         for service in reversed(running):
             await service.close()
@@ -413,7 +444,7 @@ async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
     notifier.notify(stopping="1")
     if watchdog is not None:
         watchdog.cancel()
-    await shim.close()
+    await front.close()
     for service in reversed(running):
         await service.close()
     shim.sink.emit(NoticeEvent(action="agent-stop", outcome="success", reason="agent stopped"))

@@ -1,0 +1,392 @@
+"""Docker Desktop mode (``enforcement: desktop``): one shim endpoint per logged-in user.
+
+The agent runs as root (LaunchDaemon, systemd) and its policy, state and audit log are
+the system's. Every few seconds it looks at who is logged in
+(``agent.platform.desktop_users``), plans one endpoint per user (``agent.core.desktop``)
+and applies the difference: an endpoint is a :class:`~agent.daemon.shim.Shim` listening
+on ``<users_dir>/<uid>/docker.sock`` (the directory root's, 0755; the socket the
+user's, 0600) and forwarding to the user's Docker Desktop socket, but only once the
+kernel says that socket is served by that user (``ShimConfig.user``); a per-user bypass
+monitor watches the Desktop socket for clients that go around the endpoint; and the
+user's docker CLI is pointed at the endpoint by a docker context, created by running
+the docker CLI as the user (so nothing in the user's home is written with root's rights).
+
+The rescan is a supervised task: an error in one pass is counted, reported in status
+and as an audit notice, and the next pass runs; if the task itself ends, status says
+``running: false`` and ``pullgate doctor`` fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.config.keys import DesktopContext
+from agent.core.desktop import EndpointPlan, plan_endpoints, should_select_context
+from agent.core.events import NoticeEvent
+from agent.core.policy.document import Policy
+from agent.daemon.bus import DecisionSink
+from agent.daemon.bypass import ApprovalLedger, BypassMonitor
+from agent.daemon.shim import IdentitySource, Shim, ShimConfig
+from agent.platform.desktop_users import make_root_dir, session_users
+
+__all__ = [
+    "CONTEXT_NAME",
+    "DEFAULT_USERS_DIR",
+    "RESCAN_INTERVAL",
+    "DesktopEndpoints",
+    "find_docker_cli",
+]
+
+DEFAULT_USERS_DIR = Path("/var/run/pullgate/users")
+RESCAN_INTERVAL = 2.0
+"""Seconds between looks at who is logged in: a user who logs in waits at most this long
+for their endpoint (their Docker Desktop takes longer to start anyway)."""
+CONTEXT_NAME = "pullgate"
+CLI_TIMEOUT = 20.0
+DOCKER_CLIS = (
+    "/usr/local/bin/docker",  # Docker Desktop for Mac's link; docker-ce's on some Linuxes
+    "/opt/homebrew/bin/docker",
+    "/Applications/Docker.app/Contents/Resources/bin/docker",
+    "/usr/bin/docker",  # docker-desktop and docker-ce-cli packages on Linux
+)
+
+
+def find_docker_cli(candidates: tuple[str, ...] = DOCKER_CLIS) -> str | None:
+    """The docker CLI the agent runs as each user to install their context."""
+    for candidate in candidates:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@dataclass
+class _Endpoint:
+    plan: EndpointPlan
+    shim: Shim
+    monitor: BypassMonitor | None
+    added_at: float = field(default_factory=time.time)
+    context: str = "not installed yet"
+    context_error: str | None = None
+    # The user's config.json as (mtime, size) when the context was last applied; the
+    # initial value matches no file, missing or not, so a new endpoint applies it at once.
+    config_stamp: tuple[int, int] | None = (-1, -1)
+
+
+class DesktopEndpoints:
+    """The per-user endpoints, kept in step with who is logged in (a ``Service``)."""
+
+    def __init__(
+        self,
+        *,
+        users_dir: Path,
+        policy: Callable[[], Policy],
+        sink: DecisionSink,
+        audit_gate: Callable[[], str | Awaitable[str | None] | None] | None = None,
+        identities: IdentitySource | None = None,
+        context_mode: DesktopContext = DesktopContext.ENFORCE,
+        sessions_dir: Path | None = None,
+        platform: str = sys.platform,
+        interval: float = RESCAN_INTERVAL,
+        approved: ApprovalLedger | None = None,
+        docker_cli: str | None = None,
+    ) -> None:
+        self.users_dir = users_dir
+        self.policy = policy
+        self.sink = sink
+        self.audit_gate = audit_gate
+        self.identities = identities
+        self.context_mode = context_mode
+        self.sessions_dir = sessions_dir
+        self.platform = platform
+        self.interval = interval
+        self.approved = approved
+        self.docker_cli = docker_cli if docker_cli is not None else find_docker_cli()
+        self.endpoints: dict[int, _Endpoint] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.scans = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._closing = False
+
+    # -- the service --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(make_root_dir, self.users_dir)
+        await self.rescan()  # the users logged in now are served before "ready"
+        self.task = asyncio.get_running_loop().create_task(self._run(), name="desktop-rescan")
+        self.task.add_done_callback(self._ended)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        for uid in list(self.endpoints):
+            await self._remove(uid, "agent stopping")
+
+    def status(self) -> dict[str, Any]:
+        """For ``GET /v1/status`` (``desktop``) and ``pullgate doctor``."""
+        running = self.task is not None and not self.task.done()
+        return {
+            "users_dir": str(self.users_dir),
+            "running": running,
+            "scans": self.scans,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "docker_cli": self.docker_cli,
+            "context_mode": str(self.context_mode),
+            "endpoints": [
+                {
+                    "uid": e.plan.uid,
+                    "user": e.plan.user,
+                    "listen": e.plan.listen,
+                    "upstream": e.plan.upstream,
+                    "upstream_problem": e.shim.upstream_problem,
+                    "context": e.context,
+                    "context_error": e.context_error,
+                    "bypass_monitor": e.monitor.status() if e.monitor is not None else None,
+                }
+                for e in sorted(self.endpoints.values(), key=lambda e: e.plan.uid)
+            ],
+        }
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if self._closing or task.cancelled():
+            return
+        error = task.exception()
+        self.last_error = f"the rescan task ended: {error!r}"
+        self.sink.emit(
+            NoticeEvent(
+                action="desktop-failure",
+                outcome="failure",
+                severity="warning",
+                reason=f"pullgate: Docker Desktop mode stopped following logins: {error!r}",
+            )
+        )
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.rescan()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug or a bad directory must not end the loop
+                self.errors += 1
+                message = f"{type(e).__name__}: {e}"
+                if message != self.last_error:  # once per distinct error, not every pass
+                    self.sink.emit(
+                        NoticeEvent(
+                            action="desktop-failure",
+                            outcome="failure",
+                            severity="warning",
+                            reason=f"pullgate: Docker Desktop mode's rescan failed: {message}",
+                            details={"users_dir": str(self.users_dir)},
+                        )
+                    )
+                self.last_error = message
+
+    # -- one pass -------------------------------------------------------------------------
+
+    async def rescan(self) -> None:
+        """Look who is logged in, add and remove endpoints, refresh contexts."""
+        users = await asyncio.to_thread(session_users, self.sessions_dir, self.platform)
+        plans = plan_endpoints(users, str(self.users_dir), self.platform)
+        for uid in [uid for uid in self.endpoints if uid not in plans]:
+            await self._remove(uid, "logged out")
+        for uid, plan in plans.items():
+            current = self.endpoints.get(uid)
+            if current is not None and current.plan != plan:
+                await self._remove(uid, "account changed")
+                current = None
+            if current is None:
+                await self._add(plan)
+        for endpoint in list(self.endpoints.values()):
+            stamp = await asyncio.to_thread(_config_stamp, endpoint.plan.home)
+            if stamp != endpoint.config_stamp:
+                await self._install_context(endpoint)
+        self.scans += 1
+
+    async def _add(self, plan: EndpointPlan) -> None:
+        listen = Path(plan.listen)
+        await asyncio.to_thread(make_root_dir, listen.parent)
+        shim = Shim(
+            ShimConfig(
+                listen=listen, upstream=Path(plan.upstream), socket_mode=0o600, user=plan.uid
+            ),
+            self.policy,
+            self.sink,
+            audit_gate=self.audit_gate,
+            identities=self.identities,
+        )
+        await shim.start()
+        monitor = None
+        if self.approved is not None:
+            monitor = BypassMonitor(
+                Path(plan.upstream),
+                self.sink,
+                shim_listen=listen,
+                approved=self.approved,
+                upstream_uid=plan.uid,
+            )
+            await monitor.start()
+        endpoint = _Endpoint(plan, shim, monitor)
+        self.endpoints[plan.uid] = endpoint
+        self.sink.emit(
+            NoticeEvent(
+                action="desktop-endpoint",
+                outcome="success",
+                reason=f"serving {plan.user} (uid {plan.uid}) on unix://{plan.listen}, "
+                f"in front of their Docker Desktop at unix://{plan.upstream}",
+                details={"uid": plan.uid, "listen": plan.listen, "upstream": plan.upstream},
+            )
+        )
+
+    async def _remove(self, uid: int, why: str) -> None:
+        endpoint = self.endpoints.pop(uid, None)
+        if endpoint is None:
+            return
+        if endpoint.monitor is not None:
+            await endpoint.monitor.close()
+        await endpoint.shim.close()
+        with contextlib.suppress(OSError):
+            Path(endpoint.plan.listen).parent.rmdir()
+        self.sink.emit(
+            NoticeEvent(
+                action="desktop-endpoint",
+                outcome="success",
+                reason=f"stopped serving {endpoint.plan.user} (uid {uid}): {why}",
+                details={"uid": uid, "listen": endpoint.plan.listen},
+            )
+        )
+
+    # -- the user's docker context --------------------------------------------------------
+
+    async def _install_context(self, endpoint: _Endpoint) -> None:
+        """Create or update the ``pullgate`` context as the user, and select it by the
+        ``desktop_context`` rule. Never raises: the outcome is kept for status."""
+        plan = endpoint.plan
+        try:
+            endpoint.context = await self._apply_context(plan)
+            endpoint.context_error = None
+        except (OSError, RuntimeError, TimeoutError) as e:
+            message = f"the docker context for {plan.user} could not be set: {e}"
+            if endpoint.context_error != message:
+                self.sink.emit(
+                    NoticeEvent(
+                        action="desktop-context",
+                        outcome="failure",
+                        severity="warning",
+                        reason=f"pullgate: {message}",
+                        details={"uid": plan.uid},
+                    )
+                )
+            endpoint.context_error = message
+        # Whatever happened, wait for the next change of config.json (ours included).
+        endpoint.config_stamp = await asyncio.to_thread(_config_stamp, plan.home)
+
+    async def _apply_context(self, plan: EndpointPlan) -> str:
+        host = f"unix://{plan.listen}"
+        have = await self._docker(
+            plan, "context", "inspect", CONTEXT_NAME, "--format", "{{.Endpoints.docker.Host}}"
+        )
+        if have is None:
+            await self._docker_ok(
+                plan,
+                "context",
+                "create",
+                CONTEXT_NAME,
+                "--description",
+                "Docker Desktop through Pullgate's image policy",
+                "--docker",
+                f"host={host}",
+            )
+        elif have != host:
+            await self._docker_ok(
+                plan, "context", "update", CONTEXT_NAME, "--docker", f"host={host}"
+            )
+        current = await self._docker(plan, "context", "show")
+        if self.context_mode is DesktopContext.INSTALL:
+            return f"installed; current context: {current or 'default'} (not changed: install)"
+        current_host = None
+        if current not in (None, "default", CONTEXT_NAME):
+            assert current is not None
+            current_host = await self._docker(
+                plan, "context", "inspect", current, "--format", "{{.Endpoints.docker.Host}}"
+            )
+        desktop_host = f"unix://{plan.upstream}"
+        if should_select_context(current, current_host, desktop_host, CONTEXT_NAME):
+            await self._docker_ok(plan, "context", "use", CONTEXT_NAME)
+            return f"selected (was {current or 'default'})"
+        if current == CONTEXT_NAME:
+            return "selected"
+        return f"installed; the user's own context {current!r} ({current_host}) is kept"
+
+    async def _docker_ok(self, plan: EndpointPlan, *args: str) -> None:
+        if await self._docker(plan, *args, check=True) is None:  # pragma: no cover
+            raise RuntimeError(f"docker {' '.join(args)} failed")
+
+    async def _docker(self, plan: EndpointPlan, *args: str, check: bool = False) -> str | None:
+        """Run the docker CLI as the user: its stdout stripped, None if it failed (with
+        ``check``: RuntimeError naming the command and its error)."""
+        if self.docker_cli is None:
+            raise RuntimeError("no docker CLI found (looked at " + ", ".join(DOCKER_CLIS) + ")")
+        import pwd  # noqa: PLC0415
+
+        entry = pwd.getpwuid(plan.uid)
+        env = {
+            "HOME": plan.home,
+            "USER": plan.user,
+            "LOGNAME": plan.user,
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+        }
+        # A thread, not the loop's subprocess support: uvloop's takes no user or group.
+        try:
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [self.docker_cli, *args],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                env=env,
+                cwd="/",
+                user=plan.uid,
+                group=entry.pw_gid,
+                extra_groups=[],
+                umask=0o077,
+                timeout=CLI_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise TimeoutError(
+                f"`docker {' '.join(args)}` as {plan.user} took over {e.timeout} s"
+            ) from e
+        out, err = done.stdout, done.stderr
+        if done.returncode != 0:
+            if check:
+                text = err.decode(errors="replace").strip().splitlines()
+                raise RuntimeError(
+                    f"`docker {' '.join(args)}` as {plan.user} exited with {done.returncode}: "
+                    + (text[-1] if text else "no message")
+                )
+            return None
+        return out.decode(errors="replace").strip()
+
+
+def _config_stamp(home: str) -> tuple[int, int] | None:
+    """The user's docker config.json as (mtime, size): a change means the context may
+    have been switched. A ``stat`` only; the file is never read with root's rights."""
+    try:
+        info = os.stat(Path(home) / ".docker" / "config.json")
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size

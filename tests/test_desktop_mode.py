@@ -1,0 +1,550 @@
+"""Docker Desktop mode (``enforcement: desktop``): the rules, then the real thing.
+
+The pure rules first (``agent.core.desktop``: which users get an endpoint, whom an
+endpoint trusts, when the agent selects its context), and the platform edge's
+observations and checks on real files and sockets.
+
+Then an honest stand-in for Docker Desktop on this Linux machine: a second OS user
+(``useradd``) runs a socket forwarder of their own (``tests/unix_forwarder.py`` under
+``setpriv``, with the system's python3) on ``~/.docker/desktop/docker.sock``, so the
+socket is served by that user exactly as Desktop's is; it leads (through a root bridge
+the user may connect to) to the session's test dockerd. The agent runs as root in
+desktop mode, with a temporary users' root (``desktop_users_dir``) and a temporary
+stand-in for logind's ``/run/user`` (``--desktop-sessions``): a directory named by the
+user's uid and owned by them is a login, removing it a logout. The user's own docker
+CLI (``/usr/local/bin/docker``, no ``DOCKER_HOST``) reaches the agent through the
+context the agent installed for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.core.desktop import (
+    SessionUser,
+    client_allowed,
+    desktop_socket,
+    plan_endpoints,
+    should_select_context,
+    upstream_peer_problem,
+)
+from agent.platform.desktop_users import (
+    UnsafeDirectoryError,
+    console_user,
+    logind_users,
+    make_root_dir,
+)
+from agent.platform.peer import ListenerError, check_listener
+from bench.realdocker import DockerEnv, SeededImage
+from tests.agent_process import (
+    DENIED_REPOSITORY,
+    agent_command,
+    shim_policy,
+    skip_or_fail,
+    unix_request,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+USER_DOCKER_CLI = "/usr/local/bin/docker"
+SYSTEM_PYTHON = "/usr/bin/python3"
+WAIT = 15.0
+
+# --------------------------------------------------------------------- the pure rules
+
+
+def _user(uid: int, name: str = "", home: str | None = None) -> SessionUser:
+    return SessionUser(uid, name or f"u{uid}", f"/home/u{uid}" if home is None else home)
+
+
+def test_plan_endpoints_one_per_user_below_the_users_dir() -> None:
+    plans = plan_endpoints(
+        [_user(1000), _user(1001), _user(1000)], "/var/run/pullgate/users", "linux"
+    )
+    assert sorted(plans) == [1000, 1001]
+    assert plans[1000].listen == "/var/run/pullgate/users/1000/docker.sock"
+    assert plans[1000].upstream == "/home/u1000/.docker/desktop/docker.sock"
+
+
+def test_plan_endpoints_never_root_nor_linux_system_users() -> None:
+    users = [_user(0, "root", "/root"), _user(120, "gdm"), _user(1000)]
+    assert sorted(plan_endpoints(users, "/r", "linux")) == [1000]
+    # macOS: admin-created users start at 501
+    mac = plan_endpoints(
+        [_user(0, "root", "/var/root"), _user(501, "dev", "/Users/dev")], "/r", "darwin"
+    )
+    assert sorted(mac) == [501]
+    assert mac[501].upstream == "/Users/dev/.docker/run/docker.sock"
+
+
+def test_plan_endpoints_skips_users_without_a_home() -> None:
+    users = [_user(1000, home=""), _user(1001, home="/"), _user(1002, home="relative")]
+    assert plan_endpoints(users, "/r", "linux") == {}
+
+
+def test_desktop_socket_per_platform() -> None:
+    assert desktop_socket("/Users/a", "darwin") == "/Users/a/.docker/run/docker.sock"
+    assert desktop_socket("/home/a", "linux") == "/home/a/.docker/desktop/docker.sock"
+
+
+def test_upstream_peer_rule_accepts_only_the_endpoints_user() -> None:
+    assert upstream_peer_problem("/home/a/.docker/desktop/docker.sock", 1000, 1000) is None
+    to_root = upstream_peer_problem("/home/a/.docker/desktop/docker.sock", 1000, 0)
+    assert to_root is not None
+    assert to_root.startswith("pullgate: refusing to forward")
+    assert "served by root" in to_root and "uid 1000" in to_root
+    other = upstream_peer_problem("/p", 1000, 1001)
+    assert other is not None and "uid 1001" in other
+    unknown = upstream_peer_problem("/p", 1000, None)
+    assert unknown is not None and "unknown user" in unknown
+    for message in (to_root, other, unknown):  # the denial contract's forbidden phrases
+        assert "permission denied" not in message.lower()
+        assert "no such file" not in message.lower()
+
+
+def test_client_rule_the_user_and_root_only() -> None:
+    assert client_allowed(1000, 1000)
+    assert client_allowed(1000, 0)
+    assert not client_allowed(1000, 1001)
+    assert not client_allowed(1000, None)
+
+
+@pytest.mark.parametrize(
+    ("current", "host", "selected"),
+    [
+        (None, None, True),
+        ("default", None, True),
+        ("desktop-linux", "unix:///home/a/.docker/desktop/docker.sock", True),
+        ("mine", "unix:///home/a/.docker/desktop/docker.sock", True),  # Desktop by another name
+        ("remote", "ssh://ci.example", False),  # the user's own engine elsewhere
+        ("pullgate", "unix:///var/run/pullgate/users/1000/docker.sock", False),  # already
+    ],
+)
+def test_select_context_rule(current: str | None, host: str | None, selected: bool) -> None:
+    desktop = "unix:///home/a/.docker/desktop/docker.sock"
+    assert should_select_context(current, host, desktop, "pullgate") is selected
+
+
+# ------------------------------------------------------------ the platform's edge
+
+
+def test_logind_users_are_uid_named_dirs_owned_by_that_uid(tmp_path: Path) -> None:
+    me = os.getuid()
+    (tmp_path / str(me)).mkdir()
+    (tmp_path / "not-a-uid").mkdir()
+    (tmp_path / "4242").mkdir()  # owned by us, not by 4242: not a session of 4242
+    (tmp_path / "4243").symlink_to(tmp_path / str(me))
+    users = logind_users(tmp_path)
+    assert [u.uid for u in users] == [me]
+    assert users[0].name == pwd.getpwuid(me).pw_name
+    assert logind_users(tmp_path / "missing") == []
+
+
+def test_console_user_is_the_owner_of_the_console(tmp_path: Path) -> None:
+    console = tmp_path / "console"
+    console.touch()
+    owner = console.stat().st_uid
+    got = console_user(console)
+    assert (got is None) if owner == 0 else (got is not None and got.uid == owner)
+    assert console_user(tmp_path / "missing") is None
+
+
+def test_make_root_dir_refuses_what_others_could_swap(tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    make_root_dir(users)
+    assert stat.S_IMODE(users.stat().st_mode) == 0o755
+    users.chmod(0o777)
+    make_root_dir(users)  # put right again
+    assert stat.S_IMODE(users.stat().st_mode) == 0o755
+    open_parent = tmp_path / "open"
+    open_parent.mkdir()
+    open_parent.chmod(0o777)
+    with pytest.raises(UnsafeDirectoryError, match="writable by others"):
+        make_root_dir(open_parent / "users")
+    (tmp_path / "file").touch()
+    with pytest.raises((UnsafeDirectoryError, FileExistsError)):
+        make_root_dir(tmp_path / "file")
+
+
+def test_check_listener_reads_the_kernels_credentials(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    with server, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(str(path))
+        check_listener(client, path, os.getuid())  # our own listener: fine
+        with pytest.raises(ListenerError, match="refusing to forward") as caught:
+            check_listener(client, path, os.getuid() + 4242)
+        assert isinstance(caught.value, OSError)
+
+
+# ------------------------------------------------------------ the real thing (root)
+
+
+@dataclass
+class OSUser:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+    def command(self, *argv: str, env: dict[str, str] | None = None) -> list[str]:
+        """``argv`` run as this user with a clean login-like environment (no DOCKER_*)."""
+        environ = {
+            "HOME": str(self.home),
+            "USER": self.name,
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+        }
+        environ.update(env or {})
+        return [
+            "setpriv",
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            "--clear-groups",
+            "env",
+            "-i",
+            *(f"{k}={v}" for k, v in environ.items()),
+            *argv,
+        ]
+
+    def run(self, *argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(*argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def _create_user(prefix: str) -> OSUser:
+    name = f"{prefix}{os.urandom(3).hex()}"
+    subprocess.run(
+        ["useradd", "--create-home", "--shell", "/bin/sh", name],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    entry = pwd.getpwnam(name)
+    return OSUser(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+
+
+def _remove_user(user: OSUser) -> None:
+    subprocess.run(["userdel", "--remove", user.name], capture_output=True, timeout=30, check=False)
+
+
+def _wait(
+    what: str, probe: Callable[[], Any], timeout: float = WAIT, detail: Callable[[], str] = str
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}: {detail()}")
+        time.sleep(0.1)
+
+
+def _start(argv: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _stop(proc: subprocess.Popen[str] | None) -> None:
+    """End a process this module started, by its PID."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+@dataclass
+class DesktopRig:
+    scratch: Path
+    user: OSUser
+    other: OSUser
+    sessions: Path
+    users_dir: Path
+    control: Path
+    audit_dir: Path
+    desktop_sock: Path
+    bridge: Path
+    agent: subprocess.Popen[str]
+    agent_log: Path
+    forwarders: list[subprocess.Popen[str]]
+    docker_env: DockerEnv
+
+    @property
+    def endpoint(self) -> Path:
+        return self.users_dir / str(self.user.uid) / "docker.sock"
+
+    def status(self) -> dict[str, Any]:
+        code, _, body = unix_request(self.control, "GET", "/v1/status")
+        assert code == 200, body
+        value: dict[str, Any] = json.loads(body)
+        return value
+
+    def endpoints(self) -> dict[int, dict[str, Any]]:
+        return {e["uid"]: e for e in self.status()["desktop"]["endpoints"]}
+
+    def audit(self) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        for path in sorted(self.audit_dir.glob("audit-*.jsonl")):
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    records.append(json.loads(line))
+        return records
+
+    def start_desktop(self) -> None:
+        """The user's "Docker Desktop": their own listener on ~/.docker/desktop/docker.sock."""
+        self.user.run("mkdir", "-p", str(self.desktop_sock.parent))
+        with contextlib.suppress(FileNotFoundError):
+            self.desktop_sock.unlink()
+        proc = _start(
+            self.user.command(
+                SYSTEM_PYTHON,
+                str(self.scratch / "fwd.py"),
+                str(self.desktop_sock),
+                str(self.bridge),
+            )
+        )
+        self.forwarders.append(proc)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready", (
+            "the user's Desktop stand-in did not start"
+        )
+
+    def stop_desktop(self) -> None:
+        for proc in self.forwarders[1:]:
+            _stop(proc)
+        del self.forwarders[1:]
+
+
+@pytest.fixture(scope="module")
+def rig(docker_env: DockerEnv, seeded: dict[str, SeededImage]) -> Iterator[DesktopRig]:
+    if os.geteuid() != 0 or shutil.which("useradd") is None or shutil.which("setpriv") is None:
+        skip_or_fail("needs root, useradd and setpriv to stand in for a Docker Desktop user")
+    for tool in (USER_DOCKER_CLI, SYSTEM_PYTHON):
+        if not os.access(tool, os.X_OK):
+            skip_or_fail(f"needs {tool} (run as a second OS user)")
+    scratch = Path(tempfile.mkdtemp(prefix="pgdesk-", dir="/tmp"))
+    scratch.chmod(0o755)  # the users reach their forwarder script and the bridge
+    user = _create_user("pgd")
+    other = _create_user("pgo")
+    forwarders: list[subprocess.Popen[str]] = []
+    agent: subprocess.Popen[str] | None = None
+    try:
+        shutil.copy(REPO / "tests" / "unix_forwarder.py", scratch / "fwd.py")
+        (scratch / "fwd.py").chmod(0o644)
+        bridge = scratch / "bridge.sock"
+        root_bridge = _start(
+            [
+                sys.executable,
+                str(scratch / "fwd.py"),
+                str(bridge),
+                str(docker_env.socket_path),
+                "666",
+            ]
+        )
+        forwarders.append(root_bridge)
+        assert root_bridge.stdout is not None and root_bridge.stdout.readline().strip() == "ready"
+        sessions = scratch / "sessions"
+        sessions.mkdir(mode=0o755)
+        users_dir = scratch / "users"
+        config = scratch / "config.json"
+        config.write_text(
+            json.dumps({"enforcement": "desktop", "desktop_users_dir": str(users_dir)})
+        )
+        policy = scratch / "policy.json"
+        policy.write_text(json.dumps(shim_policy()))
+        control = scratch / "control.sock"
+        audit_dir = scratch / "audit"
+        agent_log = scratch / "agent.log"
+        with agent_log.open("w") as log:
+            agent = subprocess.Popen(
+                [
+                    *agent_command(),
+                    "--config",
+                    str(config),
+                    "--policy",
+                    str(policy),
+                    "--state-dir",
+                    str(scratch / "state"),
+                    "--audit-dir",
+                    str(audit_dir),
+                    "--control",
+                    str(control),
+                    "--desktop-sessions",
+                    str(sessions),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")},
+                cwd=REPO,
+                text=True,
+                start_new_session=True,
+            )
+        rig = DesktopRig(
+            scratch=scratch,
+            user=user,
+            other=other,
+            sessions=sessions,
+            users_dir=users_dir,
+            control=control,
+            audit_dir=audit_dir,
+            desktop_sock=user.home / ".docker" / "desktop" / "docker.sock",
+            bridge=bridge,
+            agent=agent,
+            agent_log=agent_log,
+            forwarders=forwarders,
+            docker_env=docker_env,
+        )
+        rig.start_desktop()
+        _wait("the agent's control API", lambda: agent.poll() is not None or control.exists())
+        assert agent.poll() is None, agent_log.read_text()
+        login(rig)
+        yield rig
+    finally:
+        _stop(agent)
+        for proc in forwarders:
+            _stop(proc)
+        _remove_user(user)
+        _remove_user(other)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def login(rig: DesktopRig) -> dict[str, Any]:
+    session = rig.sessions / str(rig.user.uid)
+    session.mkdir(exist_ok=True)
+    os.chown(session, rig.user.uid, rig.user.gid)
+    endpoint: dict[str, Any] = _wait(
+        "the user's endpoint and context",
+        lambda: (
+            (e := rig.endpoints().get(rig.user.uid)) and e["context"].startswith("selected") and e
+        ),
+        detail=lambda: f"{rig.status()['desktop']}\n{rig.agent_log.read_text()[-3000:]}",
+    )
+    return endpoint
+
+
+def _docker(rig: DesktopRig, user: OSUser, *args: str) -> subprocess.CompletedProcess[str]:
+    return user.run(USER_DOCKER_CLI, *args)
+
+
+def test_endpoint_is_the_users_socket_in_roots_directory(rig: DesktopRig) -> None:
+    info = rig.endpoint.lstat()
+    assert stat.S_ISSOCK(info.st_mode)
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (rig.user.uid, 0o600)
+    directory = rig.endpoint.parent.lstat()
+    assert (directory.st_uid, stat.S_IMODE(directory.st_mode)) == (0, 0o755)
+    users = rig.users_dir.lstat()
+    assert (users.st_uid, stat.S_IMODE(users.st_mode)) == (0, 0o755)
+
+
+def test_users_docker_cli_goes_through_the_installed_context(rig: DesktopRig) -> None:
+    shown = _docker(rig, rig.user, "context", "show")
+    assert shown.stdout.strip() == "pullgate", shown.stderr
+    host = _docker(
+        rig, rig.user, "context", "inspect", "pullgate", "--format", "{{.Endpoints.docker.Host}}"
+    )
+    assert host.stdout.strip() == f"unix://{rig.endpoint}"
+    meta = rig.user.home / ".docker" / "contexts" / "meta"
+    owners = {p.stat().st_uid for p in [meta, *meta.rglob("*")]}
+    assert owners == {rig.user.uid}, "the context is written as the user, not as root"
+
+
+def test_users_docker_gets_pullgates_denial_and_allowed_pulls(rig: DesktopRig) -> None:
+    denied = _docker(rig, rig.user, "pull", DENIED_REPOSITORY)
+    assert denied.returncode != 0
+    assert "Error response from daemon: pullgate:" in denied.stderr, denied.stderr
+    assert f"docker.io/{DENIED_REPOSITORY}:latest" in denied.stderr
+    allowed = _docker(rig, rig.user, "pull", "alpine")
+    assert allowed.returncode == 0, allowed.stderr + allowed.stdout
+    decisions = [r for r in rig.audit() if r.get("pullgate.decision") in ("allow", "deny")]
+    mine = [r for r in decisions if r.get("user.id") in (rig.user.uid, str(rig.user.uid))]
+    assert {r["pullgate.decision"] for r in mine} >= {"allow", "deny"}, decisions[-4:]
+
+
+def test_another_user_cannot_use_the_endpoint(rig: DesktopRig) -> None:
+    env_host = f"unix://{rig.endpoint}"
+    got = rig.other.run(
+        USER_DOCKER_CLI, "-H", env_host, "version", "--format", "{{.Server.Version}}"
+    )
+    assert got.returncode != 0
+    assert "permission denied" in got.stderr.lower(), got.stderr
+    code, _, _ = unix_request(rig.endpoint, "GET", "/_ping")  # root may, as it could anyway
+    assert code == 200
+
+
+def test_symlink_to_a_root_daemon_is_refused_reported_and_audited(rig: DesktopRig) -> None:
+    rig.stop_desktop()
+    rig.user.run("rm", "-f", str(rig.desktop_sock))
+    link = rig.user.run("ln", "-s", str(rig.docker_env.socket_path), str(rig.desktop_sock))
+    assert link.returncode == 0, link.stderr
+    try:
+        got = _docker(rig, rig.user, "pull", "alpine")
+        assert got.returncode != 0
+        assert "pullgate: refusing to forward" in got.stderr, got.stderr
+        assert "served by root" in got.stderr
+        endpoint = rig.endpoints()[rig.user.uid]
+        assert endpoint["upstream_problem"] and "served by root" in endpoint["upstream_problem"]
+        refused = _wait(
+            "the audit record",
+            lambda: [r for r in rig.audit() if r.get("event.action") == "upstream-refused"],
+        )
+        assert "served by root" in json.dumps(refused[-1])
+    finally:
+        rig.user.run("rm", "-f", str(rig.desktop_sock))
+        rig.start_desktop()
+    ok = _docker(rig, rig.user, "version", "--format", "{{.Server.Version}}")
+    assert ok.returncode == 0, ok.stderr
+    assert rig.endpoints()[rig.user.uid]["upstream_problem"] is None
+
+
+def test_logout_removes_the_endpoint_and_login_brings_it_back(rig: DesktopRig) -> None:
+    (rig.sessions / str(rig.user.uid)).rmdir()
+    _wait("the endpoint to go", lambda: rig.user.uid not in rig.endpoints())
+    assert not rig.endpoint.exists()
+    assert not rig.endpoint.parent.exists()
+    login(rig)
+    assert rig.endpoint.exists()
+    ok = _docker(rig, rig.user, "version", "--format", "{{.Server.Version}}")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_status_reports_the_supervised_rescan(rig: DesktopRig) -> None:
+    desktop = rig.status()["desktop"]
+    assert desktop["running"] is True
+    assert desktop["errors"] == 0
+    assert desktop["scans"] >= 1
+    assert rig.agent.poll() is None
