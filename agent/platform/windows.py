@@ -1,0 +1,300 @@
+"""Windows, as values: where the system agent keeps its files, the service's names, and
+the named pipes it serves (names, security descriptors, open flags, the docker endpoint
+of each, who is on the other end).
+
+Pure: strings and numbers in, strings and values out, and no pywin32, so every rule here
+is unit-tested on Linux; the edges that do the I/O stay thin (``agent.platform.
+named_pipe_server`` creates the pipes, ``agent.daemon.winservice`` talks to the Service
+Control Manager). Windows constants carry their names from the SDK headers (winbase.h,
+winnt.h, winsvc.h) so they can be looked up.
+
+Docker Desktop on Windows serves its daemon at ``\\\\.\\pipe\\docker_engine`` (to every
+member of ``docker-users``). The agent, a LocalSystem service, serves each console user
+a pipe of their own, ``\\\\.\\pipe\\pullgate_docker_<the user's SID>``, which only that
+user (besides SYSTEM and Administrators) may open; the user's docker context points at
+it (``npipe:////./pipe/pullgate_docker_<SID>``). docs/deploy/windows.md says what that
+does and does not stop.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import PureWindowsPath
+from typing import Final
+
+__all__ = [
+    "ADMINISTRATORS_SID",
+    "CONTROL_PIPE_PREFIX",
+    "DESKTOP_ENGINE_PIPE",
+    "EVENT_SOURCE",
+    "LOCAL_SYSTEM_SID",
+    "PIPE_ROOT",
+    "SERVICE_ARGUMENTS",
+    "SERVICE_DISPLAY_NAME",
+    "SERVICE_NAME",
+    "SHIM_PIPE_PREFIX",
+    "ClientVerdict",
+    "PipeClient",
+    "PipeSpec",
+    "WindowsNameError",
+    "agent_log_path",
+    "audit_dir",
+    "check_sid",
+    "control_pipe",
+    "data_dir",
+    "docker_host",
+    "has_enabled_group",
+    "judge_client",
+    "pipe_from_docker_host",
+    "pipe_sddl",
+    "program_data",
+    "shim_pipe",
+    "state_dir",
+]
+
+
+class WindowsNameError(ValueError):
+    """A SID, pipe name or docker endpoint that is not what it must be."""
+
+
+# ------------------------------------------------------------------ files
+
+_DEFAULT_PROGRAM_DATA: Final = r"C:\ProgramData"
+
+
+def program_data(environ: Mapping[str, str]) -> PureWindowsPath:
+    """``%ProgramData%``; ``C:\\ProgramData`` when unset or not an absolute path (a
+    service's environment is the machine's, but a relative value must never make the
+    agent write its state beside whatever the working directory is)."""
+    value = environ.get("ProgramData") or environ.get("PROGRAMDATA") or ""
+    path = PureWindowsPath(value)
+    if not value or not path.is_absolute():
+        return PureWindowsPath(_DEFAULT_PROGRAM_DATA)
+    return path
+
+
+def data_dir(environ: Mapping[str, str]) -> PureWindowsPath:
+    """``%ProgramData%\\Pullgate``: the MSI creates it and sets its ACL (SYSTEM and
+    Administrators full, Users read)."""
+    return program_data(environ) / "Pullgate"
+
+
+def state_dir(environ: Mapping[str, str]) -> PureWindowsPath:
+    """The policy cache, status and pid file: ``%ProgramData%\\Pullgate\\State``."""
+    return data_dir(environ) / "State"
+
+
+def audit_dir(environ: Mapping[str, str]) -> PureWindowsPath:
+    """The audit log: ``%ProgramData%\\Pullgate\\Logs`` (SYSTEM and Administrators only)."""
+    return data_dir(environ) / "Logs"
+
+
+def agent_log_path(environ: Mapping[str, str]) -> PureWindowsPath:
+    """Where the service writes what the agent prints (a service has no console):
+    ``%ProgramData%\\Pullgate\\Logs\\agent.log``. Start and stop, and failures to start,
+    also go to the Event Log (Application, source ``PullgateAgent``)."""
+    return audit_dir(environ) / "agent.log"
+
+
+# ------------------------------------------------------------------ the service
+
+SERVICE_NAME: Final = "PullgateAgent"
+SERVICE_DISPLAY_NAME: Final = "Pullgate agent"
+EVENT_SOURCE: Final = SERVICE_NAME
+"""The Event Log source (Application log): the service's name, as pywin32 registers it."""
+SERVICE_ARGUMENTS: Final = ("service",)
+"""What the MSI's ServiceInstall passes to ``pullgate.exe`` (packaging/windows/Pullgate.wxs):
+``pullgate service`` (``agent.cli.service_cmd``). Paths come from this module, so the
+installer passes none."""
+
+
+# ------------------------------------------------------------------ SIDs and pipe names
+
+PIPE_ROOT: Final = "\\\\.\\pipe\\"
+DESKTOP_ENGINE_PIPE: Final = PIPE_ROOT + "docker_engine"
+"""Docker Desktop's daemon (and Docker Engine's on Windows): the agent's upstream."""
+SHIM_PIPE_PREFIX: Final = "pullgate_docker_"
+CONTROL_PIPE_PREFIX: Final = "pullgate_control_"
+_MAX_PIPE_NAME: Final = 256  # CreateNamedPipe: the whole name, \\.\pipe\ included
+
+# S-1-<authority>-<up to 15 subauthorities> (SID_MAX_SUB_AUTHORITIES), decimal, no
+# leading zeros: the string ConvertSidToStringSid gives, which is what names a pipe.
+_SID: Final = re.compile(r"S-1-(?:0|[1-9][0-9]{0,12})(?:-(?:0|[1-9][0-9]{0,9})){1,15}")
+
+LOCAL_SYSTEM_SID: Final = "S-1-5-18"
+ADMINISTRATORS_SID: Final = "S-1-5-32-544"
+
+
+def check_sid(sid: str) -> str:
+    """``sid`` if it is a user or group SID in string form; else ``WindowsNameError``.
+
+    A pipe name is built from it, so nothing else may get through: no ``\\``, no
+    wildcards, no name of another pipe."""
+    if not _SID.fullmatch(sid):
+        raise WindowsNameError(f"not a SID in string form (S-1-5-21-...): {sid!r}")
+    if any(int(part) > 0xFFFFFFFF for part in sid.split("-")[3:]):
+        raise WindowsNameError(f"a sub-authority of {sid!r} exceeds 32 bits")
+    return sid
+
+
+def _pipe(prefix: str, sid: str) -> str:
+    name = PIPE_ROOT + prefix + check_sid(sid)
+    if len(name) > _MAX_PIPE_NAME:  # pragma: no cover - 15 sub-authorities still fit
+        raise WindowsNameError(f"pipe name longer than {_MAX_PIPE_NAME}: {name}")
+    return name
+
+
+def shim_pipe(sid: str) -> str:
+    """The Docker API endpoint the agent serves the user ``sid``."""
+    return _pipe(SHIM_PIPE_PREFIX, sid)
+
+
+def control_pipe(sid: str) -> str:
+    """The control API endpoint of the user ``sid`` (the tray's, the CLI's).
+
+    One per user, like the shim's, rather than one for everybody: whoever may open a pipe
+    for writing may also create instances of it (FILE_CREATE_PIPE_INSTANCE is
+    FILE_APPEND_DATA, part of GENERIC_WRITE), and a second server on a shared control pipe
+    would receive other users' ID tokens (``PUT /v1/identity``)."""
+    return _pipe(CONTROL_PIPE_PREFIX, sid)
+
+
+def docker_host(pipe: str) -> str:
+    """The docker CLI's spelling of a pipe: ``npipe:////./pipe/<name>`` (DOCKER_HOST, a
+    context's ``--docker host=``)."""
+    if not pipe.startswith(PIPE_ROOT) or "\\" in pipe[len(PIPE_ROOT) :] or "/" in pipe:
+        raise WindowsNameError(f"not a local pipe name (\\\\.\\pipe\\NAME): {pipe!r}")
+    return "npipe:////./pipe/" + pipe[len(PIPE_ROOT) :]
+
+
+def pipe_from_docker_host(url: str) -> str:
+    """The pipe a ``npipe://`` URL names, for the local machine only (``npipe:////./pipe/x``
+    and the docker CLI's other accepted form ``npipe:///./pipe/x``)."""
+    for prefix in ("npipe:////./pipe/", "npipe:///./pipe/"):
+        if url.startswith(prefix):
+            name = url[len(prefix) :]
+            if name and "/" not in name and "\\" not in name:
+                return PIPE_ROOT + name
+    raise WindowsNameError(f"not a local named pipe URL (npipe:////./pipe/NAME): {url!r}")
+
+
+# ------------------------------------------------------------------ creating a pipe
+
+# CreateNamedPipe's open mode and pipe mode (winbase.h).
+PIPE_ACCESS_DUPLEX: Final = 0x00000003
+FILE_FLAG_FIRST_PIPE_INSTANCE: Final = 0x00080000
+FILE_FLAG_OVERLAPPED: Final = 0x40000000
+WRITE_DAC: Final = 0x00040000
+PIPE_TYPE_BYTE: Final = 0x00000000
+PIPE_READMODE_BYTE: Final = 0x00000000
+PIPE_WAIT: Final = 0x00000000
+PIPE_REJECT_REMOTE_CLIENTS: Final = 0x00000008
+PIPE_UNLIMITED_INSTANCES: Final = 255
+SDDL_REVISION_1: Final = 1
+
+
+def pipe_sddl(user_sid: str) -> str:
+    """The security descriptor of a user's pipe, in SDDL.
+
+    - ``O:SYG:SY``: owned by LocalSystem. The owner may always rewrite the DACL; a pipe
+      owned by the user could be opened up to others by them.
+    - ``D:P``: a protected DACL, nothing inherited.
+    - ``(D;;GA;;;NU)``: network logons refused (PIPE_REJECT_REMOTE_CLIENTS refuses remote
+      clients too; this also covers a loopback SMB open).
+    - ``(A;;GA;;;SY)(A;;GA;;;BA)``: LocalSystem (the agent) and Administrators, full.
+    - ``(A;;GRGW;;;<user>)``: the user reads and writes, as dockerd grants its
+      ``docker-users`` group on ``docker_engine``; no one else is granted anything, so
+      another user's open fails with ERROR_ACCESS_DENIED before the agent sees it.
+    """
+    return f"O:SYG:SYD:P(D;;GA;;;NU)(A;;GA;;;SY)(A;;GA;;;BA)(A;;GRGW;;;{check_sid(user_sid)})"
+
+
+@dataclass(frozen=True)
+class PipeSpec:
+    """Everything ``CreateNamedPipe`` is given for one instance of one pipe."""
+
+    name: str
+    sddl: str
+    first: bool
+    buffer_size: int = 65536
+
+    @property
+    def open_mode(self) -> int:
+        """Duplex and overlapped (the Proactor's I/O completion port). The first instance
+        also carries FILE_FLAG_FIRST_PIPE_INSTANCE: if anyone already serves this name (a
+        user who created it before the service started, to receive other processes'
+        requests), creating it fails with ERROR_ACCESS_DENIED instead of silently
+        adding an instance beside theirs, and the agent reports the squatter."""
+        mode = PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED
+        return mode | FILE_FLAG_FIRST_PIPE_INSTANCE if self.first else mode
+
+    @property
+    def pipe_mode(self) -> int:
+        """A byte stream like a socket (HTTP, BuildKit's h2c), local clients only."""
+        return PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS
+
+    @classmethod
+    def for_user(cls, name: str, user_sid: str, *, first: bool) -> PipeSpec:
+        return cls(name=name, sddl=pipe_sddl(user_sid), first=first)
+
+
+# ------------------------------------------------------------------ who is connected
+
+# OpenProcess / OpenProcessToken / GetTokenInformation (winnt.h).
+PROCESS_QUERY_LIMITED_INFORMATION: Final = 0x1000
+TOKEN_QUERY: Final = 0x0008
+TOKEN_USER: Final = 1  # TOKEN_INFORMATION_CLASS TokenUser
+SE_GROUP_ENABLED: Final = 0x4
+SE_GROUP_USE_FOR_DENY_ONLY: Final = 0x10
+
+
+def has_enabled_group(groups: Iterable[tuple[str, int]], sid: str) -> bool:
+    """Whether a token's groups (``TokenGroups``: SID strings and attributes) hold ``sid``
+    enabled. An administrator's filtered token under UAC carries Administrators for deny
+    only, and the pipe's ACL does not grant it either: not an administrator here."""
+    return any(
+        group.upper() == sid.upper()
+        and attributes & SE_GROUP_ENABLED
+        and not attributes & SE_GROUP_USE_FOR_DENY_ONLY
+        for group, attributes in groups
+    )
+
+
+@dataclass(frozen=True)
+class PipeClient:
+    """The process on the other end of a pipe instance: ``GetNamedPipeClientProcessId``,
+    then that process's primary token (``OpenProcessToken``, ``TokenUser``). ``sid`` is
+    None when the token could not be read (the process exited, or is protected)."""
+
+    pid: int
+    sid: str | None
+    session_id: int | None = None
+
+
+class ClientVerdict(Enum):
+    """Whom a connection on a user's pipe is attributed to."""
+
+    OWNER = "owner"  # the user the pipe was made for
+    PRIVILEGED = "privileged"  # LocalSystem or an administrator (the ACL grants them)
+    UNVERIFIED = "unverified"  # token unreadable: attributed to the pipe's user
+    STRANGER = "stranger"  # someone the ACL does not admit: a handle passed on, a bug
+
+
+def judge_client(pipe_sid: str, client: PipeClient, *, client_is_admin: bool) -> ClientVerdict:
+    """Whom a connection on ``pipe_sid``'s pipe is from.
+
+    The ACL is the access control: Windows checked the opener's token against it at
+    ``CreateFile``. The client's process id and token are for attribution, read after
+    the fact, so a process that exited in between (its id possibly reused) can show
+    someone else: a stranger is refused and reported, never trusted as the pipe's user.
+    """
+    if client.sid is None:
+        return ClientVerdict.UNVERIFIED
+    if client.sid.upper() == pipe_sid.upper():
+        return ClientVerdict.OWNER
+    if client.sid == LOCAL_SYSTEM_SID or client_is_admin:
+        return ClientVerdict.PRIVILEGED
+    return ClientVerdict.STRANGER
