@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from agent.cli import service_cmd
+from agent.cli.main import build_parser
 from agent.config import admx as admx_module
 from agent.config.__main__ import main as config_main
 from agent.config.admx import ELEMENTS, POLICY_KEY, render_adml, render_admx
@@ -40,6 +42,7 @@ from agent.config.sources import (
     WINDOWS_POLICY_KEY,
     parse_registry_values,
 )
+from agent.platform import windows
 from tests.agent_process import skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -364,6 +367,12 @@ def _directory_path(directories: Mapping[str, dict[str, str]], ident: str) -> st
     return "/".join(reversed(parts))
 
 
+def service_cmd_parses(arguments: list[str]) -> bool:
+    """``pullgate <arguments>`` parses as the service's subcommand (agent.cli.service_cmd)."""
+    args = build_parser(arguments).parse_args(arguments)
+    return bool(args.command == "service" and service_cmd.agent_arguments(args) == [])
+
+
 def _build_msi(workdir: Path, bundle: Path) -> Path:
     """packaging/windows/wxs.py, then wixl, as build.ps1 does with candle and light."""
     wxs = _wxs_module()
@@ -447,17 +456,28 @@ def test_msi_structure_with_a_stand_in_payload(tmp_path: Path) -> None:
     admx_size = int(installed["Pullgate/PolicyDefinitions/Pullgate.admx"]["FileSize"])
     assert admx_size == len(render_admx().encode())
 
-    service = _by(_msi_table(msi, "ServiceInstall"), "Name")["PullgateAgent"]
+    service = _by(_msi_table(msi, "ServiceInstall"), "Name")[windows.SERVICE_NAME]
+    assert service["DisplayName"] == windows.SERVICE_DISPLAY_NAME
     assert service["StartName"] == "LocalSystem"
     assert int(service["ServiceType"]) == 0x10  # SERVICE_WIN32_OWN_PROCESS
     assert int(service["StartType"]) == 2  # SERVICE_AUTO_START
     assert int(service["ErrorControl"]) == 1
-    assert service["Arguments"] == 'agent --state-dir "[PULLGATEDATA]State"'
+    # The service's entry point, `pullgate.exe service`, and no paths: the agent takes
+    # them from agent.platform.windows, the same folders as the Directory table's.
+    assert service["Arguments"] == " ".join(windows.SERVICE_ARGUMENTS) == "service"
+    assert service_cmd_parses(service["Arguments"].split())
     assert components[service["Component_"]]["KeyPath"] == "PullgateExe"
-    control = _by(_msi_table(msi, "ServiceControl"), "Name")["PullgateAgent"]
+    environ = {"ProgramData": r"C:\ProgramData"}
+    for ident, path in (
+        ("STATEDIR", windows.state_dir(environ)),
+        ("AUDITDIR", windows.audit_dir(environ)),
+    ):
+        assert "/".join(path.parts[-2:]) == _directory_path(directories, ident)
+    control = _by(_msi_table(msi, "ServiceControl"), "Name")[windows.SERVICE_NAME]
     # Start on install (1), stop on install and uninstall (2 | 32), delete on uninstall (128).
     assert int(control["Event"]) == 1 | 2 | 32 | 128
     assert control["Wait"] == "1" and control["Component_"] == service["Component_"]
+    assert not control.get("Arguments")  # started with the ServiceInstall's arguments
 
     run_keys = [
         r

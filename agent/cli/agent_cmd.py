@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from agent.cli.check import CheckInputError, load_policy_file
 from agent.config.check import check_local_files
 from agent.config.parse import ConfigError
 from agent.config.sources import load_managed_config
+from agent.daemon.handle import AgentHandle
 from agent.daemon.main import EXIT_CONFIG, AgentOptions, process_age, run_agent
 
 
@@ -76,7 +78,8 @@ def register(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, handle: AgentHandle | None = None) -> int:
+    """``pullgate agent``; ``handle``: the Windows service's (``pullgate service``)."""
     started = time.monotonic() - process_age()
     config_path = Path(args.config) if args.config else None
     try:
@@ -100,4 +103,6 @@ def run(args: argparse.Namespace) -> int:
         watch=not args.no_watch,
         desktop_sessions=Path(args.desktop_sessions) if args.desktop_sessions else None,
     )
+    if handle is not None:
+        options = replace(options, handle=handle)
     return run_agent(options, started=started)

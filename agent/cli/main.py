@@ -19,6 +19,7 @@ EXIT_USAGE = 2
 COMMANDS = {
     "check": "agent.cli.check",
     "agent": "agent.cli.agent_cmd",
+    "service": "agent.cli.service_cmd",
     "policy": "agent.cli.policy_cmd",
     "status": "agent.cli.status_cmd",
     "doctor": "agent.cli.status_cmd",

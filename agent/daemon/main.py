@@ -36,6 +36,7 @@ from agent.daemon.bus import DecisionSink, StderrSubscriber
 from agent.daemon.bypass import ApprovalLedger, BypassMonitor
 from agent.daemon.control_server import ControlServer, agent_status
 from agent.daemon.desktop import DEFAULT_USERS_DIR, DesktopEndpoints
+from agent.daemon.handle import AgentHandle
 from agent.daemon.policy_cache import PolicyCache
 from agent.daemon.policy_fetch import Fetcher
 from agent.daemon.policy_manager import PolicyManager, RefreshSettings
@@ -76,6 +77,7 @@ class AgentOptions:
     audit_dir: Path | None = None
     watch: bool = True
     desktop_sessions: Path | None = None  # Desktop mode on Linux: logind's /run/user
+    handle: AgentHandle | None = None  # stop from another thread (the Windows service)
 
 
 def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
@@ -234,7 +236,17 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
         services.append(watcher)
     try:
         return _run_loop(
-            _serve(shim, services, manager, state_dir, describe, started, source, front=front)
+            _serve(
+                shim,
+                services,
+                manager,
+                state_dir,
+                describe,
+                started,
+                source,
+                handle=options.handle,
+                front=front,
+            )
         )
     except RuntimeError as e:
         print(f"{prog}: {e}", file=sys.stderr)
@@ -394,13 +406,17 @@ async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
     describe: str,
     started: float,
     source: str,
+    handle: AgentHandle | None = None,
     front: Service | None = None,  # what serves clients: the shim, or Desktop's endpoints
 ) -> int:
     front = front or shim
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if sys.platform != "win32":  # a Windows service stops through its handle instead
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    if handle is not None:
+        handle.attach(loop, stop.set)
     running: list[Service] = []
     try:
         for service in services:
@@ -440,6 +456,8 @@ async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
         file=sys.stderr,
         flush=True,
     )
+    if handle is not None:
+        handle.mark_ready()
     await stop.wait()
     notifier.notify(stopping="1")
     if watchdog is not None:
@@ -451,6 +469,8 @@ async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
     with contextlib.suppress(OSError):
         pidfile.unlink()
     print("pullgate agent: stopped", file=sys.stderr, flush=True)
+    if handle is not None:
+        handle.detach()
     return 0
 
 
