@@ -316,6 +316,18 @@ class DesktopRig:
     def endpoints(self) -> dict[int, dict[str, Any]]:
         return {e["uid"]: e for e in self.status()["desktop"]["endpoints"]}
 
+    def doctor(self) -> dict[str, dict[str, Any]]:
+        """``pullgate doctor --json`` as root: the checks by name."""
+        done = subprocess.run(
+            [*agent_command()[:-1], "doctor", "--json", "--control", str(self.control)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            cwd=REPO,
+        )
+        return {c["name"]: c for c in json.loads(done.stdout)}
+
     def audit(self) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
         for path in sorted(self.audit_dir.glob("audit-*.jsonl")):
@@ -506,6 +518,24 @@ def test_another_user_cannot_use_the_endpoint(rig: DesktopRig) -> None:
     assert code == 200
 
 
+@pytest.mark.usefixtures("denied_image_absent")
+def test_direct_use_of_the_desktop_socket_is_reported(rig: DesktopRig) -> None:
+    """What the user can still do (docs/deploy/macos.md): talk to Docker Desktop's own
+    socket. It is not prevented; the endpoint's bypass monitor reports what it brings in."""
+    direct = f"unix://{rig.desktop_sock}"
+    got = _docker(rig, rig.user, "-H", direct, "pull", DENIED_REPOSITORY)
+    assert got.returncode == 0, got.stderr
+    found = _wait(
+        "the bypass-suspected record",
+        lambda: [
+            r
+            for r in rig.audit()
+            if r.get("event.action") == "bypass-suspected" and DENIED_REPOSITORY in json.dumps(r)
+        ],
+    )
+    assert str(rig.desktop_sock) in json.dumps(found[-1])
+
+
 def test_symlink_to_a_root_daemon_is_refused_reported_and_audited(rig: DesktopRig) -> None:
     rig.stop_desktop()
     rig.user.run("rm", "-f", str(rig.desktop_sock))
@@ -523,6 +553,8 @@ def test_symlink_to_a_root_daemon_is_refused_reported_and_audited(rig: DesktopRi
             lambda: [r for r in rig.audit() if r.get("event.action") == "upstream-refused"],
         )
         assert "served by root" in json.dumps(refused[-1])
+        check = rig.doctor()[f"Docker Desktop of {rig.user.name} ({rig.user.uid})"]
+        assert check["result"] == "FAIL" and "served by root" in check["detail"]
     finally:
         rig.user.run("rm", "-f", str(rig.desktop_sock))
         rig.start_desktop()
@@ -547,4 +579,10 @@ def test_status_reports_the_supervised_rescan(rig: DesktopRig) -> None:
     assert desktop["running"] is True
     assert desktop["errors"] == 0
     assert desktop["scans"] >= 1
+    checks = rig.doctor()
+    assert checks["desktop endpoints"]["result"] == "OK", checks
+    who = f"{rig.user.name} ({rig.user.uid})"
+    assert checks[f"Docker Desktop of {who}"]["result"] == "OK", checks
+    assert checks[f"docker context of {who}"]["result"] == "OK", checks
+    assert checks["bypass watch"]["result"] == "OK", checks
     assert rig.agent.poll() is None

@@ -296,6 +296,21 @@ def diagnose(control: str | None, env: Mapping[str, str], home: Path) -> list[Ch
     checks.append(
         Check("agent reachable", OK, f"control socket {path}, agent pid {agent.get('pid')}")
     )
+    desktop = status.get("desktop")
+    if isinstance(desktop, dict):  # enforcement: desktop: one endpoint per user
+        checks.extend(check_desktop(desktop, os.geteuid()))
+        mine = _desktop_endpoint(desktop, os.geteuid())
+        if mine is not None:
+            checks.append(check_docker_target(Path(str(mine.get("listen"))), env, home))
+        checks.append(check_policy(_dict(status.get("policy"))))
+        checks.extend(check_audit(status.get("audit"), lambda: _audit_status_again(control)))
+        checks.append(check_clock(status))
+        checks.append(
+            check_sign_in(
+                status.get("identity"), _dict(status.get("policy")).get("require_sign_in")
+            )
+        )
+        return checks
     upstream = Path(str(status.get("upstream")))
     listen = Path(str(status.get("listen")))
     checks.append(check_ping("upstream reachable", upstream, _upstream_fix(upstream)))
@@ -784,6 +799,73 @@ def check_direct_clients(upstream: Path, agent_pid: object) -> Check:
     if os.geteuid() != 0:
         return Check(name, SKIP, "only root can see other users' connections; run as root")
     return Check(name, OK, f"no process but dockerd, containerd and the agent on {upstream}")
+
+
+def _desktop_endpoint(desktop: Mapping[str, Any], uid: int) -> dict[str, Any] | None:
+    for endpoint in desktop.get("endpoints") or []:
+        if isinstance(endpoint, dict) and endpoint.get("uid") == uid:
+            return endpoint
+    return None
+
+
+def check_desktop(desktop: Mapping[str, Any], uid: int) -> list[Check]:
+    """Docker Desktop mode: the rescan runs; each endpoint (the caller's own, or all for
+    root) reaches its user's own Docker Desktop, has its context, and is watched."""
+    fix = "see the agent's log (`pullgate status`) and the audit log's desktop notices"
+    checks: list[Check] = []
+    name = "desktop endpoints"
+    endpoints = [e for e in desktop.get("endpoints") or [] if isinstance(e, dict)]
+    if not desktop.get("running"):
+        checks.append(
+            Check(
+                name, FAIL, f"the agent stopped following logins: {desktop.get('last_error')}", fix
+            )
+        )
+    elif desktop.get("errors"):
+        checks.append(
+            Check(
+                name,
+                FAIL,
+                f"{desktop['errors']} failed rescan(s), last: {desktop.get('last_error')}",
+                fix,
+            )
+        )
+    else:
+        served = ", ".join(f"{e.get('user')} ({e.get('uid')})" for e in endpoints) or "nobody"
+        checks.append(
+            Check(name, OK, f"enforcement: desktop; serving {served} in {desktop.get('users_dir')}")
+        )
+    if uid != 0:
+        endpoints = [e for e in endpoints if e.get("uid") == uid]
+        if not endpoints:
+            checks.append(
+                Check(
+                    "your endpoint",
+                    FAIL,
+                    f"the agent serves no endpoint for uid {uid} (not seen logged in yet?)",
+                    "log out and in again; if it persists, tell your IT administrator",
+                )
+            )
+    for e in endpoints:
+        who = f"{e.get('user')} ({e.get('uid')})"
+        if e.get("upstream_problem"):
+            checks.append(
+                Check(
+                    f"Docker Desktop of {who}",
+                    FAIL,
+                    str(e["upstream_problem"]),
+                    f"make {e.get('upstream')} Docker Desktop's own socket again (remove the "
+                    "link), then restart Docker Desktop",
+                )
+            )
+        else:
+            checks.append(check_ping(f"Docker Desktop of {who}", Path(str(e.get("upstream"))), fix))
+        if e.get("context_error"):
+            checks.append(Check(f"docker context of {who}", FAIL, str(e["context_error"]), fix))
+        else:
+            checks.append(Check(f"docker context of {who}", OK, str(e.get("context"))))
+        checks.append(check_bypass_monitor(e.get("bypass_monitor")))
+    return checks
 
 
 def check_bypass_monitor(monitor: object) -> Check:
