@@ -15,6 +15,8 @@ echo "== ruff"
 "${PY}" -m ruff format --check .
 echo "== mypy"
 "${PY}" -m mypy
+# The Windows and macOS code, type-checked for those systems (issue 16).
+bash scripts/mypy-platforms.sh win32 darwin
 echo "== import contracts (docs/architecture.md)"
 "${VENV}/bin/lint-imports"
 echo "== pytest"

@@ -46,7 +46,9 @@ class Notifier:
         # Values must be one line each: a newline would start another field.
         payload = "\n".join(f"{k.upper()}={v.replace(chr(10), ' ')}" for k, v in fields.items())
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            # Not inherited by child processes without SOCK_CLOEXEC (PEP 446), which
+            # macOS does not have.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
                 s.sendto(payload.encode(), self.address)
         except OSError:
             return False

@@ -1,0 +1,356 @@
+"""Windows (issue 16), through its pure parts, on Linux: paths, pipe names, security
+descriptors, pipe flags, client attribution, the service's status reports, the stop
+handle (with a real agent), the ``pullgate service`` wiring, and mypy for win32 and darwin.
+
+Nothing here runs Windows code: there is no Windows machine. What pywin32 does with these
+values (agent.daemon.winservice, agent.platform.named_pipe_server) is type-checked for
+win32 here and runs only on a Windows runner (docs/deploy/windows.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path, PureWindowsPath
+
+import pytest
+
+from agent.cli import service_cmd
+from agent.cli.main import COMMANDS, build_parser
+from agent.daemon.audit_log import default_audit_dir
+from agent.daemon.handle import AgentHandle
+from agent.daemon.main import AgentOptions, run_agent
+from agent.platform import windows
+from agent.platform.service_status import (
+    ERROR_SERVICE_SPECIFIC_ERROR,
+    SERVICE_ACCEPT_SHUTDOWN,
+    SERVICE_ACCEPT_STOP,
+    IllegalServiceMoveError,
+    ServiceLifecycle,
+    ServiceState,
+    exit_message,
+)
+from agent.platform.windows import ClientVerdict, PipeClient, PipeSpec, WindowsNameError
+
+ROOT = Path(__file__).resolve().parent.parent
+SID = "S-1-5-21-3623811015-3361044348-30300820-1013"
+
+# ------------------------------------------------------------------ paths
+
+
+def test_windows_paths_live_under_program_data() -> None:
+    env = {"ProgramData": r"D:\Data"}
+    assert windows.state_dir(env) == PureWindowsPath(r"D:\Data\Pullgate\State")
+    assert windows.audit_dir(env) == PureWindowsPath(r"D:\Data\Pullgate\Logs")
+    assert windows.agent_log_path(env) == PureWindowsPath(r"D:\Data\Pullgate\Logs\agent.log")
+    # The audit log's own default (agent.daemon.audit_log) is the same folder.
+    assert str(default_audit_dir(platform="win32", environ=env)).replace("/", "\\") == str(
+        windows.audit_dir(env)
+    )
+
+
+@pytest.mark.parametrize("value", ["", "relative\\dir", "Data"])
+def test_program_data_falls_back_when_unset_or_relative(value: str) -> None:
+    assert windows.program_data({"ProgramData": value}) == PureWindowsPath(r"C:\ProgramData")
+    assert windows.program_data({}) == PureWindowsPath(r"C:\ProgramData")
+    assert windows.program_data({"PROGRAMDATA": r"E:\PD"}) == PureWindowsPath(r"E:\PD")
+
+
+# ------------------------------------------------------------------ SIDs and pipe names
+
+
+def test_pipe_names_are_per_user_and_docker_can_name_them() -> None:
+    shim = windows.shim_pipe(SID)
+    assert shim == r"\\.\pipe\pullgate_docker_" + SID
+    assert windows.control_pipe(SID) == r"\\.\pipe\pullgate_control_" + SID
+    assert windows.shim_pipe("S-1-5-21-1-2-3-1001") != windows.shim_pipe("S-1-5-21-1-2-3-1002")
+    url = windows.docker_host(shim)
+    assert url == "npipe:////./pipe/pullgate_docker_" + SID
+    assert windows.pipe_from_docker_host(url) == shim
+    assert windows.pipe_from_docker_host("npipe:///./pipe/docker_engine") == (
+        windows.DESKTOP_ENGINE_PIPE
+    )
+    assert windows.DESKTOP_ENGINE_PIPE == r"\\.\pipe\docker_engine"
+
+
+@pytest.mark.parametrize(
+    "sid",
+    [
+        "",
+        "S-1-5",  # no sub-authority
+        "s-1-5-18",  # ConvertSidToStringSid writes upper case S
+        "S-1-5-18\\..\\docker_engine",
+        "S-1-5-21-1-2-3-*",
+        "S-1-5-21-01-2",  # leading zero: not the canonical form
+        "S-1-5-21-4294967296-1",  # a sub-authority is 32 bits
+        "S-1-5-" + "-".join(["1"] * 16),  # at most 15 sub-authorities
+        "S-1-5-18 ",
+        "NT AUTHORITY\\SYSTEM",
+    ],
+)
+def test_only_a_sid_names_a_pipe(sid: str) -> None:
+    with pytest.raises(WindowsNameError):
+        windows.shim_pipe(sid)
+    with pytest.raises(WindowsNameError):
+        windows.pipe_sddl(sid)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "npipe://server/pipe/docker_engine",  # a remote machine
+        "npipe:////./pipe/",
+        "npipe:////./pipe/a/b",
+        "unix:///var/run/docker.sock",
+        "npipe:////./pipe/a\\b",
+    ],
+)
+def test_only_a_local_pipe_url_is_a_pipe(url: str) -> None:
+    with pytest.raises(WindowsNameError):
+        windows.pipe_from_docker_host(url)
+
+
+def test_docker_host_refuses_anything_but_a_local_pipe() -> None:
+    for pipe in (r"\\server\pipe\x", r"\\.\pipe\a\b", "docker_engine", r"\\.\pipe\a/b"):
+        with pytest.raises(WindowsNameError):
+            windows.docker_host(pipe)
+
+
+# ------------------------------------------------------------------ security descriptor
+
+
+def _aces(sddl: str) -> list[tuple[str, str, str]]:
+    """(type, rights, trustee) of each ACE of a DACL in SDDL."""
+    dacl = sddl.split("D:", 1)[1]
+    assert dacl.startswith("P("), "a protected DACL: nothing inherited"
+    out = []
+    for ace in dacl[2:-1].split(")("):
+        kind, _flags, rights, _object, _inherit, trustee = ace.split(";")
+        out.append((kind, rights, trustee))
+    return out
+
+
+def test_a_users_pipe_admits_the_user_system_and_administrators_only() -> None:
+    sddl = windows.pipe_sddl(SID)
+    assert sddl.startswith("O:SYG:SY")  # owned by LocalSystem: the user cannot rewrite it
+    aces = _aces(sddl)
+    assert aces[0] == ("D", "GA", "NU")  # network logons first: a deny wins when first
+    assert set(aces[1:]) == {("A", "GA", "SY"), ("A", "GA", "BA"), ("A", "GRGW", SID)}
+    trustees = {trustee for _, _, trustee in aces}
+    assert not trustees & {"WD", "AU", "BU", "IU", "AN", "CO"}  # no one else, ever
+
+
+def test_the_first_instance_refuses_a_squatter_and_remote_clients() -> None:
+    first = PipeSpec.for_user(windows.shim_pipe(SID), SID, first=True)
+    later = PipeSpec.for_user(windows.shim_pipe(SID), SID, first=False)
+    assert first.open_mode & windows.FILE_FLAG_FIRST_PIPE_INSTANCE
+    assert not later.open_mode & windows.FILE_FLAG_FIRST_PIPE_INSTANCE
+    for spec in (first, later):
+        assert spec.open_mode & windows.PIPE_ACCESS_DUPLEX == windows.PIPE_ACCESS_DUPLEX
+        assert spec.open_mode & windows.FILE_FLAG_OVERLAPPED  # the Proactor's completion port
+        assert spec.pipe_mode & windows.PIPE_REJECT_REMOTE_CLIENTS
+        assert spec.pipe_mode & 0x4 == 0  # PIPE_TYPE_MESSAGE: no, a byte stream like a socket
+        assert spec.sddl == windows.pipe_sddl(SID)
+    # The values are winbase.h's.
+    assert (windows.FILE_FLAG_FIRST_PIPE_INSTANCE, windows.PIPE_REJECT_REMOTE_CLIENTS) == (
+        0x00080000,
+        0x00000008,
+    )
+
+
+# ------------------------------------------------------------------ who is connected
+
+
+@pytest.mark.parametrize(
+    ("client", "admin", "verdict"),
+    [
+        (PipeClient(pid=100, sid=SID), False, ClientVerdict.OWNER),
+        (PipeClient(pid=100, sid=SID.lower().replace("s-", "S-", 1)), False, ClientVerdict.OWNER),
+        (PipeClient(pid=4, sid="S-1-5-18"), False, ClientVerdict.PRIVILEGED),
+        (PipeClient(pid=7, sid="S-1-5-21-1-2-3-500"), True, ClientVerdict.PRIVILEGED),
+        (PipeClient(pid=8, sid=None), False, ClientVerdict.UNVERIFIED),
+        # The ACL admitted only the user; a token of someone else means a handle passed on
+        # or a process id reused after the client exited: never attributed to the user.
+        (PipeClient(pid=9, sid="S-1-5-21-1-2-3-1014"), False, ClientVerdict.STRANGER),
+    ],
+)
+def test_a_client_is_attributed_by_its_token_never_guessed(
+    client: PipeClient, admin: bool, verdict: ClientVerdict
+) -> None:
+    assert windows.judge_client(SID, client, client_is_admin=admin) is verdict
+
+
+def test_an_administrator_is_one_whose_token_has_the_group_enabled() -> None:
+    admins = windows.ADMINISTRATORS_SID
+    enabled = windows.SE_GROUP_ENABLED | 0x1 | 0x2  # mandatory, enabled by default
+    assert windows.has_enabled_group([("S-1-1-0", 7), (admins, enabled)], admins)
+    # UAC's filtered token: Administrators for deny only, so not an administrator.
+    deny_only = windows.SE_GROUP_USE_FOR_DENY_ONLY
+    assert not windows.has_enabled_group([(admins, deny_only)], admins)
+    assert not windows.has_enabled_group([(admins, enabled | deny_only)], admins)
+    assert not windows.has_enabled_group([(admins, 0)], admins)
+    assert not windows.has_enabled_group([("S-1-5-32-545", enabled)], admins)
+
+
+# ------------------------------------------------------------------ the service's reports
+
+
+def test_service_reports_start_pending_then_running_then_stop() -> None:
+    life = ServiceLifecycle()
+    first = life.start_pending()
+    again = life.start_pending()
+    assert (first.state, first.checkpoint, first.controls_accepted) == (
+        ServiceState.START_PENDING,
+        1,
+        0,  # nothing to stop yet
+    )
+    assert again.checkpoint == 2 and first.wait_hint_ms >= 10_000
+    running = life.running()
+    assert running.checkpoint == 0 and running.wait_hint_ms == 0
+    assert running.controls_accepted == SERVICE_ACCEPT_STOP | SERVICE_ACCEPT_SHUTDOWN
+    stopping = life.request_stop()
+    assert stopping is not None and stopping.state is ServiceState.STOP_PENDING
+    assert stopping.controls_accepted == 0 and stopping.checkpoint == 1
+    assert life.request_stop() is None  # shutdown after stop: once is enough
+    done = life.stopped(0)
+    assert done.as_tuple() == (0x10, 1, 0, 0, 0, 0, 0)
+    with pytest.raises(IllegalServiceMoveError, match="STOPPED -> RUNNING"):
+        life.running()
+
+
+def test_a_failed_agent_stops_the_service_with_its_exit_code() -> None:
+    life = ServiceLifecycle()
+    life.start_pending()
+    status = life.stopped(2)
+    assert status.win32_exit_code == ERROR_SERVICE_SPECIFIC_ERROR
+    assert status.service_exit_code == 2
+
+
+def test_illegal_service_moves_are_our_bug() -> None:
+    with pytest.raises(IllegalServiceMoveError, match="nothing reported -> RUNNING"):
+        ServiceLifecycle().running()
+    life = ServiceLifecycle()
+    life.start_pending()
+    life.running()
+    with pytest.raises(IllegalServiceMoveError, match="RUNNING -> START_PENDING"):
+        life.start_pending()
+
+
+def test_the_event_log_message_says_what_failed_and_where_to_look() -> None:
+    text = exit_message(
+        "PullgateAgent",
+        2,
+        [f"line {i}\n" for i in range(30)] + ["pullgate agent: policy_url: not https"],
+        r"C:\ProgramData\Pullgate\Logs\agent.log",
+    )
+    assert text.startswith("PullgateAgent could not start: the configuration cannot be used")
+    assert "(exit code 2)" in text and "pullgate agent: policy_url: not https" in text
+    assert "line 20" not in text  # the last ten lines only
+    assert text.endswith(r"C:\ProgramData\Pullgate\Logs\agent.log")
+
+
+# ------------------------------------------------------------------ the stop handle
+
+
+def _agent_options(tmp_path: Path, handle: AgentHandle) -> AgentOptions:
+    return AgentOptions(
+        listen=tmp_path / "docker.sock",
+        upstream=f"unix://{tmp_path / 'upstream.sock'}",
+        control=tmp_path / "control.sock",
+        state_dir=tmp_path / "state",
+        audit_dir=tmp_path / "audit",
+        watch=False,
+        handle=handle,
+    )
+
+
+def test_another_thread_stops_a_running_agent(tmp_path: Path) -> None:
+    """The Windows service's path, with a real agent: the SCM's control thread asks, the
+    agent's loop on the main thread stops cleanly (exit 0) after it was ready."""
+    stopper: list[threading.Thread] = []
+
+    def on_ready() -> None:
+        assert (tmp_path / "docker.sock").exists()  # serving when called ready
+        thread = threading.Thread(target=handle.request_stop)
+        stopper.append(thread)
+        thread.start()
+
+    handle = AgentHandle(on_ready=on_ready)
+    assert run_agent(_agent_options(tmp_path, handle)) == 0
+    assert handle.ready.is_set() and handle.stop_requested
+    stopper[0].join(5)
+    assert not (tmp_path / "docker.sock").exists()
+    handle.request_stop()  # after the loop closed: nothing to do, no error
+
+
+def test_a_stop_asked_before_the_loop_runs_is_kept(tmp_path: Path) -> None:
+    handle = AgentHandle()
+    handle.request_stop()  # the SCM stopped the service while it was starting
+    assert run_agent(_agent_options(tmp_path, handle)) == 0
+
+
+# ------------------------------------------------------------------ `pullgate service`
+
+
+def test_pullgate_service_is_a_subcommand_passing_agent_arguments() -> None:
+    assert COMMANDS["service"] == "agent.cli.service_cmd"
+    argv = ["service", "--", "--config", r"C:\pullgate.json", "--no-watch"]
+    args = build_parser(argv).parse_args(argv)
+    assert args.run is service_cmd.run
+    agent_args = service_cmd.agent_arguments(args)
+    assert agent_args == ["--config", r"C:\pullgate.json", "--no-watch"]
+    bare = build_parser(["service"]).parse_args(["service"])
+    assert service_cmd.agent_arguments(bare) == []  # what the MSI's service runs
+    # The agent parses them as its own once the service runs.
+    agent_argv = ["agent", *agent_args]
+    parsed = build_parser(agent_argv).parse_args(agent_argv)
+    assert parsed.config == r"C:\pullgate.json" and parsed.no_watch
+
+
+def test_pullgate_service_imports_nothing_heavy() -> None:
+    """So that on Windows an agent that cannot be imported is reported by the running
+    service (Event Log, failed start), not a process that never answered the SCM."""
+    code = (
+        "import sys; from agent.cli.main import build_parser;"
+        "build_parser(['service']).parse_args(['service']);"
+        "print(','.join(sorted(m for m in sys.modules if m.startswith('agent.daemon'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    assert out == ""
+
+
+def test_pullgate_service_off_windows_says_what_to_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert service_cmd.run(argparse.Namespace(agent_args=[])) == service_cmd.EXIT_NOT_WINDOWS
+    assert "pullgate agent" in capsys.readouterr().err
+
+
+def test_windows_only_modules_are_never_imported_here() -> None:
+    for name in ("agent.daemon.winservice", "agent.platform.named_pipe_server"):
+        with pytest.raises(AssertionError):
+            importlib.import_module(name)
+        sys.modules.pop(name, None)
+
+
+# ------------------------------------------------------------------ mypy per platform
+
+
+@pytest.mark.parametrize("platform", ["win32", "darwin"])
+def test_platform_code_type_checks_for(platform: str) -> None:
+    """What scripts/test.sh runs (mypy --platform), so a change that breaks the Windows or
+    macOS code fails here too."""
+    out = subprocess.run(
+        ["bash", "scripts/mypy-platforms.sh", platform],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PULLGATE_VENV": str(Path(sys.executable).parent.parent)},
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
