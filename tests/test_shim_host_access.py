@@ -269,3 +269,43 @@ def test_the_policy_can_allow_host_access_or_single_paths(
         refused(some, docker_env, name, "-v", "/:/host", IMAGE, "true")
     finally:
         some.stop()
+
+
+def test_a_link_swapped_in_after_the_create_is_refused_at_start(
+    agent: AgentProcess, docker_env: DockerEnv, name: str, tmp_path: Path
+) -> None:
+    """The mount happens at start, through whatever the path leads to then."""
+    project = tmp_path / "project"
+    project.mkdir()
+    created(agent, docker_env, name, "-v", f"{project}:/src", IMAGE, "true")
+    project.rmdir()
+    project.symlink_to("/")
+    mark = agent.mark()
+    result = docker_via(agent, docker_env, "start", name)
+    assert result.returncode != 0 and "host's root" in result.stderr, describe(result, agent)
+    record = agent.wait_for_decision(lambda r: r.get("rule") == RULE, since=mark)
+    assert record["action"] == "container-start"
+    state = docker(docker_env, "inspect", "-f", "{{.State.Status}}", name).stdout.strip()
+    assert state == "created"
+    result = docker_via(agent, docker_env, "restart", name)
+    assert result.returncode != 0 and "host's root" in result.stderr, describe(result, agent)
+
+
+def test_a_container_made_around_the_agent_is_judged_when_started_through_it(
+    agent: AgentProcess, docker_env: DockerEnv, name: str
+) -> None:
+    docker(docker_env, "create", "--name", name, "--privileged", IMAGE, "true")
+    result = docker_via(agent, docker_env, "start", name)
+    assert result.returncode != 0 and "--privileged" in result.stderr, describe(result, agent)
+
+
+def test_ordinary_containers_start_and_restart(
+    agent: AgentProcess, docker_env: DockerEnv, name: str, tmp_path: Path
+) -> None:
+    result = docker_via(
+        agent, docker_env, "run", "-d", "--name", name, "--network", "none",
+        "-v", f"{tmp_path}:/src", IMAGE, "sleep", "60",
+    )  # fmt: skip
+    assert result.returncode == 0, describe(result, agent)
+    result = docker_via(agent, docker_env, "restart", "-t", "0", name)
+    assert result.returncode == 0, describe(result, agent)

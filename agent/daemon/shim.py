@@ -41,7 +41,13 @@ import httptools
 from agent.core.decision import Decision, Identity, Verdict, decide
 from agent.core.events import DecisionEvent, NoticeEvent
 from agent.core.inspection.buildkit.inputs import BuildInputs, from_build_query
-from agent.core.inspection.host_access import HostAccess, Protection, judge
+from agent.core.inspection.host_access import (
+    HostAccess,
+    HostAccessError,
+    Protection,
+    from_container_config,
+    judge,
+)
 from agent.core.inspection.http1 import (
     MAX_HEAD_BYTES,
     BodyReader,
@@ -1280,7 +1286,7 @@ class ClientConnection(asyncio.Protocol):
             host_access=policy.containers.host_access,
         )
         self.payload = bytearray()
-        if inspection.lookups or inspection.host:
+        if inspection.lookups or inspection.host or inspection.host_container:
             self._move(_DECIDING)
             self.pause_client_reading("deciding")
             self.task = asyncio.get_running_loop().create_task(self._lookup_then_decide(inspection))
@@ -1299,9 +1305,12 @@ class ClientConnection(asyncio.Protocol):
         checked: _Checked | None = None
         sources: set[str] = set()
         try:
-            if inspection.host:
+            access = inspection.host
+            if inspection.host_container:
+                access += await self._container_host_access(inspection.host_container)
+            if access:
                 action = inspection.host_action or EventAction.CREATE
-                setting = await self.shim.host_setting(inspection.host, action) or setting
+                setting = await self.shim.host_setting(access, action) or setting
             for lookup in inspection.lookups:
                 image = await self._lookup_image(lookup)
                 if lookup.moves:
@@ -1373,6 +1382,19 @@ class ClientConnection(asyncio.Protocol):
             self._to_upstream(chunk)
         self.held = []
         self._request_complete()
+
+    async def _container_host_access(self, name: str) -> HostAccess:
+        """A container's settings as the daemon keeps them, for a (re)start: its binds
+        are mounted again, through whatever their paths lead to now. A container the
+        daemon does not know is left to the daemon's own answer."""
+        path = "/containers/" + quote(name, safe="") + "/json"
+        info = await self.shim.daemon_json(path, f"container {name!r}")
+        if info is None:
+            return HostAccess()
+        try:
+            return from_container_config(info, described=True)
+        except HostAccessError as e:
+            raise InspectionError(f"pullgate: the daemon's container {name!r}: {e}", 502) from e
 
     async def _lookup_image(self, lookup: Lookup) -> LocalImage | None:
         """The image a lookup means: by name or ID, or a container's image."""

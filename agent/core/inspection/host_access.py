@@ -314,8 +314,13 @@ def _devices(devices: Iterable[object], where: str) -> list[HostPath]:
     return out
 
 
-def from_container_config(config: object) -> HostAccess:
-    """A ``containers/create`` body: its ``HostConfig`` (and the ``Config`` it embeds)."""
+def from_container_config(config: object, *, described: bool = False) -> HostAccess:
+    """A ``containers/create`` body: its ``HostConfig`` (and the ``Config`` it embeds).
+
+    ``described``: ``config`` is the daemon's description of a container (``GET
+    /containers/{id}/json``), where ``MaskedPaths`` and ``ReadonlyPaths`` hold the
+    daemon's defaults; only an empty list (nothing masked) is refused there.
+    """
     host = _field(config, "HostConfig", "the container config")
     if host is None:
         return HostAccess()
@@ -336,8 +341,9 @@ def from_container_config(config: object) -> HostAccess:
     for name in ("MaskedPaths", "ReadonlyPaths"):
         # An explicit list replaces the daemon's default masks of /proc and /sys.
         if _field(host, name, where) is not None:
-            _strings(host, name, where)
-            refused.append(f"HostConfig.{name}")
+            masked = _strings(host, name, where)
+            if not described or not masked:
+                refused.append(f"HostConfig.{name}")
     sysctls = _string_map(host, "Sysctls", where)
     network = _str(host, "NetworkMode", where).lower()
     if sysctls and network == "host":

@@ -170,6 +170,9 @@ class Inspection:
     #: What the request asks of the host (``host_access``), decided with resolved paths.
     host: HostAccess = field(default_factory=HostAccess)
     host_action: EventAction | None = None
+    #: A container whose settings (as the daemon describes them) are judged too: a
+    #: start mounts its binds again, through whatever their paths lead to now.
+    host_container: str = ""
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,11 @@ def _inspect_head(route: Route, head: RequestHead, policy: Policy) -> Plan:
 
     if endpoint in (Endpoint.SERVICE_CREATE, Endpoint.SERVICE_UPDATE):
         return NeedJson(route)
-    if endpoint in (Endpoint.EXEC_CREATE, Endpoint.VOLUME_CREATE, Endpoint.CONTAINER_START):
+    if endpoint is Endpoint.CONTAINER_START:
+        # Every (re)start mounts the container's binds again, following links as they
+        # are now: judged again then, with the container's settings from the daemon.
+        return NeedJson(route) if host else Inspection()
+    if endpoint in (Endpoint.EXEC_CREATE, Endpoint.VOLUME_CREATE):
         body = head.chunked or bool(head.content_length)
         return NeedJson(route) if host and body else Inspection()
     if endpoint is Endpoint.PLUGIN_PULL:
@@ -722,7 +729,8 @@ def _json_inspection(
     if endpoint in _HOST_READERS:
         read, what, action = _HOST_READERS[endpoint]
         access = read(_json_body(body, what)) if host and body.strip() else HostAccess()
-        return Inspection(host=access, host_action=action)
+        started = route.name or "" if endpoint is Endpoint.CONTAINER_START and host else ""
+        return Inspection(host=access, host_action=action, host_container=started)
     if endpoint is Endpoint.PLUGIN_PULL:
         named = _plugin_wants(parse_query(route.raw_query))
         privileges = _json_body(body, "plugin privileges") if host else None

@@ -52,7 +52,7 @@ class Endpoint(Enum):
     IMAGE_TAG = auto()  # /images/{name}/tag: a new name for local content
     COMMIT = auto()  # /commit?container=: a new image from a container's content
     EXEC_CREATE = auto()  # /containers/{id}/exec: its Privileged flag
-    CONTAINER_START = auto()  # /containers/{id}/start: a HostConfig body (API < 1.24)
+    CONTAINER_START = auto()  # /containers/{id}/start|restart: its mounts are made again
     VOLUME_CREATE = auto()  # /volumes/create: a local volume of a host path or disk
 
 
@@ -93,6 +93,7 @@ _PATTERNS = (
     (re.compile(r"/images/(.+)/tag"), Endpoint.IMAGE_TAG),
     (re.compile(r"/containers/([^/]+)/exec"), Endpoint.EXEC_CREATE),
     (re.compile(r"/containers/([^/]+)/start"), Endpoint.CONTAINER_START),
+    (re.compile(r"/containers/([^/]+)/restart"), Endpoint.CONTAINER_START),
     (re.compile(r"/containers/([^/]+)/attach"), Endpoint.HIJACK),
     (re.compile(r"/containers/([^/]+)/attach/ws"), Endpoint.HIJACK),
     (re.compile(r"/exec/([^/]+)/start"), Endpoint.HIJACK),
