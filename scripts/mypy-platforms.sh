@@ -21,6 +21,7 @@ WIN32=(
     agent/platform/windows.py
     agent/platform/service_status.py
     agent/platform/named_pipe_server.py
+    agent/platform/windows_eventlog.py
     agent/platform/paths.py
     agent/daemon/winservice.py
     agent/daemon/handle.py

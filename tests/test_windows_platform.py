@@ -331,7 +331,11 @@ def test_pullgate_service_off_windows_says_what_to_run(capsys: pytest.CaptureFix
 
 
 def test_windows_only_modules_are_never_imported_here() -> None:
-    for name in ("agent.daemon.winservice", "agent.platform.named_pipe_server"):
+    for name in (
+        "agent.daemon.winservice",
+        "agent.platform.named_pipe_server",
+        "agent.platform.windows_eventlog",
+    ):
         with pytest.raises(AssertionError):
             importlib.import_module(name)
         sys.modules.pop(name, None)

@@ -140,9 +140,13 @@ def native_writer() -> Callable[[str, str], None] | None:
     """A writer to the system log, or None where there is none here.
 
     Linux and macOS: syslog(3) (journald collects it; on macOS it lands in the unified
-    log). Windows (planned): the Event Log via ``ReportEventW`` under an event source
-    ``Pullgate`` registered by the installer.
+    log). Windows: the Application event log, source ``PullgateAgent``
+    (``agent.platform.windows_eventlog``).
     """
+    if sys.platform == "win32":
+        from agent.platform.windows_eventlog import event_log_writer  # noqa: PLC0415
+
+        return event_log_writer()
     try:
         import syslog  # noqa: PLC0415 - POSIX only
     except ImportError:  # pragma: no cover - Windows
