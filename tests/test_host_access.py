@@ -6,6 +6,9 @@ from typing import Any
 
 import pytest
 
+from agent.core.inspection.buildkit.decide import upfront
+from agent.core.inspection.buildkit.inputs import from_solve_request
+from agent.core.inspection.buildkit.protos.control_pb2 import SolveRequest
 from agent.core.inspection.host_access import (
     HostAccess,
     HostAccessError,
@@ -260,3 +263,33 @@ def test_the_policy_section() -> None:
         policy(containers={"host_access": "maybe"})
     with pytest.raises(PolicyError, match="unknown field"):
         policy(containers={"hostaccess": "deny"})
+
+
+def _string_field(number: int, value: bytes) -> bytes:
+    assert len(value) < 128
+    return bytes([number << 3 | 2, len(value)]) + value
+
+
+@pytest.mark.parametrize(
+    ("entitlements", "refused"),
+    [
+        ((b"security.insecure",), True),
+        ((b"network.host", b"device=nvidia.com/gpu=all"), True),
+        ((b"network.host",), False),
+        ((), False),
+    ],
+)
+def test_build_entitlements_that_hand_over_the_host(
+    entitlements: tuple[bytes, ...], refused: bool
+) -> None:
+    """`docker buildx build --allow security.insecure`: privileged RUN steps."""
+    request = SolveRequest(Ref="r", Session="s", Frontend="dockerfile.v0")
+    payload = request.SerializeToString() + b"".join(_string_field(9, e) for e in entitlements)
+    inputs = from_solve_request(payload)
+    assert inputs.entitlements == tuple(e.decode() for e in entitlements)
+    setting = upfront(inputs, policy()).setting
+    assert (setting is not None and not setting.allowed) is refused
+    if refused:
+        assert setting is not None and setting.setting == "containers.host_access"
+    free = upfront(inputs, policy(containers={"host_access": "allow"})).setting
+    assert free is None

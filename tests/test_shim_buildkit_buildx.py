@@ -37,6 +37,7 @@ from tests.agent_process import (
 )
 from tests.buildkit_client import (
     BUILD_ID_METADATA,
+    CONTROL_SOLVE,
     DEFAULT_DATA_CHUNK,
     DIFFCOPY,
     GATEWAY_RESOLVE_IMAGE_CONFIG,
@@ -48,9 +49,11 @@ from tests.buildkit_client import (
     GrpcConnection,
     Session,
     build_dirs,
+    dockerfile_solve_request,
     gateway_build,
     gateway_solve_request,
     resolve_image_config_request,
+    unary,
 )
 
 DENIED = "someuser/tool"
@@ -381,3 +384,20 @@ def test_a_control_session_with_two_session_ids_is_refused(
     assert result.status == INVALID_ARGUMENT, result
     assert "names no single session id" in result.message
     assert session.calls == [], "the daemon reached a refused session"
+
+
+def test_a_build_asking_for_privileged_steps_is_refused(agent: AgentProcess) -> None:
+    """`docker buildx build --allow security.insecure` (Entitlements, field 9, which
+    Pullgate's subset of the message does not name): its `RUN --security=insecure` steps
+    would be privileged containers (containers.host_access)."""
+    request = dockerfile_solve_request("sess-" + uuid.uuid4().hex[:8])
+    entitlement = b"security.insecure"
+    payload = request.SerializeToString() + bytes([9 << 3 | 2, len(entitlement)]) + entitlement
+    mark = agent.mark()
+    result = unary(agent.socket_path, CONTROL_SOLVE, payload, timeout=TIMEOUT)
+    assert result.status == PERMISSION_DENIED, result
+    assert "security.insecure" in result.message and "host_access" in result.message
+    agent.wait_for_decision(
+        lambda r: r.get("decision") == "deny" and r.get("rule") == "containers.host_access",
+        since=mark,
+    )

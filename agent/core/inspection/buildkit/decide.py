@@ -44,7 +44,7 @@ from agent.core.inspection.request import (
     image_reference,
     with_build_lookups,
 )
-from agent.core.policy.document import Policy
+from agent.core.policy.document import HostAccessSetting, Policy
 
 __all__ = [
     "READINGS",
@@ -108,7 +108,32 @@ def upfront(inputs: BuildInputs, policy: Policy) -> Inspection:
     setting = None
     if inputs.unreadable is not None:
         setting = builds_setting(policy, inputs.unreadable)
+    setting = _entitlements_setting(inputs, policy) or setting
     return with_build_lookups(Inspection(wants=tuple(wants), setting=setting))
+
+
+#: Build entitlements that run a build's steps with the host's root: privileged steps,
+#: and host devices (BuildKit 0.20's ``device=``). ``network.host`` stays allowed.
+_HOST_ENTITLEMENTS = ("security.insecure", "device")
+
+
+def _entitlements_setting(inputs: BuildInputs, policy: Policy) -> SettingOutcome | None:
+    """``containers.host_access: deny`` holds for build steps too (``docker buildx build
+    --allow security.insecure``): dockerd grants it only when its own configuration
+    does, and then a ``RUN --security=insecure`` step is a privileged container."""
+    if policy.containers.host_access is HostAccessSetting.ALLOW:
+        return None
+    asked = [e for e in inputs.entitlements if e.split("=", 1)[0].lower() in _HOST_ENTITLEMENTS]
+    if not asked:
+        return None
+    return SettingOutcome(
+        EventAction.BUILD,
+        "containers.host_access",
+        False,
+        f"the build asks for {', '.join(asked)}, which would give its steps the host's "
+        f"root access; {policy.label} does not allow it (containers.host_access: deny)",
+        "build without --allow security.insecure (or device=...)",
+    )
 
 
 def dockerfile(

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -129,6 +129,8 @@ DEFAULT_COPY_IMAGE = (
 _CONTROL_SOLVE_FIELDS = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 16, 17})
 #: Its source policy (12) and the session supplying one (``SourcePolicySession``, 15).
 _CONTROL_SOLVE_POLICIES = frozenset({12, 15})
+#: Control ``SolveRequest.Entitlements`` (repeated string), not in Pullgate's subset.
+_ENTITLEMENTS = 9
 #: Gateway ``SolveRequest``: Definition, Frontend, FrontendOpt, ImportCacheRefsDeprecated
 #: (removed in v0.11, read as registry cache imports), allowResultReturn,
 #: allowResultArrayRef, Final, ExporterAttr, CacheImports, FrontendInputs, Evaluate.
@@ -177,6 +179,9 @@ class BuildInputs:
     #: as ``LLBBridge/Solve`` calls of this ``ref`` (:func:`from_gateway_solve`); this
     #: request itself runs no frontend, and reads no Dockerfile.
     gateway_forwarding: bool = False
+    #: ``Control/Solve`` ``Entitlements`` (9): what the client asks the daemon to allow
+    #: the build (``security.insecure`` runs ``RUN --security=insecure`` privileged).
+    entitlements: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -433,7 +438,15 @@ def from_solve_request(payload: bytes) -> BuildInputs:
     reasons = _request_problems(
         payload, _CONTROL_SOLVE_FIELDS, _CONTROL_SOLVE_POLICIES, "a build request"
     )
-    return _from_solve(CONTROL_SOLVE, request, reasons)
+    entitlements = []
+    for number, value in _raw_fields(payload, "the BuildKit solve request"):
+        if number == _ENTITLEMENTS and isinstance(value, bytes):
+            try:
+                entitlements.append(value.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise InspectionError("pullgate: a build entitlement is not UTF-8") from e
+    inputs = _from_solve(CONTROL_SOLVE, request, reasons)
+    return replace(inputs, entitlements=tuple(entitlements)) if entitlements else inputs
 
 
 def from_gateway_solve(payload: bytes, parent: BuildInputs) -> BuildInputs:
