@@ -37,6 +37,12 @@ from agent.config.render import (
 )
 from agent.config.sources import PREFERENCE_DOMAIN, parse_plist_config
 from agent.daemon.audit_log import default_audit_dir
+from agent.platform.paths import (
+    MACOS_STATE_DIR,
+    agent_log_file,
+    default_state_dir,
+    system_run_dir,
+)
 from tests.agent_process import skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,33 +95,64 @@ def test_the_daemon_runs_the_apps_agent_as_root_and_comes_back() -> None:
     assert "Program" not in DAEMON  # ProgramArguments[0] is the program
 
 
-def test_the_daemon_uses_macos_paths_the_scripts_create() -> None:
-    args = DAEMON["ProgramArguments"]
+def test_the_daemon_passes_no_paths_the_agents_macos_defaults_are_the_scripts() -> None:
+    """The LaunchDaemon runs `pullgate agent` alone: the agent's own defaults for root on
+    macOS are the directories the pkg's scripts make (agent/platform/paths.py)."""
+    assert DAEMON["ProgramArguments"] == [f"/{stage.APP}/{stage.AGENT_EXECUTABLE}", "agent"]
     audit_dir = default_audit_dir(platform="darwin", system=True)
     assert audit_dir == Path("/Library/Logs/Pullgate")
-    for key in ("StandardErrorPath", "StandardOutPath"):
-        assert Path(DAEMON[key]).parent == audit_dir
-    # The log file is not a name the audit chain reads (audit-*.jsonl).
-    assert not Path(DAEMON["StandardErrorPath"]).name.startswith("audit")
+    log = agent_log_file("darwin")
+    assert log is not None and log.parent == audit_dir
+    assert not log.name.startswith("audit")  # not a name the audit chain reads
+    assert agent_log_file("linux") is None  # journald has the system agent's lines there
+    # The agent writes agent.log itself: launchd keeps no job's output.
+    assert "StandardErrorPath" not in DAEMON and "StandardOutPath" not in DAEMON
     common = (INSTALLERS / "pullgate-common.sh").read_text()
-    state = _option(args, "--state-dir")
-    assert f'PG_STATE="${{root}}{state}"' in common
+    assert f'PG_STATE="${{root}}{MACOS_STATE_DIR}"' in common
     assert f'PG_LOGS="${{root}}{audit_dir}"' in common
+    assert f'PG_RUN="${{root}}{system_run_dir("darwin")}"' in common
     # / is read-only on macOS: no /run, no /var/lib.
-    for name in ("--listen", "--control"):
-        assert _option(args, name).startswith("/var/run/pullgate/")
-    assert _option(args, "--upstream") == "unix:///var/run/docker.sock"
-    assert "/var/lib" not in " ".join(args)
+    assert system_run_dir("darwin") == Path("/var/run/pullgate")
+    assert system_run_dir("linux") == Path("/run/pullgate")
+
+
+def test_the_system_agents_state_dir_on_macos(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_state_dir() == MACOS_STATE_DIR
+
+
+def test_the_agent_writes_its_own_log_when_launchd_keeps_none(tmp_path: Path) -> None:
+    """Under launchd without StandardErrorPath stderr is /dev/null: the agent's lines go
+    to agent.log instead; a file or pipe an admin or a service manager gave is kept."""
+    log = tmp_path / "logs" / "agent.log"
+    script = (
+        "import sys; from pathlib import Path; from agent.platform.paths import own_output; "
+        f"print(own_output(Path({str(log)!r}))); print('line', file=sys.stderr)"
+    )
+    for stderr, redirected in ((subprocess.DEVNULL, True), (subprocess.PIPE, False)):
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=ROOT,
+            timeout=30,
+            check=True,
+        )
+        if redirected:
+            assert done.stdout == ""  # stdout went to the log too
+            assert log.read_text() == "True\nline\n"
+            assert log.stat().st_mode & 0o777 == 0o640
+        else:
+            assert done.stdout == "False\n" and done.stderr == "line\n"
 
 
 def test_the_tray_runs_the_apps_main_executable_in_each_gui_session() -> None:
     assert TRAY["Label"] == TRAY_LABEL
-    control = _option(DAEMON["ProgramArguments"], "--control")
-    assert TRAY["ProgramArguments"] == [
-        f"/{stage.APP}/{stage.TRAY_EXECUTABLE}",
-        "--control",
-        control,
-    ]
+    # No --control: the clients' default on macOS is the system agent's socket.
+    assert TRAY["ProgramArguments"] == [f"/{stage.APP}/{stage.TRAY_EXECUTABLE}"]
     assert TRAY["LimitLoadToSessionType"] == "Aqua"
     assert TRAY["RunAtLoad"] is True
     assert TRAY["KeepAlive"] == {"SuccessfulExit": False}  # Quit ends it; a crash does not

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import replace
@@ -16,6 +17,7 @@ from agent.config.parse import ConfigError
 from agent.config.sources import load_managed_config
 from agent.daemon.handle import AgentHandle
 from agent.daemon.main import EXIT_CONFIG, AgentOptions, process_age, run_agent
+from agent.platform.paths import agent_log_file, own_output
 
 
 def register(commands: Any) -> None:
@@ -81,6 +83,8 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace, handle: AgentHandle | None = None) -> int:
     """``pullgate agent``; ``handle``: the Windows service's (``pullgate service``)."""
     started = time.monotonic() - process_age()
+    if sys.platform == "darwin" and os.geteuid() == 0:  # launchd keeps no job's output
+        own_output(agent_log_file(sys.platform) or Path(os.devnull))
     config_path = Path(args.config) if args.config else None
     try:
         config = load_managed_config(json_path=config_path)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from agent.core.events import DecisionEvent, Event, NoticeEvent
+from agent.platform.paths import system_run_dir
 
 __all__ = [
     "IDENTITY_ACTIONS",
@@ -25,11 +26,12 @@ __all__ = [
     "visible_to",
 ]
 
-SYSTEM_CONTROL_PATH: Final = Path("/run/pullgate/control.sock")
+SYSTEM_CONTROL_PATH: Final = system_run_dir() / "control.sock"
+"""The system agent's: ``/run/pullgate/control.sock``, ``/var/run/pullgate/...`` on macOS."""
 
 
 def default_control_path(uid: int, env: Mapping[str, str]) -> Path:
-    """``/run/pullgate/control.sock`` for root, else under the user's runtime directory."""
+    """``SYSTEM_CONTROL_PATH`` for root, else under the user's runtime directory."""
     if uid == 0:
         return SYSTEM_CONTROL_PATH
     runtime = env.get("XDG_RUNTIME_DIR") or f"/run/user/{uid}"

@@ -120,7 +120,11 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
             policy = default_policy()
             describe = policy.label
         uid = os.geteuid()
-        desktop = settings.enforcement is Enforcement.DESKTOP
+        desktop = settings.enforcement is Enforcement.DESKTOP or (
+            # macOS's system agent (the pkg's LaunchDaemon) has no other way to its users'
+            # daemons: Docker Desktop mode unless the managed config says otherwise.
+            sys.platform == "darwin" and uid == 0 and "enforcement" not in settings.set_keys
+        )
         if desktop and uid != 0:
             why = "desktop mode serves every logged-in user: run the agent as root"
             raise ConfigError(settings.source, "enforcement", why)

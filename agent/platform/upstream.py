@@ -19,6 +19,7 @@ from agent.platform.docker_context import (
     docker_endpoint,
 )
 from agent.platform.files import same_file
+from agent.platform.paths import system_run_dir
 
 __all__ = ["UpstreamChoice", "UpstreamError", "default_listen_path", "find_upstream"]
 
@@ -34,9 +35,10 @@ class UpstreamChoice:
 
 
 def default_listen_path(uid: int, env: Mapping[str, str]) -> Path:
-    """``/run/pullgate/docker.sock`` for root, else under the user's runtime directory."""
+    """``/run/pullgate/docker.sock`` for root (``/var/run/...`` on macOS), else under the
+    user's runtime directory."""
     if uid == 0:
-        return Path("/run/pullgate/docker.sock")
+        return system_run_dir() / "docker.sock"
     runtime = env.get("XDG_RUNTIME_DIR") or f"/run/user/{uid}"
     return Path(runtime) / "pullgate" / "docker.sock"
 

@@ -114,3 +114,31 @@ pg_start() {
         launchctl bootstrap "gui/${uid}" "$PG_TRAY_PLIST" || pg_log "warning: the tray starts at the next login"
     fi
 }
+
+pg_remove_contexts() {
+    # The docker context "pullgate" the agent gave each user (Docker Desktop mode) leads
+    # to an endpoint that is gone once the agent is: as each user, their docker goes back
+    # to Docker Desktop's context if ours was selected, and ours is removed.
+    [ "$PG_LIVE" = yes ] || return 0
+    local docker="" candidate home uid name current
+    for candidate in /usr/local/bin/docker /opt/homebrew/bin/docker \
+        /Applications/Docker.app/Contents/Resources/bin/docker; do
+        if [ -x "$candidate" ]; then
+            docker=$candidate
+            break
+        fi
+    done
+    [ -n "$docker" ] || return 0
+    for home in /Users/*; do
+        [ -d "${home}/.docker/contexts" ] || continue
+        uid=$(stat -f %u "$home") || continue
+        [ "$uid" != 0 ] || continue
+        name=$(id -un "$uid" 2>/dev/null) || continue
+        current=$(sudo -u "$name" -H "$docker" context show 2>/dev/null || true)
+        if [ "$current" = pullgate ]; then
+            sudo -u "$name" -H "$docker" context use desktop-linux >/dev/null 2>&1 ||
+                sudo -u "$name" -H "$docker" context use default >/dev/null 2>&1 || true
+        fi
+        sudo -u "$name" -H "$docker" context rm -f pullgate >/dev/null 2>&1 || true
+    done
+}

@@ -4,7 +4,8 @@
 #   sudo "/Applications/Pullgate.app/Contents/Resources/uninstall.sh"
 #
 # Stops the agent and the tray, removes the app, the LaunchDaemon, the LaunchAgent, the
-# `pullgate` link, the policy cache and the pkg's receipt. The audit log is KEPT in
+# `pullgate` link, the policy cache, the pkg's receipt and each user's docker context
+# "pullgate" (Docker Desktop's is selected again where ours was). The audit log is KEPT in
 # /Library/Logs/Pullgate: it is IT's record; delete it by hand once it is archived.
 # Remove the MDM profile first, or its managed login items keep the items listed.
 # PULLGATE_ROOT (default /) removes from another volume or, in tests, a temporary root.
@@ -18,6 +19,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 pg_stop
+pg_remove_contexts
 rm -f "$PG_DAEMON_PLIST" "$PG_TRAY_PLIST"
 if [ -L "$PG_CLI_LINK" ]; then
     rm -f "$PG_CLI_LINK"
