@@ -22,6 +22,7 @@ WIN32=(
     agent/platform/service_status.py
     agent/platform/named_pipe_server.py
     agent/platform/windows_eventlog.py
+    agent/platform/windows_sessions.py
     agent/platform/paths.py
     agent/daemon/winservice.py
     agent/daemon/handle.py

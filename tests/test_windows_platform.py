@@ -196,6 +196,73 @@ def test_an_administrator_is_one_whose_token_has_the_group_enabled() -> None:
     assert not windows.has_enabled_group([("S-1-5-32-545", enabled)], admins)
 
 
+# ------------------------------------------------------------------ signed-in users
+
+ENTRA = "S-1-12-1-1234567890-1234567890-1234567890-123456789"
+
+
+@pytest.mark.parametrize(
+    ("sid", "person"),
+    [
+        (SID, True),  # a local or Active Directory user
+        (ENTRA, True),  # Microsoft Entra ID (Intune's Entra-joined laptops)
+        ("S-1-5-18", False),  # LocalSystem
+        ("S-1-5-19", False),  # LocalService
+        ("S-1-5-90-0-1", False),  # the desktop window manager's virtual account
+        ("S-1-5-96-0-1", False),  # the font driver host's
+        ("S-1-5-32-544", False),  # a group, Administrators
+        ("S-1-5-21-1-2-3", False),  # a domain, not an account in it
+    ],
+)
+def test_only_people_get_pipes(sid: str, person: bool) -> None:
+    assert windows.is_user_sid(sid) is person
+
+
+def test_users_to_serve_one_pair_of_pipes_per_signed_in_person() -> None:
+    session = windows.WindowsSession
+    sessions = [
+        session(0, windows.WTS_DISCONNECTED, "S-1-5-18"),  # services
+        session(3, windows.WTS_ACTIVE, SID, "dev"),  # the console
+        session(1, windows.WTS_ACTIVE, "S-1-5-90-0-1"),  # DWM of the console
+        session(5, windows.WTS_ACTIVE, SID, "dev"),  # the same person over RDP as well
+        session(2, windows.WTS_DISCONNECTED, ENTRA, "alice"),  # switched away: Desktop still runs
+        session(7, 6, "S-1-5-21-1-2-3-1005", "gone"),  # WTSDown
+        session(8, windows.WTS_CONNECTED, None),  # the sign-in screen
+    ]
+    users = windows.users_to_serve(sessions)
+    assert list(users) == [ENTRA, SID]  # by session id: Entra's session 2, then 3
+    assert users[SID].session_id == 3
+
+
+# ------------------------------------------------------------------ Docker Desktop's pipe
+
+
+def test_the_agent_connects_upstream_without_lending_its_identity() -> None:
+    flags = windows.UPSTREAM_FLAGS
+    assert flags & windows.SECURITY_SQOS_PRESENT  # without it, the server may impersonate
+    assert flags & 0x00030000 == windows.SECURITY_IDENTIFICATION  # identify, never more
+    assert flags & windows.FILE_FLAG_OVERLAPPED
+
+
+def test_docker_desktop_pipe_must_be_the_users_own_or_the_systems() -> None:
+    pipe = windows.DESKTOP_ENGINE_PIPE
+    assert windows.upstream_server_problem(pipe, SID, PipeClient(10, SID)) is None
+    assert windows.upstream_server_problem(pipe, SID, PipeClient(11, "S-1-5-18")) is None
+    other = windows.upstream_server_problem(pipe, SID, PipeClient(12, "S-1-5-21-1-2-3-1014"))
+    assert other is not None and other.startswith("pullgate: refusing to forward to")
+    assert "S-1-5-21-1-2-3-1014 (pid 12)" in other and SID in other
+    gone = windows.upstream_server_problem(pipe, SID, PipeClient(13, None))
+    assert gone is not None and "an unknown process" in gone
+
+
+def test_each_users_docker_context_points_at_their_pipe() -> None:
+    args = windows.docker_context_create_args(SID)
+    assert args[:3] == ("context", "create", windows.CONTEXT_NAME)
+    assert args[-2:] == ("--docker", "host=npipe:////./pipe/pullgate_docker_" + SID)
+    with pytest.raises(WindowsNameError):
+        windows.docker_context_create_args("S-1-5-18 --docker host=tcp://evil")
+
+
 # ------------------------------------------------------------------ the service's reports
 
 
@@ -335,6 +402,7 @@ def test_windows_only_modules_are_never_imported_here() -> None:
         "agent.daemon.winservice",
         "agent.platform.named_pipe_server",
         "agent.platform.windows_eventlog",
+        "agent.platform.windows_sessions",
     ):
         with pytest.raises(AssertionError):
             importlib.import_module(name)

@@ -1,8 +1,12 @@
-"""A named-pipe listener for asyncio on Windows: one user's pipe, its ACL, its clients.
+"""Named pipes for asyncio on Windows: one user's pipe, its ACL and its clients; and the
+agent's own connection to Docker Desktop's pipe.
 
-``NamedPipeServer`` is to a pipe what ``asyncio.start_unix_server`` is to a unix socket:
-each client reaches ``client_connected(reader, writer)`` with asyncio streams, so the
-shim and the control API can serve pipes with the code they serve sockets with. The
+``NamedPipeServer`` is to a pipe what ``loop.create_unix_server`` is to a unix socket:
+each client gets a protocol from the factory (the shim's ``ClientConnection``), or
+asyncio streams with ``NamedPipeServer.for_streams`` (the control API's
+``start_unix_server`` shape), so both can serve pipes with the code they serve sockets
+with. ``open_upstream`` connects to ``docker_engine`` without lending the
+server the agent's SYSTEM identity, and only if the user's own Desktop serves it. The
 values (names, SDDL, flags, whom a client is attributed to) come from
 ``agent.platform.windows`` and are tested on Linux; this module only hands them to
 Windows.
@@ -45,21 +49,27 @@ from typing import Any, Protocol, cast
 
 import pywintypes
 import win32api
+import win32file
 import win32pipe
 import win32security
 import winerror
 
 from agent.platform.windows import (
     ADMINISTRATORS_SID,
+    GENERIC_READ,
+    GENERIC_WRITE,
+    OPEN_EXISTING,
     PIPE_UNLIMITED_INSTANCES,
     PROCESS_QUERY_LIMITED_INFORMATION,
     SDDL_REVISION_1,
     TOKEN_QUERY,
+    UPSTREAM_FLAGS,
     ClientVerdict,
     PipeClient,
     PipeSpec,
     has_enabled_group,
     judge_client,
+    upstream_server_problem,
 )
 
 __all__ = [
@@ -67,12 +77,16 @@ __all__ = [
     "NamedPipeError",
     "NamedPipeServer",
     "PipeSquattedError",
+    "UpstreamRefusedError",
+    "open_upstream",
     "read_client",
 ]
 
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 StrangerSeen = Callable[[PipeClient], None]
 _STREAM_LIMIT = 2**16
+_BUSY_RETRIES = 20  # ERROR_PIPE_BUSY: every instance taken; asyncio's connect_pipe retries too
 
 
 class NamedPipeError(OSError):
@@ -81,6 +95,11 @@ class NamedPipeError(OSError):
 
 class PipeSquattedError(NamedPipeError):
     """Someone else already serves the pipe's name (FILE_FLAG_FIRST_PIPE_INSTANCE)."""
+
+
+class UpstreamRefusedError(NamedPipeError):
+    """Docker Desktop's pipe is served by someone the user's requests must not reach;
+    the message is the one for the client (``upstream_server_problem``)."""
 
 
 class _Proactor(Protocol):
@@ -135,6 +154,20 @@ def _create_instance(spec: PipeSpec) -> windows_utils.PipeHandle:
     return windows_utils.PipeHandle(handle)
 
 
+def _process_identity(pid: int) -> tuple[str | None, bool]:
+    """The SID of process ``pid``'s token and whether it is an enabled administrator's;
+    (None, False) if the process is gone or its token cannot be read."""
+    try:
+        process = win32api.OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+        token = win32security.OpenProcessToken(process, TOKEN_QUERY)
+        user, _attributes = win32security.GetTokenInformation(token, win32security.TokenUser)
+        groups = win32security.GetTokenInformation(token, win32security.TokenGroups)
+    except pywintypes.error:
+        return None, False
+    named = [(win32security.ConvertSidToStringSid(g), int(a)) for g, a in groups]
+    return win32security.ConvertSidToStringSid(user), has_enabled_group(named, ADMINISTRATORS_SID)
+
+
 def read_client(handle: int) -> tuple[PipeClient, bool]:
     """The client process of a connected instance and whether its token is an enabled
     administrator's. The process may have exited already: then its SID is None."""
@@ -144,38 +177,89 @@ def read_client(handle: int) -> tuple[PipeClient, bool]:
         session = int(win32pipe.GetNamedPipeClientSessionId(handle))
     except pywintypes.error:
         session = None
+    sid, admin = _process_identity(pid)
+    return PipeClient(pid=pid, sid=sid, session_id=session), admin
+
+
+async def open_upstream(
+    pipe: str, endpoint_sid: str, protocol_factory: ProtocolFactory
+) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+    """Connect to Docker Desktop's ``pipe`` for the user ``endpoint_sid``: like
+    ``loop.create_pipe_connection``, but opened with ``UPSTREAM_FLAGS`` (the server may
+    identify the agent, never impersonate it) and refused with ``UpstreamRefusedError``
+    unless the serving process is the user's own or a system service's."""
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, asyncio.ProactorEventLoop):
+        raise NamedPipeError(0, f"{pipe}: named pipes need asyncio's ProactorEventLoop")
+    for attempt in range(_BUSY_RETRIES):
+        try:
+            raw = win32file.CreateFile(
+                pipe,
+                GENERIC_READ | GENERIC_WRITE,
+                0,
+                None,
+                OPEN_EXISTING,
+                UPSTREAM_FLAGS,
+                None,
+            )
+            break
+        except pywintypes.error as e:
+            if e.winerror != winerror.ERROR_PIPE_BUSY or attempt == _BUSY_RETRIES - 1:
+                raise NamedPipeError(e.winerror, f"{pipe}: {e.strerror}") from e
+            await asyncio.sleep(0.05)
+    handle = windows_utils.PipeHandle(int(raw.Detach()))
     try:
-        process = win32api.OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
-        token = win32security.OpenProcessToken(process, TOKEN_QUERY)
-        user, _attributes = win32security.GetTokenInformation(token, win32security.TokenUser)
-        groups = win32security.GetTokenInformation(token, win32security.TokenGroups)
-    except pywintypes.error:
-        return PipeClient(pid=pid, sid=None, session_id=session), False
-    sid = win32security.ConvertSidToStringSid(user)
-    named = [(win32security.ConvertSidToStringSid(g), int(a)) for g, a in groups]
-    return PipeClient(pid=pid, sid=sid, session_id=session), has_enabled_group(
-        named, ADMINISTRATORS_SID
+        pid = int(win32pipe.GetNamedPipeServerProcessId(handle.handle))
+        sid, _admin = _process_identity(pid)
+        problem = upstream_server_problem(pipe, endpoint_sid, PipeClient(pid=pid, sid=sid))
+        if problem is not None:
+            raise UpstreamRefusedError(winerror.ERROR_ACCESS_DENIED, problem)
+    except BaseException:
+        handle.close()
+        raise
+    protocol = protocol_factory()
+    transport = cast(_PipeLoop, loop)._make_duplex_pipe_transport(
+        handle, protocol, extra={"addr": pipe}
     )
+    return transport, protocol
 
 
 class NamedPipeServer:
-    """Serves ``name`` to the user ``user_sid`` (and SYSTEM and Administrators)."""
+    """Serves ``name`` to the user ``user_sid`` (and SYSTEM and Administrators): each
+    client gets a protocol from ``protocol_factory``."""
 
     def __init__(
         self,
         name: str,
         user_sid: str,
-        client_connected: ClientConnected,
+        protocol_factory: ProtocolFactory,
         *,
         on_stranger: StrangerSeen | None = None,
     ) -> None:
         self.name = name
         self.user_sid = user_sid
-        self.client_connected = client_connected
+        self.protocol_factory = protocol_factory
         self.on_stranger = on_stranger
         self._pending: windows_utils.PipeHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._transports: set[asyncio.Transport] = set()
+
+    @classmethod
+    def for_streams(
+        cls,
+        name: str,
+        user_sid: str,
+        client_connected: ClientConnected,
+        *,
+        on_stranger: StrangerSeen | None = None,
+    ) -> NamedPipeServer:
+        """Each client as asyncio streams, like ``asyncio.start_unix_server``."""
+
+        def factory() -> asyncio.BaseProtocol:
+            reader = asyncio.StreamReader(limit=_STREAM_LIMIT)
+            return asyncio.StreamReaderProtocol(reader, client_connected)
+
+        return cls(name, user_sid, factory, on_stranger=on_stranger)
 
     async def start(self) -> None:
         """Create the first instance (``PipeSquattedError`` if the name is taken) and
@@ -217,8 +301,7 @@ class NamedPipeServer:
             if self.on_stranger is not None:
                 self.on_stranger(client)
             return
-        reader = asyncio.StreamReader(limit=_STREAM_LIMIT)
-        protocol = asyncio.StreamReaderProtocol(reader, self.client_connected)
+        protocol = self.protocol_factory()
         transport = loop._make_duplex_pipe_transport(
             pipe,
             protocol,

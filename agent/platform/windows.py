@@ -27,6 +27,7 @@ from typing import Final
 
 __all__ = [
     "ADMINISTRATORS_SID",
+    "CONTEXT_NAME",
     "CONTROL_PIPE_PREFIX",
     "DESKTOP_ENGINE_PIPE",
     "EVENT_SOURCE",
@@ -36,23 +37,29 @@ __all__ = [
     "SERVICE_DISPLAY_NAME",
     "SERVICE_NAME",
     "SHIM_PIPE_PREFIX",
+    "UPSTREAM_FLAGS",
     "ClientVerdict",
     "PipeClient",
     "PipeSpec",
     "WindowsNameError",
+    "WindowsSession",
     "agent_log_path",
     "audit_dir",
     "check_sid",
     "control_pipe",
     "data_dir",
+    "docker_context_create_args",
     "docker_host",
     "has_enabled_group",
+    "is_user_sid",
     "judge_client",
     "pipe_from_docker_host",
     "pipe_sddl",
     "program_data",
     "shim_pipe",
     "state_dir",
+    "upstream_server_problem",
+    "users_to_serve",
 ]
 
 
@@ -298,3 +305,106 @@ def judge_client(pipe_sid: str, client: PipeClient, *, client_is_admin: bool) ->
     if client.sid == LOCAL_SYSTEM_SID or client_is_admin:
         return ClientVerdict.PRIVILEGED
     return ClientVerdict.STRANGER
+
+
+# ------------------------------------------------------------------ signed-in users
+
+# WTS_CONNECTSTATE_CLASS (wtsapi32.h)
+WTS_ACTIVE: Final = 0
+WTS_CONNECTED: Final = 1
+WTS_DISCONNECTED: Final = 4
+
+_USER_SID: Final = re.compile(r"S-1-5-21-\d+-\d+-\d+-\d+|S-1-12-1-\d+-\d+-\d+-\d+")
+
+
+def is_user_sid(sid: str) -> bool:
+    """A person's account: a local or Active Directory user (``S-1-5-21-...``) or a
+    Microsoft Entra ID user (``S-1-12-1-...``: Intune's Entra-joined laptops). Not
+    LocalSystem, the service accounts, or the virtual ones of the desktop itself (DWM and
+    font-driver hosts, ``S-1-5-90-...``, ``S-1-5-96-...``), which have sessions too."""
+    return _USER_SID.fullmatch(sid) is not None
+
+
+@dataclass(frozen=True)
+class WindowsSession:
+    """A Terminal Services session (``WTSEnumerateSessions``) and its user's SID (from
+    ``WTSQueryUserToken``; None without a signed-in user)."""
+
+    session_id: int
+    state: int
+    sid: str | None
+    user: str = ""
+
+
+def users_to_serve(sessions: Iterable[WindowsSession]) -> dict[str, WindowsSession]:
+    """The users who get pipes, by SID: each person signed in to a session that is
+    active, connected or disconnected (fast user switching keeps a switched-away user's
+    Docker Desktop running, so their pipe stays). Session 0 (services) never does; a
+    user signed in twice (console and RDP) gets one pair of pipes, named by their SID."""
+    users: dict[str, WindowsSession] = {}
+    for session in sorted(sessions, key=lambda s: s.session_id):
+        if session.session_id == 0 or session.sid is None or not is_user_sid(session.sid):
+            continue
+        if session.state not in (WTS_ACTIVE, WTS_CONNECTED, WTS_DISCONNECTED):
+            continue
+        users.setdefault(session.sid, session)
+    return users
+
+
+# ------------------------------------------------------------------ the upstream pipe
+
+GENERIC_READ: Final = 0x80000000
+GENERIC_WRITE: Final = 0x40000000
+OPEN_EXISTING: Final = 3
+SECURITY_SQOS_PRESENT: Final = 0x00100000
+SECURITY_IDENTIFICATION: Final = 0x00010000  # SecurityIdentification << 16
+
+UPSTREAM_FLAGS: Final = FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION
+"""``CreateFile``'s flags for the agent's connection to Docker Desktop's pipe.
+
+The agent runs as LocalSystem, and whoever serves a pipe may impersonate its clients
+(``ImpersonateNamedPipeClient``) at the level the client allows: by default, full
+impersonation. ``\\\\.\\pipe\\docker_engine`` is served by a process of the signed-in
+user, and a user can create that name first, so connecting with the defaults (asyncio's
+``create_pipe_connection`` does) would hand that user a SYSTEM token. With
+SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION the server can only read who the client
+is, never act as it."""
+
+
+def upstream_server_problem(pipe: str, endpoint_sid: str, server: PipeClient) -> str | None:
+    """Why the agent must not forward ``endpoint_sid``'s requests to the process serving
+    ``pipe`` (None: it may). That process must be the user's own Docker Desktop (their
+    token) or a system service (LocalSystem, as Docker Desktop's privileged helper runs);
+    another user's process would receive this user's requests, with the agent as the
+    deputy that carried them."""
+    if server.sid is not None and (
+        server.sid.upper() == endpoint_sid.upper() or server.sid == LOCAL_SYSTEM_SID
+    ):
+        return None
+    who = "an unknown process" if server.sid is None else f"{server.sid} (pid {server.pid})"
+    return (
+        f"pullgate: refusing to forward to {pipe}: it is served by {who}, not by the "
+        f"Docker Desktop of {endpoint_sid}. Quit whatever holds that pipe and restart Docker "
+        "Desktop, or ask your IT administrator (`pullgate doctor`)."
+    )
+
+
+# ------------------------------------------------------------------ the user's docker context
+
+CONTEXT_NAME: Final = "pullgate"
+"""The docker context the agent installs for each user (the same name as on macOS)."""
+
+
+def docker_context_create_args(sid: str) -> tuple[str, ...]:
+    """``docker`` arguments that create the user's context, pointing at their shim pipe;
+    ``docker context use pullgate`` then selects it. Run as that user (their
+    ``%USERPROFILE%\\.docker``), never written with the service's rights."""
+    return (
+        "context",
+        "create",
+        CONTEXT_NAME,
+        "--description",
+        "Docker Desktop through Pullgate's image policy",
+        "--docker",
+        f"host={docker_host(shim_pipe(sid))}",
+    )
