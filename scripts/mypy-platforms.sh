@@ -20,6 +20,7 @@ VENV=${PULLGATE_VENV:-.venv}
 WIN32=(
     agent/platform/windows.py
     agent/platform/service_status.py
+    agent/platform/service_output.py
     agent/platform/named_pipe_server.py
     agent/platform/windows_eventlog.py
     agent/platform/windows_sessions.py

@@ -25,6 +25,7 @@ from agent.daemon.audit_log import default_audit_dir
 from agent.daemon.handle import AgentHandle
 from agent.daemon.main import AgentOptions, run_agent
 from agent.platform import windows
+from agent.platform.service_output import OutputTail, open_service_log
 from agent.platform.service_status import (
     ERROR_SERVICE_SPECIFIC_ERROR,
     SERVICE_ACCEPT_SHUTDOWN,
@@ -318,6 +319,34 @@ def test_the_event_log_message_says_what_failed_and_where_to_look() -> None:
     assert "(exit code 2)" in text and "pullgate agent: policy_url: not https" in text
     assert "line 20" not in text  # the last ten lines only
     assert text.endswith(r"C:\ProgramData\Pullgate\Logs\agent.log")
+
+
+def test_the_services_output_goes_to_its_log_and_keeps_the_last_lines(tmp_path: Path) -> None:
+    log_path = tmp_path / "Logs" / "agent.log"  # the directory is made if missing
+    with open_service_log(log_path) as target:
+        out = OutputTail(target, keep=3)
+        print("pullgate agent: ready", file=out)
+        out.write("partial ")
+        assert list(out.lines) == ["pullgate agent: ready"]
+        out.write("line\nlast\n")
+        for i in range(5):
+            print(f"n{i}", file=out)
+        assert list(out.lines) == ["n2", "n3", "n4"]
+        assert out.fileno() == target.fileno()
+    text = log_path.read_text()
+    assert text.startswith("pullgate agent: ready\npartial line\nlast\nn0\n")
+
+
+def test_the_services_log_is_kept_once_when_large(tmp_path: Path) -> None:
+    log_path = tmp_path / "agent.log"
+    log_path.write_text("x" * 100)
+    with open_service_log(log_path, rotate_bytes=50) as f:
+        f.write("new\n")
+    assert (tmp_path / "agent.log.1").read_text() == "x" * 100
+    assert log_path.read_text() == "new\n"
+    (tmp_path / "blocked").write_text("a file where the directory should be")
+    with open_service_log(tmp_path / "blocked" / "agent.log") as f:
+        assert f.name == os.devnull  # the service starts all the same
 
 
 # ------------------------------------------------------------------ the stop handle

@@ -30,14 +30,12 @@ import sys
 
 assert sys.platform == "win32"  # mypy reads the rest as Windows-only (ruff: E402 allowed)
 
-import collections
-import io
 import os
 import threading
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import ClassVar, TextIO
+from typing import ClassVar
 
 import pywintypes
 import servicemanager
@@ -46,6 +44,7 @@ import win32serviceutil
 
 from agent.daemon.handle import AgentHandle
 from agent.platform import windows
+from agent.platform.service_output import OutputTail, open_service_log
 from agent.platform.service_status import (
     ServiceLifecycle,
     ServiceState,
@@ -59,56 +58,17 @@ AgentMain = Callable[[AgentHandle], int]
 """Runs the agent until the handle stops it; returns ``pullgate agent``'s exit code."""
 
 ERROR_FAILED_SERVICE_CONTROLLER_CONNECT = 1063
-_KEEP_LINES = 20
-_LOG_ROTATE_BYTES = 10 * 1024 * 1024
 
 
 class ServiceFailedError(RuntimeError):
     """Raised from ``SvcRun`` so that the service stops with an error code."""
 
 
-class _TailWriter(io.TextIOBase):
-    """The agent's stdout and stderr: every line to ``agent.log``, the last ones kept for
-    the Event Log message of a failed start."""
-
-    def __init__(self, target: TextIO) -> None:
-        self.target = target
-        self.lines: collections.deque[str] = collections.deque(maxlen=_KEEP_LINES)
-        self._partial = ""
-        self._lock = threading.Lock()
-
-    def write(self, text: str) -> int:
-        with self._lock:
-            self.target.write(text)
-            self.target.flush()
-            *whole, self._partial = (self._partial + text).split("\n")
-            self.lines.extend(whole)
-        return len(text)
-
-    def flush(self) -> None:
-        self.target.flush()
-
-    def writable(self) -> bool:
-        return True
-
-
-def _open_log(path: Path) -> TextIO:
-    """``agent.log`` for appending (the previous one kept once as ``agent.log.1`` when it
-    grew past 10 MB); the null device if the directory cannot be written."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and path.stat().st_size > _LOG_ROTATE_BYTES:
-            os.replace(path, path.with_name(path.name + ".1"))
-        return open(path, "a", encoding="utf-8", errors="replace", buffering=1)
-    except OSError:
-        return open(os.devnull, "w", encoding="utf-8")
-
-
 class PullgateService(win32serviceutil.ServiceFramework):
     _svc_name_ = windows.SERVICE_NAME
     _svc_display_name_ = windows.SERVICE_DISPLAY_NAME
     agent_main: ClassVar[AgentMain | None] = None
-    output: ClassVar[_TailWriter | None] = None
+    output: ClassVar[OutputTail | None] = None
     log_path: ClassVar[str] = ""
 
     def __init__(self, args: Iterable[str]) -> None:
@@ -197,7 +157,7 @@ def serve(main: AgentMain) -> int:
     Started by hand (not by the SCM), say so and return 2 instead of waiting."""
     console = sys.stderr
     log_path = Path(windows.agent_log_path(os.environ))
-    output = _TailWriter(_open_log(log_path))
+    output = OutputTail(open_service_log(log_path))
     PullgateService.agent_main = main
     PullgateService.output = output
     PullgateService.log_path = str(log_path)
