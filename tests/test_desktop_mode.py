@@ -176,6 +176,15 @@ def test_make_root_dir_refuses_what_others_could_swap(tmp_path: Path) -> None:
     open_parent.chmod(0o777)
     with pytest.raises(UnsafeDirectoryError, match="writable by others"):
         make_root_dir(open_parent / "users")
+    if os.geteuid() == 0:  # chown: macOS's /var/run is root:daemon 0775, and is fine
+        system = tmp_path / "var-run"
+        system.mkdir()
+        os.chown(system, 0, 1)
+        system.chmod(0o775)
+        make_root_dir(system / "pullgate" / "users")
+        os.chown(system, 0, 4242)  # a group of users could swap the directory
+        with pytest.raises(UnsafeDirectoryError, match="writable by others"):
+            make_root_dir(system / "pullgate" / "users")
     (tmp_path / "file").touch()
     with pytest.raises((UnsafeDirectoryError, FileExistsError)):
         make_root_dir(tmp_path / "file")
@@ -315,6 +324,18 @@ class DesktopRig:
 
     def endpoints(self) -> dict[int, dict[str, Any]]:
         return {e["uid"]: e for e in self.status()["desktop"]["endpoints"]}
+
+    def status_text(self) -> str:
+        """``pullgate status`` as root, as IT reads it."""
+        done = subprocess.run(
+            [*agent_command()[:-1], "status", "--control", str(self.control)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            cwd=REPO,
+        )
+        return done.stdout
 
     def doctor(self) -> dict[str, dict[str, Any]]:
         """``pullgate doctor --json`` as root: the checks by name."""
@@ -553,6 +574,9 @@ def test_symlink_to_a_root_daemon_is_refused_reported_and_audited(rig: DesktopRi
             lambda: [r for r in rig.audit() if r.get("event.action") == "upstream-refused"],
         )
         assert "served by root" in json.dumps(refused[-1])
+        status = rig.status_text()
+        row = next(line for line in status.splitlines() if line.startswith(f"user {rig.user.name}"))
+        assert "served by root" in row, status
         check = rig.doctor()[f"Docker Desktop of {rig.user.name} ({rig.user.uid})"]
         assert check["result"] == "FAIL" and "served by root" in check["detail"]
     finally:

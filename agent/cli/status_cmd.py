@@ -128,6 +128,9 @@ def format_status(path: Path, status: Mapping[str, Any]) -> str:
         *_identity_rows(status.get("identity")),
         _row("audit", _audit_line(status.get("audit"))),
     ]
+    desktop = status.get("desktop")
+    if isinstance(desktop, dict):
+        lines += _desktop_rows(desktop)
     monitor = status.get("bypass_monitor")
     if isinstance(monitor, dict) and (not monitor.get("running") or monitor.get("errors")):
         lines.append(_row("bypass watch", _monitor_line(monitor)))
@@ -799,6 +802,29 @@ def check_direct_clients(upstream: Path, agent_pid: object) -> Check:
     if os.geteuid() != 0:
         return Check(name, SKIP, "only root can see other users' connections; run as root")
     return Check(name, OK, f"no process but dockerd, containerd and the agent on {upstream}")
+
+
+def _desktop_rows(desktop: Mapping[str, Any]) -> list[str]:
+    """Docker Desktop mode in ``pullgate status``: the rescan, then a row per user."""
+    rows = []
+    if not desktop.get("running") or desktop.get("errors"):
+        rows.append(
+            _row(
+                "desktop",
+                f"rescan {'running' if desktop.get('running') else 'STOPPED'}, "
+                f"{desktop.get('errors')} error(s), last: {desktop.get('last_error')}",
+            )
+        )
+    endpoints = [e for e in desktop.get("endpoints") or [] if isinstance(e, dict)]
+    if not endpoints:
+        rows.append(_row("desktop", f"no user logged in to serve ({desktop.get('users_dir')})"))
+    for e in endpoints:
+        line = f"unix://{e.get('listen')} -> unix://{e.get('upstream')}; context {e.get('context')}"
+        for problem in ("upstream_problem", "context_error"):
+            if e.get(problem):
+                line += f"; {e[problem]}"
+        rows.append(_row(f"user {e.get('user')}", line))
+    return rows
 
 
 def _desktop_endpoint(desktop: Mapping[str, Any], uid: int) -> dict[str, Any] | None:

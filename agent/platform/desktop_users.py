@@ -19,7 +19,6 @@ root's, 0755, and only the socket inside is the user's, 0600).
 from __future__ import annotations
 
 import os
-import pwd
 import stat
 import sys
 from pathlib import Path
@@ -37,6 +36,9 @@ __all__ = [
 ]
 
 CONSOLE = Path("/dev/console")
+SYSTEM_GIDS = frozenset({0, 1})
+"""Groups whose write access to a parent directory is no one's but the system's: root
+(wheel) and daemon, which owns macOS's ``/var/run`` (root:daemon 0775)."""
 DEFAULT_SESSIONS_DIR = Path("/run/user")
 """logind's runtime directories: ``/run/user/<uid>`` exists while the user has a session."""
 
@@ -46,6 +48,8 @@ class UnsafeDirectoryError(OSError):
 
 
 def _user(uid: int) -> SessionUser | None:
+    import pwd  # noqa: PLC0415 - POSIX only: the module imports on Windows
+
     try:
         entry = pwd.getpwuid(uid)
     except KeyError:
@@ -112,7 +116,9 @@ def make_root_dir(path: Path, mode: int = 0o755) -> None:
                 raise UnsafeDirectoryError(f"{directory} is owned by uid {info.st_uid}, not root")
             if info.st_mode & 0o7777 != mode:
                 os.chmod(directory, mode, follow_symlinks=False)
-        elif info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        elif not info.st_mode & stat.S_ISVTX and (
+            info.st_mode & 0o002 or (info.st_mode & 0o020 and info.st_gid not in SYSTEM_GIDS)
+        ):
             raise UnsafeDirectoryError(
                 f"{directory} is writable by others than its owner: a socket below it "
                 "could be replaced"
