@@ -426,6 +426,33 @@ def test_pullgate_service_off_windows_says_what_to_run(capsys: pytest.CaptureFix
     assert "pullgate agent" in capsys.readouterr().err
 
 
+def test_the_agent_imports_without_posix_only_modules() -> None:
+    """As on Windows, where pwd, grp, fcntl, resource, termios and syslog do not exist:
+    every module of the agent imports (so ``pullgate service`` reaches the agent, and the
+    CLI's status and doctor load), the Windows-only ones aside."""
+    code = """
+import importlib, pkgutil, sys
+for name in ("pwd", "grp", "fcntl", "resource", "termios", "syslog"):
+    sys.modules[name] = None
+import agent
+failed = []
+for info in pkgutil.walk_packages(agent.__path__, "agent."):
+    if info.name.endswith("__main__"):  # runs a command when imported
+        continue
+    try:
+        importlib.import_module(info.name)
+    except AssertionError:  # assert sys.platform == "win32": Windows-only
+        pass
+    except Exception as e:
+        failed.append(f"{info.name}: {e!r}")
+print("\\n".join(failed))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    assert out == ""
+
+
 def test_windows_only_modules_are_never_imported_here() -> None:
     for name in (
         "agent.daemon.winservice",

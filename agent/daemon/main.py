@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import grp
 import os
 import signal
 import sys
@@ -263,6 +262,8 @@ def _socket_group() -> int | None:
     """Like dockerd: root's socket is group ``docker`` when that group exists."""
     if os.geteuid() != 0:
         return None
+    import grp  # noqa: PLC0415 - POSIX only: the module imports on Windows
+
     try:
         return grp.getgrnam("docker").gr_gid
     except KeyError:

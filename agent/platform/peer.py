@@ -8,7 +8,6 @@ A process may exit before we look: then only the kernel's numbers are recorded.
 
 from __future__ import annotations
 
-import pwd
 import socket
 import struct
 import sys
@@ -64,6 +63,8 @@ def check_listener(sock: socket.socket, path: object, expected_uid: int) -> None
 def _user(uid: int | None) -> str | None:
     if uid is None:
         return None
+    import pwd  # noqa: PLC0415 - POSIX only: the module imports on Windows
+
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
