@@ -8,7 +8,7 @@
 # darwin: the whole agent and tray.
 # win32: the modules whose code is Windows' or runs there first; their imports are
 # followed but only these are reported (--follow-imports=silent): the rest of the agent
-# does not run on Windows yet (os.geteuid, AF_UNIX sockets, SO_PEERCRED, pwd and grp;
+# does not run on Windows yet (os.geteuid, AF_UNIX sockets, SO_PEERCRED;
 # docs/deploy/windows.md). Windows-only modules start with
 # `assert sys.platform == "win32"`, so the Linux run skips them and this one checks
 # them with types-pywin32.
