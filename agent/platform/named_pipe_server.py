@@ -275,8 +275,10 @@ class NamedPipeServer:
             pipe = self._pending
             try:
                 await loop._proactor.accept_pipe(pipe)
-            except BrokenPipeError:  # the client left before it was accepted
+            except OSError as e:  # BrokenPipeError: the client left before it was accepted
                 pipe.close()
+                if not isinstance(e, BrokenPipeError):
+                    print(f"pullgate agent: {self.name}: {e}", file=sys.stderr, flush=True)
                 self._pending = await self._next_instance()
                 continue
             # The next instance first: a client arriving now must find the name.
@@ -294,7 +296,11 @@ class NamedPipeServer:
                 await asyncio.sleep(1.0)
 
     def _serve(self, loop: _PipeLoop, pipe: windows_utils.PipeHandle) -> None:
-        client, admin = read_client(pipe.handle)
+        try:
+            client, admin = read_client(pipe.handle)
+        except pywintypes.error:  # gone already: nobody to serve
+            pipe.close()
+            return
         verdict = judge_client(self.user_sid, client, client_is_admin=admin)
         if verdict is ClientVerdict.STRANGER:
             pipe.close()
