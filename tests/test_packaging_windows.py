@@ -479,11 +479,21 @@ def test_msi_structure_with_a_stand_in_payload(tmp_path: Path) -> None:
     assert control["Wait"] == "1" and control["Component_"] == service["Component_"]
     assert not control.get("Arguments")  # started with the ServiceInstall's arguments
 
-    run_keys = [
-        r
-        for r in _msi_table(msi, "Registry")
-        if r["Key"] == r"SOFTWARE\Microsoft\Windows\CurrentVersion\Run"
-    ]
+    registry = _msi_table(msi, "Registry")
+    # The service's Event Log source is the MSI's, so an uninstall removes it.
+    source = {
+        r["Name"]: r
+        for r in registry
+        if r["Key"]
+        == "SYSTEM\\CurrentControlSet\\Services\\EventLog\\Application\\" + windows.EVENT_SOURCE
+    }
+    assert set(source) == {"EventMessageFile", "TypesSupported"}
+    assert all(
+        r["Root"] == "2" and r["Component_"] == service["Component_"] for r in source.values()
+    )
+    assert source["EventMessageFile"]["Value"] == "[INSTALLDIR]_internal\\servicemanager.pyd"
+    assert source["TypesSupported"]["Value"] == "#7"  # REG_DWORD: error, warning, information
+    run_keys = [r for r in registry if r["Key"] == r"SOFTWARE\Microsoft\Windows\CurrentVersion\Run"]
     assert len(run_keys) == 1
     run = run_keys[0]
     assert run["Root"] == "2" and run["Name"] == "Pullgate"  # HKLM: every user's logon
