@@ -528,6 +528,31 @@ def test_users_docker_gets_pullgates_denial_and_allowed_pulls(rig: DesktopRig) -
     assert {r["pullgate.decision"] for r in mine} >= {"allow", "deny"}, decisions[-4:]
 
 
+def test_context_is_enforced_again_but_a_remote_engine_is_left_alone(rig: DesktopRig) -> None:
+    """``desktop_context: enforce``: a context that leads straight to the user's Desktop
+    is replaced by Pullgate's within a rescan; a context to another engine is theirs."""
+    u = rig.user
+    direct = f"host=unix://{rig.desktop_sock}"
+    for name, host in (("mine", direct), ("remote", "host=ssh://builder.example")):
+        made = _docker(rig, u, "context", "create", name, "--docker", host)
+        assert made.returncode == 0, made.stderr
+    try:
+        assert _docker(rig, u, "context", "use", "mine").returncode == 0
+        _wait(
+            "the agent to select its context again",
+            lambda: _docker(rig, u, "context", "show").stdout.strip() == "pullgate",
+        )
+        assert _docker(rig, u, "context", "use", "remote").returncode == 0
+        time.sleep(3 * 2.0)  # a few rescans
+        assert _docker(rig, u, "context", "show").stdout.strip() == "remote"
+        endpoint = rig.endpoints()[u.uid]
+        assert "'remote'" in endpoint["context"] and "kept" in endpoint["context"]
+    finally:
+        _docker(rig, u, "context", "use", "pullgate")
+        _docker(rig, u, "context", "rm", "-f", "mine", "remote")
+    _wait("the context selected", lambda: rig.endpoints()[u.uid]["context"] == "selected")
+
+
 def test_another_user_cannot_use_the_endpoint(rig: DesktopRig) -> None:
     env_host = f"unix://{rig.endpoint}"
     got = rig.other.run(
@@ -601,7 +626,7 @@ def test_logout_removes_the_endpoint_and_login_brings_it_back(rig: DesktopRig) -
 def test_status_reports_the_supervised_rescan(rig: DesktopRig) -> None:
     desktop = rig.status()["desktop"]
     assert desktop["running"] is True
-    assert desktop["errors"] == 0
+    assert desktop["failing"] is False
     assert desktop["scans"] >= 1
     checks = rig.doctor()
     assert checks["desktop endpoints"]["result"] == "OK", checks
@@ -610,3 +635,27 @@ def test_status_reports_the_supervised_rescan(rig: DesktopRig) -> None:
     assert checks[f"docker context of {who}"]["result"] == "OK", checks
     assert checks["bypass watch"]["result"] == "OK", checks
     assert rig.agent.poll() is None
+
+
+def test_a_failing_rescan_is_visible_and_the_others_keep_their_endpoint(rig: DesktopRig) -> None:
+    """A file squatting the second user's endpoint directory: each rescan fails (status,
+    doctor, an audit notice), the first user's endpoint stays; gone, all is well again."""
+    squat = rig.users_dir / str(rig.other.uid)
+    squat.write_text("not a directory")
+    session = rig.sessions / str(rig.other.uid)
+    session.mkdir()
+    os.chown(session, rig.other.uid, rig.other.gid)
+    try:
+        desktop = _wait("a failing rescan", lambda: (d := rig.status()["desktop"])["failing"] and d)
+        assert desktop["running"] is True and str(squat) in desktop["last_error"]
+        check = rig.doctor()["desktop endpoints"]
+        assert check["result"] == "FAIL" and "last rescan failed" in check["detail"]
+        notices = [r for r in rig.audit() if r.get("event.action") == "desktop-failure"]
+        assert notices and str(squat) in json.dumps(notices[-1])
+        ok = _docker(rig, rig.user, "version", "--format", "{{.Server.Version}}")
+        assert ok.returncode == 0, ok.stderr
+    finally:
+        session.rmdir()
+        squat.unlink()
+    _wait("the rescan to pass again", lambda: not rig.status()["desktop"]["failing"])
+    assert rig.doctor()["desktop endpoints"]["result"] == "OK"

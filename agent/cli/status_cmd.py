@@ -807,7 +807,7 @@ def check_direct_clients(upstream: Path, agent_pid: object) -> Check:
 def _desktop_rows(desktop: Mapping[str, Any]) -> list[str]:
     """Docker Desktop mode in ``pullgate status``: the rescan, then a row per user."""
     rows = []
-    if not desktop.get("running") or desktop.get("errors"):
+    if not desktop.get("running") or desktop.get("failing"):
         rows.append(
             _row(
                 "desktop",
@@ -847,12 +847,13 @@ def check_desktop(desktop: Mapping[str, Any], uid: int) -> list[Check]:
                 name, FAIL, f"the agent stopped following logins: {desktop.get('last_error')}", fix
             )
         )
-    elif desktop.get("errors"):
+    elif desktop.get("failing"):
         checks.append(
             Check(
                 name,
                 FAIL,
-                f"{desktop['errors']} failed rescan(s), last: {desktop.get('last_error')}",
+                f"the last rescan failed ({desktop.get('errors')} so far): "
+                f"{desktop.get('last_error')}",
                 fix,
             )
         )

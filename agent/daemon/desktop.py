@@ -118,13 +118,14 @@ class DesktopEndpoints:
         self.scans = 0
         self.errors = 0
         self.last_error: str | None = None
+        self.failing = False  # the last rescan failed
         self._closing = False
 
     # -- the service --------------------------------------------------------------------
 
     async def start(self) -> None:
-        await asyncio.to_thread(make_root_dir, self.users_dir)
-        await self.rescan()  # the users logged in now are served before "ready"
+        await asyncio.to_thread(make_root_dir, self.users_dir)  # refused: the agent stops
+        await self._rescan_reported()  # the users logged in now are served before "ready"
         self.task = asyncio.get_running_loop().create_task(self._run(), name="desktop-rescan")
         self.task.add_done_callback(self._ended)
 
@@ -145,6 +146,7 @@ class DesktopEndpoints:
             "running": running,
             "scans": self.scans,
             "errors": self.errors,
+            "failing": self.failing,
             "last_error": self.last_error,
             "docker_cli": self.docker_cli,
             "context_mode": str(self.context_mode),
@@ -180,24 +182,31 @@ class DesktopEndpoints:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            try:
-                await self.rescan()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # a bug or a bad directory must not end the loop
-                self.errors += 1
-                message = f"{type(e).__name__}: {e}"
-                if message != self.last_error:  # once per distinct error, not every pass
-                    self.sink.emit(
-                        NoticeEvent(
-                            action="desktop-failure",
-                            outcome="failure",
-                            severity="warning",
-                            reason=f"pullgate: Docker Desktop mode's rescan failed: {message}",
-                            details={"users_dir": str(self.users_dir)},
-                        )
+            await self._rescan_reported()
+
+    async def _rescan_reported(self) -> None:
+        """One rescan; an error is counted and reported, never raised: one user's bad
+        socket path or a bug must not stop the others' endpoints or the agent."""
+        try:
+            await self.rescan()
+            self.failing = False
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.errors += 1
+            self.failing = True
+            message = f"{type(e).__name__}: {e}"
+            if message != self.last_error:  # once per distinct error, not every pass
+                self.sink.emit(
+                    NoticeEvent(
+                        action="desktop-failure",
+                        outcome="failure",
+                        severity="warning",
+                        reason=f"pullgate: Docker Desktop mode's rescan failed: {message}",
+                        details={"users_dir": str(self.users_dir)},
                     )
-                self.last_error = message
+                )
+            self.last_error = message
 
     # -- one pass -------------------------------------------------------------------------
 
