@@ -612,6 +612,21 @@ def test_symlink_to_a_root_daemon_is_refused_reported_and_audited(rig: DesktopRi
     assert rig.endpoints()[rig.user.uid]["upstream_problem"] is None
 
 
+def test_desktop_not_running_is_said_in_the_users_terms(rig: DesktopRig) -> None:
+    rig.stop_desktop()
+    rig.user.run("rm", "-f", str(rig.desktop_sock))
+    try:
+        got = _docker(rig, rig.user, "pull", "alpine")
+        assert got.returncode != 0
+        assert "pullgate: cannot reach your Docker Desktop" in got.stderr, got.stderr
+        assert "Is Docker Desktop running?" in got.stderr
+        assert "no such file" not in got.stderr.lower()
+    finally:
+        rig.start_desktop()
+    ok = _docker(rig, rig.user, "version", "--format", "{{.Server.Version}}")
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_logout_removes_the_endpoint_and_login_brings_it_back(rig: DesktopRig) -> None:
     (rig.sessions / str(rig.user.uid)).rmdir()
     _wait("the endpoint to go", lambda: rig.user.uid not in rig.endpoints())

@@ -258,7 +258,10 @@ class Shim:
             try:
                 image = await self.local_image(lookup.name)
             except OSError as e:
-                raise InspectionError(_upstream_error(self.config.upstream, e), 502) from e
+                raise InspectionError(
+                    _upstream_error(self.config.upstream, e, desktop=self.config.user is not None),
+                    502,
+                ) from e
             if image is None:
                 continue
             triggers = triggers or bool(image.onbuild)
@@ -566,7 +569,9 @@ def _json_response(status: int, message: str, *, close: bool) -> bytes:
     return head.encode("latin-1") + body
 
 
-def _upstream_error(path: Path, error: OSError) -> str:
+def _upstream_error(path: Path, error: OSError, *, desktop: bool = False) -> str:
+    """The client's message for a daemon that cannot be reached; ``desktop``: the
+    upstream is the user's own Docker Desktop (``ShimConfig.user``)."""
     if isinstance(error, ListenerError):
         return str(error)  # already the client's message (agent.core.desktop)
     if error.errno in (errno.EMFILE, errno.ENFILE):
@@ -579,6 +584,11 @@ def _upstream_error(path: Path, error: OSError) -> str:
         errno.ECONNREFUSED: "nothing is listening on it",
         errno.EACCES: "this agent may not open it",
     }.get(error.errno or 0, error.strerror or str(error))
+    if desktop:
+        return (
+            f"pullgate: cannot reach your Docker Desktop at unix://{path} ({why}). Is Docker "
+            "Desktop running? Start it and try again, or run `pullgate doctor`."
+        )
     return (
         f"pullgate: cannot reach the Docker daemon at unix://{path} ({why}). Is dockerd "
         "running? Check the agent's --upstream setting or run `pullgate doctor`."
@@ -804,6 +814,11 @@ class ClientConnection(asyncio.Protocol):
         # Connect to the daemon while the client is still sending its first request.
         self.connecting = asyncio.get_running_loop().create_task(self._connect(eager=True))
         self.shim.connections.add(self)
+
+    @property
+    def _desktop(self) -> bool:
+        """This connection is to a user's Docker Desktop endpoint (agent.daemon.desktop)."""
+        return self.shim.config.user is not None
 
     @property
     def peer(self) -> PeerInfo:
@@ -1351,7 +1366,7 @@ class ClientConnection(asyncio.Protocol):
                 if outcome is not None and (setting is None or setting.allowed):
                     setting = outcome
         except OSError as e:
-            self._refuse(502, _upstream_error(self.shim.config.upstream, e))
+            self._refuse(502, _upstream_error(self.shim.config.upstream, e, desktop=self._desktop))
             return
         except InspectionError as e:
             self._refuse(e.status, e.message)
@@ -1597,7 +1612,7 @@ class ClientConnection(asyncio.Protocol):
                 return  # nothing to send yet: the first request retries and reports
             self.upstream_pending = []
             self.response_done = True
-            self._refuse(502, _upstream_error(path, e))
+            self._refuse(502, _upstream_error(path, e, desktop=self._desktop))
             return
         self.connecting = None
         if self.state is _CLOSED:
