@@ -18,6 +18,7 @@ context the agent installed for them.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -36,6 +37,9 @@ from typing import Any
 
 import pytest
 
+from agent.cli import context_cmd
+from agent.config.keys import Enforcement, ManagedConfig, effective_enforcement
+from agent.config.parse import parse_config
 from agent.core.desktop import (
     SessionUser,
     client_allowed,
@@ -50,6 +54,7 @@ from agent.platform.desktop_users import (
     logind_users,
     make_root_dir,
 )
+from agent.platform.paths import default_desktop_users_dir
 from agent.platform.peer import ListenerError, check_listener
 from bench.realdocker import DockerEnv, SeededImage
 from tests.agent_process import (
@@ -138,6 +143,32 @@ def test_client_rule_the_user_and_root_only() -> None:
 def test_select_context_rule(current: str | None, host: str | None, selected: bool) -> None:
     desktop = "unix:///home/a/.docker/desktop/docker.sock"
     assert should_select_context(current, host, desktop, "pullgate") is selected
+
+
+def test_effective_enforcement_desktop_is_the_macos_system_agents_default() -> None:
+    def run(config: ManagedConfig | None, platform: str, system: bool) -> Enforcement:
+        return effective_enforcement(config, platform=platform, system=system)
+
+    assert run(None, "darwin", True) is Enforcement.DESKTOP
+    assert run(ManagedConfig(org="acme", set_keys=frozenset({"org"})), "darwin", True) is (
+        Enforcement.DESKTOP
+    )
+    assert run(None, "darwin", False) is Enforcement.CONTEXT  # a per-user agent
+    assert run(None, "linux", True) is Enforcement.CONTEXT
+    takeover = ManagedConfig(enforcement=Enforcement.TAKEOVER, set_keys=frozenset({"enforcement"}))
+    assert run(takeover, "darwin", True) is Enforcement.TAKEOVER  # the profile's choice
+    desktop = parse_config({"enforcement": "desktop"}, "test")
+    assert run(desktop, "linux", True) is Enforcement.DESKTOP
+
+
+def test_context_command_points_at_the_users_endpoint_in_desktop_mode(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"enforcement": "desktop", "desktop_users_dir": "/srv/pg"}))
+    args = argparse.Namespace(listen=None, config=str(config))
+    assert context_cmd._listen(args) == Path(f"/srv/pg/{os.geteuid()}/docker.sock")
+    config.write_text(json.dumps({"enforcement": "desktop"}))
+    expected = default_desktop_users_dir() / str(os.geteuid()) / "docker.sock"
+    assert context_cmd._listen(args) == expected
 
 
 # ------------------------------------------------------------ the platform's edge

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.config.keys import Enforcement, effective_enforcement
 from agent.config.parse import ConfigError
 from agent.config.sources import load_managed_config
 from agent.platform.docker_context import (
@@ -19,6 +20,7 @@ from agent.platform.docker_context import (
     install_context,
     uninstall_context,
 )
+from agent.platform.paths import default_desktop_users_dir
 from agent.platform.upstream import default_listen_path
 
 EXIT_OK = 0
@@ -55,6 +57,10 @@ def _listen(args: argparse.Namespace) -> Path:
     if args.listen:
         return Path(args.listen)
     config = load_managed_config(json_path=Path(args.config) if args.config else None)
+    if effective_enforcement(config, platform=sys.platform, system=True) is Enforcement.DESKTOP:
+        # The system agent serves each user their own endpoint (agent.daemon.desktop).
+        users = config.desktop_users_dir if config is not None else None
+        return (users or default_desktop_users_dir()) / str(os.geteuid()) / "docker.sock"
     if config is not None and config.listen is not None:
         return config.listen
     return default_listen_path(os.geteuid(), os.environ)

@@ -25,6 +25,7 @@ __all__ = [
     "DesktopContext",
     "Enforcement",
     "ManagedConfig",
+    "effective_enforcement",
 ]
 
 TYPES = (
@@ -446,3 +447,16 @@ class ManagedConfig:
     def upstream_path(self) -> Path | None:
         """The daemon socket path of ``upstream`` (validated as ``unix:///abs/path``)."""
         return Path(self.upstream[len("unix://") :]) if self.upstream else None
+
+
+def effective_enforcement(
+    config: ManagedConfig | None, *, platform: str, system: bool
+) -> Enforcement:
+    """The mode an agent runs in: the managed config's ``enforcement`` when it sets one;
+    else ``desktop`` for the system agent on macOS (the pkg's LaunchDaemon has no other
+    way to its users' daemons), else ``context``. ``system``: the agent runs as root."""
+    if config is not None and "enforcement" in config.set_keys:
+        return config.enforcement
+    if platform == "darwin" and system:
+        return Enforcement.DESKTOP
+    return config.enforcement if config is not None else Enforcement.CONTEXT

@@ -37,7 +37,7 @@ from agent.daemon.bus import DecisionSink
 from agent.daemon.bypass import ApprovalLedger, BypassMonitor
 from agent.daemon.shim import IdentitySource, Shim, ShimConfig
 from agent.platform.desktop_users import make_root_dir, session_users
-from agent.platform.paths import system_run_dir
+from agent.platform.paths import default_desktop_users_dir
 
 __all__ = [
     "CONTEXT_NAME",
@@ -47,9 +47,7 @@ __all__ = [
     "find_docker_cli",
 ]
 
-DEFAULT_USERS_DIR = system_run_dir() / "users"
-"""``/run/pullgate/users`` on Linux, ``/var/run/pullgate/users`` on macOS (the same
-place: ``/var/run`` leads to ``/run`` on Linux)."""
+DEFAULT_USERS_DIR = default_desktop_users_dir()
 RESCAN_INTERVAL = 2.0
 """Seconds between looks at who is logged in: a user who logs in waits at most this long
 for their endpoint (their Docker Desktop takes longer to start anyway)."""

@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import __version__
 from agent.config.check import socket_path_problem, trust_settings
-from agent.config.keys import TAKEOVER_UPSTREAM, AuditFailure, Enforcement, ManagedConfig
+from agent.config.keys import (
+    TAKEOVER_UPSTREAM,
+    AuditFailure,
+    Enforcement,
+    ManagedConfig,
+    effective_enforcement,
+)
 from agent.config.parse import ConfigError
 from agent.config.sources import DEFAULT_JSON_PATH
 from agent.control.contract import default_control_path
@@ -119,11 +125,8 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
             policy = default_policy()
             describe = policy.label
         uid = os.geteuid()
-        desktop = settings.enforcement is Enforcement.DESKTOP or (
-            # macOS's system agent (the pkg's LaunchDaemon) has no other way to its users'
-            # daemons: Docker Desktop mode unless the managed config says otherwise.
-            sys.platform == "darwin" and uid == 0 and "enforcement" not in settings.set_keys
-        )
+        mode = effective_enforcement(settings, platform=sys.platform, system=uid == 0)
+        desktop = mode is Enforcement.DESKTOP
         if desktop and uid != 0:
             why = "desktop mode serves every logged-in user: run the agent as root"
             raise ConfigError(settings.source, "enforcement", why)

@@ -17,6 +17,7 @@ __all__ = [
     "MACOS_LOG_DIR",
     "MACOS_STATE_DIR",
     "agent_log_file",
+    "default_desktop_users_dir",
     "default_state_dir",
     "own_output",
     "system_run_dir",
@@ -30,6 +31,12 @@ def system_run_dir(platform: str = sys.platform) -> Path:
     """The system agent's sockets (shim, control API, Desktop mode's users): ``/run``
     on Linux, ``/var/run`` on macOS (emptied at boot; the agent creates it)."""
     return Path("/var/run/pullgate" if platform == "darwin" else "/run/pullgate")
+
+
+def default_desktop_users_dir(platform: str = sys.platform) -> Path:
+    """Docker Desktop mode's endpoints, one directory per uid: ``/run/pullgate/users``
+    (``/var/run/pullgate/users`` on macOS)."""
+    return system_run_dir(platform) / "users"
 
 
 def agent_log_file(platform: str = sys.platform) -> Path | None:
