@@ -574,7 +574,7 @@ def test_context_is_enforced_again_but_a_remote_engine_is_left_alone(rig: Deskto
             lambda: _docker(rig, u, "context", "show").stdout.strip() == "pullgate",
         )
         assert _docker(rig, u, "context", "use", "remote").returncode == 0
-        time.sleep(3 * 2.0)  # a few rescans
+        time.sleep(2.25 * 2.0)  # two rescans (RESCAN_INTERVAL)
         assert _docker(rig, u, "context", "show").stdout.strip() == "remote"
         endpoint = rig.endpoints()[u.uid]
         assert "'remote'" in endpoint["context"] and "kept" in endpoint["context"]

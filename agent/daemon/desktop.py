@@ -80,6 +80,9 @@ class _Endpoint:
     # The user's config.json as (mtime, size) when the context was last applied; the
     # initial value matches no file, missing or not, so a new endpoint applies it at once.
     config_stamp: tuple[int, int] | None = (-1, -1)
+    # Applying the context runs the docker CLI as the user, maybe slowly: a task of its
+    # own per endpoint, so one user's slow CLI never holds up the others' rescans.
+    context_task: asyncio.Task[None] | None = None
 
 
 class DesktopEndpoints:
@@ -222,9 +225,13 @@ class DesktopEndpoints:
             if current is None:
                 await self._add(plan)
         for endpoint in list(self.endpoints.values()):
+            if endpoint.context_task is not None and not endpoint.context_task.done():
+                continue
             stamp = await asyncio.to_thread(_config_stamp, endpoint.plan.home)
             if stamp != endpoint.config_stamp:
-                await self._install_context(endpoint)
+                endpoint.context_task = asyncio.get_running_loop().create_task(
+                    self._install_context(endpoint), name=f"desktop-context-{endpoint.plan.uid}"
+                )
         self.scans += 1
 
     async def _add(self, plan: EndpointPlan) -> None:
@@ -266,6 +273,10 @@ class DesktopEndpoints:
         endpoint = self.endpoints.pop(uid, None)
         if endpoint is None:
             return
+        if endpoint.context_task is not None:
+            endpoint.context_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await endpoint.context_task
         if endpoint.monitor is not None:
             await endpoint.monitor.close()
         await endpoint.shim.close()
@@ -289,7 +300,9 @@ class DesktopEndpoints:
         try:
             endpoint.context = await self._apply_context(plan)
             endpoint.context_error = None
-        except (OSError, RuntimeError, TimeoutError) as e:
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # OSError, the CLI's RuntimeError, a timeout, a bug
             message = f"the docker context for {plan.user} could not be set: {e}"
             if endpoint.context_error != message:
                 self.sink.emit(
