@@ -336,6 +336,23 @@ def test_a_local_volume_read_only_then_read_write(
     assert_refused(status, answer)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="red team: _local_volume only judges an absolute device; a local volume of a "
+    "kernel file system (type=proc device=proc, sysfs, cgroup2, devtmpfs, binfmt_misc) is "
+    "mounted by dockerd in the host's namespaces: a fresh read-write procfs shows every "
+    "host process and a writable /proc/sys/kernel/core_pattern (root runs its helper)",
+)
+@pytest.mark.parametrize("fs", ["proc", "sysfs", "cgroup2", "devtmpfs", "binfmt_misc"])
+def test_a_local_volume_of_a_kernel_file_system(
+    agent: AgentProcess, docker_env: DockerEnv, name: str, fs: str
+) -> None:
+    body = {"Name": name, "DriverOpts": {"type": fs, "device": fs}}
+    status, answer = api(agent.socket_path, "/v1.41/volumes/create", body)
+    assert not exists(docker_env, "volume", name)
+    assert_refused(status, answer)
+
+
 def test_a_local_volume_read_only_is_mounted_read_only(
     agent: AgentProcess, docker_env: DockerEnv, name: str, tmp_path: Path
 ) -> None:
@@ -447,6 +464,22 @@ def test_plugin_set_repoints_a_mount_at_the_host_root(
     )
     settings = daemon_get(docker_env, f"/plugins/acme/{name}:latest/json")["Settings"]
     assert settings["Mounts"][0]["Source"] == str(tmp_path)
+    assert_refused(status, answer)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="red team: from_plugin_privileges refuses a privilege only if any(values): a "
+    "'mount' privilege whose source is the empty string (a settable mount in the "
+    "plugin's config) is accepted, and plugins/{name}/set then points it at /",
+)
+def test_a_plugin_mount_privilege_with_an_empty_source(
+    agent: AgentProcess, docker_env: DockerEnv, name: str
+) -> None:
+    privileges = [{"Name": "mount", "Description": "", "Value": [""]}]
+    target = f"/v1.41/plugins/pull?remote=acme/{name}:latest&name=acme/{name}:latest"
+    status, answer = api(agent.socket_path, target, privileges)
+    assert daemon_get(docker_env, "/plugins") == []
     assert_refused(status, answer)
 
 
@@ -616,6 +649,27 @@ def test_volumes_from_a_container_with_host_binds(
     assert result.returncode != 0 and "pullgate" in result.stderr, describe(result)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="red team (design): NO_BIND/READ_ONLY is a deny-list of system paths; what root "
+    "keeps elsewhere passes: root's tmux/ssh-agent sockets in /tmp (tmux-0: send-keys to "
+    "root's shell), the EFI partition at /efi (the boot loader), /opt/cni/bin (run by "
+    "root on every pod start). Judging a bind with the requesting user's own access "
+    "(SO_PEERCRED uid/gids) would refuse every one of them",
+)
+@pytest.mark.parametrize("source", ["/tmp/tmux-0", "/efi", "/opt/cni/bin"])
+def test_root_private_paths_outside_the_lists(
+    agent: AgentProcess, docker_env: DockerEnv, name: str, source: str
+) -> None:
+    body = {"Image": IMAGE, "HostConfig": {"NetworkMode": "none", "Binds": [f"{source}:/h"]}}
+    try:
+        status, answer = api(agent.socket_path, f"/v1.41/containers/create?name={name}", body)
+        assert not exists(docker_env, "container", name)
+        assert_refused(status, answer)
+    finally:
+        assert not Path(source).exists(), "created (not started): the daemon made nothing"
+
+
 # --- 8. the same settings through swarm services ---------------------------------------------
 
 
@@ -766,6 +820,28 @@ def test_hostile_spellings_are_refused(
     assert got == status, answer
     assert "pullgate" in answer.get("message", "")
     assert not exists(docker_env, "container", name)
+
+
+@pytest.mark.parametrize(
+    "privileges",
+    [
+        [{"Name": "mount", "Value": ["/"]}],
+        [{"Name": "host pid namespace", "Value": ["true"]}],
+        [{"Name": "allow-all-devices", "Value": ["true"]}],
+        [
+            {"Name": "network", "Value": ["host"]},
+            {"Name": "capabilities", "Value": ["CAP_SYS_ADMIN"]},
+        ],
+    ],
+    ids=["mount", "pid", "devices", "caps"],
+)
+def test_plugin_privileges_that_hand_over_the_host_are_refused(
+    agent: AgentProcess, docker_env: DockerEnv, name: str, privileges: list[dict[str, Any]]
+) -> None:
+    target = f"/v1.41/plugins/pull?remote=acme/{name}:latest&name=acme/{name}:latest"
+    status, answer = api(agent.socket_path, target, privileges)
+    assert_refused(status, answer)
+    assert daemon_get(docker_env, "/plugins") == []
 
 
 def test_a_duplicate_host_config_key_is_refused(
