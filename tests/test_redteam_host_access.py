@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from bench.realdocker import DockerEnv, docker
+from bench.realdocker import DockerEnv, docker, start_docker_env, stop_docker_env
 from tests.agent_process import (
     AGENT_COMMAND_ENV,
     AgentProcess,
@@ -741,6 +741,52 @@ def test_a_service_with_the_same_mounts(
     status, answer = api(agent.socket_path, "/v1.41/services/create", _service(name, mount))
     assert _services(docker_env, name) == []
     assert_refused(status, answer)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="red team: /swarm/join (and /swarm/init, whose manager token lets a remote "
+    "node in) is not inspected: joined to a manager the user controls, the node runs "
+    "whatever tasks that manager schedules (binds of /, any image from any registry) "
+    "with no request through the shim at all",
+)
+def test_joining_a_swarm_the_user_controls(
+    agent: AgentProcess, docker_env: DockerEnv, tmp_path: Path
+) -> None:
+    manager = start_docker_env(tmp_path / "manager")
+    try:
+        port, worker_port = _free_port(), _free_port()
+        docker(
+            manager,
+            "swarm",
+            "init",
+            "--advertise-addr",
+            f"127.0.0.1:{port}",
+            "--listen-addr",
+            f"127.0.0.1:{port}",
+            "--data-path-port",
+            str(_free_port()),
+        )
+        token = docker(manager, "swarm", "join-token", "-q", "worker").stdout.strip()
+        body = {
+            "ListenAddr": f"127.0.0.1:{worker_port}",
+            "AdvertiseAddr": f"127.0.0.1:{worker_port}",
+            "RemoteAddrs": [f"127.0.0.1:{port}"],
+            "JoinToken": token,
+        }
+        status, answer = api(agent.socket_path, "/v1.41/swarm/join", body)
+        state = docker(docker_env, "info", "-f", "{{.Swarm.LocalNodeState}}").stdout.strip()
+        assert state == "inactive", state
+        assert_refused(status, answer)
+    finally:
+        docker(docker_env, "swarm", "leave", "--force", check=False)
+        stop_docker_env(manager)
 
 
 # --- 9. a path the agent cannot read: the decision dies, the client hangs ------------------
