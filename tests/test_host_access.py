@@ -18,12 +18,14 @@ from agent.core.inspection.host_access import (
     from_container_config,
     from_exec_config,
     from_plugin_privileges,
+    from_plugin_settings,
     from_service_spec,
     from_start_body,
     from_volume_create,
     judge,
     normalize_capability,
 )
+from agent.core.inspection.routes import Endpoint, route_request
 from agent.core.policy.document import PolicyError
 from tests.policy_builders import policy
 
@@ -293,3 +295,88 @@ def test_build_entitlements_that_hand_over_the_host(
         assert setting is not None and setting.setting == "containers.host_access"
     free = upfront(inputs, policy(containers={"host_access": "allow"})).setting
     assert free is None
+
+
+# --- red-team findings (tests/test_redteam_host_access.py has them against the daemon) ---
+
+
+def test_host_config_fields_at_the_top_level_are_read_too() -> None:
+    """dockerd's ContainerConfigWrapper embeds a deprecated HostConfig: without a
+    "HostConfig" key, top-level fields are the container's HostConfig."""
+    assert judge(from_container_config({"Image": "a", "Privileged": True}), {}, NONE)
+    assert judge(from_container_config({"Image": "a", "binds": ["/:/h"]}), {}, NONE)
+    both = {"Image": "a", "HostConfig": {}, "PidMode": "host"}
+    assert judge(from_container_config(both), {}, NONE)  # ambiguous: judged anyway
+
+
+def test_a_bind_is_cleaned_before_its_links_are_followed() -> None:
+    (bind,) = from_container_config({"HostConfig": {"Binds": ["/home/u/d/../l:/h"]}}).paths
+    assert bind.lookup == "/home/u/l"
+    assert judge(HostAccess(paths=(bind,)), {"/home/u/l": "/"}, NONE)
+    device = HostPath("/dev/x/../fuse", False, "device", "--device")
+    assert device.lookup == "/dev/x/../fuse"  # the kernel resolves a device as written
+
+
+@pytest.mark.parametrize(
+    ("opts", "refused"),
+    [
+        ({"type": "none", "o": "bind", "device": "../../../"}, True),
+        ({"type": "overlay", "device": "overlay", "o": "lowerdir=/etc"}, True),
+        ({"type": "proc", "device": "proc"}, True),
+        ({"type": "cgroup2", "device": "none"}, True),
+        ({"type": "none", "o": "bind,ro,rw", "device": "/usr/local"}, True),
+        ({"type": "none", "o": "bind,rw,ro", "device": "/usr/local"}, False),
+        ({"type": "nfs", "o": "bind", "device": "/"}, True),
+    ],
+)
+def test_local_volumes_as_mount_reads_them(opts: dict[str, str], refused: bool) -> None:
+    access = from_volume_create({"Driver": "local", "DriverOpts": opts})
+    assert bool(judge(access, {}, NONE)) is refused
+
+
+def test_borrowed_containers_and_described_ones() -> None:
+    host = {"VolumesFrom": ["lender:ro", "other"], "PidMode": "container:pidhost"}
+    assert from_container_config({"HostConfig": host}).borrowed == ("lender", "other", "pidhost")
+    described = {
+        "HostConfig": {"MaskedPaths": ["/proc/kcore"], "VolumesFrom": ["x"]},
+        "Mounts": [
+            {"Type": "bind", "Source": "/run", "Destination": "/r", "RW": False},
+            {"Type": "volume", "Source": "/var/lib/docker/volumes/v/_data"},
+        ],
+    }
+    access = from_container_config(described, described=True)
+    assert access.borrowed == ()
+    assert [p.path for p in access.paths] == ["/run"]
+    assert judge(access.of("container x (borrowed)"), {}, NONE)[0].startswith("container x")
+
+
+def test_plugin_settings_and_settable_privileges() -> None:
+    assert from_plugin_settings(["DEBUG=1", "args=-v"]).refused == ()
+    assert from_plugin_settings(["data.source=/"]).refused
+    assert from_plugin_settings(["gpu.path=/dev/mem"]).refused
+    assert from_plugin_privileges([{"Name": "mount", "Value": [""]}]).refused
+    with pytest.raises(HostAccessError):
+        from_plugin_settings({"data.source": "/"})
+
+
+def test_a_nul_in_a_host_path_is_refused() -> None:
+    access = from_container_config({"HostConfig": {"Binds": ["/home/u\0/x:/h"]}})
+    assert "NUL" in judge(access, {}, NONE)[0]
+
+
+@pytest.mark.parametrize(
+    ("target", "endpoint", "name"),
+    [
+        ("/containers/parent/alias/exec", Endpoint.EXEC_CREATE, "parent/alias"),
+        ("/v1.23/containers/parent/alias/start", Endpoint.CONTAINER_START, "parent/alias"),
+        ("/containers/x/restart", Endpoint.CONTAINER_START, "x"),
+        ("/plugins/vieux/sshfs:latest/set", Endpoint.PLUGIN_SET, "vieux/sshfs:latest"),
+        ("/volumes/create", Endpoint.VOLUME_CREATE, None),
+    ],
+)
+def test_routes_as_dockerd_routes_names_with_slashes(
+    target: str, endpoint: Endpoint, name: str | None
+) -> None:
+    """dockerd routes /containers/{name:.*}/...: a legacy link's name holds a '/'."""
+    route = route_request(target)
+    assert (route.endpoint, route.name) == (endpoint, name)

@@ -359,7 +359,7 @@ class Shim:
         policy = self.policy()
         if policy.containers.host_access is HostAccessSetting.ALLOW or not access:
             return None
-        paths = [p.path for p in access.paths]
+        paths = [p.lookup for p in access.paths if "\0" not in p.lookup]
         resolved = await asyncio.to_thread(files.resolved_paths, paths) if paths else {}
         protection = await self._protection(policy) if paths else Protection()
         problems = judge(access, resolved, protection)
@@ -1323,6 +1323,9 @@ class ClientConnection(asyncio.Protocol):
             access = inspection.host
             if inspection.host_container:
                 access += await self._container_host_access(inspection.host_container)
+            for name in access.borrowed:
+                lent = await self._container_host_access(name)
+                access += lent.of(f"container {name} (borrowed)")
             if access:
                 action = inspection.host_action or EventAction.CREATE
                 setting = await self.shim.host_setting(access, action) or setting
@@ -1371,6 +1374,9 @@ class ClientConnection(asyncio.Protocol):
         except InspectionError as e:
             self._refuse(e.status, e.message)
             return
+        except Exception as e:  # a bug must refuse the request, never leave it waiting
+            self._refuse(500, f"pullgate: internal error while deciding: {type(e).__name__}")
+            raise
         if self.state is _CLOSED:
             return
         decided = Inspection(wants=tuple(wants), setting=setting)

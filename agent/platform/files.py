@@ -106,4 +106,10 @@ def resolved_paths(paths: Iterable[str]) -> dict[str, str]:
     """Each path with its symbolic links followed, as a mount will follow them; a part
     that does not exist yet is kept as written (``-v`` creates a missing source). Blocks
     on the file system: the shim calls it off the event loop."""
-    return {path: os.path.realpath(path) for path in paths}
+    resolved = {}
+    for path in paths:
+        try:
+            resolved[path] = os.path.realpath(path)
+        except (OSError, ValueError):  # a NUL, a name too long: judged as written
+            continue
+    return resolved

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = [
     "DANGEROUS_CAPABILITIES",
@@ -31,6 +31,7 @@ __all__ = [
     "from_container_config",
     "from_exec_config",
     "from_plugin_privileges",
+    "from_plugin_settings",
     "from_service_spec",
     "from_start_body",
     "from_volume_create",
@@ -131,6 +132,13 @@ class HostPath:
     kind: str  # "bind" | "device" | "volume"
     spec: str  # what the user wrote, for the message
 
+    @property
+    def lookup(self) -> str:
+        """The path as the machine will follow it: dockerd cleans a bind's source
+        lexically first (``a/link/..`` is ``a``), then the mount follows the links that
+        remain; a device and a volume's ``device`` go to the kernel as written."""
+        return clean_path(self.path) if self.kind == "bind" else self.path
+
 
 @dataclass(frozen=True)
 class HostAccess:
@@ -138,12 +146,27 @@ class HostAccess:
 
     refused: tuple[str, ...] = ()
     paths: tuple[HostPath, ...] = ()
+    #: Containers whose mounts or namespaces this one takes (``--volumes-from``,
+    #: ``--pid``/``--ipc container:``): judged as the daemon describes them.
+    borrowed: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.refused or self.paths)
+        return bool(self.refused or self.paths or self.borrowed)
 
     def __add__(self, other: HostAccess) -> HostAccess:
-        return HostAccess(self.refused + other.refused, self.paths + other.paths)
+        return HostAccess(
+            self.refused + other.refused,
+            self.paths + other.paths,
+            self.borrowed + other.borrowed,
+        )
+
+    def of(self, whose: str) -> HostAccess:
+        """The same, each line saying whose it is (a borrowed container's)."""
+        return HostAccess(
+            tuple(f"{whose}: {r}" for r in self.refused),
+            tuple(replace(p, spec=f"{whose}: {p.spec}") for p in self.paths),
+            self.borrowed,
+        )
 
 
 @dataclass(frozen=True)
@@ -262,7 +285,7 @@ def _bind_spec(raw: str) -> HostPath | None:
     if not source.startswith("/"):
         return None  # a named volume (its creation is judged at volumes/create)
     modes = parts[2].split(",") if len(parts) == 3 else []
-    return HostPath(source, "ro" in modes, "bind", f"-v {raw}")
+    return HostPath(source, "ro" in modes and "rw" not in modes, "bind", f"-v {raw}")
 
 
 def _mounts(mounts: Iterable[object], where: str, flag: str) -> tuple[list[str], list[HostPath]]:
@@ -283,7 +306,9 @@ def _mounts(mounts: Iterable[object], where: str, flag: str) -> tuple[list[str],
             config = _field(options, "DriverConfig", f"{at}.VolumeOptions")
             driver = _str(config, "Name", f"{at}.VolumeOptions.DriverConfig")
             opts = _string_map(config, "Options", f"{at}.VolumeOptions.DriverConfig")
-            paths += _local_volume(driver, opts, spec)
+            more, found = _local_volume(driver, opts, spec)
+            refused += more
+            paths += found
         elif kind in ("npipe", "cluster"):
             refused.append(spec)
         elif kind not in ("tmpfs", "image", ""):
@@ -291,16 +316,51 @@ def _mounts(mounts: Iterable[object], where: str, flag: str) -> tuple[list[str],
     return refused, paths
 
 
-def _local_volume(driver: str, opts: Mapping[str, str], spec: str) -> list[HostPath]:
-    """The ``local`` driver mounts ``device`` with ``type`` and ``o``: with ``o=bind``
-    (or a disk's filesystem type) an absolute ``device`` is a host path or a host disk."""
+#: File systems whose ``device`` names no host path: memory, and network shares.
+_NOT_HOST_PATHS = frozenset(
+    {"tmpfs", "ramfs", "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs"}
+)
+#: File systems that show the host's kernel (a fresh procfs shows every host process
+#: and a writable ``core_pattern``) or stack host directories (``lowerdir=/etc``).
+_HOST_FILESYSTEMS = frozenset(
+    {
+        "proc", "sysfs", "cgroup", "cgroup2", "devtmpfs", "devpts", "debugfs", "tracefs",
+        "securityfs", "bpf", "binfmt_misc", "configfs", "fusectl", "pstore", "efivarfs",
+        "hugetlbfs", "mqueue", "overlay", "aufs", "autofs", "rpc_pipefs", "nsfs",
+    }
+)  # fmt: skip
+
+
+def _last_mode(flags: Iterable[str]) -> bool:
+    """Mount options apply in order: the last of ``ro``/``rw`` wins (``ro,rw`` writes)."""
+    read_only = False
+    for flag in flags:
+        if flag in ("ro", "rw"):
+            read_only = flag == "ro"
+    return read_only
+
+
+def _local_volume(
+    driver: str, opts: Mapping[str, str], spec: str
+) -> tuple[list[str], list[HostPath]]:
+    """The ``local`` driver's ``mount(device, target, type, o)``, as mount(2) reads it:
+    with ``o=bind`` (or a disk's file system) ``device`` is a host path or a host disk,
+    resolved from dockerd's working directory when relative; a kernel file system or an
+    overlay shows the host itself. Only memory and network shares name no host path."""
     if driver not in ("", "local"):
-        return []
-    device = next((v for k, v in opts.items() if k.lower() == "device"), "")
+        return [], []
+    option = {k.lower(): v for k, v in opts.items()}
+    kind = option.get("type", "").lower()
+    device = option.get("device", "")
+    flags = [f.strip() for f in option.get("o", "").split(",")]
+    if kind in _HOST_FILESYSTEMS:
+        return [f"{spec}: a local volume of type {kind}"], []
+    bind = any(f in ("bind", "rbind") for f in flags)
+    if not bind and (kind in _NOT_HOST_PATHS or not device):
+        return [], []
     if not device.startswith("/"):
-        return []  # tmpfs, nfs ("addr=..., :/export"), cifs ("//server/share")
-    flags = next((v for k, v in opts.items() if k.lower() == "o"), "").split(",")
-    return [HostPath(device, "ro" in flags, "volume", spec)]
+        return [f"{spec}: the relative host path {device!r}"], []
+    return [], [HostPath(device, _last_mode(flags), "volume", spec)]
 
 
 def _devices(devices: Iterable[object], where: str) -> list[HostPath]:
@@ -315,18 +375,51 @@ def _devices(devices: Iterable[object], where: str) -> list[HostPath]:
 
 
 def from_container_config(config: object, *, described: bool = False) -> HostAccess:
-    """A ``containers/create`` body: its ``HostConfig`` (and the ``Config`` it embeds).
+    """A ``containers/create`` body: its ``HostConfig``, and the same fields at the top
+    level, which dockerd's ``ContainerConfigWrapper`` still reads (a deprecated embedded
+    ``HostConfig``) when the body has no ``HostConfig``; both are judged.
 
     ``described``: ``config`` is the daemon's description of a container (``GET
-    /containers/{id}/json``), where ``MaskedPaths`` and ``ReadonlyPaths`` hold the
-    daemon's defaults; only an empty list (nothing masked) is refused there.
+    /containers/{id}/json``): its ``HostConfig``, and the bind mounts it has (``Mounts``,
+    with those it took from other containers); ``MaskedPaths`` and ``ReadonlyPaths``
+    hold the daemon's defaults there, so only an empty list (nothing masked) is refused.
     """
+    if config is not None and not isinstance(config, dict):
+        raise HostAccessError("the container config must be an object")
     host = _field(config, "HostConfig", "the container config")
-    if host is None:
-        return HostAccess()
-    if not isinstance(host, dict):
+    if host is not None and not isinstance(host, dict):
         raise HostAccessError("HostConfig must be an object")
-    where = "HostConfig"
+    access = _host_config(host, "HostConfig", described) if host is not None else HostAccess()
+    if described:
+        return access + HostAccess(paths=tuple(_mount_points(config)))
+    if isinstance(config, dict):
+        access += _host_config(config, "the container config", described)
+    return access
+
+
+def _mount_points(described: object) -> list[HostPath]:
+    """A described container's ``Mounts`` (``MountPoint``s): its bind mounts, as given."""
+    out = []
+    for i, point in enumerate(_objects(described, "Mounts", "the container")):
+        at = f"the container's Mounts[{i}]"
+        if _str(point, "Type", at).lower() != "bind":
+            continue  # a volume's Source is its directory under the daemon's data root
+        source = _str(point, "Source", at)
+        writable = _field(point, "RW", at)
+        out.append(HostPath(source, writable is False, "bind", f"the bind of {source}"))
+    return out
+
+
+def _borrowed(host: object, where: str) -> list[str]:
+    names = [v.split(":", 1)[0] for v in _strings(host, "VolumesFrom", where)]
+    for key in ("PidMode", "IpcMode"):
+        mode = _str(host, key, where)
+        if mode.lower().startswith("container:"):
+            names.append(mode.split(":", 1)[1])
+    return [n for n in names if n]
+
+
+def _host_config(host: object, where: str, described: bool) -> HostAccess:
     refused: list[str] = []
     if _bool(host, "Privileged", where):
         refused.append("--privileged")
@@ -357,7 +450,8 @@ def from_container_config(config: object, *, described: bool = False) -> HostAcc
     refused += more
     paths += mounts
     paths += _devices(_objects(host, "Devices", where), f"{where}.Devices")
-    return HostAccess(tuple(refused), tuple(paths))
+    borrowed = () if described else tuple(_borrowed(host, where))
+    return HostAccess(tuple(refused), tuple(paths), borrowed)
 
 
 def from_service_spec(spec: object) -> HostAccess:
@@ -397,7 +491,8 @@ def from_volume_create(body: object) -> HostAccess:
     driver = _str(body, "Driver", "the volume config")
     opts = _string_map(body, "DriverOpts", "the volume config")
     name = _str(body, "Name", "the volume config")
-    return HostAccess(paths=tuple(_local_volume(driver, opts, f"docker volume create {name}")))
+    refused, paths = _local_volume(driver, opts, f"docker volume create {name}")
+    return HostAccess(tuple(refused), tuple(paths))
 
 
 def from_start_body(body: object) -> HostAccess:
@@ -406,6 +501,20 @@ def from_start_body(body: object) -> HostAccess:
     if body is None or body == {}:
         return HostAccess()
     return HostAccess(("a HostConfig on container start (API before 1.24)",))
+
+
+def from_plugin_settings(body: object) -> HostAccess:
+    """``plugins/{name}/set``: ``NAME.source=PATH`` re-points a plugin's mount and
+    ``NAME.path=PATH`` its device; the plugin runs as root with them. Environment
+    variables and arguments pass."""
+    if not isinstance(body, list) or not all(isinstance(v, str) for v in body):
+        raise HostAccessError("the plugin settings must be a list of strings")
+    refused = []
+    for setting in body:
+        key = setting.split("=", 1)[0]
+        if "." in key and key.rsplit(".", 1)[1] in ("source", "path"):
+            refused.append(f"docker plugin set {setting}")
+    return HostAccess(tuple(refused))
 
 
 def from_plugin_privileges(body: object) -> HostAccess:
@@ -419,8 +528,9 @@ def from_plugin_privileges(body: object) -> HostAccess:
     for i, item in enumerate(body):
         name = _str(item, "Name", f"privileges[{i}]")
         values = _strings(item, "Value", f"privileges[{i}]")
-        if name != "network" and any(values):
-            refused.append(f"plugin privilege {name}: {', '.join(values)}")
+        if name != "network":
+            # Even an empty value: a settable mount's source is set later (plugin set).
+            refused.append(f"plugin privilege {name}: {', '.join(values) or '(settable)'}")
     return HostAccess(tuple(refused))
 
 
@@ -485,7 +595,10 @@ def judge(access: HostAccess, resolved: Mapping[str, str], protection: Protectio
         if not given.path.startswith("/"):
             problems.append(f"{given.spec}: a host path must be absolute")
             continue
-        path = clean_path(resolved.get(given.path) or given.path)
+        if "\0" in given.path:
+            problems.append(f"{given.spec}: a NUL in a host path")
+            continue
+        path = clean_path(resolved.get(given.lookup) or given.lookup)
         problem = _path_problem(given, path, protection)
         if problem is not None:
             problems.append(problem)

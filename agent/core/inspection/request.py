@@ -23,6 +23,7 @@ from agent.core.inspection.host_access import (
     from_container_config,
     from_exec_config,
     from_plugin_privileges,
+    from_plugin_settings,
     from_service_spec,
     from_start_body,
     from_volume_create,
@@ -271,7 +272,7 @@ def _inspect_head(route: Route, head: RequestHead, policy: Policy) -> Plan:
         # Every (re)start mounts the container's binds again, following links as they
         # are now: judged again then, with the container's settings from the daemon.
         return NeedJson(route) if host else Inspection()
-    if endpoint in (Endpoint.EXEC_CREATE, Endpoint.VOLUME_CREATE):
+    if endpoint in (Endpoint.EXEC_CREATE, Endpoint.VOLUME_CREATE, Endpoint.PLUGIN_SET):
         body = head.chunked or bool(head.content_length)
         return NeedJson(route) if host and body else Inspection()
     if endpoint is Endpoint.PLUGIN_PULL:
@@ -279,6 +280,19 @@ def _inspect_head(route: Route, head: RequestHead, policy: Policy) -> Plan:
             return NeedJson(route)  # the privileges the client accepts are in the body
         return Inspection(wants=_plugin_wants(query))
     if endpoint is Endpoint.PLUGIN_CREATE:
+        if host:
+            return Inspection(
+                setting=SettingOutcome(
+                    EventAction.PLUGIN,
+                    "containers.host_access",
+                    False,
+                    "a plugin made from a local archive runs as root with whatever host "
+                    "mounts, devices and capabilities its config.json asks for, unprompted, "
+                    f"and {policy.label} does not allow that (containers.host_access: deny)",
+                    "install plugins from a registry (docker plugin install), whose "
+                    "privileges Pullgate checks",
+                )
+            )
         name = query.get("name") or ""
         wants = (Wanted(name, _reference(name, "plugin name"), EventAction.PLUGIN),) if name else ()
         return _load(policy, EventAction.PLUGIN, "plugin create", Inspection(wants=wants))
@@ -719,6 +733,7 @@ _HOST_READERS = {
     Endpoint.EXEC_CREATE: (from_exec_config, "exec config", EventAction.EXEC),
     Endpoint.VOLUME_CREATE: (from_volume_create, "volume config", EventAction.VOLUME),
     Endpoint.CONTAINER_START: (from_start_body, "start body", EventAction.START),
+    Endpoint.PLUGIN_SET: (from_plugin_settings, "plugin settings", EventAction.PLUGIN),
 }
 
 

@@ -54,6 +54,7 @@ class Endpoint(Enum):
     EXEC_CREATE = auto()  # /containers/{id}/exec: its Privileged flag
     CONTAINER_START = auto()  # /containers/{id}/start|restart: its mounts are made again
     VOLUME_CREATE = auto()  # /volumes/create: a local volume of a host path or disk
+    PLUGIN_SET = auto()  # /plugins/{name}/set: a plugin's mount sources and devices
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +92,13 @@ _PATTERNS = (
     (re.compile(r"/services/([^/]+)/update"), Endpoint.SERVICE_UPDATE),
     (re.compile(r"/distribution/(.+)/json"), Endpoint.DISTRIBUTION),
     (re.compile(r"/images/(.+)/tag"), Endpoint.IMAGE_TAG),
-    (re.compile(r"/containers/([^/]+)/exec"), Endpoint.EXEC_CREATE),
-    (re.compile(r"/containers/([^/]+)/start"), Endpoint.CONTAINER_START),
-    (re.compile(r"/containers/([^/]+)/restart"), Endpoint.CONTAINER_START),
-    (re.compile(r"/containers/([^/]+)/attach"), Endpoint.HIJACK),
-    (re.compile(r"/containers/([^/]+)/attach/ws"), Endpoint.HIJACK),
+    # dockerd routes /containers/{name:.*}/...: a legacy link's name holds a '/'.
+    (re.compile(r"/containers/(.+)/exec"), Endpoint.EXEC_CREATE),
+    (re.compile(r"/containers/(.+)/start"), Endpoint.CONTAINER_START),
+    (re.compile(r"/containers/(.+)/restart"), Endpoint.CONTAINER_START),
+    (re.compile(r"/containers/(.+)/attach"), Endpoint.HIJACK),
+    (re.compile(r"/containers/(.+)/attach/ws"), Endpoint.HIJACK),
+    (re.compile(r"/plugins/(.+)/set"), Endpoint.PLUGIN_SET),
     (re.compile(r"/exec/([^/]+)/start"), Endpoint.HIJACK),
 )
 
