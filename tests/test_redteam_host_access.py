@@ -166,7 +166,9 @@ def test_top_level_fields_beside_a_host_config_are_ignored_by_the_daemon(
     the top level (getHostConfig), so a top-level Privileged there is not applied."""
     payload = {"Image": IMAGE, "HostConfig": {"NetworkMode": "none"}, "Privileged": True}
     status, answer = api(agent.socket_path, f"/v1.41/containers/create?name={name}", payload)
-    assert status == 201, answer
+    if status != 201:  # refusing it as well is fine
+        assert_refused(status, answer)
+        return
     privileged = daemon_get(docker_env, f"/containers/{name}/json")["HostConfig"]["Privileged"]
     assert privileged is False
 
