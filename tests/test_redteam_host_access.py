@@ -672,6 +672,27 @@ def test_root_private_paths_outside_the_lists(
         assert not Path(source).exists(), "created (not started): the daemon made nothing"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="red team (configuration): _protection keeps the daemon's socket and data root "
+    "(/info DockerRootDir) but not its exec root: with --exec-root outside /run (as in "
+    "this test daemon) <exec-root>/containerd/containerd.sock, the containerd dockerd "
+    "runs, is bound freely and runs privileged containers around dockerd",
+)
+def test_the_daemons_exec_root_is_not_bound(
+    agent: AgentProcess, docker_env: DockerEnv, name: str
+) -> None:
+    containerd = daemon_dir(docker_env) / "exec" / "containerd"
+    assert (containerd / "containerd.sock").exists(), "dockerd runs its own containerd here"
+    body = {
+        "Image": IMAGE,
+        "HostConfig": {"NetworkMode": "none", "Binds": [f"{containerd}:/run/containerd"]},
+    }
+    status, answer = api(agent.socket_path, f"/v1.41/containers/create?name={name}", body)
+    assert not exists(docker_env, "container", name)
+    assert_refused(status, answer)
+
+
 # --- 8. the same settings through swarm services ---------------------------------------------
 
 
