@@ -132,13 +132,11 @@ def daemon_dir(env: DockerEnv) -> Path:
 # --- 1. HostConfig fields at the top level of a create body ------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: dockerd's runconfig.ContainerConfigWrapper embeds a deprecated "
-    "*container.HostConfig, so HostConfig fields at the TOP level of a create body are "
-    "the container's HostConfig when the body has no (or a null) HostConfig; "
-    "from_container_config only reads body['HostConfig']",
-)
+# Red team, fixed in 9a38900 (was a strict xfail): dockerd's
+# runconfig.ContainerConfigWrapper embeds a deprecated *container.HostConfig, so
+# HostConfig fields at the TOP level of a create body are the container's HostConfig
+# when the body has no (or a null) HostConfig; from_container_config only reads
+# body['HostConfig']
 @pytest.mark.parametrize(
     "body",
     [
@@ -187,12 +185,10 @@ def _dotdot_setup(tmp_path: Path, env: DockerEnv) -> str:
     return f"{tmp_path}/l/../x"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: files.resolved_paths uses os.path.realpath, which applies '..' "
-    "after following the link before it; dockerd path.Clean()s the bind source first "
-    "(lexically) and the mount follows the link that remains: no race needed",
-)
+# Red team, fixed in 9a38900 (was a strict xfail): files.resolved_paths uses
+# os.path.realpath, which applies '..' after following the link before it; dockerd
+# path.Clean()s the bind source first (lexically) and the mount follows the link that
+# remains: no race needed
 @pytest.mark.parametrize("how", ["binds", "mounts"])
 def test_dotdot_after_a_symbolic_link(
     agent: AgentProcess, docker_env: DockerEnv, name: str, tmp_path: Path, how: str
@@ -240,12 +236,10 @@ def _relative_to_anywhere(path: Path) -> str:
     return "../" * 30 + str(path).lstrip("/")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: _local_volume ignores a device that does not start with '/', but "
-    "the local driver passes it to mount(2), which resolves it from dockerd's working "
-    "directory: device=../../..<path> with o=bind binds any host path",
-)
+# Red team, fixed in 9a38900 (was a strict xfail): _local_volume ignores a device that
+# does not start with '/', but the local driver passes it to mount(2), which resolves it
+# from dockerd's working directory: device=../../..<path> with o=bind binds any host
+# path
 def test_a_local_volume_with_a_relative_device(
     agent: AgentProcess, docker_env: DockerEnv, name: str
 ) -> None:
@@ -263,11 +257,8 @@ def test_a_local_volume_with_a_relative_device(
     assert_refused(status, answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: --mount type=volume with volume-opt device=<relative path>, o=bind "
-    "creates the same local volume inside containers/create",
-)
+# Red team, fixed in 9a38900 (was a strict xfail): --mount type=volume with volume-opt
+# device=<relative path>, o=bind creates the same local volume inside containers/create
 def test_a_volume_mount_with_a_relative_device(
     agent: AgentProcess, docker_env: DockerEnv, name: str
 ) -> None:
@@ -291,13 +282,10 @@ def test_a_volume_mount_with_a_relative_device(
     assert result.returncode != 0 and "pullgate" in result.stderr, describe(result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: a local volume of type=overlay has device=overlay (not absolute), "
-    "so _local_volume ignores it; its o=lowerdir=/etc:<daemon dir>,upperdir=... shows the "
-    "host's /etc (shadow) and the daemon's socket to the container, and an upperdir in a "
-    "system directory writes there",
-)
+# Red team, fixed in 9a38900 (was a strict xfail): a local volume of type=overlay has
+# device=overlay (not absolute), so _local_volume ignores it; its
+# o=lowerdir=/etc:<daemon dir>,upperdir=... shows the host's /etc (shadow) and the
+# daemon's socket to the container, and an upperdir in a system directory writes there
 def test_an_overlay_volume_of_host_directories(
     agent: AgentProcess, docker_env: DockerEnv, name: str, tmp_path: Path
 ) -> None:
@@ -317,12 +305,10 @@ def test_an_overlay_volume_of_host_directories(
     assert_refused(status, answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: _local_volume reads o=bind,ro,rw as read-only ('ro' in the list), "
-    "but mount options apply in order and the later 'rw' wins: a writable bind of "
-    "/usr/local (or /etc/profile.d, /usr/lib/systemd) passes as a read-only one",
-)
+# Red team, fixed in 9a38900 (was a strict xfail): _local_volume reads o=bind,ro,rw as
+# read-only ('ro' in the list), but mount options apply in order and the later 'rw'
+# wins: a writable bind of /usr/local (or /etc/profile.d, /usr/lib/systemd) passes as a
+# read-only one
 def test_a_local_volume_read_only_then_read_write(
     agent: AgentProcess, docker_env: DockerEnv, name: str
 ) -> None:
@@ -338,13 +324,11 @@ def test_a_local_volume_read_only_then_read_write(
     assert_refused(status, answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: _local_volume only judges an absolute device; a local volume of a "
-    "kernel file system (type=proc device=proc, sysfs, cgroup2, devtmpfs, binfmt_misc) is "
-    "mounted by dockerd in the host's namespaces: a fresh read-write procfs shows every "
-    "host process and a writable /proc/sys/kernel/core_pattern (root runs its helper)",
-)
+# Red team, fixed in 9a38900 (was a strict xfail): _local_volume only judges an absolute
+# device; a local volume of a kernel file system (type=proc device=proc, sysfs, cgroup2,
+# devtmpfs, binfmt_misc) is mounted by dockerd in the host's namespaces: a fresh read-
+# write procfs shows every host process and a writable /proc/sys/kernel/core_pattern
+# (root runs its helper)
 @pytest.mark.parametrize("fs", ["proc", "sysfs", "cgroup2", "devtmpfs", "binfmt_misc"])
 def test_a_local_volume_of_a_kernel_file_system(
     agent: AgentProcess, docker_env: DockerEnv, name: str, fs: str
@@ -419,13 +403,10 @@ def _plugin_create(socket: Path, name: str, config: dict[str, Any]) -> tuple[int
     return status, _answer(answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: /plugins/create (load: check) decides only the plugin's name; the "
-    "tar's config.json asks for host mounts (here / read-write), devices, capabilities "
-    "or the host's pid namespace with no privilege prompt, and plugins/{name}/enable "
-    "(not inspected) runs its entrypoint as root with them",
-)
+# Red team, fixed in 9a38900 (was a strict xfail): /plugins/create (load: check) decides
+# only the plugin's name; the tar's config.json asks for host mounts (here / read-
+# write), devices, capabilities or the host's pid namespace with no privilege prompt,
+# and plugins/{name}/enable (not inspected) runs its entrypoint as root with them
 def test_a_plugin_created_from_a_tar_with_host_mounts(
     agent: AgentProcess, docker_env: DockerEnv, name: str
 ) -> None:
@@ -439,12 +420,9 @@ def test_a_plugin_created_from_a_tar_with_host_mounts(
     assert_refused(status, answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: /plugins/{name}/set is not inspected: a settable mount source (or "
-    "device path) of an installed plugin is re-pointed at / (or /dev/mem), and the "
-    "plugin runs as root with it on enable",
-)
+# Red team, fixed in 9a38900 (was a strict xfail): /plugins/{name}/set is not inspected:
+# a settable mount source (or device path) of an installed plugin is re-pointed at / (or
+# /dev/mem), and the plugin runs as root with it on enable
 def test_plugin_set_repoints_a_mount_at_the_host_root(
     agent: AgentProcess, docker_env: DockerEnv, name: str, tmp_path: Path
 ) -> None:
@@ -469,12 +447,10 @@ def test_plugin_set_repoints_a_mount_at_the_host_root(
     assert_refused(status, answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: from_plugin_privileges refuses a privilege only if any(values): a "
-    "'mount' privilege whose source is the empty string (a settable mount in the "
-    "plugin's config) is accepted, and plugins/{name}/set then points it at /",
-)
+# Red team, fixed in 9a38900 (was a strict xfail): from_plugin_privileges refuses a
+# privilege only if any(values): a 'mount' privilege whose source is the empty string (a
+# settable mount in the plugin's config) is accepted, and plugins/{name}/set then points
+# it at /
 def test_a_plugin_mount_privilege_with_an_empty_source(
     agent: AgentProcess, docker_env: DockerEnv, name: str
 ) -> None:
@@ -506,12 +482,10 @@ def linked(agent: AgentProcess, docker_env: DockerEnv, name: str) -> str:
     return f"{name}-2/alias"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: routes.py matches /containers/([^/]+)/exec, but dockerd routes "
-    "/containers/{name:.*}/exec and a legacy link registers the name <parent>/<alias>: "
-    "/containers/<parent>/<alias>/exec is PASS, so exec --privileged is not inspected",
-)
+# Red team, fixed in 9a38900 (was a strict xfail): routes.py matches
+# /containers/([^/]+)/exec, but dockerd routes /containers/{name:.*}/exec and a legacy
+# link registers the name <parent>/<alias>: /containers/<parent>/<alias>/exec is PASS,
+# so exec --privileged is not inspected
 @pytest.mark.parametrize("encoded", [False, True], ids=["slash", "percent-2F"])
 def test_a_privileged_exec_through_a_link_name(
     agent: AgentProcess, docker_env: DockerEnv, name: str, linked: str, encoded: bool
@@ -526,12 +500,9 @@ def test_a_privileged_exec_through_a_link_name(
     assert_refused(status, answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: the same link name reaches /v1.23/containers/{name:.*}/start, "
-    "where an old-API HostConfig body (Binds /:/host) is applied to the target "
-    "container without inspection",
-)
+# Red team, fixed in 9a38900 (was a strict xfail): the same link name reaches
+# /v1.23/containers/{name:.*}/start, where an old-API HostConfig body (Binds /:/host) is
+# applied to the target container without inspection
 def test_an_old_api_start_body_through_a_link_name(
     agent: AgentProcess, docker_env: DockerEnv, name: str
 ) -> None:
@@ -612,13 +583,10 @@ def test_a_link_the_agent_cannot_see_behind_private_tmp(
 # --- 7. host access a container takes from another container --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: HostConfig.VolumesFrom is not read: a container made outside the "
-    "shim (by root, or before the agent: portainer, cadvisor, a CI runner binding "
-    "/var/run) lends its host binds, here the daemon's socket directory, to any new "
-    "container (likewise PidMode/IpcMode container:<one with host pid/ipc>)",
-)
+# Red team, fixed in 9a38900 (was a strict xfail): HostConfig.VolumesFrom is not read: a
+# container made outside the shim (by root, or before the agent: portainer, cadvisor, a
+# CI runner binding /var/run) lends its host binds, here the daemon's socket directory,
+# to any new container (likewise PidMode/IpcMode container:<one with host pid/ipc>)
 def test_volumes_from_a_container_with_host_binds(
     agent: AgentProcess, docker_env: DockerEnv, name: str
 ) -> None:
@@ -693,6 +661,81 @@ def test_the_daemons_exec_root_is_not_bound(
     assert_refused(status, answer)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="red team: a named volume is judged only at volumes/create through the shim; one "
+    "made directly (by root, compose before the agent) as a local bind of the daemon's "
+    "socket directory is used with -v <name>:/x (or --mount type=volume) unjudged",
+)
+@pytest.mark.parametrize("how", ["binds", "mounts"])
+def test_a_named_volume_made_outside_the_shim(
+    agent: AgentProcess, docker_env: DockerEnv, name: str, how: str
+) -> None:
+    docker(
+        docker_env,
+        "volume",
+        "create",
+        "--opt",
+        "type=none",
+        "--opt",
+        "o=bind",
+        "--opt",
+        f"device={daemon_dir(docker_env)}",
+        name,
+    )
+    host: dict[str, Any] = {"NetworkMode": "none"}
+    if how == "binds":
+        host["Binds"] = [f"{name}:/h"]
+    else:
+        host["Mounts"] = [{"Type": "volume", "Source": name, "Target": "/h"}]
+    status, answer = api(
+        agent.socket_path,
+        f"/v1.41/containers/create?name={name}",
+        {"Image": IMAGE, "Cmd": ["ls", "/h"], "HostConfig": host},
+    )
+    assert not exists(docker_env, "container", name)
+    assert_refused(status, answer)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="red team: PUT /containers/{id}/archive (docker cp) mounts a stopped container's "
+    "binds as they are now, like start, but is not judged again: create with a project "
+    "directory, swap it for a link to a system directory, and docker cp writes there as "
+    "root (no race: the user picks the moment)",
+)
+def test_docker_cp_into_a_bind_swapped_for_a_link(
+    agent: AgentProcess, docker_env: DockerEnv, name: str, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    result = docker_via(
+        agent, docker_env, "create", "--name", name, "--network", "none",
+        "-v", f"{project}:/p", IMAGE, "true",
+    )  # fmt: skip
+    assert result.returncode == 0, describe(result, agent)
+    project.rmdir()
+    project.symlink_to(daemon_dir(docker_env))
+    proof = daemon_dir(docker_env) / f"{name}-proof"
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo(proof.name)
+        info.size = 6
+        tar.addfile(info, io.BytesIO(b"proof\n"))
+    try:
+        status, _, raw = unix_request(
+            agent.socket_path,
+            "PUT",
+            f"/v1.41/containers/{name}/archive?path=/p",
+            body=archive.getvalue(),
+            headers={"Content-Type": "application/x-tar"},
+        )
+        assert not proof.exists(), "written into the daemon's socket directory"
+        assert_refused(status, _answer(raw))
+    finally:
+        proof.unlink(missing_ok=True)
+
+
 # --- 8. the same settings through swarm services ---------------------------------------------
 
 
@@ -736,12 +779,10 @@ def test_a_service_binding_the_root_is_refused(
     assert _services(docker_env, name) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: services/create reads ContainerSpec.Mounts with the same "
-    "_local_volume and resolved_paths: a relative local-volume device, or '..' after a "
-    "symbolic link in a bind source, makes a service whose task binds the daemon's socket",
-)
+# Red team, fixed in 9a38900 (was a strict xfail): services/create reads
+# ContainerSpec.Mounts with the same _local_volume and resolved_paths: a relative local-
+# volume device, or '..' after a symbolic link in a bind source, makes a service whose
+# task binds the daemon's socket
 @pytest.mark.usefixtures("swarm")
 @pytest.mark.parametrize("how", ["relative-device", "dotdot-bind"])
 def test_a_service_with_the_same_mounts(
@@ -815,12 +856,9 @@ def test_joining_a_swarm_the_user_controls(
 # --- 9. a path the agent cannot read: the decision dies, the client hangs ------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team (robustness, fails closed): a NUL in a bind source makes "
-    "os.path.realpath raise ValueError (not OSError) in host_setting; the decision task "
-    "dies without a record or an answer and the client waits ~300 s",
-)
+# Red team, fixed in 9a38900 (was a strict xfail): (robustness, failed closed) a NUL in
+# a bind source makes os.path.realpath raise ValueError (not OSError) in host_setting;
+# the decision task dies without a record or an answer and the client waits ~300 s
 def test_a_nul_in_a_bind_source_is_answered(
     agent: AgentProcess, docker_env: DockerEnv, name: str
 ) -> None:
