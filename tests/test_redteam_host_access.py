@@ -853,6 +853,24 @@ def test_joining_a_swarm_the_user_controls(
         stop_docker_env(manager)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="red team: /swarm/init is not inspected either: GET /swarm then hands the user "
+    "the manager join token, a machine of theirs joins as a manager, and services it "
+    "creates on its own dockerd run here (binds of /, any image) without the shim",
+)
+def test_making_the_node_a_swarm_manager(agent: AgentProcess, docker_env: DockerEnv) -> None:
+    port = _free_port()
+    body = {"ListenAddr": f"127.0.0.1:{port}", "AdvertiseAddr": f"127.0.0.1:{port}"}
+    try:
+        status, answer = api(agent.socket_path, "/v1.41/swarm/init", body)
+        state = docker(docker_env, "info", "-f", "{{.Swarm.LocalNodeState}}").stdout.strip()
+        assert state == "inactive", state
+        assert_refused(status, answer)
+    finally:
+        docker(docker_env, "swarm", "leave", "--force", check=False)
+
+
 # --- 9. a path the agent cannot read: the decision dies, the client hangs ------------------
 
 
