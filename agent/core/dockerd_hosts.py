@@ -13,9 +13,59 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-__all__ = ["dockerd_hosts", "extra_listeners"]
+__all__ = ["dockerd_hosts", "dockerd_paths", "extra_listeners", "flag_values"]
 
 _SYSTEMD_FD = "fd://"
+
+
+def flag_values(argv: Sequence[str], names: Sequence[str]) -> list[str]:
+    """Values of long flags ``--name X`` / ``--name=X`` (and ``-g X`` style short ones)."""
+    out: list[str] = []
+    args = list(argv[1:])
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            break
+        if arg in names and i + 1 < len(args):
+            out.append(args[i + 1])
+            i += 2
+            continue
+        for name in names:
+            if name.startswith("--") and arg.startswith(name + "="):
+                out.append(arg[len(name) + 1 :])
+        i += 1
+    return out
+
+
+#: dockerd's flags and ``daemon.json`` keys naming where it keeps what no container may
+#: bind: its exec root (containerd's and the shims' sockets), data root, pid file, the
+#: containerd it uses, its config file.
+_PATH_FLAGS = (
+    ("--exec-root", "exec-root"),
+    ("--data-root", "data-root"),
+    ("--graph", "graph"),
+    ("-g", "graph"),
+    ("--pidfile", "pidfile"),
+    ("-p", "pidfile"),
+    ("--containerd", "containerd"),
+    ("--config-file", ""),
+)
+
+
+def dockerd_paths(argv: Sequence[str], daemon_json: Mapping[str, object] | None) -> list[str]:
+    """The absolute paths dockerd's command line and ``daemon.json`` name for its own
+    state and sockets (exec root, data root, pid file, containerd, config file, unix
+    ``-H`` sockets), in order: what ``containers.host_access`` keeps out of binds."""
+    out: list[str] = []
+    for flag, key in _PATH_FLAGS:
+        out += flag_values(argv, (flag,))
+        value = daemon_json.get(key) if daemon_json is not None and key else None
+        if isinstance(value, str):
+            out.append(value)
+    for host in dockerd_hosts(argv, daemon_json):
+        out.append(host.removeprefix("unix://"))
+    return [p for p in out if p.startswith("/")]
 
 
 def dockerd_hosts(argv: Sequence[str], daemon_json: Mapping[str, object] | None) -> list[str]:

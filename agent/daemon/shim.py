@@ -44,8 +44,10 @@ from agent.core.inspection.buildkit.inputs import BuildInputs, from_build_query
 from agent.core.inspection.host_access import (
     HostAccess,
     HostAccessError,
+    PathFacts,
     Protection,
     from_container_config,
+    from_volume,
     judge,
 )
 from agent.core.inspection.http1 import (
@@ -100,7 +102,7 @@ from agent.daemon.buildkit_tunnel import (
     dockerfile_sessions,
 )
 from agent.daemon.bus import DecisionSink
-from agent.platform import docker_api, files
+from agent.platform import docker_api, host_paths
 from agent.platform.peer import ListenerError, check_listener, describe_peer, peer_credentials
 from agent.platform.unix_sockets import claim_socket_path
 
@@ -352,17 +354,30 @@ class Shim:
             denial = denial or refusal
         return denial
 
-    async def host_setting(self, access: HostAccess, action: EventAction) -> SettingOutcome | None:
+    async def host_setting(
+        self, access: HostAccess, action: EventAction, peer: PeerInfo
+    ) -> SettingOutcome | None:
         """``containers.host_access``: refuse what hands a container the host (a denial
-        outcome), or None. Host paths are resolved now, off the event loop, following
-        links as the mount will; what the daemon keeps (its data root) is asked of it."""
+        outcome), or None. Host paths are resolved now, off the event loop, beneath the
+        daemon's root and following links as the mount will, and judged against what
+        the client could reach itself; what the daemon keeps (its data root) is asked
+        of it."""
         policy = self.policy()
         if policy.containers.host_access is HostAccessSetting.ALLOW or not access:
             return None
-        paths = [p.lookup for p in access.paths if "\0" not in p.lookup]
-        resolved = await asyncio.to_thread(files.resolved_paths, paths) if paths else {}
-        protection = await self._protection(policy) if paths else Protection()
-        problems = judge(access, resolved, protection)
+        facts: dict[str, PathFacts] = {}
+        requester = None
+        protection = Protection()
+        if access.paths:
+            paths = [p.lookup for p in access.paths]
+            facts, requester = await asyncio.to_thread(
+                lambda: (
+                    host_paths.examine(paths, daemon=self.config.upstream),
+                    host_paths.requester(peer.pid, peer.uid, peer.gid),
+                )
+            )
+            protection = await self._protection(policy)
+        problems = judge(access, facts, protection, requester)
         if not problems:
             return None
         return SettingOutcome(
@@ -378,24 +393,31 @@ class Shim:
 
     async def _protection(self, policy: Policy) -> Protection:
         """What containers must not bind on this machine besides the fixed list: the
-        daemon's socket and data root, the agent's state and audit directories."""
+        daemon's socket, data root and what its command line and daemon.json name (exec
+        root, containerd, pid file), the agent's state and audit directories."""
         now = asyncio.get_running_loop().time()
         if self._docker_root is None or now - self._docker_root[0] > _DOCKER_ROOT_TTL:
             info = await self.daemon_json("/info", "itself")
             root = info.get("DockerRootDir") if isinstance(info, dict) else None
             self._docker_root = (now, root if isinstance(root, str) else "")
-        kept = [self.config.upstream, *self.config.protected]
+        kept = [str(self.config.upstream), *map(str, self.config.protected)]
         if self._docker_root[1]:
-            kept.append(Path(self._docker_root[1]))
+            kept.append(self._docker_root[1])
+        upstream = self.config.upstream
+
+        def resolve(paths: list[str]) -> tuple[str, ...]:
+            facts = host_paths.examine(paths, daemon=upstream)
+            return tuple(facts[p].resolved if p in facts else p for p in paths)
+
         no_bind, exact = await asyncio.to_thread(
             lambda: (
-                files.resolved_paths(str(p) for p in kept),
-                files.resolved_paths([str(self.config.listen)]),
+                resolve([*kept, *host_paths.daemon_paths(upstream)]),
+                resolve([str(self.config.listen)]),
             )
         )
         return Protection(
-            no_bind=tuple(no_bind.values()),
-            exact_allowed=tuple(exact.values()),
+            no_bind=no_bind,
+            exact_allowed=exact,
             allowed=policy.containers.allowed_host_paths,
         )
 
@@ -1078,6 +1100,12 @@ class ClientConnection(asyncio.Protocol):
             self._begin_tunnel(head, route)
             return
         plan = inspect_head(route, head, self.shim.policy())
+        if isinstance(plan, Inspection) and plan.host_container:
+            self._move(_DECIDING)
+            self.pause_client_reading("deciding")
+            loop = asyncio.get_running_loop()
+            self.task = loop.create_task(self._host_then_forward(head, plan))
+            return
         if route.endpoint is Endpoint.BUILD:
             query = parse_query(route.raw_query)
             if query.get("version") == "2":
@@ -1320,15 +1348,10 @@ class ClientConnection(asyncio.Protocol):
         checked: _Checked | None = None
         sources: set[str] = set()
         try:
-            access = inspection.host
-            if inspection.host_container:
-                access += await self._container_host_access(inspection.host_container)
-            for name in access.borrowed:
-                lent = await self._container_host_access(name)
-                access += lent.of(f"container {name} (borrowed)")
+            access = await self._gathered_access(inspection)
             if access:
                 action = inspection.host_action or EventAction.CREATE
-                setting = await self.shim.host_setting(access, action) or setting
+                setting = await self.shim.host_setting(access, action, self.peer) or setting
             for lookup in inspection.lookups:
                 image = await self._lookup_image(lookup)
                 if lookup.moves:
@@ -1403,6 +1426,56 @@ class ClientConnection(asyncio.Protocol):
             self._to_upstream(chunk)
         self.held = []
         self._request_complete()
+
+    async def _gathered_access(self, inspection: Inspection) -> HostAccess:
+        """What the request asks of the host, with what it takes from elsewhere: the
+        container a (re)start or copy acts on, the containers it borrows mounts or
+        namespaces from, and the volumes it mounts, each as the daemon describes it."""
+        access = inspection.host
+        if inspection.host_container:
+            access += await self._container_host_access(inspection.host_container)
+        for name in dict.fromkeys(access.borrowed):
+            lent = await self._container_host_access(name)
+            access += lent.of(f"container {name} (borrowed)")
+        for name in dict.fromkeys(access.volumes):
+            path = "/volumes/" + quote(name, safe="")
+            info = await self.shim.daemon_json(path, f"volume {name!r}")
+            if info is not None:
+                try:
+                    access += from_volume(name, info)
+                except HostAccessError as e:
+                    raise InspectionError(
+                        f"pullgate: the daemon's volume {name!r}: {e}", 502
+                    ) from e
+        return access
+
+    async def _host_then_forward(self, head: RequestHead, plan: Inspection) -> None:
+        """A request whose body streams (``docker cp`` into a container): judge the
+        container's mounts first, then send the head and let the body follow."""
+        try:
+            access = await self._gathered_access(plan)
+            action = plan.host_action or EventAction.ARCHIVE
+            setting = await self.shim.host_setting(access, action, self.peer) if access else None
+        except OSError as e:
+            self._refuse(502, _upstream_error(self.shim.config.upstream, e, desktop=self._desktop))
+            return
+        except InspectionError as e:
+            self._refuse(e.status, e.message)
+            return
+        except Exception as e:  # a bug must refuse the request, never leave it waiting
+            self._refuse(500, f"pullgate: internal error while deciding: {type(e).__name__}")
+            raise
+        if self.state is _CLOSED:
+            return
+        self.resume_client_reading("deciding")
+        if not self._apply(Inspection(setting=setting)):
+            return
+        self._begin_forward(head)
+        self._move(_BODY)
+        assert self.reader is not None
+        if self.reader.done:
+            self._request_complete()
+        self._process()
 
     async def _container_host_access(self, name: str) -> HostAccess:
         """A container's settings as the daemon keeps them, for a (re)start: its binds

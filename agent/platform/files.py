@@ -7,17 +7,9 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = [
-    "FileTooLargeError",
-    "NotRegularFileError",
-    "atomic_write",
-    "read_capped",
-    "resolved_paths",
-    "same_file",
-]
+__all__ = ["FileTooLargeError", "NotRegularFileError", "atomic_write", "read_capped", "same_file"]
 
 
 class FileTooLargeError(ValueError):
@@ -100,16 +92,3 @@ def same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
-
-
-def resolved_paths(paths: Iterable[str]) -> dict[str, str]:
-    """Each path with its symbolic links followed, as a mount will follow them; a part
-    that does not exist yet is kept as written (``-v`` creates a missing source). Blocks
-    on the file system: the shim calls it off the event loop."""
-    resolved = {}
-    for path in paths:
-        try:
-            resolved[path] = os.path.realpath(path)
-        except (OSError, ValueError):  # a NUL, a name too long: judged as written
-            continue
-    return resolved

@@ -26,7 +26,9 @@ __all__ = [
     "HostAccess",
     "HostAccessError",
     "HostPath",
+    "PathFacts",
     "Protection",
+    "Requester",
     "clean_path",
     "from_container_config",
     "from_exec_config",
@@ -34,6 +36,7 @@ __all__ = [
     "from_plugin_settings",
     "from_service_spec",
     "from_start_body",
+    "from_volume",
     "from_volume_create",
     "judge",
 ]
@@ -149,15 +152,19 @@ class HostAccess:
     #: Containers whose mounts or namespaces this one takes (``--volumes-from``,
     #: ``--pid``/``--ipc container:``): judged as the daemon describes them.
     borrowed: tuple[str, ...] = ()
+    #: Named volumes it mounts: one that exists may be a local volume of a host path
+    #: made around the agent; judged with its options as the daemon describes them.
+    volumes: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.refused or self.paths or self.borrowed)
+        return bool(self.refused or self.paths or self.borrowed or self.volumes)
 
     def __add__(self, other: HostAccess) -> HostAccess:
         return HostAccess(
             self.refused + other.refused,
             self.paths + other.paths,
             self.borrowed + other.borrowed,
+            self.volumes + other.volumes,
         )
 
     def of(self, whose: str) -> HostAccess:
@@ -166,6 +173,7 @@ class HostAccess:
             tuple(f"{whose}: {r}" for r in self.refused),
             tuple(replace(p, spec=f"{whose}: {p.spec}") for p in self.paths),
             self.borrowed,
+            self.volumes,
         )
 
 
@@ -275,15 +283,15 @@ def _namespace(mode: str, flag: str) -> list[str]:
     return [f"{flag}=host"] if mode.lower() == "host" else []
 
 
-def _bind_spec(raw: str) -> HostPath | None:
+def _bind_spec(raw: str) -> HostPath | str | None:
     """One ``-v`` bind as moby's Linux parser reads it: ``src:dst[:mode]`` split on
-    ``:``; a source that is not absolute names a volume."""
+    ``:``; a source that is not absolute names a volume (returned as its name)."""
     parts = raw.split(":")
     if len(parts) < 2 or len(parts) > 3:
         return None  # an anonymous volume, or a spec the daemon refuses
     source = parts[0]
     if not source.startswith("/"):
-        return None  # a named volume (its creation is judged at volumes/create)
+        return source or None  # a named volume
     modes = parts[2].split(",") if len(parts) == 3 else []
     return HostPath(source, "ro" in modes and "rw" not in modes, "bind", f"-v {raw}")
 
@@ -391,23 +399,29 @@ def from_container_config(config: object, *, described: bool = False) -> HostAcc
         raise HostAccessError("HostConfig must be an object")
     access = _host_config(host, "HostConfig", described) if host is not None else HostAccess()
     if described:
-        return access + HostAccess(paths=tuple(_mount_points(config)))
+        return access + _mount_points(config)
     if isinstance(config, dict):
         access += _host_config(config, "the container config", described)
     return access
 
 
-def _mount_points(described: object) -> list[HostPath]:
-    """A described container's ``Mounts`` (``MountPoint``s): its bind mounts, as given."""
-    out = []
+def _mount_points(described: object) -> HostAccess:
+    """A described container's ``Mounts`` (``MountPoint``s): its bind mounts as given,
+    and the names of its volumes (a volume's ``Source`` is its directory under the
+    daemon's data root; what it mounts is in the volume's options)."""
+    paths = []
+    volumes = []
     for i, point in enumerate(_objects(described, "Mounts", "the container")):
         at = f"the container's Mounts[{i}]"
-        if _str(point, "Type", at).lower() != "bind":
-            continue  # a volume's Source is its directory under the daemon's data root
+        kind = _str(point, "Type", at).lower()
+        if kind == "volume" and _str(point, "Name", at):
+            volumes.append(_str(point, "Name", at))
+        if kind != "bind":
+            continue
         source = _str(point, "Source", at)
         writable = _field(point, "RW", at)
-        out.append(HostPath(source, writable is False, "bind", f"the bind of {source}"))
-    return out
+        paths.append(HostPath(source, writable is False, "bind", f"the bind of {source}"))
+    return HostAccess(paths=tuple(paths), volumes=tuple(volumes))
 
 
 def _borrowed(host: object, where: str) -> list[str]:
@@ -442,16 +456,24 @@ def _host_config(host: object, where: str, described: bool) -> HostAccess:
     if sysctls and network == "host":
         refused.append("--sysctl with --network=host")  # the host's own kernel settings
     paths: list[HostPath] = []
+    volumes: list[str] = []
     for raw in _strings(host, "Binds", where):
         bind = _bind_spec(raw)
-        if bind is not None:
+        if isinstance(bind, HostPath):
             paths.append(bind)
-    more, mounts = _mounts(_objects(host, "Mounts", where), f"{where}.Mounts", "--mount")
+        elif bind is not None:
+            volumes.append(bind)
+    mounts = _objects(host, "Mounts", where)
+    more, found = _mounts(mounts, f"{where}.Mounts", "--mount")
     refused += more
-    paths += mounts
+    paths += found
+    for i, mount in enumerate(mounts):
+        at = f"{where}.Mounts[{i}]"
+        if _str(mount, "Type", at).lower() == "volume" and _str(mount, "Source", at):
+            volumes.append(_str(mount, "Source", at))
     paths += _devices(_objects(host, "Devices", where), f"{where}.Devices")
     borrowed = () if described else tuple(_borrowed(host, where))
-    return HostAccess(tuple(refused), tuple(paths), borrowed)
+    return HostAccess(tuple(refused), tuple(paths), borrowed, tuple(volumes))
 
 
 def from_service_spec(spec: object) -> HostAccess:
@@ -484,6 +506,15 @@ def from_exec_config(config: object) -> HostAccess:
     if _bool(config, "Privileged", "the exec config"):
         return HostAccess(("docker exec --privileged",))
     return HostAccess()
+
+
+def from_volume(name: str, described: object) -> HostAccess:
+    """An existing volume as the daemon describes it (``GET /volumes/{name}``): a
+    ``local`` one with ``device`` options mounts what they name."""
+    driver = _str(described, "Driver", f"volume {name}")
+    opts = _string_map(described, "Options", f"volume {name}")
+    refused, paths = _local_volume(driver, opts, f"volume {name}")
+    return HostAccess(tuple(refused), tuple(paths))
 
 
 def from_volume_create(body: object) -> HostAccess:
@@ -583,12 +614,90 @@ def _path_problem(given: HostPath, resolved: str, protection: Protection) -> str
     return None
 
 
-def judge(access: HostAccess, resolved: Mapping[str, str], protection: Protection) -> list[str]:
+@dataclass(frozen=True)
+class PathFacts:
+    """A host path as the daemon's side of the machine resolves it now.
+
+    ``resolved``: links followed (a part that does not exist is kept as written);
+    ``chain``: ``(mode, uid, gid)`` of ``/`` and each existing directory below it on
+    the resolved path, then of the path itself when it exists (``exists``). Empty when
+    nothing could be looked at: then no one's access is judged.
+    """
+
+    resolved: str
+    chain: tuple[tuple[int, int, int], ...] = ()
+    exists: bool = True
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Whom the request is for: a bind gives a container's root no more of the host
+    than this user has (``uid``, all ``gids``). ``contained``: the client runs inside a
+    container (another PID namespace) — its uid 0 is not the host's administrator."""
+
+    uid: int
+    gids: frozenset[int]
+    contained: bool = False
+
+
+#: The uid and gid whose access a container's root is given (``nobody``).
+NOBODY = 65534
+_S_IFMT = 0o170000
+_S_IFDIR = 0o040000
+
+
+def _may(mode: int, uid: int, gid: int, who: Requester, bits: int) -> bool:
+    """POSIX permission bits (``bits`` of r=4, w=2, x=1) for ``who``; ACLs not read."""
+    if who.uid == uid:
+        return mode >> 6 & bits == bits
+    if gid in who.gids:
+        return mode >> 3 & bits == bits
+    return mode & bits == bits
+
+
+def _access_problem(given: HostPath, facts: PathFacts, who: Requester) -> str | None:
+    """A bind (or a local volume's path) gives the container's root what its requester
+    could not reach themselves: root's 0700 directories in /tmp, /efi, another user's
+    home. The directories above it must be searchable by the user; the path itself
+    readable when bound read-only, writable otherwise. A path that does not exist yet
+    (dockerd makes it, as root) must be one the user could have made."""
+    if not facts.chain or (who.uid == 0 and not who.contained):
+        return None
+    if who.contained and who.uid == 0:
+        # A container's root reaching the agent's socket (mounted in) is not an
+        # administrator of the host: it gets what anyone gets.
+        who = Requester(NOBODY, frozenset({NOBODY}), contained=True)
+    above = facts.chain[:-1] if facts.exists else facts.chain
+    for mode, uid, gid in above:
+        if not _may(mode, uid, gid, who, 1):
+            return f"{given.spec}: {facts.resolved} is beyond what you can reach on this machine"
+    if not facts.exists:
+        mode, uid, gid = above[-1] if above else (0, 0, 0)
+        if not _may(mode, uid, gid, who, 3):
+            return f"{given.spec}: {facts.resolved} would be made where you cannot write"
+        return None
+    mode, uid, gid = facts.chain[-1]
+    wanted = 5 if mode & _S_IFMT == _S_IFDIR else 4
+    if not given.read_only:
+        wanted |= 2
+    if not _may(mode, uid, gid, who, wanted):
+        how = "read" if given.read_only else "write"
+        return f"{given.spec}: you cannot {how} {facts.resolved} yourself"
+    return None
+
+
+def judge(
+    access: HostAccess,
+    resolved: Mapping[str, str | PathFacts],
+    protection: Protection,
+    requester: Requester | None = None,
+) -> list[str]:
     """What in ``access`` hands over the host: one line each, empty when nothing does.
 
-    ``resolved``: each path as the machine resolves it now (links followed); a path
-    missing from it could not be resolved (it does not exist yet: the daemon creates a
-    missing ``-v`` source as a directory) and is judged as written.
+    ``resolved``: each path's facts as the machine resolves it now (links followed; a
+    bare string is the resolved path alone); a path missing from it could not be
+    resolved and is judged as written. ``requester``: whose access a bind may not
+    exceed (None: not judged).
     """
     problems = list(access.refused)
     for given in access.paths:
@@ -598,8 +707,14 @@ def judge(access: HostAccess, resolved: Mapping[str, str], protection: Protectio
         if "\0" in given.path:
             problems.append(f"{given.spec}: a NUL in a host path")
             continue
-        path = clean_path(resolved.get(given.lookup) or given.lookup)
+        found = resolved.get(given.lookup)
+        facts = found if isinstance(found, PathFacts) else PathFacts(found or given.lookup)
+        path = clean_path(facts.resolved)
         problem = _path_problem(given, path, protection)
+        judged = requester is not None and given.kind != "device"
+        if problem is None and judged and path not in protection.exact_allowed:
+            assert requester is not None
+            problem = _access_problem(given, facts, requester)
         if problem is not None:
             problems.append(problem)
     return problems

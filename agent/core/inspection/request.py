@@ -104,6 +104,8 @@ class EventAction(StrEnum):
     TAG = "image-tag"
     COMMIT = "container-commit"
     EXEC = "container-exec"
+    ARCHIVE = "container-archive"
+    SWARM = "swarm-join"
     START = "container-start"
     VOLUME = "volume-create"
 
@@ -268,6 +270,23 @@ def _inspect_head(route: Route, head: RequestHead, policy: Policy) -> Plan:
 
     if endpoint in (Endpoint.SERVICE_CREATE, Endpoint.SERVICE_UPDATE):
         return NeedJson(route)
+    if endpoint is Endpoint.ARCHIVE:
+        # docker cp mounts a stopped container's binds as they are now, like a start;
+        # its tar body streams, so the container is judged before the head goes on.
+        if not host:
+            return Inspection()
+        return Inspection(host_container=route.name or "", host_action=EventAction.ARCHIVE)
+    if endpoint is Endpoint.SWARM:
+        return Inspection(
+            setting=SettingOutcome(
+                EventAction.SWARM,
+                "swarm",
+                False,
+                "joining or starting a swarm hands this Docker daemon to other nodes, which "
+                "then run containers of any image here with no request through Pullgate",
+                "ask IT: a swarm is set up by an administrator on the daemon itself",
+            )
+        )
     if endpoint is Endpoint.CONTAINER_START:
         # Every (re)start mounts the container's binds again, following links as they
         # are now: judged again then, with the container's settings from the daemon.

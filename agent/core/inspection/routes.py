@@ -55,6 +55,8 @@ class Endpoint(Enum):
     CONTAINER_START = auto()  # /containers/{id}/start|restart: its mounts are made again
     VOLUME_CREATE = auto()  # /volumes/create: a local volume of a host path or disk
     PLUGIN_SET = auto()  # /plugins/{name}/set: a plugin's mount sources and devices
+    ARCHIVE = auto()  # /containers/{id}/archive: docker cp, through the container's mounts
+    SWARM = auto()  # /swarm/init, /swarm/join: other nodes schedule containers here
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,8 @@ _EXACT = {
     "/plugins/create": Endpoint.PLUGIN_CREATE,
     "/commit": Endpoint.COMMIT,
     "/volumes/create": Endpoint.VOLUME_CREATE,
+    "/swarm/init": Endpoint.SWARM,
+    "/swarm/join": Endpoint.SWARM,
 }
 # mux patterns with a {name:.*} or {id} parameter, matched in this order.
 _PATTERNS = (
@@ -96,6 +100,7 @@ _PATTERNS = (
     (re.compile(r"/containers/(.+)/exec"), Endpoint.EXEC_CREATE),
     (re.compile(r"/containers/(.+)/start"), Endpoint.CONTAINER_START),
     (re.compile(r"/containers/(.+)/restart"), Endpoint.CONTAINER_START),
+    (re.compile(r"/containers/(.+)/archive"), Endpoint.ARCHIVE),
     (re.compile(r"/containers/(.+)/attach"), Endpoint.HIJACK),
     (re.compile(r"/containers/(.+)/attach/ws"), Endpoint.HIJACK),
     (re.compile(r"/plugins/(.+)/set"), Endpoint.PLUGIN_SET),

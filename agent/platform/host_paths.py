@@ -1,0 +1,195 @@
+"""Host paths as the Docker daemon's side of the machine sees them, and who asks.
+
+``containers.host_access`` judges a bind by where its path leads when the daemon mounts
+it. The agent may see another file system than the daemon: systemd's ``PrivateTmp=``
+or ``ProtectHome=``, a test's private mount namespace. So on Linux a path is resolved
+one component at a time *beneath the root of the process serving the daemon's socket*
+(``/proc/PID/root``, opened ``O_PATH``; the PID from ``SO_PEERCRED``): the lookups walk
+that process's mounts, and an absolute link starts again at its root. Where that cannot
+be opened (macOS, no ptrace access) the agent's own view is used.
+
+Blocking file system calls: the shim runs these in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import stat
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from agent.core.dockerd_hosts import dockerd_paths, flag_values
+from agent.core.inspection.host_access import PathFacts, Requester
+from agent.platform.files import FileTooLargeError, read_capped
+from agent.platform.peer import peer_credentials
+
+__all__ = ["DAEMON_JSON", "MAX_LINKS", "PathFacts", "daemon_paths", "examine", "requester"]
+
+#: dockerd's configuration file unless ``--config-file`` names another.
+DAEMON_JSON = "/etc/docker/daemon.json"
+
+#: Links followed in one path before it is judged as written (the kernel's limit).
+MAX_LINKS = 40
+
+
+def _listener_pid(daemon: Path) -> int | None:
+    """The PID of the process listening on the unix socket ``daemon`` (SO_PEERCRED)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2.0)
+            sock.connect(str(daemon))
+            pid, _uid, _gid = peer_credentials(sock)
+    except OSError:
+        return None
+    return pid or None
+
+
+def _listener_root(daemon: Path | None) -> int | None:
+    """An ``O_PATH`` descriptor of the root directory of the process listening on
+    ``daemon``, or None (not Linux, nothing listening, no access)."""
+    if daemon is None:
+        return None
+    if sys.platform.startswith("linux"):
+        pid = _listener_pid(daemon)
+        if pid:
+            try:
+                flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+                return os.open(f"/proc/{pid}/root", flags)
+            except OSError:
+                return None
+    return None
+
+
+def daemon_paths(daemon: Path) -> list[str]:
+    """Where the process serving ``daemon`` keeps its state and sockets, from its
+    command line and its ``daemon.json`` (``agent.core.dockerd_hosts.dockerd_paths``);
+    empty where the machine does not show them."""
+    pid = _listener_pid(daemon) if sys.platform.startswith("linux") else None
+    if not pid:
+        return []
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+    argv = [a for a in argv if a]
+    config_file = next(iter(flag_values(argv, ("--config-file",))), DAEMON_JSON)
+    config: dict[str, object] | None = None
+    with contextlib.suppress(OSError, ValueError, FileTooLargeError):
+        value = json.loads(read_capped(Path(f"/proc/{pid}/root{config_file}"), 1 << 20))
+        config = value if isinstance(value, dict) else None
+    return dockerd_paths(argv, config)
+
+
+def _lstat(rel: str, root: int | None) -> os.stat_result:
+    if root is None:
+        return os.lstat("/" + rel)
+    return os.stat(rel or ".", dir_fd=root, follow_symlinks=False)
+
+
+def _readlink(rel: str, root: int | None) -> str:
+    return os.readlink("/" + rel) if root is None else os.readlink(rel, dir_fd=root)
+
+
+def _walk(path: str, root: int | None) -> PathFacts:
+    """Resolve ``path`` as the kernel does, beneath ``root``; a missing part ends the
+    look-ups and the rest is kept as written (``..`` folded), as ``realpath`` does."""
+    pending = [p for p in reversed(path.split("/")) if p]
+    parts: list[str] = []
+    top = _lstat("", root)
+    chain = [(top.st_mode, top.st_uid, top.st_gid)]
+    links = 0
+    missing = False
+    while pending:
+        part = pending.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+                if not missing:
+                    chain.pop()
+            continue
+        if missing:
+            parts.append(part)
+            continue
+        rel = "/".join([*parts, part])
+        try:
+            st = _lstat(rel, root)
+        except (FileNotFoundError, NotADirectoryError):
+            missing = True
+            parts.append(part)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            target = _readlink(rel, root) if links <= MAX_LINKS else ""
+            if not target:  # a loop, or an empty link: the mount fails; judged as written
+                missing = True
+                parts.append(part)
+                continue
+            if target.startswith("/"):
+                parts = []
+                chain = chain[:1]
+            pending.extend(p for p in reversed(target.split("/")) if p)
+            continue
+        parts.append(part)
+        chain.append((st.st_mode, st.st_uid, st.st_gid))
+    return PathFacts("/" + "/".join(parts), tuple(chain), exists=not missing)
+
+
+def examine(paths: Iterable[str], *, daemon: Path | None) -> dict[str, PathFacts]:
+    """Each absolute path's facts, beneath the root of the process serving ``daemon``
+    (or the agent's own root); a path that cannot be looked at is left out (judged as
+    written, with no one's access)."""
+    root = _listener_root(daemon)
+    out: dict[str, PathFacts] = {}
+    try:
+        for path in paths:
+            if not path.startswith("/") or "\0" in path:
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                out[path] = _walk(path, root)
+    finally:
+        if root is not None:
+            os.close(root)
+    return out
+
+
+def _proc_groups(pid: int) -> frozenset[int] | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("Groups:"):
+            return frozenset(int(g) for g in line.split()[1:])
+    return None
+
+
+def _contained(pid: int) -> bool:
+    """Whether ``pid`` runs in another PID namespace than the agent (a container)."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return False
+
+
+def requester(pid: int | None, uid: int | None, gid: int | None) -> Requester | None:
+    """The client's uid and every group it has (the process's own list where the
+    machine shows it, else the user database's); None when the uid is unknown."""
+    if uid is None:
+        return None
+    groups = _proc_groups(pid) if pid else None
+    if groups is None:
+        groups = frozenset()
+        with contextlib.suppress(KeyError, OSError):
+            import pwd  # noqa: PLC0415 - POSIX only: the module imports on Windows
+
+            name = pwd.getpwuid(uid).pw_name
+            groups = frozenset(os.getgrouplist(name, gid if gid is not None else -1))
+    if gid is not None:
+        groups |= {gid}
+    return Requester(uid, groups, contained=bool(pid) and _contained(pid or 0))

@@ -1,0 +1,127 @@
+"""agent.platform.host_paths: host paths resolved as the daemon's side sees them, and the
+access rule of containers.host_access on real files (agent.core.inspection.host_access)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.core.dockerd_hosts import dockerd_paths
+from agent.core.inspection.host_access import (
+    HostAccess,
+    HostPath,
+    Protection,
+    Requester,
+    judge,
+)
+from agent.platform import host_paths
+
+USER = Requester(uid=4242, gids=frozenset({4242}))
+
+
+def facts(path: Path, daemon: Path | None = None) -> host_paths.PathFacts:
+    return host_paths.examine([str(path)], daemon=daemon)[str(path)]
+
+
+def test_links_are_followed_as_the_kernel_follows_them(tmp_path: Path) -> None:
+    (tmp_path / "real" / "deep").mkdir(parents=True)
+    (tmp_path / "abs").symlink_to(tmp_path / "real")
+    (tmp_path / "rel").symlink_to("real/deep")
+    (tmp_path / "up").symlink_to("rel/..")  # '..' after a link: the link's parent
+    (tmp_path / "root").symlink_to("/")
+    assert facts(tmp_path / "abs" / "deep").resolved == str(tmp_path / "real" / "deep")
+    assert facts(tmp_path / "rel").resolved == str(tmp_path / "real" / "deep")
+    assert facts(tmp_path / "up").resolved == str(tmp_path / "real")
+    assert facts(tmp_path / "root").resolved == "/"
+    found = facts(tmp_path / "rel")
+    assert found.exists and len(found.chain) == len(found.resolved.split("/"))
+
+
+def test_missing_parts_and_loops_are_kept_as_written(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    loop = facts(tmp_path / "a" / "x")
+    assert not loop.exists
+    missing = facts(tmp_path / "nothing" / "here" / ".." / "there")
+    assert missing.resolved == str(tmp_path / "nothing" / "there") and not missing.exists
+    assert host_paths.examine(["relative", "/x\0y"], daemon=None) == {}
+
+
+def test_paths_resolve_beneath_the_daemon_listeners_root(tmp_path: Path) -> None:
+    """With a listener, the walk starts at /proc/PID/root (here: the test's own root)."""
+    sock_path = tmp_path / "daemon.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(sock_path))
+        server.listen(1)
+        (tmp_path / "link").symlink_to("/")
+        assert facts(tmp_path / "link", daemon=sock_path).resolved == "/"
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A directory every user can search (pytest's own tmp_path is under a 0700 one)."""
+    path = Path(tempfile.mkdtemp(prefix="pg-host-paths-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_the_access_rule_on_real_modes(open_tmp: Path) -> None:
+    tmp_path = open_tmp
+    private = tmp_path / "tmux-0"
+    private.mkdir(mode=0o700)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    os.chown(mine, USER.uid, USER.uid)
+
+    def problems(path: Path, *, read_only: bool = False, who: Requester = USER) -> list[str]:
+        bind = HostPath(str(path), read_only, "bind", f"-v {path}:/x")
+        found = host_paths.examine([bind.lookup], daemon=None)
+        return judge(HostAccess(paths=(bind,)), found, Protection(), who)
+
+    assert "beyond" in problems(private / "default")[0]
+    assert "cannot write" in problems(private)[0]
+    assert "cannot read" in problems(private, read_only=True)[0]
+    assert problems(shared) == [] and problems(mine) == []
+    assert problems(shared / "new-dir") == []  # the daemon makes it where the user could
+    assert "cannot write" in problems(tmp_path / "new-dir")[0]
+    assert "cannot write" in problems(tmp_path)[0]
+    assert problems(tmp_path, read_only=True) == []
+    assert problems(private, who=Requester(0, frozenset({0}))) == []
+    contained_root = Requester(0, frozenset({0}), contained=True)
+    assert problems(private, who=contained_root)  # root in a container is not the host's
+    group = Requester(5555, frozenset({5555, 4242}))
+    os.chmod(mine, 0o770)
+    assert problems(mine, who=group) == []
+
+
+def test_requester_reads_the_process_groups() -> None:
+    me = host_paths.requester(os.getpid(), os.getuid(), os.getgid())
+    assert me is not None and me.uid == os.getuid() and os.getgid() in me.gids
+    assert not me.contained
+    assert host_paths.requester(None, None, None) is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "config", "expected"),
+    [
+        (["dockerd", "--exec-root", "/tmp/x/exec"], None, ["/tmp/x/exec"]),
+        (["dockerd", "--data-root=/srv/docker", "-H", "unix:///tmp/d.sock"], None,
+         ["/srv/docker", "/tmp/d.sock"]),
+        (["dockerd"], {"exec-root": "/e", "containerd": "/c/d.sock"}, ["/e", "/c/d.sock"]),
+        (["dockerd", "-H", "tcp://0.0.0.0:2375", "--pidfile", "relative"], None, []),
+    ],
+)  # fmt: skip
+def test_dockerd_paths(
+    argv: list[str], config: dict[str, object] | None, expected: list[str]
+) -> None:
+    assert dockerd_paths(argv, config) == expected
