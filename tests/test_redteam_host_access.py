@@ -15,6 +15,7 @@ import shlex
 import socket
 import sys
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -743,7 +744,11 @@ def test_docker_cp_into_a_bind_swapped_for_a_link(
 def swarm(docker_env: DockerEnv, name: str) -> Iterator[None]:
     """The test daemon as a one-node swarm; the services named `<name>*` and the swarm
     are removed afterwards (directly)."""
-    docker(docker_env, "swarm", "init", "--advertise-addr", "127.0.0.1")
+    docker(docker_env, "swarm", "leave", "--force", check=False)
+    init = ("swarm", "init", "--advertise-addr", "127.0.0.1")
+    if docker(docker_env, *init, check=False).returncode != 0:
+        time.sleep(1)  # a swarm left a moment ago may still be shutting down
+        docker(docker_env, *init)
     try:
         yield
     finally:
