@@ -737,6 +737,32 @@ def test_docker_cp_into_a_bind_swapped_for_a_link(
         proof.unlink(missing_ok=True)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="red team: a (re)start judges the container's binds again as they lead now, "
+    "but not the device of a local volume it uses: the local driver mounts device= at "
+    "that start, following a link the user swapped in after volumes/create",
+)
+def test_start_with_a_volume_whose_device_was_swapped_for_a_link(
+    agent: AgentProcess, docker_env: DockerEnv, name: str, tmp_path: Path
+) -> None:
+    project = tmp_path / "data"
+    project.mkdir()
+    opts = ["--opt", "type=none", "--opt", "o=bind", "--opt", f"device={project}"]
+    result = docker_via(agent, docker_env, "volume", "create", *opts, name)
+    assert result.returncode == 0, describe(result, agent)
+    result = docker_via(
+        agent, docker_env, "create", "--name", name, "--network", "none",
+        "-v", f"{name}:/h", IMAGE, "ls", "/h",
+    )  # fmt: skip
+    assert result.returncode == 0, describe(result, agent)
+    project.rmdir()
+    project.symlink_to(daemon_dir(docker_env))
+    result = docker_via(agent, docker_env, "start", "-a", name)
+    assert "docker.sock" not in result.stdout, "the container listed the daemon's socket"
+    assert result.returncode != 0 and "pullgate" in result.stderr, describe(result)
+
+
 # --- 8. the same settings through swarm services ---------------------------------------------
 
 
