@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import shlex
 import socket
 import sys
@@ -525,14 +526,12 @@ def test_an_old_api_start_body_through_a_link_name(
 # --- 6. the agent's own view of the file system (systemd PrivateTmp=yes) -------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: installers/linux/pullgate-agent.service runs the agent with "
-    "PrivateTmp=yes, so it resolves /tmp and /var/tmp in its own mount namespace: a "
-    "user's /tmp/x -> /var/run is 'missing' to the agent (judged as written, harmless) "
-    "while dockerd follows the real link; modelled here with a private bind mount over "
-    "the directory the user writes in, in the agent's own mount namespace",
-)
+# Red team, fixed in 5867095 (was a strict xfail): installers/linux/pullgate-
+# agent.service runs the agent with PrivateTmp=yes, so it resolves /tmp and /var/tmp in
+# its own mount namespace: a user's /tmp/x -> /var/run is 'missing' to the agent (judged
+# as written, harmless) while dockerd follows the real link; modelled here with a
+# private bind mount over the directory the user writes in, in the agent's own mount
+# namespace
 def test_a_link_the_agent_cannot_see_behind_private_tmp(
     docker_env: DockerEnv,
     name: str,
@@ -641,13 +640,11 @@ def test_root_private_paths_outside_the_lists(
         assert not Path(source).exists(), "created (not started): the daemon made nothing"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team (configuration): _protection keeps the daemon's socket and data root "
-    "(/info DockerRootDir) but not its exec root: with --exec-root outside /run (as in "
-    "this test daemon) <exec-root>/containerd/containerd.sock, the containerd dockerd "
-    "runs, is bound freely and runs privileged containers around dockerd",
-)
+# Red team, fixed in 5867095 (was a strict xfail): (configuration) _protection keeps the
+# daemon's socket and data root (/info DockerRootDir) but not its exec root: with
+# --exec-root outside /run (as in this test daemon) <exec-
+# root>/containerd/containerd.sock, the containerd dockerd runs, is bound freely and
+# runs privileged containers around dockerd
 def test_the_daemons_exec_root_is_not_bound(
     agent: AgentProcess, docker_env: DockerEnv, name: str
 ) -> None:
@@ -662,12 +659,10 @@ def test_the_daemons_exec_root_is_not_bound(
     assert_refused(status, answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: a named volume is judged only at volumes/create through the shim; one "
-    "made directly (by root, compose before the agent) as a local bind of the daemon's "
-    "socket directory is used with -v <name>:/x (or --mount type=volume) unjudged",
-)
+# Red team, fixed in 5867095 (was a strict xfail): a named volume is judged only at
+# volumes/create through the shim; one made directly (by root, compose before the agent)
+# as a local bind of the daemon's socket directory is used with -v <name>:/x (or --mount
+# type=volume) unjudged
 @pytest.mark.parametrize("how", ["binds", "mounts"])
 def test_a_named_volume_made_outside_the_shim(
     agent: AgentProcess, docker_env: DockerEnv, name: str, how: str
@@ -698,13 +693,10 @@ def test_a_named_volume_made_outside_the_shim(
     assert_refused(status, answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: PUT /containers/{id}/archive (docker cp) mounts a stopped container's "
-    "binds as they are now, like start, but is not judged again: create with a project "
-    "directory, swap it for a link to a system directory, and docker cp writes there as "
-    "root (no race: the user picks the moment)",
-)
+# Red team, fixed in 5867095 (was a strict xfail): PUT /containers/{id}/archive (docker
+# cp) mounts a stopped container's binds as they are now, like start, but is not judged
+# again: create with a project directory, swap it for a link to a system directory, and
+# docker cp writes there as root (no race: the user picks the moment)
 def test_docker_cp_into_a_bind_swapped_for_a_link(
     agent: AgentProcess, docker_env: DockerEnv, name: str, tmp_path: Path
 ) -> None:
@@ -737,12 +729,10 @@ def test_docker_cp_into_a_bind_swapped_for_a_link(
         proof.unlink(missing_ok=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: a (re)start judges the container's binds again as they lead now, "
-    "but not the device of a local volume it uses: the local driver mounts device= at "
-    "that start, following a link the user swapped in after volumes/create",
-)
+# Red team, fixed in 5867095 (was a strict xfail): a (re)start judges the container's
+# binds again as they lead now, but not the device of a local volume it uses: the local
+# driver mounts device= at that start, following a link the user swapped in after
+# volumes/create
 def test_start_with_a_volume_whose_device_was_swapped_for_a_link(
     agent: AgentProcess, docker_env: DockerEnv, name: str, tmp_path: Path
 ) -> None:
@@ -844,13 +834,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: /swarm/join (and /swarm/init, whose manager token lets a remote "
-    "node in) is not inspected: joined to a manager the user controls, the node runs "
-    "whatever tasks that manager schedules (binds of /, any image from any registry) "
-    "with no request through the shim at all",
-)
+def _free_udp_port_below_49152() -> int:
+    """A free UDP port dockerd accepts as a swarm data path port (1024-49151)."""
+    for port in random.sample(range(20000, 49152), 200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free UDP port for the swarm data path")
+
+
+# Red team, fixed in 5867095 (was a strict xfail): /swarm/join (and /swarm/init, whose
+# manager token lets a remote node in) is not inspected: joined to a manager the user
+# controls, the node runs whatever tasks that manager schedules (binds of /, any image
+# from any registry) with no request through the shim at all
 def test_joining_a_swarm_the_user_controls(
     agent: AgentProcess, docker_env: DockerEnv, tmp_path: Path
 ) -> None:
@@ -866,7 +865,7 @@ def test_joining_a_swarm_the_user_controls(
             "--listen-addr",
             f"127.0.0.1:{port}",
             "--data-path-port",
-            str(_free_port()),
+            str(_free_udp_port_below_49152()),
         )
         token = docker(manager, "swarm", "join-token", "-q", "worker").stdout.strip()
         body = {
@@ -884,12 +883,10 @@ def test_joining_a_swarm_the_user_controls(
         stop_docker_env(manager)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: /swarm/init is not inspected either: GET /swarm then hands the user "
-    "the manager join token, a machine of theirs joins as a manager, and services it "
-    "creates on its own dockerd run here (binds of /, any image) without the shim",
-)
+# Red team, fixed in 5867095 (was a strict xfail): /swarm/init is not inspected either:
+# GET /swarm then hands the user the manager join token, a machine of theirs joins as a
+# manager, and services it creates on its own dockerd run here (binds of /, any image)
+# without the shim
 def test_making_the_node_a_swarm_manager(agent: AgentProcess, docker_env: DockerEnv) -> None:
     port = _free_port()
     body = {"ListenAddr": f"127.0.0.1:{port}", "AdvertiseAddr": f"127.0.0.1:{port}"}
