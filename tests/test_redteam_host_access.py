@@ -13,9 +13,12 @@ import io
 import json
 import random
 import shlex
+import shutil
 import socket
+import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,6 +41,7 @@ from tests.agent_process import (
 pytestmark = pytest.mark.usefixtures("seeded")
 
 IMAGE = "alpine"
+NOBODY = 65534
 
 
 @pytest.fixture(scope="module")
@@ -619,25 +623,35 @@ def test_volumes_from_a_container_with_host_binds(
     assert result.returncode != 0 and "pullgate" in result.stderr, describe(result)
 
 
-@pytest.mark.xfail(
+_PRECREATED = pytest.mark.xfail(
     strict=True,
-    reason="red team (design): NO_BIND/READ_ONLY is a deny-list of system paths; what root "
-    "keeps elsewhere passes: root's tmux/ssh-agent sockets in /tmp (tmux-0: send-keys to "
-    "root's shell), the EFI partition at /efi (the boot loader), /opt/cni/bin (run by "
-    "root on every pod start). Judging a bind with the requesting user's own access "
-    "(SO_PEERCRED uid/gids) would refuse every one of them",
+    reason="red team: /tmp/tmux-0 does not exist yet and /tmp is writable by anyone, so "
+    "the requester check lets dockerd make it, as root, for the container; its root "
+    "keeps it root-owned 0700, root's next tmux puts its server socket there, and the "
+    "container sends keys to root's shell (likewise /tmp/ssh-*, /tmp/.X11-unix)",
 )
-@pytest.mark.parametrize("source", ["/tmp/tmux-0", "/efi", "/opt/cni/bin"])
+
+
+@pytest.mark.usefixtures("alpine_local")
+@pytest.mark.parametrize(
+    "source",
+    [pytest.param("/tmp/tmux-0", marks=_PRECREATED), "/efi", "/opt/cni/bin"],
+)
 def test_root_private_paths_outside_the_lists(
-    agent: AgentProcess, docker_env: DockerEnv, name: str, source: str
+    nobody_agent: AgentProcess, docker_env: DockerEnv, name: str, source: str
 ) -> None:
+    """What NO_BIND/READ_ONLY do not list (root's sockets in /tmp, the EFI partition,
+    CNI plugins root runs) is judged by what the requesting user may reach."""
     body = {"Image": IMAGE, "HostConfig": {"NetworkMode": "none", "Binds": [f"{source}:/h"]}}
+    existed = Path(source).exists()
     try:
-        status, answer = api(agent.socket_path, f"/v1.41/containers/create?name={name}", body)
+        status, answer = api_as_nobody(
+            nobody_agent.socket_path, f"/v1.41/containers/create?name={name}", body
+        )
         assert not exists(docker_env, "container", name)
         assert_refused(status, answer)
     finally:
-        assert not Path(source).exists(), "created (not started): the daemon made nothing"
+        assert existed or not Path(source).exists(), "created, never started: nothing made"
 
 
 # Red team, fixed in 5867095 (was a strict xfail): (configuration) _protection keeps the
@@ -751,6 +765,96 @@ def test_start_with_a_volume_whose_device_was_swapped_for_a_link(
     result = docker_via(agent, docker_env, "start", "-a", name)
     assert "docker.sock" not in result.stdout, "the container listed the daemon's socket"
     assert result.returncode != 0 and "pullgate" in result.stderr, describe(result)
+
+
+_AS_NOBODY = """
+import http.client, json, socket, sys
+class C(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(sys.argv[1])
+c = C("docker", timeout=20)
+c.request("POST", sys.argv[2], body=sys.argv[3].encode(),
+          headers={"Content-Type": "application/json"})
+r = c.getresponse()
+print(json.dumps([r.status, r.read().decode("utf-8", "replace")]))
+"""
+
+
+def api_as_nobody(socket_path: Path, target: str, body: object) -> tuple[int, dict[str, Any]]:
+    """POST as uid/gid 65534 (a docker-group user is no more than that to the host)."""
+    result = subprocess.run(
+        ["/usr/bin/python3", "-c", _AS_NOBODY, str(socket_path), target, json.dumps(body)],
+        capture_output=True,
+        text=True,
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    status, raw = json.loads(result.stdout)
+    return int(status), _answer(raw.encode())
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory under /tmp that anyone may search (pytest's own are root's 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="pgrt-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def nobody_agent(docker_env: DockerEnv, open_dir: Path) -> Iterator[AgentProcess]:
+    """An agent whose socket uid 65534 can reach."""
+    shim = start_agent(open_dir / "agent", docker_env.socket_path, shim_policy())
+    for parent in (open_dir / "agent", shim.socket_path.parent):
+        parent.chmod(0o755)
+    shim.socket_path.chmod(0o666)
+    try:
+        yield shim
+    finally:
+        shim.stop()
+
+
+@pytest.mark.usefixtures("alpine_local")
+def test_a_user_cannot_bind_what_they_cannot_reach(
+    nobody_agent: AgentProcess, docker_env: DockerEnv, name: str, open_dir: Path
+) -> None:
+    private = open_dir / "root-only"
+    private.mkdir(mode=0o700)
+    body = {"Image": IMAGE, "HostConfig": {"NetworkMode": "none", "Binds": [f"{private}:/h:ro"]}}
+    status, answer = api_as_nobody(
+        nobody_agent.socket_path, f"/v1.41/containers/create?name={name}", body
+    )
+    assert_refused(status, answer)
+    assert not exists(docker_env, "container", name)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="red team: the requester check (5867095) reads only the bind's own directory "
+    "and those above it; a directory the user may write (/tmp, 1777) is bound whole, and "
+    "the container's root walks into what it holds that the user cannot: root's 0700 "
+    "/tmp/tmux-0 (send-keys to root's shell), ssh-agent sockets, systemd-private-* dirs",
+)
+@pytest.mark.usefixtures("alpine_local")
+def test_a_user_binds_a_shared_directory_holding_roots_private_one(
+    nobody_agent: AgentProcess, docker_env: DockerEnv, name: str, open_dir: Path
+) -> None:
+    shared = open_dir / "tmp"  # stands for /tmp
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "tmux-0").mkdir(mode=0o700)  # root's
+    body = {"Image": IMAGE, "HostConfig": {"NetworkMode": "none", "Binds": [f"{shared}:/t"]}}
+    status, answer = api_as_nobody(
+        nobody_agent.socket_path, f"/v1.41/containers/create?name={name}", body
+    )
+    assert not exists(docker_env, "container", name)
+    assert_refused(status, answer)
 
 
 # --- 8. the same settings through swarm services ---------------------------------------------
