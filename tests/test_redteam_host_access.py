@@ -743,6 +743,29 @@ def test_docker_cp_into_a_bind_swapped_for_a_link(
         proof.unlink(missing_ok=True)
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_docker_cp_out_of_a_bind_swapped_for_a_link(
+    agent: AgentProcess, docker_env: DockerEnv, name: str, tmp_path: Path, method: str
+) -> None:
+    """Reading through the swapped bind (docker cp out, its stat) mounts it as well."""
+    project = tmp_path / "project"
+    project.mkdir()
+    result = docker_via(
+        agent, docker_env, "create", "--name", name, "--network", "none",
+        "-v", f"{project}:/p", IMAGE, "true",
+    )  # fmt: skip
+    assert result.returncode == 0, describe(result, agent)
+    project.rmdir()
+    project.symlink_to(daemon_dir(docker_env))
+    status, headers, raw = unix_request(
+        agent.socket_path, method, f"/v1.41/containers/{name}/archive?path=/p/docker.pid"
+    )
+    assert "x-docker-container-path-stat" not in headers, headers
+    assert 400 <= status < 500, (status, raw[:200])
+    if method == "GET":
+        assert b"pullgate" in raw, raw[:200]
+
+
 # Red team, fixed in 5867095 (was a strict xfail): a (re)start judges the container's
 # binds again as they lead now, but not the device of a local volume it uses: the local
 # driver mounts device= at that start, following a link the user swapped in after
