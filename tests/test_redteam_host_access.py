@@ -623,6 +623,33 @@ def test_volumes_from_a_container_with_host_binds(
     assert result.returncode != 0 and "pullgate" in result.stderr, describe(result)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="red team: _access_problem asks only read permission of a read-only bind, but "
+    "connecting to a unix socket takes write permission: a root daemon's socket made "
+    "with umask 022 (srwxr-xr-x) keeps the user out, yet bound :ro it lets the "
+    "container's root connect (read-only does not stop connect(2))",
+)
+@pytest.mark.usefixtures("alpine_local")
+def test_a_read_only_bind_of_a_socket_the_user_cannot_connect_to(
+    nobody_agent: AgentProcess, docker_env: DockerEnv, name: str, open_dir: Path
+) -> None:
+    path = open_dir / "rootd.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen(1)
+        path.chmod(0o755)  # what umask 022 gives a root daemon's socket
+        body = {
+            "Image": IMAGE,
+            "HostConfig": {"NetworkMode": "none", "Binds": [f"{path}:/rootd.sock:ro"]},
+        }
+        status, answer = api_as_nobody(
+            nobody_agent.socket_path, f"/v1.41/containers/create?name={name}", body
+        )
+    assert not exists(docker_env, "container", name)
+    assert_refused(status, answer)
+
+
 _PRECREATED = pytest.mark.xfail(
     strict=True,
     reason="red team: /tmp/tmux-0 does not exist yet and /tmp is writable by anyone, so "
