@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import shlex
 import shutil
@@ -650,6 +651,29 @@ def test_a_read_only_bind_of_a_socket_the_user_cannot_connect_to(
     assert_refused(status, answer)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="red team: a contained requester counts as nobody only when its uid is 0; a "
+    "docker-group user runs a container with --user <uid of an administrator> (and "
+    "--group-add any gid) and the agent's socket mounted in (allowed), and from it binds "
+    "that administrator's 0700 home read-write (~/.ssh/authorized_keys, ~/.bashrc)",
+)
+@pytest.mark.usefixtures("alpine_local")
+def test_a_container_process_borrows_a_host_users_access_by_its_uid(
+    nobody_agent: AgentProcess, docker_env: DockerEnv, name: str, open_dir: Path
+) -> None:
+    home = open_dir / "home-4242"  # another user's home, 0700
+    home.mkdir(mode=0o700)
+    os.chown(home, 4242, 4242)
+    body = {"Image": IMAGE, "HostConfig": {"NetworkMode": "none", "Binds": [f"{home}:/h"]}}
+    target = f"/v1.41/containers/create?name={name}"
+    status, answer = api_as_nobody(nobody_agent.socket_path, target, body)
+    assert_refused(status, answer)  # a user who is not 4242: refused
+    status, answer = api_as_nobody(nobody_agent.socket_path, target, body, contained_uid=4242)
+    assert not exists(docker_env, "container", name)
+    assert_refused(status, answer)
+
+
 _PRECREATED = pytest.mark.xfail(
     strict=True,
     reason="red team: /tmp/tmux-0 does not exist yet and /tmp is writable by anyone, so "
@@ -831,18 +855,19 @@ print(json.dumps([r.status, r.read().decode("utf-8", "replace")]))
 """
 
 
-def api_as_nobody(socket_path: Path, target: str, body: object) -> tuple[int, dict[str, Any]]:
-    """POST as uid/gid 65534 (a docker-group user is no more than that to the host)."""
-    result = subprocess.run(
-        ["/usr/bin/python3", "-c", _AS_NOBODY, str(socket_path), target, json.dumps(body)],
-        capture_output=True,
-        text=True,
-        user=NOBODY,
-        group=NOBODY,
-        extra_groups=[],
-        timeout=30,
-        check=False,
-    )
+def api_as_nobody(
+    socket_path: Path, target: str, body: object, *, contained_uid: int | None = None
+) -> tuple[int, dict[str, Any]]:
+    """POST as uid/gid 65534 (a docker-group user is no more than that to the host); with
+    `contained_uid`, as that uid in a PID namespace of its own instead: what the agent
+    sees of a container's process talking to the agent's socket mounted into it."""
+    argv = ["/usr/bin/python3", "-c", _AS_NOBODY, str(socket_path), target, json.dumps(body)]
+    who: dict[str, Any] = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+    if contained_uid is not None:
+        ids = ["--reuid", str(contained_uid), "--regid", str(contained_uid), "--clear-groups"]
+        argv = ["unshare", "--pid", "--fork", "--", "setpriv", *ids, *argv]
+        who = {}
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False, **who)
     assert result.returncode == 0, result.stderr
     status, raw = json.loads(result.stdout)
     return int(status), _answer(raw.encode())
