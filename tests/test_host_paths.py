@@ -89,19 +89,31 @@ def test_the_access_rule_on_real_modes(open_tmp: Path) -> None:
         return judge(HostAccess(paths=(bind,)), found, Protection(), who)
 
     assert "beyond" in problems(private / "default")[0]
-    assert "cannot write" in problems(private)[0]
-    assert "cannot read" in problems(private, read_only=True)[0]
-    assert problems(shared) == [] and problems(mine) == []
-    assert problems(shared / "new-dir") == []  # the daemon makes it where the user could
-    assert "cannot write" in problems(tmp_path / "new-dir")[0]
-    assert "cannot write" in problems(tmp_path)[0]
-    assert problems(tmp_path, read_only=True) == []
+    assert "not yours" in problems(private)[0]
+    assert "not yours" in problems(private, read_only=True)[0]
+    assert problems(mine) == [] and problems(mine / "new-dir") == []
+    # A shared directory holds what is not the user's (root's tmux-0 in /tmp): only
+    # their own directory may be bound, and only there may Docker make a missing one.
+    assert "not yours" in problems(shared)[0]
+    assert "make it yourself" in problems(shared / "tmux-0")[0]
+    assert "make it yourself" in problems(tmp_path / "new-dir")[0]
+    assert "not yours" in problems(tmp_path, read_only=True)[0]
+    sock_path = mine / "agent.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(sock_path))
+        os.chown(sock_path, 0, 0)
+        os.chmod(sock_path, 0o755)  # root's socket, umask 022: connect needs write
+        assert "not yours" in problems(sock_path, read_only=True)[0]
     assert problems(private, who=Requester(0, frozenset({0}))) == []
-    contained_root = Requester(0, frozenset({0}), contained=True)
-    assert problems(private, who=contained_root)  # root in a container is not the host's
+    # A client in a container has whatever uid the container was started with.
+    for uid in (0, USER.uid):
+        contained = Requester(uid, frozenset({uid}), contained=True)
+        assert problems(mine, who=contained)
     group = Requester(5555, frozenset({5555, 4242}))
     os.chmod(mine, 0o770)
-    assert problems(mine, who=group) == []
+    assert "not yours" in problems(mine, who=group)[0]
+    assert problems(Path("/usr/share"), read_only=True) == []  # the system's, read-only
+    assert "writable" in problems(Path("/usr/share"))[0]
 
 
 def test_requester_reads_the_process_groups() -> None:

@@ -1,10 +1,9 @@
 """Red team of ``containers.host_access``: ways a docker-group user gets the host's root.
 
-Each xfail(strict) test asserts the SECURE behaviour (Pullgate refuses the request with
-its message and the daemon makes nothing) for a request that, today, gets through the
-shim and is carried out by the real dockerd (Debian's 20.10, API 1.12-1.41). The tests
-without the mark are hostile inputs that are correctly refused and not covered by
-tests/test_shim_host_access.py.
+Each test asserts the SECURE behaviour (Pullgate refuses the request with its message and
+the daemon makes nothing) against the real dockerd (Debian's 20.10, API 1.12-1.41). Those
+marked "Red team, fixed in ..." got through before that commit; the rest are hostile inputs
+that were refused from the start and are not covered by tests/test_shim_host_access.py.
 """
 
 from __future__ import annotations
@@ -624,13 +623,6 @@ def test_volumes_from_a_container_with_host_binds(
     assert result.returncode != 0 and "pullgate" in result.stderr, describe(result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: _access_problem asks only read permission of a read-only bind, but "
-    "connecting to a unix socket takes write permission: a root daemon's socket made "
-    "with umask 022 (srwxr-xr-x) keeps the user out, yet bound :ro it lets the "
-    "container's root connect (read-only does not stop connect(2))",
-)
 @pytest.mark.usefixtures("alpine_local")
 def test_a_read_only_bind_of_a_socket_the_user_cannot_connect_to(
     nobody_agent: AgentProcess, docker_env: DockerEnv, name: str, open_dir: Path
@@ -651,13 +643,6 @@ def test_a_read_only_bind_of_a_socket_the_user_cannot_connect_to(
     assert_refused(status, answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: a contained requester counts as nobody only when its uid is 0; a "
-    "docker-group user runs a container with --user <uid of an administrator> (and "
-    "--group-add any gid) and the agent's socket mounted in (allowed), and from it binds "
-    "that administrator's 0700 home read-write (~/.ssh/authorized_keys, ~/.bashrc)",
-)
 @pytest.mark.usefixtures("alpine_local")
 def test_a_container_process_borrows_a_host_users_access_by_its_uid(
     nobody_agent: AgentProcess, docker_env: DockerEnv, name: str, open_dir: Path
@@ -674,19 +659,10 @@ def test_a_container_process_borrows_a_host_users_access_by_its_uid(
     assert_refused(status, answer)
 
 
-_PRECREATED = pytest.mark.xfail(
-    strict=True,
-    reason="red team: /tmp/tmux-0 does not exist yet and /tmp is writable by anyone, so "
-    "the requester check lets dockerd make it, as root, for the container; its root "
-    "keeps it root-owned 0700, root's next tmux puts its server socket there, and the "
-    "container sends keys to root's shell (likewise /tmp/ssh-*, /tmp/.X11-unix)",
-)
-
-
 @pytest.mark.usefixtures("alpine_local")
 @pytest.mark.parametrize(
     "source",
-    [pytest.param("/tmp/tmux-0", marks=_PRECREATED), "/efi", "/opt/cni/bin"],
+    ["/tmp/tmux-0", "/efi", "/opt/cni/bin"],
 )
 def test_root_private_paths_outside_the_lists(
     nobody_agent: AgentProcess, docker_env: DockerEnv, name: str, source: str
@@ -909,13 +885,6 @@ def test_a_user_cannot_bind_what_they_cannot_reach(
     assert not exists(docker_env, "container", name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: the requester check (5867095) reads only the bind's own directory "
-    "and those above it; a directory the user may write (/tmp, 1777) is bound whole, and "
-    "the container's root walks into what it holds that the user cannot: root's 0700 "
-    "/tmp/tmux-0 (send-keys to root's shell), ssh-agent sockets, systemd-private-* dirs",
-)
 @pytest.mark.usefixtures("alpine_local")
 def test_a_user_binds_a_shared_directory_holding_roots_private_one(
     nobody_agent: AgentProcess, docker_env: DockerEnv, name: str, open_dir: Path

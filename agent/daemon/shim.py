@@ -186,7 +186,9 @@ class Shim:
         self.connections: set[ClientConnection] = set()
         self.heads = HeadCache()
         self.builds = BuildRegistry()  # BuildKit builds in flight, by session
-        self._docker_root: tuple[float, str] | None = None  # (when asked, DockerRootDir)
+        #: (when asked, the daemon's own directories: DockerRootDir and what its command
+        #: lines and daemon.json name), for containers.host_access.
+        self._docker_root: tuple[float, tuple[str, ...]] | None = None
         #: Why the last upstream connection was refused (ListenerError), until one passes.
         self.upstream_problem: str | None = None
         self._problem_reported = 0.0
@@ -396,14 +398,14 @@ class Shim:
         daemon's socket, data root and what its command line and daemon.json name (exec
         root, containerd, pid file), the agent's state and audit directories."""
         now = asyncio.get_running_loop().time()
+        upstream = self.config.upstream
         if self._docker_root is None or now - self._docker_root[0] > _DOCKER_ROOT_TTL:
             info = await self.daemon_json("/info", "itself")
             root = info.get("DockerRootDir") if isinstance(info, dict) else None
-            self._docker_root = (now, root if isinstance(root, str) else "")
-        kept = [str(self.config.upstream), *map(str, self.config.protected)]
-        if self._docker_root[1]:
-            kept.append(self._docker_root[1])
-        upstream = self.config.upstream
+            named = await asyncio.to_thread(host_paths.daemon_paths, upstream)
+            own = [root] if isinstance(root, str) and root else []
+            self._docker_root = (now, (*own, *named))
+        kept = [str(upstream), *map(str, self.config.protected), *self._docker_root[1]]
 
         def resolve(paths: list[str]) -> tuple[str, ...]:
             facts = host_paths.examine(paths, daemon=upstream)
@@ -411,7 +413,7 @@ class Shim:
 
         no_bind, exact = await asyncio.to_thread(
             lambda: (
-                resolve([*kept, *host_paths.daemon_paths(upstream)]),
+                resolve(kept),
                 resolve([str(self.config.listen)]),
             )
         )
@@ -731,8 +733,9 @@ class IllegalMoveError(RuntimeError):
 
 #: After a refusal, how long and how much of the rest of a request body is read and dropped.
 _DRAIN_SECONDS = 30.0
-#: How long the daemon's data root (``/info``) is taken as known: it changes only
-#: with a daemon restart, and each create with host paths needs it.
+#: How long the daemon's own directories (``/info``, its command line) are taken as
+#: known: they change only with a daemon restart, and each create with host paths
+#: needs them.
 _DOCKER_ROOT_TTL = 60.0
 #: Bytes a client may send ahead of the response to its request before it is paused.
 _MAX_BACKLOG = 256 * 1024

@@ -64,24 +64,53 @@ def _listener_root(daemon: Path | None) -> int | None:
     return None
 
 
-def daemon_paths(daemon: Path) -> list[str]:
-    """Where the process serving ``daemon`` keeps its state and sockets, from its
-    command line and its ``daemon.json`` (``agent.core.dockerd_hosts.dockerd_paths``);
-    empty where the machine does not show them."""
-    pid = _listener_pid(daemon) if sys.platform.startswith("linux") else None
-    if not pid:
-        return []
+def _command_line(pid: int) -> list[str]:
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return []
-    argv = [a for a in argv if a]
-    config_file = next(iter(flag_values(argv, ("--config-file",))), DAEMON_JSON)
-    config: dict[str, object] | None = None
-    with contextlib.suppress(OSError, ValueError, FileTooLargeError):
-        value = json.loads(read_capped(Path(f"/proc/{pid}/root{config_file}"), 1 << 20))
-        config = value if isinstance(value, dict) else None
-    return dockerd_paths(argv, config)
+    return [a for a in raw.decode(errors="replace").split("\0") if a]
+
+
+def _dockerd_pids() -> list[int]:
+    """Every running dockerd: under socket activation the socket's listener is systemd,
+    whose command line names none of dockerd's directories."""
+    import psutil  # noqa: PLC0415 - loaded on the first bind judged, not at agent start
+
+    pids = []
+    for process in psutil.process_iter(["name"]):
+        if process.info.get("name") == "dockerd":
+            pids.append(process.pid)
+    return pids
+
+
+def daemon_paths(daemon: Path) -> list[str]:
+    """Where the process serving ``daemon`` and every running dockerd keep their state
+    and sockets, from their command lines and ``daemon.json``
+    (``agent.core.dockerd_hosts.dockerd_paths``); empty where the machine does not show
+    them. Walks the process table: the caller caches it."""
+    if sys.platform.startswith("linux"):
+        return _linux_daemon_paths(daemon)
+    else:  # the platform check mypy reads
+        return []
+
+
+def _linux_daemon_paths(daemon: Path) -> list[str]:
+    pids = dict.fromkeys([p for p in [_listener_pid(daemon)] if p])
+    with contextlib.suppress(Exception):  # psutil's errors are its own classes
+        pids.update(dict.fromkeys(_dockerd_pids()))
+    out: list[str] = []
+    for pid in pids:
+        argv = _command_line(pid)
+        if not argv:
+            continue
+        config_file = next(iter(flag_values(argv, ("--config-file",))), DAEMON_JSON)
+        config: dict[str, object] | None = None
+        with contextlib.suppress(OSError, ValueError, FileTooLargeError):
+            value = json.loads(read_capped(Path(f"/proc/{pid}/root{config_file}"), 1 << 20))
+            config = value if isinstance(value, dict) else None
+        out += [p for p in dockerd_paths(argv, config) if p not in out]
+    return out
 
 
 def _lstat(rel: str, root: int | None) -> os.stat_result:

@@ -644,6 +644,7 @@ class Requester:
 NOBODY = 65534
 _S_IFMT = 0o170000
 _S_IFDIR = 0o040000
+_S_IFSOCK = 0o140000
 
 
 def _may(mode: int, uid: int, gid: int, who: Requester, bits: int) -> bool:
@@ -656,16 +657,23 @@ def _may(mode: int, uid: int, gid: int, who: Requester, bits: int) -> bool:
 
 
 def _access_problem(given: HostPath, facts: PathFacts, who: Requester) -> str | None:
-    """A bind (or a local volume's path) gives the container's root what its requester
-    could not reach themselves: root's 0700 directories in /tmp, /efi, another user's
-    home. The directories above it must be searchable by the user; the path itself
-    readable when bound read-only, writable otherwise. A path that does not exist yet
-    (dockerd makes it, as root) must be one the user could have made."""
+    """A bind (or a local volume's path) must not give the container's root more of the
+    host than its requester has. What a directory holds cannot be listed up front
+    (``/tmp`` holds root's 0700 ``tmux-0``; ``/home`` other users' homes), so:
+
+    * the directories above it must be searchable by the requester;
+    * the path must be the requester's own (their uid owns it), or be read-only inside
+      the system's read-only trees (``READ_ONLY``: ``/usr/share``, ``/etc/ssl``) and
+      readable by them; a socket (connect needs write) only if theirs;
+    * a path that does not exist yet is made by dockerd, as root: only inside a
+      directory of the requester's own, which they could have made it in.
+
+    A client inside a container (its uid is whatever the container was started with)
+    counts as nobody, who owns nothing. Root on the host is not judged here.
+    """
     if not facts.chain or (who.uid == 0 and not who.contained):
         return None
-    if who.contained and who.uid == 0:
-        # A container's root reaching the agent's socket (mounted in) is not an
-        # administrator of the host: it gets what anyone gets.
+    if who.contained:
         who = Requester(NOBODY, frozenset({NOBODY}), contained=True)
     above = facts.chain[:-1] if facts.exists else facts.chain
     for mode, uid, gid in above:
@@ -673,15 +681,23 @@ def _access_problem(given: HostPath, facts: PathFacts, who: Requester) -> str | 
             return f"{given.spec}: {facts.resolved} is beyond what you can reach on this machine"
     if not facts.exists:
         mode, uid, gid = above[-1] if above else (0, 0, 0)
-        if not _may(mode, uid, gid, who, 3):
-            return f"{given.spec}: {facts.resolved} would be made where you cannot write"
+        if uid != who.uid or not _may(mode, uid, gid, who, 3):
+            return (
+                f"{given.spec}: {facts.resolved} does not exist, and Docker would make it "
+                "as root where it is not yours; make it yourself first (mkdir -p)"
+            )
         return None
     mode, uid, gid = facts.chain[-1]
-    wanted = 5 if mode & _S_IFMT == _S_IFDIR else 4
-    if not given.read_only:
+    kind = mode & _S_IFMT
+    wanted = 5 if kind == _S_IFDIR else 4
+    if not given.read_only or kind == _S_IFSOCK:
         wanted |= 2
+    if uid != who.uid:
+        system = any(_under(facts.resolved, root) for root in READ_ONLY)
+        if not (given.read_only and system and kind != _S_IFSOCK):
+            return f"{given.spec}: {facts.resolved} is not yours (owner uid {uid})"
     if not _may(mode, uid, gid, who, wanted):
-        how = "read" if given.read_only else "write"
+        how = "read" if wanted & 2 == 0 else "write"
         return f"{given.spec}: you cannot {how} {facts.resolved} yourself"
     return None
 
