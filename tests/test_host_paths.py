@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.core.decision import Identity
 from agent.core.dockerd_hosts import dockerd_paths
 from agent.core.inspection.host_access import (
     HostAccess,
@@ -20,6 +21,10 @@ from agent.core.inspection.host_access import (
     Requester,
     judge,
 )
+from agent.core.peer import PeerInfo
+from agent.core.policy.default import default_policy
+from agent.daemon.bus import DecisionSink
+from agent.daemon.shim import Shim, ShimConfig
 from agent.platform import host_paths
 
 USER = Requester(uid=4242, gids=frozenset({4242}))
@@ -137,3 +142,25 @@ def test_dockerd_paths(
     argv: list[str], config: dict[str, object] | None, expected: list[str]
 ) -> None:
     assert dockerd_paths(argv, config) == expected
+
+
+def test_a_client_inside_a_container_has_no_ones_sign_in(tmp_path: Path) -> None:
+    """A container started with --user <a signed-in user's uid> and the agent's socket
+    mounted must not borrow that user's identity (require_sign_in, group rules)."""
+
+    signed_in = Identity(email="admin@acme.example", groups=frozenset({"admins"}))
+
+    class Store:
+        def identity_for(self, uid: int | None) -> Identity | None:
+            return signed_in if uid == 4242 else None
+
+    shim = Shim(
+        ShimConfig(listen=tmp_path / "a.sock", upstream=tmp_path / "d.sock"),
+        default_policy,
+        DecisionSink(),
+        identities=Store(),
+    )
+    assert shim.identity_of(PeerInfo(pid=1, uid=4242)) == signed_in
+    assert shim.identity_of(PeerInfo(pid=1, uid=4242, contained=True)) is None
+    me = host_paths.requester(os.getpid(), 0, 0)
+    assert me is not None and not me.contained

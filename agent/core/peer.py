@@ -30,3 +30,6 @@ class PeerInfo:
     executable: str | None = None
     command_line: tuple[str, ...] = ()
     parents: tuple[ProcessSummary, ...] = field(default=())
+    #: The client runs inside a container (another PID namespace than the agent's): its
+    #: uid is whatever the container was started with, so it is nobody's sign-in.
+    contained: bool = False

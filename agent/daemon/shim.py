@@ -375,7 +375,7 @@ class Shim:
             facts, requester = await asyncio.to_thread(
                 lambda: (
                     host_paths.examine(paths, daemon=self.config.upstream),
-                    host_paths.requester(peer.pid, peer.uid, peer.gid),
+                    host_paths.requester(peer.pid, peer.uid, peer.gid, inside=peer.contained),
                 )
             )
             protection = await self._protection(policy)
@@ -424,8 +424,11 @@ class Shim:
         )
 
     def identity_of(self, peer: PeerInfo) -> Identity | None:
-        """The identity of the client's OS user; nobody borrows another user's sign-in."""
-        return self.identities.identity_for(peer.uid) if self.identities is not None else None
+        """The identity of the client's OS user; nobody borrows another user's sign-in,
+        and a client inside a container (any uid it likes) has none."""
+        if self.identities is None or peer.contained:
+            return None
+        return self.identities.identity_for(peer.uid)
 
     def _decide_one(
         self, policy: Policy, want: Wanted, now: datetime, endpoint: str, peer: PeerInfo

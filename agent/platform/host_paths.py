@@ -25,7 +25,7 @@ from pathlib import Path
 from agent.core.dockerd_hosts import dockerd_paths, flag_values
 from agent.core.inspection.host_access import PathFacts, Requester
 from agent.platform.files import FileTooLargeError, read_capped
-from agent.platform.peer import peer_credentials
+from agent.platform.peer import contained, peer_credentials
 
 __all__ = ["DAEMON_JSON", "MAX_LINKS", "PathFacts", "daemon_paths", "examine", "requester"]
 
@@ -198,17 +198,12 @@ def _proc_groups(pid: int) -> frozenset[int] | None:
     return None
 
 
-def _contained(pid: int) -> bool:
-    """Whether ``pid`` runs in another PID namespace than the agent (a container)."""
-    try:
-        return os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return False
-
-
-def requester(pid: int | None, uid: int | None, gid: int | None) -> Requester | None:
+def requester(
+    pid: int | None, uid: int | None, gid: int | None, *, inside: bool | None = None
+) -> Requester | None:
     """The client's uid and every group it has (the process's own list where the
-    machine shows it, else the user database's); None when the uid is unknown."""
+    machine shows it, else the user database's); None when the uid is unknown.
+    ``inside``: whether it runs in a container, when already known."""
     if uid is None:
         return None
     groups = _proc_groups(pid) if pid else None
@@ -221,4 +216,6 @@ def requester(pid: int | None, uid: int | None, gid: int | None) -> Requester | 
             groups = frozenset(os.getgrouplist(name, gid if gid is not None else -1))
     if gid is not None:
         groups |= {gid}
-    return Requester(uid, groups, contained=bool(pid) and _contained(pid or 0))
+    if inside is None:
+        inside = bool(pid) and contained(pid or 0)
+    return Requester(uid, groups, contained=inside)

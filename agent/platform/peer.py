@@ -8,16 +8,25 @@ A process may exit before we look: then only the kernel's numbers are recorded.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TypeVar
 
 from agent.core.peer import PeerInfo, ProcessSummary
 from agent.core.redaction import redact_command_line
 
-__all__ = ["MAX_PARENTS", "ListenerError", "check_listener", "describe_peer", "peer_credentials"]
+__all__ = [
+    "MAX_PARENTS",
+    "ListenerError",
+    "check_listener",
+    "contained",
+    "describe_peer",
+    "peer_credentials",
+]
 
 MAX_PARENTS = 8
 
@@ -71,11 +80,20 @@ def _user(uid: int | None) -> str | None:
         return str(uid)
 
 
+def contained(pid: int) -> bool:
+    """Whether ``pid`` runs in another PID namespace than the agent (a container)."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return False
+
+
 def describe_peer(pid: int | None, uid: int | None, gid: int | None) -> PeerInfo:
     """Everything we can learn about the client now; never raises."""
     base = PeerInfo(pid=pid, uid=uid, gid=gid, user=_user(uid))
     if pid is None or pid <= 0:
         return base
+    inside = contained(pid)
     import psutil  # noqa: PLC0415 - loaded on the first decision, not at agent start
 
     try:
@@ -91,7 +109,7 @@ def describe_peer(pid: int | None, uid: int | None, gid: int | None) -> PeerInfo
             except psutil.Error:
                 parents.append(ProcessSummary(parent.pid))
     except psutil.Error:
-        return base
+        return replace(base, contained=inside)
     return PeerInfo(
         pid=pid,
         uid=uid,
@@ -101,6 +119,7 @@ def describe_peer(pid: int | None, uid: int | None, gid: int | None) -> PeerInfo
         executable=exe,
         command_line=cmdline,
         parents=tuple(parents),
+        contained=inside,
     )
 
 
