@@ -122,7 +122,7 @@ def test_ordinary_settings_pass(host: dict[str, Any]) -> None:
         ("/sys/fs/cgroup:/c", "/sys"),
         ("/dev/sda:/d", "/dev"),
         ("/var/lib/docker:/d", "/var/lib"),
-        ("/boot:/b", "writable"),
+        ("/boot:/b:ro", "/boot"),
         ("/opt/pullgate:/p:ro", "/opt/pullgate"),
     ],
 )

@@ -26,6 +26,7 @@ from agent.core.policy.default import default_policy
 from agent.daemon.bus import DecisionSink
 from agent.daemon.shim import Shim, ShimConfig
 from agent.platform import host_paths
+from agent.platform.peer import peer_groups
 
 USER = Requester(uid=4242, gids=frozenset({4242}))
 
@@ -164,3 +165,13 @@ def test_a_client_inside_a_container_has_no_ones_sign_in(tmp_path: Path) -> None
     assert shim.identity_of(PeerInfo(pid=1, uid=4242, contained=True)) is None
     me = host_paths.requester(os.getpid(), 0, 0)
     assert me is not None and not me.contained
+
+
+def test_peer_groups_are_the_kernels_at_connect() -> None:
+    """SO_PEERGROUPS: the groups the client had when it connected (a PID can be reused
+    by the time /proc is read)."""
+
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        groups = peer_groups(a)
+    assert groups is not None and set(os.getgroups()) <= groups | {os.getgid()}

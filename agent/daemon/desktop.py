@@ -102,8 +102,10 @@ class DesktopEndpoints:
         interval: float = RESCAN_INTERVAL,
         approved: ApprovalLedger | None = None,
         docker_cli: str | None = None,
+        protected: tuple[Path, ...] = (),
     ) -> None:
         self.users_dir = users_dir
+        self.protected = protected  # the agent's state and audit dirs (host_access)
         self.policy = policy
         self.sink = sink
         self.audit_gate = audit_gate
@@ -239,7 +241,11 @@ class DesktopEndpoints:
         await asyncio.to_thread(make_root_dir, listen.parent)
         shim = Shim(
             ShimConfig(
-                listen=listen, upstream=Path(plan.upstream), socket_mode=0o600, user=plan.uid
+                listen=listen,
+                upstream=Path(plan.upstream),
+                socket_mode=0o600,
+                user=plan.uid,
+                protected=self.protected,
             ),
             self.policy,
             self.sink,

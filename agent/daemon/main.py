@@ -200,6 +200,7 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
             context_mode=settings.desktop_context,
             sessions_dir=options.desktop_sessions,
             approved=ledger if options.watch else None,
+            protected=(state_dir, audit.directory),
         )
         desktop_status = endpoints.status
     control = ControlServer(
@@ -457,10 +458,20 @@ async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
             details={"listen": str(shim.config.listen), "upstream": str(shim.config.upstream)},
         )
     )
+    if front is shim:
+        where = (
+            f"listening on {shim.config.listen}, upstream unix://{shim.config.upstream} "
+            f"({source}), policy: {describe}. "
+            f"Point docker at it: export DOCKER_HOST=unix://{shim.config.listen}"
+        )
+    else:  # Docker Desktop mode: one endpoint per logged-in user
+        where = (
+            f"serving each logged-in user at {shim.config.listen}/<uid>/docker.sock in front "
+            f"of their own Docker Desktop ({source}), policy: {describe}; each user's "
+            "'pullgate' docker context points at theirs"
+        )
     print(
-        f"pullgate agent: ready in {ready * 1000:.0f} ms, listening on {shim.config.listen}, "
-        f"upstream unix://{shim.config.upstream} ({source}), policy: {describe}. "
-        f"Point docker at it: export DOCKER_HOST=unix://{shim.config.listen}",
+        f"pullgate agent: ready in {ready * 1000:.0f} ms, {where}",
         file=sys.stderr,
         flush=True,
     )

@@ -103,7 +103,13 @@ from agent.daemon.buildkit_tunnel import (
 )
 from agent.daemon.bus import DecisionSink
 from agent.platform import docker_api, host_paths
-from agent.platform.peer import ListenerError, check_listener, describe_peer, peer_credentials
+from agent.platform.peer import (
+    ListenerError,
+    check_listener,
+    describe_peer,
+    peer_credentials,
+    peer_groups,
+)
 from agent.platform.unix_sockets import claim_socket_path
 
 __all__ = ["HeadCache", "Shim", "ShimConfig"]
@@ -357,7 +363,11 @@ class Shim:
         return denial
 
     async def host_setting(
-        self, access: HostAccess, action: EventAction, peer: PeerInfo
+        self,
+        access: HostAccess,
+        action: EventAction,
+        peer: PeerInfo,
+        groups: frozenset[int] | None = None,
     ) -> SettingOutcome | None:
         """``containers.host_access``: refuse what hands a container the host (a denial
         outcome), or None. Host paths are resolved now, off the event loop, beneath the
@@ -375,7 +385,9 @@ class Shim:
             facts, requester = await asyncio.to_thread(
                 lambda: (
                     host_paths.examine(paths, daemon=self.config.upstream),
-                    host_paths.requester(peer.pid, peer.uid, peer.gid, inside=peer.contained),
+                    host_paths.requester(
+                        peer.pid, peer.uid, peer.gid, inside=peer.contained, groups=groups
+                    ),
                 )
             )
             protection = await self._protection(policy)
@@ -857,6 +869,11 @@ class ClientConnection(asyncio.Protocol):
                 credentials = _credentials(self.transport)
             self._peer = describe_peer(*credentials)
         return self._peer
+
+    def _peer_groups(self) -> frozenset[int] | None:
+        """The client's groups as the kernel took them when it connected."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        return peer_groups(sock) if sock is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._move(_CLOSED)
@@ -1357,7 +1374,10 @@ class ClientConnection(asyncio.Protocol):
             access = await self._gathered_access(inspection)
             if access:
                 action = inspection.host_action or EventAction.CREATE
-                setting = await self.shim.host_setting(access, action, self.peer) or setting
+                setting = (
+                    await self.shim.host_setting(access, action, self.peer, self._peer_groups())
+                    or setting
+                )
             for lookup in inspection.lookups:
                 image = await self._lookup_image(lookup)
                 if lookup.moves:
@@ -1397,15 +1417,10 @@ class ClientConnection(asyncio.Protocol):
                     wants += onbuild_wants(lookup.name, image, lookup.action)
                 if outcome is not None and (setting is None or setting.allowed):
                     setting = outcome
-        except OSError as e:
-            self._refuse(502, _upstream_error(self.shim.config.upstream, e, desktop=self._desktop))
+        except Exception as e:  # a bug too must refuse the request, never leave it waiting
+            if not self._refuse_for(e):
+                raise
             return
-        except InspectionError as e:
-            self._refuse(e.status, e.message)
-            return
-        except Exception as e:  # a bug must refuse the request, never leave it waiting
-            self._refuse(500, f"pullgate: internal error while deciding: {type(e).__name__}")
-            raise
         if self.state is _CLOSED:
             return
         decided = Inspection(wants=tuple(wants), setting=setting)
@@ -1432,6 +1447,20 @@ class ClientConnection(asyncio.Protocol):
             self._to_upstream(chunk)
         self.held = []
         self._request_complete()
+
+    def _refuse_for(self, error: Exception) -> bool:
+        """Answer a decision that failed: the daemon unreachable (502), a request that
+        cannot be read (its status), or a bug (500). False for a bug, for the caller to
+        raise on (the task's failure is then logged)."""
+        if isinstance(error, OSError):
+            upstream = self.shim.config.upstream
+            self._refuse(502, _upstream_error(upstream, error, desktop=self._desktop))
+            return True
+        if isinstance(error, InspectionError):
+            self._refuse(error.status, error.message)
+            return True
+        self._refuse(500, f"pullgate: internal error while deciding: {type(error).__name__}")
+        return False
 
     async def _gathered_access(self, inspection: Inspection) -> HostAccess:
         """What the request asks of the host, with what it takes from elsewhere: the
@@ -1461,16 +1490,15 @@ class ClientConnection(asyncio.Protocol):
         try:
             access = await self._gathered_access(plan)
             action = plan.host_action or EventAction.ARCHIVE
-            setting = await self.shim.host_setting(access, action, self.peer) if access else None
-        except OSError as e:
-            self._refuse(502, _upstream_error(self.shim.config.upstream, e, desktop=self._desktop))
+            setting = (
+                await self.shim.host_setting(access, action, self.peer, self._peer_groups())
+                if access
+                else None
+            )
+        except Exception as e:  # a bug too must refuse the request, never leave it waiting
+            if not self._refuse_for(e):
+                raise
             return
-        except InspectionError as e:
-            self._refuse(e.status, e.message)
-            return
-        except Exception as e:  # a bug must refuse the request, never leave it waiting
-            self._refuse(500, f"pullgate: internal error while deciding: {type(e).__name__}")
-            raise
         if self.state is _CLOSED:
             return
         self.resume_client_reading("deciding")

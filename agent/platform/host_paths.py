@@ -199,14 +199,21 @@ def _proc_groups(pid: int) -> frozenset[int] | None:
 
 
 def requester(
-    pid: int | None, uid: int | None, gid: int | None, *, inside: bool | None = None
+    pid: int | None,
+    uid: int | None,
+    gid: int | None,
+    *,
+    inside: bool | None = None,
+    groups: frozenset[int] | None = None,
 ) -> Requester | None:
     """The client's uid and every group it has (the process's own list where the
     machine shows it, else the user database's); None when the uid is unknown.
-    ``inside``: whether it runs in a container, when already known."""
+    ``inside``: whether it runs in a container, when already known; ``groups``: the
+    groups the kernel took at connect() (``SO_PEERGROUPS``), when known."""
     if uid is None:
         return None
-    groups = _proc_groups(pid) if pid else None
+    if groups is None and pid:
+        groups = _proc_groups(pid)
     if groups is None:
         groups = frozenset()
         with contextlib.suppress(KeyError, OSError):

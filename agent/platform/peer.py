@@ -8,6 +8,7 @@ A process may exit before we look: then only the kernel's numbers are recorded.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -26,6 +27,7 @@ __all__ = [
     "contained",
     "describe_peer",
     "peer_credentials",
+    "peer_groups",
 ]
 
 MAX_PARENTS = 8
@@ -50,6 +52,32 @@ def peer_credentials(sock: socket.socket) -> tuple[int | None, int | None, int |
     except OSError:
         pass
     return None, None, None
+
+
+#: Linux's SO_PEERGROUPS (4.13+): the peer's supplementary groups, taken at connect().
+_SO_PEERGROUPS = 59
+
+
+def peer_groups(sock: socket.socket) -> frozenset[int] | None:
+    """Every group of a connected Unix socket's peer as the kernel took them when it
+    connected (not as a reused PID shows them later); None where the machine cannot tell."""
+    try:
+        if sys.platform.startswith("linux"):
+            for size in (4 * 256, 4 * 65536):
+                try:
+                    raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, size)
+                except OSError as e:
+                    if e.errno == errno.ERANGE:
+                        continue
+                    raise
+                return frozenset(struct.unpack(f"{len(raw) // 4}I", raw))
+        if sys.platform == "darwin":  # pragma: no cover - macOS only
+            raw = sock.getsockopt(0, 0x001, struct.calcsize("IIh2x16I"))
+            _version, _uid, ngroups, *groups = struct.unpack("IIh2x16I", raw)
+            return frozenset(groups[: max(0, min(ngroups, 16))])
+    except OSError:
+        pass
+    return None
 
 
 class ListenerError(OSError):

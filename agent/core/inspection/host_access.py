@@ -92,6 +92,10 @@ NO_BIND = (
     "/etc/security",
     "/etc/pam.d",
     "/opt/pullgate",
+    # The boot loader and kernels; before dockerd 25 a read-only bind leaves submounts
+    # (/boot/efi) writable.
+    "/boot",
+    "/efi",
     # macOS, where Docker Desktop shares host paths into its VM.
     "/private/var/run",
     "/private/var/root",
@@ -107,7 +111,6 @@ NO_BIND = (
 #: Host trees a container may read (the time zone, CA certificates, tools) but never
 #: write: a writable ``/usr`` or ``/etc`` replaces what root runs.
 READ_ONLY = (
-    "/boot",
     "/etc",
     "/usr",
     "/bin",
