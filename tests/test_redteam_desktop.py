@@ -9,6 +9,7 @@ secure behaviour, what is refused a passing test.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import threading
@@ -98,6 +99,22 @@ def test_bind_of_another_users_directory_is_refused(rig: DesktopRig, victim_dir:
     assert not (victim_dir / "pwned").exists()
 
 
+@pytest.mark.usefixtures("restore_desktop")
+def test_a_link_to_the_agents_state_is_refused(rig: DesktopRig) -> None:
+    """The baseline: the user's plain Desktop, a link of theirs to the agent's state."""
+    rig.start_desktop()
+    state = rig.scratch / "state"
+    proj = rig.user.home / "proj"
+    rig.user.run("mkdir", "-p", str(proj))
+    rig.user.run("ln", "-sfn", str(state), str(proj / "state"))
+    try:
+        got = _bind_and_write(rig, proj / "state")
+        assert got.returncode != 0 and "containers.host_access" in got.stderr, got.stderr
+        assert not (state / "pwned").exists()
+    finally:
+        rig.user.run("rm", "-rf", str(proj))
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="red team: host paths are resolved beneath /proc/<listener pid>/root, and the "
@@ -128,6 +145,45 @@ def test_a_mount_namespace_listener_cannot_hide_what_a_bind_reaches(
         f"the container wrote into {victim_dir} (another user's 0700 directory): "
         f"exit {got.returncode}, {got.stderr[-400:]}"
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="red team: the same namespace view hides a link: ~/proj/state leads to the "
+    "agent's own state directory, but in the listener's mount namespace ~/proj is a copy "
+    "where state is a directory of the user's, so the agent's protected directories "
+    "(Protection.no_bind, compared after resolving in that view) are bound after all",
+)
+@pytest.mark.usefixtures("restore_desktop")
+def test_a_mount_namespace_listener_cannot_hide_a_link_to_the_agents_state(
+    rig: DesktopRig,
+) -> None:
+    state = rig.scratch / "state"
+    assert state.is_dir()
+    proj, decoy = rig.user.home / "proj", rig.user.home / "decoyproj"
+    rig.user.run("mkdir", "-p", str(proj), str(decoy / "state"))
+    rig.user.run("ln", "-sfn", str(state), str(proj / "state"))
+    try:
+        _start_desktop_as(
+            rig,
+            "unshare",
+            "-Urm",
+            "sh",
+            "-c",
+            'd="$0"; v="$1"; shift; mount --bind "$d" "$v" && exec "$@"',
+            str(decoy),
+            str(proj),
+            *_forwarder(rig),
+        )
+        got = _bind_and_write(rig, proj / "state")
+        written = (state / "pwned").exists()
+        assert got.returncode != 0 and not written, (
+            f"a container wrote into the agent's state directory {state}: {got.stderr[-300:]}"
+        )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            (state / "pwned").unlink()
+        rig.user.run("rm", "-rf", str(proj), str(decoy))
 
 
 @pytest.mark.usefixtures("restore_desktop")
@@ -454,3 +510,75 @@ def test_a_fifo_or_directory_at_the_desktop_path_fails_promptly(rig: DesktopRig)
         assert "pullgate: cannot reach your Docker Desktop" in got.stderr, got.stderr
         assert rig.status()["desktop"]["running"] is True
         rig.user.run("rm", "-rf", str(rig.desktop_sock))
+
+
+# ------------------------------------------------------------------ the shared worker threads
+
+_STUCK_LISTENER = """
+import os, socket, sys, threading
+try:
+    os.unlink(sys.argv[1])
+except FileNotFoundError:
+    pass
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(0)  # never accepted: once the backlog is full, a blocking connect() waits
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+_FLOOD = """
+import json, socket, sys, threading, time
+endpoint, seconds, width = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+body = json.dumps({"Image": "alpine", "HostConfig": {"Binds": ["/srv/x:/x"]}}).encode()
+head = (b"POST /v1.45/containers/create HTTP/1.1\\r\\nHost: d\\r\\n"
+        b"Content-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body))
+end = time.monotonic() + seconds
+def one():
+    while time.monotonic() < end:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(3)
+        try:
+            s.connect(endpoint)
+            s.sendall(head + body)
+            s.recv(65536)
+        except OSError:
+            pass
+        finally:
+            s.close()
+threads = [threading.Thread(target=one) for _ in range(width)]
+for t in threads:
+    t.start()
+print("flooding", flush=True)
+for t in threads:
+    t.join()
+"""
+
+
+@pytest.mark.usefixtures("restore_desktop")
+def test_one_users_requests_do_not_stall_another_users_login(rig: DesktopRig) -> None:
+    """A Desktop that never accepts (its backlog full) and 48 clients creating containers
+    with binds without pause: each is answered 502 at once (the asynchronous connect fails
+    before any worker thread is held), and another user's login gets its endpoint at the
+    next rescan."""
+    _start_desktop_as(rig, SYSTEM_PYTHON, "-c", _STUCK_LISTENER, str(rig.desktop_sock))
+    flood = _start(rig.user.command(SYSTEM_PYTHON, "-c", _FLOOD, str(rig.endpoint), "12", "48"))
+    session = rig.sessions / str(rig.other.uid)
+    try:
+        assert flood.stdout is not None and flood.stdout.readline().strip() == "flooding"
+        time.sleep(3.0)
+        session.mkdir()
+        os.chown(session, rig.other.uid, rig.other.gid)
+        started = time.monotonic()
+        _wait(
+            "the other user's endpoint",
+            lambda: rig.other.uid in rig.endpoints(),
+            timeout=20.0,
+        )
+        took = time.monotonic() - started
+        assert took < 8.0, f"another user's login waited {took:.1f} s for its endpoint"
+    finally:
+        _stop(flood)
+        with contextlib.suppress(FileNotFoundError):
+            session.rmdir()
+        _wait("the other user's endpoint to go", lambda: rig.other.uid not in rig.endpoints(), 30)
