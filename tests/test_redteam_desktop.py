@@ -582,3 +582,43 @@ def test_one_users_requests_do_not_stall_another_users_login(rig: DesktopRig) ->
         with contextlib.suppress(FileNotFoundError):
             session.rmdir()
         _wait("the other user's endpoint to go", lambda: rig.other.uid not in rig.endpoints(), 30)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="red team: should_select_context compares the context's host with "
+    "unix://<Desktop socket> as strings: the same socket written unix://~/.docker/desktop/"
+    "/docker.sock (or through a link of the user's) is 'the user's own context to another "
+    "engine' and is kept, though the docs say any context leading straight to the Desktop "
+    "socket is replaced",
+)
+def test_a_context_to_the_desktop_socket_by_another_spelling_is_replaced(
+    rig: DesktopRig,
+) -> None:
+    spelled = f"unix://{rig.desktop_sock.parent}//{rig.desktop_sock.name}"
+    made = _docker(rig, "context", "create", "mine2", "--docker", f"host={spelled}")
+    assert made.returncode == 0, made.stderr
+    try:
+        assert _docker(rig, "context", "use", "mine2").returncode == 0
+        time.sleep(2.25 * 2.0)  # two rescans (RESCAN_INTERVAL)
+        shown = _docker(rig, "context", "show").stdout.strip()
+        assert shown == "pullgate", rig.endpoints()[rig.user.uid]["context"]
+    finally:
+        _docker(rig, "context", "use", "pullgate")
+        _docker(rig, "context", "rm", "-f", "mine2")
+        _wait(
+            "the context selected",
+            lambda: str(rig.endpoints()[rig.user.uid]["context"]).startswith("selected"),
+        )
+
+
+@pytest.mark.usefixtures("restore_desktop")
+def test_a_link_back_to_the_users_own_endpoint_is_refused_not_looped(rig: DesktopRig) -> None:
+    rig.stop_desktop()
+    rig.user.run("rm", "-f", str(rig.desktop_sock))
+    assert rig.user.run("ln", "-s", str(rig.endpoint), str(rig.desktop_sock)).returncode == 0
+    started = time.monotonic()
+    got = _docker(rig, "version", "--format", "{{.Server.Version}}")
+    assert time.monotonic() - started < 10
+    assert got.returncode != 0
+    assert "served by root" in got.stderr, got.stderr
