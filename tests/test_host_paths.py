@@ -152,7 +152,7 @@ def test_a_client_inside_a_container_has_no_ones_sign_in(tmp_path: Path) -> None
     signed_in = Identity(email="admin@acme.example", groups=frozenset({"admins"}))
 
     class Store:
-        def identity_for(self, uid: int | None) -> Identity | None:
+        def identity_for(self, uid: int | str | None) -> Identity | None:
             return signed_in if uid == 4242 else None
 
     shim = Shim(

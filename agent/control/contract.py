@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from agent.core.events import DecisionEvent, Event, NoticeEvent
+from agent.core.peer import Principal, principal_of
 from agent.platform.paths import system_run_dir
 
 __all__ = [
@@ -62,27 +63,28 @@ def event_name(event: Event) -> str:
     return event.type
 
 
-def visible_to(event: Event, uid: int) -> bool:
+def visible_to(event: Event, uid: Principal) -> bool:
     """A user sees their own decisions and sign-ins; root sees all; policy and other
-    notices are for all."""
+    notices are for all. ``uid``: a uid, or on Windows the caller's SID (compared with
+    the client's SID, ``principal_of``)."""
     if isinstance(event, DecisionEvent):
-        return uid in (0, event.peer.uid)
+        return uid in (0, principal_of(event.peer))
     if isinstance(event, NoticeEvent) and event.action in IDENTITY_ACTIONS:
-        return uid == 0 or (event.peer is not None and event.peer.uid == uid)
+        return uid == 0 or (event.peer is not None and principal_of(event.peer) == uid)
     return True
 
 
-def redacts(event: Event, uid: int) -> bool:
+def redacts(event: Event, uid: Principal) -> bool:
     """Whether ``uid`` sees ``event`` without its process details (see ``redacted_for``)."""
     return (
         isinstance(event, NoticeEvent)
         and uid != 0
         and (event.peer is not None or bool(event.details))
-        and (event.peer is None or event.peer.uid != uid)
+        and (event.peer is None or principal_of(event.peer) != uid)
     )
 
 
-def redacted_for(event: Event, uid: int) -> dict[str, Any]:
+def redacted_for(event: Event, uid: Principal) -> dict[str, Any]:
     """The event as ``uid`` may see it: a notice about another user's process (a bypass
     suspicion) keeps its reason but not that process's details."""
     return redacted(event, redacts(event, uid))

@@ -110,9 +110,10 @@ class VerifiedClaims:
 
 @dataclass(frozen=True)
 class Binding:
-    """An accepted identity bound to the OS user who presented it."""
+    """An accepted identity bound to the OS user who presented it: their uid, or on
+    Windows their SID."""
 
-    uid: int
+    uid: int | str
     claims: VerifiedClaims
     accepted_at: float
     expires_at: float  # ``accepted_at`` + identity_max_age: when the agent forgets it

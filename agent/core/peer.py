@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["PeerInfo", "ProcessSummary"]
+__all__ = ["PeerInfo", "Principal", "ProcessSummary", "principal_of"]
+
+Principal = int | str
+"""Whom a client is attributed to: a uid on Linux and macOS, a SID string on Windows
+(where ``PeerInfo.uid`` is None and ``PeerInfo.user`` is the SID)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,3 +37,12 @@ class PeerInfo:
     #: The client runs inside a container (another PID namespace than the agent's): its
     #: uid is whatever the container was started with, so it is nobody's sign-in.
     contained: bool = False
+
+
+def principal_of(peer: PeerInfo) -> Principal | None:
+    """The client's uid, or on Windows (no uid) its user's SID: the key sign-ins and the
+    desktop endpoint's client rule use. Where a uid is known it is the answer, so Linux
+    and macOS keep their uid-keyed behaviour exactly (``user`` is then the uid's name)."""
+    if peer.uid is not None:
+        return peer.uid
+    return peer.user

@@ -39,7 +39,7 @@ from agent.core.identity import (
     check_header,
     token_digest,
 )
-from agent.core.peer import PeerInfo
+from agent.core.peer import PeerInfo, Principal, principal_of
 from agent.daemon.policy_fetch import Fetcher, FetchError
 
 __all__ = [
@@ -262,9 +262,9 @@ class IdentityStore:
     settings: VerifierSettings
     emit: Emit
     keys: ProviderKeys = field(init=False)
-    _bindings: dict[int, Binding] = field(default_factory=dict)
+    _bindings: dict[Principal, Binding] = field(default_factory=dict)
     _used: dict[str, float] = field(default_factory=dict)  # token digest -> forget after
-    _timers: dict[int, asyncio.TimerHandle] = field(default_factory=dict)
+    _timers: dict[Principal, asyncio.TimerHandle] = field(default_factory=dict)
     _prefetch: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
@@ -272,7 +272,7 @@ class IdentityStore:
 
     # -- the hot path ------------------------------------------------------------------
 
-    def identity_for(self, uid: int | None) -> Identity | None:
+    def identity_for(self, uid: Principal | None) -> Identity | None:
         """The identity bound to ``uid``, if it is still live (each shim decision asks)."""
         if uid is None:
             return None
@@ -283,25 +283,27 @@ class IdentityStore:
 
     # -- the control API ---------------------------------------------------------------
 
-    def binding(self, uid: int) -> Binding | None:
+    def binding(self, uid: Principal) -> Binding | None:
         binding = self._bindings.get(uid)
         return binding if binding is not None and binding.live(time.time()) else None
 
     def bindings(self) -> list[Binding]:
         now = time.time()
-        return sorted((b for b in self._bindings.values() if b.live(now)), key=lambda b: b.uid)
+        return sorted((b for b in self._bindings.values() if b.live(now)), key=_by_principal)
 
     async def accept(self, token: str, peer: PeerInfo) -> Binding:
-        """Verify ``token`` and bind it to ``peer.uid``; ``TokenRefusedError`` says why not.
-        Either way the outcome is an event (and so an audit record)."""
-        assert peer.uid is not None
+        """Verify ``token`` and bind it to ``peer.uid`` (on Windows its SID,
+        ``principal_of``); ``TokenRefusedError`` says why not. Either way the outcome is
+        an event (and so an audit record)."""
+        who = principal_of(peer)
+        assert who is not None
         try:
-            binding = await self._verify(token, peer.uid)
+            binding = await self._verify(token, who)
         except TokenRefusedError as e:
             self.refused(e, peer)
             raise
-        previous = self._bindings.get(peer.uid)
-        self._bindings[peer.uid] = binding
+        previous = self._bindings.get(who)
+        self._bindings[who] = binding
         self._schedule_expiry(binding, peer)
         c = binding.claims
         renewed = previous is not None and previous.live(time.time())
@@ -333,10 +335,11 @@ class IdentityStore:
         )
 
     def forget(self, peer: PeerInfo) -> bool:
-        """Sign ``peer.uid`` out; False when nobody was signed in there."""
-        assert peer.uid is not None
-        binding = self._bindings.pop(peer.uid, None)
-        timer = self._timers.pop(peer.uid, None)
+        """Sign ``peer.uid`` (on Windows its SID) out; False when nobody was signed in there."""
+        who = principal_of(peer)
+        assert who is not None
+        binding = self._bindings.pop(who, None)
+        timer = self._timers.pop(who, None)
         if timer is not None:
             timer.cancel()
         if binding is None or not binding.live(time.time()):
@@ -378,7 +381,7 @@ class IdentityStore:
 
     # -- verification ------------------------------------------------------------------
 
-    async def _verify(self, token: str, uid: int) -> Binding:
+    async def _verify(self, token: str, uid: Principal) -> Binding:
         if len(token) > MAX_TOKEN_BYTES or not token.isascii():
             raise TokenRefusedError(RefusalReason.MALFORMED, "that is not an ID token (JWT)")
         try:
@@ -506,7 +509,7 @@ class IdentityStore:
             )
         )
 
-    def status(self, uid: int) -> dict[str, Any]:
+    def status(self, uid: Principal) -> dict[str, Any]:
         """The identity part of ``GET /v1/status`` for ``uid`` (root sees every user)."""
         mine = self.binding(uid)
         status: dict[str, Any] = {
@@ -518,6 +521,12 @@ class IdentityStore:
         if uid == 0:
             status["users"] = [b.to_json() for b in self.bindings()]
         return status
+
+
+def _by_principal(binding: Binding) -> tuple[int, str]:
+    """Bindings in uid order (on Windows, where they are keyed by SID, in SID order)."""
+    uid = binding.uid
+    return (uid, "") if isinstance(uid, int) else (-1, uid)
 
 
 def _clock(epoch: float) -> str:
