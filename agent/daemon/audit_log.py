@@ -84,6 +84,7 @@ from agent.core.audit import (
 )
 from agent.core.events import Event, NoticeEvent
 from agent.daemon.audit_verify import audit_files
+from agent.platform.files import pread, pwrite
 
 __all__ = [
     "AuditLog",
@@ -126,7 +127,7 @@ def default_audit_dir(
     """
     env = os.environ if environ is None else environ
     if system is None:
-        system = platform == "win32" or (os.name == "posix" and os.geteuid() == 0)
+        system = platform == "win32" or (sys.platform != "win32" and os.geteuid() == 0)
     if platform == "win32":
         return Path(env.get("ProgramData", r"C:\ProgramData")) / "Pullgate" / "Logs"
     if system:
@@ -147,17 +148,18 @@ def native_writer() -> Callable[[str, str], None] | None:
         from agent.platform.windows_eventlog import event_log_writer  # noqa: PLC0415
 
         return event_log_writer()
-    try:
-        import syslog  # noqa: PLC0415 - POSIX only
-    except ImportError:  # pragma: no cover - Windows
-        return None
-    syslog.openlog("pullgate", syslog.LOG_PID, syslog.LOG_DAEMON)
-    levels = {"warning": syslog.LOG_WARNING, "info": syslog.LOG_INFO}
+    else:
+        try:
+            import syslog  # noqa: PLC0415 - POSIX only
+        except ImportError:  # pragma: no cover - Windows
+            return None
+        syslog.openlog("pullgate", syslog.LOG_PID, syslog.LOG_DAEMON)
+        levels = {"warning": syslog.LOG_WARNING, "info": syslog.LOG_INFO}
 
-    def write(level: str, line: str) -> None:
-        syslog.syslog(levels.get(level, syslog.LOG_INFO), line)
+        def write(level: str, line: str) -> None:
+            syslog.syslog(levels.get(level, syslog.LOG_INFO), line)
 
-    return write
+        return write
 
 
 def _reader(path: Path) -> BinaryIO:
@@ -428,10 +430,13 @@ class AuditLog:
         if not d.exists():
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(d, 0o700)
-        self._dir_fd = os.open(d, os.O_RDONLY | _DIRECTORY)
         notes: list[str] = []
         details: dict[str, Any] = {}
-        self._check_directory(self._dir_fd, notes, details)
+        if sys.platform != "win32":
+            self._dir_fd = os.open(d, os.O_RDONLY | _DIRECTORY)
+            self._check_directory(self._dir_fd, notes, details)
+        # Windows opens no directory as a file: no lock; the MSI's ACL (SYSTEM and
+        # Administrators only) guards the directory, the SCM runs one service instance.
         state = self._open_state(notes, details)
         if state is not None:
             self._generation = state.generation
@@ -578,31 +583,32 @@ class AuditLog:
         """The directory must be the agent's own: refuse another owner's, take back group
         and world write permission from ours (others could add, swap or delete files)."""
         d = self.directory
-        if os.name != "posix":
+        if sys.platform == "win32":  # os.name != "posix": not called there (_open_locked)
             return
-        st = os.fstat(dir_fd)
-        if st.st_uid != self._uid:
-            raise AuditLogError(
-                f"the audit directory {d} belongs to uid {st.st_uid}, not to the agent "
-                f"(uid {self._uid}): refusing to keep the audit log where another user "
-                "controls it; make it the agent's own (chown) or set audit_dir elsewhere"
-            )
-        import fcntl  # noqa: PLC0415 - POSIX only
+        else:
+            st = os.fstat(dir_fd)
+            if st.st_uid != self._uid:
+                raise AuditLogError(
+                    f"the audit directory {d} belongs to uid {st.st_uid}, not to the agent "
+                    f"(uid {self._uid}): refusing to keep the audit log where another user "
+                    "controls it; make it the agent's own (chown) or set audit_dir elsewhere"
+                )
+            import fcntl  # noqa: PLC0415 - POSIX only
 
-        try:
-            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AuditLogError(
-                f"another writer holds the audit log in {d} (is a second agent running?)"
-            ) from None
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o022:
-            os.fchmod(dir_fd, 0o700)
-            notes.append(
-                f"the audit directory had mode {mode:04o} (other users could add, replace or "
-                "delete files) and has been set to 0700"
-            )
-            details["directory_mode"] = f"{mode:04o}"
+            try:
+                fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise AuditLogError(
+                    f"another writer holds the audit log in {d} (is a second agent running?)"
+                ) from None
+            mode = stat.S_IMODE(st.st_mode)
+            if mode & 0o022:
+                os.fchmod(dir_fd, 0o700)
+                notes.append(
+                    f"the audit directory had mode {mode:04o} (other users could add, replace or "
+                    "delete files) and has been set to 0700"
+                )
+                details["directory_mode"] = f"{mode:04o}"
 
     def _open_state(self, notes: list[str], details: dict[str, Any]) -> AuditState | None:
         """Open (or create) ``audit.state``; one the agent does not own is moved aside."""
@@ -617,11 +623,11 @@ class AuditLog:
             if not foreign and st.st_nlink > 1:
                 # The agent's state, hard-linked elsewhere (a backup's cp -al): read it,
                 # then write on in a copy of its own, never through the other link.
-                data = os.pread(fd, 2 * STATE_SLOT, 0)
+                data = pread(fd, 2 * STATE_SLOT, 0)
                 os.close(fd)
                 os.unlink(path)
                 fd = os.open(path, os.O_RDWR | _CREATE, 0o600)
-                os.pwrite(fd, data, 0)
+                pwrite(fd, data, 0)
                 notes.append(
                     f"{STATE_NAME} had other hard links: the agent writes a copy of its own"
                 )
@@ -645,7 +651,7 @@ class AuditLog:
         if fd is None:
             fd = os.open(path, os.O_RDWR | _CREATE, 0o600)
         self._state_fd = fd
-        return decode_state(os.pread(fd, 2 * STATE_SLOT, 0))
+        return decode_state(pread(fd, 2 * STATE_SLOT, 0))
 
     def _set_aside(self, path: Path, why: str) -> str | None:
         """Rename what is at ``path`` out of the chain's way, keeping it as evidence."""
@@ -1107,7 +1113,7 @@ class AuditLog:
             generation=self._generation,
         )
         try:
-            os.pwrite(self._state_fd, encode_state_slot(state), (self._generation % 2) * STATE_SLOT)
+            pwrite(self._state_fd, encode_state_slot(state), (self._generation % 2) * STATE_SLOT)
             if sync and self._fsync:
                 _datasync(self._state_fd)
             self.state_problem = None

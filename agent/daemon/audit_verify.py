@@ -27,6 +27,7 @@ from agent.core.audit import (
     order_files,
     verify_chain,
 )
+from agent.platform.files import pread
 
 __all__ = [
     "AuditStateError",
@@ -104,7 +105,7 @@ def read_state(directory: Path) -> AuditState | None:
                     f"{STATE_NAME} belongs to uid {st.st_uid}, not to the directory's owner "
                     f"(uid {owner}): it is not the writer's anchor"
                 )
-        return decode_state(os.pread(fd, 2 * STATE_SLOT, 0))
+        return decode_state(pread(fd, 2 * STATE_SLOT, 0))
     finally:
         os.close(fd)
 

@@ -43,7 +43,7 @@ from agent.core.reference import DOCKER_HUB_ALIASES, ReferenceError, parse_norma
 from agent.daemon.bus import DecisionSink
 from agent.platform import docker_api
 from agent.platform.docker_api import DockerAPIError
-from agent.platform.peer import describe_peer
+from agent.platform.peer import describe_peer, process_ids
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -401,7 +401,7 @@ def _diag_unix_sockets() -> list[tuple[int, str | None, int | None, int | None]]
         sock.settimeout(5.0)
         req = struct.pack(
             "=BBHIIIII",
-            socket.AF_UNIX,
+            getattr(socket, "AF_UNIX", 1),  # getattr: mypy --platform win32 (never run there)
             0,
             0,
             1 << _TCP_ESTABLISHED,
@@ -836,9 +836,9 @@ class BypassMonitor:
         for client in socket_clients(self.upstream, exclude_pids={self.own_pid}):
             try:
                 proc = psutil.Process(client.pid)
-                uids, gids = proc.uids(), proc.gids()
+                uid, gid = process_ids(proc)
                 started = proc.create_time()
-                peer = describe_peer(client.pid, uids.real, gids.real)
+                peer = describe_peer(client.pid, uid, gid)
             except psutil.Error:
                 continue
             process = {

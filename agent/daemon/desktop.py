@@ -370,9 +370,12 @@ class DesktopEndpoints:
         ``check``: RuntimeError naming the command and its error)."""
         if self.docker_cli is None:
             raise RuntimeError("no docker CLI found (looked at " + ", ".join(DOCKER_CLIS) + ")")
-        import pwd  # noqa: PLC0415
+        if sys.platform == "win32":  # never run there: agent.daemon.windows_desktop is
+            gid = -1
+        else:
+            import pwd  # noqa: PLC0415
 
-        entry = pwd.getpwuid(plan.uid)
+            gid = pwd.getpwuid(plan.uid).pw_gid
         env = {
             "HOME": plan.home,
             "USER": plan.user,
@@ -389,7 +392,7 @@ class DesktopEndpoints:
                 env=env,
                 cwd="/",
                 user=plan.uid,
-                group=entry.pw_gid,
+                group=gid,
                 extra_groups=[],
                 umask=0o077,
                 timeout=CLI_TIMEOUT,

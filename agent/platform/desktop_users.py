@@ -48,13 +48,16 @@ class UnsafeDirectoryError(OSError):
 
 
 def _user(uid: int) -> SessionUser | None:
-    import pwd  # noqa: PLC0415 - POSIX only: the module imports on Windows
-
-    try:
-        entry = pwd.getpwuid(uid)
-    except KeyError:
+    if sys.platform == "win32":  # no uids (agent.platform.windows_sessions is Windows')
         return None
-    return SessionUser(uid=uid, name=entry.pw_name, home=entry.pw_dir)
+    else:
+        import pwd  # noqa: PLC0415 - POSIX only: the module imports on Windows
+
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            return None
+        return SessionUser(uid=uid, name=entry.pw_name, home=entry.pw_dir)
 
 
 def console_user(console: Path = CONSOLE) -> SessionUser | None:
@@ -112,7 +115,7 @@ def make_root_dir(path: Path, mode: int = 0o755) -> None:
         if not stat.S_ISDIR(info.st_mode):
             raise UnsafeDirectoryError(f"{directory} is not a directory")
         if directory == path:
-            if info.st_uid != os.geteuid():
+            if sys.platform != "win32" and info.st_uid != os.geteuid():
                 raise UnsafeDirectoryError(f"{directory} is owned by uid {info.st_uid}, not root")
             if info.st_mode & 0o7777 != mode:
                 os.chmod(directory, mode, follow_symlinks=False)

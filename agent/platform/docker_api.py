@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import re
 import socket
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -31,6 +33,7 @@ __all__ = [
     "Stream",
     "parse_response_head",
     "request",
+    "request_over",
     "request_sync",
     "stream",
 ]
@@ -174,10 +177,46 @@ async def request(
     # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
     # (cpython #86296), which left the agent unable to stop.
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_unix_connection(str(socket_path))
+        reader, writer = await _open_unix(str(socket_path))
         try:
             if listener_uid is not None:
                 check_listener(writer.get_extra_info("socket"), socket_path, listener_uid)
+            writer.write(data)
+            await writer.drain()
+            while not answer.done:
+                body += answer.feed(await reader.read(_READ))
+        finally:
+            writer.close()
+    return Response(answer.status, answer.headers, b"".join(body))
+
+
+async def _open_unix(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if sys.platform == "win32":
+        raise OSError(errno.EAFNOSUPPORT, f"{path}: no unix sockets here (named pipes)")
+    else:
+        return await asyncio.open_unix_connection(path)
+
+
+Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+async def request_over(
+    connect: Connect,
+    method: str,
+    target: str,
+    *,
+    timeout: float = 30.0,
+    max_body: int = DEFAULT_MAX_BODY,
+    user_agent: str = "pullgate",
+) -> Response:
+    """:func:`request` on a connection ``connect`` opens (a Windows user's Docker Desktop
+    pipe, opened and checked by ``named_pipe_server.open_upstream``)."""
+    data = _request_bytes(method, target, user_agent)
+    answer = _Answer(method, max_body)
+    body: list[bytes] = []
+    async with asyncio.timeout(timeout):
+        reader, writer = await connect()
+        try:
             writer.write(data)
             await writer.drain()
             while not answer.done:
@@ -221,7 +260,7 @@ async def stream(
     data = _request_bytes("GET", target, user_agent)
     answer = _Answer("GET", None)
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_unix_connection(str(socket_path))
+        reader, writer = await _open_unix(str(socket_path))
     try:
         if listener_uid is not None:
             check_listener(writer.get_extra_info("socket"), socket_path, listener_uid)
@@ -250,10 +289,13 @@ def request_sync(
     data = _request_bytes(method, target, user_agent)
     answer = _Answer(method, max_body)
     body: list[bytes] = []
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(socket_path))
-        sock.sendall(data)
-        while not answer.done:
-            body += answer.feed(sock.recv(_READ))
-    return Response(answer.status, answer.headers, b"".join(body))
+    if sys.platform == "win32":
+        raise OSError(errno.EAFNOSUPPORT, f"{socket_path}: no unix sockets here (named pipes)")
+    else:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(socket_path))
+            sock.sendall(data)
+            while not answer.done:
+                body += answer.feed(sock.recv(_READ))
+        return Response(answer.status, answer.headers, b"".join(body))

@@ -6,10 +6,19 @@ import contextlib
 import errno
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["FileTooLargeError", "NotRegularFileError", "atomic_write", "read_capped", "same_file"]
+__all__ = [
+    "FileTooLargeError",
+    "NotRegularFileError",
+    "atomic_write",
+    "pread",
+    "pwrite",
+    "read_capped",
+    "same_file",
+]
 
 
 class FileTooLargeError(ValueError):
@@ -25,18 +34,39 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fchmod(f.fileno(), mode)
+            if sys.platform != "win32":  # Windows: the directory's inherited ACL applies
+                os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    if sys.platform != "win32":  # a directory cannot be opened for fsync on Windows
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def pread(fd: int, length: int, offset: int) -> bytes:
+    """``os.pread``; on Windows (no pread) a seek and a read, so there one descriptor
+    must not be used by two threads at once (the audit log's state file is not)."""
+    if sys.platform == "win32":
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, length)
+    else:
+        return os.pread(fd, length, offset)
+
+
+def pwrite(fd: int, data: bytes, offset: int) -> int:
+    """``os.pwrite``; on Windows a seek and a write (see :func:`pread`)."""
+    if sys.platform == "win32":
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.write(fd, data)
+    else:
+        return os.pwrite(fd, data, offset)
 
 
 class NotRegularFileError(OSError):

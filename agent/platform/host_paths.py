@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import stat
 import sys
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ from agent.core.dockerd_hosts import dockerd_paths, flag_values
 from agent.core.inspection.host_access import PathFacts, Requester
 from agent.platform.files import FileTooLargeError, read_capped
 from agent.platform.peer import contained, peer_credentials
+from agent.platform.unix_sockets import unix_stream_socket
 
 __all__ = ["DAEMON_JSON", "MAX_LINKS", "PathFacts", "daemon_paths", "examine", "requester"]
 
@@ -39,7 +39,7 @@ MAX_LINKS = 40
 def _listener_pid(daemon: Path) -> int | None:
     """The PID of the process listening on the unix socket ``daemon`` (SO_PEERCRED)."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        with unix_stream_socket() as sock:
             sock.settimeout(2.0)
             sock.connect(str(daemon))
             pid, _uid, _gid = peer_credentials(sock)
@@ -216,11 +216,12 @@ def requester(
         groups = _proc_groups(pid)
     if groups is None:
         groups = frozenset()
-        with contextlib.suppress(KeyError, OSError):
-            import pwd  # noqa: PLC0415 - POSIX only: the module imports on Windows
+        if sys.platform != "win32":  # Windows has no uids or groups of them
+            with contextlib.suppress(KeyError, OSError):
+                import pwd  # noqa: PLC0415 - POSIX only: the module imports on Windows
 
-            name = pwd.getpwuid(uid).pw_name
-            groups = frozenset(os.getgrouplist(name, gid if gid is not None else -1))
+                name = pwd.getpwuid(uid).pw_name
+                groups = frozenset(os.getgrouplist(name, gid if gid is not None else -1))
     if gid is not None:
         groups |= {gid}
     if inside is None:

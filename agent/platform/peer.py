@@ -15,7 +15,7 @@ import struct
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from agent.core.peer import PeerInfo, ProcessSummary
 from agent.core.redaction import redact_command_line
@@ -100,12 +100,24 @@ def check_listener(sock: socket.socket, path: object, expected_uid: int) -> None
 def _user(uid: int | None) -> str | None:
     if uid is None:
         return None
-    import pwd  # noqa: PLC0415 - POSIX only: the module imports on Windows
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
+    if sys.platform == "win32":  # no uids there: a pipe's client is named by its SID
         return str(uid)
+    else:
+        import pwd  # noqa: PLC0415 - POSIX only: the module imports on Windows
+
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return str(uid)
+
+
+def process_ids(process: Any) -> tuple[int | None, int | None]:
+    """A ``psutil.Process``'s real uid and gid; (None, None) on Windows, which has
+    neither (psutil.Error as ``uids()`` raises it)."""
+    if sys.platform == "win32":
+        return None, None
+    else:
+        return process.uids().real, process.gids().real
 
 
 def contained(pid: int) -> bool:

@@ -11,6 +11,7 @@ lines of ``socket`` do what linking libsystemd would. Outside systemd (no
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -45,14 +46,17 @@ class Notifier:
             return False
         # Values must be one line each: a newline would start another field.
         payload = "\n".join(f"{k.upper()}={v.replace(chr(10), ' ')}" for k, v in fields.items())
-        try:
-            # Not inherited by child processes without SOCK_CLOEXEC (PEP 446), which
-            # macOS does not have.
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-                s.sendto(payload.encode(), self.address)
-        except OSError:
+        if sys.platform == "win32":  # no systemd: the service reports to the SCM instead
             return False
-        return True
+        else:
+            try:
+                # Not inherited by child processes without SOCK_CLOEXEC (PEP 446), which
+                # macOS does not have.
+                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                    s.sendto(payload.encode(), self.address)
+            except OSError:
+                return False
+            return True
 
 
 def watchdog_interval(env: Mapping[str, str], pid: int) -> float | None:

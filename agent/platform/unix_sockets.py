@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
 import socket
 import stat
+import sys
 from pathlib import Path
 
-__all__ = ["UnixHTTPConnection", "claim_socket_path"]
+__all__ = ["UnixHTTPConnection", "claim_socket_path", "unix_stream_socket"]
 
 
 def claim_socket_path(path: Path, what: str) -> None:
@@ -21,7 +23,7 @@ def claim_socket_path(path: Path, what: str) -> None:
         return
     if not (stat.S_ISSOCK(mode) or stat.S_ISLNK(mode)):  # a file or directory: not ours
         raise RuntimeError(f"{path} exists and is not a socket; {what} will not replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = unix_stream_socket()
     try:
         probe.connect(str(path))
     except OSError:
@@ -30,6 +32,14 @@ def claim_socket_path(path: Path, what: str) -> None:
         raise RuntimeError(f"another process is already serving {what} on {path}")
     finally:
         probe.close()
+
+
+def unix_stream_socket() -> socket.socket:
+    """A unix stream socket; on Windows (named pipes only) an OSError."""
+    if sys.platform == "win32":
+        raise OSError(errno.EAFNOSUPPORT, "no unix sockets on Windows (named pipes)")
+    else:
+        return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -41,7 +51,7 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self._path = str(path)
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = unix_stream_socket()
         sock.settimeout(self.timeout)
         try:
             sock.connect(self._path)
