@@ -22,10 +22,11 @@ import contextlib
 import http
 import json
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
@@ -48,6 +49,7 @@ from agent.core.inspection.http1 import (
     find_head_end,
     parse_request_head,
 )
+from agent.core.peer import PeerInfo, Principal
 from agent.core.policy.document import Policy
 from agent.daemon.policy_fetch import FetchError
 from agent.daemon.policy_manager import PolicyManager
@@ -95,7 +97,26 @@ class ControlLimits:
     stream_flush: float = 0.02  # events reach streams in batches this far apart at most
 
 
-def _sse_frame(event: Event, uid: int) -> bytes:
+Caller = tuple[int | None, Principal, int | None]
+"""A control API caller: (pid, uid or, on Windows, SID, gid)."""
+
+
+def _own_uid() -> int | None:
+    """The agent's uid; None on Windows (a service's SID is no caller's uid)."""
+    if sys.platform == "win32":
+        return None
+    else:
+        return os.geteuid()
+
+
+def _describe_caller(pid: int | None, uid: Principal | None, gid: int | None) -> PeerInfo:
+    """The caller as the audit log records it: by uid, or on Windows by SID (``user``)."""
+    if isinstance(uid, str):
+        return replace(describe_peer(pid, None, gid), user=uid)
+    return describe_peer(pid, uid, gid)
+
+
+def _sse_frame(event: Event, uid: Principal) -> bytes:
     return _frame(event, redacts(event, uid))
 
 
@@ -111,7 +132,7 @@ def _frame(event: Event, redact: bool) -> bytes:
 class _Stream:
     """One live ``GET /v1/events`` reader and the events waiting for it."""
 
-    uid: int
+    uid: Principal
     limit: int
     queue: deque[bytes] = field(default_factory=deque)
     dropped: int = 0
@@ -172,13 +193,20 @@ class ControlServer:
         socket_mode: int | None = None,
         limits: ControlLimits | None = None,
         identities: IdentityStore | None = None,
+        serve_socket: bool = True,
     ) -> None:
         self.path = path
+        # False: no socket at ``path``; callers arrive through ``serve_client`` (each
+        # Windows user's control pipe, agent.daemon.windows_desktop).
+        self.serve_socket = serve_socket
         self.status = status
         self.refresh = refresh
         self.identities = identities
-        self._sign_ins: dict[int, deque[float]] = {}  # uid -> when it last PUT identities
-        self.socket_mode = default_socket_mode(os.geteuid()) if socket_mode is None else socket_mode
+        self._sign_ins: dict[Principal, deque[float]] = {}  # uid -> when it last PUT identities
+        if socket_mode is None:
+            own = _own_uid()
+            socket_mode = default_socket_mode(own) if own is not None else 0o600
+        self.socket_mode = socket_mode
         self.limits = limits or ControlLimits()
         self.decisions: deque[DecisionEvent] = deque(maxlen=self.limits.ring_size)
         self._streams: set[_Stream] = set()
@@ -186,9 +214,9 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
-        self._per_uid: dict[int, int] = {}
+        self._per_uid: dict[Principal, int] = {}
         self._refreshing: asyncio.Future[str] | None = None
-        self._refreshed_by: dict[int, float] = {}  # uid -> when it last asked (monotonic)
+        self._refreshed_by: dict[Principal, float] = {}  # uid -> when it last asked (monotonic)
         self._flush_at: asyncio.Handle | None = None
         self._batch: list[Event] = []  # events for the streams since the last flush
 
@@ -237,7 +265,7 @@ class ControlServer:
         self._flush_at = None
         batch, self._batch = self._batch, []
         frames: dict[tuple[int, bool], bytes] = {}
-        per_uid: dict[int, tuple[list[bytes], bytes]] = {}
+        per_uid: dict[Principal, tuple[list[bytes], bytes]] = {}
         for stream in self._streams:
             mine = per_uid.get(stream.uid)
             if mine is None:
@@ -274,19 +302,24 @@ class ControlServer:
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        path = self.path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755 if self._shared else 0o700)
-        if self._shared:
-            # Others must reach a world-writable socket; the directory may predate us.
-            mode = path.parent.stat().st_mode & 0o777
-            if mode & 0o011 != 0o011:
-                os.chmod(path.parent, mode | 0o011)
-        claim_socket_path(path, "the control API")
-        self._loop = asyncio.get_running_loop()
-        self._server = await asyncio.start_unix_server(
-            self._connection, str(path), limit=_READ_CHUNK * 4
-        )
-        os.chmod(path, self.socket_mode)
+        if not self.serve_socket:
+            self._loop = asyncio.get_running_loop()
+        elif sys.platform != "win32":
+            path = self.path
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755 if self._shared else 0o700)
+            if self._shared:
+                # Others must reach a world-writable socket; the directory may predate us.
+                mode = path.parent.stat().st_mode & 0o777
+                if mode & 0o011 != 0o011:
+                    os.chmod(path.parent, mode | 0o011)
+            claim_socket_path(path, "the control API")
+            self._loop = asyncio.get_running_loop()
+            self._server = await asyncio.start_unix_server(
+                self._connection, str(path), limit=_READ_CHUNK * 4
+            )
+            os.chmod(path, self.socket_mode)
+        else:
+            raise RuntimeError("pullgate: on Windows the control API serves named pipes only")
 
     @property
     def _shared(self) -> bool:
@@ -317,12 +350,24 @@ class ControlServer:
     # -- connections ----------------------------------------------------------------
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        await self.serve_client(
+            reader, writer, peer_credentials(sock) if sock is not None else (None, None, None)
+        )
+
+    async def serve_client(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        caller: tuple[int | None, Principal | None, int | None],
+    ) -> None:
+        """Serve one connection whose caller is known: (pid, uid, gid) from the unix
+        socket, or (pid, SID, None) from a Windows user's control pipe."""
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         self._writers.add(writer)
-        sock = writer.get_extra_info("socket")
-        pid, uid, gid = peer_credentials(sock) if sock is not None else (None, None, None)
+        pid, uid, gid = caller
         counted = uid is not None
         if uid is not None:
             self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
@@ -350,7 +395,7 @@ class ControlServer:
 
     # -- endpoints ------------------------------------------------------------------
 
-    def visible_decisions(self, uid: int, limit: int) -> list[dict[str, Any]]:
+    def visible_decisions(self, uid: Principal, limit: int) -> list[dict[str, Any]]:
         """The caller's (root: everyone's) newest decisions first."""
         found: list[dict[str, Any]] = []
         for event in reversed(self.decisions):
@@ -360,7 +405,7 @@ class ControlServer:
                     break
         return found
 
-    def status_for(self, uid: int) -> dict[str, Any]:
+    def status_for(self, uid: Principal) -> dict[str, Any]:
         try:
             status = dict(self.status())
         except Exception as e:
@@ -373,11 +418,11 @@ class ControlServer:
         status["control"] = {"socket": str(self.path), "streams": len(self._streams)}
         return status
 
-    def check_refresh_caller(self, uid: int) -> None:
+    def check_refresh_caller(self, uid: Principal) -> None:
         """Root and the agent's own uid may refresh at will; any other user once per
         ``refresh_interval_per_uid`` (429 otherwise), so no user can make the agent hammer
         the policy host. Only the signature decides what is accepted either way."""
-        if uid in (0, os.geteuid()):
+        if uid in (0, _own_uid()):
             return
         now = time.monotonic()
         last = self._refreshed_by.get(uid)
@@ -393,7 +438,7 @@ class ControlServer:
             )
         self._refreshed_by[uid] = now
 
-    async def run_refresh(self, uid: int = 0) -> dict[str, Any]:
+    async def run_refresh(self, uid: Principal = 0) -> dict[str, Any]:
         """One refresh at a time: concurrent callers share the fetch in flight."""
         if self.refresh is None:
             raise _ReplyError(
@@ -431,7 +476,7 @@ class ControlServer:
             )
         return self.identities
 
-    def identity_of(self, uid: int) -> dict[str, Any]:
+    def identity_of(self, uid: Principal) -> dict[str, Any]:
         """``GET /v1/identity``: the caller's own sign-in, and how to sign in."""
         store = self.identities
         if store is None:
@@ -442,10 +487,10 @@ class ControlServer:
             "sign_in": store.settings.to_json(),
         }
 
-    def check_sign_in_rate(self, uid: int) -> None:
+    def check_sign_in_rate(self, uid: Principal) -> None:
         """A user may present ``sign_ins_per_minute`` tokens a minute: each is verified and
         audited, so no user can flood the audit log or the provider's JWKS endpoint."""
-        if uid in (0, os.geteuid()):
+        if uid in (0, _own_uid()):
             return
         now = time.monotonic()
         recent = self._sign_ins.setdefault(uid, deque())
@@ -461,12 +506,12 @@ class ControlServer:
             )
         recent.append(now)
 
-    async def put_identity(self, peer: tuple[int | None, int, int | None], body: bytes) -> object:
+    async def put_identity(self, peer: Caller, body: bytes) -> object:
         """``PUT /v1/identity {"id_token": ...}``: verify and bind to the caller's uid."""
         store = self._identity_store()
         pid, uid, gid = peer
         self.check_sign_in_rate(uid)
-        caller = describe_peer(pid, uid, gid)
+        caller = _describe_caller(pid, uid, gid)
         try:
             token = _id_token(body)
         except _ReplyError as e:  # audited like any refused token
@@ -479,14 +524,14 @@ class ControlServer:
             raise _ReplyError(status, f"sign-in refused: {e.message}", reason=e.reason) from e
         return {"identity": binding.to_json()}
 
-    def delete_identity(self, peer: tuple[int | None, int, int | None]) -> object:
+    def delete_identity(self, peer: Caller) -> object:
         """``DELETE /v1/identity``: forget the caller's sign-in (only the caller's own)."""
         store = self._identity_store()
         pid, uid, gid = peer
-        forgot = store.forget(describe_peer(pid, uid, gid))
+        forgot = store.forget(_describe_caller(pid, uid, gid))
         return {"identity": None, "forgot": forgot}
 
-    def open_stream(self, uid: int) -> _Stream:
+    def open_stream(self, uid: Principal) -> _Stream:
         stream = _Stream(uid, self.limits.stream_queue)
         self._streams.add(stream)
         return stream
@@ -541,7 +586,7 @@ class _Connection:
         server: ControlServer,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        peer: tuple[int | None, int, int | None],
+        peer: Caller,
     ) -> None:
         self.server = server
         self.reader = reader
@@ -795,7 +840,7 @@ def agent_status(
     return {
         "agent": {
             "pid": os.getpid(),
-            "uid": os.geteuid(),
+            "uid": _own_uid(),
             "version": __version__,
             "started_at": started_at,
             "uptime_seconds": round(time.time() - started_at, 3),

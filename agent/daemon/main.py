@@ -50,6 +50,7 @@ from agent.daemon.watch import ConfigWatcher
 
 if TYPE_CHECKING:
     from agent.daemon.identities import IdentityStore
+from agent.platform import windows
 from agent.platform.docker_context import docker_config_dir
 from agent.platform.files import atomic_write
 from agent.platform.paths import default_state_dir
@@ -124,34 +125,49 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
         else:
             policy = default_policy()
             describe = policy.label
-        uid = os.geteuid()
-        mode = effective_enforcement(settings, platform=sys.platform, system=uid == 0)
-        desktop = mode is Enforcement.DESKTOP
-        if desktop and uid != 0:
-            why = "desktop mode serves every logged-in user: run the agent as root"
-            raise ConfigError(settings.source, "enforcement", why)
-        if options.listen is not None:
-            listen, listen_source = options.listen, "--listen"
-        elif config is not None and config.listen is not None:
-            listen, listen_source = config.listen, config.source
+        if sys.platform == "win32":
+            # The LocalSystem service: Docker Desktop mode only, one pair of pipes per
+            # signed-in user (agent.daemon.windows_desktop); these name the pattern.
+            # Desktop whatever the default elsewhere; a policy that sets another mode is
+            # refused, not silently ignored.
+            if "enforcement" in settings.set_keys and settings.enforcement is not (
+                Enforcement.DESKTOP
+            ):
+                why = "on Windows the agent serves Docker Desktop only (enforcement: desktop)"
+                raise ConfigError(settings.source, "enforcement", why)
+            desktop = True
+            listen = Path(windows.shim_pipe_pattern())
+            upstream = Path(windows.DESKTOP_ENGINE_PIPE)
+            source = "enforcement: desktop (Docker Desktop's pipe, for each signed-in user)"
         else:
-            listen, listen_source = default_listen_path(uid, os.environ), "default"
-        problem = socket_path_problem(listen)
-        if problem is not None:  # a file on the way, not a traceback from the shim's start
-            raise ConfigError(listen_source, None if options.listen else "listen", problem)
-        if desktop:  # one socket per user below listen, each user's Desktop upstream
-            listen = settings.desktop_users_dir or DEFAULT_USERS_DIR
-            upstream, source = Path("~/.docker"), "enforcement: desktop (each user's Desktop)"
-        elif options.upstream:
-            upstream, source = parse_unix_url(options.upstream), "--upstream"
-        elif config is not None and config.upstream:
-            upstream, source = parse_unix_url(config.upstream), "managed config"
-        elif settings.enforcement is Enforcement.TAKEOVER:
-            # Never discovered: /var/run/docker.sock leads to this agent in takeover mode.
-            upstream, source = parse_unix_url(TAKEOVER_UPSTREAM), "enforcement: takeover"
-        else:
-            choice = find_upstream(listen, os.environ, Path.home(), uid)
-            upstream, source = choice.path, choice.source
+            uid = os.geteuid()
+            mode = effective_enforcement(settings, platform=sys.platform, system=uid == 0)
+            desktop = mode is Enforcement.DESKTOP
+            if desktop and uid != 0:
+                why = "desktop mode serves every logged-in user: run the agent as root"
+                raise ConfigError(settings.source, "enforcement", why)
+            if options.listen is not None:
+                listen, listen_source = options.listen, "--listen"
+            elif config is not None and config.listen is not None:
+                listen, listen_source = config.listen, config.source
+            else:
+                listen, listen_source = default_listen_path(uid, os.environ), "default"
+            problem = socket_path_problem(listen)
+            if problem is not None:  # a file on the way, not a traceback from the shim's start
+                raise ConfigError(listen_source, None if options.listen else "listen", problem)
+            if desktop:  # one socket per user below listen, each user's Desktop upstream
+                listen = settings.desktop_users_dir or DEFAULT_USERS_DIR
+                upstream, source = Path("~/.docker"), "enforcement: desktop (each user's Desktop)"
+            elif options.upstream:
+                upstream, source = parse_unix_url(options.upstream), "--upstream"
+            elif config is not None and config.upstream:
+                upstream, source = parse_unix_url(config.upstream), "managed config"
+            elif settings.enforcement is Enforcement.TAKEOVER:
+                # Never discovered: /var/run/docker.sock leads to this agent in takeover mode.
+                upstream, source = parse_unix_url(TAKEOVER_UPSTREAM), "enforcement: takeover"
+            else:
+                choice = find_upstream(listen, os.environ, Path.home(), uid)
+                upstream, source = choice.path, choice.source
     except (UpstreamError, ConfigError, AuditLogError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -174,7 +190,9 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
     )
     # The control socket sits beside the shim's socket unless told otherwise, so agents
     # started with their own --listen (tests, several daemons) never collide.
-    if options.control is not None:
+    if sys.platform == "win32":
+        control_path = Path(windows.control_pipe_pattern())  # one per user (see above)
+    elif options.control is not None:
         control_path = options.control
     elif options.listen is not None:
         control_path = listen.parent / "control.sock"
@@ -188,7 +206,21 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
     )
     front: Service = shim
     desktop_status = None
-    if desktop:
+    windows_endpoints = None
+    if sys.platform == "win32":
+        from agent.daemon.windows_desktop import WindowsDesktopEndpoints  # noqa: PLC0415
+
+        front = windows_endpoints = WindowsDesktopEndpoints(
+            policy=current,
+            sink=sink,
+            control=None,  # the control server below, once made
+            audit_gate=functools.partial(_audit_gate, audit),
+            identities=identities,
+            context_mode=settings.desktop_context,
+            protected=(state_dir, audit.directory),
+        )
+        desktop_status = windows_endpoints.status
+    elif desktop:
         # Docker Desktop mode (agent.daemon.desktop): no shared socket, but one endpoint
         # per logged-in user in front of their own Docker Desktop, each with its monitor.
         front = endpoints = DesktopEndpoints(
@@ -221,7 +253,10 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
         ),
         refresh=manager.refresh_now if manager is not None else None,
         identities=identities,
+        serve_socket=sys.platform != "win32",  # Windows: each user's control pipe
     )
+    if sys.platform == "win32" and windows_endpoints is not None:
+        windows_endpoints.control = control
     sink.subscribe(control)
     sink.subscribe(ledger)  # before the shim forwards: a decision is approved first
     services: list[Service] = [control]
@@ -264,14 +299,17 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
 
 def _socket_group() -> int | None:
     """Like dockerd: root's socket is group ``docker`` when that group exists."""
-    if os.geteuid() != 0:
+    if sys.platform == "win32":  # pipes carry a security descriptor instead
         return None
-    import grp  # noqa: PLC0415 - POSIX only: the module imports on Windows
+    else:
+        if os.geteuid() != 0:
+            return None
+        import grp  # noqa: PLC0415 - POSIX only: the module imports on Windows
 
-    try:
-        return grp.getgrnam("docker").gr_gid
-    except KeyError:
-        return None
+        try:
+            return grp.getgrnam("docker").gr_gid
+        except KeyError:
+            return None
 
 
 def build_manager(config: ManagedConfig, state_dir: Path, sink: DecisionSink) -> PolicyManager:
@@ -321,27 +359,31 @@ def build_identities(config: ManagedConfig, sink: DecisionSink) -> IdentityStore
 
 def _raise_open_file_limit() -> None:
     """Like dockerd: take the hard limit, since every client is two descriptors here."""
-    try:
-        import resource  # noqa: PLC0415 - POSIX only
+    if sys.platform != "win32":  # Windows has no such limit on handles
+        try:
+            import resource  # noqa: PLC0415 - POSIX only
 
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or hard > soft:
-            target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ImportError, ValueError, OSError):
-        pass
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if hard == resource.RLIM_INFINITY or hard > soft:
+                target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ImportError, ValueError, OSError):
+            pass
 
 
 def process_age() -> float:
     """Seconds since this process started (from /proc), so "ready in" counts Python's
     own start and imports too; falls back to 0 where /proc is missing."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        start_ticks = int(fields[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
+    if sys.platform == "win32":
         return 0.0
+    else:
+        try:
+            fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+            start_ticks = int(fields[19])
+            uptime = float(Path("/proc/uptime").read_text().split()[0])
+            return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+        except (OSError, ValueError, IndexError):
+            return 0.0
 
 
 def _audit_gate(audit: AuditLog) -> str | Awaitable[str | None] | None:
@@ -388,7 +430,8 @@ class _Refresher:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self.manager.trigger)
+        if sys.platform != "win32":  # a service has no signals: `pullgate policy refresh`
+            loop.add_signal_handler(signal.SIGHUP, self.manager.trigger)
         self.task = loop.create_task(self.manager.run())
 
     async def close(self) -> None:
@@ -463,6 +506,13 @@ async def _serve(  # noqa: PLR0917 - one call site, every argument distinct
             f"listening on {shim.config.listen}, upstream unix://{shim.config.upstream} "
             f"({source}), policy: {describe}. "
             f"Point docker at it: export DOCKER_HOST=unix://{shim.config.listen}"
+        )
+    elif sys.platform == "win32":  # the service: a pair of pipes per signed-in user
+        where = (
+            f"serving each signed-in user at {shim.config.listen} in front of Docker "
+            f"Desktop's {shim.config.upstream} ({source}), policy: {describe}; each user's "
+            "'pullgate' docker context is installed to point at theirs (`docker context use "
+            "pullgate` selects it)"
         )
     else:  # Docker Desktop mode: one endpoint per logged-in user
         where = (

@@ -91,7 +91,7 @@ from agent.core.inspection.routes import (
 )
 from agent.core.inspection.tarscan import TarScanError, TarScanner
 from agent.core.messages import defuse, denial_message
-from agent.core.peer import PeerInfo
+from agent.core.peer import PeerInfo, Principal, principal_of
 from agent.core.policy.document import BuildsSetting, HostAccessSetting, OnCreateSetting, Policy
 from agent.daemon.buildkit_builds import BuildRegistry, PendingBuild, RelayedSession
 from agent.daemon.buildkit_tunnel import (
@@ -112,7 +112,7 @@ from agent.platform.peer import (
 )
 from agent.platform.unix_sockets import claim_socket_path
 
-__all__ = ["HeadCache", "Shim", "ShimConfig"]
+__all__ = ["EndpointTransport", "HeadCache", "Shim", "ShimConfig"]
 
 _RAW_STREAM_TYPES = (
     "application/vnd.docker.raw-stream",
@@ -146,9 +146,40 @@ _MAX_HELD_RESPONSE = 1 << 20
 
 
 class IdentitySource(Protocol):
-    """Who an OS user is signed in as (``agent.daemon.identities.IdentityStore``)."""
+    """Who an OS user is signed in as (``agent.daemon.identities.IdentityStore``), by uid
+    (Linux, macOS) or SID (Windows)."""
 
-    def identity_for(self, uid: int | None) -> Identity | None: ...
+    def identity_for(self, uid: Principal | None) -> Identity | None: ...
+
+
+class ClosingServer(Protocol):
+    async def close(self) -> None: ...
+
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
+
+class EndpointTransport(Protocol):
+    """An endpoint that is not a unix socket: how it serves clients, reaches its daemon
+    and names its client. A Windows user's named pipes (``agent.daemon.windows_desktop``);
+    a shim without one serves and connects to unix sockets as it always has."""
+
+    async def serve(self, factory: ProtocolFactory) -> ClosingServer:
+        """Start serving; each client gets a protocol from ``factory``."""
+        ...
+
+    async def connect(self, factory: ProtocolFactory) -> asyncio.BaseProtocol:
+        """Connect to the daemon (``ListenerError``: it is served by someone the
+        endpoint's user must not reach, with the client's message)."""
+        ...
+
+    def peer(self, transport: asyncio.BaseTransport) -> PeerInfo:
+        """The client on ``transport``, as the transport identified it."""
+        ...
+
+    async def request(self, method: str, target: str, timeout: float) -> docker_api.Response:
+        """One request of the shim's own (``Shim.ask_daemon``)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -177,8 +208,12 @@ class Shim:
         *,
         audit_gate: Callable[[], str | Awaitable[str | None] | None] | None = None,
         identities: IdentitySource | None = None,
+        transport: EndpointTransport | None = None,
     ) -> None:
         self.config = config
+        # None: a unix socket (config.listen) in front of a unix socket (config.upstream).
+        self.endpoint_transport = transport
+        self._pipe_server: ClosingServer | None = None
         # Who each OS user is signed in as (agent.daemon.identities), when sign-in is set up.
         self.identities = identities
         self.policy = policy
@@ -206,9 +241,12 @@ class Shim:
         ``OSError``: ``_check_made`` relies on it to remove what it cannot verify.
         """
         try:
-            answer = await docker_api.request(
-                self.config.upstream, method, path, timeout=30, listener_uid=self.config.user
-            )
+            if self.endpoint_transport is not None:
+                answer = await self.endpoint_transport.request(method, path, 30)
+            else:
+                answer = await docker_api.request(
+                    self.config.upstream, method, path, timeout=30, listener_uid=self.config.user
+                )
         except docker_api.DockerAPIError as e:
             raise InspectionError(f"pullgate: the daemon's answer cannot be read: {e}", 502) from e
         return answer.status, answer.body
@@ -440,7 +478,7 @@ class Shim:
         and a client inside a container (any uid it likes) has none."""
         if self.identities is None or peer.contained:
             return None
-        return self.identities.identity_for(peer.uid)
+        return self.identities.identity_for(principal_of(peer))
 
     def _decide_one(
         self, policy: Policy, want: Wanted, now: datetime, endpoint: str, peer: PeerInfo
@@ -480,21 +518,26 @@ class Shim:
         return message if d.verdict is Verdict.DENY else None
 
     async def start(self) -> None:
-        path = self.config.listen
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RuntimeError(f"cannot create the directory of {path}: {e}") from e
-        claim_socket_path(path, "the Docker socket shim")
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(
-            lambda: ClientConnection(self), str(path), backlog=1024
-        )
-        os.chmod(path, self.config.socket_mode)
-        if self.config.socket_group is not None or self.config.user is not None:
-            owner = -1 if self.config.user is None else self.config.user
-            group = -1 if self.config.socket_group is None else self.config.socket_group
-            os.chown(path, owner, group)
+        if self.endpoint_transport is not None:
+            self._pipe_server = await self.endpoint_transport.serve(lambda: ClientConnection(self))
+        elif sys.platform != "win32":
+            path = self.config.listen
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise RuntimeError(f"cannot create the directory of {path}: {e}") from e
+            claim_socket_path(path, "the Docker socket shim")
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_unix_server(
+                lambda: ClientConnection(self), str(path), backlog=1024
+            )
+            os.chmod(path, self.config.socket_mode)
+            if self.config.socket_group is not None or self.config.user is not None:
+                owner = -1 if self.config.user is None else self.config.user
+                group = -1 if self.config.socket_group is None else self.config.socket_group
+                os.chown(path, owner, group)
+        else:
+            raise RuntimeError("pullgate: on Windows the shim serves named pipes only")
 
     def refused_upstream(self, error: ListenerError) -> None:
         """The upstream's listener is not the endpoint's user: keep it for status, and
@@ -521,6 +564,12 @@ class Shim:
         return user is not None and not (uid is not None and uid in (user, 0))
 
     async def close(self) -> None:
+        if self.endpoint_transport is not None:
+            if self._pipe_server is not None:
+                await self._pipe_server.close()  # closes its clients' transports too
+            for conn in list(self.connections):
+                conn.abort()
+            return
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -844,7 +893,9 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        if self.shim.config.user is not None:
+        # A pipe's clients were judged before the transport existed (NamedPipeServer: the
+        # pipe's ACL, then the client's token); a unix socket's are judged here.
+        if self.shim.config.user is not None and self.shim.endpoint_transport is None:
             uid = _credentials(transport)[1]
             if self.shim.refuses_client(uid):
                 print(f"pullgate: refused uid {uid} on {self.shim.config.listen}", file=sys.stderr)
@@ -863,6 +914,9 @@ class ClientConnection(asyncio.Protocol):
     @property
     def peer(self) -> PeerInfo:
         """The client process, looked up once and only when a decision needs it."""
+        if self._peer is None and self.shim.endpoint_transport is not None:
+            assert self.transport is not None
+            self._peer = self.shim.endpoint_transport.peer(self.transport)
         if self._peer is None:
             credentials: tuple[int | None, int | None, int | None] = (None, None, None)
             if self.transport is not None:
@@ -1708,17 +1762,10 @@ class ClientConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         path = self.shim.config.upstream
         try:
-            transport, protocol = await loop.create_unix_connection(
-                lambda: UpstreamProtocol(self), str(path)
-            )
-            if self.shim.config.user is not None:
-                try:
-                    check_listener(transport.get_extra_info("socket"), path, self.shim.config.user)
-                except ListenerError as e:
-                    transport.abort()
-                    self.shim.refused_upstream(e)
-                    raise
-                self.shim.upstream_problem = None
+            if self.shim.endpoint_transport is not None:
+                protocol = await self._connect_transport(self.shim.endpoint_transport)
+            else:
+                protocol = await self._connect_unix(loop, path)
         except OSError as e:
             self.connecting = None
             if eager and not self.upstream_pending:
@@ -1738,6 +1785,31 @@ class ClientConnection(asyncio.Protocol):
         assert protocol.transport is not None
         pending, self.upstream_pending = self.upstream_pending, []
         protocol.transport.writelines(pending)
+
+    async def _connect_unix(self, loop: asyncio.AbstractEventLoop, path: Path) -> UpstreamProtocol:
+        transport, protocol = await loop.create_unix_connection(
+            lambda: UpstreamProtocol(self), str(path)
+        )
+        if self.shim.config.user is not None:
+            try:
+                check_listener(transport.get_extra_info("socket"), path, self.shim.config.user)
+            except ListenerError as e:
+                transport.abort()
+                self.shim.refused_upstream(e)
+                raise
+            self.shim.upstream_problem = None
+        return protocol
+
+    async def _connect_transport(self, via: EndpointTransport) -> UpstreamProtocol:
+        """The daemon through the endpoint's own transport (a Windows user's Desktop
+        pipe); a refused listener is reported as on a unix Desktop endpoint."""
+        try:
+            protocol = await via.connect(lambda: UpstreamProtocol(self))
+        except ListenerError as e:
+            self.shim.refused_upstream(e)
+            raise
+        self.shim.upstream_problem = None
+        return cast(UpstreamProtocol, protocol)
 
     def _close_upstream(self, *, abort: bool = False) -> None:
         up = self.upstream

@@ -218,9 +218,17 @@ async def open_upstream(
         handle.close()
         raise
     protocol = protocol_factory()
+    # As asyncio's create_pipe_connection: return once connection_made has run, so the
+    # caller finds the protocol connected (the shim writes through protocol.transport).
+    waiter: asyncio.Future[Any] = loop.create_future()
     transport = cast(_PipeLoop, loop)._make_duplex_pipe_transport(
-        handle, protocol, extra={"addr": pipe}
+        handle, protocol, waiter, extra={"addr": pipe}
     )
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        raise
     return transport, protocol
 
 

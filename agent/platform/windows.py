@@ -30,6 +30,7 @@ __all__ = [
     "CONTEXT_NAME",
     "CONTROL_PIPE_PREFIX",
     "DESKTOP_ENGINE_PIPE",
+    "DOCKER_CLI",
     "EVENT_SOURCE",
     "LOCAL_SYSTEM_SID",
     "PIPE_ROOT",
@@ -44,10 +45,14 @@ __all__ = [
     "WindowsNameError",
     "WindowsSession",
     "agent_log_path",
+    "attributed_sid",
     "audit_dir",
     "check_sid",
+    "context_instructions",
     "control_pipe",
+    "control_pipe_pattern",
     "data_dir",
+    "docker_context_commands",
     "docker_context_create_args",
     "docker_host",
     "has_enabled_group",
@@ -57,6 +62,7 @@ __all__ = [
     "pipe_sddl",
     "program_data",
     "shim_pipe",
+    "shim_pipe_pattern",
     "state_dir",
     "upstream_server_problem",
     "users_to_serve",
@@ -167,6 +173,16 @@ def control_pipe(sid: str) -> str:
     FILE_APPEND_DATA, part of GENERIC_WRITE), and a second server on a shared control pipe
     would receive other users' ID tokens (``PUT /v1/identity``)."""
     return _pipe(CONTROL_PIPE_PREFIX, sid)
+
+
+def shim_pipe_pattern() -> str:
+    """The shim pipes' names for messages and status: ``\\\\.\\pipe\\pullgate_docker_<SID>``."""
+    return PIPE_ROOT + SHIM_PIPE_PREFIX + "<SID>"
+
+
+def control_pipe_pattern() -> str:
+    """The control pipes' names for messages and status."""
+    return PIPE_ROOT + CONTROL_PIPE_PREFIX + "<SID>"
 
 
 def docker_host(pipe: str) -> str:
@@ -307,6 +323,14 @@ def judge_client(pipe_sid: str, client: PipeClient, *, client_is_admin: bool) ->
     return ClientVerdict.STRANGER
 
 
+def attributed_sid(pipe_sid: str, client: PipeClient) -> str:
+    """The SID a connection on ``pipe_sid``'s pipe is attributed to (``PeerInfo.user``,
+    the key of its sign-in): its token's user, or the pipe's user when the token could not
+    be read (``ClientVerdict.UNVERIFIED``: the ACL admitted it, so it is the pipe's user,
+    LocalSystem or an administrator)."""
+    return client.sid if client.sid is not None else pipe_sid
+
+
 # ------------------------------------------------------------------ signed-in users
 
 # WTS_CONNECTSTATE_CLASS (wtsapi32.h)
@@ -393,6 +417,35 @@ def upstream_server_problem(pipe: str, endpoint_sid: str, server: PipeClient) ->
 
 CONTEXT_NAME: Final = "pullgate"
 """The docker context the agent installs for each user (the same name as on macOS)."""
+
+
+def context_instructions(sid: str) -> str:
+    """What the user runs once (in their own PowerShell or cmd) when the agent could not
+    install their context: the two docker commands, quoted for a shell."""
+    create = " ".join(f'"{arg}"' if " " in arg else arg for arg in docker_context_create_args(sid))
+    return f"docker {create}; docker context use {CONTEXT_NAME}"
+
+
+DOCKER_CLI: Final = r"C:\Program Files\Docker\Docker\resources\bin\docker.exe"
+"""Docker Desktop's docker CLI (its installer's default place), run as each user."""
+
+
+def docker_context_commands(sid: str, *, exists: bool) -> tuple[tuple[str, ...], ...]:
+    """The docker commands that leave the user's ``pullgate`` context pointing at their
+    shim pipe: ``context update`` when ``context inspect pullgate`` succeeded, else
+    ``context create``. Selecting it (``context use``) is left to the user (see
+    docs/deploy/windows.md)."""
+    if exists:
+        return (
+            (
+                "context",
+                "update",
+                CONTEXT_NAME,
+                "--docker",
+                f"host={docker_host(shim_pipe(sid))}",
+            ),
+        )
+    return (docker_context_create_args(sid),)
 
 
 def docker_context_create_args(sid: str) -> tuple[str, ...]:
