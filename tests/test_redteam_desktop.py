@@ -115,13 +115,6 @@ def test_a_link_to_the_agents_state_is_refused(rig: DesktopRig) -> None:
         rig.user.run("rm", "-rf", str(proj))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: host paths are resolved beneath /proc/<listener pid>/root, and the "
-    "listener is the user's own process: run in a user+mount namespace (unshare -Urm) with "
-    "a directory of theirs bind-mounted over another user's, it shows the agent a path the "
-    "user owns while the daemon binds the real one (host_paths._listener_root)",
-)
 @pytest.mark.usefixtures("restore_desktop")
 def test_a_mount_namespace_listener_cannot_hide_what_a_bind_reaches(
     rig: DesktopRig, victim_dir: Path
@@ -147,13 +140,6 @@ def test_a_mount_namespace_listener_cannot_hide_what_a_bind_reaches(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: the same namespace view hides a link: ~/proj/state leads to the "
-    "agent's own state directory, but in the listener's mount namespace ~/proj is a copy "
-    "where state is a directory of the user's, so the agent's protected directories "
-    "(Protection.no_bind, compared after resolving in that view) are bound after all",
-)
 @pytest.mark.usefixtures("restore_desktop")
 def test_a_mount_namespace_listener_cannot_hide_a_link_to_the_agents_state(
     rig: DesktopRig,
@@ -213,14 +199,6 @@ def _context_host(rig: DesktopRig, name: str) -> str:
     return got.stdout.strip()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: `docker context update pullgate --docker host=<the Desktop socket>` "
-    "writes only ~/.docker/contexts/meta/..., not config.json, so the agent (which re-checks "
-    "only when config.json's mtime or size change, DesktopEndpoints.rescan/_config_stamp) "
-    "never looks again: the user's docker goes straight to Desktop while status and doctor "
-    "say the context is 'selected'",
-)
 def test_the_pullgate_context_repointed_at_desktop_is_put_back_or_reported(
     rig: DesktopRig,
 ) -> None:
@@ -256,13 +234,6 @@ sys.stdout.write(out.decode(errors="replace"))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: GET /v1/status on the control socket returns every user's Desktop "
-    "endpoint to any local user (ControlServer.status_for copies DesktopEndpoints.status "
-    "whole; only doctor filters, client-side): another user's own contexts and their hosts, "
-    "their upstream problems and their docker CLI's errors",
-)
 def test_status_shows_a_user_only_their_own_endpoint(rig: DesktopRig) -> None:
     secret = "ssh://alice@build-7.secret.example"
     made = _docker(rig, "context", "create", "remote", "--docker", f"host={secret}")
@@ -288,15 +259,6 @@ def test_status_shows_a_user_only_their_own_endpoint(rig: DesktopRig) -> None:
 # ------------------------------------------------------------------ root's reach
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: the agent connects to the user's Desktop path with root's rights "
-    "(Shim _connect_unix, docker_api.request, host_paths._listener_pid, the bypass monitor) "
-    "and only then checks the listener: a link to a socket in a directory the user cannot "
-    "search makes root connect to it (a service that acts on connect, socket activation), "
-    "and the answer ('served by root' / 'by uid N' vs 'cannot reach') tells the user what "
-    "listens where they cannot look",
-)
 @pytest.mark.usefixtures("restore_desktop")
 def test_the_agent_never_connects_where_the_user_could_not(rig: DesktopRig) -> None:
     hidden = rig.scratch / "root-only"
@@ -453,13 +415,6 @@ def test_direct_pulls_are_reported_even_behind_a_filtering_listener(rig: Desktop
 # ------------------------------------------------------------------ doctor
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: doctor (as root) pings the user's Desktop path with "
-    "docker_api.request_sync, which has no listener check (status_cmd.check_ping): until a "
-    "client of the endpoint is refused, a link to root's dockerd is 'Docker Desktop of <user>: "
-    "OK', and root sends the request to whatever socket the user named",
-)
 @pytest.mark.usefixtures("restore_desktop")
 def test_doctor_does_not_call_root_s_daemon_the_users_desktop(rig: DesktopRig) -> None:
     ok = _docker(rig, "version", "--format", "{{.Server.Version}}")  # no problem on record
@@ -490,7 +445,7 @@ def test_a_link_to_another_users_desktop_is_refused(rig: DesktopRig) -> None:
         assert rig.user.run("ln", "-s", str(theirs), str(rig.desktop_sock)).returncode == 0
         got = _docker(rig, "version", "--format", "{{.Server.Version}}")
         assert got.returncode != 0
-        assert f"served by uid {rig.other.uid}" in got.stderr, got.stderr
+        assert "not the user's own socket" in got.stderr, got.stderr
     finally:
         _stop(proc)
         rig.other.run("rm", "-rf", str(rig.other.home / ".docker"))
@@ -584,14 +539,6 @@ def test_one_users_requests_do_not_stall_another_users_login(rig: DesktopRig) ->
         _wait("the other user's endpoint to go", lambda: rig.other.uid not in rig.endpoints(), 30)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: should_select_context compares the context's host with "
-    "unix://<Desktop socket> as strings: the same socket written unix://~/.docker/desktop/"
-    "/docker.sock (or through a link of the user's) is 'the user's own context to another "
-    "engine' and is kept, though the docs say any context leading straight to the Desktop "
-    "socket is replaced",
-)
 def test_a_context_to_the_desktop_socket_by_another_spelling_is_replaced(
     rig: DesktopRig,
 ) -> None:
@@ -621,4 +568,4 @@ def test_a_link_back_to_the_users_own_endpoint_is_refused_not_looped(rig: Deskto
     got = _docker(rig, "version", "--format", "{{.Server.Version}}")
     assert time.monotonic() - started < 10
     assert got.returncode != 0
-    assert "served by root" in got.stderr, got.stderr
+    assert "refusing to forward" in got.stderr, got.stderr

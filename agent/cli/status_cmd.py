@@ -397,15 +397,20 @@ def _upstream_fix(upstream: Path) -> str:
     )
 
 
-def ping(path: Path, timeout: float = PING_TIMEOUT) -> tuple[int, str]:
-    """``GET /_ping`` on a Docker API socket: (status, body)."""
-    answer = request_sync(path, "GET", "/_ping", timeout=timeout, max_body=4096)
+def ping(
+    path: Path, timeout: float = PING_TIMEOUT, *, listener_uid: int | None = None
+) -> tuple[int, str]:
+    """``GET /_ping`` on a Docker API socket: (status, body); ``listener_uid``: only if
+    that user serves it (a user's Docker Desktop socket, Desktop mode)."""
+    answer = request_sync(
+        path, "GET", "/_ping", timeout=timeout, max_body=4096, listener_uid=listener_uid
+    )
     return answer.status, answer.body.decode("utf-8", errors="replace").strip()
 
 
-def check_ping(name: str, path: Path, fix: str) -> Check:
+def check_ping(name: str, path: Path, fix: str, *, listener_uid: int | None = None) -> Check:
     try:
-        code, body = ping(path)
+        code, body = ping(path, listener_uid=listener_uid)
     except OSError as e:  # DockerAPIError too: an answer that is not HTTP
         why = e.strerror or str(e) or repr(e)
         return Check(name, FAIL, f"GET /_ping on unix://{path} failed: {why}", fix)
@@ -886,7 +891,15 @@ def check_desktop(desktop: Mapping[str, Any], uid: int) -> list[Check]:
                 )
             )
         else:
-            checks.append(check_ping(f"Docker Desktop of {who}", Path(str(e.get("upstream"))), fix))
+            owner = e.get("uid")
+            checks.append(
+                check_ping(
+                    f"Docker Desktop of {who}",
+                    Path(str(e.get("upstream"))),
+                    fix,
+                    listener_uid=owner if isinstance(owner, int) else -1,
+                )
+            )
         if e.get("context_error"):
             checks.append(Check(f"docker context of {who}", FAIL, str(e["context_error"]), fix))
         else:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from agent.core.inspection.host_access import clean_path
+
 __all__ = [
     "DESKTOP_CONTEXTS",
     "DESKTOP_SOCKETS",
@@ -132,6 +134,21 @@ def upstream_peer_problem(upstream: str, expected_uid: int, listener_uid: int | 
     )
 
 
+def unreachable_upstream_problem(upstream: str, expected_uid: int, why: str) -> str:
+    """Why the agent will not even connect to ``upstream`` for user ``expected_uid``: the
+    path does not lead to a socket of theirs that they could reach themselves (``why``:
+    a directory closed to them on the way, or a socket that is not theirs). Asked before
+    connecting, so that root never reaches, for a user, what they could not (nor tells
+    them what listens where they cannot look)."""
+    return (
+        f"pullgate: refusing to forward to unix://{upstream}: it does not lead to a socket "
+        f"of uid {expected_uid}'s own ({why}). This endpoint forwards only to the Docker "
+        "Desktop of the user it serves; a link from that path to another daemon's socket is "
+        "not followed. Remove it and restart Docker Desktop, or ask your IT administrator "
+        "(`pullgate doctor`)."
+    )
+
+
 def should_select_context(
     current: str | None, current_host: str | None, desktop_host: str, ours: str
 ) -> bool:
@@ -144,4 +161,11 @@ def should_select_context(
         return False
     if current is None or current in DESKTOP_CONTEXTS:
         return True
-    return current_host is None or current_host == desktop_host
+    return current_host is None or _same_unix_host(current_host, desktop_host)
+
+
+def _same_unix_host(a: str, b: str) -> bool:
+    """Two ``unix://`` hosts naming one path however written (``//``, ``/./``, ``..``)."""
+    if not (a.startswith("unix://") and b.startswith("unix://")):
+        return a == b
+    return clean_path(a.removeprefix("unix://")) == clean_path(b.removeprefix("unix://"))

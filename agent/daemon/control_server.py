@@ -411,6 +411,20 @@ class ControlServer:
         except Exception as e:
             raise _ReplyError(500, f"the agent could not report its status: {e!r}") from e
         status["last_decisions"] = self.visible_decisions(uid, STATUS_DECISIONS)
+        desktop = status.get("desktop")
+        if isinstance(desktop, dict) and uid not in (0, _own_uid()):
+            # Docker Desktop mode: a user sees their own endpoint (by uid, or by SID on
+            # Windows), not other users' contexts, paths and errors (red-team finding);
+            # root sees all.
+            endpoints = desktop.get("endpoints") or []
+            status["desktop"] = {
+                **desktop,
+                "endpoints": [
+                    e
+                    for e in endpoints
+                    if isinstance(e, dict) and uid in (e.get("uid"), e.get("sid"))
+                ],
+            }
         status["identity"] = (
             self.identities.status(uid) if self.identities is not None else {"configured": False}
         )

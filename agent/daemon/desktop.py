@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import subprocess
 import sys
@@ -77,9 +78,9 @@ class _Endpoint:
     added_at: float = field(default_factory=time.time)
     context: str = "not installed yet"
     context_error: str | None = None
-    # The user's config.json as (mtime, size) when the context was last applied; the
-    # initial value matches no file, missing or not, so a new endpoint applies it at once.
-    config_stamp: tuple[int, int] | None = (-1, -1)
+    # The user's config.json and our context's meta.json as (mtime, size) when the context was
+    # last applied; the initial value matches no files, so a new endpoint applies it at once.
+    config_stamp: tuple[tuple[int, int] | None, ...] = ()
     # Applying the context runs the docker CLI as the user, maybe slowly: a task of its
     # own per endpoint, so one user's slow CLI never holds up the others' rescans.
     context_task: asyncio.Task[None] | None = None
@@ -414,11 +415,19 @@ class DesktopEndpoints:
         return out.decode(errors="replace").strip()
 
 
-def _config_stamp(home: str) -> tuple[int, int] | None:
-    """The user's docker config.json as (mtime, size): a change means the context may
-    have been switched. A ``stat`` only; the file is never read with root's rights."""
-    try:
-        info = os.stat(Path(home) / ".docker" / "config.json")
-    except OSError:
-        return None
-    return info.st_mtime_ns, info.st_size
+def _config_stamp(home: str) -> tuple[tuple[int, int] | None, ...]:
+    """The user's docker config.json and the ``pullgate`` context's meta.json as
+    (mtime, size) each: a change means the context may have been switched or repointed
+    (``docker context update`` writes only its meta.json). ``stat`` only; the files are
+    never read with root's rights."""
+    docker = Path(home) / ".docker"
+    meta = docker / "contexts" / "meta" / hashlib.sha256(CONTEXT_NAME.encode()).hexdigest()
+    stamps: list[tuple[int, int] | None] = []
+    for path in (docker / "config.json", meta / "meta.json"):
+        try:
+            info = os.stat(path)
+        except OSError:
+            stamps.append(None)
+            continue
+        stamps.append((info.st_mtime_ns, info.st_size))
+    return tuple(stamps)

@@ -39,6 +39,7 @@ from urllib.parse import quote
 import httptools
 
 from agent.core.decision import Decision, Identity, Verdict, decide
+from agent.core.desktop import unreachable_upstream_problem
 from agent.core.events import DecisionEvent, NoticeEvent
 from agent.core.inspection.buildkit.inputs import BuildInputs, from_build_query
 from agent.core.inspection.host_access import (
@@ -420,9 +421,12 @@ class Shim:
         protection = Protection()
         if access.paths:
             paths = [p.lookup for p in access.paths]
+            # Beneath a root daemon's own root; a Desktop user's listener is theirs to
+            # run in any mount namespace, so there the agent's own view is used.
+            daemon = self.config.upstream if self.config.user is None else None
             facts, requester = await asyncio.to_thread(
                 lambda: (
-                    host_paths.examine(paths, daemon=self.config.upstream),
+                    host_paths.examine(paths, daemon=daemon),
                     host_paths.requester(
                         peer.pid, peer.uid, peer.gid, inside=peer.contained, groups=groups
                     ),
@@ -452,13 +456,19 @@ class Shim:
         if self._docker_root is None or now - self._docker_root[0] > _DOCKER_ROOT_TTL:
             info = await self.daemon_json("/info", "itself")
             root = info.get("DockerRootDir") if isinstance(info, dict) else None
-            named = await asyncio.to_thread(host_paths.daemon_paths, upstream)
+            named = (
+                await asyncio.to_thread(host_paths.daemon_paths, upstream)
+                if self.config.user is None
+                else []
+            )
             own = [root] if isinstance(root, str) and root else []
             self._docker_root = (now, (*own, *named))
         kept = [str(upstream), *map(str, self.config.protected), *self._docker_root[1]]
 
+        daemon = upstream if self.config.user is None else None
+
         def resolve(paths: list[str]) -> tuple[str, ...]:
-            facts = host_paths.examine(paths, daemon=upstream)
+            facts = host_paths.examine(paths, daemon=daemon)
             return tuple(facts[p].resolved if p in facts else p for p in paths)
 
         no_bind, exact = await asyncio.to_thread(
@@ -1787,6 +1797,16 @@ class ClientConnection(asyncio.Protocol):
         protocol.transport.writelines(pending)
 
     async def _connect_unix(self, loop: asyncio.AbstractEventLoop, path: Path) -> UpstreamProtocol:
+        user = self.shim.config.user
+        if user is not None:
+            # Root never connects, for a user, where they could not (red-team finding).
+            problem = await asyncio.to_thread(host_paths.user_reach_problem, str(path), user)
+            if problem == host_paths.NO_SOCKET:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+            if problem is not None:
+                error = ListenerError(unreachable_upstream_problem(str(path), user, problem))
+                self.shim.refused_upstream(error)
+                raise error
         transport, protocol = await loop.create_unix_connection(
             lambda: UpstreamProtocol(self), str(path)
         )

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple
 
+from agent.core.desktop import unreachable_upstream_problem
 from agent.core.inspection.http1 import MAX_HEAD_BYTES, BodyReader, ProtocolError
-from agent.platform.peer import check_listener
+from agent.platform import host_paths
+from agent.platform.peer import ListenerError, check_listener
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -177,6 +179,8 @@ async def request(
     # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
     # (cpython #86296), which left the agent unable to stop.
     async with asyncio.timeout(timeout):
+        if listener_uid is not None:
+            await asyncio.to_thread(_reachable_for, socket_path, listener_uid)
         reader, writer = await _open_unix(str(socket_path))
         try:
             if listener_uid is not None:
@@ -188,6 +192,16 @@ async def request(
         finally:
             writer.close()
     return Response(answer.status, answer.headers, b"".join(body))
+
+
+def _reachable_for(socket_path: Path | str, uid: int) -> None:
+    """Refuse, before root connects, a socket user ``uid`` could not connect to
+    themselves (``peer.ListenerError``), or report nothing there as not running."""
+    problem = host_paths.user_reach_problem(str(socket_path), uid)
+    if problem == host_paths.NO_SOCKET:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(socket_path))
+    if problem is not None:
+        raise ListenerError(unreachable_upstream_problem(str(socket_path), uid, problem))
 
 
 async def _open_unix(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -260,6 +274,8 @@ async def stream(
     data = _request_bytes("GET", target, user_agent)
     answer = _Answer("GET", None)
     async with asyncio.timeout(timeout):
+        if listener_uid is not None:
+            await asyncio.to_thread(_reachable_for, socket_path, listener_uid)
         reader, writer = await _open_unix(str(socket_path))
     try:
         if listener_uid is not None:
@@ -283,18 +299,23 @@ def request_sync(
     timeout: float = 5.0,
     max_body: int = 1 << 20,
     user_agent: str = "pullgate",
+    listener_uid: int | None = None,
 ) -> Response:
     """:func:`request` for callers without an event loop (the CLI's ``doctor``);
-    ``timeout`` bounds each socket operation."""
+    ``timeout`` bounds each socket operation; ``listener_uid`` as for :func:`request`."""
     data = _request_bytes(method, target, user_agent)
     answer = _Answer(method, max_body)
     body: list[bytes] = []
     if sys.platform == "win32":
         raise OSError(errno.EAFNOSUPPORT, f"{socket_path}: no unix sockets here (named pipes)")
     else:
+        if listener_uid is not None:
+            _reachable_for(socket_path, listener_uid)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(socket_path))
+            if listener_uid is not None:
+                check_listener(sock, socket_path, listener_uid)
             sock.sendall(data)
             while not answer.done:
                 body += answer.feed(sock.recv(_READ))

@@ -27,11 +27,22 @@ from agent.platform.files import FileTooLargeError, read_capped
 from agent.platform.peer import contained, peer_credentials
 from agent.platform.unix_sockets import unix_stream_socket
 
-__all__ = ["DAEMON_JSON", "MAX_LINKS", "PathFacts", "daemon_paths", "examine", "requester"]
+__all__ = [
+    "DAEMON_JSON",
+    "MAX_LINKS",
+    "NO_SOCKET",
+    "PathFacts",
+    "daemon_paths",
+    "examine",
+    "requester",
+    "user_reach_problem",
+]
 
 #: dockerd's configuration file unless ``--config-file`` names another.
 DAEMON_JSON = "/etc/docker/daemon.json"
 
+#: ``user_reach_problem`` when nothing is at the path (Docker Desktop is not running).
+NO_SOCKET = "no such socket"
 #: Links followed in one path before it is judged as written (the kernel's limit).
 MAX_LINKS = 40
 
@@ -55,13 +66,63 @@ def _listener_root(daemon: Path | None) -> int | None:
         return None
     if sys.platform.startswith("linux"):
         pid = _listener_pid(daemon)
-        if pid:
+        # Only a root daemon's view: a listener of a user's (Docker Desktop mode) may run
+        # in a mount namespace of their making, which shows whatever they like.
+        if pid and _owner(pid) == 0:
             try:
                 flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
                 return os.open(f"/proc/{pid}/root", flags)
             except OSError:
                 return None
     return None
+
+
+def _owner(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def user_reach_problem(path: str, uid: int) -> str | None:
+    """Why user ``uid`` could not connect to the socket ``path`` themselves (every
+    directory above searchable by them, the socket theirs), or None. The agent connects
+    to a user's Docker Desktop socket with root's rights: asked first, so that root never
+    reaches, for a user, a socket they could not (nor tells them what listens there)."""
+    if sys.platform == "win32":
+        return "no unix sockets here"
+    else:  # the platform check mypy reads
+        import pwd  # noqa: PLC0415 - POSIX only: the module imports on Windows
+
+        try:
+            entry = pwd.getpwuid(uid)
+            groups = frozenset(os.getgrouplist(entry.pw_name, entry.pw_gid))
+            facts = _walk(path, None)
+        except (KeyError, OSError, ValueError):
+            return "the socket cannot be looked at"
+        return _reach_problem(facts, Requester(uid, groups))
+
+
+def _reach_problem(facts: PathFacts, who: Requester) -> str | None:
+    for mode, owner, group in facts.chain[:-1]:
+        if not _may_search(mode, owner, group, who):
+            return "a directory on the way is closed to the user"
+    if not facts.exists:
+        return NO_SOCKET
+    mode, owner, _group = facts.chain[-1]
+    if owner != who.uid:
+        return "not the user's own socket"
+    if not stat.S_ISSOCK(mode):
+        return NO_SOCKET  # a file of theirs, no socket: nothing serves there
+    return None
+
+
+def _may_search(mode: int, owner: int, group: int, who: Requester) -> bool:
+    if who.uid == owner:
+        return bool(mode & 0o100)
+    if group in who.gids:
+        return bool(mode & 0o010)
+    return bool(mode & 0o001)
 
 
 def _command_line(pid: int) -> list[str]:
