@@ -5,13 +5,16 @@ A member of the ``docker`` group runs containers as root. An allowed image start
 reaches dockerd's own socket around the shim, or changes the agent itself. So with the
 policy's ``containers.host_access: deny`` (the default) the shim refuses the settings
 that hand over the host, on every request that can carry them: ``containers/create``,
-``services/create|update``, ``containers/{id}/exec``, ``volumes/create``,
-``containers/{id}/start`` with an old-API body, and plugin privileges.
+``services/create|update``, ``containers/{id}/exec``, ``containers/{id}/start|restart``
+and ``archive`` (the container as the daemon keeps it: its binds are mounted again),
+``volumes/create``, and plugin privileges and settings (docs/shim.md).
 
-Two steps, so the core stays pure: ``from_*`` read a request body into a
-:class:`HostAccess` (settings refused outright, and host paths to resolve); the shim
-resolves the paths on the machine (symbolic links followed, as the mount will follow
-them) and :func:`judge` decides. Keys match as Go's ``encoding/json`` matches them
+Two steps, so the core stays pure: ``from_*`` read a request body (or the daemon's
+description of a container or volume) into a :class:`HostAccess`: settings refused
+outright, host paths to look at, containers and volumes it takes from. The shim looks
+them up and looks at the paths on the machine as the daemon will mount them
+(:class:`PathFacts`), and :func:`judge` decides, with whose access a bind may not exceed
+(:class:`Requester`). Keys match as Go's ``encoding/json`` matches them
 (case-insensitively); a value of the wrong type is refused, as the daemon refuses it.
 """
 
