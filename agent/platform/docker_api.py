@@ -179,12 +179,8 @@ async def request(
     # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
     # (cpython #86296), which left the agent unable to stop.
     async with asyncio.timeout(timeout):
-        if listener_uid is not None:
-            await asyncio.to_thread(_reachable_for, socket_path, listener_uid)
-        reader, writer = await _open_unix(str(socket_path))
+        reader, writer = await _open_checked(socket_path, listener_uid)
         try:
-            if listener_uid is not None:
-                check_listener(writer.get_extra_info("socket"), socket_path, listener_uid)
             writer.write(data)
             await writer.drain()
             while not answer.done:
@@ -192,6 +188,24 @@ async def request(
         finally:
             writer.close()
     return Response(answer.status, answer.headers, b"".join(body))
+
+
+async def _open_checked(
+    socket_path: Path | str, listener_uid: int | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to ``socket_path``; with ``listener_uid``, only to a socket that user
+    could reach themselves (asked first) and that they serve (checked once connected,
+    before anything is sent; ``peer.ListenerError`` otherwise)."""
+    if listener_uid is not None:
+        await asyncio.to_thread(_reachable_for, socket_path, listener_uid)
+    reader, writer = await _open_unix(str(socket_path))
+    if listener_uid is not None:
+        try:
+            check_listener(writer.get_extra_info("socket"), socket_path, listener_uid)
+        except ListenerError:
+            writer.close()
+            raise
+    return reader, writer
 
 
 def _reachable_for(socket_path: Path | str, uid: int) -> None:
@@ -274,12 +288,8 @@ async def stream(
     data = _request_bytes("GET", target, user_agent)
     answer = _Answer("GET", None)
     async with asyncio.timeout(timeout):
-        if listener_uid is not None:
-            await asyncio.to_thread(_reachable_for, socket_path, listener_uid)
-        reader, writer = await _open_unix(str(socket_path))
+        reader, writer = await _open_checked(socket_path, listener_uid)
     try:
-        if listener_uid is not None:
-            check_listener(writer.get_extra_info("socket"), socket_path, listener_uid)
         writer.write(data)
         await writer.drain()
         first: list[bytes] = []
