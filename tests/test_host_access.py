@@ -13,6 +13,7 @@ from agent.core.inspection.host_access import (
     HostAccess,
     HostAccessError,
     HostPath,
+    PathFacts,
     Protection,
     clean_path,
     from_container_config,
@@ -32,9 +33,14 @@ from tests.policy_builders import policy
 NONE = Protection()
 
 
+def facts(resolved: dict[str, str]) -> dict[str, PathFacts]:
+    """Resolved paths alone, with nothing known of who may reach them."""
+    return {path: PathFacts(to) for path, to in resolved.items()}
+
+
 def problems(host: dict[str, Any], resolved: dict[str, str] | None = None) -> list[str]:
     access = from_container_config({"Image": "alpine", "HostConfig": host})
-    return judge(access, resolved or {}, NONE)
+    return judge(access, facts(resolved or {}), NONE)
 
 
 @pytest.mark.parametrize(
@@ -162,7 +168,7 @@ def test_runtime_protection_and_the_agents_own_socket() -> None:
 def test_devices_outside_the_allowed_few_and_through_links() -> None:
     def judged(path: str, resolved: str | None = None) -> list[str]:
         access = from_container_config({"HostConfig": {"Devices": [{"PathOnHost": path}]}})
-        return judge(access, {path: resolved or path}, NONE)
+        return judge(access, facts({path: resolved or path}), NONE)
 
     assert judged("/dev/kvm") == [] and judged("/dev/net/tun") == []
     assert "host device" in judged("/dev/sda")[0]
@@ -312,7 +318,7 @@ def test_host_config_fields_at_the_top_level_are_read_too() -> None:
 def test_a_bind_is_cleaned_before_its_links_are_followed() -> None:
     (bind,) = from_container_config({"HostConfig": {"Binds": ["/home/u/d/../l:/h"]}}).paths
     assert bind.lookup == "/home/u/l"
-    assert judge(HostAccess(paths=(bind,)), {"/home/u/l": "/"}, NONE)
+    assert judge(HostAccess(paths=(bind,)), facts({"/home/u/l": "/"}), NONE)
     device = HostPath("/dev/x/../fuse", False, "device", "--device")
     assert device.lookup == "/dev/x/../fuse"  # the kernel resolves a device as written
 

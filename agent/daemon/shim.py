@@ -230,7 +230,7 @@ class Shim:
         self.builds = BuildRegistry()  # BuildKit builds in flight, by session
         #: (when asked, the daemon's own directories: DockerRootDir and what its command
         #: lines and daemon.json name), for containers.host_access.
-        self._docker_root: tuple[float, tuple[str, ...]] | None = None
+        self._daemon_dirs: tuple[float, tuple[str, ...]] | None = None
         #: Why the last upstream connection was refused (ListenerError), until one passes.
         self.upstream_problem: str | None = None
         self._problem_reported = 0.0
@@ -453,7 +453,7 @@ class Shim:
         root, containerd, pid file), the agent's state and audit directories."""
         now = asyncio.get_running_loop().time()
         upstream = self.config.upstream
-        if self._docker_root is None or now - self._docker_root[0] > _DOCKER_ROOT_TTL:
+        if self._daemon_dirs is None or now - self._daemon_dirs[0] > _DAEMON_DIRS_TTL:
             info = await self.daemon_json("/info", "itself")
             root = info.get("DockerRootDir") if isinstance(info, dict) else None
             named = (
@@ -462,8 +462,8 @@ class Shim:
                 else []
             )
             own = [root] if isinstance(root, str) and root else []
-            self._docker_root = (now, (*own, *named))
-        kept = [str(upstream), *map(str, self.config.protected), *self._docker_root[1]]
+            self._daemon_dirs = (now, (*own, *named))
+        kept = [str(upstream), *map(str, self.config.protected), *self._daemon_dirs[1]]
 
         daemon = upstream if self.config.user is None else None
 
@@ -810,7 +810,7 @@ _DRAIN_SECONDS = 30.0
 #: How long the daemon's own directories (``/info``, its command line) are taken as
 #: known: they change only with a daemon restart, and each create with host paths
 #: needs them.
-_DOCKER_ROOT_TTL = 60.0
+_DAEMON_DIRS_TTL = 60.0
 #: Bytes a client may send ahead of the response to its request before it is paused.
 _MAX_BACKLOG = 256 * 1024
 _DRAIN_BYTES = 1 << 30

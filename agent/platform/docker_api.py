@@ -173,21 +173,14 @@ async def request(
 
     ``listener_uid``: refuse (``peer.ListenerError``, before sending anything) unless the
     daemon at ``socket_path`` runs as this uid (Docker Desktop mode: a user's socket)."""
-    data = _request_bytes(method, target, user_agent)
-    answer = _Answer(method, max_body)
-    body: list[bytes] = []
-    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
-    # (cpython #86296), which left the agent unable to stop.
-    async with asyncio.timeout(timeout):
-        reader, writer = await _open_checked(socket_path, listener_uid)
-        try:
-            writer.write(data)
-            await writer.drain()
-            while not answer.done:
-                body += answer.feed(await reader.read(_READ))
-        finally:
-            writer.close()
-    return Response(answer.status, answer.headers, b"".join(body))
+    return await request_over(
+        lambda: _open_checked(socket_path, listener_uid),
+        method,
+        target,
+        timeout=timeout,
+        max_body=max_body,
+        user_agent=user_agent,
+    )
 
 
 async def _open_checked(
@@ -242,6 +235,8 @@ async def request_over(
     data = _request_bytes(method, target, user_agent)
     answer = _Answer(method, max_body)
     body: list[bytes] = []
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+    # (cpython #86296), which left the agent unable to stop.
     async with asyncio.timeout(timeout):
         reader, writer = await connect()
         try:

@@ -14,13 +14,13 @@ Blocking file system calls: the shim runs these in a worker thread.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import stat
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from agent.core import strict_json
 from agent.core.dockerd_hosts import dockerd_paths, flag_values
 from agent.core.inspection.host_access import PathFacts, Requester
 from agent.platform.files import FileTooLargeError, read_capped
@@ -168,7 +168,7 @@ def _linux_daemon_paths(daemon: Path) -> list[str]:
         config_file = next(iter(flag_values(argv, ("--config-file",))), DAEMON_JSON)
         config: dict[str, object] | None = None
         with contextlib.suppress(OSError, ValueError, FileTooLargeError):
-            value = json.loads(read_capped(Path(f"/proc/{pid}/root{config_file}"), 1 << 20))
+            value = strict_json.loads(read_capped(Path(f"/proc/{pid}/root{config_file}"), 1 << 20))
             config = value if isinstance(value, dict) else None
         out += [p for p in dockerd_paths(argv, config) if p not in out]
     return out

@@ -710,16 +710,15 @@ def _access_problem(given: HostPath, facts: PathFacts, who: Requester) -> str | 
 
 def judge(
     access: HostAccess,
-    resolved: Mapping[str, str | PathFacts],
+    resolved: Mapping[str, PathFacts],
     protection: Protection,
     requester: Requester | None = None,
 ) -> list[str]:
     """What in ``access`` hands over the host: one line each, empty when nothing does.
 
-    ``resolved``: each path's facts as the machine resolves it now (links followed; a
-    bare string is the resolved path alone); a path missing from it could not be
-    resolved and is judged as written. ``requester``: whose access a bind may not
-    exceed (None: not judged).
+    ``resolved``: each path's facts as the machine resolves it now (links followed); a
+    path missing from it could not be looked at and is judged as written.
+    ``requester``: whose access a bind may not exceed (None: not judged).
     """
     problems = list(access.refused)
     for given in access.paths:
@@ -729,8 +728,7 @@ def judge(
         if "\0" in given.path:
             problems.append(f"{given.spec}: a NUL in a host path")
             continue
-        found = resolved.get(given.lookup)
-        facts = found if isinstance(found, PathFacts) else PathFacts(found or given.lookup)
+        facts = resolved.get(given.lookup) or PathFacts(given.lookup)
         path = clean_path(facts.resolved)
         problem = _path_problem(given, path, protection)
         judged = requester is not None and given.kind != "device"
