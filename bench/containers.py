@@ -5,8 +5,9 @@
 sequential ``POST /containers/create`` of a local ``alpine`` per case, each container
 removed after (directly, not timed); shim and direct requests alternate. Cases: no host
 settings; three binds of project directories (each resolved off the event loop, plus the
-daemon's data root from ``/info``, cached 60 s); a refused ``-v /:/host``. p50/p90 in
-milliseconds, direct to dockerd and through the shim in the same run.
+daemon's data root from ``/info``, cached 60 s); a refused ``-v /:/host``; and a start of a
+container with three binds (judged again through the shim: its settings asked of the
+daemon). p50/p90 in milliseconds, direct to dockerd and through the shim in the same run.
 """
 
 from __future__ import annotations
@@ -43,6 +44,37 @@ def create(path: Path, body: bytes) -> tuple[int, float, str]:
     if status == 201:
         ident = json.loads(answer)["Id"]
     return status, elapsed, ident
+
+
+def start(path: Path, ident: str) -> float:
+    """``POST /containers/{id}/start`` on a new connection: seconds to the 204. Through
+    the shim this is judged again (the daemon asked for the container's settings)."""
+    started = time.perf_counter()
+    with unix_connect(path) as sock:
+        sock.sendall(
+            f"POST /v1.41/containers/{ident}/start HTTP/1.1\r\nHost: docker\r\n"
+            "Content-Length: 0\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:  # a 204 has a head only (no Content-Length)
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            head += chunk
+    if not head.startswith(b"HTTP/1.1 204"):
+        raise RuntimeError(f"start answered {head[:300]!r}")
+    return time.perf_counter() - started
+
+
+def measure_starts(env: DockerEnv, shim: Path, body: bytes, count: int) -> list[dict[str, float]]:
+    """Containers made directly, started through the shim and directly in turn."""
+    times: dict[Path, list[float]] = {shim: [], env.socket_path: []}
+    for _ in range(count):
+        for path in (shim, env.socket_path):
+            _status, _elapsed, ident = create(env.socket_path, body)
+            times[path].append(start(path, ident) * 1000)
+            remove(env, ident)
+    return [_summary(times[shim]), _summary(times[env.socket_path])]
 
 
 def remove(env: DockerEnv, ident: str) -> None:
@@ -103,6 +135,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     env, agent.socket_path, body.encode(), args.creates, status, direct=direct_too
                 )
                 rows.append({"case": name, "shim": shim, "direct": direct})
+            body = json.dumps(
+                {
+                    "Image": "alpine",
+                    "Cmd": ["true"],
+                    "HostConfig": {"NetworkMode": "none", "Binds": projects},
+                }
+            )
+            shim_start, direct_start = measure_starts(
+                env, agent.socket_path, body.encode(), args.creates
+            )
+            rows.append(
+                {"case": "start, 3 project binds", "shim": shim_start, "direct": direct_start}
+            )
             result = {
                 "creates_per_case": args.creates,
                 "agent_cpu_s": round(agent.cpu_s(), 2),
