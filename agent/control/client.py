@@ -1,6 +1,10 @@
 """Client of the agent's control API, for the CLI and the tray: one request at a time
 (``control_request``) or the live event stream (``EventStream``, ``GET /v1/events``).
 
+The transport follows the platform: a unix socket on Linux and macOS; on Windows the
+user's control pipe (``agent.platform.pipe_client``: opened only if the agent serves it,
+reads and writes with timeouts), found from the SID of the caller's token.
+
 Kept apart from the server so that the agent does not load ``http.client`` (and the
 ``email`` package behind it) for a client it never uses.
 """
@@ -8,20 +12,26 @@ Kept apart from the server so that the agent does not load ``http.client`` (and 
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import json
 import os
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.control.contract import control_candidates
 from agent.core import strict_json
+from agent.core.peer import Principal
 from agent.core.text import printable
 from agent.platform.unix_sockets import UnixHTTPConnection
+
+if TYPE_CHECKING:
+    from agent.platform.pipe_stream import PipeChannel
 
 __all__ = [
     "EVENT_STREAM_TIMEOUT",
@@ -32,15 +42,54 @@ __all__ = [
     "control_candidates",
     "control_paths",
     "control_request",
+    "current_principal",
     "first_answer",
     "open_event_stream",
 ]
 
 
 def control_paths(control: str | Path | None) -> list[Path]:
-    """``--control PATH`` when given, else where a client looks for an agent: the user's
-    own agent first, then the system one."""
-    return [Path(control)] if control else control_candidates(os.geteuid(), os.environ)
+    """``--control PATH`` (on Windows a pipe, ``\\\\.\\pipe\\NAME``) when given, else where a
+    client looks for an agent: the user's own agent first, then the system one; on
+    Windows the control pipe the agent serves this user."""
+    return [Path(control)] if control else control_candidates(current_principal(), os.environ)
+
+
+def current_principal() -> Principal:
+    """Who this process is to the agent: its effective uid, or on Windows (no uids) its
+    token's user SID, the key the agent names its control pipe and sign-in by."""
+    if sys.platform == "win32":
+        from agent.platform.pipe_client import current_user_sid  # noqa: PLC0415
+
+        return current_user_sid()
+    else:
+        return os.geteuid()
+
+
+def _open_pipe(pipe: str, timeout: float | None) -> PipeChannel:
+    """The control pipe, connected, once its server is found to be the agent (Windows)."""
+    if sys.platform == "win32":
+        from agent.platform.pipe_client import open_control_pipe  # noqa: PLC0415
+
+        return open_control_pipe(pipe, timeout)
+    else:
+        raise OSError(errno.EAFNOSUPPORT, "named pipes are Windows's", pipe)
+
+
+def _connection(path: Path, timeout: float) -> http.client.HTTPConnection:
+    """An unconnected ``http.client`` connection to the control API at ``path``: its unix
+    socket, or on Windows its pipe; ``ControlError`` for a path that cannot be one."""
+    if sys.platform == "win32":
+        from agent.platform.pipe_stream import PipeHTTPConnection  # noqa: PLC0415
+        from agent.platform.windows_control import control_pipe_address  # noqa: PLC0415
+
+        try:
+            pipe = control_pipe_address(str(path))
+        except ValueError as e:  # WindowsNameError
+            raise ControlError(f"cannot reach the agent at {path}: {e}") from e
+        return PipeHTTPConnection(pipe, timeout, _open_pipe)
+    else:
+        return UnixHTTPConnection(path, timeout)
 
 
 def first_answer(
@@ -82,7 +131,7 @@ def control_request(
         payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
         headers["Content-Type"] = "application/json"
         headers["Content-Length"] = str(len(payload))
-    conn = UnixHTTPConnection(path, timeout)
+    conn = _connection(path, timeout)
     try:
         conn.request(method, target, body=payload, headers=headers)
         resp = conn.getresponse()
@@ -232,15 +281,16 @@ class EventStream:
         self.timeout = timeout
         self.parser = SSEParser(max_line=max_line, max_event=max_event)
         self._read_size = read_size
-        self._conn: UnixHTTPConnection | None = None
-        self._sock: socket.socket | None = None  # http.client drops it from the connection
+        self._conn: http.client.HTTPConnection | None = None
+        # http.client drops it from the connection; on Windows a pipe_stream.PipeSocket.
+        self._sock: socket.socket | None = None
         self._response: http.client.HTTPResponse | None = None
         self._closed = threading.Event()
 
     def open(self) -> None:
         if self._closed.is_set():
             raise ControlError("the event stream was closed")
-        conn = UnixHTTPConnection(self.path, self.timeout)
+        conn = _connection(self.path, self.timeout)
         self._conn = conn
         try:
             conn.request("GET", "/v1/events", headers={"Accept": "text/event-stream"})

@@ -1,5 +1,6 @@
 """The control API's contract, shared by the agent's server and its clients (the CLI, the
-tray): where the socket is, and which events a caller may see, and how.
+tray): where the socket (on Windows, the pipe) is, and which events a caller may see,
+and how.
 
 No server code here: a client imports this, never ``agent.daemon``.
 """
@@ -13,6 +14,7 @@ from typing import Any, Final
 from agent.core.events import DecisionEvent, Event, NoticeEvent
 from agent.core.peer import Principal, principal_of
 from agent.platform.paths import system_run_dir
+from agent.platform.windows import control_pipe
 
 __all__ = [
     "IDENTITY_ACTIONS",
@@ -44,9 +46,14 @@ def default_socket_mode(uid: int) -> int:
     return 0o666 if uid == 0 else 0o600
 
 
-def control_candidates(uid: int, env: Mapping[str, str]) -> list[Path]:
-    """Where a client looks for an agent: the user's own agent first, then the system one."""
-    own = default_control_path(uid, env)
+def control_candidates(who: Principal, env: Mapping[str, str]) -> list[Path]:
+    """Where a client looks for an agent: for a uid, the user's own agent first, then the
+    system one; for a SID (Windows, from the client's process token), the control pipe
+    the agent's service serves that user, ``\\\\.\\pipe\\pullgate_control_<SID>``, the only
+    one (a pipe name is a path on Windows)."""
+    if isinstance(who, str):
+        return [Path(control_pipe(who))]
+    own = default_control_path(who, env)
     return [own] if own == SYSTEM_CONTROL_PATH else [own, SYSTEM_CONTROL_PATH]
 
 
