@@ -5,12 +5,8 @@
 #
 # Usage: bash scripts/mypy-platforms.sh [win32|darwin]...   (default: both)
 #
-# darwin: the whole agent and tray.
-# win32: the whole agent but WIN32_NOT_YET, the CLI commands that talk to a running agent
-# over its unix control socket (`pullgate status`/`doctor`, `context`, `policy refresh`,
-# and their client), which do not work on Windows yet. The service imports none of them
-# (`pullgate service` -> agent_cmd -> agent.daemon.main and all it runs;
-# tests/test_windows_platform.py checks that), so nothing on its path goes unchecked.
+# Both: the whole agent and tray, nothing excluded (on Windows the CLI and the tray reach
+# the agent through its control pipe, agent.platform.pipe_client).
 # Windows-only modules start with `assert sys.platform == "win32"`, so the Linux run
 # skips them and this one checks them with types-pywin32; unix-only code elsewhere sits
 # behind `sys.platform` checks that mypy reads.
@@ -19,15 +15,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${PULLGATE_VENV:-.venv}
 
-WIN32=(agent)
-WIN32_NOT_YET='^agent/(control/client|cli/(status|context|policy)_cmd)\.py$'
+WIN32=(agent ui)
 DARWIN=(agent ui)
 
 platforms=("$@")
 [[ ${#platforms[@]} -gt 0 ]] || platforms=(win32 darwin)
 for platform in "${platforms[@]}"; do
     case ${platform} in
-        win32) files=(--exclude "${WIN32_NOT_YET}" "${WIN32[@]}") ;;
+        win32) files=("${WIN32[@]}") ;;
         darwin) files=("${DARWIN[@]}") ;;
         *) echo "mypy-platforms: unknown platform ${platform} (win32, darwin)" >&2; exit 2 ;;
     esac

@@ -12,6 +12,7 @@ the Service Control Manager, ReadFile/WriteFile/CancelIo), type-checked for win3
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import json
@@ -27,10 +28,12 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli import context_cmd, policy_cmd, status_cmd
 from agent.control import client
 from agent.control.client import ControlError, EventStream, control_request, first_answer
 from agent.control.contract import control_candidates
 from agent.platform import windows
+from agent.platform.docker_context import ContextError, context_meta_dir, host_url, points_at
 from agent.platform.pipe_stream import (
     ERROR_ACCESS_DENIED,
     ERROR_BROKEN_PIPE,
@@ -675,3 +678,168 @@ def test_the_pipe_connection_is_http_clients(
     on_windows(lambda sock, head, body: None)
     conn = client._connection(Path(PIPE), 5.0)
     assert isinstance(conn, PipeHTTPConnection) and conn.pipe == PIPE
+
+
+# ------------------------------------------------------------------ the CLI on Windows
+
+
+SHIM = windows.shim_pipe(SID)
+
+
+def test_the_shims_docker_host_on_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert host_url(Path("/run/pullgate/docker.sock")) == "unix:///run/pullgate/docker.sock"
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert host_url(Path(SHIM)) == "npipe:////./pipe/pullgate_docker_" + SID
+    with pytest.raises(ContextError, match="on Windows the shim is a named pipe"):
+        host_url(Path("/run/pullgate/docker.sock"))
+
+
+@pytest.mark.parametrize(
+    ("url", "through"),
+    [
+        ("npipe:////./pipe/pullgate_docker_" + SID, True),
+        ("npipe:///./pipe/PULLGATE_DOCKER_" + SID.lower(), True),  # names ignore case
+        ("npipe:////./pipe/docker_engine", False),
+        ("npipe:////server/pipe/pullgate_docker_" + SID, False),
+        ("unix:///run/pullgate/docker.sock", False),
+        (None, False),
+    ],
+)
+def test_docker_points_at_the_shims_pipe(url: str | None, through: bool) -> None:
+    assert points_at(url, Path(SHIM)) is through
+
+
+def test_context_install_on_windows_points_docker_at_the_users_pipe(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(context_cmd, "current_principal", lambda: SID)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    monkeypatch.setattr(sys, "platform", "win32")
+    args = argparse.Namespace(name="pullgate", listen=None, config=None, json=True)
+    assert context_cmd.run_install(args) == context_cmd.EXIT_OK
+    meta = json.loads((context_meta_dir(tmp_path, "pullgate") / "meta.json").read_text())
+    assert meta["Endpoints"]["docker"]["Host"] == "npipe:////./pipe/pullgate_docker_" + SID
+    capsys.readouterr()
+    assert context_cmd.run_status(args) == context_cmd.EXIT_OK
+    status = json.loads(capsys.readouterr().out)
+    assert status["through_shim"] and status["shim"] == "npipe:////./pipe/pullgate_docker_" + SID
+
+
+WINDOWS_STATUS = {
+    "agent": {"pid": 700, "uid": None, "version": "0.1.0", "uptime_seconds": 5},
+    "mode": "enforce",
+    "org": "acme",
+    "policy": {"state": "fresh", "enforcing": "acme serial 3", "source": "https://p"},
+    "listen": windows.shim_pipe_pattern(),
+    "upstream": windows.DESKTOP_ENGINE_PIPE,
+    "upstream_source": "enforcement: desktop",
+    "audit": None,
+    "identity": {"configured": False},
+    "desktop": {
+        "users_dir": None,
+        "running": True,
+        "failing": False,
+        "endpoints": [
+            {
+                "sid": SID,
+                "user": "alice",
+                "listen": SHIM,
+                "control": PIPE,
+                "upstream": windows.DESKTOP_ENGINE_PIPE,
+                "upstream_problem": None,
+                "context": "installed",
+                "context_error": None,
+                "bypass_monitor": None,
+            }
+        ],
+    },
+    "clock_behind": False,
+}
+
+
+def test_status_shows_a_windows_agents_pipes_as_docker_spells_them() -> None:
+    text = status_cmd.format_status(Path(PIPE), WINDOWS_STATUS)
+    assert f"control {PIPE}" in text
+    assert "npipe:////./pipe/docker_engine (enforcement: desktop)" in text
+    assert f"npipe:////./pipe/pullgate_docker_{SID} -> npipe:////./pipe/docker_engine" in text
+    assert "unix://" not in text
+
+
+def test_doctor_on_windows_checks_the_callers_own_endpoint(
+    on_windows: Callable[[Handler], FakeAgentPipe],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    on_windows(lambda sock, head, body: sock.sendall(answer(200, WINDOWS_STATUS)))
+    monkeypatch.setattr(status_cmd, "current_principal", lambda: SID)
+    env = {"DOCKER_HOST": "npipe:////./pipe/pullgate_docker_" + SID}
+    checks = {c.name: c for c in status_cmd.diagnose(None, env, tmp_path)}
+    assert checks["agent reachable"].result == status_cmd.OK
+    assert PIPE in checks["agent reachable"].detail
+    assert checks["desktop endpoints"].detail == f"enforcement: desktop; serving alice ({SID})"
+    ping = checks[f"Docker Desktop of alice ({SID})"]
+    assert ping.result == status_cmd.SKIP and "not pinged from here on Windows" in ping.detail
+    assert checks["docker uses the shim"].result == status_cmd.OK
+    assert "your endpoint" not in checks
+
+    monkeypatch.setattr(status_cmd, "current_principal", lambda: OTHER)
+    theirs = {c.name: c for c in status_cmd.diagnose(None, env, tmp_path)}
+    assert theirs["your endpoint"].result == status_cmd.FAIL
+    assert f"no endpoint for {OTHER}" in theirs["your endpoint"].detail
+
+
+def test_doctor_on_windows_without_the_agent_says_to_start_its_service(
+    on_windows: Callable[[Handler], FakeAgentPipe],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    fake = on_windows(lambda sock, head, body: None)
+    fake.refuse = pipe_os_error(ERROR_FILE_NOT_FOUND, "", PIPE)
+    monkeypatch.setattr(status_cmd, "current_principal", lambda: SID)
+    env = {"DOCKER_HOST": "npipe:////./pipe/docker_engine"}
+    checks = {c.name: c for c in status_cmd.diagnose(None, env, tmp_path)}
+    reach = checks["agent reachable"]
+    assert reach.result == status_cmd.FAIL and "no such pipe" in reach.detail
+    assert reach.fix is not None and "Start-Service PullgateAgent" in reach.fix
+    target = checks["docker uses the shim"]
+    assert target.result == status_cmd.FAIL
+    assert f"not the shim npipe:////./pipe/pullgate_docker_{SID}" in target.detail
+    assert target.fix is not None
+    assert f'$env:DOCKER_HOST="npipe:////./pipe/pullgate_docker_{SID}"' in target.fix
+
+
+def test_policy_refresh_on_windows_goes_through_the_control_pipe_only(
+    on_windows: Callable[[Handler], FakeAgentPipe],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    refreshed: list[bytes] = []
+
+    def refresh(sock: socket.socket, head: bytes, body: bytes) -> None:
+        refreshed.append(head.split(b"\r\n", 1)[0])
+        sock.sendall(answer(200, {"result": "accepted serial 4"}))
+
+    fake = on_windows(refresh)
+    args = argparse.Namespace(control=None, timeout=30.0, state_dir=None)
+    assert policy_cmd.run_refresh(args) == policy_cmd.EXIT_OK
+    assert refreshed == [b"POST /v1/policy/refresh HTTP/1.1"]
+    assert "accepted serial 4" in capsys.readouterr().out
+
+    fake.refuse = pipe_os_error(ERROR_FILE_NOT_FOUND, "", PIPE)
+    assert policy_cmd.run_refresh(args) == policy_cmd.EXIT_PROBLEM
+    err = capsys.readouterr().err
+    assert "the agent is not reachable" in err and "Restart-Service PullgateAgent" in err
+
+
+def test_policy_status_on_windows_trusts_the_service_manager_for_the_agents_pid(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "agent.pid").write_text("700\n")
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(policy_cmd, "_scm_agent_pid", lambda: 700)
+    assert policy_cmd._agent_pid(tmp_path) == 700
+    monkeypatch.setattr(policy_cmd, "_scm_agent_pid", lambda: 701)  # a stale pid file
+    assert policy_cmd._agent_pid(tmp_path) is None
+    monkeypatch.setattr(policy_cmd, "_scm_agent_pid", lambda: None)  # the service is stopped
+    assert policy_cmd._agent_pid(tmp_path) is None

@@ -655,6 +655,7 @@ def test_windows_only_modules_are_never_imported_here() -> None:
         "agent.daemon.winservice",
         "agent.daemon.windows_desktop",
         "agent.platform.named_pipe_server",
+        "agent.platform.pipe_client",
         "agent.platform.windows_eventlog",
         "agent.platform.windows_sessions",
     ):
@@ -666,12 +667,21 @@ def test_windows_only_modules_are_never_imported_here() -> None:
 # ------------------------------------------------------------------ mypy per platform
 
 
-def test_the_win32_type_check_leaves_out_nothing_the_service_imports() -> None:
-    """scripts/mypy-platforms.sh checks the whole agent for win32 but the CLI commands
-    that do not work on Windows yet; the service (``pullgate service`` -> ``pullgate
-    agent`` -> run_agent, and the Windows Desktop endpoints) imports none of them."""
+def test_the_win32_type_check_covers_the_whole_agent_and_tray() -> None:
+    """scripts/mypy-platforms.sh checks every module of the agent and the tray for win32,
+    none left out: the CLI commands that talk to the agent (``status``, ``doctor``,
+    ``context``, ``policy``), their client and the tray reach it there through the control
+    pipe (``agent.platform.pipe_client``)."""
     script = (ROOT / "scripts" / "mypy-platforms.sh").read_text()
-    (pattern,) = re.findall(r"^WIN32_NOT_YET='([^']+)'$", script, re.MULTILINE)
+    (win32,) = re.findall(r"^WIN32=\(([^)]*)\)$", script, re.MULTILINE)
+    assert win32.split() == ["agent", "ui"]
+    assert "--exclude" not in script
+
+
+def test_the_service_imports_none_of_the_control_clients_code() -> None:
+    """The service (``pullgate service`` -> ``pullgate agent`` -> run_agent, and the
+    Windows Desktop endpoints) serves the control API and loads none of its client side:
+    ``agent.control.client`` and its pipe transport are the CLI's and the tray's."""
     code = (
         "import sys\n"
         "from agent.cli.main import build_parser\n"
@@ -686,10 +696,15 @@ def test_the_win32_type_check_leaves_out_nothing_the_service_imports() -> None:
     # What windows_desktop imports besides (it cannot be imported here).
     windows_desktop = (ROOT / "agent" / "daemon" / "windows_desktop.py").read_text()
     imported = re.findall(r"^from (agent\.[\w.]+) import", windows_desktop, re.MULTILINE)
-    paths = {m.replace(".", "/") + ".py" for m in [*out, *imported]}
-    assert "agent/daemon/main.py" in paths and "agent/daemon/shim.py" in paths
-    assert not [p for p in paths if re.search(pattern, p)]
-    assert re.search(pattern, "agent/cli/status_cmd.py")
+    modules = {*out, *imported}
+    assert {"agent.daemon.main", "agent.daemon.shim", "agent.control.contract"} <= modules
+    client_side = {
+        "agent.control.client",
+        "agent.platform.pipe_client",
+        "agent.platform.pipe_stream",
+        "agent.platform.windows_control",
+    }
+    assert not modules & client_side
 
 
 @pytest.mark.parametrize("platform", ["win32", "darwin"])

@@ -1,4 +1,8 @@
-"""``pullgate context install|uninstall|status``: route the docker CLI through the shim."""
+"""``pullgate context install|uninstall|status``: route the docker CLI through the shim.
+
+On Windows the shim is the pipe the agent's service serves the caller
+(``\\\\.\\pipe\\pullgate_docker_<their SID>``), and the context points at it with
+``npipe://``."""
 
 from __future__ import annotations
 
@@ -12,16 +16,19 @@ from typing import Any
 from agent.config.keys import Enforcement, effective_enforcement
 from agent.config.parse import ConfigError
 from agent.config.sources import load_managed_config
+from agent.control.client import current_principal
 from agent.platform.docker_context import (
     DEFAULT_NAME,
     ContextError,
     context_status,
     docker_config_dir,
+    host_url,
     install_context,
     uninstall_context,
 )
 from agent.platform.paths import default_desktop_users_dir
 from agent.platform.upstream import default_listen_path
+from agent.platform.windows import shim_pipe
 
 EXIT_OK = 0
 EXIT_BYPASS = 1
@@ -56,14 +63,18 @@ def register(commands: Any) -> None:
 def _listen(args: argparse.Namespace) -> Path:
     if args.listen:
         return Path(args.listen)
-    config = load_managed_config(json_path=Path(args.config) if args.config else None)
-    if effective_enforcement(config, platform=sys.platform, system=True) is Enforcement.DESKTOP:
-        # The system agent serves each user their own endpoint (agent.daemon.desktop).
-        users = config.desktop_users_dir if config is not None else None
-        return (users or default_desktop_users_dir()) / str(os.geteuid()) / "docker.sock"
-    if config is not None and config.listen is not None:
-        return config.listen
-    return default_listen_path(os.geteuid(), os.environ)
+    if sys.platform == "win32":  # Docker Desktop mode only: the caller's own pipe
+        return Path(shim_pipe(str(current_principal())))
+    else:
+        config = load_managed_config(json_path=Path(args.config) if args.config else None)
+        system = effective_enforcement(config, platform=sys.platform, system=True)
+        if system is Enforcement.DESKTOP:
+            # The system agent serves each user their own endpoint (agent.daemon.desktop).
+            users = config.desktop_users_dir if config is not None else None
+            return (users or default_desktop_users_dir()) / str(os.geteuid()) / "docker.sock"
+        if config is not None and config.listen is not None:
+            return config.listen
+        return default_listen_path(os.geteuid(), os.environ)
 
 
 def _config_dir() -> Path:
@@ -79,7 +90,7 @@ def run_install(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     verb = "selected" if change.changed else "already selected"
     print(
-        f"docker context {change.name!r} (unix://{listen}) {verb}; previous context: "
+        f"docker context {change.name!r} ({host_url(listen)}) {verb}; previous context: "
         f"{change.previous or 'default'} (restored by `pullgate context uninstall`)"
     )
     if os.environ.get("DOCKER_HOST"):
@@ -106,6 +117,7 @@ def run_uninstall(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     try:
         listen = _listen(args)
+        shim = host_url(listen)
         status = context_status(_config_dir(), listen, os.environ, args.name)
     except (ContextError, ConfigError) as e:
         print(f"pullgate context status: {e}", file=sys.stderr)
@@ -119,7 +131,7 @@ def run_status(args: argparse.Namespace) -> int:
                     "endpoint": status.endpoint,
                     "through_shim": status.through_shim,
                     "installed": status.installed,
-                    "shim": f"unix://{listen}",
+                    "shim": shim,
                 }
             )
         )

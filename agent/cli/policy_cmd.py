@@ -1,4 +1,8 @@
-"""``pullgate policy status|refresh``: the org policy as the running agent sees it."""
+"""``pullgate policy status|refresh``: the org policy as the running agent sees it.
+
+``refresh`` asks the control API (``POST /v1/policy/refresh``); where it does not answer,
+a unix agent is sent SIGHUP. On Windows the agent is a service with no signals: the
+control pipe is the only way, and the failure says what to do instead."""
 
 from __future__ import annotations
 
@@ -42,8 +46,32 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def _agent_pid(state_dir: Path) -> int | None:
-    process = _agent_process(state_dir)
-    return None if process is None else process.pid
+    if sys.platform == "win32":
+        return _service_pid(state_dir)
+    else:
+        process = _agent_process(state_dir)
+        return None if process is None else process.pid
+
+
+def _service_pid(state_dir: Path) -> int | None:
+    """On Windows, the agent named by ``agent.pid`` if it is the ``PullgateAgent``
+    service's process as the Service Control Manager reports it (the service runs as
+    LocalSystem, whose process a user cannot inspect; the SCM answers anyone)."""
+    try:
+        pid = int((state_dir / "agent.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 and pid == _scm_agent_pid() else None
+
+
+def _scm_agent_pid() -> int | None:
+    """The ``PullgateAgent`` service's process id, the Service Control Manager's word."""
+    if sys.platform == "win32":
+        from agent.platform.pipe_client import agent_service_pid  # noqa: PLC0415
+
+        return agent_service_pid()
+    else:
+        return None
 
 
 def _agent_process(state_dir: Path) -> psutil.Process | None:
@@ -56,29 +84,32 @@ def _agent_process(state_dir: Path) -> psutil.Process | None:
     state directory. Signal it through the returned object: psutil refuses to signal a
     process that has since exited and whose pid was reused.
     """
-    import psutil  # noqa: PLC0415 - only when the agent has to be found
+    if sys.platform == "win32":
+        return None  # the LocalSystem service: _service_pid
+    else:
+        import psutil  # noqa: PLC0415 - only when the agent has to be found
 
-    pidfile = state_dir / "agent.pid"
-    try:
-        pid = int(pidfile.read_text().strip())
-        owner = pidfile.stat().st_uid
-    except (OSError, ValueError):
-        return None
-    if pid <= 1:
-        return None
-    try:
-        process = psutil.Process(pid)
-        with process.oneshot():
-            command = process.cmdline()
-            uid = process.uids().real
-        if uid != owner or not _is_agent_command(command):
+        pidfile = state_dir / "agent.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+            owner = pidfile.stat().st_uid
+        except (OSError, ValueError):
             return None
-        named = _named_state_dir(command)
-        if named is not None and not _same_dir(Path(process.cwd()) / named, state_dir):
+        if pid <= 1:
             return None
-    except (psutil.Error, OSError):
-        return None
-    return process
+        try:
+            process = psutil.Process(pid)
+            with process.oneshot():
+                command = process.cmdline()
+                uid = process.uids().real
+            if uid != owner or not _is_agent_command(command):
+                return None
+            named = _named_state_dir(command)
+            if named is not None and not _same_dir(Path(process.cwd()) / named, state_dir):
+                return None
+        except (psutil.Error, OSError):
+            return None
+        return process
 
 
 def _is_agent_command(command: list[str]) -> bool:
@@ -190,48 +221,61 @@ def run_status(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM if problem else EXIT_OK
 
 
-def _refresh_via_control(args: argparse.Namespace) -> int | None:
-    """Ask the agent's control API; None when no agent answers there."""
+def _refresh_via_control(args: argparse.Namespace) -> int | ControlError:
+    """Ask the agent's control API; the error when no agent answers there."""
     try:
         _, status, body = first_answer(
             args.control, "POST", "/v1/policy/refresh", timeout=args.timeout
         )
-    except ControlError:
-        return None
+    except ControlError as e:
+        return e
     message = body.get("result") or body.get("message") if isinstance(body, dict) else body
     print(printable(f"pullgate policy refresh: {message}"))
     refused = isinstance(message, str) and message.startswith("refused:")
     return EXIT_OK if status == 200 and not refused else EXIT_PROBLEM
 
 
+WINDOWS_REFRESH_HINT = (
+    "On Windows the agent (the PullgateAgent service) refreshes only when asked through "
+    "its control pipe, or by itself on its schedule. Check that the service runs "
+    "(`Get-Service PullgateAgent`); an administrator can restart it "
+    "(`Restart-Service PullgateAgent`), and it fetches the policy as it starts."
+)
+
+
 def run_refresh(args: argparse.Namespace) -> int:
     answered = _refresh_via_control(args)
-    if answered is not None:
+    if isinstance(answered, int):
         return answered
-    state_dir = _state_dir(args)
-    agent = _agent_process(state_dir)
-    if agent is None:
-        print(
-            f"pullgate policy refresh: the agent is not running (no live Pullgate agent named "
-            f"by the pid file in {state_dir})",
-            file=sys.stderr,
-        )
+    if sys.platform == "win32":
+        print(f"pullgate policy refresh: the agent is not reachable: {answered}", file=sys.stderr)
+        print(WINDOWS_REFRESH_HINT, file=sys.stderr)
         return EXIT_PROBLEM
-    before = (read_status(state_dir) or {}).get("last_fetch_at")
-    import psutil  # noqa: PLC0415
+    else:  # SIGHUP to the agent named by the pid file, then wait for its next fetch
+        state_dir = _state_dir(args)
+        agent = _agent_process(state_dir)
+        if agent is None:
+            print(
+                f"pullgate policy refresh: the agent is not running (no live Pullgate agent named "
+                f"by the pid file in {state_dir})",
+                file=sys.stderr,
+            )
+            return EXIT_PROBLEM
+        before = (read_status(state_dir) or {}).get("last_fetch_at")
+        import psutil  # noqa: PLC0415
 
-    try:
-        agent.send_signal(signal.SIGHUP)  # refused if the pid now names another process
-    except psutil.Error as e:  # gone, or not ours to signal
-        print(f"pullgate policy refresh: the agent is not running ({e})", file=sys.stderr)
+        try:
+            agent.send_signal(signal.SIGHUP)  # refused if the pid now names another process
+        except psutil.Error as e:  # gone, or not ours to signal
+            print(f"pullgate policy refresh: the agent is not running ({e})", file=sys.stderr)
+            return EXIT_PROBLEM
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            status = read_status(state_dir) or {}
+            if status.get("last_fetch_at") != before:
+                _print_status(status)
+                failed = status.get("last_fetch_error") or status.get("last_refusal")
+                return EXIT_PROBLEM if failed else EXIT_OK
+            time.sleep(0.1)
+        print("pullgate policy refresh: the agent did not report a fetch in time", file=sys.stderr)
         return EXIT_PROBLEM
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        status = read_status(state_dir) or {}
-        if status.get("last_fetch_at") != before:
-            _print_status(status)
-            failed = status.get("last_fetch_error") or status.get("last_refusal")
-            return EXIT_PROBLEM if failed else EXIT_OK
-        time.sleep(0.1)
-    print("pullgate policy refresh: the agent did not report a fetch in time", file=sys.stderr)
-    return EXIT_PROBLEM

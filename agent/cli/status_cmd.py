@@ -23,9 +23,15 @@ from typing import Any
 from agent.config.keys import Enforcement
 from agent.config.parse import ConfigError
 from agent.config.sources import load_managed_config
-from agent.control.client import ControlError, control_paths, control_request
+from agent.control.client import (
+    ControlError,
+    control_paths,
+    control_request,
+    current_principal,
+)
 from agent.core import strict_json
 from agent.core.dockerd_hosts import dockerd_hosts, extra_listeners
+from agent.core.peer import Principal
 from agent.core.text import printable
 from agent.platform.docker_api import request_sync
 from agent.platform.docker_context import (
@@ -36,6 +42,8 @@ from agent.platform.docker_context import (
 )
 from agent.platform.files import same_file
 from agent.platform.upstream import default_listen_path
+from agent.platform.windows import docker_host, shim_pipe
+from agent.platform.windows_control import local_pipe_name
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -88,7 +96,8 @@ def run_status(args: argparse.Namespace) -> int:
         path, status = fetch_status(args.control)
     except ControlError as e:
         print(f"pullgate status: the agent is not reachable: {e}", file=sys.stderr)
-        print("Is `pullgate agent` running? `pullgate doctor` checks the setup.", file=sys.stderr)
+        running = "the PullgateAgent service" if sys.platform == "win32" else "`pullgate agent`"
+        print(f"Is {running} running? `pullgate doctor` checks the setup.", file=sys.stderr)
         return EXIT_PROBLEM
     if args.json:
         print(json.dumps(status, indent=2))
@@ -123,8 +132,8 @@ def format_status(path: Path, status: Mapping[str, Any]) -> str:
     if policy.get("last_refusal"):
         lines.append(_row("last refusal", policy["last_refusal"]))
     lines += [
-        _row("upstream", f"unix://{status.get('upstream')} ({status.get('upstream_source')})"),
-        _row("listen", f"unix://{status.get('listen')}"),
+        _row("upstream", f"{_url(status.get('upstream'))} ({status.get('upstream_source')})"),
+        _row("listen", _url(status.get("listen"))),
         *_identity_rows(status.get("identity")),
         _row("audit", _audit_line(status.get("audit"))),
     ]
@@ -149,6 +158,13 @@ def format_status(path: Path, status: Mapping[str, Any]) -> str:
 
 def _row(name: str, value: object) -> str:
     return f"{name + ':':<16}{value}"
+
+
+def _url(endpoint: object) -> str:
+    """A socket path or, from an agent on Windows, a pipe name (``\\\\.\\pipe\\NAME``) as the
+    docker CLI spells it: ``unix://PATH``, ``npipe:////./pipe/NAME``."""
+    pipe = local_pipe_name(str(endpoint))
+    return docker_host(pipe) if pipe is not None else f"unix://{endpoint}"
 
 
 def _dict(value: object) -> dict[str, Any]:
@@ -285,11 +301,10 @@ def diagnose(control: str | None, env: Mapping[str, str], home: Path) -> list[Ch
                 "agent reachable",
                 FAIL,
                 str(e),
-                "start the agent (`pullgate agent`, or its system service) or pass the "
-                "socket it uses with --control",
+                _start_agent(),
             )
         )
-        listen = default_listen_path(os.geteuid(), env)
+        listen = _own_listen(env)
         checks.append(check_docker_target(listen, env, home))
         needs = "needs the agent's status"
         for name in ("upstream reachable", "shim reachable", "policy", "audit", "clock"):
@@ -301,8 +316,9 @@ def diagnose(control: str | None, env: Mapping[str, str], home: Path) -> list[Ch
     )
     desktop = status.get("desktop")
     if isinstance(desktop, dict):  # enforcement: desktop: one endpoint per user
-        checks.extend(check_desktop(desktop, os.geteuid()))
-        mine = _desktop_endpoint(desktop, os.geteuid())
+        me = current_principal()
+        checks.extend(check_desktop(desktop, me))
+        mine = _desktop_endpoint(desktop, me)
         if mine is not None:
             checks.append(check_docker_target(Path(str(mine.get("listen"))), env, home))
         checks.append(check_policy(_dict(status.get("policy"))))
@@ -338,6 +354,29 @@ def diagnose(control: str | None, env: Mapping[str, str], home: Path) -> list[Ch
         check_sign_in(status.get("identity"), _dict(status.get("policy")).get("require_sign_in"))
     )
     return checks
+
+
+def _start_agent() -> str:
+    """The fix for an agent that does not answer."""
+    if sys.platform == "win32":
+        return (
+            "start the PullgateAgent service (`Start-Service PullgateAgent`, as an "
+            "administrator); it serves a control pipe to each user signed in to this machine"
+        )
+    else:
+        return (
+            "start the agent (`pullgate agent`, or its system service) or pass the socket it "
+            "uses with --control"
+        )
+
+
+def _own_listen(env: Mapping[str, str]) -> Path:
+    """Where this user's shim would be when the agent cannot say: on Windows the pipe the
+    service serves them (``\\\\.\\pipe\\pullgate_docker_<SID>``)."""
+    if sys.platform == "win32":
+        return Path(shim_pipe(str(current_principal())))
+    else:
+        return default_listen_path(os.geteuid(), env)
 
 
 def check_sign_in(identity: object, required: object = None) -> Check:
@@ -421,7 +460,10 @@ def check_ping(name: str, path: Path, fix: str, *, listener_uid: int | None = No
 
 def check_docker_target(listen: Path, env: Mapping[str, str], home: Path) -> Check:
     name = "docker uses the shim"
-    export = f"export DOCKER_HOST=unix://{listen}"
+    shim = _url(listen)
+    export = (
+        f'$env:DOCKER_HOST="{shim}"' if sys.platform == "win32" else f"export DOCKER_HOST={shim}"
+    )
     config_dir = docker_config_dir(env, home)
     try:
         endpoint = docker_endpoint(config_dir, env)
@@ -434,7 +476,7 @@ def check_docker_target(listen: Path, env: Mapping[str, str], home: Path) -> Che
         return Check(name, FAIL, detail, f"pullgate context install (or {export})")
     if points_at(url, listen):
         return Check(name, OK, f"docker uses {url} ({source}), the shim")
-    detail = f"docker uses {url} ({source}), not the shim unix://{listen}: pulls bypass policy"
+    detail = f"docker uses {url} ({source}), not the shim {shim}: pulls bypass policy"
     if endpoint.source == "DOCKER_HOST":
         fix = f"{export} (or unset DOCKER_HOST and run `pullgate context install`)"
     else:
@@ -804,9 +846,9 @@ def check_direct_clients(upstream: Path, agent_pid: object) -> Check:
             f"connected to unix://{upstream} directly: {listed}",
             "find out why these processes use the daemon's socket; point them at the agent",
         )
-    if os.geteuid() != 0:
-        return Check(name, SKIP, "only root can see other users' connections; run as root")
-    return Check(name, OK, f"no process but dockerd, containerd and the agent on {upstream}")
+    if sys.platform != "win32" and os.geteuid() == 0:
+        return Check(name, OK, f"no process but dockerd, containerd and the agent on {upstream}")
+    return Check(name, SKIP, "only root can see other users' connections; run as root")
 
 
 def _desktop_rows(desktop: Mapping[str, Any]) -> list[str]:
@@ -824,7 +866,7 @@ def _desktop_rows(desktop: Mapping[str, Any]) -> list[str]:
     if not endpoints:
         rows.append(_row("desktop", f"no user logged in to serve ({desktop.get('users_dir')})"))
     for e in endpoints:
-        line = f"unix://{e.get('listen')} -> unix://{e.get('upstream')}; context {e.get('context')}"
+        line = f"{_url(e.get('listen'))} -> {_url(e.get('upstream'))}; context {e.get('context')}"
         for problem in ("upstream_problem", "context_error"):
             if e.get(problem):
                 line += f"; {e[problem]}"
@@ -832,16 +874,27 @@ def _desktop_rows(desktop: Mapping[str, Any]) -> list[str]:
     return rows
 
 
-def _desktop_endpoint(desktop: Mapping[str, Any], uid: int) -> dict[str, Any] | None:
+def _desktop_endpoint(desktop: Mapping[str, Any], who: Principal) -> dict[str, Any] | None:
     for endpoint in desktop.get("endpoints") or []:
-        if isinstance(endpoint, dict) and endpoint.get("uid") == uid:
+        if isinstance(endpoint, dict) and _serves(endpoint, who):
             return endpoint
     return None
 
 
-def check_desktop(desktop: Mapping[str, Any], uid: int) -> list[Check]:
+def _serves(endpoint: Mapping[str, Any], who: Principal) -> bool:
+    """Whether a Desktop endpoint is ``who``'s: by uid, or by SID from a Windows agent."""
+    return who in (endpoint.get("uid"), endpoint.get("sid"))
+
+
+def _owner(endpoint: Mapping[str, Any]) -> object:
+    """An endpoint's user as a key: its uid, or (an agent on Windows) its SID."""
+    return endpoint.get("uid") if "uid" in endpoint else endpoint.get("sid")
+
+
+def check_desktop(desktop: Mapping[str, Any], who: Principal) -> list[Check]:
     """Docker Desktop mode: the rescan runs; each endpoint (the caller's own, or all for
-    root) reaches its user's own Docker Desktop, has its context, and is watched."""
+    root) reaches its user's own Docker Desktop, has its context, and is watched. ``who``:
+    the caller's uid, or on Windows their SID."""
     fix = "see the agent's log (`pullgate status`) and the audit log's desktop notices"
     checks: list[Check] = []
     name = "desktop endpoints"
@@ -863,49 +916,68 @@ def check_desktop(desktop: Mapping[str, Any], uid: int) -> list[Check]:
             )
         )
     else:
-        served = ", ".join(f"{e.get('user')} ({e.get('uid')})" for e in endpoints) or "nobody"
-        checks.append(
-            Check(name, OK, f"enforcement: desktop; serving {served} in {desktop.get('users_dir')}")
-        )
-    if uid != 0:
-        endpoints = [e for e in endpoints if e.get("uid") == uid]
+        served = ", ".join(f"{e.get('user')} ({_owner(e)})" for e in endpoints) or "nobody"
+        users_dir = desktop.get("users_dir")
+        where = f" in {users_dir}" if users_dir is not None else ""  # None: Windows's pipes
+        checks.append(Check(name, OK, f"enforcement: desktop; serving {served}{where}"))
+    if who != 0:
+        endpoints = [e for e in endpoints if _serves(e, who)]
         if not endpoints:
+            whom = who if isinstance(who, str) else f"uid {who}"
             checks.append(
                 Check(
                     "your endpoint",
                     FAIL,
-                    f"the agent serves no endpoint for uid {uid} (not seen logged in yet?)",
+                    f"the agent serves no endpoint for {whom} (not seen logged in yet?)",
                     "log out and in again; if it persists, tell your IT administrator",
                 )
             )
     for e in endpoints:
-        who = f"{e.get('user')} ({e.get('uid')})"
+        user = f"{e.get('user')} ({_owner(e)})"
         if e.get("upstream_problem"):
             checks.append(
                 Check(
-                    f"Docker Desktop of {who}",
+                    f"Docker Desktop of {user}",
                     FAIL,
                     str(e["upstream_problem"]),
-                    f"make {e.get('upstream')} Docker Desktop's own socket again (remove the "
-                    "link), then restart Docker Desktop",
+                    _upstream_fix_desktop(e.get("upstream")),
+                )
+            )
+        elif sys.platform == "win32":
+            checks.append(
+                Check(
+                    f"Docker Desktop of {user}",
+                    SKIP,
+                    f"not pinged from here on Windows; the agent checks who serves "
+                    f"{e.get('upstream')} on each connection and reports no problem",
                 )
             )
         else:
             owner = e.get("uid")
             checks.append(
                 check_ping(
-                    f"Docker Desktop of {who}",
+                    f"Docker Desktop of {user}",
                     Path(str(e.get("upstream"))),
                     fix,
                     listener_uid=owner if isinstance(owner, int) else -1,
                 )
             )
         if e.get("context_error"):
-            checks.append(Check(f"docker context of {who}", FAIL, str(e["context_error"]), fix))
+            checks.append(Check(f"docker context of {user}", FAIL, str(e["context_error"]), fix))
         else:
-            checks.append(Check(f"docker context of {who}", OK, str(e.get("context"))))
+            checks.append(Check(f"docker context of {user}", OK, str(e.get("context"))))
         checks.append(check_bypass_monitor(e.get("bypass_monitor")))
     return checks
+
+
+def _upstream_fix_desktop(upstream: object) -> str:
+    if sys.platform == "win32":
+        return f"quit whatever else serves {upstream}, then restart Docker Desktop"
+    else:
+        return (
+            f"make {upstream} Docker Desktop's own socket again (remove the link), then "
+            "restart Docker Desktop"
+        )
 
 
 def check_bypass_monitor(monitor: object) -> Check:

@@ -14,12 +14,19 @@ import contextlib
 import hashlib
 import json
 import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.platform.files import atomic_write, same_file
+from agent.platform.windows import (
+    DESKTOP_ENGINE_PIPE,
+    WindowsNameError,
+    docker_host,
+    pipe_from_docker_host,
+)
 
 __all__ = [
     "DEFAULT_NAME",
@@ -33,14 +40,18 @@ __all__ = [
     "current_context",
     "docker_config_dir",
     "docker_endpoint",
+    "host_url",
     "install_context",
     "points_at",
     "uninstall_context",
 ]
 
 DEFAULT_NAME = "pullgate"
-DEFAULT_HOST = "unix:///var/run/docker.sock"
-"""Where the CLI's default context connects when ``DOCKER_HOST`` is not set."""
+DEFAULT_HOST = (
+    docker_host(DESKTOP_ENGINE_PIPE) if sys.platform == "win32" else "unix:///var/run/docker.sock"
+)
+"""Where the CLI's default context connects when ``DOCKER_HOST`` is not set (on Windows
+``npipe:////./pipe/docker_engine``)."""
 STATE_FILE = "pullgate-context.json"
 """In the docker config directory: which context was current before ``install``."""
 
@@ -139,8 +150,28 @@ def docker_endpoint(config_dir: Path, env: Mapping[str, str]) -> DockerEndpoint:
     return DockerEndpoint(_context_host(config_dir, name), source, name)
 
 
+def host_url(listen: Path) -> str:
+    """The docker host URL of the shim at ``listen``: ``unix://PATH``; on Windows, where
+    the shim is a named pipe, ``npipe:////./pipe/NAME`` (``ContextError`` for a path that
+    is no pipe there)."""
+    if sys.platform == "win32":
+        try:
+            return docker_host(str(listen))
+        except WindowsNameError as e:
+            raise ContextError(f"on Windows the shim is a named pipe: {e}") from e
+    else:
+        return f"unix://{listen}"
+
+
 def points_at(url: str | None, path: Path) -> bool:
-    """``url`` (a docker host) is the unix socket at ``path``."""
+    """``url`` (a docker host) is the unix socket at ``path``, or the named pipe ``path``
+    names (``npipe://``: Windows, where pipe names are case-insensitive)."""
+    if url and url.startswith("npipe:"):
+        try:
+            pipe = pipe_from_docker_host(url)
+        except WindowsNameError:
+            return False
+        return pipe.lower() == str(path).lower()
     if not url or not url.startswith("unix://"):
         return False
     return same_file(Path(url[len("unix://") :]), path)
@@ -161,7 +192,7 @@ class ContextStatus:
         verdict = "goes through the shim" if self.through_shim else "BYPASSES the shim"
         return (
             f"current context: {self.current or 'default'} (from {self.source}); "
-            f"docker connects to {where}: it {verdict} (unix://{listen})"
+            f"docker connects to {where}: it {verdict} ({host_url(listen)})"
         )
 
 
@@ -191,7 +222,7 @@ def install_context(config_dir: Path, listen: Path, name: str = DEFAULT_NAME) ->
     meta = {
         "Name": name,
         "Metadata": {"Description": "Docker through the Pullgate image policy shim"},
-        "Endpoints": {"docker": {"Host": f"unix://{listen}", "SkipTLSVerify": False}},
+        "Endpoints": {"docker": {"Host": host_url(listen), "SkipTLSVerify": False}},
     }
     meta_path = context_meta_dir(config_dir, name) / "meta.json"
     changed = False
