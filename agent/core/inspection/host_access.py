@@ -16,6 +16,10 @@ them up and looks at the paths on the machine as the daemon will mount them
 (:class:`PathFacts`), and :func:`judge` decides, with whose access a bind may not exceed
 (:class:`Requester`). Keys match as Go's ``encoding/json`` matches them
 (case-insensitively); a value of the wrong type is refused, as the daemon refuses it.
+
+On a Windows endpoint (Docker Desktop on Windows) the readers take ``windows=True``:
+binds are read as the docker CLI on Windows writes them and judged with Windows rules
+by :func:`judge_windows` (``agent.core.inspection.windows_binds``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+
+from agent.core.inspection import windows_binds
+from agent.core.inspection.windows_binds import WindowsPathFacts, WindowsProtection
 
 __all__ = [
     "DANGEROUS_CAPABILITIES",
@@ -42,6 +49,8 @@ __all__ = [
     "from_volume",
     "from_volume_create",
     "judge",
+    "judge_windows",
+    "windows_lookups",
 ]
 
 
@@ -302,7 +311,39 @@ def _bind_spec(raw: str) -> HostPath | str | None:
     return HostPath(source, "ro" in modes and "rw" not in modes, "bind", f"-v {raw}")
 
 
-def _mounts(mounts: Iterable[object], where: str, flag: str) -> tuple[list[str], list[HostPath]]:
+def _windows_binds(raw: str, described: bool) -> tuple[list[str], list[HostPath], list[str]]:
+    """One ``-v`` string on a Windows endpoint, as the CLI on Windows splits it: what is
+    refused outright, the host path, the volumes it may name."""
+    try:
+        bind = windows_binds.read_bind(raw)
+    except windows_binds.BindSpecError as e:
+        return (
+            [f"-v {raw}: {e} (no docker CLI sends that; Docker Desktop's reading is unknown)"],
+            [],
+            [],
+        )
+    volumes = list(dict.fromkeys(v for v in (bind.volume, bind.linux_volume) if v))
+    if bind.source is None:
+        return [], [], volumes
+    source = _windows_source(bind.source, described)
+    return [], [HostPath(source, bind.read_only, "bind", f"-v {raw}")], volumes
+
+
+def _windows_source(path: str, described: bool) -> str:
+    """A host path on a Windows endpoint: the daemon describes a bind of a drive path by
+    Docker Desktop's VM path of it (``/run/desktop/mnt/host/c/...``), which is that
+    drive path; a request's path is judged as written."""
+    return (windows_binds.from_vm(path) or path) if described else path
+
+
+def _mounts(
+    mounts: Iterable[object],
+    where: str,
+    flag: str,
+    *,
+    windows: bool = False,
+    described: bool = False,
+) -> tuple[list[str], list[HostPath]]:
     refused: list[str] = []
     paths: list[HostPath] = []
     for i, mount in enumerate(mounts):
@@ -314,13 +355,14 @@ def _mounts(mounts: Iterable[object], where: str, flag: str) -> tuple[list[str],
         read_only = _bool(mount, "ReadOnly", at)
         spec = f"{flag} type={kind},source={source}"
         if kind == "bind":
-            paths.append(HostPath(source, read_only, "bind", spec))
+            found_at = _windows_source(source, described) if windows else source
+            paths.append(HostPath(found_at, read_only, "bind", spec))
         elif kind == "volume":
             options = _field(mount, "VolumeOptions", at)
             config = _field(options, "DriverConfig", f"{at}.VolumeOptions")
             driver = _str(config, "Name", f"{at}.VolumeOptions.DriverConfig")
             opts = _string_map(config, "Options", f"{at}.VolumeOptions.DriverConfig")
-            more, found = _local_volume(driver, opts, spec)
+            more, found = _local_volume(driver, opts, spec, windows=windows, described=described)
             refused += more
             paths += found
         elif kind in ("npipe", "cluster"):
@@ -355,12 +397,19 @@ def _last_mode(flags: Iterable[str]) -> bool:
 
 
 def _local_volume(
-    driver: str, opts: Mapping[str, str], spec: str
+    driver: str,
+    opts: Mapping[str, str],
+    spec: str,
+    *,
+    windows: bool = False,
+    described: bool = False,
 ) -> tuple[list[str], list[HostPath]]:
     """The ``local`` driver's ``mount(device, target, type, o)``, as mount(2) reads it:
     with ``o=bind`` (or a disk's file system) ``device`` is a host path or a host disk,
     resolved from dockerd's working directory when relative; a kernel file system or an
-    overlay shows the host itself. Only memory and network shares name no host path."""
+    overlay shows the host itself. Only memory and network shares name no host path.
+    On a Windows endpoint every ``device`` is judged as a Windows path (a relative one
+    is refused there too)."""
     if driver not in ("", "local"):
         return [], []
     option = {k.lower(): v for k, v in opts.items()}
@@ -372,7 +421,9 @@ def _local_volume(
     bind = any(f in ("bind", "rbind") for f in flags)
     if not bind and (kind in _NOT_HOST_PATHS or not device):
         return [], []
-    if not device.startswith("/"):
+    if windows:
+        device = _windows_source(device, described)
+    elif not device.startswith("/"):
         return [f"{spec}: the relative host path {device!r}"], []
     return [], [HostPath(device, _last_mode(flags), "volume", spec)]
 
@@ -388,7 +439,9 @@ def _devices(devices: Iterable[object], where: str) -> list[HostPath]:
     return out
 
 
-def from_container_config(config: object, *, described: bool = False) -> HostAccess:
+def from_container_config(
+    config: object, *, described: bool = False, windows: bool = False
+) -> HostAccess:
     """A ``containers/create`` body: its ``HostConfig``, and the same fields at the top
     level, which dockerd's ``ContainerConfigWrapper`` still reads (a deprecated embedded
     ``HostConfig``) when the body has no ``HostConfig``; both are judged.
@@ -397,21 +450,24 @@ def from_container_config(config: object, *, described: bool = False) -> HostAcc
     /containers/{id}/json``): its ``HostConfig``, and the bind mounts it has (``Mounts``,
     with those it took from other containers); ``MaskedPaths`` and ``ReadonlyPaths``
     hold the daemon's defaults there, so only an empty list (nothing masked) is refused.
+    ``windows``: a Windows endpoint's (see the module's docstring).
     """
     if config is not None and not isinstance(config, dict):
         raise HostAccessError("the container config must be an object")
     host = _field(config, "HostConfig", "the container config")
     if host is not None and not isinstance(host, dict):
         raise HostAccessError("HostConfig must be an object")
-    access = _host_config(host, "HostConfig", described) if host is not None else HostAccess()
+    access = (
+        _host_config(host, "HostConfig", described, windows) if host is not None else HostAccess()
+    )
     if described:
-        return access + _mount_points(config)
+        return access + _mount_points(config, windows)
     if isinstance(config, dict):
-        access += _host_config(config, "the container config", described)
+        access += _host_config(config, "the container config", described, windows)
     return access
 
 
-def _mount_points(described: object) -> HostAccess:
+def _mount_points(described: object, windows: bool = False) -> HostAccess:
     """A described container's ``Mounts`` (``MountPoint``s): its bind mounts as given,
     and the names of its volumes (a volume's ``Source`` is its directory under the
     daemon's data root; what it mounts is in the volume's options)."""
@@ -426,7 +482,8 @@ def _mount_points(described: object) -> HostAccess:
             continue
         source = _str(point, "Source", at)
         writable = _field(point, "RW", at)
-        paths.append(HostPath(source, writable is False, "bind", f"the bind of {source}"))
+        found_at = _windows_source(source, True) if windows else source
+        paths.append(HostPath(found_at, writable is False, "bind", f"the bind of {source}"))
     return HostAccess(paths=tuple(paths), volumes=tuple(volumes))
 
 
@@ -439,7 +496,7 @@ def _borrowed(host: object, where: str) -> list[str]:
     return [n for n in names if n]
 
 
-def _host_config(host: object, where: str, described: bool) -> HostAccess:
+def _host_config(host: object, where: str, described: bool, windows: bool = False) -> HostAccess:
     refused: list[str] = []
     if _bool(host, "Privileged", where):
         refused.append("--privileged")
@@ -464,13 +521,21 @@ def _host_config(host: object, where: str, described: bool) -> HostAccess:
     paths: list[HostPath] = []
     volumes: list[str] = []
     for raw in _strings(host, "Binds", where):
+        if windows:
+            more, found, named = _windows_binds(raw, described)
+            refused += more
+            paths += found
+            volumes += named
+            continue
         bind = _bind_spec(raw)
         if isinstance(bind, HostPath):
             paths.append(bind)
         elif bind is not None:
             volumes.append(bind)
     mounts = _objects(host, "Mounts", where)
-    more, found = _mounts(mounts, f"{where}.Mounts", "--mount")
+    more, found = _mounts(
+        mounts, f"{where}.Mounts", "--mount", windows=windows, described=described
+    )
     refused += more
     paths += found
     for i, mount in enumerate(mounts):
@@ -482,7 +547,7 @@ def _host_config(host: object, where: str, described: bool) -> HostAccess:
     return HostAccess(tuple(refused), tuple(paths), borrowed, tuple(volumes))
 
 
-def from_service_spec(spec: object) -> HostAccess:
+def from_service_spec(spec: object, *, windows: bool = False) -> HostAccess:
     """A ``services/create|update`` body: the task's ``ContainerSpec``."""
     task = _field(spec, "TaskTemplate", "the service spec")
     container = _field(task, "ContainerSpec", "TaskTemplate")
@@ -503,7 +568,8 @@ def from_service_spec(spec: object) -> HostAccess:
         selinux, "Type", f"{at}.SELinuxContext"
     ):
         refused.append("an SELinux type or label=disable")
-    more, paths = _mounts(_objects(container, "Mounts", where), f"{where}.Mounts", "--mount")
+    mounts = _objects(container, "Mounts", where)
+    more, paths = _mounts(mounts, f"{where}.Mounts", "--mount", windows=windows)
     return HostAccess(tuple(refused + more), tuple(paths))
 
 
@@ -514,21 +580,22 @@ def from_exec_config(config: object) -> HostAccess:
     return HostAccess()
 
 
-def from_volume(name: str, described: object) -> HostAccess:
+def from_volume(name: str, described: object, *, windows: bool = False) -> HostAccess:
     """An existing volume as the daemon describes it (``GET /volumes/{name}``): a
     ``local`` one with ``device`` options mounts what they name."""
     driver = _str(described, "Driver", f"volume {name}")
     opts = _string_map(described, "Options", f"volume {name}")
-    refused, paths = _local_volume(driver, opts, f"volume {name}")
+    refused, paths = _local_volume(driver, opts, f"volume {name}", windows=windows, described=True)
     return HostAccess(tuple(refused), tuple(paths))
 
 
-def from_volume_create(body: object) -> HostAccess:
+def from_volume_create(body: object, *, windows: bool = False) -> HostAccess:
     """``volumes/create``: a ``local`` volume with ``device`` is a bind or a host disk."""
     driver = _str(body, "Driver", "the volume config")
     opts = _string_map(body, "DriverOpts", "the volume config")
     name = _str(body, "Name", "the volume config")
-    refused, paths = _local_volume(driver, opts, f"docker volume create {name}")
+    spec = f"docker volume create {name}"
+    refused, paths = _local_volume(driver, opts, spec, windows=windows)
     return HostAccess(tuple(refused), tuple(paths))
 
 
@@ -735,6 +802,37 @@ def judge(
         if problem is None and judged and path not in protection.exact_allowed:
             assert requester is not None
             problem = _access_problem(given, facts, requester)
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+def windows_lookups(access: HostAccess) -> list[str]:
+    """What the machine must show about ``access``'s paths on a Windows endpoint: every
+    folder each bind or local volume's drive path passes through (``walked``)."""
+    return windows_binds.walked(p.path for p in access.paths if p.kind != "device")
+
+
+def judge_windows(
+    access: HostAccess,
+    facts: Mapping[str, WindowsPathFacts],
+    protection: WindowsProtection,
+    devices: Protection,
+) -> list[str]:
+    """:func:`judge` on a Windows endpoint (Docker Desktop): binds and local volumes'
+    paths with Windows rules (``windows_binds.path_problem``: a drive path in the
+    requester's profile or an allowed folder, through no junction or link); devices,
+    which name the VM's (or a Windows container's device classes), with the fixed list
+    as written (``devices``); every other setting as on Linux.
+
+    ``facts``: each walked folder as the machine shows it (:func:`windows_lookups`).
+    """
+    problems = list(access.refused)
+    for given in access.paths:
+        if given.kind == "device":
+            problems += judge(HostAccess(paths=(given,)), {}, devices)
+            continue
+        problem = windows_binds.path_problem(given.path, given.spec, facts, protection)
         if problem is not None:
             problems.append(problem)
     return problems

@@ -730,10 +730,12 @@ def inspect_json_body(
     on_create: OnCreateSetting = OnCreateSetting.CHECK,
     *,
     host_access: HostAccessSetting = HostAccessSetting.DENY,
+    windows: bool = False,
 ) -> Inspection:
     """Images named in a ``containers/create`` or ``services`` request body, and the
     local images a tag or commit (decided from its query, the body ignored) renames;
-    with ``host_access: deny``, also what the body asks of the host (``host``)."""
+    with ``host_access: deny``, also what the body asks of the host (``host``), read for
+    a Windows endpoint with ``windows`` (``host_access.judge_windows``)."""
     if route.endpoint in (Endpoint.IMAGE_TAG, Endpoint.COMMIT):
         try:
             return _tag(route) if route.endpoint is Endpoint.IMAGE_TAG else _commit(route)
@@ -741,14 +743,18 @@ def inspect_json_body(
             raise InspectionError(f"pullgate: {e.message}", e.status) from e
     host = host_access is HostAccessSetting.DENY
     try:
-        return _json_inspection(route, body, on_create, host)
+        return _json_inspection(route, body, on_create, host, windows)
     except HostAccessError as e:
         raise InspectionError(f"pullgate: {e}") from e
     except RouteError as e:
         raise InspectionError(f"pullgate: {e.message}", e.status) from e
 
 
-_HOST_READERS = {
+def _windows_volume_create(body: object) -> HostAccess:
+    return from_volume_create(body, windows=True)
+
+
+_HOST_READERS: dict[Endpoint, tuple[Callable[[object], HostAccess], str, EventAction]] = {
     Endpoint.EXEC_CREATE: (from_exec_config, "exec config", EventAction.EXEC),
     Endpoint.VOLUME_CREATE: (from_volume_create, "volume config", EventAction.VOLUME),
     Endpoint.CONTAINER_START: (from_start_body, "start body", EventAction.START),
@@ -757,11 +763,13 @@ _HOST_READERS = {
 
 
 def _json_inspection(
-    route: Route, body: bytes, on_create: OnCreateSetting, host: bool
+    route: Route, body: bytes, on_create: OnCreateSetting, host: bool, windows: bool = False
 ) -> Inspection:
     endpoint = route.endpoint
     if endpoint in _HOST_READERS:
         read, what, action = _HOST_READERS[endpoint]
+        if windows and endpoint is Endpoint.VOLUME_CREATE:
+            read = _windows_volume_create
         access = read(_json_body(body, what)) if host and body.strip() else HostAccess()
         started = route.name or "" if endpoint is Endpoint.CONTAINER_START and host else ""
         return Inspection(host=access, host_action=action, host_container=started)
@@ -773,7 +781,7 @@ def _json_inspection(
         )
     if endpoint is Endpoint.CONTAINER_CREATE:
         config = _json_body(body, "container config")
-        access = from_container_config(config) if host else HostAccess()
+        access = from_container_config(config, windows=windows) if host else HostAccess()
         checked = _container_create(config) if on_create is OnCreateSetting.CHECK else Inspection()
         return Inspection(
             wants=checked.wants,
@@ -782,7 +790,7 @@ def _json_inspection(
             host_action=EventAction.CREATE,
         )
     spec = _json_body(body, "service spec")
-    access = from_service_spec(spec) if host else HostAccess()
+    access = from_service_spec(spec, windows=windows) if host else HostAccess()
     task = _field(spec, "TaskTemplate", "the service spec")
     wants: list[Wanted] = []
     lookups: list[Lookup] = []

@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any, NoReturn, TypeVar
 
 from agent.core import strict_json
+from agent.core.inspection.windows_binds import allowed_entry_problem, is_drive_path
 from agent.core.policy.rules import RuleIndex, RulePattern, RulePatternError, parse_pattern
 
 __all__ = [
@@ -100,7 +101,8 @@ class ContainerSettings:
     """``containers``: what a container may take from the host (docs/policy.md)."""
 
     host_access: HostAccessSetting = HostAccessSetting.DENY
-    #: Host paths (and everything below them) allowed for binds and devices anyway.
+    #: Host paths (and everything below them) allowed for binds and devices anyway:
+    #: POSIX paths, and Windows drive paths (``D:\\data``) for Windows endpoints.
     allowed_host_paths: tuple[str, ...] = ()
 
 
@@ -465,6 +467,12 @@ def _parse_containers(value: object, path: str) -> ContainerSettings:
         _string_list(obj.get("allowed_host_paths", []), f"{path}.allowed_host_paths")
     ):
         where = f"{path}.allowed_host_paths[{i}]"
+        if is_drive_path(item):  # a Windows endpoint's (agent.core.inspection.windows_binds)
+            problem = allowed_entry_problem(item)
+            if problem is not None:
+                _fail(where, problem)
+            paths.append(item)
+            continue
         if not item.startswith("/") or posixpath.normpath(item) != item or item.startswith("//"):
             _fail(where, f"{item!r} must be an absolute path without '.', '..' or '//'")
         if item == "/":
