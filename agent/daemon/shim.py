@@ -50,6 +50,8 @@ from agent.core.inspection.host_access import (
     from_container_config,
     from_volume,
     judge,
+    judge_windows,
+    windows_lookups,
 )
 from agent.core.inspection.http1 import (
     MAX_HEAD_BYTES,
@@ -91,6 +93,12 @@ from agent.core.inspection.routes import (
     route_request,
 )
 from agent.core.inspection.tarscan import TarScanError, TarScanner
+from agent.core.inspection.windows_binds import (
+    Place,
+    WindowsPathFacts,
+    WindowsProtection,
+    system_places,
+)
 from agent.core.messages import defuse, denial_message
 from agent.core.peer import PeerInfo, Principal, principal_of
 from agent.core.policy.document import BuildsSetting, HostAccessSetting, OnCreateSetting, Policy
@@ -113,7 +121,7 @@ from agent.platform.peer import (
 )
 from agent.platform.unix_sockets import claim_socket_path
 
-__all__ = ["EndpointTransport", "HeadCache", "Shim", "ShimConfig"]
+__all__ = ["EndpointTransport", "HeadCache", "Shim", "ShimConfig", "WindowsHostPaths"]
 
 _RAW_STREAM_TYPES = (
     "application/vnd.docker.raw-stream",
@@ -183,6 +191,20 @@ class EndpointTransport(Protocol):
         ...
 
 
+class WindowsHostPaths(Protocol):
+    """A Windows machine's facts for ``containers.host_access`` (binds are drive paths
+    there): ``agent.platform.windows_host_paths.MachinePaths``. Blocking: called in a
+    worker thread."""
+
+    def profile(self, sid: str) -> str | None:
+        """The profile folder of the user ``sid`` (None: unknown)."""
+        ...
+
+    def examine(self, paths: list[str]) -> dict[str, WindowsPathFacts]:
+        """Each clean drive path as it is now; one that could not be looked at left out."""
+        ...
+
+
 @dataclass(frozen=True)
 class ShimConfig:
     listen: Path
@@ -196,6 +218,10 @@ class ShimConfig:
     #: Directories no container may bind (the agent's state and audit log), besides
     #: the fixed list in agent.core.inspection.host_access.
     protected: tuple[Path, ...] = ()
+    #: Binds are Windows paths, judged with Windows rules (agent.core.inspection.
+    #: windows_binds) on these facts. On Windows always (None: the machine's own,
+    #: agent.platform.windows_host_paths); elsewhere only when given (tests).
+    windows_paths: WindowsHostPaths | None = None
 
 
 class Shim:
@@ -214,6 +240,13 @@ class Shim:
         self.config = config
         # None: a unix socket (config.listen) in front of a unix socket (config.upstream).
         self.endpoint_transport = transport
+        #: containers.host_access's Windows rules and facts: every bind on Windows is a
+        #: Windows path (Docker Desktop's), whoever made this shim.
+        self.windows_paths = config.windows_paths
+        if self.windows_paths is None and sys.platform == "win32":
+            from agent.platform.windows_host_paths import MachinePaths  # noqa: PLC0415 - Windows only
+
+            self.windows_paths = MachinePaths()
         self._pipe_server: ClosingServer | None = None
         # Who each OS user is signed in as (agent.daemon.identities), when sign-in is set up.
         self.identities = identities
@@ -419,7 +452,10 @@ class Shim:
         facts: dict[str, PathFacts] = {}
         requester = None
         protection = Protection()
-        if access.paths:
+        problems = None
+        if self.windows_paths is not None:
+            problems = await self._windows_problems(self.windows_paths, access, peer, policy)
+        elif access.paths:
             paths = [p.lookup for p in access.paths]
             # Beneath a root daemon's own root; a Desktop user's listener is theirs to
             # run in any mount namespace, so there the agent's own view is used.
@@ -433,7 +469,8 @@ class Shim:
                 )
             )
             protection = await self._protection(policy)
-        problems = judge(access, facts, protection, requester)
+        if problems is None:
+            problems = judge(access, facts, protection, requester)
         if not problems:
             return None
         return SettingOutcome(
@@ -446,6 +483,31 @@ class Shim:
             "run it without those settings, bind a project directory instead of a system "
             "one, or ask IT to allow the path (containers.allowed_host_paths)",
         )
+
+    async def _windows_problems(
+        self, machine: WindowsHostPaths, access: HostAccess, peer: PeerInfo, policy: Policy
+    ) -> list[str]:
+        """``host_setting`` on a Windows endpoint: the requester's profile (by the SID the
+        pipe names them by) and every folder the binds walk through, looked up off the
+        event loop, then judged with Windows rules (``judge_windows``)."""
+        lookups = windows_lookups(access)
+        sid = peer.user
+
+        def look() -> tuple[str | None, dict[str, WindowsPathFacts]]:
+            return (machine.profile(sid) if sid else None), machine.examine(lookups)
+
+        # Only a drive path needs them; any other source is refused as written.
+        profile, facts = await asyncio.to_thread(look) if lookups else (None, {})
+        never, named = system_places(os.environ)
+        own = tuple(Place(str(p), "Pullgate's own files") for p in self.config.protected)
+        protection = WindowsProtection(
+            profile=profile,
+            allowed=policy.containers.allowed_host_paths,
+            no_bind=never + own,
+            named=named,
+        )
+        devices = Protection(allowed=policy.containers.allowed_host_paths)
+        return judge_windows(access, facts, protection, devices)
 
     async def _protection(self, policy: Policy) -> Protection:
         """What containers must not bind on this machine besides the fixed list: the
@@ -1414,6 +1476,7 @@ class ClientConnection(asyncio.Protocol):
             bytes(self.payload),
             policy.on_create,
             host_access=policy.containers.host_access,
+            windows=self.shim.windows_paths is not None,
         )
         self.payload = bytearray()
         if inspection.lookups or inspection.host or inspection.host_container:
@@ -1541,7 +1604,8 @@ class ClientConnection(asyncio.Protocol):
             info = await self.shim.daemon_json(path, f"volume {name!r}")
             if info is not None:
                 try:
-                    access += from_volume(name, info)
+                    windows = self.shim.windows_paths is not None
+                    access += from_volume(name, info, windows=windows)
                 except HostAccessError as e:
                     raise InspectionError(
                         f"pullgate: the daemon's volume {name!r}: {e}", 502
@@ -1584,7 +1648,8 @@ class ClientConnection(asyncio.Protocol):
         if info is None:
             return HostAccess()
         try:
-            return from_container_config(info, described=True)
+            windows = self.shim.windows_paths is not None
+            return from_container_config(info, described=True, windows=windows)
         except HostAccessError as e:
             raise InspectionError(f"pullgate: the daemon's container {name!r}: {e}", 502) from e
 
