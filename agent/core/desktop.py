@@ -10,7 +10,8 @@ and the daemon (``agent.daemon.desktop``) applies the plan.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import stat
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -18,14 +19,23 @@ from agent.core.inspection.host_access import clean_path
 
 __all__ = [
     "DESKTOP_CONTEXTS",
+    "DESKTOP_EXECUTABLES",
     "DESKTOP_SOCKETS",
+    "EXECUTABLE_DIR_GROUPS",
     "LINUX_MIN_UID",
     "EndpointPlan",
+    "FileFacts",
+    "ListenerProgram",
     "SessionUser",
     "client_allowed",
+    "desktop_executables",
     "desktop_socket",
+    "executable_dir_groups",
+    "listener_program_problem",
     "plan_endpoints",
+    "refused_program_message",
     "should_select_context",
+    "unreachable_upstream_problem",
     "upstream_peer_problem",
 ]
 
@@ -40,6 +50,22 @@ Desktop 4.13 (``/var/run/docker.sock`` is only an optional link to it), Linux al
 DESKTOP_CONTEXTS = frozenset({"desktop-linux", "desktop-windows", "default"})
 """The contexts Docker Desktop creates (and the CLI's own default): selecting one of them
 means "Docker Desktop directly", which Pullgate's context replaces."""
+
+DESKTOP_EXECUTABLES: Mapping[str, tuple[str, ...]] = {
+    "darwin": ("/Applications/Docker.app/Contents/MacOS/com.docker.backend",),
+    "linux": ("/opt/docker-desktop/bin/com.docker.backend",),
+}
+"""The programs that may serve a user's Desktop socket when ``desktop_executables`` is
+not set: Docker Desktop's backend, the process that listens on that socket (and the one
+``ps`` shows as Docker Desktop's main process), where Docker's installers put it."""
+
+EXECUTABLE_DIR_GROUPS: Mapping[str, frozenset[int]] = {
+    "darwin": frozenset({0, 80}),
+    "linux": frozenset({0}),
+}
+"""Groups that may write a directory above Desktop's executable: root's (wheel), and on
+macOS admin (80), whose members may write ``/Applications`` (root:admin 0775) and may
+also become root with sudo, which no check of the agent's outlasts."""
 
 LINUX_MIN_UID = 1000
 """``UID_MIN`` of login.defs on Debian, Ubuntu and Fedora: below it are system users,
@@ -131,6 +157,133 @@ def upstream_peer_problem(upstream: str, expected_uid: int, listener_uid: int | 
         "to the Docker Desktop of the user it serves; a link from that path to another "
         "daemon's socket is not followed. Remove it and restart Docker Desktop, or ask "
         "your IT administrator (`pullgate doctor`)."
+    )
+
+
+def desktop_executables(platform: str) -> tuple[str, ...]:
+    """The default ``desktop_executables`` of ``platform``."""
+    return DESKTOP_EXECUTABLES["darwin" if platform == "darwin" else "linux"]
+
+
+def executable_dir_groups(platform: str) -> frozenset[int]:
+    """The groups whose write access to a directory above Desktop's executable is
+    accepted on ``platform`` (:data:`EXECUTABLE_DIR_GROUPS`)."""
+    return EXECUTABLE_DIR_GROUPS["darwin" if platform == "darwin" else "linux"]
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """A file or directory as ``stat`` or ``lstat`` saw it: what it is, who may change it,
+    and which inode it is (to tell the file a process runs from the one at its path)."""
+
+    path: str
+    mode: int  # st_mode, file type included
+    uid: int
+    gid: int
+    dev: int = 0
+    ino: int = 0
+
+
+@dataclass(frozen=True)
+class ListenerProgram:
+    """The program behind a socket's listener, as the platform saw it.
+
+    ``pid``: the kernel's (``SO_PEERCRED``, ``LOCAL_PEERPID``); ``path``: its executable
+    as the kernel names it (``/proc/PID/exe``, ``proc_pidpath``), None when it could not
+    be read (``unreadable`` says why); ``deleted``: Linux's "(deleted)", the file it was
+    started from is gone or replaced; ``running``: the file the process runs (Linux: the
+    open executable's inode; macOS: what is at ``path``); ``at_path``: what is at
+    ``path`` now in the agent's view (None: nothing); ``parents``: every directory above
+    ``path`` as ``lstat`` saw it, nearest first, ending with ``/``.
+    """
+
+    pid: int | None
+    path: str | None = None
+    deleted: bool = False
+    running: FileFacts | None = None
+    at_path: FileFacts | None = None
+    parents: tuple[FileFacts, ...] = ()
+    unreadable: str | None = None
+
+
+def listener_program_problem(
+    program: ListenerProgram, allowed: Collection[str], dir_groups: frozenset[int]
+) -> str | None:
+    """Why the program listening on a user's Desktop socket is not Docker Desktop's own
+    (None: it is), as the words after "served by".
+
+    The listener's uid is the user's whatever runs there, and any process of the user's
+    at that path can tell the agent's connections from their own (a silent ``/events``
+    for the bypass monitor, while they pull through another path to the same daemon).
+    So it must also run one of ``allowed`` (``desktop_executables``), from a file no user
+    can change: root's, written by no group or others, in directories root owns that
+    only ``dir_groups`` may write besides (a sticky directory's entries are their
+    owners'). It must be the file now at that path (a deleted or replaced binary, or
+    another mount namespace's file of that name, is not), which stops a user's own
+    copy, however named.
+    """
+    if program.pid is None or program.path is None:
+        return f"a process the agent cannot identify ({program.unreadable or 'no pid'})"
+    who = f"{program.path} (pid {program.pid})"
+    if program.path not in allowed:
+        listed = ", ".join(sorted(allowed)) or "none"
+        return f"{who}, which is not Docker Desktop (desktop_executables: {listed})"
+    if program.deleted:
+        return f"{who}, started from a file that has since been deleted or replaced"
+    running, at_path = program.running, program.at_path
+    if (
+        running is None
+        or at_path is None
+        or (running.dev, running.ino) != (at_path.dev, at_path.ino)
+    ):
+        return f"{who}, which does not run the file now at {program.path}"
+    expected = [str(p) for p in PurePosixPath(program.path).parents]
+    if (
+        not PurePosixPath(program.path).is_absolute()
+        or [p.path for p in program.parents] != expected
+    ):
+        return f"{who}, whose directories could not all be examined"
+    changeable = _changeable(running, dir_groups, directory=False)
+    for parent in program.parents:
+        if changeable is not None:
+            break
+        changeable = _changeable(parent, dir_groups, directory=True)
+    if changeable is not None:
+        return f"{who}, which a user could have changed: {changeable}"
+    return None
+
+
+def _changeable(facts: FileFacts, dir_groups: frozenset[int], *, directory: bool) -> str | None:
+    """Why someone but root could change ``facts`` (None: no one can)."""
+    kind = stat.S_ISDIR(facts.mode) if directory else stat.S_ISREG(facts.mode)
+    if not kind:
+        what = "a symbolic link" if stat.S_ISLNK(facts.mode) else "of another type"
+        return f"{facts.path} is {what}, not a {'directory' if directory else 'regular file'}"
+    if facts.uid != 0:
+        return f"{facts.path} is owned by uid {facts.uid}, not root"
+    mode = stat.S_IMODE(facts.mode)
+    if not directory:
+        if mode & 0o022:
+            return f"{facts.path} is writable by its group or by others (mode {mode:04o})"
+        return None
+    if mode & stat.S_ISVTX:
+        return None  # entries of a sticky directory can be renamed only by their owners
+    if mode & 0o002:
+        return f"{facts.path} is writable by anyone (mode {mode:04o})"
+    if mode & 0o020 and facts.gid not in dir_groups:
+        return f"{facts.path} is writable by group {facts.gid} (mode {mode:04o})"
+    return None
+
+
+def refused_program_message(upstream: str, expected_uid: int, problem: str) -> str:
+    """The client's message when the listener at ``upstream`` is the user's but not
+    Docker Desktop (``problem``, from :func:`listener_program_problem`)."""
+    return (
+        f"pullgate: refusing to forward to unix://{upstream}: the socket there is served by "
+        f"{problem}. This endpoint forwards only to uid {expected_uid}'s own Docker "
+        "Desktop, run from its installation (a file only root can change, listed in the "
+        "agent's desktop_executables). Quit what listens there and restart Docker "
+        "Desktop, or ask your IT administrator (`pullgate doctor`)."
     )
 
 

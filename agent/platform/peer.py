@@ -13,7 +13,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -82,19 +82,48 @@ def peer_groups(sock: socket.socket) -> frozenset[int] | None:
 
 class ListenerError(OSError):
     """The socket the agent reached is served by someone it must not forward to; the
-    message is the one for the client (``agent.core.desktop.upstream_peer_problem``)."""
+    message is the one for the client (``agent.core.desktop.upstream_peer_problem``).
+    ``listener``: what listens there, when it is the user's but not Docker Desktop
+    (``agent.core.desktop.listener_program_problem``), for the bypass monitor's notice."""
+
+    def __init__(self, *args: object, listener: str | None = None) -> None:
+        super().__init__(*args)
+        self.listener = listener
 
 
-def check_listener(sock: socket.socket, path: object, expected_uid: int) -> None:
+def check_listener(
+    sock: socket.socket,
+    path: object,
+    expected_uid: int,
+    executables: Collection[str] | None = None,
+) -> None:
     """Raise ``ListenerError`` unless the process listening at the other end of ``sock``
     (a connected Unix socket) runs as ``expected_uid``: the kernel's credentials of the
-    listener, taken when it called ``listen()``."""
-    from agent.core.desktop import upstream_peer_problem  # noqa: PLC0415 - Desktop mode only
+    listener, taken when it called ``listen()``. With ``executables`` (Docker Desktop
+    mode's ``desktop_executables``), that process must also run one of them, from a file
+    only root can change: any process of the user's could listen there otherwise."""
+    from agent.core.desktop import (  # noqa: PLC0415 - Desktop mode only
+        executable_dir_groups,
+        listener_program_problem,
+        refused_program_message,
+        upstream_peer_problem,
+    )
 
-    _pid, uid, _gid = peer_credentials(sock)
+    pid, uid, _gid = peer_credentials(sock)
     problem = upstream_peer_problem(str(path), expected_uid, uid)
     if problem is not None:
         raise ListenerError(problem)
+    if executables is None:
+        return
+    from agent.platform.programs import program_of  # noqa: PLC0415 - Desktop mode only
+
+    program = listener_program_problem(
+        program_of(pid), executables, executable_dir_groups(sys.platform)
+    )
+    if program is not None:
+        raise ListenerError(
+            refused_program_message(str(path), expected_uid, program), listener=program
+        )
 
 
 def _user(uid: int | None) -> str | None:
