@@ -121,6 +121,11 @@ GOOD: list[tuple[str, object, object]] = [
     ("enforcement", "takeover", Enforcement.TAKEOVER),
     ("desktop_users_dir", "/var/run/pullgate/users", Path("/var/run/pullgate/users")),
     ("desktop_context", "install", DesktopContext.INSTALL),
+    (
+        "desktop_executables",
+        ["/opt/docker-desktop/bin/com.docker.backend"],
+        ("/opt/docker-desktop/bin/com.docker.backend",),
+    ),
     ("oidc_issuer", "https://id.acme.example/", "https://id.acme.example/"),
     ("oidc_client_id", "pullgate-cli", "pullgate-cli"),
     (
@@ -160,6 +165,7 @@ BAD: list[tuple[str, object, str]] = [
     ("enforcement", "Takeover", "expected one of takeover | context | desktop"),
     ("desktop_users_dir", "users", "expected an absolute path"),
     ("desktop_context", "force", "expected one of enforce | install"),
+    ("desktop_executables", ["/opt/docker-desktop/bin/"], "without '.', '..', '//'"),
     ("oidc_issuer", "http://id.acme.example", "expected a https:// URL"),
     ("oidc_client_id", " pullgate", "whitespace"),
     ("allowed_domains", ["alice@acme.example"], "not an address"),
@@ -345,6 +351,7 @@ def test_plain_http_policy_url_is_refused() -> None:
         ({"oidc_issuer": "https://id.example"}, "oidc_issuer", "needs oidc_client_id"),
         ({"oidc_client_id": "c"}, "oidc_client_id", "needs oidc_issuer"),
         ({"allowed_domains": ["acme.example"]}, "allowed_domains", "without oidc_issuer"),
+        ({"desktop_executables": []}, "desktop_executables", "no Docker Desktop could ever"),
         ({"oidc_scopes": ["email", "groups"]}, "oidc_scopes", "must include 'openid'"),
         ({"sign_in_methods": []}, "sign_in_methods", "nobody could sign in"),
         ({"oidc_groups_claim": " "}, "oidc_groups_claim", ""),
@@ -356,6 +363,23 @@ def test_settings_that_only_work_together(
     err = _error(values)
     assert err.key == key
     assert fragment in str(err)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "com.docker.backend",
+        "/opt/docker-desktop/../bin/com.docker.backend",
+        "/opt/./docker-desktop/bin/com.docker.backend",
+        "//opt/docker-desktop/bin/com.docker.backend",
+        "/opt//docker-desktop/bin/com.docker.backend",
+    ],
+)
+def test_desktop_executables_are_written_as_the_kernel_names_a_program(path: str) -> None:
+    """Listed paths are compared as written with the one the kernel gives (no links, no
+    dots): a path that can never match, or matches by another spelling, is refused."""
+    err = _error({"desktop_executables": ["/opt/docker-desktop/bin/com.docker.backend", path]})
+    assert err.key == "desktop_executables" and "item 1" in str(err)
 
 
 def test_upstream_path_is_the_socket() -> None:

@@ -288,6 +288,27 @@ KEYS: tuple[ConfigKey, ...] = (
         ),
     ),
     ConfigKey(
+        "desktop_executables",
+        "string-list",
+        None,
+        "In `desktop` mode, the programs that may serve a user's Docker Desktop socket "
+        "(macOS and Linux). The agent forwards a user's requests to their Desktop socket, "
+        "and its bypass monitor follows the events there, only when the process listening "
+        "on it is the user's and runs one of these executables, from a file owned by root "
+        "that neither its group nor others may write, in directories owned by root that no "
+        "user may write (on macOS the admin group may, as it may write `/Applications`): "
+        "any other program of the user's there could show the agent a quiet daemon while "
+        "they pull another way. Otherwise the endpoint refuses to forward and the agent "
+        "reports the listener (`pullgate doctor`, the audit log). Give each path as the "
+        "kernel names the running program: absolute, without symbolic links. Default: "
+        "`/Applications/Docker.app/Contents/MacOS/com.docker.backend` on macOS, "
+        "`/opt/docker-desktop/bin/com.docker.backend` on Linux (Docker Desktop's backend, "
+        "as Docker's installers place it). A Docker.app a user dragged into "
+        "`/Applications` is that user's and is refused: install Docker Desktop as root "
+        "(Docker's pkg, an MDM, or its `install` command run with sudo).",
+        example="/opt/docker-desktop/bin/com.docker.backend",
+    ),
+    ConfigKey(
         "oidc_issuer",
         "https-url",
         None,
@@ -425,6 +446,7 @@ class ManagedConfig:
     enforcement: Enforcement = Enforcement.CONTEXT
     desktop_users_dir: Path | None = None
     desktop_context: DesktopContext = DesktopContext.ENFORCE
+    desktop_executables: tuple[str, ...] | None = None  # None: the platform's default
     oidc_issuer: str | None = None
     oidc_client_id: str | None = None
     allowed_domains: tuple[str, ...] = ()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import posixpath
 import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -301,9 +302,19 @@ def _check_sign_in_method(text: str) -> None:
         raise ValueError(f"expected one of {', '.join(SIGN_IN_METHODS)}, got {text!r}")
 
 
+def _check_executable(text: str) -> None:
+    """A program's path as the kernel names it: compared as written, so only one
+    spelling can ever match."""
+    if not text.startswith("/") or posixpath.normpath(text) != text or text.startswith("//"):
+        raise ValueError(
+            f"expected an absolute path without '.', '..', '//' or a trailing '/', got {text!r}"
+        )
+
+
 # Checks beyond the type, per list item (the registry keeps types generic).
 _ITEM_CHECKS: dict[str, Callable[[str], None]] = {
     "trusted_keys": _check_trusted_key,
+    "desktop_executables": _check_executable,
     "allowed_domains": _check_domain,
     "oidc_scopes": _check_scope,
     "sign_in_methods": _check_sign_in_method,
@@ -432,6 +443,13 @@ def _check_together(config: ManagedConfig) -> None:
     ):
         raise ConfigError(
             source, "upstream", "is the socket in `listen`: the agent would forward to itself"
+        )
+    if config.desktop_executables == ():
+        raise ConfigError(
+            source,
+            "desktop_executables",
+            "is empty: no Docker Desktop could ever be served (leave it unset for the "
+            "platform's default)",
         )
     if config.allowed_domains and config.oidc_issuer is None:
         raise ConfigError(

@@ -202,6 +202,7 @@ def render_markdown() -> str:
         "- `policy_url` needs `org` and at least one of `trusted_keys`.",
         "- `key_threshold` cannot exceed the number of `trusted_keys`.",
         "- `oidc_issuer` and `oidc_client_id` are set together; `allowed_domains` needs them.",
+        "- `desktop_executables`, when set, lists at least one program.",
         "",
         "## Key reference",
     ]
