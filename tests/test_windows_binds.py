@@ -242,6 +242,32 @@ def test_junctions_and_links_on_the_way_are_refused() -> None:
     assert judged(back) == []  # the same path, no junction: lexical is what Windows does
 
 
+@pytest.mark.parametrize(
+    ("tag", "passes"),
+    [
+        (0x9000601A, True),  # IO_REPARSE_TAG_CLOUD_6: OneDrive's Files On-Demand folder
+        (0x9000001A, True),  # IO_REPARSE_TAG_CLOUD
+        (0xA0000003, False),  # IO_REPARSE_TAG_MOUNT_POINT: a junction, a mounted volume
+        (0xA000000C, False),  # IO_REPARSE_TAG_SYMLINK
+        (0xA000001D, False),  # IO_REPARSE_TAG_LX_SYMLINK (WSL's)
+        (0x80000013, False),  # IO_REPARSE_TAG_DEDUP: not known to be harmless, so refused
+        (None, False),  # a tag that could not be read
+    ],
+)
+def test_only_cloud_placeholders_pass_among_reparse_points(tag: int | None, passes: bool) -> None:
+    """Known folder move puts Documents in OneDrive, whose folders are all cloud
+    placeholders: they hold their own content. Every other reparse point may redirect."""
+    source = r"C:\Users\dev\OneDrive - Acme\Documents\proj"
+    access = from_container_config({"HostConfig": binds(source + ":/app")}, windows=True)
+    facts = machine(access)
+    facts[r"C:\Users\dev\OneDrive - Acme"] = WindowsPathFacts(True, reparse=True, tag=tag)
+    found = judge_windows(access, facts, PROTECTION, Protection())
+    if passes:
+        assert found == []
+    else:
+        assert len(found) == 1 and "junction, symbolic link or mount point" in found[0]
+
+
 def test_a_folder_that_could_not_be_looked_at_is_refused() -> None:
     access = from_container_config({"HostConfig": binds(r"C:\Users\dev\p:/p")}, windows=True)
     (found,) = judged(access, unknown=[r"C:\Users"])

@@ -4,7 +4,9 @@ point (``agent.core.inspection.windows_binds`` judges, with these facts).
 
 A bind passes only inside the requester's profile; a junction there leading to ``C:\\``
 would pass by its name, so every folder the path walks through is looked at, not
-followed: ``GetFileAttributesW`` shows a reparse point's own attributes. Paths are
+followed: ``GetFileAttributesW`` shows a reparse point's own attributes, and for one of
+them ``FindFilesW`` its directory entry's reparse tag (without opening it, so a cloud
+placeholder is not fetched; the judgement lets OneDrive's placeholders through). Paths are
 looked up with the ``\\\\?\\`` prefix (they are clean drive paths by then), so a long
 path is looked at too rather than missed as "not found". The profile is the SID's
 ``ProfileImagePath`` under ``HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\
@@ -71,8 +73,18 @@ def examine(paths: Iterable[str]) -> dict[str, WindowsPathFacts]:
         if attributes == _INVALID_FILE_ATTRIBUTES:
             continue
         reparse = bool(attributes & win32con.FILE_ATTRIBUTE_REPARSE_POINT)
-        out[path] = WindowsPathFacts(exists=True, reparse=reparse)
+        out[path] = WindowsPathFacts(True, reparse, _reparse_tag(path) if reparse else None)
     return out
+
+
+def _reparse_tag(path: str) -> int | None:
+    """The reparse tag of ``path``'s directory entry (``WIN32_FIND_DATA.dwReserved0``),
+    or None when it cannot be read."""
+    try:
+        found = win32file.FindFilesW("\\\\?\\" + path)
+    except pywintypes.error:
+        return None
+    return int(found[0][6]) if len(found) == 1 else None
 
 
 class MachinePaths:

@@ -78,6 +78,8 @@ _DEVICES = frozenset(
     | {f"{kind}{n}" for kind in ("COM", "LPT") for n in [*"0123456789", "¹", "²", "³"]}
 )
 _NOT_IN_NAMES = frozenset('<>"|?*')
+# IO_REPARSE_TAG_CLOUD and _CLOUD_1 to _F (ntifs.h): 0x9000x01A.
+_CLOUD_TAG, _CLOUD_TAG_MASK = 0x9000001A, 0xFFFF0FFF
 # Docker Desktop's view of a drive in its VM: WSL 2 backend, then Hyper-V backend.
 _VM_DRIVE = re.compile(r"/(?:run/desktop/mnt/host|host_mnt)/([a-z])(/.*)?")
 
@@ -331,11 +333,22 @@ def system_places(environ: Mapping[str, str]) -> tuple[tuple[Place, ...], tuple[
 
 @dataclass(frozen=True)
 class WindowsPathFacts:
-    """One path on the machine as it is now: whether it exists, and whether it is a
-    reparse point (a junction, symbolic link or mount point: it could lead anywhere)."""
+    """One path on the machine as it is now: whether it exists, whether it is a reparse
+    point, and its reparse tag when that could be read (None: unknown)."""
 
     exists: bool
     reparse: bool = False
+    tag: int | None = None
+
+    @property
+    def redirects(self) -> bool:
+        """Opening it may lead elsewhere: any reparse point (a junction, symbolic link,
+        mount point, or a tag not known) but a cloud file's placeholder (OneDrive's
+        Files On-Demand, ``IO_REPARSE_TAG_CLOUD_*``: the folder's own content, fetched
+        on use), which every folder under a known-folder-moved Documents is."""
+        if not self.reparse:
+            return False
+        return self.tag is None or self.tag & _CLOUD_TAG_MASK != _CLOUD_TAG
 
 
 @dataclass(frozen=True)
@@ -414,7 +427,7 @@ def path_problem(
                 f"{spec}: {prefix} could not be looked at, so where {shown} leads cannot "
                 "be vouched for"
             )
-        if fact.reparse:
+        if fact.redirects:
             return (
                 f"{spec}: {prefix} is a junction, symbolic link or mount point, so {shown} "
                 "could lead anywhere; bind the folder it leads to"
