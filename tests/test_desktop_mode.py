@@ -6,13 +6,16 @@ observations and checks on real files and sockets.
 
 Then an honest stand-in for Docker Desktop on this Linux machine: a second OS user
 (``useradd``) runs a socket forwarder of their own (``tests/unix_forwarder.py`` under
-``setpriv``, with the system's python3) on ``~/.docker/desktop/docker.sock``, so the
-socket is served by that user exactly as Desktop's is; it leads (through a root bridge
-the user may connect to) to the session's test dockerd. The agent runs as root in
-desktop mode, with a temporary users' root (``desktop_users_dir``) and a temporary
-stand-in for logind's ``/run/user`` (``--desktop-sessions``): a directory named by the
-user's uid and owned by them is a login, removing it a logout. The user's own docker
-CLI (``/usr/local/bin/docker``, no ``DOCKER_HOST``) reaches the agent through the
+``setpriv``) on ``~/.docker/desktop/docker.sock``, so the socket is served by that user
+exactly as Desktop's is; it leads (through a root bridge the user may connect to) to the
+session's test dockerd. The forwarder runs from the stand-in's "installation": a copy of
+the system's python3 named like Desktop's backend, in root-owned 0755 directories of the
+test's own, which the agent's config lists as ``desktop_executables`` (the system's
+python3 itself is not listed: a listener run from it is any program of the user's). The
+agent runs as root in desktop mode, with a temporary users' root (``desktop_users_dir``)
+and a temporary stand-in for logind's ``/run/user`` (``--desktop-sessions``): a directory
+named by the user's uid and owned by them is a login, removing it a logout. The user's
+own docker CLI (``/usr/local/bin/docker``, no ``DOCKER_HOST``) reaches the agent through the
 context the agent installed for them.
 """
 
@@ -68,6 +71,7 @@ from tests.agent_process import (
 REPO = Path(__file__).resolve().parent.parent
 USER_DOCKER_CLI = "/usr/local/bin/docker"
 SYSTEM_PYTHON = "/usr/bin/python3"
+DESKTOP_PROGRAM = "com.docker.backend"
 WAIT = 15.0
 
 # --------------------------------------------------------------------- the pure rules
@@ -338,6 +342,7 @@ class DesktopRig:
     audit_dir: Path
     desktop_sock: Path
     bridge: Path
+    desktop_exe: Path  # the stand-in Desktop's program, listed in desktop_executables
     agent: subprocess.Popen[str]
     agent_log: Path
     forwarders: list[subprocess.Popen[str]]
@@ -346,6 +351,13 @@ class DesktopRig:
     @property
     def endpoint(self) -> Path:
         return self.users_dir / str(self.user.uid) / "docker.sock"
+
+    def listed_exe(self, place: str) -> Path:
+        """A further path ``desktop_executables`` lists (the file is the test's to make):
+        one of LISTED_PLACES, for the red team's listeners run from a listed path that a
+        user could change."""
+        assert place in LISTED_PLACES
+        return self.scratch / "listed" / place / DESKTOP_PROGRAM
 
     def status(self) -> dict[str, Any]:
         code, _, body = unix_request(self.control, "GET", "/v1/status")
@@ -395,7 +407,7 @@ class DesktopRig:
             self.desktop_sock.unlink()
         proc = _start(
             self.user.command(
-                SYSTEM_PYTHON,
+                str(self.desktop_exe),
                 str(self.scratch / "fwd.py"),
                 str(self.desktop_sock),
                 str(self.bridge),
@@ -411,6 +423,22 @@ class DesktopRig:
         for proc in self.forwarders[1:]:
             _stop(proc)
         del self.forwarders[1:]
+
+
+LISTED_PLACES = ("user-owned", "user-dir", "replaced")
+
+
+def _install_desktop_program(scratch: Path) -> Path:
+    """The stand-in Desktop's installation: the system's python3, copied into root-owned
+    0755 directories under the test's own scratch directory (itself root's, 0755)."""
+    directory = scratch / "desktop" / "bin"
+    directory.mkdir(parents=True)
+    for each in (directory.parent, directory):
+        each.chmod(0o755)
+    exe = directory / DESKTOP_PROGRAM
+    shutil.copy(os.path.realpath(SYSTEM_PYTHON), exe)
+    exe.chmod(0o755)
+    return exe
 
 
 @pytest.fixture(scope="module")
@@ -444,9 +472,17 @@ def rig(docker_env: DockerEnv, seeded: dict[str, SeededImage]) -> Iterator[Deskt
         sessions = scratch / "sessions"
         sessions.mkdir(mode=0o755)
         users_dir = scratch / "users"
+        desktop_exe = _install_desktop_program(scratch)
+        listed = [str(scratch / "listed" / place / DESKTOP_PROGRAM) for place in LISTED_PLACES]
         config = scratch / "config.json"
         config.write_text(
-            json.dumps({"enforcement": "desktop", "desktop_users_dir": str(users_dir)})
+            json.dumps(
+                {
+                    "enforcement": "desktop",
+                    "desktop_users_dir": str(users_dir),
+                    "desktop_executables": [str(desktop_exe), *listed],
+                }
+            )
         )
         policy = scratch / "policy.json"
         policy.write_text(json.dumps(shim_policy()))
@@ -488,6 +524,7 @@ def rig(docker_env: DockerEnv, seeded: dict[str, SeededImage]) -> Iterator[Deskt
             audit_dir=audit_dir,
             desktop_sock=user.home / ".docker" / "desktop" / "docker.sock",
             bridge=bridge,
+            desktop_exe=desktop_exe,
             agent=agent,
             agent_log=agent_log,
             forwarders=forwarders,

@@ -1,25 +1,28 @@
 """Red team, Docker Desktop mode (``enforcement: desktop``): a user of their own endpoint.
 
 Reuses ``tests/test_desktop_mode.py``'s rig (a second OS user whose "Docker Desktop" is a
-forwarder they run, leading to the session's test dockerd; the agent as root in desktop
-mode). Each attack is tried for real; what gets through is a strict xfail asserting the
-secure behaviour, what is refused a passing test.
+forwarder they run from the stand-in's root-owned program, leading to the session's test
+dockerd; the agent as root in desktop mode). Each attack is tried for real; what gets
+through is a strict xfail asserting the secure behaviour, what is refused a passing test.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.agent_process import DENIED_REPOSITORY
 from tests.test_desktop_mode import (
     SYSTEM_PYTHON,
     USER_DOCKER_CLI,
@@ -49,9 +52,10 @@ def _start_desktop_as(rig: DesktopRig, *argv: str) -> None:
     assert line == "ready", f"the user's forwarder did not start: {line!r}"
 
 
-def _forwarder(rig: DesktopRig, *extra: str) -> list[str]:
+def _forwarder(rig: DesktopRig, *extra: str, program: Path | None = None) -> list[str]:
+    """The stand-in Desktop's forwarder, run from its listed program (or ``program``)."""
     return [
-        SYSTEM_PYTHON,
+        str(program or rig.desktop_exe),
         str(rig.scratch / "fwd.py"),
         str(rig.desktop_sock),
         str(rig.bridge),
@@ -314,10 +318,10 @@ else:
 """
 
 
-# ------------------------------------------------------------------ the bypass monitor
+# ------------------------------------------------------------------ the listener's program
 
 _FILTER = r"""
-import os, socket, struct, sys, threading
+import os, socket, struct, sys, threading, time
 
 def pipe(src, dst):
     try:
@@ -335,6 +339,7 @@ def serve(client, target, watched):
     first = client.recv(65536)
     if watched and b"/events" in first.split(b"\r\n", 1)[0]:
         # the agent's bypass monitor: a stream that never says anything
+        open(sys.argv[2] + ".seen", "w").close()
         client.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                        b"Transfer-Encoding: chunked\r\n\r\n")
         while client.recv(65536):
@@ -346,7 +351,14 @@ def serve(client, target, watched):
     threading.Thread(target=pipe, args=(up, client), daemon=True).start()
     pipe(client, up)
 
-def listen(path, target, watched):
+def accept_loop(server, target, watched):
+    while True:
+        c, _ = server.accept()
+        uid = struct.unpack("3i", c.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+        threading.Thread(target=serve, args=(c, target, watched and uid == 0),
+                         daemon=True).start()
+
+def listening(path):
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -355,61 +367,199 @@ def listen(path, target, watched):
     server.bind(path)
     os.chmod(path, 0o600)
     server.listen(64)
-    def loop():
-        while True:
-            c, _ = server.accept()
-            uid = struct.unpack("3i", c.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
-            threading.Thread(target=serve, args=(c, target, watched and uid == 0),
-                             daemon=True).start()
-    threading.Thread(target=loop, daemon=True).start()
+    return server
 
-# Desktop's own socket, moved aside, is where both lead (here: the bridge)
-listen(sys.argv[1], sys.argv[3], True)  # what the agent watches
-listen(sys.argv[2], sys.argv[3], False)  # the user's own way in
-print("ready", flush=True)
+def serve_both(watched, direct, target):
+    # Desktop's own socket, moved aside, is where both lead (here: the bridge)
+    threading.Thread(target=accept_loop, args=(watched, target, True), daemon=True).start()
+    threading.Thread(target=accept_loop, args=(listening(direct), target, False),
+                     daemon=True).start()
+
+watched = listening(sys.argv[1])  # what the agent watches
+if len(sys.argv) == 5:
+    # Hand the socket to a child, then become the listed program, idle: the kernel's
+    # listener (the process that called listen()) now runs Docker Desktop's program.
+    program = sys.argv[4]
+    if os.fork():
+        os.execv(program, [program, "-c", "import time; time.sleep(86400)"])
+    while os.readlink(f"/proc/{os.getppid()}/exe") != program:
+        time.sleep(0.01)
+serve_both(watched, sys.argv[2], sys.argv[3])
+print(f"ready {os.getpid()}", flush=True)
 threading.Event().wait()
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: the bypass monitor follows /events on the user's own Desktop socket, "
-    "and check_listener only asks that the listener be the user: any process of theirs "
-    "there (Desktop's socket moved aside) can tell the agent's connections (SO_PEERCRED "
-    "uid 0) from their own and hand the monitor a silent /events, while the user pulls "
-    "denied images through another path to the same daemon; nothing is reported",
-)
-@pytest.mark.usefixtures("restore_desktop", "denied_image_absent")
-def test_direct_pulls_are_reported_even_behind_a_filtering_listener(rig: DesktopRig) -> None:
+def _monitor(rig: DesktopRig) -> dict[str, Any]:
+    monitor: dict[str, Any] = rig.endpoints()[rig.user.uid]["bypass_monitor"]
+    return monitor
+
+
+@pytest.mark.usefixtures("restore_desktop")
+def test_a_filtering_listener_in_desktops_place_is_refused_and_reported(rig: DesktopRig) -> None:
+    """Was a strict xfail: a process of the user's on Desktop's path (Desktop's socket
+    moved aside) tells the agent's connections (uid 0) from their own and hands the
+    bypass monitor a silent ``/events`` while the user pulls denied images through
+    another path to the same daemon. The listener must now run one of
+    ``desktop_executables`` from a file only root can change; this one runs the
+    system's python3. The endpoint refuses to forward and names it; the monitor follows
+    nothing and says why: its status, the endpoint's, doctor, a ``bypass-suspected``
+    record."""
     script = rig.scratch / "filter.py"
     script.write_text(_FILTER)
     script.chmod(0o644)
     direct = rig.user.home / "direct.sock"
+    python = os.path.realpath(SYSTEM_PYTHON)
     try:
-        _start_desktop_as(
-            rig, SYSTEM_PYTHON, str(script), str(rig.desktop_sock), str(direct), str(rig.bridge)
+        rig.stop_desktop()
+        rig.user.run("rm", "-f", str(rig.desktop_sock))
+        proc = _start(
+            rig.user.command(
+                SYSTEM_PYTHON, str(script), str(rig.desktop_sock), str(direct), str(rig.bridge)
+            )
         )
-        _wait(
-            "the bypass monitor to follow the filtered events",
-            lambda: rig.endpoints()[rig.user.uid]["bypass_monitor"]["following_events"],
+        rig.forwarders.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().startswith("ready ")
+        served_by = f"served by {python} (pid {proc.pid}), which is not Docker Desktop"
+        monitor = _wait(
+            "the bypass monitor to refuse the listener",
+            lambda: served_by in str((m := _monitor(rig))["listener_problem"]) and m,
+            detail=lambda: str(_monitor(rig)),
         )
-        before = len(rig.audit())
-        got = _docker(rig, "-H", f"unix://{direct}", "pull", DENIED_REPOSITORY)
-        assert got.returncode == 0, got.stderr
-        deadline = time.monotonic() + 8.0
-        found: list[object] = []
-        while not found and time.monotonic() < deadline:
-            found = [
+        assert not monitor["following_events"]
+        got = _docker(rig, "version", "--format", "{{.Server.Version}}")
+        assert got.returncode != 0
+        assert "pullgate: refusing to forward" in got.stderr and served_by in got.stderr, got.stderr
+        assert served_by in str(rig.endpoints()[rig.user.uid]["upstream_problem"])
+        check = rig.doctor()[f"Docker Desktop of {rig.user.name} ({rig.user.uid})"]
+        assert check["result"] == "FAIL" and served_by in check["detail"], check
+        notices = _wait(
+            "the monitor's bypass-suspected record",
+            lambda: [
                 r
-                for r in rig.audit()[before:]
-                if r.get("event.action") == "bypass-suspected" and DENIED_REPOSITORY in str(r)
-            ]
-            time.sleep(0.25)
-        assert found, f"{DENIED_REPOSITORY} was pulled around the endpoint and not reported"
+                for r in rig.audit()
+                if r.get("event.action") == "bypass-suspected"
+                and "does not follow the daemon's events" in json.dumps(r)
+                and served_by in json.dumps(r)
+            ],
+        )
+        assert str(rig.desktop_sock) in json.dumps(notices[-1])
     finally:
         with contextlib.suppress(FileNotFoundError):
             direct.unlink()
         script.unlink()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="red team: the kernel names the process that called listen() (SO_PEERCRED), not "
+    "the one that accepts: a process of the user's listens on Desktop's path, hands the "
+    "socket to a child (fork) and then becomes Docker Desktop's listed program, idle "
+    "(exec). The agent checks that program and follows the child's silent /events. "
+    "Closing it needs the process holding the accepted connection identified, not done",
+)
+@pytest.mark.usefixtures("restore_desktop")
+def test_a_socket_handed_over_before_execing_desktops_program_is_refused(
+    rig: DesktopRig,
+) -> None:
+    script = rig.scratch / "handover.py"
+    script.write_text(_FILTER)
+    script.chmod(0o644)
+    direct = rig.user.home / "direct.sock"
+    seen = Path(f"{direct}.seen")  # the filter's mark: the agent asked it for /events
+    child = 0
+    try:
+        rig.stop_desktop()
+        rig.user.run("rm", "-f", str(rig.desktop_sock))
+        argv = [str(rig.desktop_sock), str(direct), str(rig.bridge), str(rig.desktop_exe)]
+        proc = _start(rig.user.command(SYSTEM_PYTHON, str(script), *argv))
+        rig.forwarders.append(proc)  # the listener, now the listed program
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        assert line[:1] == ["ready"], line
+        child = int(line[1])  # the user's filter, holding the socket
+
+        def refused() -> bool:
+            problem = str(_monitor(rig)["listener_problem"])
+            return any(f"(pid {pid})" in problem for pid in (proc.pid, child))
+
+        _wait("the monitor to look at the listener", lambda: seen.exists() or refused())
+        assert refused(), f"the monitor follows the handed-over socket: {_monitor(rig)}"
+    finally:
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+        for path in (direct, seen):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        script.unlink()
+
+
+@pytest.mark.usefixtures("restore_desktop")
+def test_the_users_own_copy_of_desktops_program_is_refused(rig: DesktopRig) -> None:
+    """The listed program, copied by the user (theirs to change) and run from their home:
+    not the listed path, so not Docker Desktop."""
+    copy = rig.user.home / "bin" / rig.desktop_exe.name
+    assert rig.user.run("mkdir", "-p", str(copy.parent)).returncode == 0
+    assert rig.user.run("cp", str(rig.desktop_exe), str(copy)).returncode == 0
+    try:
+        _start_desktop_as(rig, *_forwarder(rig, program=copy))
+        got = _docker(rig, "version", "--format", "{{.Server.Version}}")
+        assert got.returncode != 0
+        assert f"served by {copy} (pid " in got.stderr, got.stderr
+        assert "which is not Docker Desktop" in got.stderr
+    finally:
+        rig.user.run("rm", "-rf", str(copy.parent))
+
+
+@pytest.mark.parametrize("place", ["user-owned", "user-dir"])
+@pytest.mark.usefixtures("restore_desktop")
+def test_a_listed_program_a_user_could_change_is_refused(rig: DesktopRig, place: str) -> None:
+    """A listed path whose file (``user-owned``) or directory (``user-dir``) is the
+    user's: they could put any program there, so it is not Desktop's installation."""
+    exe = rig.listed_exe(place)
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    for directory in (exe.parent.parent, exe.parent):
+        directory.chmod(0o755)
+    shutil.copy(rig.desktop_exe, exe)
+    exe.chmod(0o755)
+    theirs = exe if place == "user-owned" else exe.parent
+    os.chown(theirs, rig.user.uid, rig.user.gid)
+    try:
+        _start_desktop_as(rig, *_forwarder(rig, program=exe))
+        got = _docker(rig, "version", "--format", "{{.Server.Version}}")
+        assert got.returncode != 0
+        why = f"which a user could have changed: {theirs} is owned by uid {rig.user.uid}"
+        assert f"served by {exe} (pid " in got.stderr and why in got.stderr, got.stderr
+    finally:
+        shutil.rmtree(exe.parent)
+
+
+@pytest.mark.usefixtures("restore_desktop")
+def test_a_listener_whose_program_file_was_replaced_is_refused(rig: DesktopRig) -> None:
+    """Served while the listed file is the one it runs; once that file is replaced
+    (a new inode at the path), the running program is no longer what is installed."""
+    exe = rig.listed_exe("replaced")
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    for directory in (exe.parent.parent, exe.parent):
+        directory.chmod(0o755)
+    shutil.copy(rig.desktop_exe, exe)
+    exe.chmod(0o755)
+    try:
+        _start_desktop_as(rig, *_forwarder(rig, program=exe))
+        ok = _docker(rig, "version", "--format", "{{.Server.Version}}")
+        assert ok.returncode == 0, ok.stderr  # listed, root's: Docker Desktop
+        fresh = exe.with_name("fresh")
+        shutil.copy(rig.desktop_exe, fresh)
+        fresh.chmod(0o755)
+        os.replace(fresh, exe)
+        got = _docker(rig, "version", "--format", "{{.Server.Version}}")
+        assert got.returncode != 0
+        assert "started from a file that has since been deleted or replaced" in got.stderr, (
+            got.stderr
+        )
+    finally:
+        shutil.rmtree(exe.parent)
 
 
 # ------------------------------------------------------------------ doctor
@@ -516,7 +666,7 @@ def test_one_users_requests_do_not_stall_another_users_login(rig: DesktopRig) ->
     with binds without pause: each is answered 502 at once (the asynchronous connect fails
     before any worker thread is held), and another user's login gets its endpoint at the
     next rescan."""
-    _start_desktop_as(rig, SYSTEM_PYTHON, "-c", _STUCK_LISTENER, str(rig.desktop_sock))
+    _start_desktop_as(rig, str(rig.desktop_exe), "-c", _STUCK_LISTENER, str(rig.desktop_sock))
     flood = _start(rig.user.command(SYSTEM_PYTHON, "-c", _FLOOD, str(rig.endpoint), "12", "48"))
     session = rig.sessions / str(rig.other.uid)
     try:

@@ -43,7 +43,7 @@ from agent.core.reference import DOCKER_HUB_ALIASES, ReferenceError, parse_norma
 from agent.daemon.bus import DecisionSink
 from agent.platform import docker_api
 from agent.platform.docker_api import DockerAPIError
-from agent.platform.peer import describe_peer, process_ids
+from agent.platform.peer import ListenerError, describe_peer, process_ids
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -64,6 +64,9 @@ DEFAULT_WINDOW = 600.0
 pull when it has finished, which for a large image can be minutes after the decision; a
 long window only lets the same, already approved image in again."""
 DEFAULT_INTERVAL = 30.0
+LISTENER_RETRY = 2.5
+"""Seconds between looks at a Desktop socket whose listener was refused: once Docker
+Desktop's own program serves it again, the monitor follows (and status clears) soon."""
 CLOCK_SKEW = 5.0
 """Daemon event times and decision times come from the same machine's clock; a little
 slack covers rounding (the daemon reports whole seconds in ``time``)."""
@@ -611,11 +614,19 @@ class BypassMonitor:
         grace: float = DECISION_GRACE,
         tag_grace: float = TAG_GRACE,
         upstream_uid: int | None = None,
+        upstream_executables: tuple[str, ...] | None = None,
+        on_listener: Callable[[ListenerError | None], None] | None = None,
     ) -> None:
         self.upstream = upstream
         # Docker Desktop mode: the daemon must be this user's (agent.core.desktop); the
-        # monitor, root, must not read another daemon's events through their link.
+        # monitor, root, must not read another daemon's events through their link, nor
+        # follow a listener of the user's that is not Docker Desktop's own program (it
+        # could hand the monitor a silent /events while the user pulls another way).
         self.upstream_uid = upstream_uid
+        self.upstream_executables = upstream_executables
+        # Told each refused listener, and None once one passes (the endpoint's status).
+        self.on_listener = on_listener
+        self.listener_problem: str | None = None
         self.sink = sink
         self.shim_listen = shim_listen
         self.own_pid = os.getpid() if own_pid is None else own_pid
@@ -641,6 +652,7 @@ class BypassMonitor:
         return {
             "running": running,
             "following_events": self.connected.is_set(),
+            "listener_problem": self.listener_problem,
             "errors": self.errors,
             "last_error": self.last_error,
         }
@@ -703,7 +715,9 @@ class BypassMonitor:
                     timeout=self.request_timeout,
                     user_agent=USER_AGENT,
                     listener_uid=self.upstream_uid,
+                    listener_executables=self.upstream_executables,
                 ) as answer:
+                    self._listener_passed()
                     if answer.status != 200:
                         raise DockerAPIError(f"GET /events answered {answer.status}")
                     backoff, followed = 0.5, True
@@ -716,6 +730,9 @@ class BypassMonitor:
                         for obj in objects:
                             if isinstance(obj, dict):
                                 await self._on_event_supervised(obj)
+            except ListenerError as e:
+                self._listener_refused(e)
+                backoff = min(backoff, LISTENER_RETRY)
             except (OSError, ValueError):  # includes timeouts and unreadable answers
                 pass
             except Exception as e:  # a bug must not end the loop: say so, reconnect
@@ -726,6 +743,31 @@ class BypassMonitor:
             if not followed:
                 backoff = min(backoff * 2, self.max_backoff)
 
+    def _listener_refused(self, error: ListenerError) -> None:
+        """Docker Desktop mode: the socket the monitor watches is not served by the
+        user's own Docker Desktop, so its events say nothing. Reported (a notice per
+        listener, the endpoint's status through ``on_listener``), never followed."""
+        self.listener_problem = str(error)
+        if self.on_listener is not None:
+            self.on_listener(error)
+        why = f"served by {error.listener}" if error.listener else str(error)
+        self._emit(
+            Finding(
+                key=("listener", str(error)),
+                severity="warning",
+                reason=f"the bypass monitor does not follow the daemon's events at "
+                f"{self.upstream} ({why}): what reaches the daemon there goes unseen until "
+                "Docker Desktop's own program serves that socket again",
+                details={"source": "listener", "problem": str(error)},
+            )
+        )
+
+    def _listener_passed(self) -> None:
+        """A checked connection passed: whatever was refused before is gone."""
+        self.listener_problem = None
+        if self.on_listener is not None:
+            self.on_listener(None)
+
     async def _get_json(self, target: str) -> Any:
         """The daemon's JSON answer to ``GET target``; OSError or ValueError if none."""
         answer = await docker_api.request(
@@ -735,6 +777,7 @@ class BypassMonitor:
             timeout=self.request_timeout,
             user_agent=USER_AGENT,
             listener_uid=self.upstream_uid,
+            listener_executables=self.upstream_executables,
         )
         if answer.status != 200:
             raise DockerAPIError(f"GET {target} answered {answer.status}")

@@ -6,9 +6,12 @@ the system's. Every few seconds it looks at who is logged in
 and applies the difference: an endpoint is a :class:`~agent.daemon.shim.Shim` listening
 on ``<users_dir>/<uid>/docker.sock`` (the directory root's, 0755; the socket the
 user's, 0600) and forwarding to the user's Docker Desktop socket, but only once the
-kernel says that socket is served by that user (``ShimConfig.user``); a per-user bypass
-monitor watches the Desktop socket for clients that go around the endpoint; and the
-user's docker CLI is pointed at the endpoint by a docker context, created by running
+kernel says that socket is served by that user, running one of ``desktop_executables``
+from a file only root can change (``ShimConfig.user``, ``desktop_executables``: a process
+of the user's in Desktop's place could tell the agent's connections from their own); a
+per-user bypass monitor watches the Desktop socket for clients that go around the
+endpoint, and reports a listener that is not Docker Desktop instead of following it; and
+the user's docker CLI is pointed at the endpoint by a docker context, created by running
 the docker CLI as the user (so nothing in the user's home is written with root's rights).
 
 The rescan is a supervised task: an error in one pass is counted, reported in status
@@ -31,7 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from agent.config.keys import DesktopContext
-from agent.core.desktop import EndpointPlan, plan_endpoints, should_select_context
+from agent.core.desktop import (
+    EndpointPlan,
+    desktop_executables,
+    plan_endpoints,
+    should_select_context,
+)
 from agent.core.events import NoticeEvent
 from agent.core.policy.document import Policy
 from agent.daemon.bus import DecisionSink
@@ -39,6 +47,7 @@ from agent.daemon.bypass import ApprovalLedger, BypassMonitor
 from agent.daemon.shim import IdentitySource, Shim, ShimConfig
 from agent.platform.desktop_users import make_root_dir, session_users
 from agent.platform.paths import default_desktop_users_dir
+from agent.platform.peer import ListenerError
 
 __all__ = [
     "CONTEXT_NAME",
@@ -104,8 +113,11 @@ class DesktopEndpoints:
         approved: ApprovalLedger | None = None,
         docker_cli: str | None = None,
         protected: tuple[Path, ...] = (),
+        executables: tuple[str, ...] | None = None,
     ) -> None:
         self.users_dir = users_dir
+        # The programs that may serve a user's Desktop socket (desktop_executables).
+        self.executables = executables if executables is not None else desktop_executables(platform)
         self.protected = protected  # the agent's state and audit dirs (host_access)
         self.policy = policy
         self.sink = sink
@@ -154,6 +166,7 @@ class DesktopEndpoints:
             "last_error": self.last_error,
             "docker_cli": self.docker_cli,
             "context_mode": str(self.context_mode),
+            "executables": list(self.executables),
             "endpoints": [
                 {
                     "uid": e.plan.uid,
@@ -246,6 +259,7 @@ class DesktopEndpoints:
                 upstream=Path(plan.upstream),
                 socket_mode=0o600,
                 user=plan.uid,
+                desktop_executables=self.executables,
                 protected=self.protected,
             ),
             self.policy,
@@ -262,6 +276,8 @@ class DesktopEndpoints:
                 shim_listen=listen,
                 approved=self.approved,
                 upstream_uid=plan.uid,
+                upstream_executables=self.executables,
+                on_listener=lambda error: _listener_seen(shim, error),
             )
             await monitor.start()
         endpoint = _Endpoint(plan, shim, monitor)
@@ -413,6 +429,16 @@ class DesktopEndpoints:
                 )
             return None
         return out.decode(errors="replace").strip()
+
+
+def _listener_seen(shim: Shim, error: ListenerError | None) -> None:
+    """The bypass monitor's word on the endpoint's upstream: a refusal is the endpoint's
+    problem (status, doctor, an ``upstream-refused`` record) as when the shim refuses
+    one; a checked connection clears it, as the shim's own does."""
+    if error is not None:
+        shim.refused_upstream(error)
+    else:
+        shim.upstream_problem = None
 
 
 def _config_stamp(home: str) -> tuple[tuple[int, int] | None, ...]:

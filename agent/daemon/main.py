@@ -233,6 +233,7 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
             sessions_dir=options.desktop_sessions,
             approved=ledger if options.watch else None,
             protected=(state_dir, audit.directory),
+            executables=settings.desktop_executables,
         )
         desktop_status = endpoints.status
     control = ControlServer(

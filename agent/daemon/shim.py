@@ -215,6 +215,9 @@ class ShimConfig:
     #: socket is theirs, only they and root may use it, and the upstream (their Desktop
     #: socket, a path they control) must be served by them (agent.core.desktop).
     user: int | None = None
+    #: With ``user``: the programs that may serve that socket (``desktop_executables``);
+    #: a process of the user's running anything else is refused like another user's.
+    desktop_executables: tuple[str, ...] | None = None
     #: Directories no container may bind (the agent's state and audit log), besides
     #: the fixed list in agent.core.inspection.host_access.
     protected: tuple[Path, ...] = ()
@@ -279,7 +282,12 @@ class Shim:
                 answer = await self.endpoint_transport.request(method, path, 30)
             else:
                 answer = await docker_api.request(
-                    self.config.upstream, method, path, timeout=30, listener_uid=self.config.user
+                    self.config.upstream,
+                    method,
+                    path,
+                    timeout=30,
+                    listener_uid=self.config.user,
+                    listener_executables=self.config.desktop_executables,
                 )
         except docker_api.DockerAPIError as e:
             raise InspectionError(f"pullgate: the daemon's answer cannot be read: {e}", 502) from e
@@ -1877,7 +1885,12 @@ class ClientConnection(asyncio.Protocol):
         )
         if self.shim.config.user is not None:
             try:
-                check_listener(transport.get_extra_info("socket"), path, self.shim.config.user)
+                check_listener(
+                    transport.get_extra_info("socket"),
+                    path,
+                    self.shim.config.user,
+                    self.shim.config.desktop_executables,
+                )
             except ListenerError as e:
                 transport.abort()
                 self.shim.refused_upstream(e)

@@ -18,7 +18,7 @@ import errno
 import re
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -168,13 +168,16 @@ async def request(
     max_body: int = DEFAULT_MAX_BODY,
     user_agent: str = "pullgate",
     listener_uid: int | None = None,
+    listener_executables: Collection[str] | None = None,
 ) -> Response:
     """One request on a connection of its own, the whole answer read within ``timeout``.
 
     ``listener_uid``: refuse (``peer.ListenerError``, before sending anything) unless the
-    daemon at ``socket_path`` runs as this uid (Docker Desktop mode: a user's socket)."""
+    daemon at ``socket_path`` runs as this uid (Docker Desktop mode: a user's socket);
+    ``listener_executables``: and runs one of these, from a file only root can change
+    (``peer.check_listener``)."""
     return await request_over(
-        lambda: _open_checked(socket_path, listener_uid),
+        lambda: _open_checked(socket_path, listener_uid, listener_executables),
         method,
         target,
         timeout=timeout,
@@ -184,17 +187,22 @@ async def request(
 
 
 async def _open_checked(
-    socket_path: Path | str, listener_uid: int | None
+    socket_path: Path | str,
+    listener_uid: int | None,
+    listener_executables: Collection[str] | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A connection to ``socket_path``; with ``listener_uid``, only to a socket that user
-    could reach themselves (asked first) and that they serve (checked once connected,
-    before anything is sent; ``peer.ListenerError`` otherwise)."""
+    could reach themselves (asked first) and that they serve, from one of
+    ``listener_executables`` if given (checked once connected, before anything is sent;
+    ``peer.ListenerError`` otherwise)."""
     if listener_uid is not None:
         await asyncio.to_thread(_reachable_for, socket_path, listener_uid)
     reader, writer = await _open_unix(str(socket_path))
     if listener_uid is not None:
         try:
-            check_listener(writer.get_extra_info("socket"), socket_path, listener_uid)
+            check_listener(
+                writer.get_extra_info("socket"), socket_path, listener_uid, listener_executables
+            )
         except ListenerError:
             writer.close()
             raise
@@ -277,13 +285,14 @@ async def stream(
     timeout: float = 30.0,
     user_agent: str = "pullgate",
     listener_uid: int | None = None,
+    listener_executables: Collection[str] | None = None,
 ) -> AsyncIterator[Stream]:
     """``GET target`` with the head read within ``timeout``; the body streams unbounded.
-    ``listener_uid`` as for :func:`request`."""
+    ``listener_uid`` and ``listener_executables`` as for :func:`request`."""
     data = _request_bytes("GET", target, user_agent)
     answer = _Answer("GET", None)
     async with asyncio.timeout(timeout):
-        reader, writer = await _open_checked(socket_path, listener_uid)
+        reader, writer = await _open_checked(socket_path, listener_uid, listener_executables)
     try:
         writer.write(data)
         await writer.drain()
@@ -305,9 +314,11 @@ def request_sync(
     max_body: int = 1 << 20,
     user_agent: str = "pullgate",
     listener_uid: int | None = None,
+    listener_executables: Collection[str] | None = None,
 ) -> Response:
     """:func:`request` for callers without an event loop (the CLI's ``doctor``);
-    ``timeout`` bounds each socket operation; ``listener_uid`` as for :func:`request`."""
+    ``timeout`` bounds each socket operation; ``listener_uid`` and
+    ``listener_executables`` as for :func:`request`."""
     data = _request_bytes(method, target, user_agent)
     answer = _Answer(method, max_body)
     body: list[bytes] = []
@@ -320,7 +331,7 @@ def request_sync(
             sock.settimeout(timeout)
             sock.connect(str(socket_path))
             if listener_uid is not None:
-                check_listener(sock, socket_path, listener_uid)
+                check_listener(sock, socket_path, listener_uid, listener_executables)
             sock.sendall(data)
             while not answer.done:
                 body += answer.feed(sock.recv(_READ))
