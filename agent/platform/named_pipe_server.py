@@ -123,6 +123,9 @@ class _PipeLoop(Protocol):
 
 def _create_instance(spec: PipeSpec) -> windows_utils.PipeHandle:
     attributes = win32security.SECURITY_ATTRIBUTES()
+    # pywin32 makes handles inheritable by default: a process the service starts with
+    # inheritance (the docker CLI as a user) must never receive a user's pipe.
+    attributes.bInheritHandle = 0
     attributes.SECURITY_DESCRIPTOR = (
         win32security.ConvertStringSecurityDescriptorToSecurityDescriptor(
             spec.sddl, SDDL_REVISION_1
