@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import json
 import os
 import re
@@ -551,18 +552,27 @@ def socket_clients(path: Path, *, exclude_pids: Iterable[int] = ()) -> list[Sock
     return clients
 
 
-def container_socket_mounts(container: Mapping[str, Any], upstream: Path) -> list[dict[str, str]]:
+def container_socket_mounts(
+    container: Mapping[str, Any], upstream: Path, *, resolve: bool = True
+) -> list[dict[str, str]]:
     """The mounts of a container (from ``/containers/json`` or ``/containers/{id}/json``)
-    that expose the daemon socket: the socket itself or a directory holding it."""
-    socket_paths = {str(upstream), os.path.realpath(upstream), *DEFAULT_DAEMON_SOCKETS}
+    that expose the daemon socket: the socket itself or a directory holding it.
+
+    ``resolve=False`` (a Windows user's Desktop pipe): names are compared as written and
+    a ``npipe`` mount counts too; nothing is resolved, since resolving a pipe's name as
+    LocalSystem would open it, as a client the pipe's server could impersonate."""
+    socket_paths = {str(upstream), *DEFAULT_DAEMON_SOCKETS}
+    if resolve:
+        socket_paths.add(os.path.realpath(upstream))
+    kinds = ("bind",) if resolve else ("bind", "npipe")
     exposing: list[dict[str, str]] = []
     for mount in container.get("Mounts") or []:
-        if not isinstance(mount, Mapping) or mount.get("Type", "bind") != "bind":
+        if not isinstance(mount, Mapping) or mount.get("Type", "bind") not in kinds:
             continue
         source = str(mount.get("Source") or "")
         if not source:
             continue
-        real = os.path.realpath(source)
+        real = os.path.realpath(source) if resolve else source
         hit = source in socket_paths or real in socket_paths
         if not hit:
             folder = real.rstrip("/") + "/"
@@ -613,6 +623,8 @@ class BypassMonitor:
         max_backoff: float = 30.0,
         grace: float = DECISION_GRACE,
         tag_grace: float = TAG_GRACE,
+        connect: docker_api.Connect | None = None,
+        fix: str | None = None,
         upstream_uid: int | None = None,
         upstream_executables: tuple[str, ...] | None = None,
         on_listener: Callable[[ListenerError | None], None] | None = None,
@@ -628,6 +640,10 @@ class BypassMonitor:
         self.on_listener = on_listener
         self.listener_problem: str | None = None
         self.sink = sink
+        # A Windows user's Desktop pipe: opened (and its server checked) by ``connect``;
+        # no unix socket to resolve or find clients of. ``fix``: what a user does instead.
+        self.connect = connect
+        self.fix = fix
         self.shim_listen = shim_listen
         self.own_pid = os.getpid() if own_pid is None else own_pid
         self.interval = interval
@@ -709,14 +725,7 @@ class BypassMonitor:
         while not self._closing:
             followed = False
             try:
-                async with docker_api.stream(
-                    self.upstream,
-                    self._events_target(),
-                    timeout=self.request_timeout,
-                    user_agent=USER_AGENT,
-                    listener_uid=self.upstream_uid,
-                    listener_executables=self.upstream_executables,
-                ) as answer:
+                async with self._open_events() as answer:
                     self._listener_passed()
                     if answer.status != 200:
                         raise DockerAPIError(f"GET /events answered {answer.status}")
@@ -768,9 +777,30 @@ class BypassMonitor:
         if self.on_listener is not None:
             self.on_listener(None)
 
-    async def _get_json(self, target: str) -> Any:
-        """The daemon's JSON answer to ``GET target``; OSError or ValueError if none."""
-        answer = await docker_api.request(
+    def _open_events(self) -> contextlib.AbstractAsyncContextManager[docker_api.Stream]:
+        """``GET /events`` on the daemon's socket (its listener checked in Docker Desktop
+        mode), or over ``connect``."""
+        target = self._events_target()
+        if self.connect is not None:
+            return docker_api.stream_over(
+                self.connect, target, timeout=self.request_timeout, user_agent=USER_AGENT
+            )
+        return docker_api.stream(
+            self.upstream,
+            target,
+            timeout=self.request_timeout,
+            user_agent=USER_AGENT,
+            listener_uid=self.upstream_uid,
+            listener_executables=self.upstream_executables,
+        )
+
+    async def _request(self, target: str) -> docker_api.Response:
+        """``GET target`` as :meth:`_open_events` connects."""
+        if self.connect is not None:
+            return await docker_api.request_over(
+                self.connect, "GET", target, timeout=self.request_timeout, user_agent=USER_AGENT
+            )
+        return await docker_api.request(
             self.upstream,
             "GET",
             target,
@@ -779,6 +809,10 @@ class BypassMonitor:
             listener_uid=self.upstream_uid,
             listener_executables=self.upstream_executables,
         )
+
+    async def _get_json(self, target: str) -> Any:
+        """The daemon's JSON answer to ``GET target``; OSError or ValueError if none."""
+        answer = await self._request(target)
         if answer.status != 200:
             raise DockerAPIError(f"GET {target} answered {answer.status}")
         return json.loads(answer.body)
@@ -829,7 +863,7 @@ class BypassMonitor:
             details = dict(finding.details)
             details["suspects"] = suspects
             if finding.severity == "warning":
-                details["fix"] = (
+                details["fix"] = self.fix or (
                     f"point docker at the shim (unix://{self.shim_listen}): "
                     "`pullgate context install`, or unset DOCKER_HOST"
                 )
@@ -866,6 +900,8 @@ class BypassMonitor:
         return emitted
 
     async def _client_findings(self) -> list[Finding]:
+        if self.connect is not None:  # no unix socket whose clients the kernel could name
+            return []
         async with self._scan_lock:
             try:
                 return await asyncio.to_thread(self._client_findings_sync)
@@ -928,7 +964,7 @@ class BypassMonitor:
                 self._emit(finding)
 
     def _container_finding(self, container: Mapping[str, Any]) -> Finding | None:
-        mounts = container_socket_mounts(container, self.upstream)
+        mounts = container_socket_mounts(container, self.upstream, resolve=self.connect is None)
         if not mounts:
             return None
         container_id = str(container.get("Id") or "")

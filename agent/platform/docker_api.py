@@ -38,6 +38,7 @@ __all__ = [
     "request_over",
     "request_sync",
     "stream",
+    "stream_over",
 ]
 
 DEFAULT_MAX_BODY: Final = 64 * 1024 * 1024
@@ -289,10 +290,25 @@ async def stream(
 ) -> AsyncIterator[Stream]:
     """``GET target`` with the head read within ``timeout``; the body streams unbounded.
     ``listener_uid`` and ``listener_executables`` as for :func:`request`."""
+    async with stream_over(
+        lambda: _open_checked(socket_path, listener_uid, listener_executables),
+        target,
+        timeout=timeout,
+        user_agent=user_agent,
+    ) as answer:
+        yield answer
+
+
+@contextlib.asynccontextmanager
+async def stream_over(
+    connect: Connect, target: str, *, timeout: float = 30.0, user_agent: str = "pullgate"
+) -> AsyncIterator[Stream]:
+    """:func:`stream` on a connection ``connect`` opens (a Windows user's Docker Desktop
+    pipe: the bypass monitor's ``GET /events``)."""
     data = _request_bytes("GET", target, user_agent)
     answer = _Answer("GET", None)
     async with asyncio.timeout(timeout):
-        reader, writer = await _open_checked(socket_path, listener_uid, listener_executables)
+        reader, writer = await connect()
     try:
         writer.write(data)
         await writer.drain()
