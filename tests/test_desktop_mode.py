@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import pwd
@@ -400,16 +401,19 @@ class DesktopRig:
                     records.append(json.loads(line))
         return records
 
-    def start_desktop(self) -> None:
-        """The user's "Docker Desktop": their own listener on ~/.docker/desktop/docker.sock."""
-        self.user.run("mkdir", "-p", str(self.desktop_sock.parent))
+    def start_desktop(self, user: OSUser | None = None) -> Path:
+        """A user's "Docker Desktop" (the rig's user's by default): their own listener on
+        ~/.docker/desktop/docker.sock; its path."""
+        user = user or self.user
+        sock = user.home / ".docker" / "desktop" / "docker.sock"
+        user.run("mkdir", "-p", str(sock.parent))
         with contextlib.suppress(FileNotFoundError):
-            self.desktop_sock.unlink()
+            sock.unlink()
         proc = _start(
-            self.user.command(
+            user.command(
                 str(self.desktop_exe),
                 str(self.scratch / "fwd.py"),
-                str(self.desktop_sock),
+                str(sock),
                 str(self.bridge),
             )
         )
@@ -418,6 +422,7 @@ class DesktopRig:
         assert proc.stdout.readline().strip() == "ready", (
             "the user's Desktop stand-in did not start"
         )
+        return sock
 
     def stop_desktop(self) -> None:
         for proc in self.forwarders[1:]:
@@ -648,6 +653,65 @@ def test_direct_use_of_the_desktop_socket_is_reported(rig: DesktopRig) -> None:
         ],
     )
     assert str(rig.desktop_sock) in json.dumps(found[-1])
+
+
+def _monitor_following(rig: DesktopRig, uid: int) -> bool:
+    """``uid``'s endpoint has its context and its monitor follows its Desktop's events."""
+    endpoint = rig.endpoints().get(uid)
+    return (
+        endpoint is not None
+        and endpoint["context"].startswith("selected")
+        and bool(endpoint["bypass_monitor"]["following_events"])
+    )
+
+
+def test_one_users_allowed_pull_does_not_explain_anothers_direct_pull(rig: DesktopRig) -> None:
+    """Each endpoint's bypass monitor judges its daemon's events by what went through that
+    endpoint only: the user pulls alpine through theirs, then the other user, with a
+    Desktop of their own, pulls alpine from it directly within the approval window; the
+    other user's monitor reports it (a ledger shared by both endpoints explained it).
+
+    Both stand-in Desktops lead to the one test dockerd, so each monitor also sees the
+    other's pulls: only the record of the other user's monitor for a pull after the
+    user's is looked for."""
+    other = rig.other
+    session = rig.sessions / str(other.uid)
+    other_sock = rig.start_desktop(other)
+    try:
+        session.mkdir()
+        os.chown(session, other.uid, other.gid)
+        for uid in (rig.user.uid, other.uid):
+            _wait(
+                f"uid {uid}'s monitor following its Desktop's events",
+                functools.partial(_monitor_following, rig, uid),
+                detail=lambda: str(rig.status()["desktop"]),
+            )
+        through = _docker(rig, rig.user, "pull", "alpine")
+        assert through.returncode == 0, through.stderr
+        started = time.time()
+        direct = other.run(USER_DOCKER_CLI, "-H", f"unix://{other_sock}", "pull", "alpine")
+        assert direct.returncode == 0, direct.stderr
+
+        def reported() -> list[dict[str, Any]]:
+            return [
+                r
+                for r in rig.audit()
+                if r.get("event.action") == "bypass-suspected"
+                and (d := r.get("pullgate.details") or {}).get("upstream") == str(other_sock)
+                and "alpine" in str(d.get("image"))
+                and float(d.get("event_time") or 0) >= started
+            ]
+
+        (found, *_) = _wait("the other user's direct pull reported", reported, timeout=20)
+        assert found["pullgate.details"]["shim"] == str(
+            rig.users_dir / str(other.uid) / "docker.sock"
+        )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            session.rmdir()
+        _wait("the other user's endpoint to go", lambda: other.uid not in rig.endpoints())
+        _stop(rig.forwarders.pop())
+        other.run("rm", "-f", str(other_sock))
 
 
 def test_symlink_to_a_root_daemon_is_refused_reported_and_audited(rig: DesktopRig) -> None:

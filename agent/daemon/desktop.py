@@ -38,12 +38,13 @@ from agent.core.desktop import (
     EndpointPlan,
     desktop_executables,
     plan_endpoints,
-    should_select_context,
 )
+from agent.core.desktop_context import choose_context, needs_current_host
 from agent.core.events import NoticeEvent
 from agent.core.policy.document import Policy
 from agent.daemon.bus import DecisionSink
 from agent.daemon.bypass import ApprovalLedger, BypassMonitor
+from agent.daemon.desktop_common import EndpointSink, RescanLoop
 from agent.daemon.shim import IdentitySource, Shim, ShimConfig
 from agent.platform.desktop_users import make_root_dir, session_users
 from agent.platform.paths import default_desktop_users_dir
@@ -110,7 +111,7 @@ class DesktopEndpoints:
         sessions_dir: Path | None = None,
         platform: str = sys.platform,
         interval: float = RESCAN_INTERVAL,
-        approved: ApprovalLedger | None = None,
+        watch: bool = False,
         docker_cli: str | None = None,
         protected: tuple[Path, ...] = (),
         executables: tuple[str, ...] | None = None,
@@ -126,44 +127,29 @@ class DesktopEndpoints:
         self.context_mode = context_mode
         self.sessions_dir = sessions_dir
         self.platform = platform
-        self.interval = interval
-        self.approved = approved
+        self.watch = watch  # a bypass monitor per endpoint, with the endpoint's own approvals
         self.docker_cli = docker_cli if docker_cli is not None else find_docker_cli()
         self.endpoints: dict[int, _Endpoint] = {}
-        self.task: asyncio.Task[None] | None = None
-        self.scans = 0
-        self.errors = 0
-        self.last_error: str | None = None
-        self.failing = False  # the last rescan failed
-        self._closing = False
+        self.rescans = RescanLoop(
+            self.rescan, sink, interval=interval, details={"users_dir": str(users_dir)}
+        )
 
     # -- the service --------------------------------------------------------------------
 
     async def start(self) -> None:
         await asyncio.to_thread(make_root_dir, self.users_dir)  # refused: the agent stops
-        await self._rescan_reported()  # the users logged in now are served before "ready"
-        self.task = asyncio.get_running_loop().create_task(self._run(), name="desktop-rescan")
-        self.task.add_done_callback(self._ended)
+        await self.rescans.start()  # the users logged in now are served before "ready"
 
     async def close(self) -> None:
-        self._closing = True
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await self.rescans.stop()
         for uid in list(self.endpoints):
             await self._remove(uid, "agent stopping")
 
     def status(self) -> dict[str, Any]:
         """For ``GET /v1/status`` (``desktop``) and ``pullgate doctor``."""
-        running = self.task is not None and not self.task.done()
         return {
             "users_dir": str(self.users_dir),
-            "running": running,
-            "scans": self.scans,
-            "errors": self.errors,
-            "failing": self.failing,
-            "last_error": self.last_error,
+            **self.rescans.status(),
             "docker_cli": self.docker_cli,
             "context_mode": str(self.context_mode),
             "executables": list(self.executables),
@@ -181,49 +167,6 @@ class DesktopEndpoints:
                 for e in sorted(self.endpoints.values(), key=lambda e: e.plan.uid)
             ],
         }
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        if self._closing or task.cancelled():
-            return
-        error = task.exception()
-        self.last_error = f"the rescan task ended: {error!r}"
-        self.sink.emit(
-            NoticeEvent(
-                action="desktop-failure",
-                outcome="failure",
-                severity="warning",
-                reason=f"pullgate: Docker Desktop mode stopped following logins: {error!r}",
-            )
-        )
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self._rescan_reported()
-
-    async def _rescan_reported(self) -> None:
-        """One rescan; an error is counted and reported, never raised: one user's bad
-        socket path or a bug must not stop the others' endpoints or the agent."""
-        try:
-            await self.rescan()
-            self.failing = False
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            self.errors += 1
-            self.failing = True
-            message = f"{type(e).__name__}: {e}"
-            if message != self.last_error:  # once per distinct error, not every pass
-                self.sink.emit(
-                    NoticeEvent(
-                        action="desktop-failure",
-                        outcome="failure",
-                        severity="warning",
-                        reason=f"pullgate: Docker Desktop mode's rescan failed: {message}",
-                        details={"users_dir": str(self.users_dir)},
-                    )
-                )
-            self.last_error = message
 
     # -- one pass -------------------------------------------------------------------------
 
@@ -248,11 +191,12 @@ class DesktopEndpoints:
                 endpoint.context_task = asyncio.get_running_loop().create_task(
                     self._install_context(endpoint), name=f"desktop-context-{endpoint.plan.uid}"
                 )
-        self.scans += 1
 
     async def _add(self, plan: EndpointPlan) -> None:
         listen = Path(plan.listen)
         await asyncio.to_thread(make_root_dir, listen.parent)
+        # The monitor's approvals are what went through this endpoint (EndpointSink).
+        ledger = ApprovalLedger() if self.watch else None
         shim = Shim(
             ShimConfig(
                 listen=listen,
@@ -263,18 +207,18 @@ class DesktopEndpoints:
                 protected=self.protected,
             ),
             self.policy,
-            self.sink,
+            self.sink if ledger is None else EndpointSink(self.sink, ledger),
             audit_gate=self.audit_gate,
             identities=self.identities,
         )
         await shim.start()
         monitor = None
-        if self.approved is not None:
+        if ledger is not None:
             monitor = BypassMonitor(
                 Path(plan.upstream),
                 self.sink,
                 shim_listen=listen,
-                approved=self.approved,
+                approved=ledger,
                 upstream_uid=plan.uid,
                 upstream_executables=self.executables,
                 on_listener=lambda error: _listener_seen(shim, error),
@@ -362,21 +306,22 @@ class DesktopEndpoints:
                 plan, "context", "update", CONTEXT_NAME, "--docker", f"host={host}"
             )
         current = await self._docker(plan, "context", "show")
-        if self.context_mode is DesktopContext.INSTALL:
-            return f"installed; current context: {current or 'default'} (not changed: install)"
+        install_only = self.context_mode is DesktopContext.INSTALL
         current_host = None
-        if current not in (None, "default", CONTEXT_NAME):
-            assert current is not None
+        if not install_only and current is not None and needs_current_host(current, CONTEXT_NAME):
             current_host = await self._docker(
                 plan, "context", "inspect", current, "--format", "{{.Endpoints.docker.Host}}"
             )
-        desktop_host = f"unix://{plan.upstream}"
-        if should_select_context(current, current_host, desktop_host, CONTEXT_NAME):
+        choice = choose_context(
+            install_only=install_only,
+            current=current,
+            current_host=current_host,
+            desktop_host=f"unix://{plan.upstream}",
+            ours=CONTEXT_NAME,
+        )
+        if choice.select:
             await self._docker_ok(plan, "context", "use", CONTEXT_NAME)
-            return f"selected (was {current or 'default'})"
-        if current == CONTEXT_NAME:
-            return "selected"
-        return f"installed; the user's own context {current!r} ({current_host}) is kept"
+        return choice.status
 
     async def _docker_ok(self, plan: EndpointPlan, *args: str) -> None:
         if await self._docker(plan, *args, check=True) is None:  # pragma: no cover

@@ -231,7 +231,7 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
             identities=identities,
             context_mode=settings.desktop_context,
             sessions_dir=options.desktop_sessions,
-            approved=ledger if options.watch else None,
+            watch=options.watch,
             protected=(state_dir, audit.directory),
             executables=settings.desktop_executables,
         )
