@@ -274,14 +274,15 @@ def test_each_users_docker_context_points_at_their_pipe() -> None:
         windows.docker_context_create_args("S-1-5-18 --docker host=tcp://evil")
 
 
-def test_the_context_is_created_once_then_updated_never_selected() -> None:
+def test_the_context_is_created_once_then_updated() -> None:
     host = "host=npipe:////./pipe/pullgate_docker_" + SID
     (create,) = windows.docker_context_commands(SID, exists=False)
     assert create == windows.docker_context_create_args(SID)
     (update,) = windows.docker_context_commands(SID, exists=True)
     assert update == ("context", "update", windows.CONTEXT_NAME, "--docker", host)
     every = (*windows.docker_context_commands(SID, exists=False), update)
-    assert not any("use" in args for args in every)  # selecting it is the user's choice
+    # Selecting it is a decision of its own (tests/test_windows_desktop_monitor.py).
+    assert not any("use" in args for args in every)
 
 
 def test_the_users_own_commands_are_shell_ready() -> None:

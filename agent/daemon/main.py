@@ -208,9 +208,11 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
     desktop_status = None
     windows_endpoints = None
     if sys.platform == "win32":
-        from agent.daemon.windows_desktop import WindowsDesktopEndpoints  # noqa: PLC0415
+        from agent.daemon.windows_desktop import PipeMachine  # noqa: PLC0415
+        from agent.daemon.windows_endpoints import WindowsDesktopEndpoints  # noqa: PLC0415
 
         front = windows_endpoints = WindowsDesktopEndpoints(
+            machine=PipeMachine(),
             policy=current,
             sink=sink,
             control=None,  # the control server below, once made
@@ -218,6 +220,7 @@ def run_agent(options: AgentOptions, *, started: float | None = None) -> int:
             identities=identities,
             context_mode=settings.desktop_context,
             protected=(state_dir, audit.directory),
+            watch=options.watch,  # a bypass monitor per user on Desktop's pipe
         )
         desktop_status = windows_endpoints.status
     elif desktop:

@@ -1,24 +1,20 @@
-"""Docker Desktop mode on Windows: for each signed-in user, a shim on their own named pipe
-in front of Docker Desktop's ``\\\\.\\pipe\\docker_engine``, and the control API on their
-control pipe.
+"""Docker Desktop mode on Windows, the calls into Windows: each user's pipes
+(:class:`PipeEndpoint`, ``NamedPipeServer``), who is signed in, and the docker CLI run as
+a user with its output read back (:func:`run_as_session_user`). What is done with them
+(the rescan, the endpoints, the bypass monitors, the context rule) is
+``agent.daemon.windows_endpoints``, which runs and is tested on Linux
+(``run_agent`` gives it :class:`PipeMachine`).
 
-The agent is the LocalSystem service ``PullgateAgent``. Every few seconds it looks at who
-is signed in (``windows_sessions.signed_in_sessions``, ``windows.users_to_serve``) and
-applies the difference, as ``agent.daemon.desktop`` does with unix sockets on macOS and
-Linux:
-
-- the shim: a :class:`~agent.daemon.shim.Shim` whose transport is :class:`PipeEndpoint`:
-  it serves ``\\\\.\\pipe\\pullgate_docker_<SID>`` (``NamedPipeServer``: the user's security
-  descriptor, the first instance flag, each client identified by its process's token
-  and a stranger cut off), connects to ``docker_engine`` with ``open_upstream`` (no
+- :class:`PipeEndpoint` is a user's shim transport: it serves
+  ``\\\\.\\pipe\\pullgate_docker_<SID>`` (``NamedPipeServer``: the user's security
+  descriptor, the first instance flag, each client identified by its process's token and
+  a stranger cut off), connects to ``docker_engine`` with ``open_upstream`` (no
   impersonation of the agent; only the user's own Desktop or a system service may serve
-  it), and names each client by its SID (``PeerInfo.user``, ``uid`` None), which is also
-  the key of their sign-in;
-- the control API: ``\\\\.\\pipe\\pullgate_control_<SID>``, each client handed to the one
-  ``ControlServer`` with its SID as the caller;
-- the user's ``pullgate`` docker context, created (or updated) by running Docker
-  Desktop's docker CLI as the user in their session (``CreateProcessAsUser`` with their
-  session's token), never selected for them.
+  it) for the shim and the bypass monitor alike, and names each client by its SID;
+- :func:`run_as_session_user` runs Docker Desktop's docker CLI in the user's session with
+  their token (``WTSQueryUserToken``, ``CreateProcessAsUserW``) and environment, so
+  nothing in their profile is written with the service's rights; its stdout and stderr
+  come back through two anonymous pipes, the only handles it inherits.
 
 Windows only, never imported elsewhere; type-checked with mypy ``--platform win32``,
 never run here (docs/deploy/windows.md says what a Windows runner must try first).
@@ -32,63 +28,73 @@ assert sys.platform == "win32"  # mypy reads the rest as Windows-only (ruff: E40
 
 import asyncio
 import contextlib
-import functools
-import os
+import ctypes
 import subprocess
+import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from ctypes import wintypes
+from dataclasses import replace
+from typing import Any, cast
 
 import pywintypes
 import win32api
 import win32event
+import win32file
+import win32pipe
 import win32process
 import win32profile
 import win32security
 import win32ts
+import winerror
 
-from agent.config.keys import DesktopContext
+from agent.core.desktop_context import MAX_CLI_OUTPUT, CappedOutput, CliResult
 from agent.core.events import NoticeEvent
 from agent.core.peer import PeerInfo
-from agent.core.policy.document import Policy
 from agent.daemon.bus import DecisionSink
-from agent.daemon.control_server import ControlServer
-from agent.daemon.shim import IdentitySource, ProtocolFactory, Shim, ShimConfig
+from agent.daemon.shim import ProtocolFactory
+from agent.daemon.windows_endpoints import ClientConnected, StreamPair
 from agent.platform import docker_api
 from agent.platform.named_pipe_server import (
-    NamedPipeError,
     NamedPipeServer,
     UpstreamRefusedError,
     open_upstream,
 )
 from agent.platform.peer import ListenerError, describe_peer
 from agent.platform.windows import (
-    CONTEXT_NAME,
+    CLI_CREATION_FLAGS,
     DESKTOP_ENGINE_PIPE,
-    DOCKER_CLI,
+    GENERIC_READ,
+    HANDLE_FLAG_INHERIT,
+    OPEN_EXISTING,
+    PROC_THREAD_ATTRIBUTE_HANDLE_LIST,
+    STARTF_USESTDHANDLES,
+    USER_DESKTOP,
     PipeClient,
     WindowsSession,
     attributed_sid,
-    context_instructions,
     control_pipe,
-    docker_context_commands,
     shim_pipe,
-    users_to_serve,
 )
 from agent.platform.windows_sessions import signed_in_sessions
 
-__all__ = ["RESCAN_INTERVAL", "PipeEndpoint", "WindowsDesktopEndpoints"]
+__all__ = [
+    "CLI_TIMEOUT",
+    "PipeEndpoint",
+    "PipeMachine",
+    "run_as_session_user",
+]
 
-RESCAN_INTERVAL = 2.0
-CLI_TIMEOUT_MS = 20_000
+CLI_TIMEOUT = 20.0
 _STREAM_LIMIT = 2**16
+_POLL_MS = 20
+_READ = 1 << 16
+_FILE_SHARE_READ_WRITE = 0x1 | 0x2
 
 
 class PipeEndpoint:
-    """A user's shim transport (``agent.daemon.shim.EndpointTransport``): their pipe in
-    front of Docker Desktop's."""
+    """A user's shim transport (``agent.daemon.shim.EndpointTransport``, and
+    ``windows_endpoints.UserTransport`` for the bypass monitor): their pipe in front of
+    Docker Desktop's."""
 
     def __init__(self, sid: str, sink: DecisionSink, upstream: str = DESKTOP_ENGINE_PIPE) -> None:
         self.sid = sid
@@ -115,18 +121,20 @@ class PipeEndpoint:
         # psutil's name, executable and command line, as for a unix client; no uid.
         return replace(describe_peer(client.pid, None, None), user=attributed_sid(self.sid, client))
 
-    async def request(self, method: str, target: str, timeout: float) -> docker_api.Response:
-        async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-            loop = asyncio.get_running_loop()
-            reader = asyncio.StreamReader(limit=_STREAM_LIMIT)
-            protocol = asyncio.StreamReaderProtocol(reader)
-            transport, _ = await open_upstream(self.upstream, self.sid, lambda: protocol)
-            return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
-
+    async def open_streams(self) -> StreamPair:
+        """A connection to Docker Desktop as streams, through ``open_upstream``'s check
+        (``ListenerError`` when refused): the shim's own requests, the bypass monitor's."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_STREAM_LIMIT)
+        protocol = asyncio.StreamReaderProtocol(reader)
         try:
-            return await docker_api.request_over(connect, method, target, timeout=timeout)
+            transport, _ = await open_upstream(self.upstream, self.sid, lambda: protocol)
         except UpstreamRefusedError as e:
             raise ListenerError(e.strerror) from e
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def request(self, method: str, target: str, timeout: float) -> docker_api.Response:
+        return await docker_api.request_over(self.open_streams, method, target, timeout=timeout)
 
     def _stranger(self, client: PipeClient) -> None:
         self.sink.emit(
@@ -141,287 +149,297 @@ class PipeEndpoint:
         )
 
 
-@dataclass
-class _Endpoint:
-    session: WindowsSession
-    shim: Shim
-    control: NamedPipeServer | None
-    added_at: float = field(default_factory=time.time)
-    context: str = "not installed yet"
-    context_error: str | None = None
-    context_task: asyncio.Task[None] | None = None
+class PipeMachine:
+    """``windows_endpoints.WindowsMachine`` on Windows itself."""
+
+    def sessions(self) -> list[WindowsSession]:
+        return signed_in_sessions()
+
+    def transport(self, sid: str, sink: DecisionSink) -> PipeEndpoint:
+        return PipeEndpoint(sid, sink)
+
+    def control_pipe(self, sid: str, client_connected: ClientConnected) -> NamedPipeServer:
+        return NamedPipeServer.for_streams(control_pipe(sid), sid, client_connected)
+
+    def run_cli(self, session_id: int, cli: str, args: tuple[str, ...]) -> CliResult:
+        return run_as_session_user(session_id, cli, args, timeout=CLI_TIMEOUT)
 
 
-class WindowsDesktopEndpoints:
-    """Each signed-in user's pipes, kept in step with who is signed in (a ``Service``)."""
+# ------------------------------------------------------------------ the CLI as the user
 
-    def __init__(
-        self,
-        *,
-        policy: Callable[[], Policy],
-        sink: DecisionSink,
-        control: ControlServer | None,
-        audit_gate: Callable[[], str | Awaitable[str | None] | None] | None = None,
-        identities: IdentitySource | None = None,
-        context_mode: DesktopContext = DesktopContext.ENFORCE,
-        protected: tuple[Path, ...] = (),
-        interval: float = RESCAN_INTERVAL,
-        sessions: Callable[[], list[WindowsSession]] = signed_in_sessions,
-        docker_cli: str = DOCKER_CLI,
-    ) -> None:
-        self.policy = policy
-        self.sink = sink
-        self.control = control
-        self.audit_gate = audit_gate
-        self.identities = identities
-        self.context_mode = context_mode
-        self.protected = protected
-        self.interval = interval
-        self.sessions = sessions
-        self.docker_cli = docker_cli
-        self.endpoints: dict[str, _Endpoint] = {}
-        self.refused: dict[str, str] = {}  # SID -> why its pipes could not be made
-        self.task: asyncio.Task[None] | None = None
-        self.scans = 0
-        self.errors = 0
-        self.last_error: str | None = None
-        self.failing = False
 
-    # -- the service --------------------------------------------------------------------
+class _StartupInfoW(ctypes.Structure):
+    _fields_ = [
+        ("cb", wintypes.DWORD),
+        ("lpReserved", wintypes.LPWSTR),
+        ("lpDesktop", wintypes.LPWSTR),
+        ("lpTitle", wintypes.LPWSTR),
+        ("dwX", wintypes.DWORD),
+        ("dwY", wintypes.DWORD),
+        ("dwXSize", wintypes.DWORD),
+        ("dwYSize", wintypes.DWORD),
+        ("dwXCountChars", wintypes.DWORD),
+        ("dwYCountChars", wintypes.DWORD),
+        ("dwFillAttribute", wintypes.DWORD),
+        ("dwFlags", wintypes.DWORD),
+        ("wShowWindow", wintypes.WORD),
+        ("cbReserved2", wintypes.WORD),
+        ("lpReserved2", ctypes.c_void_p),
+        ("hStdInput", wintypes.HANDLE),
+        ("hStdOutput", wintypes.HANDLE),
+        ("hStdError", wintypes.HANDLE),
+    ]
 
-    async def start(self) -> None:
-        await self._rescan_reported()  # those signed in now are served before "ready"
-        self.task = asyncio.get_running_loop().create_task(self._run(), name="desktop-rescan")
 
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        for sid in list(self.endpoints):
-            await self._remove(sid, "agent stopping")
+class _StartupInfoExW(ctypes.Structure):
+    _fields_ = [("StartupInfo", _StartupInfoW), ("lpAttributeList", ctypes.c_void_p)]
 
-    def status(self) -> dict[str, Any]:
-        running = self.task is not None and not self.task.done()
-        return {
-            "users_dir": None,
-            "running": running,
-            "scans": self.scans,
-            "errors": self.errors,
-            "failing": self.failing,
-            "last_error": self.last_error,
-            "docker_cli": self.docker_cli,
-            "context_mode": str(self.context_mode),
-            "endpoints": [
-                {
-                    "sid": sid,
-                    "user": e.session.user or sid,
-                    "session": e.session.session_id,
-                    "listen": shim_pipe(sid),
-                    "control": control_pipe(sid),
-                    "upstream": DESKTOP_ENGINE_PIPE,
-                    "upstream_problem": e.shim.upstream_problem,
-                    "context": e.context,
-                    "context_error": e.context_error,
-                    "bypass_monitor": None,  # not on Windows yet (docs/deploy/windows.md)
-                }
-                for sid, e in sorted(self.endpoints.items())
-            ],
-            "refused": dict(self.refused),
-        }
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self._rescan_reported()
+class _ProcessInformation(ctypes.Structure):
+    _fields_ = [
+        ("hProcess", wintypes.HANDLE),
+        ("hThread", wintypes.HANDLE),
+        ("dwProcessId", wintypes.DWORD),
+        ("dwThreadId", wintypes.DWORD),
+    ]
 
-    async def _rescan_reported(self) -> None:
-        """One rescan; an error is counted and reported, never raised (as on unix)."""
-        try:
-            await self.rescan()
-            self.failing = False
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            self.errors += 1
-            self.failing = True
-            message = f"{type(e).__name__}: {e}"
-            if message != self.last_error:
-                self.sink.emit(
-                    NoticeEvent(
-                        action="desktop-failure",
-                        outcome="failure",
-                        severity="warning",
-                        reason=f"pullgate: Docker Desktop mode's rescan failed: {message}",
-                    )
-                )
-            self.last_error = message
 
-    # -- one pass -------------------------------------------------------------------------
+_kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+_advapi32 = ctypes.WinDLL("advapi32", use_last_error=True)
+_userenv = ctypes.WinDLL("userenv", use_last_error=True)
 
-    async def rescan(self) -> None:
-        users = users_to_serve(await asyncio.to_thread(self.sessions))
-        for sid in [sid for sid in self.endpoints if sid not in users]:
-            await self._remove(sid, "signed out")
-        for sid in [sid for sid in self.refused if sid not in users]:
-            del self.refused[sid]
-        for sid, session in users.items():
-            if sid not in self.endpoints:
-                await self._add(sid, session)
-        self.scans += 1
+_InitializeProcThreadAttributeList = _kernel32.InitializeProcThreadAttributeList
+_InitializeProcThreadAttributeList.argtypes = [
+    ctypes.c_void_p,
+    wintypes.DWORD,
+    wintypes.DWORD,
+    ctypes.POINTER(ctypes.c_size_t),
+]
+_InitializeProcThreadAttributeList.restype = wintypes.BOOL
+_UpdateProcThreadAttribute = _kernel32.UpdateProcThreadAttribute
+_UpdateProcThreadAttribute.argtypes = [
+    ctypes.c_void_p,
+    wintypes.DWORD,
+    ctypes.c_size_t,  # DWORD_PTR
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+]
+_UpdateProcThreadAttribute.restype = wintypes.BOOL
+_DeleteProcThreadAttributeList = _kernel32.DeleteProcThreadAttributeList
+_DeleteProcThreadAttributeList.argtypes = [ctypes.c_void_p]
+_DeleteProcThreadAttributeList.restype = None
+_CreateProcessAsUserW = _advapi32.CreateProcessAsUserW
+_CreateProcessAsUserW.argtypes = [
+    wintypes.HANDLE,
+    wintypes.LPCWSTR,
+    wintypes.LPWSTR,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    wintypes.BOOL,
+    wintypes.DWORD,
+    ctypes.c_void_p,
+    wintypes.LPCWSTR,
+    ctypes.POINTER(_StartupInfoExW),
+    ctypes.POINTER(_ProcessInformation),
+]
+_CreateProcessAsUserW.restype = wintypes.BOOL
+_CreateEnvironmentBlock = _userenv.CreateEnvironmentBlock
+_CreateEnvironmentBlock.argtypes = [ctypes.POINTER(ctypes.c_void_p), wintypes.HANDLE, wintypes.BOOL]
+_CreateEnvironmentBlock.restype = wintypes.BOOL
+_DestroyEnvironmentBlock = _userenv.DestroyEnvironmentBlock
+_DestroyEnvironmentBlock.argtypes = [ctypes.c_void_p]
+_DestroyEnvironmentBlock.restype = wintypes.BOOL
 
-    async def _add(self, sid: str, session: WindowsSession) -> None:
-        shim = Shim(
-            ShimConfig(
-                listen=Path(shim_pipe(sid)),
-                upstream=Path(DESKTOP_ENGINE_PIPE),
-                protected=self.protected,
+_SPAWN_LOCK = threading.Lock()
+"""Held from making the child's handles inheritable to closing the service's copies, so
+two users' CLI runs (each in its own thread) never overlap there."""
+
+
+def _check(ok: object, what: str) -> None:
+    if not ok:
+        raise ctypes.WinError(ctypes.get_last_error(), f"{what} failed")
+
+
+def _no_inherit() -> Any:
+    attributes = win32security.SECURITY_ATTRIBUTES()
+    attributes.bInheritHandle = 0  # pywin32's default is inheritable
+    return attributes
+
+
+def _owned(handle: object) -> int:
+    """A pywin32 handle as a plain number this module closes (``CloseHandle``) itself,
+    so the object's own close on collection cannot close it again."""
+    detach = getattr(handle, "Detach", None)
+    return int(detach()) if callable(detach) else int(cast(int, handle))
+
+
+def _close(*handles: int) -> None:
+    for handle in handles:
+        with contextlib.suppress(pywintypes.error):
+            win32api.CloseHandle(handle)
+
+
+def run_as_session_user(
+    session_id: int,
+    cli: str,
+    args: tuple[str, ...],
+    *,
+    timeout: float = CLI_TIMEOUT,
+    limit: int = MAX_CLI_OUTPUT,
+) -> CliResult:
+    """Run ``cli args`` in ``session_id`` with its user's token, environment and profile
+    directory, hidden; its exit code and output (each stream kept up to ``limit`` bytes,
+    the rest read and dropped). Past ``timeout`` seconds the process is ended and
+    ``TimeoutError`` raised. Blocking: run it in a thread."""
+    token = win32ts.WTSQueryUserToken(session_id)
+    try:
+        profile = win32profile.GetUserProfileDirectory(token)
+        process, thread, out_read, err_read = _spawn(int(token), cli, args, profile)
+    finally:
+        with contextlib.suppress(pywintypes.error):
+            win32api.CloseHandle(token)
+    stdout, stderr = CappedOutput(limit), CappedOutput(limit)
+    try:
+        code = _wait_reading(process, [(out_read, stdout), (err_read, stderr)], timeout, args)
+    finally:
+        _close(process, thread, out_read, err_read)
+    return CliResult(
+        code, stdout.value, stderr.value, truncated=bool(stdout.dropped or stderr.dropped)
+    )
+
+
+def _spawn(token: int, cli: str, args: tuple[str, ...], cwd: str) -> tuple[int, int, int, int]:
+    """Create the process: (process, thread, stdout's read end, stderr's read end). The
+    child inherits exactly NUL as its stdin and the pipes' write ends; the service's
+    copies of those are closed before this returns."""
+    out_read, out_write = (_owned(h) for h in win32pipe.CreatePipe(_no_inherit(), 0))
+    err_read, err_write = (_owned(h) for h in win32pipe.CreatePipe(_no_inherit(), 0))
+    null = -1
+    environment = ctypes.c_void_p()
+    try:
+        null = _owned(
+            win32file.CreateFile(
+                "NUL", GENERIC_READ, _FILE_SHARE_READ_WRITE, _no_inherit(), OPEN_EXISTING, 0, None
+            )
+        )
+        _check(
+            _CreateEnvironmentBlock(ctypes.byref(environment), token, False),
+            "CreateEnvironmentBlock",
+        )
+        child = (null, out_write, err_write)
+        with _SPAWN_LOCK:
+            for handle in child:
+                win32api.SetHandleInformation(handle, HANDLE_FLAG_INHERIT, HANDLE_FLAG_INHERIT)
+            info = _create_process(
+                token, cli, args, cwd=cwd, environment=environment, handles=child
+            )
+    except BaseException:
+        _close(out_read, err_read)
+        raise
+    finally:
+        _close(out_write, err_write, *([null] if null != -1 else []))  # the child has its own
+        if environment.value:
+            _DestroyEnvironmentBlock(environment)
+    return int(info.hProcess), int(info.hThread), out_read, err_read
+
+
+def _create_process(
+    token: int,
+    cli: str,
+    args: tuple[str, ...],
+    *,
+    cwd: str,
+    environment: ctypes.c_void_p,
+    handles: tuple[int, int, int],
+) -> _ProcessInformation:
+    """``CreateProcessAsUserW`` with a STARTUPINFOEX that limits inheritance to
+    ``handles`` (stdin, stdout, stderr)."""
+    size = ctypes.c_size_t(0)
+    _InitializeProcThreadAttributeList(None, 1, 0, ctypes.byref(size))  # asks the size
+    attributes = ctypes.create_string_buffer(size.value)
+    _check(
+        _InitializeProcThreadAttributeList(attributes, 1, 0, ctypes.byref(size)),
+        "InitializeProcThreadAttributeList",
+    )
+    try:
+        inherited = (wintypes.HANDLE * len(handles))(*handles)
+        _check(
+            _UpdateProcThreadAttribute(
+                attributes,
+                0,
+                PROC_THREAD_ATTRIBUTE_HANDLE_LIST,
+                ctypes.addressof(inherited),
+                ctypes.sizeof(inherited),
+                None,
+                None,
             ),
-            self.policy,
-            self.sink,
-            audit_gate=self.audit_gate,
-            identities=self.identities,
-            transport=PipeEndpoint(sid, self.sink),
+            "UpdateProcThreadAttribute",
         )
-        control: NamedPipeServer | None = None
-        try:
-            await shim.start()
-            if self.control is not None:
-                control = NamedPipeServer.for_streams(
-                    control_pipe(sid), sid, functools.partial(self._control_client, sid)
-                )
-                await control.start()
-        except NamedPipeError as e:  # a squatter (PipeSquattedError) or no resources
-            await shim.close()
-            message = str(e)
-            if self.refused.get(sid) != message:  # once, not every rescan
-                self.sink.emit(
-                    NoticeEvent(
-                        action="desktop-endpoint",
-                        outcome="failure",
-                        severity="warning",
-                        reason=f"pullgate: cannot serve {session.user or sid}: {message}",
-                        details={"sid": sid},
-                    )
-                )
-            self.refused[sid] = message
-            return
-        self.refused.pop(sid, None)
-        endpoint = _Endpoint(session, shim, control)
-        self.endpoints[sid] = endpoint
-        self.sink.emit(
-            NoticeEvent(
-                action="desktop-endpoint",
-                outcome="success",
-                reason=f"serving {session.user or sid} on {shim_pipe(sid)}, in front of "
-                f"Docker Desktop at {DESKTOP_ENGINE_PIPE}",
-                details={"sid": sid, "listen": shim_pipe(sid), "upstream": DESKTOP_ENGINE_PIPE},
-            )
-        )
-        endpoint.context_task = asyncio.get_running_loop().create_task(
-            self._install_context(sid, endpoint), name=f"desktop-context-{sid}"
-        )
-
-    async def _remove(self, sid: str, why: str) -> None:
-        endpoint = self.endpoints.pop(sid, None)
-        if endpoint is None:
-            return
-        if endpoint.context_task is not None:
-            endpoint.context_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await endpoint.context_task
-        if endpoint.control is not None:
-            await endpoint.control.close()
-        await endpoint.shim.close()
-        self.sink.emit(
-            NoticeEvent(
-                action="desktop-endpoint",
-                outcome="success",
-                reason=f"stopped serving {endpoint.session.user or sid}: {why}",
-                details={"sid": sid, "listen": shim_pipe(sid)},
-            )
-        )
-
-    async def _control_client(
-        self, sid: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        assert self.control is not None
-        client = writer.get_extra_info("pipe_client")
-        if not isinstance(client, PipeClient):  # pragma: no cover - every pipe carries one
-            writer.close()
-            return
-        await self.control.serve_client(
-            reader, writer, (client.pid, attributed_sid(sid, client), None)
-        )
-
-    # -- the user's docker context --------------------------------------------------------
-
-    async def _install_context(self, sid: str, endpoint: _Endpoint) -> None:
-        """Create or update the ``pullgate`` context as the user; never raises."""
-        try:
-            endpoint.context = await asyncio.to_thread(
-                self._apply_context, sid, endpoint.session.session_id
-            )
-            endpoint.context_error = None
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # pywintypes.error, OSError, a timeout, a bug
-            message = (
-                f"the docker context for {endpoint.session.user or sid} could not be set: "
-                f"{e}; the user can run: {context_instructions(sid)}"
-            )
-            self.sink.emit(
-                NoticeEvent(
-                    action="desktop-context",
-                    outcome="failure",
-                    severity="warning",
-                    reason=f"pullgate: {message}",
-                    details={"sid": sid},
-                )
-            )
-            endpoint.context_error = message
-
-    def _apply_context(self, sid: str, session_id: int) -> str:
-        if not os.path.isfile(self.docker_cli):
-            raise FileNotFoundError(f"no docker CLI at {self.docker_cli}")
-        exists = self._docker_as_user(session_id, ("context", "inspect", CONTEXT_NAME)) == 0
-        for args in docker_context_commands(sid, exists=exists):
-            code = self._docker_as_user(session_id, args)
-            if code != 0:
-                raise RuntimeError(f"`docker {' '.join(args)}` as the user exited with {code}")
-        return f"installed (not selected: the user runs `docker context use {CONTEXT_NAME}`)"
-
-    def _docker_as_user(self, session_id: int, args: tuple[str, ...]) -> int:
-        """Run the docker CLI in ``session_id`` with its user's token and environment
-        (their ``%USERPROFILE%\\.docker``), hidden; its exit code. Nothing of the user's
-        is written with the service's rights."""
-        token = win32ts.WTSQueryUserToken(session_id)
-        try:
-            environment = win32profile.CreateEnvironmentBlock(token, False)
-            profile = win32profile.GetUserProfileDirectory(token)
-            startup = win32process.STARTUPINFO()
-            command = subprocess.list2cmdline([self.docker_cli, *args])
-            process, thread, _pid, _tid = win32process.CreateProcessAsUser(
+        startup = _StartupInfoExW()
+        startup.StartupInfo.cb = ctypes.sizeof(_StartupInfoExW)
+        startup.StartupInfo.lpDesktop = USER_DESKTOP
+        startup.StartupInfo.dwFlags = STARTF_USESTDHANDLES
+        startup.StartupInfo.hStdInput, startup.StartupInfo.hStdOutput = handles[0], handles[1]
+        startup.StartupInfo.hStdError = handles[2]
+        startup.lpAttributeList = ctypes.cast(attributes, ctypes.c_void_p)
+        info = _ProcessInformation()
+        command = ctypes.create_unicode_buffer(subprocess.list2cmdline([cli, *args]))
+        _check(
+            _CreateProcessAsUserW(
                 token,
-                self.docker_cli,
+                cli,
                 command,
-                win32security.SECURITY_ATTRIBUTES(),
-                win32security.SECURITY_ATTRIBUTES(),
-                False,
-                win32process.CREATE_NO_WINDOW | win32process.CREATE_UNICODE_ENVIRONMENT,
+                None,
+                None,
+                True,
+                CLI_CREATION_FLAGS,
                 environment,
-                profile,
-                startup,
-            )
-        finally:
-            with contextlib.suppress(pywintypes.error):
-                win32api.CloseHandle(token)
-        try:
-            if win32event.WaitForSingleObject(process, CLI_TIMEOUT_MS) != win32event.WAIT_OBJECT_0:
-                win32process.TerminateProcess(process, 1)
-                raise TimeoutError(f"`docker {' '.join(args)}` took over {CLI_TIMEOUT_MS} ms")
+                cwd,
+                ctypes.byref(startup),
+                ctypes.byref(info),
+            ),
+            f"CreateProcessAsUser({cli})",
+        )
+        return info
+    finally:
+        _DeleteProcThreadAttributeList(attributes)
+
+
+def _wait_reading(
+    process: int,
+    streams: list[tuple[int, CappedOutput]],
+    timeout: float,
+    args: tuple[str, ...],
+) -> int:
+    """Read the child's output as it comes (only what is there: never a blocking read,
+    so a grandchild holding a pipe open cannot hang the agent) until it exits; its exit
+    code. Ended and ``TimeoutError`` past ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    reading = list(streams)
+    while True:
+        reading = [(pipe, output) for pipe, output in reading if _read_available(pipe, output)]
+        if win32event.WaitForSingleObject(process, _POLL_MS) == win32event.WAIT_OBJECT_0:
+            for pipe, output in reading:  # what it wrote before it exited
+                _read_available(pipe, output)
             return int(win32process.GetExitCodeProcess(process))
-        finally:
-            for handle in (process, thread):
-                with contextlib.suppress(pywintypes.error):
-                    win32api.CloseHandle(handle)
+        if time.monotonic() > deadline:
+            with contextlib.suppress(pywintypes.error):
+                win32process.TerminateProcess(process, 1)
+            raise TimeoutError(f"`docker {' '.join(args)}` took over {timeout:g} s")
+
+
+def _read_available(pipe: int, output: CappedOutput) -> bool:
+    """Read what is waiting in ``pipe``; False once its writers closed it and it is empty."""
+    while True:
+        try:
+            _data, available, _left = win32pipe.PeekNamedPipe(pipe, 0)
+            if not available:
+                return True
+            _result, chunk = win32file.ReadFile(pipe, min(int(available), _READ))
+        except pywintypes.error as e:
+            if e.winerror == winerror.ERROR_BROKEN_PIPE:
+                return False
+            raise
+        output.feed(bytes(chunk))

@@ -27,18 +27,25 @@ from typing import Final
 
 __all__ = [
     "ADMINISTRATORS_SID",
+    "CLI_CREATION_FLAGS",
     "CONTEXT_NAME",
+    "CONTEXT_SHOW_ARGS",
     "CONTROL_PIPE_PREFIX",
     "DESKTOP_ENGINE_PIPE",
+    "DESKTOP_PIPES",
     "DOCKER_CLI",
     "EVENT_SOURCE",
+    "HANDLE_FLAG_INHERIT",
     "LOCAL_SYSTEM_SID",
     "PIPE_ROOT",
+    "PROC_THREAD_ATTRIBUTE_HANDLE_LIST",
     "SERVICE_ARGUMENTS",
     "SERVICE_DISPLAY_NAME",
     "SERVICE_NAME",
     "SHIM_PIPE_PREFIX",
+    "STARTF_USESTDHANDLES",
     "UPSTREAM_FLAGS",
+    "USER_DESKTOP",
     "ClientVerdict",
     "PipeClient",
     "PipeSpec",
@@ -47,11 +54,15 @@ __all__ = [
     "agent_log_path",
     "attributed_sid",
     "audit_dir",
+    "bypass_fix",
     "check_sid",
+    "context_inspect_args",
     "context_instructions",
+    "context_use_args",
     "control_pipe",
     "control_pipe_pattern",
     "data_dir",
+    "desktop_host",
     "docker_context_commands",
     "docker_context_create_args",
     "docker_host",
@@ -430,22 +441,91 @@ DOCKER_CLI: Final = r"C:\Program Files\Docker\Docker\resources\bin\docker.exe"
 """Docker Desktop's docker CLI (its installer's default place), run as each user."""
 
 
-def docker_context_commands(sid: str, *, exists: bool) -> tuple[tuple[str, ...], ...]:
+def docker_context_commands(
+    sid: str, *, exists: bool, host: str | None = None
+) -> tuple[tuple[str, ...], ...]:
     """The docker commands that leave the user's ``pullgate`` context pointing at their
-    shim pipe: ``context update`` when ``context inspect pullgate`` succeeded, else
-    ``context create``. Selecting it (``context use``) is left to the user (see
-    docs/deploy/windows.md)."""
-    if exists:
-        return (
-            (
-                "context",
-                "update",
-                CONTEXT_NAME,
-                "--docker",
-                f"host={docker_host(shim_pipe(sid))}",
-            ),
-        )
-    return (docker_context_create_args(sid),)
+    shim pipe: ``context create`` when ``context inspect pullgate`` failed, ``context
+    update`` when it leads elsewhere (or its host could not be read), nothing when it
+    already leads there. Whether to select it is ``agent.core.desktop_context``'s rule."""
+    ours = docker_host(shim_pipe(sid))
+    if not exists:
+        return (docker_context_create_args(sid),)
+    if host == ours:
+        return ()
+    return (("context", "update", CONTEXT_NAME, "--docker", f"host={ours}"),)
+
+
+CONTEXT_SHOW_ARGS: Final = ("context", "show")
+"""The user's current context (``agent.core.desktop_context.parse_context_show``)."""
+
+
+def context_inspect_args(name: str) -> tuple[str, ...]:
+    """``docker context inspect NAME``: JSON (``agent.core.desktop_context.
+    parse_context_host``). The caller passes only a name docker accepts
+    (``valid_context_name``), so it is never read as an option."""
+    return ("context", "inspect", name)
+
+
+def context_use_args() -> tuple[str, ...]:
+    """Select the ``pullgate`` context (``desktop_context: enforce``)."""
+    return ("context", "use", CONTEXT_NAME)
+
+
+def bypass_fix(sid: str) -> str:
+    """What a bypass notice tells the user ``sid`` to do instead of using Docker
+    Desktop's pipe directly."""
+    return (
+        f"point docker at the shim ({docker_host(shim_pipe(sid))}): "
+        f"`docker context use {CONTEXT_NAME}`, or unset DOCKER_HOST"
+    )
+
+
+DESKTOP_PIPES: Final = frozenset(
+    {"docker_engine", "dockerdesktoplinuxengine", "dockerdesktopwindowsengine"}
+)
+"""Docker Desktop's own pipes, lower-cased (pipe names are case-insensitive): the engine
+the agent forwards to and those of Desktop's ``desktop-linux`` and ``desktop-windows``
+contexts. A context leading to one of them goes around the shim."""
+
+
+def desktop_host(host: str | None) -> str | None:
+    """``host`` as the context rule must compare it: any spelling of one of Docker
+    Desktop's pipes (``npipe:///./pipe/Docker_Engine``) becomes ``docker_host`` of
+    ``DESKTOP_ENGINE_PIPE``, so a context of the user's that leads straight to Desktop is
+    replaced like Desktop's own; any other host is returned as it is."""
+    if host is None:
+        return None
+    try:
+        pipe = pipe_from_docker_host(host)
+    except WindowsNameError:
+        return host
+    if pipe[len(PIPE_ROOT) :].lower() in DESKTOP_PIPES:
+        return docker_host(DESKTOP_ENGINE_PIPE)
+    return host
+
+
+# CreateProcessAsUser's flags for the docker CLI run as the user (winbase.h, winnt.h).
+CREATE_UNICODE_ENVIRONMENT: Final = 0x00000400
+EXTENDED_STARTUPINFO_PRESENT: Final = 0x00080000
+CREATE_NO_WINDOW: Final = 0x08000000
+STARTF_USESTDHANDLES: Final = 0x00000100
+HANDLE_FLAG_INHERIT: Final = 0x00000001
+PROC_THREAD_ATTRIBUTE_HANDLE_LIST: Final = 0x00020002  # ProcThreadAttributeHandleList | INPUT
+
+CLI_CREATION_FLAGS: Final = (
+    CREATE_NO_WINDOW | CREATE_UNICODE_ENVIRONMENT | EXTENDED_STARTUPINFO_PRESENT
+)
+"""The docker CLI runs hidden, with the user's environment block (UTF-16), and with a
+STARTUPINFOEX whose PROC_THREAD_ATTRIBUTE_HANDLE_LIST names the only handles it inherits:
+its stdin (NUL) and the write ends of the two pipes its output is read from. Without that
+list, ``bInheritHandles`` would hand the user's process every inheritable handle of the
+service (pywin32's SECURITY_ATTRIBUTES are inheritable unless told otherwise), other
+users' pipes among them."""
+
+USER_DESKTOP: Final = "winsta0\\default"
+"""The interactive desktop of the user's session, where their process is created (a
+service's own desktop does not exist in their session)."""
 
 
 def docker_context_create_args(sid: str) -> tuple[str, ...]:
