@@ -253,8 +253,10 @@ _DestroyEnvironmentBlock.argtypes = [ctypes.c_void_p]
 _DestroyEnvironmentBlock.restype = wintypes.BOOL
 
 _SPAWN_LOCK = threading.Lock()
-"""Held from making the child's handles inheritable to closing the service's copies, so
-two users' CLI runs (each in its own thread) never overlap there."""
+"""Held from making a child's handles inheritable to closing the service's copies. Each
+child's handle list already keeps two users' runs (each in its own thread) from
+inheriting each other's pipes; the lock keeps at most one set of inheritable handles in
+the service at any time, for as short as a process start."""
 
 
 def _check(ok: object, what: str) -> None:
@@ -276,9 +278,11 @@ def _owned(handle: object) -> int:
 
 
 def _close(*handles: int) -> None:
+    """Close each handle; -1 stands for one never made."""
     for handle in handles:
-        with contextlib.suppress(pywintypes.error):
-            win32api.CloseHandle(handle)
+        if handle != -1:
+            with contextlib.suppress(pywintypes.error):
+                win32api.CloseHandle(handle)
 
 
 def run_as_session_user(
@@ -314,11 +318,11 @@ def _spawn(token: int, cli: str, args: tuple[str, ...], cwd: str) -> tuple[int, 
     """Create the process: (process, thread, stdout's read end, stderr's read end). The
     child inherits exactly NUL as its stdin and the pipes' write ends; the service's
     copies of those are closed before this returns."""
-    out_read, out_write = (_owned(h) for h in win32pipe.CreatePipe(_no_inherit(), 0))
-    err_read, err_write = (_owned(h) for h in win32pipe.CreatePipe(_no_inherit(), 0))
-    null = -1
+    out_read = out_write = err_read = err_write = null = -1
     environment = ctypes.c_void_p()
     try:
+        out_read, out_write = (_owned(h) for h in win32pipe.CreatePipe(_no_inherit(), 0))
+        err_read, err_write = (_owned(h) for h in win32pipe.CreatePipe(_no_inherit(), 0))
         null = _owned(
             win32file.CreateFile(
                 "NUL", GENERIC_READ, _FILE_SHARE_READ_WRITE, _no_inherit(), OPEN_EXISTING, 0, None
@@ -330,16 +334,20 @@ def _spawn(token: int, cli: str, args: tuple[str, ...], cwd: str) -> tuple[int, 
         )
         child = (null, out_write, err_write)
         with _SPAWN_LOCK:
-            for handle in child:
-                win32api.SetHandleInformation(handle, HANDLE_FLAG_INHERIT, HANDLE_FLAG_INHERIT)
-            info = _create_process(
-                token, cli, args, cwd=cwd, environment=environment, handles=child
-            )
+            try:
+                for handle in child:
+                    win32api.SetHandleInformation(handle, HANDLE_FLAG_INHERIT, HANDLE_FLAG_INHERIT)
+                info = _create_process(
+                    token, cli, args, cwd=cwd, environment=environment, handles=child
+                )
+            finally:
+                _close(*child)  # the child has its own copies
+                out_write = err_write = null = -1
     except BaseException:
         _close(out_read, err_read)
         raise
     finally:
-        _close(out_write, err_write, *([null] if null != -1 else []))  # the child has its own
+        _close(out_write, err_write, null)
         if environment.value:
             _DestroyEnvironmentBlock(environment)
     return int(info.hProcess), int(info.hThread), out_read, err_read
