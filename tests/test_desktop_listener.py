@@ -270,6 +270,35 @@ def test_a_program_whose_file_was_replaced_is_seen_as_deleted(
     assert problem is not None and "deleted or replaced" in problem
 
 
+@linux_only
+def test_a_listed_path_names_the_program_by_its_file_not_the_kernels_spelling(
+    sleeper: tuple[Path, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """/proc/PID/exe spells the path from some root (a chroot, a sandbox's mount
+    namespace): the listed path whose file is that very inode names the program; a
+    listed path with another file does not."""
+    copy, proc = sleeper
+    if os.geteuid() != 0:
+        pytest.skip("a bind mount needs root")
+    seen = tmp_path / "seen"  # the same directory, reached by another path
+    seen.mkdir()
+    subprocess.run(["mount", "--bind", str(copy.parent), str(seen)], check=True)
+    try:
+        listed = str(seen / copy.name)
+        program = program_of(proc.pid, [listed])
+        assert (program.path, program.deleted) == (listed, False)
+        assert program.running is not None and program.at_path is not None
+        assert (program.running.ino, program.at_path.ino) == (copy.stat().st_ino,) * 2
+        other = tmp_path / "other"
+        shutil.copy(copy, other)
+        unmatched = program_of(proc.pid, [str(other)])
+        assert unmatched.path == str(copy)  # the kernel's spelling, for the message
+        problem = listener_program_problem(unmatched, [str(other)], LINUX)
+        assert problem is not None and "not Docker Desktop" in problem
+    finally:
+        subprocess.run(["umount", str(seen)], check=True)
+
+
 def _listen(path: Path) -> socket.socket:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))

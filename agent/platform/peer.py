@@ -118,7 +118,7 @@ def check_listener(
     from agent.platform.programs import program_of  # noqa: PLC0415 - Desktop mode only
 
     program = listener_program_problem(
-        program_of(pid), executables, executable_dir_groups(sys.platform)
+        program_of(pid, executables), executables, executable_dir_groups(sys.platform)
     )
     if program is not None:
         raise ListenerError(

@@ -1,10 +1,12 @@
 """Which program a process runs, and who could have changed its file: facts for
 ``agent.core.desktop.listener_program_problem`` (Docker Desktop mode's listener rule).
 
-- Linux: ``/proc/PID/exe``. Its link names the executable's path as the kernel resolved
-  it (with " (deleted)" once the file is gone or replaced), and ``stat`` through it
-  reaches the very inode the process runs, even deleted or in another mount namespace;
-  the core compares that inode with what is at the path in the agent's own view.
+- Linux: ``/proc/PID/exe``. ``stat`` through it reaches the very inode the process runs,
+  even deleted or in another mount namespace. The program is named by the listed path
+  (``desktop_executables``) whose file, in the agent's own view, is that inode: the link's
+  text is only the kernel's spelling of a path as seen from some root (a chroot or a
+  sandbox's mount namespace shows another prefix) and names the program only when no
+  listed file matches (with " (deleted)" once the file is gone or replaced).
 - macOS: ``proc_pidpath`` (libproc, through ctypes), then ``lstat`` of that path; there
   is no inode of the running file to compare (type-checked for darwin, never run here).
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Collection
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -29,17 +32,30 @@ _PATH_MAX = 4096  # PROC_PIDPATHINFO_MAXSIZE (4 * MAXPATHLEN)
 _libproc: Any = None  # macOS's libproc, loaded on first use
 
 
-def program_of(pid: int | None) -> ListenerProgram:
-    """What process ``pid`` runs (``pid`` None: the kernel did not say); never raises."""
+def program_of(pid: int | None, listed: Collection[str] = ()) -> ListenerProgram:
+    """What process ``pid`` runs (``pid`` None: the kernel did not say), named on Linux
+    by the ``listed`` path that is its very file if one is; never raises."""
     if pid is None or pid <= 0:
         return ListenerProgram(pid=None, unreadable="the kernel named no process")
     if sys.platform == "win32":  # Desktop's pipe is judged by windows_desktop instead
         return ListenerProgram(pid=pid, unreadable="not read on Windows")
     else:
-        return _posix_program(pid)
+        return _posix_program(pid, listed)
 
 
-def _posix_program(pid: int) -> ListenerProgram:
+def _listed_file(info: os.stat_result, listed: Collection[str]) -> str | None:
+    """The listed path whose file (not followed if a link) is the inode ``info`` is."""
+    for path in listed:
+        try:
+            at = os.lstat(path)
+        except OSError:
+            continue
+        if (at.st_dev, at.st_ino) == (info.st_dev, info.st_ino):
+            return path
+    return None
+
+
+def _posix_program(pid: int, listed: Collection[str]) -> ListenerProgram:
     try:
         if sys.platform == "darwin":
             path, deleted = _darwin_path(pid), False
@@ -48,8 +64,9 @@ def _posix_program(pid: int) -> ListenerProgram:
             link = f"/proc/{pid}/exe"
             target = os.readlink(link)
             info = os.stat(link)  # the inode the process runs, deleted or not
-            deleted = target.endswith(_DELETED)
-            path = target.removesuffix(_DELETED) if deleted else target
+            same = _listed_file(info, listed)
+            deleted = same is None and target.endswith(_DELETED)
+            path = same or (target.removesuffix(_DELETED) if deleted else target)
             running = _facts(path, info)
     except OSError as e:
         gone = e.errno in (errno.ENOENT, errno.ESRCH)
