@@ -47,6 +47,7 @@ DEBOOTSTRAP_PACKAGES = (
     "docker-registry",
     "busybox-static",
     "iproute2",
+    "socat",
     "ca-certificates",
 )
 USER = "dev"

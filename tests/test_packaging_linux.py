@@ -635,6 +635,139 @@ def test_08b_a_docker_group_user_cannot_reach_dockerd_through_a_container(
         assert other.returncode != 0 and "host's root" in other.stderr, other.stderr
 
 
+DESKTOP_BACKEND = "/opt/docker-desktop/bin/com.docker.backend"
+"""Docker Desktop for Linux's backend, which serves ~/.docker/desktop/docker.sock. Here a
+root-owned copy of socat at that path stands in for it (there is no Desktop VM)."""
+DESKTOP_DROP_IN = "/etc/systemd/system/pullgate-agent.service.d/desktop.conf"
+DESKTOP_CONFIG = '{\n  "enforcement": "desktop"\n}\n'
+
+
+def _current_context(system: BootedSystem, home: str) -> str | None:
+    """The user's current docker context from their config.json (Debian's docker 20.10
+    has no `docker context show`)."""
+    raw = system.run("cat", f"{home}/.docker/config.json", check=False).stdout
+    try:
+        current = json.loads(raw).get("currentContext")
+    except ValueError:
+        return None
+    return current if isinstance(current, str) else None
+
+
+def _doctor_line(system: BootedSystem, name: str) -> str:
+    doctor = system.run("pullgate", "doctor", check=False).stdout
+    return next((line for line in doctor.splitlines() if name in line), doctor)
+
+
+def test_08c_desktop_mode_under_the_packaged_unit_needs_the_documented_drop_in(
+    system: BootedSystem,
+) -> None:
+    """docs/deploy/linux.md: the unit's sandbox, made for the takeover, lets the agent
+    serve Desktop users their endpoint but neither open their Desktop socket nor write
+    their docker context; with the documented drop-in it does both."""
+    uid = system.run("id", "-u", USER).stdout.strip()
+    home = system.run("sh", "-c", f"getent passwd {USER} | cut -d: -f6").stdout.strip()
+    endpoint = f"/run/pullgate/users/{uid}/docker.sock"
+    bridge = "/run/desktop-bridge.sock"
+    system.run(
+        "sh",
+        "-c",
+        f"install -d -m 0755 {DESKTOP_BACKEND.rsplit('/', 1)[0]} && "
+        f"install -m 0755 /usr/bin/socat {DESKTOP_BACKEND}",
+    )
+    # "Docker Desktop": the user's own listener on their Desktop socket, leading (through
+    # a bridge root opens for them) to the machine's dockerd.
+    system.run(
+        "systemd-run",
+        "--unit=desktop-bridge",
+        "socat",
+        f"UNIX-LISTEN:{bridge},fork,user={USER},mode=600",
+        f"UNIX-CONNECT:{DAEMON_SOCKET}",
+    )
+    system.run("install", "-d", "-o", USER, "-m", "0700", f"/run/user/{uid}")
+    system.run(
+        "install", "-d", "-o", USER, "-m", "0700", f"{home}/.docker", f"{home}/.docker/desktop"
+    )
+    system.run(
+        "systemd-run",
+        f"--uid={USER}",
+        "--unit=desktop-backend",
+        DESKTOP_BACKEND,
+        f"UNIX-LISTEN:{home}/.docker/desktop/docker.sock,fork,mode=600",
+        f"UNIX-CONNECT:{bridge}",
+    )
+    system.run("cp", "/etc/pullgate/config.json", "/etc/pullgate/config.json.takeover")
+    try:
+        system.run("sh", "-c", f"cat > /etc/pullgate/config.json <<'EOF'\n{DESKTOP_CONFIG}EOF")
+        system.run("systemctl", "restart", "pullgate-agent.service")
+        system.wait_for(
+            "the user's endpoint",
+            lambda: system.run("test", "-S", endpoint, check=False).returncode == 0,
+        )
+        # The sandbox as shipped: the endpoint decides, the context step fails visibly.
+        denied = system.run(
+            "docker", "-H", f"unix://{endpoint}", "pull", DENIED, user=USER, check=False
+        )
+        assert "pullgate: pulling docker.io/someuser/tool:latest is not allowed" in (
+            denied.stderr
+        ), denied.stderr
+        # ... but cannot open the user's socket (root without CAP_DAC_OVERRIDE) ...
+        allowed = system.run(
+            "docker", "-H", f"unix://{endpoint}", "pull", ALLOWED, user=USER, check=False
+        )
+        assert allowed.returncode != 0, allowed.stdout
+        assert "cannot reach your Docker Desktop" in allowed.stderr, allowed.stderr
+        assert "this agent may not open it" in allowed.stderr, allowed.stderr
+        # ... nor write the user's context.
+        system.wait_for(
+            "doctor to fail the context step",
+            lambda: re.search(
+                r"FAIL +docker context of", _doctor_line(system, "docker context of")
+            ),
+        )
+        # With the documented drop-in the agent installs and selects the context as the user.
+        system.run("mkdir", "-p", DESKTOP_DROP_IN.rsplit("/", 1)[0])
+        system.run(
+            "sh",
+            "-c",
+            f"cat > {DESKTOP_DROP_IN} <<'EOF'\n[Service]\n"
+            "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_DAC_OVERRIDE\nProtectHome=no\n"
+            "ReadWritePaths=/home\nEOF",
+        )
+        system.run("systemctl", "daemon-reload")
+        system.run("systemctl", "restart", "pullgate-agent.service")
+        try:
+            system.wait_for(
+                "the context installed and selected as the user",
+                lambda: _current_context(system, home) == "pullgate",
+            )
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {_doctor_line(system, 'docker context of')}") from e
+        owners = system.run("sh", "-c", f"stat -c %U $(find {home}/.docker/contexts)").stdout
+        assert set(owners.split()) == {USER}, owners
+        line = _doctor_line(system, "docker context of")
+        assert re.search(r"OK +docker context of", line), line
+        line = _doctor_line(system, "Docker Desktop of")
+        assert re.search(r"OK +Docker Desktop of", line), line
+        # Through the context, as the developer types it.
+        denied = system.run("docker", "pull", DENIED, user=USER, check=False)
+        assert "pullgate: pulling docker.io/someuser/tool:latest is not allowed" in (
+            denied.stderr
+        ), denied.stderr
+        allowed = system.run("docker", "pull", ALLOWED, user=USER)
+        assert allowed.returncode == 0, allowed.stderr
+    finally:
+        system.run("rm", "-f", DESKTOP_DROP_IN, check=False)
+        system.run("mv", "/etc/pullgate/config.json.takeover", "/etc/pullgate/config.json")
+        system.run("systemctl", "stop", "desktop-backend", "desktop-bridge", check=False)
+        system.run("rm", "-rf", f"{home}/.docker", f"/run/user/{uid}", check=False)
+        system.run("systemctl", "daemon-reload")
+        system.run("systemctl", "restart", "pullgate-agent.service")
+        system.wait_for(
+            "the takeover back",
+            lambda: docker_as_user(system, "version").returncode == 0,
+        )
+
+
 def test_09_an_upgrade_keeps_config_state_and_the_audit_chain(
     system: BootedSystem, built: Built
 ) -> None:
