@@ -57,6 +57,7 @@ from agent.platform.desktop_users import (
     console_user,
     logind_users,
     make_root_dir,
+    missing_capabilities,
 )
 from agent.platform.paths import default_desktop_users_dir
 from agent.platform.peer import ListenerError, check_listener
@@ -189,6 +190,18 @@ def test_logind_users_are_uid_named_dirs_owned_by_that_uid(tmp_path: Path) -> No
     assert [u.uid for u in users] == [me]
     assert users[0].name == pwd.getpwuid(me).pw_name
     assert logind_users(tmp_path / "missing") == []
+
+
+def test_missing_capabilities_read_from_capeff() -> None:
+    full = "Name:\tpullgate\nCapEff:\t000001ffffffffff\n"
+    assert missing_capabilities(full) == []
+    # The packaged unit's bounding set: CAP_CHOWN, CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE.
+    takeover = f"CapEff:\t{(1 << 0) | (1 << 2) | (1 << 19):016x}\n"
+    assert missing_capabilities(takeover) == ["CAP_DAC_OVERRIDE", "CAP_SETGID", "CAP_SETUID"]
+    with_drop_in = f"CapEff:\t{(1 << 0) | (1 << 1) | (1 << 2) | (1 << 6) | (1 << 7):016x}\n"
+    assert missing_capabilities(with_drop_in) == []
+    assert missing_capabilities("Name:\tx\n") == []  # no line: nothing to say
+    assert missing_capabilities("CapEff:\tzz\n") == []
 
 
 def test_console_user_is_the_owner_of_the_console(tmp_path: Path) -> None:
@@ -778,8 +791,10 @@ def test_status_reports_the_supervised_rescan(rig: DesktopRig) -> None:
     assert desktop["running"] is True
     assert desktop["failing"] is False
     assert desktop["scans"] >= 1
+    assert desktop["privilege_problems"] == []  # root with every capability
     checks = rig.doctor()
     assert checks["desktop endpoints"]["result"] == "OK", checks
+    assert "agent's privileges for Desktop mode" not in checks
     who = f"{rig.user.name} ({rig.user.uid})"
     assert checks[f"Docker Desktop of {who}"]["result"] == "OK", checks
     assert checks[f"docker context of {who}"]["result"] == "OK", checks

@@ -717,7 +717,11 @@ def test_08c_desktop_mode_under_the_packaged_unit_needs_the_documented_drop_in(
         assert allowed.returncode != 0, allowed.stdout
         assert "cannot reach your Docker Desktop" in allowed.stderr, allowed.stderr
         assert "this agent may not open it" in allowed.stderr, allowed.stderr
-        # ... nor write the user's context.
+        # ... nor write the user's context; doctor says what the sandbox stops and why.
+        line = _doctor_line(system, "privileges for Desktop mode")
+        assert re.search(r"FAIL +agent's privileges for Desktop mode", line), line
+        assert "CAP_DAC_OVERRIDE" in line and "CAP_SETUID" in line, line
+        assert "/home is read-only" in line, line
         system.wait_for(
             "doctor to fail the context step",
             lambda: re.search(
@@ -748,6 +752,8 @@ def test_08c_desktop_mode_under_the_packaged_unit_needs_the_documented_drop_in(
         assert re.search(r"OK +docker context of", line), line
         line = _doctor_line(system, "Docker Desktop of")
         assert re.search(r"OK +Docker Desktop of", line), line
+        doctor = system.run("pullgate", "doctor", check=False).stdout
+        assert "privileges for Desktop mode" not in doctor, doctor
         # Through the context, as the developer types it.
         denied = system.run("docker", "pull", DENIED, user=USER, check=False)
         assert "pullgate: pulling docker.io/someuser/tool:latest is not allowed" in (

@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -346,6 +347,17 @@ def test_doctor_reports_records_lost_under_a_writable_agent(tmp_path: Path) -> N
         ({"running": False, "errors": 0}, "FAIL", "stopped"),
         ({"running": True, "errors": 2, "last_error": "judging: KeyError"}, "FAIL", "KeyError"),
         (None, "SKIP", "--no-watch"),
+        (
+            {
+                "running": True,
+                "following_events": False,
+                "errors": 0,
+                "listener_problem": "served by /usr/bin/python3 (pid 7), which is not Docker "
+                "Desktop",
+            },
+            "FAIL",
+            "not following the daemon's events: served by /usr/bin/python3",
+        ),
     ],
 )
 def test_doctor_fails_a_stopped_or_erring_bypass_watch(
@@ -426,3 +438,31 @@ def test_doctor_fails_a_refresh_loop_that_never_started(
         assert unstarted[0].fix == "restart the agent"
     else:
         assert unstarted == [], checks
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/exe")
+def test_doctor_asks_desktops_listener_what_the_agent_asks(tmp_path: Path) -> None:
+    """Doctor's own ping of a user's Desktop socket applies the agent's program rule
+    (status' ``executables``) besides the uid, and says what the agent's sandbox stops."""
+    from agent.cli.status_cmd import check_desktop
+
+    path = tmp_path / "docker.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+    endpoint = {"uid": os.getuid(), "user": "me", "upstream": str(path), "context": "pullgate"}
+    desktop: dict[str, Any] = {
+        "running": True,
+        "endpoints": [endpoint],
+        "executables": ["/opt/docker-desktop/bin/com.docker.backend"],
+        "privilege_problems": ["without CAP_DAC_OVERRIDE the agent cannot open users' sockets"],
+    }
+    try:
+        checks = {c.name: c for c in check_desktop(desktop, 0)}
+    finally:
+        server.close()
+    ping = checks["Docker Desktop of me (" + str(os.getuid()) + ")"]
+    assert ping.result == "FAIL" and "which is not Docker Desktop" in ping.detail, ping
+    privileges = checks["agent's privileges for Desktop mode"]
+    assert privileges.result == "FAIL" and "CAP_DAC_OVERRIDE" in privileges.detail
+    assert "docs/deploy/linux.md" in (privileges.fix or "")

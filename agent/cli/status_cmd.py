@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -437,19 +437,39 @@ def _upstream_fix(upstream: Path) -> str:
 
 
 def ping(
-    path: Path, timeout: float = PING_TIMEOUT, *, listener_uid: int | None = None
+    path: Path,
+    timeout: float = PING_TIMEOUT,
+    *,
+    listener_uid: int | None = None,
+    listener_executables: Collection[str] | None = None,
 ) -> tuple[int, str]:
     """``GET /_ping`` on a Docker API socket: (status, body); ``listener_uid``: only if
-    that user serves it (a user's Docker Desktop socket, Desktop mode)."""
+    that user serves it (a user's Docker Desktop socket, Desktop mode), and with
+    ``listener_executables`` from one of those programs, as the agent asks."""
     answer = request_sync(
-        path, "GET", "/_ping", timeout=timeout, max_body=4096, listener_uid=listener_uid
+        path,
+        "GET",
+        "/_ping",
+        timeout=timeout,
+        max_body=4096,
+        listener_uid=listener_uid,
+        listener_executables=listener_executables,
     )
     return answer.status, answer.body.decode("utf-8", errors="replace").strip()
 
 
-def check_ping(name: str, path: Path, fix: str, *, listener_uid: int | None = None) -> Check:
+def check_ping(
+    name: str,
+    path: Path,
+    fix: str,
+    *,
+    listener_uid: int | None = None,
+    listener_executables: Collection[str] | None = None,
+) -> Check:
     try:
-        code, body = ping(path, listener_uid=listener_uid)
+        code, body = ping(
+            path, listener_uid=listener_uid, listener_executables=listener_executables
+        )
     except OSError as e:  # DockerAPIError too: an answer that is not HTTP
         why = e.strerror or str(e) or repr(e)
         return Check(name, FAIL, f"GET /_ping on unix://{path} failed: {why}", fix)
@@ -920,6 +940,17 @@ def check_desktop(desktop: Mapping[str, Any], who: Principal) -> list[Check]:
         users_dir = desktop.get("users_dir")
         where = f" in {users_dir}" if users_dir is not None else ""  # None: Windows's pipes
         checks.append(Check(name, OK, f"enforcement: desktop; serving {served}{where}"))
+    privileges = [str(p) for p in desktop.get("privilege_problems") or []]
+    if privileges:
+        checks.append(
+            Check(
+                "agent's privileges for Desktop mode",
+                FAIL,
+                "; ".join(privileges),
+                "add the systemd drop-in of docs/deploy/linux.md (Docker Desktop for Linux), "
+                "then `systemctl daemon-reload` and `systemctl restart pullgate-agent`",
+            )
+        )
     if who != 0:
         endpoints = [e for e in endpoints if _serves(e, who)]
         if not endpoints:
@@ -932,6 +963,10 @@ def check_desktop(desktop: Mapping[str, Any], who: Principal) -> list[Check]:
                     "log out and in again; if it persists, tell your IT administrator",
                 )
             )
+    # The programs the agent accepts as Docker Desktop (desktop_executables): doctor asks
+    # the same of each listener as the agent does.
+    listed = desktop.get("executables")
+    executables = [str(x) for x in listed] if isinstance(listed, list) and listed else None
     for e in endpoints:
         user = f"{e.get('user')} ({_owner(e)})"
         if e.get("upstream_problem"):
@@ -960,6 +995,7 @@ def check_desktop(desktop: Mapping[str, Any], who: Principal) -> list[Check]:
                     Path(str(e.get("upstream"))),
                     fix,
                     listener_uid=owner if isinstance(owner, int) else -1,
+                    listener_executables=executables,
                 )
             )
         if e.get("context_error"):
@@ -994,6 +1030,14 @@ def check_bypass_monitor(monitor: object) -> Check:
             FAIL,
             f"{monitor['errors']} unexpected error(s), last: {monitor.get('last_error')}",
             fix,
+        )
+    if monitor.get("listener_problem"):
+        return Check(
+            name,
+            FAIL,
+            f"not following the daemon's events: {monitor['listener_problem']}",
+            "make the Docker Desktop socket Desktop's own again: quit what listens there and "
+            "restart Docker Desktop",
         )
     following = "following" if monitor.get("following_events") else "reconnecting to"
     return Check(name, OK, f"running, {following} the daemon's events")

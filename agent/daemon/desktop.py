@@ -46,7 +46,7 @@ from agent.daemon.bus import DecisionSink
 from agent.daemon.bypass import ApprovalLedger, BypassMonitor
 from agent.daemon.desktop_common import EndpointSink, RescanLoop
 from agent.daemon.shim import IdentitySource, Shim, ShimConfig
-from agent.platform.desktop_users import make_root_dir, session_users
+from agent.platform.desktop_users import desktop_privilege_problems, make_root_dir, session_users
 from agent.platform.paths import default_desktop_users_dir
 from agent.platform.peer import ListenerError
 
@@ -130,6 +130,8 @@ class DesktopEndpoints:
         self.watch = watch  # a bypass monitor per endpoint, with the endpoint's own approvals
         self.docker_cli = docker_cli if docker_cli is not None else find_docker_cli()
         self.endpoints: dict[int, _Endpoint] = {}
+        # What the agent's own privileges stop it doing (the packaged unit's sandbox).
+        self.privilege_problems: list[str] = []
         self.rescans = RescanLoop(
             self.rescan, sink, interval=interval, details={"users_dir": str(users_dir)}
         )
@@ -138,6 +140,20 @@ class DesktopEndpoints:
 
     async def start(self) -> None:
         await asyncio.to_thread(make_root_dir, self.users_dir)  # refused: the agent stops
+        self.privilege_problems = await asyncio.to_thread(desktop_privilege_problems)
+        if self.privilege_problems:
+            self.sink.emit(
+                NoticeEvent(
+                    action="desktop-privileges",
+                    outcome="failure",
+                    severity="warning",
+                    reason="pullgate: Docker Desktop mode cannot work fully here: "
+                    + "; ".join(self.privilege_problems)
+                    + ". Add the systemd drop-in of docs/deploy/linux.md (Docker Desktop "
+                    "for Linux) and restart pullgate-agent",
+                    details={"problems": self.privilege_problems},
+                )
+            )
         await self.rescans.start()  # the users logged in now are served before "ready"
 
     async def close(self) -> None:
@@ -153,6 +169,7 @@ class DesktopEndpoints:
             "docker_cli": self.docker_cli,
             "context_mode": str(self.context_mode),
             "executables": list(self.executables),
+            "privilege_problems": list(self.privilege_problems),
             "endpoints": [
                 {
                     "uid": e.plan.uid,

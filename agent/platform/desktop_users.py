@@ -30,8 +30,10 @@ __all__ = [
     "DEFAULT_SESSIONS_DIR",
     "UnsafeDirectoryError",
     "console_user",
+    "desktop_privilege_problems",
     "logind_users",
     "make_root_dir",
+    "missing_capabilities",
     "session_users",
 ]
 
@@ -126,3 +128,54 @@ def make_root_dir(path: Path, mode: int = 0o755) -> None:
                 f"{directory} is writable by others than its owner: a socket below it "
                 "could be replaced"
             )
+
+
+# Linux capability bits (linux/capability.h) Desktop mode needs beyond the takeover's.
+_DESKTOP_CAPABILITIES = {
+    "CAP_DAC_OVERRIDE": 1,  # open a user's Desktop socket (0600/0755: connect needs write)
+    "CAP_SETGID": 6,  # run the docker CLI as the user (their groups)
+    "CAP_SETUID": 7,  # ... and as their uid
+}
+
+
+def missing_capabilities(status: str) -> list[str]:
+    """The capabilities Desktop mode needs that ``/proc/self/status``'s ``CapEff`` lacks;
+    [] when the line is absent (not Linux, or a kernel that does not say)."""
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            try:
+                effective = int(line.split(":", 1)[1].strip(), 16)
+            except ValueError:
+                return []
+            return [name for name, bit in _DESKTOP_CAPABILITIES.items() if not effective >> bit & 1]
+    return []
+
+
+def desktop_privilege_problems(homes: Path = Path("/home")) -> list[str]:
+    """Why a root agent on Linux cannot do Desktop mode's work here (the packaged unit's
+    sandbox is made for the takeover: docs/deploy/linux.md's drop-in lifts it), each as
+    words for status and doctor; [] elsewhere or when nothing is missing."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return []
+    problems: list[str] = []
+    try:
+        missing = missing_capabilities(Path("/proc/self/status").read_text())
+    except OSError:
+        missing = []
+    if "CAP_DAC_OVERRIDE" in missing:
+        problems.append("without CAP_DAC_OVERRIDE the agent cannot open users' Desktop sockets")
+    if "CAP_SETUID" in missing or "CAP_SETGID" in missing:
+        problems.append(
+            "without CAP_SETUID and CAP_SETGID it cannot run the docker CLI as each user "
+            "(their docker context)"
+        )
+    try:
+        read_only = bool(os.statvfs(homes).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        problems.append(
+            f"{homes} is read-only for it (ProtectHome=/ProtectSystem=): the docker CLI "
+            "cannot write users' contexts"
+        )
+    return problems
