@@ -155,27 +155,30 @@ def desktop_privilege_problems(homes: Path = Path("/home")) -> list[str]:
     """Why a root agent on Linux cannot do Desktop mode's work here (the packaged unit's
     sandbox is made for the takeover: docs/deploy/linux.md's drop-in lifts it), each as
     words for status and doctor; [] elsewhere or when nothing is missing."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+    if sys.platform == "linux":  # /proc/self/status, statvfs's flags
+        if os.geteuid() != 0:
+            return []
+        problems: list[str] = []
+        try:
+            missing = missing_capabilities(Path("/proc/self/status").read_text())
+        except OSError:
+            missing = []
+        if "CAP_DAC_OVERRIDE" in missing:
+            problems.append("without CAP_DAC_OVERRIDE the agent cannot open users' Desktop sockets")
+        if "CAP_SETUID" in missing or "CAP_SETGID" in missing:
+            problems.append(
+                "without CAP_SETUID and CAP_SETGID it cannot run the docker CLI as each user "
+                "(their docker context)"
+            )
+        try:
+            read_only = bool(os.statvfs(homes).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        if read_only:
+            problems.append(
+                f"{homes} is read-only for it (ProtectHome=/ProtectSystem=): the docker CLI "
+                "cannot write users' contexts"
+            )
+        return problems
+    else:
         return []
-    problems: list[str] = []
-    try:
-        missing = missing_capabilities(Path("/proc/self/status").read_text())
-    except OSError:
-        missing = []
-    if "CAP_DAC_OVERRIDE" in missing:
-        problems.append("without CAP_DAC_OVERRIDE the agent cannot open users' Desktop sockets")
-    if "CAP_SETUID" in missing or "CAP_SETGID" in missing:
-        problems.append(
-            "without CAP_SETUID and CAP_SETGID it cannot run the docker CLI as each user "
-            "(their docker context)"
-        )
-    try:
-        read_only = bool(os.statvfs(homes).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only = False
-    if read_only:
-        problems.append(
-            f"{homes} is read-only for it (ProtectHome=/ProtectSystem=): the docker CLI "
-            "cannot write users' contexts"
-        )
-    return problems
