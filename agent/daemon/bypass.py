@@ -9,8 +9,8 @@ anything itself. Three sources of evidence:
   the shim did not approve (reconciled against the :class:`ApprovalLedger`, which the
   decision sink feeds with every allowed decision);
 - the processes holding a connection to the daemon socket, other than dockerd,
-  containerd and the agent (Linux: kernel socket diagnostics pair each client socket
-  with the daemon's accepted one; ``ss -xp`` is the fallback);
+  containerd and the agent (Linux: kernel socket diagnostics, ``agent.platform.unix_diag``,
+  pair each client socket with the daemon's accepted one; ``ss -xn`` is the fallback);
 - containers that mount the daemon socket (or a directory holding it).
 
 The ledger and :class:`Reconciler` are pure (values in, findings out); the monitor is the
@@ -26,8 +26,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -45,6 +43,15 @@ from agent.daemon.bus import DecisionSink
 from agent.platform import docker_api
 from agent.platform.docker_api import DockerAPIError
 from agent.platform.peer import ListenerError, describe_peer, process_ids
+from agent.platform.unix_diag import (
+    SHOW_NAME,
+    SHOW_PEER,
+    SHOW_VFS,
+    STATE_ESTABLISHED,
+    UnixSocket,
+    dump_unix_sockets,
+    socket_holders,
+)
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -379,91 +386,16 @@ class SocketClient:
     inode: int
 
 
-_NETLINK_SOCK_DIAG = 4
-_SOCK_DIAG_BY_FAMILY = 20
-_NLM_F_REQUEST = 0x1
-_NLM_F_DUMP = 0x300
-_NLMSG_ERROR = 2
-_NLMSG_DONE = 3
-_UDIAG_SHOW_NAME = 0x1
-_UDIAG_SHOW_VFS = 0x2
-_UDIAG_SHOW_PEER = 0x4
-_UNIX_DIAG_NAME = 0
-_UNIX_DIAG_VFS = 1
-_UNIX_DIAG_PEER = 2
-_TCP_ESTABLISHED = 1
 # A value, not a platform check, so mypy --platform darwin still checks the Linux code.
 _ON_LINUX = sys.platform.startswith("linux")
-
-
-def _diag_unix_sockets() -> list[tuple[int, str | None, int | None, int | None]]:
-    """(inode, bound name, peer inode, vfs inode) of every unix socket, from the kernel's
-    sock_diag netlink interface (what ``ss -x`` uses). Raises OSError where unavailable."""
-    # getattr: Linux has it, macOS (mypy --platform darwin) not; only called on Linux.
-    sock = socket.socket(getattr(socket, "AF_NETLINK", -1), socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
-    try:
-        sock.settimeout(5.0)
-        req = struct.pack(
-            "=BBHIIIII",
-            getattr(socket, "AF_UNIX", 1),  # getattr: mypy --platform win32 (never run there)
-            0,
-            0,
-            1 << _TCP_ESTABLISHED,
-            0,
-            _UDIAG_SHOW_NAME | _UDIAG_SHOW_VFS | _UDIAG_SHOW_PEER,
-            0xFFFFFFFF,
-            0xFFFFFFFF,
-        )
-        header = struct.pack(
-            "=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0
-        )
-        sock.send(header + req)
-        out: list[tuple[int, str | None, int | None, int | None]] = []
-        while True:
-            data = sock.recv(1 << 16)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, kind, _, _, _ = struct.unpack_from("=IHHII", data, offset)
-                if length < 16:
-                    return out
-                if kind == _NLMSG_DONE:
-                    return out
-                if kind == _NLMSG_ERROR:
-                    (errno,) = struct.unpack_from("=i", data, offset + 16)
-                    raise OSError(-errno, "sock_diag refused the unix socket dump")
-                body = data[offset + 16 : offset + length]
-                out.append(_parse_diag_msg(body))
-                offset += (length + 3) & ~3
-    finally:
-        sock.close()
-
-
-def _parse_diag_msg(body: bytes) -> tuple[int, str | None, int | None, int | None]:
-    _, _, _, _, inode, _, _ = struct.unpack_from("=BBBBIII", body, 0)
-    name: str | None = None
-    peer: int | None = None
-    vfs: int | None = None
-    pos = 16
-    while pos + 4 <= len(body):
-        rta_len, rta_type = struct.unpack_from("=HH", body, pos)
-        if rta_len < 4:
-            break
-        payload = body[pos + 4 : pos + rta_len]
-        if rta_type == _UNIX_DIAG_NAME:
-            name = payload.rstrip(b"\0").decode("utf-8", "surrogateescape")
-        elif rta_type == _UNIX_DIAG_PEER and len(payload) >= 4:
-            peer = struct.unpack_from("=I", payload)[0]
-        elif rta_type == _UNIX_DIAG_VFS and len(payload) >= 4:
-            vfs = struct.unpack_from("=I", payload)[0]
-        pos += (rta_len + 3) & ~3
-    return inode, name, peer, vfs
 
 
 _SS_LINE = re.compile(r"^\S+\s+ESTAB\s+\d+\s+\d+\s+(\S+)\s+(\d+)\s+(\S+)\s+(\d+)")
 
 
-def _ss_unix_sockets() -> list[tuple[int, str | None, int | None, int | None]]:
-    """The same pairs from ``ss -xn`` (fallback when netlink is unavailable)."""
+def _ss_unix_sockets() -> list[UnixSocket]:
+    """The connected sockets and their peers from ``ss -xn`` (the fallback when
+    ``unix_diag``'s netlink is unavailable)."""
     ss = shutil.which("ss")
     if ss is None:
         raise OSError("neither sock_diag netlink nor `ss` is available")
@@ -474,41 +406,15 @@ def _ss_unix_sockets() -> list[tuple[int, str | None, int | None, int | None]]:
         timeout=10,
         check=False,
     )
-    out: list[tuple[int, str | None, int | None, int | None]] = []
+    out: list[UnixSocket] = []
     for line in result.stdout.splitlines():
         # "state established" drops the State column: re-add it for one pattern.
         m = _SS_LINE.match(line.replace("u_str ", "u_str ESTAB ", 1)) or _SS_LINE.match(line)
         if m:
             local = m.group(1)
-            out.append((int(m.group(2)), None if local == "*" else local, int(m.group(4)), None))
+            name = None if local == "*" else local
+            out.append(UnixSocket(int(m.group(2)), STATE_ESTABLISHED, name, int(m.group(4))))
     return out
-
-
-def _socket_inode_owners(inodes: set[int]) -> dict[int, int]:
-    """inode -> pid, by reading every process's fd links (needs root for other users)."""
-    owners: dict[int, int] = {}
-    if not inodes:
-        return owners
-    wanted = {f"socket:[{i}]": i for i in inodes}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fds = os.scandir(f"/proc/{entry.name}/fd")
-        except OSError:
-            continue
-        with fds:
-            for fd in fds:
-                try:
-                    target = os.readlink(fd.path)
-                except OSError:
-                    continue
-                inode = wanted.get(target)
-                if inode is not None:
-                    owners.setdefault(inode, int(entry.name))
-        if len(owners) == len(wanted):
-            break
-    return owners
 
 
 def _same_socket(name: str | None, vfs: int | None, path: Path, st_ino: int | None) -> bool:
@@ -529,17 +435,16 @@ def socket_clients(path: Path, *, exclude_pids: Iterable[int] = ()) -> list[Sock
     except OSError:
         st_ino = None
     try:
-        sockets = _diag_unix_sockets()
+        sockets = dump_unix_sockets(1 << STATE_ESTABLISHED, SHOW_NAME | SHOW_VFS | SHOW_PEER)
     except OSError:
         sockets = _ss_unix_sockets()
-    peers = {
-        peer for _, name, peer, vfs in sockets if peer and _same_socket(name, vfs, path, st_ino)
-    }
+    peers = {s.peer for s in sockets if s.peer and _same_socket(s.name, s.vfs_ino, path, st_ino)}
     import psutil  # noqa: PLC0415 - loaded when a scan runs, not at agent start
 
     excluded = set(exclude_pids)
     clients: list[SocketClient] = []
-    for inode, pid in sorted(_socket_inode_owners(peers).items()):
+    owners = socket_holders(peers, first_only=True).holders
+    for inode, pid in sorted((inode, pids[0]) for inode, pids in owners.items()):
         if pid in excluded:
             continue
         try:
