@@ -450,23 +450,24 @@ def test_a_filtering_listener_in_desktops_place_is_refused_and_reported(rig: Des
         script.unlink()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="red team: the kernel names the process that called listen() (SO_PEERCRED), not "
-    "the one that accepts: a process of the user's listens on Desktop's path, hands the "
-    "socket to a child (fork) and then becomes Docker Desktop's listed program, idle "
-    "(exec). The agent checks that program and follows the child's silent /events. "
-    "Closing it needs the process holding the accepted connection identified, not done",
-)
 @pytest.mark.usefixtures("restore_desktop")
 def test_a_socket_handed_over_before_execing_desktops_program_is_refused(
     rig: DesktopRig,
 ) -> None:
+    """Was a strict xfail: the kernel names the process that called listen()
+    (``SO_PEERCRED``), not the one that accepts. A process of the user's listens on
+    Desktop's path, hands the socket to a child (fork) that serves a silent ``/events``,
+    then becomes Docker Desktop's listed program, idle (exec). The monitor now asks who
+    holds its connection and the listening socket (``peer.check_holders``): the child,
+    running the system's python3, so it follows nothing and says why, as for a listener
+    that is not Desktop's: its status, the endpoint's, doctor, a ``bypass-suspected``
+    record."""
     script = rig.scratch / "handover.py"
     script.write_text(_FILTER)
     script.chmod(0o644)
     direct = rig.user.home / "direct.sock"
     seen = Path(f"{direct}.seen")  # the filter's mark: the agent asked it for /events
+    python = os.path.realpath(SYSTEM_PYTHON)
     child = 0
     try:
         rig.stop_desktop()
@@ -478,13 +479,28 @@ def test_a_socket_handed_over_before_execing_desktops_program_is_refused(
         line = proc.stdout.readline().split()
         assert line[:1] == ["ready"], line
         child = int(line[1])  # the user's filter, holding the socket
-
-        def refused() -> bool:
-            problem = str(_monitor(rig)["listener_problem"])
-            return any(f"(pid {pid})" in problem for pid in (proc.pid, child))
-
-        _wait("the monitor to look at the listener", lambda: seen.exists() or refused())
-        assert refused(), f"the monitor follows the handed-over socket: {_monitor(rig)}"
+        served_by = f"served by {python} (pid {child}), which is not Docker Desktop"
+        monitor = _wait(
+            "the bypass monitor to refuse the handed-over socket",
+            lambda: served_by in str((m := _monitor(rig))["listener_problem"]) and m,
+            detail=lambda: str(_monitor(rig)),
+        )
+        assert seen.exists()  # it did reach the filter, and then refused to follow it
+        assert not monitor["following_events"]
+        assert served_by in str(rig.endpoints()[rig.user.uid]["upstream_problem"])
+        check = rig.doctor()[f"Docker Desktop of {rig.user.name} ({rig.user.uid})"]
+        assert check["result"] == "FAIL" and served_by in check["detail"], check
+        notices = _wait(
+            "the monitor's bypass-suspected record",
+            lambda: [
+                r
+                for r in rig.audit()
+                if r.get("event.action") == "bypass-suspected"
+                and "does not follow the daemon's events" in json.dumps(r)
+                and served_by in json.dumps(r)
+            ],
+        )
+        assert str(rig.desktop_sock) in json.dumps(notices[-1])
     finally:
         if child:
             with contextlib.suppress(ProcessLookupError):

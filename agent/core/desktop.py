@@ -11,7 +11,7 @@ and the daemon (``agent.daemon.desktop``) applies the plan.
 from __future__ import annotations
 
 import stat
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -27,6 +27,7 @@ __all__ = [
     "FileFacts",
     "ListenerProgram",
     "SessionUser",
+    "SocketHolder",
     "client_allowed",
     "desktop_executables",
     "desktop_socket",
@@ -35,6 +36,7 @@ __all__ = [
     "plan_endpoints",
     "refused_program_message",
     "should_select_context",
+    "socket_holders_problem",
     "unreachable_upstream_problem",
     "upstream_peer_problem",
 ]
@@ -250,6 +252,51 @@ def listener_program_problem(
         changeable = _changeable(parent, dir_groups, directory=True)
     if changeable is not None:
         return f"{who}, which a user could have changed: {changeable}"
+    return None
+
+
+@dataclass(frozen=True)
+class SocketHolder:
+    """A process with a descriptor on a socket (Linux: ``/proc/PID/fd``): its program,
+    and its real, effective, saved and file-system uids (empty: not read)."""
+
+    program: ListenerProgram
+    uids: frozenset[int] = frozenset()
+
+
+def socket_holders_problem(
+    what: str,
+    holders: Sequence[SocketHolder],
+    expected_uid: int,
+    allowed: Collection[str],
+    dir_groups: frozenset[int],
+    *,
+    unexamined: Sequence[tuple[int, str]] = (),
+) -> str | None:
+    """Why the processes holding ``what`` (the connection the agent opened to a user's
+    Desktop socket, or the socket listening there) are not all Docker Desktop's own
+    (None: they are), as the words after "served by".
+
+    The kernel's listener (``SO_PEERCRED``) is the process that called ``listen()``: one
+    that listened, handed the socket to a child and then exec'd Desktop's program passes
+    :func:`listener_program_problem` while the child serves. So every process holding
+    the socket must be the user's and pass that rule too. No holder found (a descriptor
+    in flight over ``SCM_RIGHTS``, or in a process the agent could not read) is refused:
+    what serves it cannot be told.
+    """
+    if unexamined:
+        shown = ", ".join(f"pid {pid}: {why}" for pid, why in unexamined[:3])
+        return f"processes the agent could not examine ({shown}), any of which may hold {what}"
+    if not holders:
+        return f"no process the agent can find: none holds {what}"
+    for holder in sorted(holders, key=lambda h: h.program.pid or 0):
+        pid = holder.program.pid
+        if holder.uids != {expected_uid}:
+            uids = ", ".join(str(u) for u in sorted(holder.uids)) or "unknown"
+            return f"pid {pid} (uid {uids}), not a process of uid {expected_uid}'s, holding {what}"
+        problem = listener_program_problem(holder.program, allowed, dir_groups)
+        if problem is not None:
+            return f"{problem}; it holds {what}"
     return None
 
 

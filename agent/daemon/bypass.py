@@ -42,7 +42,13 @@ from agent.core.reference import DOCKER_HUB_ALIASES, ReferenceError, parse_norma
 from agent.daemon.bus import DecisionSink
 from agent.platform import docker_api
 from agent.platform.docker_api import DockerAPIError
-from agent.platform.peer import ListenerError, describe_peer, process_ids
+from agent.platform.peer import (
+    HOLDERS_CHECKED,
+    ListenerError,
+    check_holders,
+    describe_peer,
+    process_ids,
+)
 from agent.platform.unix_diag import (
     SHOW_NAME,
     SHOW_PEER,
@@ -75,6 +81,9 @@ DEFAULT_INTERVAL = 30.0
 LISTENER_RETRY = 2.5
 """Seconds between looks at a Desktop socket whose listener was refused: once Docker
 Desktop's own program serves it again, the monitor follows (and status clears) soon."""
+HOLDER_RECHECK = 30.0
+"""Seconds between checks of who holds a followed Desktop stream's sockets: a handover
+after the connect is seen within this long (a /proc scan each time, on a thread)."""
 CLOCK_SKEW = 5.0
 """Daemon event times and decision times come from the same machine's clock; a little
 slack covers rounding (the daemon reports whole seconds in ``time``)."""
@@ -533,6 +542,7 @@ class BypassMonitor:
         upstream_uid: int | None = None,
         upstream_executables: tuple[str, ...] | None = None,
         on_listener: Callable[[ListenerError | None], None] | None = None,
+        holder_interval: float = HOLDER_RECHECK,
     ) -> None:
         self.upstream = upstream
         # Docker Desktop mode: the daemon must be this user's (agent.core.desktop); the
@@ -544,6 +554,10 @@ class BypassMonitor:
         # Told each refused listener, and None once one passes (the endpoint's status).
         self.on_listener = on_listener
         self.listener_problem: str | None = None
+        # A refusal by the holder check, which the shim's connections do not make: it
+        # stays the endpoint's problem until the monitor passes again.
+        self.held_problem: str | None = None
+        self.holder_interval = holder_interval
         self.sink = sink
         # A Windows user's Desktop pipe: opened (and its server checked) by ``connect``;
         # no unix socket to resolve or find clients of. ``fix``: what a user does instead.
@@ -631,19 +645,13 @@ class BypassMonitor:
             followed = False
             try:
                 async with self._open_events() as answer:
+                    await self._check_holders(answer)
                     self._listener_passed()
                     if answer.status != 200:
                         raise DockerAPIError(f"GET /events answered {answer.status}")
                     backoff, followed = 0.5, True
                     self.connected.set()
-                    buffer = ""
-                    # A character split across two chunks is decoded once both arrived.
-                    text = codecs.getincrementaldecoder("utf-8")("replace")
-                    async for chunk in answer.chunks():
-                        objects, buffer = _json_objects(buffer + text.decode(chunk))
-                        for obj in objects:
-                            if isinstance(obj, dict):
-                                await self._on_event_supervised(obj)
+                    await self._follow(answer)
             except ListenerError as e:
                 self._listener_refused(e)
                 backoff = min(backoff, LISTENER_RETRY)
@@ -657,11 +665,64 @@ class BypassMonitor:
             if not followed:
                 backoff = min(backoff * 2, self.max_backoff)
 
+    async def _follow(self, answer: docker_api.Stream) -> None:
+        """Read the event stream until it ends; where its holders are checked, check
+        them again every ``holder_interval`` seconds meanwhile, so a socket handed over
+        after the connect is caught too (``ListenerError`` ends the stream)."""
+        if not self._holders_checked():
+            await self._read_events(answer)
+            return
+        reading = asyncio.get_running_loop().create_task(
+            self._read_events(answer), name="bypass-events-read"
+        )
+        try:
+            while True:
+                done, _ = await asyncio.wait({reading}, timeout=self.holder_interval)
+                if done:
+                    return reading.result()
+                await self._check_holders(answer)
+        finally:
+            if not reading.done():
+                reading.cancel()
+                await asyncio.wait({reading})
+
+    async def _read_events(self, answer: docker_api.Stream) -> None:
+        buffer = ""
+        # A character split across two chunks is decoded once both arrived.
+        text = codecs.getincrementaldecoder("utf-8")("replace")
+        async for chunk in answer.chunks():
+            objects, buffer = _json_objects(buffer + text.decode(chunk))
+            for obj in objects:
+                if isinstance(obj, dict):
+                    await self._on_event_supervised(obj)
+
+    def _holders_checked(self) -> bool:
+        """Docker Desktop mode on Linux: the processes holding the monitor's connection
+        and the listening socket are checked, not only the one that called listen()."""
+        return (
+            HOLDERS_CHECKED
+            and self.connect is None
+            and self.upstream_uid is not None
+            and self.upstream_executables is not None
+        )
+
+    async def _check_holders(self, answer: docker_api.Stream) -> None:
+        """``peer.check_holders`` on the stream's connection, once its answer began (the
+        server has accepted it); ``ListenerError`` if they are not all Desktop's."""
+        if not self._holders_checked():
+            return
+        uid, executables = self.upstream_uid, self.upstream_executables
+        assert uid is not None and executables is not None
+        if answer.socket is None:
+            raise ListenerError(f"no socket to examine for {self.upstream}", held=True)
+        await asyncio.to_thread(check_holders, answer.socket, self.upstream, uid, executables)
+
     def _listener_refused(self, error: ListenerError) -> None:
         """Docker Desktop mode: the socket the monitor watches is not served by the
         user's own Docker Desktop, so its events say nothing. Reported (a notice per
         listener, the endpoint's status through ``on_listener``), never followed."""
         self.listener_problem = str(error)
+        self.held_problem = str(error) if error.held else None
         if self.on_listener is not None:
             self.on_listener(error)
         why = f"served by {error.listener}" if error.listener else str(error)
@@ -679,6 +740,7 @@ class BypassMonitor:
     def _listener_passed(self) -> None:
         """A checked connection passed: whatever was refused before is gone."""
         self.listener_problem = None
+        self.held_problem = None
         if self.on_listener is not None:
             self.on_listener(None)
 

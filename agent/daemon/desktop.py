@@ -10,7 +10,9 @@ kernel says that socket is served by that user, running one of ``desktop_executa
 from a file only root can change (``ShimConfig.user``, ``desktop_executables``: a process
 of the user's in Desktop's place could tell the agent's connections from their own); a
 per-user bypass monitor watches the Desktop socket for clients that go around the
-endpoint, and reports a listener that is not Docker Desktop instead of following it; and
+endpoint, and reports a listener that is not Docker Desktop instead of following it (on
+Linux also any process holding its connection or the listening socket that is not:
+``peer.check_holders``, which the shim's per-request connections skip); and
 the user's docker CLI is pointed at the endpoint by a docker context, created by running
 the docker CLI as the user (so nothing in the user's home is written with root's rights).
 
@@ -176,7 +178,7 @@ class DesktopEndpoints:
                     "user": e.plan.user,
                     "listen": e.plan.listen,
                     "upstream": e.plan.upstream,
-                    "upstream_problem": e.shim.upstream_problem,
+                    "upstream_problem": e.shim.upstream_problem or _held(e.monitor),
                     "context": e.context,
                     "context_error": e.context_error,
                     "bypass_monitor": e.monitor.status() if e.monitor is not None else None,
@@ -401,6 +403,12 @@ def _listener_seen(shim: Shim, error: ListenerError | None) -> None:
         shim.refused_upstream(error)
     else:
         shim.upstream_problem = None
+
+
+def _held(monitor: BypassMonitor | None) -> str | None:
+    """The monitor's refusal by the holder check (``peer.check_holders``): the shim's own
+    connections make only the listen()-time check, so their passing must not clear it."""
+    return monitor.held_problem if monitor is not None else None
 
 
 def _config_stamp(home: str) -> tuple[tuple[int, int] | None, ...]:

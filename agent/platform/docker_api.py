@@ -267,6 +267,8 @@ class Stream:
     _answer: _Answer
     _reader: asyncio.StreamReader
     _first: list[bytes]
+    socket: socket.socket | None = None
+    """The connection's unix socket, if it has one (``peer.check_holders``)."""
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The payload as it arrives, until the answer ends (no timeout: it may not)."""
@@ -316,7 +318,8 @@ async def stream_over(
         async with asyncio.timeout(timeout):
             while not answer.head_done:
                 first += answer.feed(await reader.read(_READ))
-        yield Stream(answer.status, answer.headers, answer, reader, first)
+        sock = writer.get_extra_info("socket")
+        yield Stream(answer.status, answer.headers, answer, reader, first, sock)
     finally:
         writer.close()
 

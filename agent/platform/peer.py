@@ -23,6 +23,7 @@ from agent.core.redaction import redact_command_line
 __all__ = [
     "MAX_PARENTS",
     "ListenerError",
+    "check_holders",
     "check_listener",
     "contained",
     "describe_peer",
@@ -84,11 +85,14 @@ class ListenerError(OSError):
     """The socket the agent reached is served by someone it must not forward to; the
     message is the one for the client (``agent.core.desktop.upstream_peer_problem``).
     ``listener``: what listens there, when it is the user's but not Docker Desktop
-    (``agent.core.desktop.listener_program_problem``), for the bypass monitor's notice."""
+    (``agent.core.desktop.listener_program_problem``), for the bypass monitor's notice;
+    ``held``: found by :func:`check_holders`, which the shim's own connections do not
+    make (so their passing does not clear it)."""
 
-    def __init__(self, *args: object, listener: str | None = None) -> None:
+    def __init__(self, *args: object, listener: str | None = None, held: bool = False) -> None:
         super().__init__(*args)
         self.listener = listener
+        self.held = held
 
 
 def check_listener(
@@ -124,6 +128,76 @@ def check_listener(
         raise ListenerError(
             refused_program_message(str(path), expected_uid, program), listener=program
         )
+
+
+HOLDERS_CHECKED = sys.platform.startswith("linux")
+"""Whether :func:`check_holders` can ask the kernel (Linux's sock_diag and ``/proc``);
+elsewhere it checks nothing (docs/deploy/macos.md)."""
+
+
+def check_holders(
+    sock: socket.socket, path: object, expected_uid: int, executables: Collection[str]
+) -> None:
+    """Raise ``ListenerError`` (``held``) unless every process holding the server's end of
+    ``sock`` (a connected unix socket, once the server has accepted it: an answer came)
+    and every process holding the socket listening there is ``expected_uid``'s and runs
+    one of ``executables`` by :func:`check_listener`'s rule. ``SO_PEERCRED`` names the
+    process that called ``listen()``, which may since have handed the socket to another
+    and exec'd Desktop's program. A /proc scan: for a connection of the bypass monitor's
+    (and doctor's view of it), not for each of the shim's. No-op but on Linux."""
+    if not HOLDERS_CHECKED:
+        return
+    from agent.core.desktop import (  # noqa: PLC0415 - Desktop mode only
+        SocketHolder,
+        executable_dir_groups,
+        refused_program_message,
+        socket_holders_problem,
+    )
+    from agent.platform import unix_diag  # noqa: PLC0415 - Desktop mode only
+    from agent.platform.programs import program_of  # noqa: PLC0415 - Desktop mode only
+
+    def refuse(problem: str) -> ListenerError:
+        message = refused_program_message(str(path), expected_uid, problem)
+        return ListenerError(message, listener=problem, held=True)
+
+    connection = "the connection the agent opened there"
+    listening = "the socket listening there"
+    try:
+        mine = unix_diag.unix_socket(os.fstat(sock.fileno()).st_ino, unix_diag.SHOW_PEER)
+        server = mine.peer if mine is not None else None
+        accepted = unix_diag.unix_socket(server, unix_diag.SHOW_VFS) if server else None
+        listeners: list[int] = []
+        if accepted is not None and accepted.vfs_ino:
+            # An accepted socket carries its listener's file: the listener is found by it,
+            # not by the path, which the user may have changed since.
+            bound = (accepted.vfs_ino, accepted.vfs_dev)
+            states = 1 << unix_diag.STATE_LISTEN
+            listeners = [
+                s.inode
+                for s in unix_diag.dump_unix_sockets(states, unix_diag.SHOW_VFS)
+                if (s.vfs_ino, s.vfs_dev) == bound
+            ]
+        scan = unix_diag.socket_holders({i for i in (server, *listeners) if i})
+    except OSError as e:
+        raise refuse(f"a socket the agent cannot examine ({_errno_name(e)})") from e
+    if not server:
+        raise refuse(f"no process the agent can find: the kernel names no end of {connection}")
+    dir_groups = executable_dir_groups(sys.platform)
+    for what, inodes in ((connection, [server]), (listening, listeners)):
+        holders = [
+            SocketHolder(program_of(pid, executables), unix_diag.process_uids(pid))
+            for inode in inodes
+            for pid in scan.holders.get(inode, [])
+        ]
+        problem = socket_holders_problem(
+            what, holders, expected_uid, executables, dir_groups, unexamined=scan.unexamined
+        )
+        if problem is not None:
+            raise refuse(problem)
+
+
+def _errno_name(error: OSError) -> str:
+    return errno.errorcode.get(error.errno or 0, str(error))
 
 
 def _user(uid: int | None) -> str | None:
