@@ -754,6 +754,14 @@ def test_08c_desktop_mode_under_the_packaged_unit_needs_the_documented_drop_in(
         assert re.search(r"OK +Docker Desktop of", line), line
         doctor = system.run("pullgate", "doctor", check=False).stdout
         assert "privileges for Desktop mode" not in doctor, doctor
+        # The bypass monitor follows the Desktop socket's events: its listener and every
+        # holder of its connection run the listed program, as the unit's sandbox sees them.
+        system.wait_for(
+            "the bypass monitor to follow the user's Desktop",
+            lambda: re.search(
+                r"OK +bypass watch: +running, following", _doctor_line(system, "bypass watch")
+            ),
+        )
         # Through the context, as the developer types it.
         denied = system.run("docker", "pull", DENIED, user=USER, check=False)
         assert "pullgate: pulling docker.io/someuser/tool:latest is not allowed" in (
