@@ -53,8 +53,11 @@ from agent.core.desktop import (
     upstream_peer_problem,
 )
 from agent.platform.desktop_users import (
+    USER_PROCESS,
     UnsafeDirectoryError,
     console_user,
+    darwin_users,
+    gui_session_names,
     logind_users,
     make_root_dir,
     missing_capabilities,
@@ -211,6 +214,39 @@ def test_console_user_is_the_owner_of_the_console(tmp_path: Path) -> None:
     got = console_user(console)
     assert (got is None) if owner == 0 else (got is not None and got.uid == owner)
     assert console_user(tmp_path / "missing") is None
+
+
+def test_gui_sessions_are_console_logins_in_utmpx() -> None:
+    records = [
+        ("alice", "console", USER_PROCESS),
+        ("bob", "console", USER_PROCESS),  # switched away from: still logged in
+        ("carol", "ttys001", USER_PROCESS),  # a terminal, not a graphical login
+        ("dave", "console", 8),  # DEAD_PROCESS: logged out
+        ("", "console", USER_PROCESS),
+        ("alice", "console", USER_PROCESS),  # once per user
+    ]
+    assert gui_session_names(records) == ["alice", "bob"]
+
+
+def test_darwin_users_are_the_console_owner_and_every_graphical_login(tmp_path: Path) -> None:
+    """Fast user switching: the user at the console and the one switched away from both
+    keep an endpoint; root never gets one; a name without an account is skipped."""
+    import pwd
+
+    console = tmp_path / "console"
+    console.touch()
+    nobody = pwd.getpwnam("nobody")
+    os.chown(console, nobody.pw_uid, -1)
+    root = pwd.getpwuid(0).pw_name
+    records = [
+        ("no-such-user-here", "console", USER_PROCESS),
+        (root, "console", USER_PROCESS),
+        (pwd.getpwuid(1).pw_name, "console", USER_PROCESS),  # daemon, switched away
+    ]
+    users = darwin_users(console, lambda: records)
+    assert [u.uid for u in users] == [1, nobody.pw_uid]
+    assert [u.uid for u in darwin_users(tmp_path / "missing", lambda: records)] == [1]
+    assert darwin_users(tmp_path / "missing", list) == []
 
 
 def test_make_root_dir_refuses_what_others_could_swap(tmp_path: Path) -> None:

@@ -3,10 +3,10 @@
 Observations only (``agent.core.desktop`` decides what to do with them), each a few
 ``stat`` calls and passwd lookups, cheap enough for the agent's rescan every few seconds:
 
-- macOS: the console user is the owner of ``/dev/console`` (what ``loginwindow`` sets at
-  each login and fast user switch; root while nobody is logged in). A user switched away
-  from under fast user switching loses the console, and their endpoint goes until they
-  are back (their Desktop VM keeps running meanwhile; the endpoint is what goes).
+- macOS: the owner of ``/dev/console`` (what ``loginwindow`` sets at each login and fast
+  user switch; root while nobody is logged in), and every user with a graphical login in
+  utmpx (``console`` lines): a user switched away from under fast user switching keeps
+  their endpoint while their Docker Desktop runs on.
 - Linux: logind's runtime directories ``/run/user/<uid>``, one per user with a session
   (graphical or not; Docker Desktop for Linux needs one, as a systemd user service).
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from agent.core.desktop import SessionUser
@@ -30,7 +31,9 @@ __all__ = [
     "DEFAULT_SESSIONS_DIR",
     "UnsafeDirectoryError",
     "console_user",
+    "darwin_users",
     "desktop_privilege_problems",
+    "gui_session_names",
     "logind_users",
     "make_root_dir",
     "missing_capabilities",
@@ -95,13 +98,107 @@ def logind_users(sessions_dir: Path = DEFAULT_SESSIONS_DIR) -> list[SessionUser]
     return sorted(users, key=lambda u: u.uid)
 
 
+USER_PROCESS = 7
+"""utmpx's ``ut_type`` of a login (``<utmpx.h>``, the same on macOS and Linux)."""
+MAX_UTMPX_RECORDS = 4096
+"""Records read at most: the file is the system's, but a loop over it stays bounded."""
+
+
+def gui_session_names(records: Iterable[tuple[str, str, int]]) -> list[str]:
+    """macOS: the users with a graphical login, from utmpx ``(user, line, type)``
+    records: a login (``USER_PROCESS``) on the line ``console``, which loginwindow writes
+    at each login and removes at logout. A user switched away from under fast user
+    switching keeps theirs, so their endpoint stays while their Docker Desktop runs on."""
+    names: list[str] = []
+    for user, line, kind in records:
+        if kind == USER_PROCESS and line == "console" and user and user not in names:
+            names.append(user)
+    return names
+
+
+def _utmpx_records() -> list[tuple[str, str, int]]:
+    """macOS: the utmpx database as ``(user, line, type)`` (getutxent through ctypes;
+    type-checked for darwin, never run here); [] where it cannot be read."""
+    if sys.platform == "darwin":
+        import ctypes  # noqa: PLC0415 - macOS only, on use
+
+        class _Timeval(ctypes.Structure):
+            _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_int32)]
+
+        class _Utmpx(ctypes.Structure):  # <utmpx.h>: _UTX_USERSIZE 256, IDSIZE 4, ...
+            _fields_ = [
+                ("ut_user", ctypes.c_char * 256),
+                ("ut_id", ctypes.c_char * 4),
+                ("ut_line", ctypes.c_char * 32),
+                ("ut_pid", ctypes.c_int32),
+                ("ut_type", ctypes.c_short),
+                ("ut_tv", _Timeval),
+                ("ut_host", ctypes.c_char * 256),
+                ("ut_pad", ctypes.c_uint32 * 16),
+            ]
+
+        try:
+            libc = ctypes.CDLL("/usr/lib/libSystem.B.dylib")
+        except OSError:
+            return []
+        libc.getutxent.restype = ctypes.POINTER(_Utmpx)
+        records: list[tuple[str, str, int]] = []
+        libc.setutxent()
+        try:
+            while len(records) < MAX_UTMPX_RECORDS:
+                entry = libc.getutxent()
+                if not entry:
+                    break
+                record = entry.contents
+                records.append(
+                    (
+                        bytes(record.ut_user).split(b"\0", 1)[0].decode("utf-8", "replace"),
+                        bytes(record.ut_line).split(b"\0", 1)[0].decode("utf-8", "replace"),
+                        int(record.ut_type),
+                    )
+                )
+        finally:
+            libc.endutxent()
+        return records
+    else:
+        return []
+
+
+def _user_named(name: str) -> SessionUser | None:
+    if sys.platform == "win32":
+        return None
+    else:
+        import pwd  # noqa: PLC0415 - POSIX only: the module imports on Windows
+
+        try:
+            return _user(pwd.getpwnam(name).pw_uid)
+        except KeyError:
+            return None
+
+
+def darwin_users(
+    console: Path = CONSOLE,
+    records: Callable[[], list[tuple[str, str, int]]] = _utmpx_records,
+) -> list[SessionUser]:
+    """macOS: the user at the console and every user with a graphical login (fast user
+    switching keeps several), never root; by uid."""
+    found: dict[int, SessionUser] = {}
+    owner = console_user(console)
+    if owner is not None:
+        found[owner.uid] = owner
+    for name in gui_session_names(records()):
+        user = _user_named(name)
+        if user is not None and user.uid != 0:
+            found.setdefault(user.uid, user)
+    return [found[uid] for uid in sorted(found)]
+
+
 def session_users(
     sessions_dir: Path | None = None, platform: str = sys.platform
 ) -> list[SessionUser]:
     """The users logged in now, by the platform's rule (see the module's docstring)."""
     if platform == "darwin":
-        user = console_user()
-        return [user] if user is not None else []
+        return darwin_users()
     return logind_users(sessions_dir or DEFAULT_SESSIONS_DIR)
 
 
