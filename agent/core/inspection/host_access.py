@@ -25,6 +25,7 @@ by :func:`judge_windows` (``agent.core.inspection.windows_binds``).
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -135,6 +136,9 @@ READ_ONLY = (
     "/System",
     "/Library",
 )
+
+#: A lone UTF-16 surrogate, which a JSON string may hold but Go reads as U+FFFD.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 #: Host devices a container may be given (``--device``): FUSE, TUN, KVM, GPUs, sound.
 #: Every other device (disks, memory, the console) is the host.
@@ -387,6 +391,12 @@ _HOST_FILESYSTEMS = frozenset(
 )  # fmt: skip
 
 
+#: The host's shares into Docker Desktop's VM on Windows: WSL 2's 9p (drvfs's virtio
+#: tags ``drvfs`` and ``drvfsa``, this one served elevated) and virtiofs. ``9p`` is a
+#: network share elsewhere (``trans=tcp``), but there it is a Windows drive.
+_VM_SHARES = frozenset({"9p", "virtiofs"})
+
+
 def _last_mode(flags: Iterable[str]) -> bool:
     """Mount options apply in order: the last of ``ro``/``rw`` wins (``ro,rw`` writes)."""
     read_only = False
@@ -418,11 +428,17 @@ def _local_volume(
     flags = [f.strip() for f in option.get("o", "").split(",")]
     if kind in _HOST_FILESYSTEMS:
         return [f"{spec}: a local volume of type {kind}"], []
+    if windows and kind in _VM_SHARES:
+        return [
+            f"{spec}: a local volume of type {kind} (Docker Desktop's VM reaches Windows' "
+            "drives through such shares: a whole drive, not a network share)"
+        ], []
     bind = any(f in ("bind", "rbind") for f in flags)
     if not bind and (kind in _NOT_HOST_PATHS or not device):
         return [], []
     if windows:
-        device = _windows_source(device, described)
+        if described:  # mount(2) takes it as written: '..' after a junction is not lexical
+            device = windows_binds.from_vm(device, lexical=False) or device
     elif not device.startswith("/"):
         return [f"{spec}: the relative host path {device!r}"], []
     return [], [HostPath(device, _last_mode(flags), "volume", spec)]
@@ -794,6 +810,11 @@ def judge(
             continue
         if "\0" in given.path:
             problems.append(f"{given.spec}: a NUL in a host path")
+            continue
+        if _SURROGATE.search(given.path):
+            # JSON's "\ud800" is a lone surrogate here, U+FFFD to the daemon (Go), and
+            # a byte 0x80-0xff to the agent's lookups (surrogateescape): another name.
+            problems.append(f"{given.spec}: a lone UTF-16 surrogate in a host path")
             continue
         facts = resolved.get(given.lookup) or PathFacts(given.lookup)
         path = clean_path(facts.resolved)

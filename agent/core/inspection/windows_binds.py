@@ -78,6 +78,13 @@ _DEVICES = frozenset(
     | {f"{kind}{n}" for kind in ("COM", "LPT") for n in [*"0123456789", "¹", "²", "³"]}
 )
 _NOT_IN_NAMES = frozenset('<>"|?*')
+# A lone UTF-16 surrogate: JSON's "\ud800" is one in Python, but Go's encoding/json (the
+# daemon, Desktop's proxy) reads U+FFFD there, so the judge would look at another name.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_WHY = (
+    "has a lone UTF-16 surrogate (\\ud800 to \\udfff), which Docker reads as U+FFFD: "
+    "another name than the one looked at"
+)
 # IO_REPARSE_TAG_CLOUD and _CLOUD_1 to _F (ntifs.h): 0x9000x01A.
 _CLOUD_TAG, _CLOUD_TAG_MASK = 0x9000001A, 0xFFFF0FFF
 # Docker Desktop's view of a drive in its VM: WSL 2 backend, then Hyper-V backend.
@@ -131,10 +138,24 @@ def _check_name(name: str) -> None:
             "has a name ending in a dot or a space, which Windows drops (so it names "
             "another folder than it shows)"
         )
-    if "~" in name:
+    if _is_short_name(name):
         raise WindowsPathError("has a short (8.3) name with '~'; write the folder's long name")
     if _fold(name.split(".", 1)[0].rstrip(" ")) in _DEVICES:
         raise WindowsPathError("names a Windows device (CON, NUL, COM1 and the like)")
+
+
+def _is_short_name(name: str) -> bool:
+    """A name Windows may have made as a folder's short (8.3) alias: at most eight
+    characters, ``~`` and a digit among them, then at most one dot and three more
+    (``PROGRA~1``, ``DOCKER~1.CFG``). Any other ``~`` (``my~project``) is a plain name."""
+    base, dot, extension = name.partition(".")
+    return (
+        len(base) <= 8
+        and len(extension) <= 3
+        and "." not in extension
+        and bool(dot or not extension)
+        and re.search(r"~[0-9]", base) is not None
+    )
 
 
 def windows_path(source: str) -> WindowsPath:
@@ -142,6 +163,8 @@ def windows_path(source: str) -> WindowsPath:
     separators folded as Windows folds them), or ``WindowsPathError`` saying what it is."""
     if "\0" in source:
         raise WindowsPathError("has a NUL character")
+    if _SURROGATE.search(source):
+        raise WindowsPathError(_SURROGATE_WHY)
     if source[:1] in _SEPARATORS and source[1:2] in _SEPARATORS:
         if source[2:3] in (".", "?") and source[3:4] in _SEPARATORS:
             if source[4:8].lower() == "pipe" and source[8:9] in _SEPARATORS:
@@ -213,12 +236,23 @@ def allowed_entry_problem(entry: str) -> str | None:
     return None
 
 
-def from_vm(path: str) -> str | None:
+def from_vm(path: str, *, lexical: bool = True) -> str | None:
     """The drive path Docker Desktop's VM path ``path`` shows (its view of a drive, as
-    the daemon keeps and describes a bind of ``C:\\...``), cleaned first as the daemon
-    cleans it; None for any other path of the VM."""
-    match = _VM_DRIVE.fullmatch(posixpath.normpath("/" + path.lstrip("/")))
-    if match is None or "\\" in path:  # a backslash is part of a name in the VM
+    the daemon keeps and describes a bind of ``C:\\...``); None for any other path of
+    the VM. ``lexical``: cleaned first as the daemon cleans a bind's source; otherwise
+    (a local volume's ``device``, which mount(2) follows as written: a junction before
+    a ``..`` is entered first) only ``.`` and repeated slashes go, each ``..`` after the
+    drive is kept for the judgement to walk, and one before it is the VM's."""
+    if "\\" in path:  # a backslash is part of a name in the VM
+        return None
+    if lexical:
+        match = _VM_DRIVE.fullmatch(posixpath.normpath("/" + path.lstrip("/")))
+    elif path.startswith("/"):
+        names = [name for name in path.split("/") if name not in ("", ".")]
+        match = _VM_DRIVE.fullmatch("/" + "/".join(names))
+    else:
+        return None  # relative: from the daemon's working directory in the VM
+    if match is None:
         return None
     rest = (match.group(2) or "/").replace("/", "\\")
     return match.group(1).upper() + ":" + rest
