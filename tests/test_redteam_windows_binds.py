@@ -236,3 +236,43 @@ def test_the_agent_state_place_is_kept_however_it_is_spelt() -> None:
     access = create({"Binds": [r"D:\data\Pull~gate\state:/s"]})
     (found,) = judge_windows(access, facts_for(access), protection, Protection())
     assert "Pullgate's own files" in found
+
+
+# ------------------------------------------------------------------ 4. the daemon's lower case
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "C:\\Users\\dev\\.doc\u212aer",  # KELVIN SIGN: Go lowercases it to 'k', NTFS does not
+        "C:\\Users\\dev\\.wslconf\u0130g",  # 'İ' is 'i' to Go's ToLower
+        "C:\\Users\\dev\\AppData\\Local\\Doc\u212aer\\wsl",
+        "C:\\Users\\dev\\\u212a\\x",  # 'k' beside it: a junction the walk never looked at
+        "C:\\Users\\dev\\\u2126mega",  # OHM SIGN: 'ω' to Go, another name to NTFS
+    ],
+)
+def test_a_name_the_windows_daemon_lowercases_into_another_is_refused(source: str) -> None:
+    """moby's Windows parser (Windows containers, the daemon running as SYSTEM) takes a
+    ``-v`` string's source from ``strings.ToLower(raw)``. NTFS compares by upper case,
+    where the Kelvin sign is not ``K``: the judge read ``.doc\\u212aer`` (not .docker,
+    or a missing folder) while the daemon bound ``.docker`` (or the junction ``k``)."""
+    (found,) = judged(create({"Binds": [source + ":C:\\x"]}))
+    assert "lower case is another name" in found, found
+
+
+def test_ordinary_non_ascii_names_pass() -> None:
+    for name in ("Projekt-Übersicht", "straße", "Ωmega", "проект", "δοκιμή"):
+        assert judged(create({"Binds": [rf"C:\Users\dev\{name}:/x"]})) == [], name
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="A folder the user marked case-sensitive (fsutil file setCaseSensitiveInfo) may "
+    "hold 'J' (plain) and 'j' (a junction); moby's Windows parser lowercases a -v string, "
+    "so Windows containers bind 'j' while the walk looked at 'J'. Catching it needs each "
+    "walked folder's case-sensitivity (FILE_CASE_SENSITIVE_INFORMATION) or a walk of the "
+    "lowercased spelling too: a machine fact windows_host_paths does not read yet.",
+)
+def test_a_case_sensitive_folder_and_the_daemons_lower_case() -> None:
+    access = create({"Binds": [r"C:\Users\dev\p\J\x:C:\x"]})
+    assert r"C:\Users\dev\p\j" in windows_lookups(access)

@@ -138,10 +138,23 @@ def _check_name(name: str) -> None:
             "has a name ending in a dot or a space, which Windows drops (so it names "
             "another folder than it shows)"
         )
+    if _fold(_go_lower(name)) != _fold(name):
+        raise WindowsPathError(
+            "has a letter whose lower case is another name (the Kelvin sign, 'İ'): the "
+            "Windows daemon lowercases a -v string, so it would bind another folder"
+        )
     if _is_short_name(name):
         raise WindowsPathError("has a short (8.3) name with '~'; write the folder's long name")
     if _fold(name.split(".", 1)[0].rstrip(" ")) in _DEVICES:
         raise WindowsPathError("names a Windows device (CON, NUL, COM1 and the like)")
+
+
+def _go_lower(text: str) -> str:
+    """Go's ``strings.ToLower``, one character for one (``İ`` is ``i``), as moby's
+    Windows parser lowercases a whole ``-v`` string before taking its source."""
+    return "".join(
+        low if len(low := c.lower()) == 1 else ("i" if c == "\u0130" else c) for c in text
+    )
 
 
 def _is_short_name(name: str) -> bool:
