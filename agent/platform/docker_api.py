@@ -18,7 +18,7 @@ import errno
 import re
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -151,12 +151,19 @@ class _Answer:
         return pieces
 
 
-def _request_bytes(method: str, target: str, user_agent: str) -> bytes:
+def _request_bytes(
+    method: str, target: str, user_agent: str, headers: Sequence[tuple[str, str]] = ()
+) -> bytes:
     if not target.startswith("/") or any(c in target for c in " \r\n\t"):
         raise ValueError(f"not a request target: {target!r}")
+    extra = ""
+    for name, value in headers:
+        if not re.fullmatch(r"[A-Za-z0-9-]+", name) or any(c in value for c in "\r\n\0"):
+            raise ValueError(f"not a header: {name!r}")
+        extra += f"{name}: {value}\r\n"
     return (
         f"{method} {target} HTTP/1.1\r\nHost: docker\r\nUser-Agent: {user_agent}\r\n"
-        "Connection: close\r\n\r\n"
+        f"{extra}Connection: close\r\n\r\n"
     ).encode("latin-1")
 
 
@@ -289,26 +296,37 @@ async def stream(
     user_agent: str = "pullgate",
     listener_uid: int | None = None,
     listener_executables: Collection[str] | None = None,
+    method: str = "GET",
+    headers: Sequence[tuple[str, str]] = (),
 ) -> AsyncIterator[Stream]:
-    """``GET target`` with the head read within ``timeout``; the body streams unbounded.
+    """``GET target`` (or ``method``, with ``headers`` and no body: the shim's own pull)
+    with the head read within ``timeout``; the body streams unbounded.
     ``listener_uid`` and ``listener_executables`` as for :func:`request`."""
     async with stream_over(
         lambda: _open_checked(socket_path, listener_uid, listener_executables),
         target,
         timeout=timeout,
         user_agent=user_agent,
+        method=method,
+        headers=headers,
     ) as answer:
         yield answer
 
 
 @contextlib.asynccontextmanager
 async def stream_over(
-    connect: Connect, target: str, *, timeout: float = 30.0, user_agent: str = "pullgate"
+    connect: Connect,
+    target: str,
+    *,
+    timeout: float = 30.0,
+    user_agent: str = "pullgate",
+    method: str = "GET",
+    headers: Sequence[tuple[str, str]] = (),
 ) -> AsyncIterator[Stream]:
     """:func:`stream` on a connection ``connect`` opens (a Windows user's Docker Desktop
     pipe: the bypass monitor's ``GET /events``)."""
-    data = _request_bytes("GET", target, user_agent)
-    answer = _Answer("GET", None)
+    data = _request_bytes(method, target, user_agent, headers)
+    answer = _Answer(method, None)
     async with asyncio.timeout(timeout):
         reader, writer = await connect()
     try:
