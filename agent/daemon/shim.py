@@ -41,6 +41,16 @@ import httptools
 from agent.core.decision import Decision, Identity, Verdict, decide
 from agent.core.desktop import unreachable_upstream_problem
 from agent.core.events import DecisionEvent, NoticeEvent
+from agent.core.inspection.base_pull import (
+    PULL_IDLE_SECONDS,
+    PULL_LIMIT_SECONDS,
+    PullProgress,
+    base_pull_refusal,
+    form_bool,
+    pull_target,
+    registry_auth_header,
+    registry_configs,
+)
 from agent.core.inspection.buildkit.inputs import BuildInputs, from_build_query
 from agent.core.inspection.host_access import (
     HostAccess,
@@ -75,6 +85,7 @@ from agent.core.inspection.request import (
     SettingOutcome,
     TarFindings,
     Wanted,
+    image_reference,
     inspect_head,
     inspect_json_body,
     local_image_wants,
@@ -102,6 +113,8 @@ from agent.core.inspection.windows_binds import (
 from agent.core.messages import defuse, denial_message
 from agent.core.peer import PeerInfo, Principal, principal_of
 from agent.core.policy.document import BuildsSetting, HostAccessSetting, OnCreateSetting, Policy
+from agent.core.reference import Reference
+from agent.core.text import printable
 from agent.daemon.buildkit_builds import BuildRegistry, PendingBuild, RelayedSession
 from agent.daemon.buildkit_tunnel import (
     SESSION_WAIT,
@@ -335,18 +348,37 @@ class Shim:
             ancestor = parent
         return [], nameless_outcome(lookup.name, lookup.action, self.policy().builds)
 
-    async def build_lookups(self, inspection: Inspection) -> tuple[Inspection, bool]:
+    async def build_lookups(
+        self,
+        inspection: Inspection,
+        endpoint: str,
+        peer: PeerInfo,
+        pulled: set[str] | None = None,
+    ) -> tuple[Inspection, bool]:
         """A BuildKit build's local images, judged as for a classic build: the daemon's
         BuildKit uses a local image of a base's name before pulling it, so its content
         (all its names, or its nearest named ancestor) and its ONBUILD triggers count.
-        Also whether any of them has ONBUILD triggers: those may build a stage of the
-        Dockerfile that its target does not reach (``decide_build`` widens then)."""
+        A base that is not local is pulled first (``pull_base``; BuildKit's credentials
+        are in the client's session, so the shim's pull has none), so its triggers
+        count too. Also whether any of them has ONBUILD triggers: those may build a
+        stage of the Dockerfile that its target does not reach (``decide_build`` widens
+        then). ``pulled``: bases already pulled for this build, not pulled again."""
         wants = list(inspection.wants)
         setting = inspection.setting
         triggers = False
+        pulled = set() if pulled is None else pulled
+        refused = self.denies_any(inspection, peer)
         for lookup in inspection.lookups:
             try:
                 image = await self.local_image(lookup.name)
+                if (
+                    lookup.base
+                    and not refused
+                    and lookup.name not in pulled
+                    and (image is None or lookup.force_pull)
+                ):
+                    pulled.add(lookup.name)
+                    image = await self.pull_base(lookup, endpoint, peer) or image
             except OSError as e:
                 raise InspectionError(
                     _upstream_error(self.config.upstream, e, desktop=self.config.user is not None),
@@ -361,6 +393,120 @@ class Shim:
             if outcome is not None and (setting is None or setting.allowed):
                 setting = outcome
         return Inspection(wants=tuple(wants), setting=setting), triggers
+
+    def denies_any(self, inspection: Inspection, peer: PeerInfo) -> bool:
+        """Whether the policy already refuses a build (one of its images by name, or a
+        setting): it is refused whatever its bases' triggers say, so nothing is pulled."""
+        if inspection.setting is not None and not inspection.setting.allowed:
+            return True
+        policy, now, identity = self.policy(), datetime.now(UTC), self.identity_of(peer)
+        return any(
+            decide(policy, w.reference, now=now, identity=identity, host=self.host).verdict
+            is Verdict.DENY
+            for w in inspection.wants
+        )
+
+    async def pull_base(
+        self,
+        lookup: Lookup,
+        endpoint: str,
+        peer: PeerInfo,
+        registry_config: str | None = None,
+    ) -> LocalImage | None:
+        """Pull a build's base that the machine lacks, so its ONBUILD triggers can be
+        read before the build is decided (the daemon would read them only after its own
+        pull). Only a name the policy allows is pulled, recorded first as an allowed
+        pull made for the build (the bypass monitor's ledger then explains it); a
+        denied one is left to the build's own decision (None). A pull that fails, or
+        leaves nothing under the name, refuses the build with the advice to pull first.
+
+        ``registry_config``: a classic build's ``X-Registry-Config``, whose matching
+        credentials dockerd's builder would pull with (``base_pull.auth_for``).
+        """
+        try:
+            ref = image_reference(lookup.name, "base image")
+        except InspectionError:
+            return None  # not a name (an ID prefix, say): nothing to pull by it
+        now, identity = datetime.now(UTC), self.identity_of(peer)
+        verdict = decide(self.policy(), ref, now=now, identity=identity, host=self.host).verdict
+        if verdict is Verdict.DENY:
+            return None
+        detail = (
+            f"base image of a build ({endpoint}), pulled by Pullgate to read its ONBUILD "
+            "triggers before the build"
+        )
+        pull = Wanted(lookup.name, ref, EventAction.PULL, detail=detail)
+        denial, gate = self.record(Inspection(wants=(pull,)), endpoint, peer)
+        if gate is not None:
+            try:
+                denial = denial or await gate
+            except Exception:  # any failure to record refuses
+                denial = "pullgate: the audit log could not be written"
+        if denial is not None:
+            raise InspectionError(denial, 403)
+        auth = registry_auth_header(registry_configs(registry_config), ref)
+        for platform in lookup.platform.split(",") if lookup.platform else [""]:
+            problem = await self._pull(ref, platform.strip(), auth)
+            if problem is not None:
+                raise InspectionError(base_pull_refusal(lookup.name, problem), 403)
+        image = await self.local_image(lookup.name)
+        if image is None:
+            why = "the daemon holds nothing under that name after the pull"
+            raise InspectionError(base_pull_refusal(lookup.name, why), 403)
+        return image
+
+    async def _pull(self, ref: Reference, platform: str, auth: str | None) -> str | None:
+        """``POST /images/create`` on a connection of the shim's own, its progress read
+        as it streams: None when the pull succeeded, else why it did not. Bounded by
+        ``PULL_IDLE_SECONDS`` without progress and ``PULL_LIMIT_SECONDS`` in all; at
+        either the shim hangs up, which cancels the daemon's pull."""
+        target = pull_target(ref, platform)
+        shown = ref.familiar_string() + (f" ({platform})" if platform else "")
+        print(f"pullgate: pulling the build's base image {shown} first", file=sys.stderr)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PULL_LIMIT_SECONDS
+        progress = PullProgress()
+        status = 0
+        try:
+            async with asyncio.timeout(min(deadline, loop.time() + PULL_IDLE_SECONDS)) as bound:
+                if self.endpoint_transport is not None:
+                    # A Windows pipe: one answer, read whole (no credentials carried),
+                    # so only the overall limit applies.
+                    bound.reschedule(deadline)
+                    answer = await self.endpoint_transport.request(
+                        "POST", target, PULL_LIMIT_SECONDS
+                    )
+                    status = answer.status
+                    progress.feed(answer.body)
+                else:
+                    async with docker_api.stream(
+                        self.config.upstream,
+                        target,
+                        timeout=PULL_IDLE_SECONDS,
+                        listener_uid=self.config.user,
+                        listener_executables=self.config.desktop_executables,
+                        method="POST",
+                        headers=[("X-Registry-Auth", auth)] if auth else [],
+                    ) as stream:
+                        status = stream.status
+                        async for chunk in stream.chunks():
+                            progress.feed(chunk)
+                            if progress.error is not None:
+                                break
+                            bound.reschedule(min(deadline, loop.time() + PULL_IDLE_SECONDS))
+        except TimeoutError:
+            if loop.time() >= deadline - 1:
+                return f"the pull took longer than {PULL_LIMIT_SECONDS:.0f} s"
+            return f"the pull made no progress for {PULL_IDLE_SECONDS:.0f} s"
+        except OSError as e:  # DockerAPIError and ListenerError are OSErrors
+            return f"the daemon could not be asked to pull it: {e}"
+        progress.finish()
+        if status != 200:
+            return _pull_answer_problem(status, progress)
+        if progress.error is not None:
+            return f"the daemon's pull failed: {printable(progress.error)}"
+        print(f"pullgate: pulled the build's base image {shown}", file=sys.stderr)
+        return None
 
     def record(
         self, inspection: Inspection, endpoint: str, peer: PeerInfo
@@ -427,9 +573,10 @@ class Shim:
         when a local base image has ONBUILD triggers (a trigger's ``--from`` can build a
         stage the target does not reach)."""
         try:
-            looked, triggers = await self.build_lookups(inspection)
+            pulled: set[str] = set()
+            looked, triggers = await self.build_lookups(inspection, endpoint, peer, pulled)
             if triggers and every_stage is not None:
-                looked, _ = await self.build_lookups(every_stage())
+                looked, _ = await self.build_lookups(every_stage(), endpoint, peer, pulled)
             inspection = looked
         except InspectionError as e:
             return e.message
@@ -658,6 +805,15 @@ class Shim:
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.config.listen.unlink()
+
+
+def _pull_answer_problem(status: int, progress: PullProgress) -> str:
+    """Why a pull the daemon answered with an error status failed: its JSON message
+    (``{"message": ...}``, read by ``PullProgress`` as a line without ``error``)."""
+    why = progress.error or progress.message
+    if why is not None:
+        return f"the daemon refused the pull (HTTP {status}): {printable(why)}"
+    return f"the daemon refused the pull (HTTP {status})"
 
 
 def _remediation(d: Decision) -> dict[str, str]:
@@ -1506,6 +1662,8 @@ class ClientConnection(asyncio.Protocol):
         checked: _Checked | None = None
         sources: set[str] = set()
         try:
+            pulls = tar and any(lookup.base for lookup in inspection.lookups)
+            refused = pulls and self.shim.denies_any(inspection, self.peer)
             access = await self._gathered_access(inspection)
             if access:
                 action = inspection.host_action or EventAction.CREATE
@@ -1515,6 +1673,9 @@ class ClientConnection(asyncio.Protocol):
                 )
             for lookup in inspection.lookups:
                 image = await self._lookup_image(lookup)
+                if pulls and not refused and lookup.base and (image is None or lookup.force_pull):
+                    # A missing base is pulled first, so its ONBUILD triggers are read.
+                    image = await self._pull_base(lookup) or image
                 if lookup.moves:
                     # Moving a name away can leave content nameless. With a Parent its
                     # ancestors judge it then; without, it is refused by ID — except with
@@ -1661,6 +1822,15 @@ class ClientConnection(asyncio.Protocol):
         except HostAccessError as e:
             raise InspectionError(f"pullgate: the daemon's container {name!r}: {e}", 502) from e
 
+    async def _pull_base(self, lookup: Lookup) -> LocalImage | None:
+        """``Shim.pull_base`` for this classic build, with the credentials its client
+        sent for the daemon's own pulls (``X-Registry-Config``, the first one, as Go's
+        ``Header.Get`` reads it)."""
+        assert self.head is not None and self.route is not None
+        config = next((v for k, v in self.head.headers if k == "x-registry-config"), None)
+        endpoint = f"{self.head.method} {self.route.path}"
+        return await self.shim.pull_base(lookup, endpoint, self.peer, config)
+
     async def _lookup_image(self, lookup: Lookup) -> LocalImage | None:
         """The image a lookup means: by name or ID, or a container's image."""
         if not lookup.container:
@@ -1714,8 +1884,13 @@ class ClientConnection(asyncio.Protocol):
         inspection = self.tar_plan.finish(found)
         self.tar = None
         if self.shim.policy().on_create is OnCreateSetting.CHECK and self.route is not None:
-            targets = parse_query(self.route.raw_query).get_all("t")
-            inspection = with_build_lookups(inspection, targets)
+            query = parse_query(self.route.raw_query)
+            inspection = with_build_lookups(
+                inspection,
+                query.get_all("t"),
+                platform=query.get("platform") or "",
+                force_pull=form_bool(query.get("pull") or ""),
+            )
         if inspection.lookups:
             # The archive's last bytes stay held while the daemon is asked.
             self._move(_DECIDING)

@@ -119,6 +119,9 @@ class Wanted:
     action: EventAction
     all_tags: bool = False
     detail: str | None = None
+    #: A build stage's base (``FROM``, or the image a gateway resolve reads the config
+    #: of): its ``ONBUILD`` triggers run in the build, so it is read before deciding.
+    base: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,12 @@ class Lookup:
     after: After | None = None
     new_name: str = ""
     moves: bool = False
+    #: A build's base image (``Wanted.base``): if the machine does not have it (or the
+    #: build forces a pull, ``force_pull``), the shim pulls it for ``platform`` first,
+    #: when its name is allowed, and then judges it as a local base (``base_pull``).
+    base: bool = False
+    platform: str = ""
+    force_pull: bool = False
 
 
 @dataclass(frozen=True)
@@ -602,7 +611,8 @@ def _dockerfile_wants(name: str, data: bytes, build_args: Mapping[str, str]) -> 
         seen.add((use.image, use.line))
         ref = _reference(use.image, "image in the Dockerfile")
         detail = f"{name} line {use.line}: {use.instruction}" if use.line else f"{name} syntax"
-        wants.append(Wanted(use.image, ref, EventAction.BUILD, detail=detail))
+        base = use.source == "from"
+        wants.append(Wanted(use.image, ref, EventAction.BUILD, detail=detail, base=base))
     return wants
 
 
@@ -1055,16 +1065,31 @@ def loses_last_name(name: str, image: LocalImage) -> bool:
     return set(_local_names(image).values()) <= {parse_docker_ref(name)}
 
 
-def with_build_lookups(inspection: Inspection, targets: Sequence[str] = ()) -> Inspection:
+def with_build_lookups(
+    inspection: Inspection,
+    targets: Sequence[str] = (),
+    *,
+    platform: str = "",
+    force_pull: bool = False,
+) -> Inspection:
     """A classic build's images, each also looked up as a local image.
 
     The classic builder takes ``FROM``, ``COPY --from`` and cache-from images from the
     machine when it has them (``GetImage``: by name, else by ID prefix) and pulls only
     what is missing, so what it builds on is judged like a container's image. Its
-    ``t`` names (``targets``) move to the new image: see ``Lookup.moves``.
+    ``t`` names (``targets``) move to the new image: see ``Lookup.moves``. Bases are
+    marked (``Lookup.base``) with the build's ``platform`` and whether it forces pulls:
+    one that is missing is pulled by the shim before deciding, to read its triggers.
     """
-    names = dict.fromkeys(w.input for w in inspection.wants if w.action is EventAction.BUILD)
-    lookups = [Lookup(name, EventAction.BUILD) for name in names]
+    builds = [w for w in inspection.wants if w.action is EventAction.BUILD]
+    names = dict.fromkeys(w.input for w in builds)
+    bases = {w.input for w in builds if w.base}
+    lookups = [
+        Lookup(name, EventAction.BUILD, base=True, platform=platform, force_pull=force_pull)
+        if name in bases
+        else Lookup(name, EventAction.BUILD)
+        for name in names
+    ]
     for target in dict.fromkeys(targets):
         try:
             moved = parse_normalized_named(target).with_default_tag()

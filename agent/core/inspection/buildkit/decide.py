@@ -206,11 +206,16 @@ def dockerfile(
             continue
         # Line 0: the frontend named by --build-arg BUILDKIT_SYNTAX=..., not by a line.
         detail = f"{path} line {use.line}: {use.instruction}" if use.line else use.instruction
-        wants.append(Wanted(use.image, ref, EventAction.BUILD, detail=detail))
+        base = use.source == "from"
+        wants.append(Wanted(use.image, ref, EventAction.BUILD, detail=detail, base=base))
         if use.source == "syntax":
             unreadable = unreadable or _frontend_problem(inputs, use.image)
     setting = builds_setting(policy, unreadable) if unreadable is not None else None
-    return with_build_lookups(Inspection(wants=tuple(wants), setting=setting))
+    return with_build_lookups(
+        Inspection(wants=tuple(wants), setting=setting),
+        platform=inputs.attrs.get("platform", ""),
+        force_pull=inputs.attrs.get("image-resolve-mode", "") == "pull",
+    )
 
 
 def _go_true(value: str) -> bool:
@@ -272,9 +277,10 @@ def resolve_inspection(
         return Inspection(setting=builds_setting(policy, unreadable))
     if image is None:
         return Inspection()
-    want = Wanted(
-        image, image_reference(image, "image to resolve"), EventAction.BUILD, detail=detail
-    )
+    # The config a resolve reads is where a client-side frontend (buildx) finds the
+    # image's ONBUILD triggers: it is read as a base's is.
+    ref = image_reference(image, "image to resolve")
+    want = Wanted(image, ref, EventAction.BUILD, detail=detail, base=True)
     return with_build_lookups(Inspection(wants=(want,)))
 
 

@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 from google.protobuf.message import DecodeError, Message
 
+from agent.core.inspection.base_pull import form_bool
 from agent.core.inspection.buildkit.protos import gateway_pb2
 from agent.core.inspection.buildkit.protos.control_pb2 import CacheOptions, SolveRequest
 from agent.core.inspection.buildkit.protos.llb_pb2 import Definition, Op
@@ -397,7 +398,8 @@ def from_build_query(query: Mapping[str, str] | Query) -> BuildInputs:
     the ``build-arg:*`` attributes (null values dropped), ``cachefrom`` the comma-joined
     ``cache-from`` attribute (so a name holding a comma is two names to the frontend);
     ``remote=client-session`` means the context and Dockerfile come from the session,
-    any other ``remote`` (or none: the body) a context Pullgate does not read here.
+    any other ``remote`` (or none: the body) a context Pullgate does not read here;
+    ``pull`` sets ``image-resolve-mode`` and ``platform`` the ``platform`` attribute.
     """
     try:
 
@@ -415,6 +417,10 @@ def from_build_query(query: Mapping[str, str] | Query) -> BuildInputs:
             attrs[_BUILD_ARG + key] = value
         raw_cache = get("cachefrom")
         attrs["cache-from"] = ",".join(cache_from_json(raw_cache) if raw_cache else [])
+        # builder-next: `pull` forces the bases' pull, `platform` is the build's.
+        attrs["image-resolve-mode"] = "pull" if form_bool(get("pull")) else "default"
+        if get("platform"):
+            attrs["platform"] = get("platform")
         remote = get("remote")
         session = get("session")
     except RouteError as e:
