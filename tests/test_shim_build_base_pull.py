@@ -9,6 +9,8 @@ directly; through the shim, a classic build and a BuildKit build (the Debian CLI
 of it are refused with Pullgate's message naming the trigger, the denied image never
 reaches the daemon, and the base is local afterwards. A base with a harmless trigger
 builds; a base the shim cannot pull is refused with the advice to `docker pull` it.
+buildx's shape (tests/buildkit_client.py: a gateway solve, and the client-side frontend's
+`ResolveImageConfig` of a base) is read the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ from tests.agent_process import (
     shim_environ,
     shim_policy,
     start_agent,
+)
+from tests.buildkit_client import (
+    TRANSPORT_GRPC,
+    GatewayBuild,
+    GrpcConnection,
+    Session,
+    build_dirs,
+    gateway_build,
 )
 
 DENIED_TRIGGER = f"ONBUILD COPY --from={DENIED_REPOSITORY} /bin/busybox /x"
@@ -105,14 +115,25 @@ def _context(root: Path, base: str) -> Path:
     return root
 
 
+#: The harness's own docker CLI (``DockerEnv.docker_cli``, the one on PATH: a current
+#: one without buildx, so classic builds only).
+HARNESS_CLI = "harness"
+
+
 def _build(
-    agent: AgentProcess, env: DockerEnv, ctx: Path, tag: str, *, buildkit: bool
+    agent: AgentProcess,
+    env: DockerEnv,
+    ctx: Path,
+    tag: str,
+    *,
+    buildkit: bool,
+    cli: str = DEBIAN_DOCKER_CLI,
 ) -> subprocess.CompletedProcess[str]:
     environ = shim_environ(agent, env, {"DOCKER_BUILDKIT": "1" if buildkit else "0"})
     args = ["build", "--network", "none", "-t", tag, str(ctx)]
     if buildkit:
         args[1:1] = ["--progress", "plain"]
-    return docker_with(environ, *args, cli=DEBIAN_DOCKER_CLI, timeout=BUILD_TIMEOUT)
+    return docker_with(environ, *args, cli=cli, timeout=BUILD_TIMEOUT)
 
 
 def _tag() -> str:
@@ -138,7 +159,11 @@ def test_the_pushed_base_is_a_live_way_in_on_the_daemon_directly(
         docker(docker_env, "image", "rm", "--force", tag, check=False)
 
 
-@pytest.mark.parametrize("buildkit", [False, True], ids=["classic", "buildkit"])
+@pytest.mark.parametrize(
+    ("buildkit", "cli"),
+    [(False, DEBIAN_DOCKER_CLI), (True, DEBIAN_DOCKER_CLI), (False, HARNESS_CLI)],
+    ids=["classic", "buildkit", "classic-harness-cli"],
+)
 @pytest.mark.usefixtures("fresh", "denied_image_absent")
 def test_a_missing_base_whose_trigger_pulls_a_denied_image_is_refused(
     *,
@@ -148,13 +173,14 @@ def test_a_missing_base_whose_trigger_pulls_a_denied_image_is_refused(
     denied_image_ids: frozenset[str],
     tmp_path: Path,
     buildkit: bool,
+    cli: str,
 ) -> None:
+    cli = docker_env.docker_cli if cli == HARNESS_CLI else cli
     since = agent.mark()
     tag = _tag()
 
-    result = _build(
-        agent, docker_env, _context(tmp_path / "ctx", denied_base), tag, buildkit=buildkit
-    )
+    ctx = _context(tmp_path / "ctx", denied_base)
+    result = _build(agent, docker_env, ctx, tag, buildkit=buildkit, cli=cli)
 
     output = result.stdout + result.stderr
     assert result.returncode != 0, describe(result, agent)
@@ -215,3 +241,103 @@ def test_a_base_the_shim_cannot_pull_is_refused_with_the_advice_to_pull_it(
     assert f"base image {missing} is not on this machine" in output, describe(result, agent)
     assert f"Run `docker pull {missing}` first" in output, describe(result, agent)
     assert not image_present(docker_env, tag)
+
+
+# --------------------------------------------------------------------------- buildx's shape
+
+PERMISSION_DENIED = 7
+
+
+def _buildx(
+    agent: AgentProcess, tmp: Path, dockerfile: str, resolve: tuple[str, ...]
+) -> GatewayBuild:
+    """A build as buildx makes it, through the shim: its session in ``Control/Session``
+    on the build's ``/grpc`` connection, the client-side frontend's resolves first."""
+    dirs = build_dirs(tmp, dockerfile)
+    with GrpcConnection(agent.socket_path) as conn:
+        session = Session(
+            agent.socket_path,
+            dirs,
+            transport=TRANSPORT_GRPC,
+            connection=conn,
+            shared_key=uuid.uuid4().hex,
+        )
+        with session:
+            built = gateway_build(
+                conn,
+                session.id,
+                {"force-network-mode": "none"},
+                resolve=resolve,
+                timeout=BUILD_TIMEOUT,
+            )
+        assert conn.error is None, conn.error
+    assert session.error is None, session.error
+    return built
+
+
+@pytest.mark.usefixtures("fresh", "denied_image_absent")
+def test_buildx_resolve_and_solve_of_a_missing_base_read_its_triggers(
+    agent: AgentProcess,
+    docker_env: DockerEnv,
+    denied_base: str,
+    denied_image_ids: frozenset[str],
+    tmp_path: Path,
+) -> None:
+    """The client-side frontend reads a base's triggers from the config its resolve
+    fetches: the resolve of the missing base is refused for its trigger, and so is the
+    gateway solve of a Dockerfile built on it."""
+    canonical = f"docker.io/{denied_base}"
+    built = _buildx(agent, tmp_path, f"FROM {denied_base}\n", (canonical,))
+
+    (resolved,) = built.resolved
+    assert resolved.status == PERMISSION_DENIED, resolved
+    assert "pullgate: pulling docker.io/someuser/tool:latest" in resolved.message, resolved
+    assert "ONBUILD trigger of local image" in resolved.message, resolved
+    assert not built.ok, built.describe()
+    assert image_present(docker_env, denied_base)
+    assert not images_of(docker_env, DENIED_REPOSITORY, denied_image_ids)
+
+
+@pytest.mark.usefixtures("fresh")
+def test_buildx_resolve_of_a_missing_harmless_base_pulls_it_and_builds(
+    agent: AgentProcess, docker_env: DockerEnv, harmless_base: str, tmp_path: Path
+) -> None:
+    canonical = f"docker.io/{harmless_base}"
+    built = _buildx(agent, tmp_path, f"FROM {harmless_base}\nRUN test -f /onbuild\n", (canonical,))
+
+    assert [r.status for r in built.resolved] == [0], built.describe()
+    assert built.ok, built.describe()
+    assert image_present(docker_env, harmless_base)
+
+
+@pytest.mark.parametrize("buildkit", [False, True], ids=["classic", "buildkit"])
+@pytest.mark.usefixtures("fresh")
+def test_with_pull_a_local_base_is_pulled_again_by_the_shim_first(
+    agent: AgentProcess,
+    docker_env: DockerEnv,
+    harmless_base: str,
+    tmp_path: Path,
+    buildkit: bool,
+) -> None:
+    """``--pull``: the daemon pulls the base again whatever it has, so the shim does too
+    and decides what it got (a tag moved after that is docs/shim.md's residual)."""
+    docker(docker_env, "pull", harmless_base)
+    since = agent.mark()
+    tag = _tag()
+    try:
+        ctx = _context(tmp_path / "ctx", harmless_base)
+        environ = shim_environ(agent, docker_env, {"DOCKER_BUILDKIT": "1" if buildkit else "0"})
+        result = docker_with(
+            environ,
+            *("build", "--pull", "--network", "none", "-t", tag, str(ctx)),
+            cli=DEBIAN_DOCKER_CLI,
+            timeout=BUILD_TIMEOUT,
+        )
+        assert result.returncode == 0, describe(result, agent)
+        pull = agent.wait_for_decision(
+            lambda r: r.get("action") == "image-pull" and r.get("input") == harmless_base,
+            since=since,
+        )
+        assert "pulled by Pullgate" in pull["detail"], pull
+    finally:
+        docker(docker_env, "image", "rm", "--force", tag, check=False)
