@@ -27,6 +27,7 @@ import errno
 import json
 import os
 import re
+import select
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -150,6 +151,9 @@ _VERBS = {
 }
 #: Bytes after a tar's end marker the shim will hold back before refusing the request.
 _MAX_HELD_BYTES = 1 << 20
+#: How often a client whose build waits on the shim's pull of its base is checked for a
+#: hang-up (its pull then stops: nobody is left to build for).
+_HANGUP_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -392,6 +396,8 @@ class Shim:
             wants += onbuild_wants(lookup.name, image, lookup.action)
             if outcome is not None and (setting is None or setting.allowed):
                 setting = outcome
+            # A base's trigger or names may refuse the build already: pull no more for it.
+            refused = refused or self.denies_any(Inspection(tuple(wants), setting), peer)
         return Inspection(wants=tuple(wants), setting=setting), triggers
 
     def denies_any(self, inspection: Inspection, peer: PeerInfo) -> bool:
@@ -439,7 +445,8 @@ class Shim:
         denial, gate = self.record(Inspection(wants=(pull,)), endpoint, peer)
         if gate is not None:
             try:
-                denial = denial or await gate
+                # Shielded: a client that hangs up cancels the pull, never the audit write.
+                denial = denial or await asyncio.shield(gate)
             except Exception:  # any failure to record refuses
                 denial = "pullgate: the audit log could not be written"
         if denial is not None:
@@ -1713,6 +1720,10 @@ class ClientConnection(asyncio.Protocol):
                     wants += onbuild_wants(lookup.name, image, lookup.action)
                 if outcome is not None and (setting is None or setting.allowed):
                     setting = outcome
+                if pulls and not refused:
+                    # A base's trigger or names may refuse the build already: pull no more.
+                    decided = Inspection(tuple(wants), setting)
+                    refused = self.shim.denies_any(decided, self.peer)
         except Exception as e:  # a bug too must refuse the request, never leave it waiting
             if not self._refuse_for(e):
                 raise
@@ -1829,7 +1840,39 @@ class ClientConnection(asyncio.Protocol):
         assert self.head is not None and self.route is not None
         config = next((v for k, v in self.head.headers if k == "x-registry-config"), None)
         endpoint = f"{self.head.method} {self.route.path}"
-        return await self.shim.pull_base(lookup, endpoint, self.peer, config)
+        pull = asyncio.ensure_future(self.shim.pull_base(lookup, endpoint, self.peer, config))
+        gone = asyncio.ensure_future(self._client_hung_up())
+        try:
+            await asyncio.wait((pull, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not pull.done():
+                # The client is gone (or this task is cancelled): closing the shim's
+                # connection to the daemon cancels the daemon's pull.
+                pull.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pull
+        if pull.cancelled():
+            raise InspectionError(
+                "pullgate: the client hung up while Pullgate pulled its build's base image", 400
+            )
+        return pull.result()
+
+    async def _client_hung_up(self) -> None:
+        """Return once the client has closed its connection, which a paused transport
+        does not notice: polled for ``POLLHUP``, which Linux reports for a unix socket
+        whose peer closed it (not for one only half-closed, ``shutdown(SHUT_WR)``, whose
+        client still waits for the answer). Never returns where that cannot be told."""
+        sock = self.transport.get_extra_info("socket") if self.transport else None
+        if sys.platform != "win32" and sock is not None:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLHUP)
+            while self.state is not _CLOSED:
+                if any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0)):
+                    return
+                await asyncio.sleep(_HANGUP_POLL_SECONDS)
+            return
+        await asyncio.Future()
 
     async def _lookup_image(self, lookup: Lookup) -> LocalImage | None:
         """The image a lookup means: by name or ID, or a container's image."""
