@@ -27,11 +27,16 @@ from pathlib import Path
 
 import pytest
 
+from agent.core.inspection.buildkit.decide import dockerfile
+from agent.core.inspection.buildkit.inputs import from_build_query
 from agent.core.inspection.request import (
     EventAction,
     Inspection,
+    LocalImage,
+    Lookup,
     Wanted,
     image_reference,
+    onbuild_wants,
     with_build_lookups,
 )
 from agent.core.peer import PeerInfo
@@ -51,7 +56,8 @@ from tests.agent_process import (
 )
 from tests.policy_builders import policy
 
-DENIED_TRIGGER = f"ONBUILD COPY --from={DENIED_REPOSITORY} /bin/busybox /x"
+#: A trigger as an image config holds it (``Config.OnBuild``: without the ``ONBUILD``).
+DENIED_TRIGGER = f"COPY --from={DENIED_REPOSITORY} /bin/busybox /x"
 BUILD_TIMEOUT = 180.0
 MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 INDEX = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -208,12 +214,12 @@ def test_from_platform_variant_with_a_denied_trigger_is_refused(
     tmp_path: Path,
     buildkit: bool,
 ) -> None:
-    """``FROM --platform=linux/arm64`` of a missing base that the shim pulls for the
-    daemon's platform (amd64, no triggers). The 20.10 daemon behind these tests builds on
-    the local variant whatever the stage's platform (classic ``GetImage`` and BuildKit's
-    ``resolveLocal`` do not match platforms there), so the trigger the shim read is the
-    one run: the denied image never arrives, refused or not. A daemon that matches the
-    local image's platform fetches the arm64 variant itself: docs/shim.md's limits."""
+    """``FROM --platform=linux/arm64`` of a missing base. The 20.10 daemon's BuildKit
+    builds that stage on the arm64 variant (and runs its trigger, fetching the denied
+    image into its content store, where no image list shows it), so the shim pulls and
+    reads that variant: refused. Its classic builder builds on the local variant
+    whatever the stage's platform (its ``GetImage`` does not match platforms), which is
+    the one the shim pulled and read: the denied image never arrives, refused or not."""
     tag = _tag()
     ctx = _context(tmp_path / "ctx", f"FROM --platform=linux/arm64 {split_base}\n")
     try:
@@ -222,7 +228,12 @@ def test_from_platform_variant_with_a_denied_trigger_is_refused(
         assert not images_of(docker_env, DENIED_REPOSITORY, denied_image_ids), describe(
             result, agent
         )
-        if result.returncode != 0:
+        if buildkit:
+            assert result.returncode != 0, describe(result, agent)
+            assert "pullgate: pulling docker.io/someuser/tool:latest" in output, describe(
+                result, agent
+            )
+        elif result.returncode != 0:
             assert "pullgate:" in output, describe(result, agent)
         else:
             assert "build trigger" not in output, describe(result, agent)
@@ -378,3 +389,120 @@ def test_nothing_more_is_pulled_for_a_build_a_local_bases_trigger_refuses(
     looked = asyncio.run(run())
     assert shim.denies_any(looked, PEER)
     assert not any(line.startswith("POST /images/create") for line in seen), seen
+
+
+# ------------------------------------------------- triggers are read one by one, as run
+
+#: A trigger ending in a line continuation, then the denied one: read joined, the second
+#: is swallowed by the first; the daemon parses each trigger on its own (classic
+#: ``dispatchTriggeredOnBuild``, BuildKit ``initOnBuildTriggers``) and runs both.
+SWALLOWING = ["COPY --from=alpine /bin/busybox /a \\", DENIED_TRIGGER]
+
+
+@pytest.mark.parametrize(
+    "triggers",
+    [SWALLOWING, ["RUN true \\", DENIED_TRIGGER], ["RUN true `", DENIED_TRIGGER]],
+    ids=["copy-backslash", "run-backslash", "backtick"],
+)
+def test_each_trigger_is_read_on_its_own(triggers: list[str]) -> None:
+    image = LocalImage("sha256:" + "c" * 64, ("acme/b:1",), (), "", tuple(triggers))
+    found = {w.input for w in onbuild_wants("acme/b:1", image, EventAction.BUILD)}
+    assert DENIED_REPOSITORY in found, found
+
+
+@pytest.mark.parametrize("buildkit", [False, True], ids=["classic", "buildkit"])
+@pytest.mark.usefixtures("denied_image_absent")
+def test_a_trigger_swallowed_by_a_continuation_is_still_decided(
+    *,
+    agent: AgentProcess,
+    docker_env: DockerEnv,
+    denied_image_ids: frozenset[str],
+    tmp_path: Path,
+    buildkit: bool,
+) -> None:
+    """A missing base whose triggers are ``SWALLOWING``: the shim pulls it and must
+    refuse the build for its second trigger."""
+    base = _split_base(docker_env, {"amd64": SWALLOWING})
+    tag = _tag()
+    try:
+        result = _build(
+            agent, docker_env, _context(tmp_path / "ctx", f"FROM {base}\n"), tag, buildkit=buildkit
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, describe(result, agent)
+        assert "pullgate: pulling docker.io/someuser/tool:latest" in output, describe(result, agent)
+        assert not images_of(docker_env, DENIED_REPOSITORY, denied_image_ids)
+    finally:
+        for name in (tag, base):
+            docker(docker_env, "image", "rm", "--force", name, check=False)
+
+
+def test_a_stage_of_its_own_platform_pulls_its_base_for_that_platform() -> None:
+    """BuildKit builds a ``FROM --platform=P`` stage on P's variant, fetched whatever
+    variant is local: a base of another platform than the build's is pulled (again) for
+    P. ``$BUILDPLATFORM`` is the daemon's own, ``$TARGETPLATFORM`` the build's; any
+    other value cannot be told."""
+    inputs = from_build_query(
+        {"remote": "client-session", "session": "s", "platform": "linux/arm64"}
+    )
+    text = (
+        b"FROM --platform=linux/ARM/v7 acme/a AS a\n"
+        b"FROM --platform=$BUILDPLATFORM acme/b AS b\n"
+        b"FROM --platform=${TARGETPLATFORM} acme/c\n"
+        b"COPY --from=a /x /a\nCOPY --from=b /x /b\n"
+    )
+    found = dockerfile(inputs, "Dockerfile", text, policy())
+    own = {(lk.name, lk.platform) for lk in found.lookups if lk.force_pull}
+    # acme/c's stage is of the build's platform: the build's own lookup (no forced pull).
+    assert own == {("acme/a", "linux/arm/v7"), ("acme/b", "")}
+    assert any(lk.name == "acme/c" and lk.platform == "linux/arm64" for lk in found.lookups)
+    assert found.setting is None
+    unknown = dockerfile(
+        inputs, "Dockerfile", b"ARG P=linux/s390x\nFROM --platform=$P acme/a\n", policy()
+    )
+    assert unknown.setting is not None and not unknown.setting.allowed
+    assert "stage platform '$P'" in unknown.setting.reason
+
+
+def test_every_platform_pulled_is_read(tmp_path: Path) -> None:
+    """``platform=linux/amd64,linux/arm64``: the name keeps only the last variant
+    locally, so each is read right after its own pull; a trigger of any counts."""
+    variants = {
+        "linux/amd64": [DENIED_TRIGGER],
+        "linux/arm64": [],
+    }
+    current: list[str] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n", 1)[0]
+        if line.startswith("POST /images/create"):
+            platform = urllib.parse.parse_qs(line.split()[1].split("?", 1)[1])["platform"][0]
+            current[:] = [platform]
+            writer.write(_stream_head() + _chunk(b'{"status":"Pulled"}\n') + b"0\r\n\r\n")
+        elif current:
+            image = {
+                "Id": "sha256:" + hashlib.sha256(current[0].encode()).hexdigest(),
+                "RepoTags": ["acme/base:1"],
+                "RepoDigests": [],
+                "Config": {"OnBuild": variants[current[0]]},
+            }
+            writer.write(_json_answer(200, image))
+        else:
+            writer.write(_json_answer(404, {"message": "no such image"}))
+        await writer.drain()
+        writer.close()
+
+    shim = Shim(
+        ShimConfig(listen=tmp_path / "shim.sock", upstream=tmp_path / "d.sock"),
+        policy,
+        DecisionSink(),
+    )
+    lookup = Lookup("acme/base:1", EventAction.BUILD, base=True, platform="linux/amd64,linux/arm64")
+
+    async def run() -> LocalImage | None:
+        daemon = await asyncio.start_unix_server(serve, path=str(tmp_path / "d.sock"))
+        async with daemon:
+            return await shim.pull_base(lookup, "POST /grpc", PEER)
+
+    image = asyncio.run(run())
+    assert image is not None and image.onbuild == (DENIED_TRIGGER,)

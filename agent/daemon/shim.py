@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import errno
 import json
@@ -375,13 +376,14 @@ class Shim:
         for lookup in inspection.lookups:
             try:
                 image = await self.local_image(lookup.name)
+                key = f"{lookup.name} {lookup.platform}"  # a variant of its own platform
                 if (
                     lookup.base
                     and not refused
-                    and lookup.name not in pulled
+                    and key not in pulled
                     and (image is None or lookup.force_pull)
                 ):
-                    pulled.add(lookup.name)
+                    pulled.add(key)
                     image = await self.pull_base(lookup, endpoint, peer) or image
             except OSError as e:
                 raise InspectionError(
@@ -452,15 +454,21 @@ class Shim:
         if denial is not None:
             raise InspectionError(denial, 403)
         auth = registry_auth_header(registry_configs(registry_config), ref)
+        image: LocalImage | None = None
+        triggers: dict[str, None] = {}
         for platform in lookup.platform.split(",") if lookup.platform else [""]:
             problem = await self._pull(ref, platform.strip(), auth)
             if problem is not None:
                 raise InspectionError(base_pull_refusal(lookup.name, problem), 403)
-        image = await self.local_image(lookup.name)
-        if image is None:
-            why = "the daemon holds nothing under that name after the pull"
-            raise InspectionError(base_pull_refusal(lookup.name, why), 403)
-        return image
+            # Read after each platform's pull: the name keeps only the last variant
+            # locally, and the daemon fetches the others (their triggers) itself.
+            image = await self.local_image(lookup.name)
+            if image is None:
+                why = "the daemon holds nothing under that name after the pull"
+                raise InspectionError(base_pull_refusal(lookup.name, why), 403)
+            triggers.update(dict.fromkeys(image.onbuild))
+        assert image is not None
+        return dataclasses.replace(image, onbuild=tuple(triggers))
 
     async def _pull(self, ref: Reference, platform: str, auth: str | None) -> str | None:
         """``POST /images/create`` on a connection of the shim's own, its progress read
@@ -583,7 +591,12 @@ class Shim:
             pulled: set[str] = set()
             looked, triggers = await self.build_lookups(inspection, endpoint, peer, pulled)
             if triggers and every_stage is not None:
-                looked, _ = await self.build_lookups(every_stage(), endpoint, peer, pulled)
+                wider, _ = await self.build_lookups(every_stage(), endpoint, peer, pulled)
+                # Both: the first read variants (of other platforms) no longer local.
+                setting = looked.setting if wider.setting is None else wider.setting
+                if looked.setting is not None and not looked.setting.allowed:
+                    setting = looked.setting
+                looked = Inspection(wants=looked.wants + wider.wants, setting=setting)
             inspection = looked
         except InspectionError as e:
             return e.message

@@ -122,6 +122,9 @@ class Wanted:
     #: A build stage's base (``FROM``, or the image a gateway resolve reads the config
     #: of): its ``ONBUILD`` triggers run in the build, so it is read before deciding.
     base: bool = False
+    #: A base's own platform (``FROM --platform=...``), which picks the variant the
+    #: daemon builds on (and whose triggers run); None: the build's.
+    platform: str | None = None
 
 
 @dataclass(frozen=True)
@@ -991,13 +994,13 @@ def local_image_wants(
 def onbuild_wants(name: str, image: LocalImage, action: EventAction) -> list[Wanted]:
     """Images the ONBUILD triggers of a local base image pull when a classic build uses it
     (``COPY --from=image``): the triggers run before the Dockerfile's own instructions."""
-    if not image.onbuild:
-        return []
-    return _trigger_wants(
-        [f"ONBUILD {trigger}" for trigger in image.onbuild],
-        action,
-        f"ONBUILD trigger of local image {name}",
-    )
+    # One by one, as the daemon parses them (classic ``dispatchTriggeredOnBuild``,
+    # BuildKit ``initOnBuildTriggers``): joined, a trigger ending in a line continuation
+    # would swallow the next one, which the daemon still runs.
+    what = f"ONBUILD trigger of local image {name}"
+    return [
+        w for trigger in image.onbuild for w in _trigger_wants([f"ONBUILD {trigger}"], action, what)
+    ]
 
 
 def _changes_wants(changes: Sequence[str], action: EventAction) -> list[Wanted]:
@@ -1089,6 +1092,18 @@ def with_build_lookups(
         if name in bases
         else Lookup(name, EventAction.BUILD)
         for name in names
+    ]
+    # A stage of another platform than the build's builds on that variant, which the
+    # daemon fetches whatever the machine holds under the name: it is pulled (and
+    # read) for it. One of the build's own platform is the lookup above.
+    own = {
+        (w.input, w.platform)
+        for w in builds
+        if w.base and w.platform is not None and w.platform != platform
+    }
+    lookups += [
+        Lookup(name, EventAction.BUILD, base=True, platform=p, force_pull=True)
+        for name, p in sorted(own)
     ]
     for target in dict.fromkeys(targets):
         try:

@@ -17,6 +17,7 @@ decision path serves both builders. Pure core.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 from agent.core.inspection.buildkit.filesync import DockerfileSync, FileSyncError
@@ -207,7 +208,11 @@ def dockerfile(
         # Line 0: the frontend named by --build-arg BUILDKIT_SYNTAX=..., not by a line.
         detail = f"{path} line {use.line}: {use.instruction}" if use.line else use.instruction
         base = use.source == "from"
-        wants.append(Wanted(use.image, ref, EventAction.BUILD, detail=detail, base=base))
+        platform, problem = _stage_platform(use.instruction, inputs) if base else (None, None)
+        unreadable = unreadable or problem
+        wants.append(
+            Wanted(use.image, ref, EventAction.BUILD, detail=detail, base=base, platform=platform)
+        )
         if use.source == "syntax":
             unreadable = unreadable or _frontend_problem(inputs, use.image)
     setting = builds_setting(policy, unreadable) if unreadable is not None else None
@@ -216,6 +221,31 @@ def dockerfile(
         platform=inputs.attrs.get("platform", ""),
         force_pull=inputs.attrs.get("image-resolve-mode", "") == "pull",
     )
+
+
+_FROM_PLATFORM = re.compile(r"^\s*FROM\s+--platform=(\S*)", re.IGNORECASE)
+_PLATFORM_ARG = re.compile(r"^\$(?:\{(\w+)\}|(\w+))$")
+
+
+def _stage_platform(instruction: str, inputs: BuildInputs) -> tuple[str | None, str | None]:
+    """A ``FROM --platform=...`` stage's platform, as the shim must pull its base for:
+    the variant the daemon's BuildKit builds on, whatever variant is local (its
+    triggers are the ones run). ``$BUILDPLATFORM`` is the daemon's own (the shim's
+    default pull), ``$TARGETPLATFORM`` the build's. (None, None): no flag; (None, why):
+    a platform Pullgate cannot tell, which follows ``builds``."""
+    found = _FROM_PLATFORM.match(instruction)
+    if found is None:
+        return None, None
+    value = found.group(1)
+    if "$" not in value:
+        return value.lower(), None
+    arg = _PLATFORM_ARG.match(value)
+    name = (arg.group(1) or arg.group(2)) if arg else None
+    if name == "BUILDPLATFORM":
+        return "", None
+    if name == "TARGETPLATFORM":
+        return inputs.attrs.get("platform", ""), None
+    return None, f"a build whose stage platform {value!r} Pullgate cannot tell"
 
 
 def _go_true(value: str) -> bool:
