@@ -285,6 +285,24 @@ def test_frozen_check_decides_like_the_source(built: Built) -> None:
     assert json.loads(frozen.stdout) == json.loads(source.stdout)
 
 
+def test_frozen_tray_runs_doctor_with_the_bundles_cli(built: Built, tmp_path: Path) -> None:
+    """The tray's Diagnostics window runs ``ui.windows.cli_command`` + doctor: frozen, the
+    ``pullgate`` beside the tray (its own sys.executable knows no ``-m``)."""
+    from ui.windows import cli_command
+
+    tray = built.bundle / "pullgate-tray"
+    argv = [*cli_command(str(tray), frozen=True, platform="linux"), "doctor", "--json"]
+    assert argv[0] == str(built.bundle / "pullgate")
+    result = subprocess.run(
+        [*argv, "--control", str(tmp_path / "no-agent.sock")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    checks = json.loads(result.stdout)  # doctor's JSON, its agent unreachable here
+    assert isinstance(checks, (list, dict)) and checks, result.stdout
+
+
 def test_frozen_cli_loads_every_subcommand_and_its_crypto(built: Built, tmp_path: Path) -> None:
     """The CLI imports subcommand modules by name: each must be in the bundle."""
     from agent.cli.main import COMMANDS

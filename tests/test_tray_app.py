@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -45,7 +46,7 @@ from ui import texts
 from ui.app import TrayApp
 from ui.model import DecisionLog, DecisionView, IconState, tray_state
 from ui.stream import Backoff, EventFeed
-from ui.windows import DecisionsWindow, StatusWindow, WhyWindow
+from ui.windows import DecisionsWindow, StatusWindow, WhyWindow, cli_command
 
 NOTIFY_BUDGET = 1.0
 MAX_WIDTH = 600
@@ -579,3 +580,21 @@ def test_the_tray_restores_and_renews_the_sign_in_silently(
         tray.stop()
         agent.kill()
         store().delete()
+
+
+def test_the_diagnostics_run_pullgate_beside_a_frozen_tray() -> None:
+    """A frozen tray's sys.executable is the tray, which knows no ``-m``: its doctor is
+    the bundle's own ``pullgate`` beside it (tests/test_packaging_linux.py runs that
+    command from the real bundle)."""
+    tray = "/opt/pullgate/pullgate-tray"
+    assert cli_command(tray, frozen=True, platform="linux") == ["/opt/pullgate/pullgate"]
+    app = "/Applications/Pullgate.app/Contents/MacOS/pullgate-tray"
+    assert cli_command(app, frozen=True, platform="darwin") == [
+        "/Applications/Pullgate.app/Contents/MacOS/pullgate"
+    ]
+    exe = "C:/Program Files/Pullgate/pullgate-tray.exe"
+    assert cli_command(exe, frozen=True, platform="win32") == [
+        "C:/Program Files/Pullgate/pullgate.exe"
+    ]
+    assert cli_command("/usr/bin/python3", frozen=False) == ["/usr/bin/python3", "-m", "agent"]
+    assert cli_command() == [sys.executable, "-m", "agent"]  # this test runs from source

@@ -69,6 +69,7 @@ __all__ = [
     "DiagnosticsWindow",
     "StatusWindow",
     "WhyWindow",
+    "cli_command",
     "copy_text",
     "fit_to_content",
 ]
@@ -643,6 +644,20 @@ class StatusWindow(QDialog):
 # --------------------------------------------------------------------------- diagnostics
 
 
+def cli_command(
+    executable: str | None = None, frozen: bool | None = None, platform: str = sys.platform
+) -> list[str]:
+    """How the tray runs ``pullgate``: in a frozen bundle (the packages, Pullgate.app, the
+    MSI) ``sys.executable`` is the tray itself, which knows no ``-m``, and the CLI is the
+    ``pullgate`` beside it; from source, this Python's ``-m agent``."""
+    executable = sys.executable if executable is None else executable
+    frozen = bool(getattr(sys, "frozen", False)) if frozen is None else frozen
+    if frozen:
+        name = "pullgate.exe" if platform == "win32" else "pullgate"
+        return [str(Path(executable).with_name(name))]
+    return [executable, "-m", "agent"]
+
+
 class DiagnosticsWindow(QDialog):
     """``pullgate doctor --json`` in a QProcess; its checks as copyable text."""
 
@@ -682,7 +697,7 @@ class DiagnosticsWindow(QDialog):
         self.last_check = DockerCheck()
 
     def command(self) -> list[str]:
-        argv = [sys.executable, "-m", "agent", "doctor", "--json", "--control", str(self.control())]
+        argv = [*cli_command(), "doctor", "--json", "--control", str(self.control())]
         if self.config is not None:
             argv += ["--config", str(self.config)]
         return argv
