@@ -223,6 +223,7 @@ def test_from_platform_variant_with_a_denied_trigger_is_refused(
     tag = _tag()
     ctx = _context(tmp_path / "ctx", f"FROM --platform=linux/arm64 {split_base}\n")
     try:
+        since = agent.mark()
         result = _build(agent, docker_env, ctx, tag, buildkit=buildkit)
         output = result.stdout + result.stderr
         assert not images_of(docker_env, DENIED_REPOSITORY, denied_image_ids), describe(
@@ -230,9 +231,21 @@ def test_from_platform_variant_with_a_denied_trigger_is_refused(
         )
         if buildkit:
             assert result.returncode != 0, describe(result, agent)
-            assert "pullgate: pulling docker.io/someuser/tool:latest" in output, describe(
-                result, agent
+            # Refused by the arm64 variant's trigger, before the daemon read the Dockerfile.
+            agent.wait_for_decision(
+                lambda r: (
+                    r.get("decision") == "deny"
+                    and r.get("image") == "docker.io/someuser/tool:latest"
+                ),
+                since=since,
             )
+            # The client prints Pullgate's message, or (a known defect, seen in about one
+            # run in five here, not yet explained) the daemon's "context canceled" for the
+            # Dockerfile read that the refusal ended.
+            assert (
+                "pullgate: pulling docker.io/someuser/tool:latest" in output
+                or "failed to read dockerfile: context canceled" in output
+            ), describe(result, agent)
         elif result.returncode != 0:
             assert "pullgate:" in output, describe(result, agent)
         else:
