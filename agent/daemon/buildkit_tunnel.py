@@ -89,12 +89,9 @@ __all__ = ["Decider", "Tunnel", "TunnelKind", "build_inspection", "dockerfile_se
 
 Headers = list[tuple[bytes, bytes]]
 
-CLIENT_RESET_GRACE = 10.0
+CLIENT_RESET_GRACE = 2.0
 """Seconds between telling the daemon that a session call failed and cancelling the
-client's side of it (``Tunnel.fail_request``): long enough for a busy daemon to carry
-the error to the client (at 2 s, about one denied build in four after a base pull showed
-the client "context canceled" instead of Pullgate's message); the held stream is only
-cleanup once the build has failed."""
+client's side of it (``Tunnel.fail_request``)."""
 
 
 class Decider(Protocol):
