@@ -2116,7 +2116,10 @@ class ClientConnection(asyncio.Protocol):
         )
         if self.shim.config.user is not None:
             try:
-                check_listener(
+                # Off the loop: the program rule reads /proc/PID/exe and stats its file,
+                # which a user's listener may keep on a file system that never answers.
+                await asyncio.to_thread(
+                    check_listener,
                     transport.get_extra_info("socket"),
                     path,
                     self.shim.config.user,

@@ -208,8 +208,13 @@ async def _open_checked(
     reader, writer = await _open_unix(str(socket_path))
     if listener_uid is not None:
         try:
-            check_listener(
-                writer.get_extra_info("socket"), socket_path, listener_uid, listener_executables
+            # Off the loop: the program rule reads /proc/PID/exe and stats its file.
+            await asyncio.to_thread(
+                check_listener,
+                writer.get_extra_info("socket"),
+                socket_path,
+                listener_uid,
+                listener_executables,
             )
         except ListenerError:
             writer.close()
