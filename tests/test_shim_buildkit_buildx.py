@@ -60,7 +60,7 @@ DENIED = "someuser/tool"
 DENIED_CANONICAL = "docker.io/someuser/tool:latest"
 DENIAL = re.compile(r"pullgate: pulling docker\.io/someuser/tool:latest( \(.*?\))? is not allowed")
 #: How the daemon's frontend quotes the shim's refusal of the Dockerfile sync.
-SYNC_DENIAL = "code = PermissionDenied desc = pullgate: pulling docker.io/someuser/tool:latest"
+SYNC_DENIAL = "error from sender: pullgate: pulling docker.io/someuser/tool:latest"
 UNKNOWN = 2
 INVALID_ARGUMENT = 3
 PERMISSION_DENIED = 7

@@ -182,8 +182,8 @@ def _assert_denied(
     upfront: bool,
 ) -> None:
     """Refused up front: the shim answers the Solve with PERMISSION_DENIED. Refused at the
-    Dockerfile sync: the shim ends the daemon's DiffCopy with PERMISSION_DENIED and the
-    daemon fails the solve (UNKNOWN) quoting it, as buildx prints it. ``since``: the
+    Dockerfile sync: the shim ends the daemon's DiffCopy with the client's PACKET_ERR and
+    the daemon fails the solve (UNKNOWN) quoting it, as buildx prints it. ``since``: the
     agent's mark and the registry log's offset before the build."""
     mark, offset = since
     if upfront:
@@ -191,7 +191,7 @@ def _assert_denied(
     else:
         assert result.status == UNKNOWN, (result, agent.stderr_tail())
         assert "failed to read dockerfile" in result.message, result
-        assert "code = PermissionDenied desc = pullgate: " in result.message, result
+        assert "failed to read dockerfile: error from sender: pullgate: " in result.message, result
     assert DENIAL.search(result.message), result
     agent.wait_for_decision(
         lambda r: r.get("decision") == "deny" and r.get("image") == DENIED_CANONICAL, since=mark
@@ -557,7 +557,7 @@ def test_a_dockerfile_over_the_cap_is_refused_and_one_under_it_decided(
     line = "# " + "x" * 1021 + "\n"  # 1 KiB
     result, _ = _build(agent, build_dirs(tmp_path / "huge", line * (5 << 10) + "FROM alpine\n"))
     assert result.status == UNKNOWN, result
-    assert "code = PermissionDenied desc = pullgate: " in result.message, result
+    assert "error from sender: pullgate: " in result.message, result
     assert "more than 4194304 bytes" in result.message, result
 
     mark, offset = agent.mark(), registry_offset(docker_env)

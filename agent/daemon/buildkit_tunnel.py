@@ -56,7 +56,7 @@ from agent.core.inspection.buildkit.decide import (
     resolve_inspection,
     upfront,
 )
-from agent.core.inspection.buildkit.filesync import DockerfileSync, FileSyncError
+from agent.core.inspection.buildkit.filesync import DockerfileSync, FileSyncError, sender_error
 from agent.core.inspection.buildkit.inputs import (
     BuildInputs,
     from_gateway_solve,
@@ -781,28 +781,64 @@ class Tunnel:
     # -- answers the shim gives itself ------------------------------------------------
 
     def fail_request(self, pair: _Pair, code: int, message: str) -> None:
-        """End ``pair`` towards the requester with a gRPC error; cancel the responder's."""
+        """End ``pair`` towards the requester with a gRPC error; cancel the responder's.
+
+        A file sync the daemon asked for (``DiffCopy``) first gets the error as the
+        client's ``PACKET_ERR`` (``filesync.sender_error``): with a status alone, the
+        daemon's receiver sometimes reports its own "context canceled" instead of the
+        message. Its status follows a moment later, as the client's side is cancelled.
+        """
         if pair.closed or self.closed:
             return
         trailers = [(k.encode(), v.encode()) for k, v in grpc.status_trailers(code, message)]
+        head = (
+            []
+            if pair.response_started
+            else [(b":status", b"200"), (b"content-type", b"application/grpc")]
+        )
+        packet = grpc.frame(sender_error(message)) if self._fails_by_packet(pair) else None
         try:
-            if pair.response_started:
-                self.req.send_headers(pair.req_sid, trailers, end_stream=True)
+            if packet is not None and self._room_for(pair.req_sid, len(packet)):
+                if head:
+                    self.req.send_headers(pair.req_sid, head)
+                    head = []
+                self.req.send_data(pair.req_sid, packet)
+                # The status waits until the daemon has read the packet (it cancels the
+                # stream itself once its receive ends; then the status is not sent).
+                asyncio.get_running_loop().call_later(
+                    CLIENT_RESET_GRACE, self._late_status, pair.req_sid, trailers
+                )
             else:
-                head = [(b":status", b"200"), (b"content-type", b"application/grpc")]
                 self.req.send_headers(pair.req_sid, head + trailers, end_stream=True)
         except h2.exceptions.H2Error:
             pass
         if pair.resp_sid is not None:
             if self._daemon_requests:
                 # In a session the daemon asked and is told first; the client's side is
-                # cancelled a moment later. Cancelled at once, the client gives up the whole
-                # build and the daemon may report "context canceled" instead of the error.
+                # cancelled a moment later, once the daemon has read why.
                 sid = pair.resp_sid
                 asyncio.get_running_loop().call_later(CLIENT_RESET_GRACE, self._late_reset, sid)
             else:
                 self._reset(self.resp, pair.resp_sid, h2.errors.ErrorCodes.CANCEL)
         self._forget(pair)
+        self._flush_writes()
+
+    def _fails_by_packet(self, pair: _Pair) -> bool:
+        return self.kind == TunnelKind.SESSION and pair.path == DIFFCOPY
+
+    def _room_for(self, sid: int, size: int) -> bool:
+        """Whether ``size`` bytes fit in one DATA frame on the requester's ``sid`` now."""
+        try:
+            window = self.req.local_flow_control_window(sid)
+        except h2.exceptions.H2Error:  # the stream is gone
+            return False
+        return size <= min(window, self.req.max_outbound_frame_size)
+
+    def _late_status(self, sid: int, trailers: Headers) -> None:
+        if self.closed:
+            return
+        with contextlib.suppress(h2.exceptions.H2Error):  # the daemon ended it first
+            self.req.send_headers(sid, trailers, end_stream=True)
         self._flush_writes()
 
     def _late_reset(self, sid: int) -> None:

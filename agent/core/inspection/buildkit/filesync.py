@@ -33,7 +33,7 @@ from google.protobuf.message import DecodeError
 
 from agent.core.inspection.buildkit.protos.fsutil_types_pb2 import Packet
 
-__all__ = ["MAX_ENTRIES", "MAX_LINK_HOPS", "DockerfileSync", "FileSyncError"]
+__all__ = ["MAX_ENTRIES", "MAX_LINK_HOPS", "DockerfileSync", "FileSyncError", "sender_error"]
 
 #: Most entries one sync may list; the Dockerfile's local holds a handful (the frontend
 #: asks only for the Dockerfile and its ignore file), a hostile client could send millions.
@@ -120,6 +120,18 @@ def _check_path(path: str, what: str) -> None:
         or path.startswith("../")
     ):
         raise FileSyncError(f"{what} {path!r} is not a clean relative path")
+
+
+def sender_error(message: str) -> bytes:
+    """A ``PACKET_ERR`` as the client (the sender) would send it, carrying ``message``.
+
+    The shim ends a refused sync with it rather than with a gRPC status alone: fsutil's
+    receiver (``receive.go``) runs its file walk on the stream's context, which gRPC
+    cancels as it hands back a status, so the daemon sometimes reports that walk's
+    "context canceled" instead of the status; a ``PACKET_ERR`` ends the receive first,
+    with the text intact ("error from sender: ...").
+    """
+    return Packet(type=Packet.PACKET_ERR, data=message.encode()).SerializeToString()
 
 
 def _decode(payload: bytes, side: str) -> Packet:
