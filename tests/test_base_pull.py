@@ -21,6 +21,7 @@ from agent.core.inspection.base_pull import (
     auth_for,
     base_pull_refusal,
     form_bool,
+    platform_matches,
     pull_target,
     registry_auth_header,
     registry_configs,
@@ -31,6 +32,7 @@ from agent.core.inspection.request import (
     EventAction,
     Inspection,
     InspectionError,
+    LocalImage,
     Lookup,
     Wanted,
     image_reference,
@@ -156,7 +158,14 @@ def test_buildkit_builds_mark_their_bases_and_carry_platform_and_pull() -> None:
         inputs, "Dockerfile", b"FROM acme/base\nCOPY --from=acme/tool /x /x\n", policy()
     )
     assert found.lookups == (
-        Lookup("acme/base", EventAction.BUILD, base=True, platform="linux/arm64", force_pull=True),
+        Lookup(
+            "acme/base",
+            EventAction.BUILD,
+            base=True,
+            platform="linux/arm64",
+            force_pull=True,
+            by_platform=True,
+        ),
         Lookup("acme/tool", EventAction.BUILD),
     )
     plain = from_build_query({"remote": "client-session", "session": "s"})
@@ -351,3 +360,36 @@ def test_a_pull_without_progress_is_given_up(
         asyncio.run(run())
     assert "the pull made no progress for 0 s" in caught.value.message
     assert "docker pull acme/base:1" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("wanted", "local", "matches"),
+    [
+        ("linux/amd64", ("linux", "amd64", ""), True),
+        ("Linux/AMD64", ("linux", "x86_64", ""), True),
+        ("linux/arm64", ("linux", "arm64", "v8"), True),  # arm64 is v8 unless it says
+        ("linux/arm64/v8", ("linux", "aarch64", ""), True),
+        ("linux/arm/v7", ("linux", "arm", ""), True),  # no variant: same OS and arch
+        ("linux/arm", ("linux", "arm", "v7"), True),  # arm is v7 unless it says
+        ("linux/arm/v7", ("linux", "arm", "v6"), False),  # BuildKit takes it; Pullgate pulls
+        ("linux/arm64", ("linux", "amd64", ""), False),
+        ("linux/amd64", ("windows", "amd64", ""), False),
+        ("linux/amd64", ("", "", ""), False),  # the daemon did not say
+        ("", ("linux", "amd64", ""), False),  # nor did the daemon's /version
+        ("linux/amd64,linux/arm64", ("linux", "amd64", ""), False),  # each its own variant
+        ("linux//v7", ("linux", "arm", "v7"), False),
+        ("linux/arm/v7/x", ("linux", "arm", "v7"), False),
+    ],
+)
+def test_a_local_variant_matches_as_buildkit_matches_it(
+    wanted: str, local: tuple[str, str, str], matches: bool
+) -> None:
+    assert platform_matches(wanted, *local) is matches
+
+
+def test_a_local_image_says_its_platform() -> None:
+    info = {"Id": "sha256:" + "1" * 64, "Os": "linux", "Architecture": "arm64", "Variant": "v8"}
+    image = LocalImage.from_daemon(info)
+    assert (image.os, image.architecture, image.variant) == ("linux", "arm64", "v8")
+    odd = LocalImage.from_daemon({"Id": "sha256:" + "1" * 64, "Os": 7, "Architecture": None})
+    assert (odd.os, odd.architecture, odd.variant) == ("", "", "")

@@ -24,6 +24,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -461,10 +462,14 @@ def test_a_stage_of_its_own_platform_pulls_its_base_for_that_platform() -> None:
         b"COPY --from=a /x /a\nCOPY --from=b /x /b\n"
     )
     found = dockerfile(inputs, "Dockerfile", text, policy())
-    own = {(lk.name, lk.platform) for lk in found.lookups if lk.force_pull}
-    # acme/c's stage is of the build's platform: the build's own lookup (no forced pull).
-    assert own == {("acme/a", "linux/arm/v7"), ("acme/b", "")}
-    assert any(lk.name == "acme/c" and lk.platform == "linux/arm64" for lk in found.lookups)
+    # Each base is looked up once, for the platform its stage builds for (acme/c's is
+    # the build's), and pulled for it unless the local variant is of that platform.
+    assert all(lk.by_platform and not lk.force_pull for lk in found.lookups if lk.base)
+    assert {(lk.name, lk.platform) for lk in found.lookups if lk.base} == {
+        ("acme/a", "linux/arm/v7"),
+        ("acme/b", ""),
+        ("acme/c", "linux/arm64"),
+    }
     assert found.setting is None
     unknown = dockerfile(
         inputs, "Dockerfile", b"ARG P=linux/s390x\nFROM --platform=$P acme/a\n", policy()
@@ -515,3 +520,68 @@ def test_every_platform_pulled_is_read(tmp_path: Path) -> None:
 
     image = asyncio.run(run())
     assert image is not None and image.onbuild == (DENIED_TRIGGER,)
+
+
+# ------------------------------------------- a local base of another platform (BuildKit)
+
+
+def _shim_pulls(agent: AgentProcess, since: int, name: str) -> list[dict[str, Any]]:
+    """The pulls the shim made itself for a build's base ``name`` since ``since``."""
+    return [
+        r
+        for r in agent.decisions(since)
+        if r.get("action") == "image-pull"
+        and r.get("input") == name
+        and "pulled by Pullgate" in str(r.get("detail"))
+    ]
+
+
+@pytest.mark.usefixtures("denied_image_absent")
+def test_a_local_base_of_another_platform_is_pulled_for_the_builds(
+    agent: AgentProcess,
+    docker_env: DockerEnv,
+    denied_image_ids: frozenset[str],
+    tmp_path: Path,
+) -> None:
+    """The machine holds the arm64 variant of a base; a BuildKit ``FROM base`` builds for
+    the daemon's platform (amd64 here). BuildKit uses a local image only when its
+    platform matches (``platformMatches`` in moby's builder-next), so it fetches the
+    amd64 variant and runs that one's trigger: the shim must read that variant, not the
+    local one."""
+    name = _split_base(docker_env, {"amd64": [DENIED_TRIGGER], "arm64": []})
+    tag = _tag()
+    try:
+        docker(docker_env, "pull", "--platform", "linux/arm64", name)
+        ctx = _context(tmp_path / "ctx", f"FROM {name}\n")
+        since = agent.mark()
+        result = _build(agent, docker_env, ctx, tag, buildkit=True)
+        assert result.returncode != 0, describe(result, agent)
+        assert "pullgate: pulling docker.io/someuser/tool:latest" in (
+            result.stdout + result.stderr
+        ), describe(result, agent)
+        assert _shim_pulls(agent, since, name), agent.stderr_tail()
+        assert not images_of(docker_env, DENIED_REPOSITORY, denied_image_ids)
+    finally:
+        docker(docker_env, "image", "rm", "--force", name, tag, check=False)
+
+
+def test_a_local_base_of_the_stages_platform_is_not_pulled_again(
+    agent: AgentProcess, docker_env: DockerEnv, tmp_path: Path
+) -> None:
+    """``FROM --platform=linux/arm64 base`` with that variant on the machine: BuildKit
+    uses it, so the shim reads it where it is and pulls nothing (a private base, which
+    the shim cannot pull, then builds once the user has pulled it)."""
+    name = _split_base(docker_env, {"amd64": [DENIED_TRIGGER], "arm64": []})
+    tag = _tag()
+    try:
+        docker(docker_env, "pull", "--platform", "linux/arm64", name)
+        ctx = _context(tmp_path / "ctx", f"FROM --platform=linux/arm64 {name}\n")
+        since = agent.mark()
+        result = _build(agent, docker_env, ctx, tag, buildkit=True)
+        assert result.returncode == 0, describe(result, agent)
+        assert not _shim_pulls(agent, since, name), agent.stderr_tail()
+        agent.wait_for_decision(
+            lambda r: r.get("decision") == "allow" and r.get("input") == name, since=since
+        )
+    finally:
+        docker(docker_env, "image", "rm", "--force", name, tag, check=False)

@@ -49,6 +49,7 @@ from agent.core.inspection.base_pull import (
     PullProgress,
     base_pull_refusal,
     form_bool,
+    platform_matches,
     pull_target,
     registry_auth_header,
     registry_configs,
@@ -285,6 +286,7 @@ class Shim:
         #: (when asked, the daemon's own directories: DockerRootDir and what its command
         #: lines and daemon.json name), for containers.host_access.
         self._daemon_dirs: tuple[float, tuple[str, ...]] | None = None
+        self._daemon_platform: str | None = None
         #: Why the last upstream connection was refused (ListenerError), until one passes.
         self.upstream_problem: str | None = None
         self._problem_reported = 0.0
@@ -334,6 +336,25 @@ class Shim:
         info = await self.daemon_json(path, f"image {name!r}")
         return None if info is None else LocalImage.from_daemon(info)
 
+    async def daemon_platform(self) -> str:
+        """The daemon's own platform (``GET /version``: ``Os/Arch``), which BuildKit builds
+        a stage for when it names none; asked once. Empty when the daemon does not say:
+        every local base then counts as of another platform (pulled first)."""
+        if self._daemon_platform is None:
+            info = await self.daemon_json("/version", "its version")
+            fields = [info.get(k) if isinstance(info, dict) else None for k in ("Os", "Arch")]
+            ok = all(isinstance(v, str) and v and "/" not in v for v in fields)
+            self._daemon_platform = "/".join(str(v) for v in fields) if ok else ""
+        return self._daemon_platform
+
+    async def stale_variant(self, lookup: Lookup, image: LocalImage) -> bool:
+        """Whether BuildKit would fetch another variant than the local ``image`` for
+        ``lookup`` (``Lookup.by_platform``), whose triggers are then the ones to read."""
+        if not lookup.by_platform:
+            return False
+        wanted = lookup.platform or await self.daemon_platform()
+        return not platform_matches(wanted, image.os, image.architecture, image.variant)
+
     async def content_wants(
         self, lookup: Lookup, image: LocalImage
     ) -> tuple[list[Wanted], SettingOutcome | None]:
@@ -381,7 +402,11 @@ class Shim:
                     lookup.base
                     and not refused
                     and key not in pulled
-                    and (image is None or lookup.force_pull)
+                    and (
+                        image is None
+                        or lookup.force_pull
+                        or await self.stale_variant(lookup, image)
+                    )
                 ):
                     pulled.add(key)
                     image = await self.pull_base(lookup, endpoint, peer) or image

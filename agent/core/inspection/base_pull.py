@@ -34,6 +34,7 @@ __all__ = [
     "auth_for",
     "base_pull_refusal",
     "form_bool",
+    "platform_matches",
     "pull_target",
     "registry_auth_header",
     "registry_configs",
@@ -160,6 +161,44 @@ class PullProgress:
             self.error = str(error)
         if isinstance(obj.get("message"), str) and self.message is None:
             self.message = obj["message"]
+
+
+def _normalized(os_name: str, arch: str, variant: str) -> tuple[str, str, str]:
+    """containerd's ``platforms.Normalize`` (which BuildKit matches platforms with)."""
+    os_name, arch, variant = os_name.lower(), arch.lower(), variant.lower()
+    if arch == "i386":
+        arch, variant = "386", ""
+    elif arch in ("x86_64", "x86-64", "amd64"):
+        arch = "amd64"
+        variant = "" if variant == "v1" else variant
+    elif arch in ("aarch64", "arm64"):
+        arch = "arm64"
+        variant = "" if variant in ("8", "v8") else variant
+    elif arch == "armhf":
+        arch, variant = "arm", "v7"
+    elif arch == "armel":
+        arch, variant = "arm", "v6"
+    elif arch == "arm":
+        variant = {"": "v7", "5": "v5", "6": "v6", "7": "v7", "8": "v8"}.get(variant, variant)
+    return os_name, arch, variant
+
+
+def platform_matches(wanted: str, os_name: str, arch: str, variant: str) -> bool:
+    """Whether BuildKit builds a stage for ``wanted`` (``os/arch[/variant]``) on a local
+    image of that platform rather than fetching the variant (moby's builder-next
+    ``platformMatches``): the same platform once normalized, or one that names no
+    variant of the same OS and architecture. Stricter than BuildKit where it differs
+    (it also takes older ARM variants): a mismatch only makes the shim pull the
+    variant first, which BuildKit then finds local. A list of platforms never matches
+    (each is built on its own variant)."""
+    parts = wanted.split("/")
+    if "," in wanted or not 2 <= len(parts) <= 3 or not all(parts):
+        return False
+    want = _normalized(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
+    have = _normalized(os_name, arch, variant)
+    if want[:2] != have[:2]:
+        return False
+    return want[2] == have[2] or not variant
 
 
 def base_pull_refusal(name: str, why: str) -> str:

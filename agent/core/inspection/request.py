@@ -172,6 +172,10 @@ class Lookup:
     base: bool = False
     platform: str = ""
     force_pull: bool = False
+    #: BuildKit uses a local base only if it is of the platform it builds the stage for
+    #: (``platform``; empty: the daemon's own), and fetches that variant otherwise: a
+    #: local base of another platform is then pulled for ``platform`` first, as if missing.
+    by_platform: bool = False
 
 
 @dataclass(frozen=True)
@@ -916,6 +920,10 @@ class LocalImage:
     parent: str = ""
     #: ``Config.OnBuild``: instructions a classic build based on this image runs first.
     onbuild: tuple[str, ...] = ()
+    #: The platform the image is for: ``Os``, ``Architecture``, ``Variant``.
+    os: str = ""
+    architecture: str = ""
+    variant: str = ""
 
     @property
     def named(self) -> bool:
@@ -938,12 +946,17 @@ class LocalImage:
         onbuild = (config.get("OnBuild") if isinstance(config, dict) else None) or []
         if not isinstance(onbuild, list) or not all(isinstance(t, str) for t in onbuild):
             raise InspectionError("pullgate: the daemon's image OnBuild are not instructions", 502)
+        platform = [info.get(k) for k in ("Os", "Architecture", "Variant")]
+        os_name, architecture, variant = (v if isinstance(v, str) else "" for v in platform)
         return cls(
             info["Id"],
             names[0],
             names[1],
             parent if isinstance(parent, str) else "",
             tuple(onbuild),
+            os_name,
+            architecture,
+            variant,
         )
 
 
@@ -1074,6 +1087,7 @@ def with_build_lookups(
     *,
     platform: str = "",
     force_pull: bool = False,
+    by_platform: bool = False,
 ) -> Inspection:
     """A classic build's images, each also looked up as a local image.
 
@@ -1083,26 +1097,45 @@ def with_build_lookups(
     ``t`` names (``targets``) move to the new image: see ``Lookup.moves``. Bases are
     marked (``Lookup.base``) with the build's ``platform`` and whether it forces pulls:
     one that is missing is pulled by the shim before deciding, to read its triggers.
+    ``by_platform``: BuildKit's bases, each of the platform its stage is built for
+    (``Lookup.by_platform``).
     """
     builds = [w for w in inspection.wants if w.action is EventAction.BUILD]
-    names = dict.fromkeys(w.input for w in builds)
+    # A base named only by stages of other platforms is looked up for those (below).
+    names = dict.fromkeys(
+        w.input for w in builds if not (w.base and w.platform not in (None, platform))
+    )
     bases = {w.input for w in builds if w.base}
     lookups = [
-        Lookup(name, EventAction.BUILD, base=True, platform=platform, force_pull=force_pull)
+        Lookup(
+            name,
+            EventAction.BUILD,
+            base=True,
+            platform=platform,
+            force_pull=force_pull,
+            by_platform=by_platform,
+        )
         if name in bases
         else Lookup(name, EventAction.BUILD)
         for name in names
     ]
     # A stage of another platform than the build's builds on that variant, which the
-    # daemon fetches whatever the machine holds under the name: it is pulled (and
-    # read) for it. One of the build's own platform is the lookup above.
+    # daemon fetches unless the machine holds that variant under the name: it is pulled
+    # (and read) for it unless it is there. The build's own platform is the lookup above.
     own = {
         (w.input, w.platform)
         for w in builds
         if w.base and w.platform is not None and w.platform != platform
     }
     lookups += [
-        Lookup(name, EventAction.BUILD, base=True, platform=p, force_pull=True)
+        Lookup(
+            name,
+            EventAction.BUILD,
+            base=True,
+            platform=p,
+            force_pull=force_pull or not by_platform,
+            by_platform=by_platform,
+        )
         for name, p in sorted(own)
     ]
     for target in dict.fromkeys(targets):

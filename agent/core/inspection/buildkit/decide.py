@@ -220,6 +220,7 @@ def dockerfile(
         Inspection(wants=tuple(wants), setting=setting),
         platform=inputs.attrs.get("platform", ""),
         force_pull=inputs.attrs.get("image-resolve-mode", "") == "pull",
+        by_platform=True,
     )
 
 
