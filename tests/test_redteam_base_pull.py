@@ -536,10 +536,21 @@ def _shim_pulls(agent: AgentProcess, since: int, name: str) -> list[dict[str, An
     ]
 
 
+@pytest.fixture
+def arm64_local(docker_env: DockerEnv) -> Iterator[str]:
+    """A base whose amd64 variant (the daemon's platform here) has the denied trigger and
+    whose arm64 variant, none, is on the machine (``docker pull --platform``)."""
+    name = _split_base(docker_env, {"amd64": [DENIED_TRIGGER], "arm64": []})
+    docker(docker_env, "pull", "--platform", "linux/arm64", name)
+    yield name
+    docker(docker_env, "image", "rm", "--force", name, check=False)
+
+
 @pytest.mark.usefixtures("denied_image_absent")
 def test_a_local_base_of_another_platform_is_pulled_for_the_builds(
     agent: AgentProcess,
     docker_env: DockerEnv,
+    arm64_local: str,
     denied_image_ids: frozenset[str],
     tmp_path: Path,
 ) -> None:
@@ -548,40 +559,37 @@ def test_a_local_base_of_another_platform_is_pulled_for_the_builds(
     platform matches (``platformMatches`` in moby's builder-next), so it fetches the
     amd64 variant and runs that one's trigger: the shim must read that variant, not the
     local one."""
-    name = _split_base(docker_env, {"amd64": [DENIED_TRIGGER], "arm64": []})
     tag = _tag()
     try:
-        docker(docker_env, "pull", "--platform", "linux/arm64", name)
-        ctx = _context(tmp_path / "ctx", f"FROM {name}\n")
+        ctx = _context(tmp_path / "ctx", f"FROM {arm64_local}\n")
         since = agent.mark()
         result = _build(agent, docker_env, ctx, tag, buildkit=True)
         assert result.returncode != 0, describe(result, agent)
         assert "pullgate: pulling docker.io/someuser/tool:latest" in (
             result.stdout + result.stderr
         ), describe(result, agent)
-        assert _shim_pulls(agent, since, name), agent.stderr_tail()
+        assert _shim_pulls(agent, since, arm64_local), agent.stderr_tail()
         assert not images_of(docker_env, DENIED_REPOSITORY, denied_image_ids)
     finally:
-        docker(docker_env, "image", "rm", "--force", name, tag, check=False)
+        docker(docker_env, "image", "rm", "--force", tag, check=False)
 
 
 def test_a_local_base_of_the_stages_platform_is_not_pulled_again(
-    agent: AgentProcess, docker_env: DockerEnv, tmp_path: Path
+    agent: AgentProcess, docker_env: DockerEnv, arm64_local: str, tmp_path: Path
 ) -> None:
     """``FROM --platform=linux/arm64 base`` with that variant on the machine: BuildKit
     uses it, so the shim reads it where it is and pulls nothing (a private base, which
     the shim cannot pull, then builds once the user has pulled it)."""
-    name = _split_base(docker_env, {"amd64": [DENIED_TRIGGER], "arm64": []})
     tag = _tag()
     try:
-        docker(docker_env, "pull", "--platform", "linux/arm64", name)
-        ctx = _context(tmp_path / "ctx", f"FROM --platform=linux/arm64 {name}\n")
+        ctx = _context(tmp_path / "ctx", f"FROM --platform=linux/arm64 {arm64_local}\n")
         since = agent.mark()
         result = _build(agent, docker_env, ctx, tag, buildkit=True)
         assert result.returncode == 0, describe(result, agent)
-        assert not _shim_pulls(agent, since, name), agent.stderr_tail()
+        assert not _shim_pulls(agent, since, arm64_local), agent.stderr_tail()
         agent.wait_for_decision(
-            lambda r: r.get("decision") == "allow" and r.get("input") == name, since=since
+            lambda r: r.get("decision") == "allow" and r.get("input") == arm64_local,
+            since=since,
         )
     finally:
-        docker(docker_env, "image", "rm", "--force", name, tag, check=False)
+        docker(docker_env, "image", "rm", "--force", tag, check=False)
