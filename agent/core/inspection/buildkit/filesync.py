@@ -31,6 +31,7 @@ from enum import Enum
 
 from google.protobuf.message import DecodeError
 
+from agent.core.inspection.buildkit.grpc import MAX_STATUS_MESSAGE
 from agent.core.inspection.buildkit.protos.fsutil_types_pb2 import Packet
 
 __all__ = ["MAX_ENTRIES", "MAX_LINK_HOPS", "DockerfileSync", "FileSyncError", "sender_error"]
@@ -130,7 +131,13 @@ def sender_error(message: str) -> bytes:
     cancels as it hands back a status, so the daemon sometimes reports that walk's
     "context canceled" instead of the status; a ``PACKET_ERR`` ends the receive first,
     with the text intact ("error from sender: ...").
+
+    The text is cut as the status's is (``grpc.MAX_STATUS_MESSAGE``): the packet must fit
+    one DATA frame (16 KiB at least), or the shim sends the status alone; a long
+    ``messages.contact`` made it do so.
     """
+    if len(message) > MAX_STATUS_MESSAGE:
+        message = message[: MAX_STATUS_MESSAGE - 1] + "\u2026"
     return Packet(type=Packet.PACKET_ERR, data=message.encode()).SerializeToString()
 
 
