@@ -276,6 +276,8 @@ class Tunnel:
         self.policy = policy
         self.peer = peer
         self.closed = False
+        # in ``_receive``, which writes what is owed once it is done (``_flush_writes``)
+        self.receiving = False
         self.req = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
@@ -310,6 +312,13 @@ class Tunnel:
         self._receive(self._daemon_requests, data)
 
     def _receive(self, requester: bool, data: bytes) -> None:
+        self.receiving = True
+        try:
+            self._receive_frames(requester, data)
+        finally:
+            self.receiving = False
+
+    def _receive_frames(self, requester: bool, data: bytes) -> None:
         """Bytes from one peer: whole frames only reach ``h2``, and the DATA frames of a
         stream that is only relayed skip it (``_relay_data``): most of a build's bytes
         (its context) take that path, at a fraction of ``h2``'s cost per frame."""
@@ -1325,6 +1334,14 @@ class _NestedSessionHook:
         box = self.pair.to_resp
         box.chunks.extend(self._wrap(data))
         self.tunnel._drain(self.tunnel.resp, box)
+        self._flush_outer()
+
+    def _flush_outer(self) -> None:
+        """What the nested tunnel writes outside a read of this connection (a decision
+        taken, a timer's status or reset) goes out now: otherwise it waited for the next
+        frame on the connection, BuildKit's health check a second later."""
+        if not self.tunnel.receiving:
+            self.tunnel._flush_writes()
 
     def _write_client(self, data: bytes) -> None:
         if self.pair.closed:
@@ -1342,6 +1359,8 @@ class _NestedSessionHook:
             sum(len(c) for c in waiting) > _NESTED_BACKLOG_BYTES
         ):
             self.inner.close("the client does not take its session's answers")
+            return
+        self._flush_outer()
 
     def response_started(self) -> None:
         self.started = True
