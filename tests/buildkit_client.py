@@ -899,12 +899,16 @@ def gateway_solve_request(
     ).SerializeToString()
 
 
-def resolve_image_config_request(image: str) -> bytes:
+def resolve_image_config_request(image: str, platform: str = "") -> bytes:
     """`LLBBridge/ResolveImageConfig` of `image`, from the registry (as the Dockerfile
-    frontend asks for a base image's config)."""
-    return gateway_pb2.ResolveImageConfigRequest(
-        Ref=image, ResolveMode="default"
-    ).SerializeToString()
+    frontend asks for a base image's config), for `platform` (`os/arch[/variant]`) if
+    given, as the frontend asks for each stage's."""
+    request = gateway_pb2.ResolveImageConfigRequest(Ref=image, ResolveMode="default")
+    if platform:
+        os_name, arch, *variant = platform.split("/")
+        request.Platform.OS, request.Platform.Architecture = os_name, arch
+        request.Platform.Variant = variant[0] if variant else ""
+    return request.SerializeToString()
 
 
 @dataclass(frozen=True)

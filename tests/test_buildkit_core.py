@@ -23,7 +23,7 @@ from agent.core.inspection.buildkit.protos.control_pb2 import (
     SolveRequest,
 )
 from agent.core.inspection.buildkit.protos.fsutil_types_pb2 import Packet, Stat
-from agent.core.inspection.buildkit.protos.llb_pb2 import Definition, Op, SourceOp
+from agent.core.inspection.buildkit.protos.llb_pb2 import Definition, Op, Platform, SourceOp
 from agent.core.inspection.request import Inspection, InspectionError
 from agent.core.inspection.routes import parse_query
 from tests.policy_builders import policy
@@ -1183,21 +1183,24 @@ def resolve_config(extra: bytes = b"", **fields: object) -> ResolveTarget:
 
 
 def test_resolve_image_config_names_its_image() -> None:
-    assert resolve_config(Ref="someuser/tool:1", ResolveMode="default") == ("someuser/tool:1", None)
+    assert resolve_config(Ref="someuser/tool:1", ResolveMode="default")[:2] == (
+        "someuser/tool:1",
+        None,
+    )
     # Platform, LogName, SessionID and StoreID change nothing for a registry resolve.
     harmless = raw_field(2, raw_field(1, b"amd64")) + raw_field(4, b"x") + raw_field(6, b"s")
     assert resolve_config(harmless + raw_field(7, b"st"), Ref="alpine").image == "alpine"
 
 
 def test_resolve_image_config_policy_unknown_field_or_oci_layout_is_unreadable() -> None:
-    image, why = resolve_config(raw_field(8, POLICY), Ref="alpine")
+    image, why, *_ = resolve_config(raw_field(8, POLICY), Ref="alpine")
     assert image is None and why is not None and "source policy" in why
-    image, why = resolve_config(raw_field(9, 1), Ref="alpine")
+    image, why, *_ = resolve_config(raw_field(9, 1), Ref="alpine")
     assert image is None and why == "an image resolve field Pullgate does not know (9)"
-    image, why = resolve_config(Ref="alpine", ResolverType=1)
+    image, why, *_ = resolve_config(Ref="alpine", ResolverType=1)
     assert image is None and why is not None and "OCI layout" in why
     assert resolve_config(Ref="alpine", ResolverType=7).unreadable is not None
-    assert resolve_config(raw_field(8, b""), Ref="alpine") == ("alpine", None)
+    assert resolve_config(raw_field(8, b""), Ref="alpine")[:2] == ("alpine", None)
 
 
 def test_resolve_image_config_garbage_or_bad_reference_is_refused() -> None:
@@ -1214,7 +1217,7 @@ def resolve_source(identifier: str, extra: bytes = b"") -> ResolveTarget:
 
 
 def test_resolve_source_meta_of_an_image_or_of_files() -> None:
-    assert resolve_source("docker-image://docker.io/someuser/tool:1") == (
+    assert resolve_source("docker-image://docker.io/someuser/tool:1")[:2] == (
         "docker.io/someuser/tool:1",
         None,
     )
@@ -1224,22 +1227,22 @@ def test_resolve_source_meta_of_an_image_or_of_files() -> None:
         "http://example.com/f",
         "local://context",
     ):
-        assert resolve_source(identifier) == (None, None), identifier
+        assert resolve_source(identifier)[:2] == (None, None), identifier
 
 
 def test_resolve_source_meta_unknown_source_policy_or_field_is_unreadable() -> None:
     for identifier in ("oci-layout://store@sha256:" + "a" * 64, "alpine", "future://x"):
-        image, why = resolve_source(identifier)
+        image, why, *_ = resolve_source(identifier)
         assert image is None and why is not None and identifier in why
-    image, why = resolve_source("docker-image://alpine", raw_field(8, POLICY))
+    image, why, *_ = resolve_source("docker-image://alpine", raw_field(8, POLICY))
     assert image is None and why is not None and "source policy" in why
-    image, why = resolve_source("git://x/y", raw_field(8, POLICY))
+    image, why, *_ = resolve_source("git://x/y", raw_field(8, POLICY))
     assert why is not None  # a policy may turn a git source into an image too
     assert resolve_source("docker-image://alpine", raw_field(12, 1)).unreadable == (
         "a source resolve field Pullgate does not know (12)"
     )
     harmless = raw_field(3, b"log") + raw_field(4, b"pull") + raw_field(6, raw_field(1, 1))
-    assert resolve_source("docker-image://alpine", harmless) == ("alpine", None)
+    assert resolve_source("docker-image://alpine", harmless)[:2] == ("alpine", None)
     with pytest.raises(InspectionError, match="image to resolve"):
         resolve_source("docker-image://Bad/Name")
 
@@ -1251,7 +1254,7 @@ def test_resolve_inspection_decides_the_image_as_a_build_pull() -> None:
     assert [lookup.name for lookup in result.lookups] == ["someuser/tool:1"]
     assert result.setting is None
     assert resolve_inspection(None, policy()) == Inspection()
-    image, why = resolve_config(raw_field(8, POLICY), Ref="alpine")
+    image, why, *_ = resolve_config(raw_field(8, POLICY), Ref="alpine")
     deny = resolve_inspection(image, policy(builds="deny"), unreadable=why)
     assert deny.setting is not None and not deny.setting.allowed and not deny.wants
     allow = resolve_inspection(image, policy(builds="allow"), unreadable=why)
@@ -1295,3 +1298,36 @@ def test_the_copy_helper_image_is_decided() -> None:
     # Go's ParseBool: "yes" is no boolean, so file ops stay on and no helper runs
     kept = from_solve_request(_attrs_solve({"build-arg:BUILDKIT_DISABLE_FILEOP": "yes"}))
     assert DEFAULT_COPY_IMAGE not in [w.input for w in upfront(kept, policy()).wants]
+
+
+def test_a_resolve_for_a_platform_looks_its_image_up_for_that_platform() -> None:
+    """The daemon answers a resolve from a local image only when it is of the platform
+    asked (moby's builder-next ``platformMatches``), and fetches the variant otherwise;
+    ``pull`` fetches it anyway. The lookup says so, for the shim to pull first."""
+    arm = Platform(OS="linux", Architecture="arm", Variant="v7")
+    target = resolve_config(Ref="acme/base:1", Platform=arm, ResolveMode="pull")
+    assert (target.platform, target.force_pull) == ("linux/arm/v7", True)
+    assert resolve_config(Ref="acme/base:1").platform == ""
+    # An empty platform: BuildKit fills in the daemon's own.
+    assert resolve_config(Ref="a", Platform=Platform(Architecture="arm64")).platform == ""
+    source = gateway_pb2.ResolveSourceMetaRequest(
+        Source=SourceOp(
+            identifier="docker-image://acme/base:1", attrs={"image.resolvemode": "pull"}
+        ),
+        Platform=Platform(OS="linux", Architecture="arm64"),
+    )
+    meta = image_of_resolve_source_meta(source.SerializeToString())
+    assert (meta.image, meta.platform, meta.force_pull) == ("acme/base:1", "linux/arm64", True)
+
+    (lookup,) = resolve_inspection(
+        target.image, policy(), platform=target.platform, force_pull=target.force_pull
+    ).lookups
+    assert (lookup.base, lookup.platform, lookup.force_pull, lookup.by_platform) == (
+        True,
+        "linux/arm/v7",
+        True,
+        True,
+    )
+    # No platform: a local image of any platform is the daemon's answer.
+    (plain,) = resolve_inspection("acme/base:1", policy()).lookups
+    assert plain.base and not plain.by_platform and not plain.force_pull

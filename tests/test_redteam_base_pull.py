@@ -55,6 +55,12 @@ from tests.agent_process import (
     shim_policy,
     start_agent,
 )
+from tests.buildkit_client import (
+    BUILD_ID_METADATA,
+    GATEWAY_RESOLVE_IMAGE_CONFIG,
+    GrpcConnection,
+    resolve_image_config_request,
+)
 from tests.policy_builders import policy
 
 #: A trigger as an image config holds it (``Config.OnBuild``: without the ``ONBUILD``).
@@ -593,3 +599,44 @@ def test_a_local_base_of_the_stages_platform_is_not_pulled_again(
         )
     finally:
         docker(docker_env, "image", "rm", "--force", tag, check=False)
+
+
+@pytest.mark.usefixtures("denied_image_absent")
+def test_a_resolve_for_another_platform_than_the_local_base_reads_that_variant(
+    agent: AgentProcess, docker_env: DockerEnv, denied_image_ids: frozenset[str]
+) -> None:
+    """buildx's frontend reads a base's ONBUILD triggers from the config a
+    ``ResolveImageConfig`` returns, asked for the stage's platform; the daemon answers
+    from the local image only when it is of that platform. With the amd64 variant local,
+    an arm64 resolve returns the arm64 config, whose trigger is denied: the shim must
+    read that variant, not the local one."""
+    name = _split_base(docker_env, {"amd64": [], "arm64": [DENIED_TRIGGER]})
+    try:
+        docker(docker_env, "pull", name)  # the daemon's own platform, amd64 here
+        since = agent.mark()
+        with GrpcConnection(agent.socket_path) as conn:
+            resolved = conn.unary(
+                GATEWAY_RESOLVE_IMAGE_CONFIG,
+                resolve_image_config_request(name, "linux/arm64"),
+                metadata=[(BUILD_ID_METADATA, "no-such-build")],
+                timeout=BUILD_TIMEOUT,
+            )
+            # PERMISSION_DENIED by the shim, not the daemon's "no such job"
+            assert resolved.status == 7, (resolved, agent.stderr_tail())
+            assert "pulling docker.io/someuser/tool:latest" in resolved.message, resolved
+            assert _shim_pulls(agent, since, name), agent.stderr_tail()
+            # The platform it is local for is answered from the machine, nothing pulled.
+            docker(docker_env, "pull", name)
+            again = agent.mark()
+            local = conn.unary(
+                GATEWAY_RESOLVE_IMAGE_CONFIG,
+                resolve_image_config_request(name, "linux/amd64"),
+                metadata=[(BUILD_ID_METADATA, "no-such-build")],
+                timeout=BUILD_TIMEOUT,
+            )
+        # Allowed: on to the daemon, which knows no such build.
+        assert "no such job" in local.message, (local, agent.stderr_tail())
+        assert not _shim_pulls(agent, again, name), agent.stderr_tail()
+        assert not images_of(docker_env, DENIED_REPOSITORY, denied_image_ids)
+    finally:
+        docker(docker_env, "image", "rm", "--force", name, check=False)

@@ -946,7 +946,12 @@ class Tunnel:
         if target.image is None and target.unreadable is None:
             return None  # git, http, local: no image
         inspection = resolve_inspection(
-            target.image, self.policy(), unreadable=target.unreadable, detail=detail
+            target.image,
+            self.policy(),
+            unreadable=target.unreadable,
+            detail=detail,
+            platform=target.platform,
+            force_pull=target.force_pull,
         )
         return await self.decide(inspection, hook.endpoint, peer)
 

@@ -296,13 +296,17 @@ def resolve_inspection(
     *,
     unreadable: str | None = None,
     detail: str = RESOLVE_DETAIL,
+    platform: str = "",
+    force_pull: bool = False,
 ) -> Inspection:
     """A gateway resolve call (``inputs.image_of_resolve_config`` or
     ``image_of_resolve_source_meta``, whose ``ResolveTarget`` gives ``image`` and
     ``unreadable``): the daemon fetches ``image``'s manifest and config, so it is decided
     as an image the build pulls, and looked up as a local image as the build's are (the
     daemon's BuildKit resolves a local image first unless told to pull). ``unreadable``
-    follows ``builds``; no image (a git or http source) decides nothing.
+    follows ``builds``; no image (a git or http source) decides nothing. ``platform``
+    (``ResolveTarget.platform``): the daemon takes a local image only of that platform,
+    so one of another is pulled for it first; ``force_pull``: it fetches it anyway.
     """
     if unreadable is not None:
         return Inspection(setting=builds_setting(policy, unreadable))
@@ -312,7 +316,12 @@ def resolve_inspection(
     # image's ONBUILD triggers: it is read as a base's is.
     ref = image_reference(image, "image to resolve")
     want = Wanted(image, ref, EventAction.BUILD, detail=detail, base=True)
-    return with_build_lookups(Inspection(wants=(want,)))
+    return with_build_lookups(
+        Inspection(wants=(want,)),
+        platform=platform,
+        force_pull=force_pull,
+        by_platform=bool(platform),
+    )
 
 
 def merge(inspections: Iterable[Inspection]) -> Inspection:

@@ -529,6 +529,23 @@ class ResolveTarget(NamedTuple):
 
     image: str | None
     unreadable: str | None
+    #: The platform asked for (``os/arch[/variant]``), "" if none: the daemon then takes
+    #: a local image of any platform, and otherwise only one of that platform.
+    platform: str = ""
+    #: ``ResolveMode`` ``pull``: the daemon fetches it whatever the machine holds.
+    force_pull: bool = False
+
+
+def _platform(
+    request: gateway_pb2.ResolveImageConfigRequest | gateway_pb2.ResolveSourceMetaRequest,
+) -> str:
+    """A resolve's platform as ``os/arch[/variant]`` ("" when it names none)."""
+    if not request.HasField("Platform"):
+        return ""
+    p = request.Platform
+    if not p.OS or not p.Architecture:
+        return ""  # BuildKit fills in the daemon's own
+    return "/".join(part for part in (p.OS, p.Architecture, p.Variant) if part)
 
 
 def image_of_resolve_config(payload: bytes) -> ResolveTarget:
@@ -547,7 +564,7 @@ def image_of_resolve_config(payload: bytes) -> ResolveTarget:
             f"an image resolve of {request.Ref!r} from {kind} ({request.ResolverType})",
         )
     image_reference(request.Ref, "image to resolve")
-    return ResolveTarget(request.Ref, None)
+    return ResolveTarget(request.Ref, None, _platform(request), request.ResolveMode == "pull")
 
 
 def image_of_resolve_source_meta(payload: bytes) -> ResolveTarget:
@@ -563,7 +580,9 @@ def image_of_resolve_source_meta(payload: bytes) -> ResolveTarget:
     scheme, sep, rest = identifier.partition("://")
     if sep and scheme == _IMAGE_SCHEME:
         image_reference(rest, "image to resolve")
-        return ResolveTarget(rest, None)
+        mode = request.Source.attrs.get("image.resolvemode", "")
+        pull = "pull" in (request.ResolveMode, mode)
+        return ResolveTarget(rest, None, _platform(request), pull)
     if sep and scheme in _FILE_SCHEMES:
         return ResolveTarget(None, None)
     return ResolveTarget(None, f"a resolve of the source {identifier!r}")

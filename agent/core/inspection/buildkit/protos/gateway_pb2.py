@@ -26,7 +26,7 @@ from agent.core.inspection.buildkit.protos import control_pb2 as agent_dot_core_
 from agent.core.inspection.buildkit.protos import llb_pb2 as agent_dot_core_dot_inspection_dot_buildkit_dot_protos_dot_llb__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n3agent/core/inspection/buildkit/protos/gateway.proto\x12\x19moby.buildkit.v1.frontend\x1a\x33\x61gent/core/inspection/buildkit/protos/control.proto\x1a/agent/core/inspection/buildkit/protos/llb.proto\"\xc1\x03\n\x0cSolveRequest\x12\"\n\nDefinition\x18\x01 \x01(\x0b\x32\x0e.pb.Definition\x12\x10\n\x08\x46rontend\x18\x02 \x01(\t\x12M\n\x0b\x46rontendOpt\x18\x03 \x03(\x0b\x32\x38.moby.buildkit.v1.frontend.SolveRequest.FrontendOptEntry\x12!\n\x19ImportCacheRefsDeprecated\x18\x04 \x03(\t\x12\x39\n\x0c\x43\x61\x63heImports\x18\x0c \x03(\x0b\x32#.moby.buildkit.v1.CacheOptionsEntry\x12S\n\x0e\x46rontendInputs\x18\r \x03(\x0b\x32;.moby.buildkit.v1.frontend.SolveRequest.FrontendInputsEntry\x1a\x32\n\x10\x46rontendOptEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x45\n\x13\x46rontendInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1d\n\x05value\x18\x02 \x01(\x0b\x32\x0e.pb.Definition:\x02\x38\x01\"f\n\x19ResolveImageConfigRequest\x12\x0b\n\x03Ref\x18\x01 \x01(\t\x12\x13\n\x0bResolveMode\x18\x03 \x01(\t\x12\x14\n\x0cResolverType\x18\x05 \x01(\x05\x12\x11\n\tSessionID\x18\x06 \x01(\t\"M\n\x18ResolveSourceMetaRequest\x12\x1c\n\x06Source\x18\x01 \x01(\x0b\x32\x0c.pb.SourceOp\x12\x13\n\x0bResolveMode\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n3agent/core/inspection/buildkit/protos/gateway.proto\x12\x19moby.buildkit.v1.frontend\x1a\x33\x61gent/core/inspection/buildkit/protos/control.proto\x1a/agent/core/inspection/buildkit/protos/llb.proto\"\xc1\x03\n\x0cSolveRequest\x12\"\n\nDefinition\x18\x01 \x01(\x0b\x32\x0e.pb.Definition\x12\x10\n\x08\x46rontend\x18\x02 \x01(\t\x12M\n\x0b\x46rontendOpt\x18\x03 \x03(\x0b\x32\x38.moby.buildkit.v1.frontend.SolveRequest.FrontendOptEntry\x12!\n\x19ImportCacheRefsDeprecated\x18\x04 \x03(\t\x12\x39\n\x0c\x43\x61\x63heImports\x18\x0c \x03(\x0b\x32#.moby.buildkit.v1.CacheOptionsEntry\x12S\n\x0e\x46rontendInputs\x18\r \x03(\x0b\x32;.moby.buildkit.v1.frontend.SolveRequest.FrontendInputsEntry\x1a\x32\n\x10\x46rontendOptEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x45\n\x13\x46rontendInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1d\n\x05value\x18\x02 \x01(\x0b\x32\x0e.pb.Definition:\x02\x38\x01\"\x86\x01\n\x19ResolveImageConfigRequest\x12\x0b\n\x03Ref\x18\x01 \x01(\t\x12\x1e\n\x08Platform\x18\x02 \x01(\x0b\x32\x0c.pb.Platform\x12\x13\n\x0bResolveMode\x18\x03 \x01(\t\x12\x14\n\x0cResolverType\x18\x05 \x01(\x05\x12\x11\n\tSessionID\x18\x06 \x01(\t\"m\n\x18ResolveSourceMetaRequest\x12\x1c\n\x06Source\x18\x01 \x01(\x0b\x32\x0c.pb.SourceOp\x12\x1e\n\x08Platform\x18\x02 \x01(\x0b\x32\x0c.pb.Platform\x12\x13\n\x0bResolveMode\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,8 +43,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SOLVEREQUEST_FRONTENDOPTENTRY']._serialized_end=563
   _globals['_SOLVEREQUEST_FRONTENDINPUTSENTRY']._serialized_start=565
   _globals['_SOLVEREQUEST_FRONTENDINPUTSENTRY']._serialized_end=634
-  _globals['_RESOLVEIMAGECONFIGREQUEST']._serialized_start=636
-  _globals['_RESOLVEIMAGECONFIGREQUEST']._serialized_end=738
-  _globals['_RESOLVESOURCEMETAREQUEST']._serialized_start=740
-  _globals['_RESOLVESOURCEMETAREQUEST']._serialized_end=817
+  _globals['_RESOLVEIMAGECONFIGREQUEST']._serialized_start=637
+  _globals['_RESOLVEIMAGECONFIGREQUEST']._serialized_end=771
+  _globals['_RESOLVESOURCEMETAREQUEST']._serialized_start=773
+  _globals['_RESOLVESOURCEMETAREQUEST']._serialized_end=882
 # @@protoc_insertion_point(module_scope)

@@ -115,6 +115,7 @@ class ResolveImageConfigRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REF_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
     RESOLVEMODE_FIELD_NUMBER: _builtins.int
     RESOLVERTYPE_FIELD_NUMBER: _builtins.int
     SESSIONID_FIELD_NUMBER: _builtins.int
@@ -126,17 +127,20 @@ class ResolveImageConfigRequest(_message.Message):
     """The session whose credentials the daemon uses to reach the registry.
     repeated moby.buildkit.v1.sourcepolicy.Policy SourcePolicies = 8; (raw)
     """
+    @_builtins.property
+    def Platform(self) -> _llb_pb2.Platform: ...
     def __init__(
         self,
         *,
         Ref: _builtins.str = ...,
+        Platform: _llb_pb2.Platform | None = ...,
         ResolveMode: _builtins.str = ...,
         ResolverType: _builtins.int = ...,
         SessionID: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["Platform", b"Platform"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["Ref", b"Ref", "ResolveMode", b"ResolveMode", "ResolverType", b"ResolverType", "SessionID", b"SessionID"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["Platform", b"Platform", "Ref", b"Ref", "ResolveMode", b"ResolveMode", "ResolverType", b"ResolverType", "SessionID", b"SessionID"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -147,20 +151,24 @@ class ResolveSourceMetaRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SOURCE_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
     RESOLVEMODE_FIELD_NUMBER: _builtins.int
     ResolveMode: _builtins.str
     """repeated moby.buildkit.v1.sourcepolicy.Policy SourcePolicies = 8; (raw)"""
     @_builtins.property
     def Source(self) -> _llb_pb2.SourceOp: ...
+    @_builtins.property
+    def Platform(self) -> _llb_pb2.Platform: ...
     def __init__(
         self,
         *,
         Source: _llb_pb2.SourceOp | None = ...,
+        Platform: _llb_pb2.Platform | None = ...,
         ResolveMode: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["Source", b"Source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["Platform", b"Platform", "Source", b"Source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ResolveMode", b"ResolveMode", "Source", b"Source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["Platform", b"Platform", "ResolveMode", b"ResolveMode", "Source", b"Source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/agent/core/inspection/buildkit/protos/llb.proto\x12\x02pb\"\x19\n\nDefinition\x12\x0b\n\x03\x64\x65\x66\x18\x01 \x03(\x0c\"t\n\x08SourceOp\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12&\n\x05\x61ttrs\x18\x02 \x03(\x0b\x32\x17.pb.SourceOp.AttrsEntry\x1a,\n\nAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"*\n\x02Op\x12\x1e\n\x06source\x18\x03 \x01(\x0b\x32\x0c.pb.SourceOpH\x00\x42\x04\n\x02opb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/agent/core/inspection/buildkit/protos/llb.proto\x12\x02pb\"\x19\n\nDefinition\x12\x0b\n\x03\x64\x65\x66\x18\x01 \x03(\x0c\"t\n\x08SourceOp\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12&\n\x05\x61ttrs\x18\x02 \x03(\x0b\x32\x17.pb.SourceOp.AttrsEntry\x1a,\n\nAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"*\n\x02Op\x12\x1e\n\x06source\x18\x03 \x01(\x0b\x32\x0c.pb.SourceOpH\x00\x42\x04\n\x02op\"d\n\x08Platform\x12\x14\n\x0c\x41rchitecture\x18\x01 \x01(\t\x12\n\n\x02OS\x18\x02 \x01(\t\x12\x0f\n\x07Variant\x18\x03 \x01(\t\x12\x11\n\tOSVersion\x18\x04 \x01(\t\x12\x12\n\nOSFeatures\x18\x05 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,4 +41,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SOURCEOP_ATTRSENTRY']._serialized_end=198
   _globals['_OP']._serialized_start=200
   _globals['_OP']._serialized_end=242
+  _globals['_PLATFORM']._serialized_start=244
+  _globals['_PLATFORM']._serialized_end=344
 # @@protoc_insertion_point(module_scope)

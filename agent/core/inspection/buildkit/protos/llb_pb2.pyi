@@ -101,3 +101,39 @@ class Op(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
 
 Global___Op: _TypeAlias = Op  # noqa: Y015
+
+@_typing.final
+class Platform(_message.Message):
+    """The platform a source is resolved for (a gateway resolve's): a base of another
+    platform locally is not what the daemon uses.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARCHITECTURE_FIELD_NUMBER: _builtins.int
+    OS_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    OSVERSION_FIELD_NUMBER: _builtins.int
+    OSFEATURES_FIELD_NUMBER: _builtins.int
+    Architecture: _builtins.str
+    OS: _builtins.str
+    Variant: _builtins.str
+    OSVersion: _builtins.str
+    @_builtins.property
+    def OSFeatures(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        Architecture: _builtins.str = ...,
+        OS: _builtins.str = ...,
+        Variant: _builtins.str = ...,
+        OSVersion: _builtins.str = ...,
+        OSFeatures: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["Architecture", b"Architecture", "OS", b"OS", "OSFeatures", b"OSFeatures", "OSVersion", b"OSVersion", "Variant", b"Variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Platform: _TypeAlias = Platform  # noqa: Y015
