@@ -232,8 +232,10 @@ def _stage_platform(instruction: str, inputs: BuildInputs) -> tuple[str | None, 
     """A ``FROM --platform=...`` stage's platform, as the shim must pull its base for:
     the variant the daemon's BuildKit builds on, whatever variant is local (its
     triggers are the ones run). ``$BUILDPLATFORM`` is the daemon's own (the shim's
-    default pull), ``$TARGETPLATFORM`` the build's. (None, None): no flag; (None, why):
-    a platform Pullgate cannot tell, which follows ``builds``."""
+    default pull), ``$TARGETPLATFORM`` the build's, unless a build argument of that name
+    replaces it (the frontend sets build arguments over its platform arguments). (None,
+    None): no flag; (None, why): a platform Pullgate cannot tell, which follows
+    ``builds``."""
     found = _FROM_PLATFORM.match(instruction)
     if found is None:
         return None, None
@@ -242,6 +244,8 @@ def _stage_platform(instruction: str, inputs: BuildInputs) -> tuple[str | None, 
         return value.lower(), None
     arg = _PLATFORM_ARG.match(value)
     name = (arg.group(1) or arg.group(2)) if arg else None
+    if name in ("BUILDPLATFORM", "TARGETPLATFORM") and name in inputs.build_args:
+        return inputs.build_args[name].lower(), None  # the value as given, not expanded
     if name == "BUILDPLATFORM":
         return "", None
     if name == "TARGETPLATFORM":
