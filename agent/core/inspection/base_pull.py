@@ -164,13 +164,15 @@ class PullProgress:
 
 
 def _normalized(os_name: str, arch: str, variant: str) -> tuple[str, str, str]:
-    """containerd's ``platforms.Normalize`` (which BuildKit matches platforms with)."""
+    """containerd's ``platforms.Normalize`` (which BuildKit matches platforms with), save
+    that an ``amd64`` variant is kept: moby 20.10 vendors a containerd that keeps
+    ``amd64/v1`` (only ``x86_64`` loses its variant), later ones drop ``v1`` and keep the
+    others, so only an equal variant (or none) is the same platform on every daemon."""
     os_name, arch, variant = os_name.lower(), arch.lower(), variant.lower()
     if arch == "i386":
         arch, variant = "386", ""
     elif arch in ("x86_64", "x86-64", "amd64"):
         arch = "amd64"
-        variant = "" if variant == "v1" else variant
     elif arch in ("aarch64", "arm64"):
         arch = "arm64"
         variant = "" if variant in ("8", "v8") else variant
