@@ -339,12 +339,19 @@ class Shim:
     async def daemon_platform(self) -> str:
         """The daemon's own platform (``GET /version``: ``Os/Arch``), which BuildKit builds
         a stage for when it names none; asked once. Empty when the daemon does not say:
-        every local base then counts as of another platform (pulled first)."""
+        every local base then counts as of another platform (pulled first). A 32-bit ARM
+        daemon builds for its CPU's variant (containerd's ``DefaultSpec``: ``arm/v6`` on a
+        v6 CPU), which ``/version`` does not tell: it counts as ``arm/v5``, the variant
+        every ARM daemon takes, so only a local ``v5`` or variant-less image is read where
+        it is (a ``v7`` one, which a v6 daemon replaces by its own variant, is pulled)."""
         if self._daemon_platform is None:
             info = await self.daemon_json("/version", "its version")
             fields = [info.get(k) if isinstance(info, dict) else None for k in ("Os", "Arch")]
             ok = all(isinstance(v, str) and v and "/" not in v for v in fields)
-            self._daemon_platform = "/".join(str(v) for v in fields) if ok else ""
+            platform = "/".join(str(v) for v in fields) if ok else ""
+            if platform.lower().endswith("/arm"):
+                platform += "/v5"
+            self._daemon_platform = platform
         return self._daemon_platform
 
     async def stale_variant(self, lookup: Lookup, image: LocalImage) -> bool:
@@ -388,12 +395,51 @@ class Shim:
         are in the client's session, so the shim's pull has none), so its triggers
         count too. Also whether any of them has ONBUILD triggers: those may build a
         stage of the Dockerfile that its target does not reach (``decide_build`` widens
-        then). ``pulled``: bases already pulled for this build, not pulled again."""
+        then). ``pulled``: bases already pulled for this build, not pulled again.
+
+        A name BuildKit builds on for several platforms holds one variant only, the last
+        pulled: once the shim pulls it for one platform, the daemon fetches the others
+        from the registry whatever the machine held before, so each of them is pulled
+        (and read) too rather than read where it was."""
         wants = list(inspection.wants)
         setting = inspection.setting
         triggers = False
         pulled = set() if pulled is None else pulled
         refused = self.denies_any(inspection, peer)
+
+        def image_of(name: str) -> str:
+            """The image a base's name is, however spelt (``docker.io/acme/b:latest``)."""
+            try:
+                ref = image_reference(name, "base image")
+            except InspectionError:
+                return name
+            return str(ref if ref.tag or ref.digest else dataclasses.replace(ref, tag="latest"))
+
+        # The images looked up as BuildKit bases for more than one platform (their lookups).
+        several: dict[str, list[Lookup]] = {}
+        for lookup in inspection.lookups:
+            if lookup.base and lookup.by_platform:
+                several.setdefault(image_of(lookup.name), []).append(lookup)
+        moving: set[str] = set()
+        for name, group in several.items():
+            if refused or len({lk.platform for lk in group}) < 2:
+                continue
+            try:
+                image = await self.local_image(group[0].name)
+            except OSError as e:
+                raise InspectionError(
+                    _upstream_error(self.config.upstream, e, desktop=self.config.user is not None),
+                    502,
+                ) from e
+            for lk in group:  # one of them is (or was, for this build) pulled
+                if (
+                    f"{lk.name} {lk.platform}" in pulled
+                    or image is None
+                    or lk.force_pull
+                    or await self.stale_variant(lk, image)
+                ):
+                    moving.add(name)
+                    break
         for lookup in inspection.lookups:
             try:
                 image = await self.local_image(lookup.name)
@@ -405,6 +451,7 @@ class Shim:
                     and (
                         image is None
                         or lookup.force_pull
+                        or (lookup.by_platform and image_of(lookup.name) in moving)
                         or await self.stale_variant(lookup, image)
                     )
                 ):
