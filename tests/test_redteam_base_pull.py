@@ -456,8 +456,8 @@ def test_a_trigger_swallowed_by_a_continuation_is_still_decided(
 def test_a_stage_of_its_own_platform_pulls_its_base_for_that_platform() -> None:
     """BuildKit builds a ``FROM --platform=P`` stage on P's variant, fetched whatever
     variant is local: a base of another platform than the build's is pulled (again) for
-    P. ``$BUILDPLATFORM`` is the daemon's own, ``$TARGETPLATFORM`` the build's; any
-    other value cannot be told."""
+    P. ``$BUILDPLATFORM`` is the daemon's own, ``$TARGETPLATFORM`` the build's, global
+    ARGs are expanded; a value from BuildKit's other args cannot be told."""
     inputs = from_build_query(
         {"remote": "client-session", "session": "s", "platform": "linux/arm64"}
     )
@@ -477,11 +477,16 @@ def test_a_stage_of_its_own_platform_pulls_its_base_for_that_platform() -> None:
         ("acme/c", "linux/arm64"),
     }
     assert found.setting is None
-    unknown = dockerfile(
+    # A global ARG is expanded as BuildKit expands it; an arg it sets alone is not known.
+    known = dockerfile(
         inputs, "Dockerfile", b"ARG P=linux/s390x\nFROM --platform=$P acme/a\n", policy()
     )
+    assert [lk.platform for lk in known.lookups if lk.base] == ["linux/s390x"]
+    unknown = dockerfile(
+        inputs, "Dockerfile", b"FROM --platform=$TARGETOS/s390x acme/a\n", policy()
+    )
     assert unknown.setting is not None and not unknown.setting.allowed
-    assert "stage platform '$P'" in unknown.setting.reason
+    assert "stage platform '$TARGETOS/s390x'" in unknown.setting.reason
 
 
 def test_every_platform_pulled_is_read(tmp_path: Path) -> None:

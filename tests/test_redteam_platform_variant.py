@@ -277,11 +277,6 @@ def test_a_build_arg_platform_is_read_for_the_stage() -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a global ARG TARGETPLATFORM=... replaces the platform argument in BuildKit's "
-    "frontend; _stage_platform sees only the FROM line, not the file's global ARGs",
-)
 @pytest.mark.usefixtures("denied_image_absent")
 def test_a_platform_argument_redefined_by_a_global_arg_is_the_stages(
     agent: AgentProcess, docker_env: DockerEnv, denied_image_ids: frozenset[str], tmp_path: Path
@@ -398,3 +393,41 @@ def test_the_daemons_own_platform_is_taken_at_its_least(
             return await shim.stale_variant(lookup, image)
 
     assert asyncio.run(run()) is stale
+
+
+@pytest.mark.parametrize(
+    ("text", "platform"),
+    [
+        ("ARG TARGETPLATFORM=linux/arm64\nFROM --platform=$TARGETPLATFORM acme/a\n", "linux/arm64"),
+        ("ARG BUILDPLATFORM=linux/s390x\nFROM --platform=${BUILDPLATFORM} acme/a\n", "linux/s390x"),
+        ("ARG P=linux/arm/v7\nFROM --platform=$P acme/a\n", "linux/arm/v7"),
+        ("ARG OS=linux\nARG ARCH=arm64\nFROM --platform=$OS/$ARCH acme/a\n", "linux/arm64"),
+        ("FROM --platform=$TARGETPLATFORM acme/a\n", "linux/ppc64le"),  # the build's
+        ("FROM --platform=$BUILDPLATFORM acme/a\n", ""),  # the daemon's
+        ("ARG TARGETPLATFORM\nFROM --platform=$TARGETPLATFORM acme/a\n", "linux/ppc64le"),
+    ],
+)
+def test_a_stage_platform_is_read_after_the_global_args(text: str, platform: str) -> None:
+    """dockerfile2llb expands ``FROM --platform`` with the meta args, which come after
+    (and so replace) its own platform args: the shim reads the same value."""
+    inputs = from_build_query(
+        {"remote": "client-session", "session": "s", "platform": "linux/ppc64le"}
+    )
+    found = dockerfile(inputs, "Dockerfile", text.encode(), policy())
+    assert found.setting is None, found.setting
+    assert [lk.platform for lk in found.lookups if lk.base] == [platform]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "FROM --platform=$TARGETARCH acme/a\n",  # an automatic arg Pullgate does not know
+        "ARG P\nFROM --platform=$P acme/a\n",  # empty: BuildKit cannot parse it
+        "FROM --platform=$TARGETPLATFORM-x acme/a\n",
+    ],
+)
+def test_a_stage_platform_pullgate_cannot_tell_follows_builds(text: str) -> None:
+    inputs = from_build_query({"remote": "client-session", "session": "s"})
+    found = dockerfile(inputs, "Dockerfile", text.encode(), policy(builds="deny"))
+    assert found.setting is not None and not found.setting.allowed
+    assert "stage platform" in found.setting.reason

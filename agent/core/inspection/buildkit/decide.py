@@ -17,7 +17,6 @@ decision path serves both builders. Pure core.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 
 from agent.core.inspection.buildkit.filesync import DockerfileSync, FileSyncError
@@ -208,7 +207,7 @@ def dockerfile(
         # Line 0: the frontend named by --build-arg BUILDKIT_SYNTAX=..., not by a line.
         detail = f"{path} line {use.line}: {use.instruction}" if use.line else use.instruction
         base = use.source == "from"
-        platform, problem = _stage_platform(use.instruction, inputs) if base else (None, None)
+        platform, problem = _stage_platform(use, inputs) if base else (None, None)
         unreadable = unreadable or problem
         wants.append(
             Wanted(use.image, ref, EventAction.BUILD, detail=detail, base=base, platform=platform)
@@ -224,33 +223,23 @@ def dockerfile(
     )
 
 
-_FROM_PLATFORM = re.compile(r"^\s*FROM\s+--platform=(\S*)", re.IGNORECASE)
-_PLATFORM_ARG = re.compile(r"^\$(?:\{(\w+)\}|(\w+))$")
-
-
-def _stage_platform(instruction: str, inputs: BuildInputs) -> tuple[str | None, str | None]:
+def _stage_platform(use: ImageUse, inputs: BuildInputs) -> tuple[str | None, str | None]:
     """A ``FROM --platform=...`` stage's platform, as the shim must pull its base for:
     the variant the daemon's BuildKit builds on, whatever variant is local (its
-    triggers are the ones run). ``$BUILDPLATFORM`` is the daemon's own (the shim's
-    default pull), ``$TARGETPLATFORM`` the build's, unless a build argument of that name
-    replaces it (the frontend sets build arguments over its platform arguments). (None,
-    None): no flag; (None, why): a platform Pullgate cannot tell, which follows
-    ``builds``."""
-    found = _FROM_PLATFORM.match(instruction)
-    if found is None:
+    triggers are the ones run). The value is the one after the file's global ARGs and
+    the build args (``ImageUse.platform``: either may replace BuildKit's platform
+    args); ``$BUILDPLATFORM`` left as BuildKit sets it is the daemon's own (the shim's
+    default pull), ``$TARGETPLATFORM`` the build's. (None, None): no flag; (None, why):
+    a platform Pullgate cannot tell, which follows ``builds``."""
+    if use.platform_problem is not None:
+        return None, use.platform_problem
+    if use.platform is None:
         return None, None
-    value = found.group(1)
-    if "$" not in value:
-        return value.lower(), None
-    arg = _PLATFORM_ARG.match(value)
-    name = (arg.group(1) or arg.group(2)) if arg else None
-    if name in ("BUILDPLATFORM", "TARGETPLATFORM") and name in inputs.build_args:
-        return inputs.build_args[name].lower(), None  # the value as given, not expanded
-    if name == "BUILDPLATFORM":
+    if use.platform == "$BUILDPLATFORM":
         return "", None
-    if name == "TARGETPLATFORM":
+    if use.platform == "$TARGETPLATFORM":
         return inputs.attrs.get("platform", ""), None
-    return None, f"a build whose stage platform {value!r} Pullgate cannot tell"
+    return use.platform.lower(), None
 
 
 def _go_true(value: str) -> bool:

@@ -174,6 +174,12 @@ class ImageUse:
     source: Source
     stage: int | None
     instruction: str
+    #: A BuildKit ``FROM --platform=P``'s P after the global ARGs (``None``: no flag):
+    #: BuildKit's own ``$BUILDPLATFORM`` or ``$TARGETPLATFORM`` is left as that text,
+    #: since a global ARG or a build arg of that name may have replaced it.
+    platform: str | None = None
+    #: Why P cannot be told (it depends on an arg Pullgate does not know), or None.
+    platform_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -397,7 +403,18 @@ def _resolve(
         earlier = {s.name for s in stages[:index] if s.name}
         image, base = _resolve_base(stage, env, declared, escape, earlier, classic=classic)
         if image is not None:
-            uses.append(ImageUse(image, stage.node.line, "from", index, _instruction(stage.node)))
+            platform, problem = (None, None) if classic else _stage_platform(stage, env, escape)
+            uses.append(
+                ImageUse(
+                    image,
+                    stage.node.line,
+                    "from",
+                    index,
+                    _instruction(stage.node),
+                    platform,
+                    problem,
+                )
+            )
         # dispatchStates.addState: the base is an earlier stage whose name is the expanded
         # base exactly (the classic builder lower-cases it).
         base_key = base.lower() if classic else base
@@ -457,6 +474,45 @@ def _parse_from(node: Node) -> tuple[str, str | None]:
             "FROM takes an image and an optional AS NAME: FROM [--platform=P] IMAGE [AS NAME]"
         )
     return args[0], name
+
+
+#: BuildKit's platform args, kept as marks while a stage's platform is expanded.
+_PLATFORM_MARKS = {
+    "BUILDPLATFORM": "\x00BUILDPLATFORM\x00",
+    "TARGETPLATFORM": "\x00TARGETPLATFORM\x00",
+}
+
+
+def _stage_platform(
+    stage: _Stage, env: Mapping[str, Value], escape: str
+) -> tuple[str | None, str | None]:
+    """A BuildKit stage's ``--platform`` as dockerfile2llb expands it: with the global
+    ARGs, which replace (as build args do) its own ``BUILDPLATFORM`` and
+    ``TARGETPLATFORM``. Those two, left as BuildKit sets them, come back as
+    ``$BUILDPLATFORM`` / ``$TARGETPLATFORM``; any other value Pullgate cannot know
+    (another automatic arg, an unset one) is a problem, as is a platform that comes out
+    empty (BuildKit fails to parse it)."""
+    values = parse_flags(stage.node.flags, _FROM_FLAGS).get("platform")
+    if not values:
+        return None, None
+    raw = values[-1]
+    marked: dict[str, Value] = dict(env)
+    for key, mark in _PLATFORM_MARKS.items():
+        if isinstance(env.get(key), Unresolved):
+            marked[key] = mark
+    problem = f"a build whose stage platform {raw!r} Pullgate cannot tell"
+    try:
+        value = Lexer(escape, marked, strict=True).process_word(raw)
+    except FragmentError:
+        return None, problem
+    if isinstance(value, Unresolved) or not value:
+        return None, problem
+    for key, mark in _PLATFORM_MARKS.items():
+        if value == mark:
+            return f"${key}", None
+    if "\x00" in value:
+        return None, problem
+    return value, None
 
 
 def _global_args(
