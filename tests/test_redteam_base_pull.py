@@ -117,25 +117,28 @@ def _put_manifest(env: DockerEnv, repo: str, ref: str, body: bytes, media_type: 
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
-def _variant(env: DockerEnv, repo: str, arch: str, onbuild: list[str]) -> dict[str, object]:
-    """One platform's image (a one-file layer, ``onbuild`` triggers): its index entry."""
+def _variant(
+    env: DockerEnv, repo: str, arch: str, onbuild: list[str], variant: str = ""
+) -> dict[str, object]:
+    """One platform's image (a one-file layer, ``onbuild`` triggers; ``variant`` in its
+    config and its index entry): its index entry."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
         member = tarfile.TarInfo("marker")
-        payload = arch.encode()
+        payload = f"{arch}/{variant}/{uuid.uuid4().hex}".encode()
         member.size = len(payload)
         tar.addfile(member, io.BytesIO(payload))
     layer = gzip.compress(raw.getvalue(), mtime=0)
+    platform = {"architecture": arch, "os": "linux"} | ({"variant": variant} if variant else {})
     config = json.dumps(
         {
-            "architecture": arch,
-            "os": "linux",
+            **platform,
             "config": {"OnBuild": onbuild or None, "Cmd": ["true"]},
             "rootfs": {
                 "type": "layers",
                 "diff_ids": ["sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()],
             },
-            "history": [{"created_by": f"pgtest {arch}"}],
+            "history": [{"created_by": f"pgtest {arch} {variant}"}],
         }
     ).encode()
     manifest = json.dumps(
@@ -155,12 +158,7 @@ def _variant(env: DockerEnv, repo: str, arch: str, onbuild: list[str]) -> dict[s
     digest = _put_manifest(
         env, repo, "sha256:" + hashlib.sha256(manifest).hexdigest(), manifest, MANIFEST
     )
-    return {
-        "mediaType": MANIFEST,
-        "size": len(manifest),
-        "digest": digest,
-        "platform": {"architecture": arch, "os": "linux"},
-    }
+    return {"mediaType": MANIFEST, "size": len(manifest), "digest": digest, "platform": platform}
 
 
 def _split_base(env: DockerEnv, triggers: dict[str, list[str]]) -> str:

@@ -12,12 +12,8 @@ Real-daemon tests where the behaviour is the daemon's; pure ones for Pullgate's 
 from __future__ import annotations
 
 import asyncio
-import gzip
-import hashlib
-import io
 import json
 import subprocess
-import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,14 +41,12 @@ from tests.agent_process import (
 )
 from tests.policy_builders import policy
 from tests.test_redteam_base_pull import (
-    CONFIG,
     DENIED_TRIGGER,
     INDEX,
-    LAYER,
-    MANIFEST,
-    _put_blob,
     _put_manifest,
     _shim_pulls,
+    _split_base,
+    _variant,
 )
 
 BUILD_TIMEOUT = 180.0
@@ -75,50 +69,6 @@ def agent(
         yield shim
     finally:
         shim.stop()
-
-
-def _entry(
-    env: DockerEnv, repo: str, arch: str, onbuild: list[str], variant: str = ""
-) -> dict[str, object]:
-    """One platform's image (a one-file layer, ``onbuild`` triggers; ``variant`` in its
-    config and its index entry): its index entry."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        member = tarfile.TarInfo("marker")
-        payload = f"{arch}/{variant}/{uuid.uuid4().hex}".encode()
-        member.size = len(payload)
-        tar.addfile(member, io.BytesIO(payload))
-    layer = gzip.compress(raw.getvalue(), mtime=0)
-    platform = {"architecture": arch, "os": "linux"} | ({"variant": variant} if variant else {})
-    config = json.dumps(
-        {
-            **platform,
-            "config": {"OnBuild": onbuild or None, "Cmd": ["true"]},
-            "rootfs": {
-                "type": "layers",
-                "diff_ids": ["sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()],
-            },
-            "history": [{"created_by": f"pgtest {arch} {variant}"}],
-        }
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST,
-            "config": {
-                "mediaType": CONFIG,
-                "size": len(config),
-                "digest": _put_blob(env, repo, config),
-            },
-            "layers": [
-                {"mediaType": LAYER, "size": len(layer), "digest": _put_blob(env, repo, layer)}
-            ],
-        }
-    ).encode()
-    digest = _put_manifest(
-        env, repo, "sha256:" + hashlib.sha256(manifest).hexdigest(), manifest, MANIFEST
-    )
-    return {"mediaType": MANIFEST, "size": len(manifest), "digest": digest, "platform": platform}
 
 
 def _publish(env: DockerEnv, repo: str, entries: list[dict[str, object]]) -> str:
@@ -188,15 +138,15 @@ def test_a_base_named_for_two_platforms_is_read_as_the_daemon_then_finds_it(
     name = _publish(
         docker_env,
         repo,
-        [_entry(docker_env, repo, "amd64", []), _entry(docker_env, repo, "arm64", [])],
+        [_variant(docker_env, repo, "amd64", []), _variant(docker_env, repo, "arm64", [])],
     )
     docker(docker_env, "pull", name)  # amd64: the daemon's own platform here
     _publish(
         docker_env,
         repo,
         [
-            _entry(docker_env, repo, "amd64", [DENIED_TRIGGER]),
-            _entry(docker_env, repo, "arm64", []),
+            _variant(docker_env, repo, "amd64", [DENIED_TRIGGER]),
+            _variant(docker_env, repo, "arm64", []),
         ],
     )
     text = (
@@ -230,15 +180,7 @@ def test_a_platform_argument_overridden_by_a_build_arg_is_the_stages(
     build argument replace the platform arguments (``setKVValue`` over
     ``getPlatformArgs``), so ``FROM --platform=$TARGETPLATFORM base`` builds on the arm64
     variant, denied trigger and all, while the shim read the build's (amd64) one."""
-    repo = _repo()
-    name = _publish(
-        docker_env,
-        repo,
-        [
-            _entry(docker_env, repo, "amd64", []),
-            _entry(docker_env, repo, "arm64", [DENIED_TRIGGER]),
-        ],
-    )
+    name = _split_base(docker_env, {"amd64": [], "arm64": [DENIED_TRIGGER]})
     tag = ""
     try:
         result, tag = _build(
@@ -284,15 +226,7 @@ def test_a_platform_argument_redefined_by_a_global_arg_is_the_stages(
     """``ARG TARGETPLATFORM=linux/arm64`` before the first ``FROM``: the meta args come after
     the platform arguments in ``metaArgsToMap``, so the default wins and the stage builds
     on arm64 (denied trigger); the shim reads the build's platform."""
-    repo = _repo()
-    name = _publish(
-        docker_env,
-        repo,
-        [
-            _entry(docker_env, repo, "amd64", []),
-            _entry(docker_env, repo, "arm64", [DENIED_TRIGGER]),
-        ],
-    )
+    name = _split_base(docker_env, {"amd64": [], "arm64": [DENIED_TRIGGER]})
     tag = ""
     try:
         text = f"ARG TARGETPLATFORM=linux/arm64\nFROM --platform=$TARGETPLATFORM {name}\n"
