@@ -410,10 +410,9 @@ class Shim:
         def image_of(name: str) -> str:
             """The image a base's name is, however spelt (``docker.io/acme/b:latest``)."""
             try:
-                ref = image_reference(name, "base image")
+                return image_reference(name, "base image").canonical
             except InspectionError:
                 return name
-            return str(ref if ref.tag or ref.digest else dataclasses.replace(ref, tag="latest"))
 
         # The images looked up as BuildKit bases for more than one platform (their lookups).
         several: dict[str, list[Lookup]] = {}

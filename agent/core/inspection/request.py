@@ -1122,7 +1122,7 @@ def with_build_lookups(
     # A stage of another platform than the build's builds on that variant, which the
     # daemon fetches unless the machine holds that variant under the name: it is pulled
     # (and read) for it unless it is there. The build's own platform is the lookup above.
-    own = {
+    others = {
         (w.input, w.platform)
         for w in builds
         if w.base and w.platform is not None and w.platform != platform
@@ -1133,10 +1133,10 @@ def with_build_lookups(
             EventAction.BUILD,
             base=True,
             platform=p,
-            force_pull=force_pull or not by_platform,
+            force_pull=force_pull,
             by_platform=by_platform,
         )
-        for name, p in sorted(own)
+        for name, p in sorted(others)
     ]
     for target in dict.fromkeys(targets):
         try:
